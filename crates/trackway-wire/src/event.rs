@@ -1,0 +1,239 @@
+//! The event model: what the client stamps at enqueue and every destination reads.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{Properties, Timestamp};
+
+/// A stable message id: a UUIDv7 assigned at enqueue and never changed, so retries and replays
+/// after a crash can be deduplicated by servers that accept an idempotency key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(Uuid);
+
+impl MessageId {
+    /// A new UUIDv7 whose time part is `at`. The random part comes from a thread-local generator
+    /// (uuid's `fast-rng`), so no system call is made.
+    pub fn new_v7(at: Timestamp) -> Self {
+        let millis = u64::try_from(at.unix_millis()).unwrap_or(0);
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, millis / 1000, (millis % 1000) as u32 * 1_000_000);
+        MessageId(Uuid::new_v7(ts))
+    }
+
+    /// Wraps an existing UUID (for imports that bring their own ids).
+    pub const fn from_uuid(uuid: Uuid) -> Self {
+        MessageId(uuid)
+    }
+
+    /// The UUID inside.
+    pub const fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl std::str::FromStr for MessageId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(MessageId)
+    }
+}
+
+/// What kind of call produced an event. Destinations route on it: each says which kinds it takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A custom event (`track`).
+    Track,
+    /// A web page view.
+    Page,
+    /// An app screen view.
+    Screen,
+    /// Identity and user properties (`identify`).
+    Identify,
+}
+
+impl EventKind {
+    /// Every kind, for destinations that take all of them.
+    pub const ALL: &'static [EventKind] = &[EventKind::Track, EventKind::Page, EventKind::Screen, EventKind::Identify];
+
+    /// The lower-case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Track => "track",
+            EventKind::Page => "page",
+            EventKind::Screen => "screen",
+            EventKind::Identify => "identify",
+        }
+    }
+}
+
+/// Who an event is about, snapshotted when it is enqueued: later `identify` or `anonymize` calls
+/// never change an event already queued.
+///
+/// Server mode fills `user_id` from the call's identifier; app mode fills `anonymous_id` and, once
+/// identified, the hard ids and `user_id` (the value of the primary hard id).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The anonymous id (app mode: a lowercase UUID created on first use; Bloomreach's `cookie`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_id: Option<String>,
+    /// The primary user id, once the user is identified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// Which hard id `user_id` is (e.g. `registered`); `None` means the destination's default name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// All hard ids by name, e.g. `{"registered": "jane@example.com", "crm_id": "42"}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ids: BTreeMap<String, String>,
+    /// The end user's IP address (server mode forwards its visitors' values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// The end user's user agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+impl Identity {
+    /// A server-mode identity: the call's identifier is the user id.
+    pub fn user(user_id: impl Into<String>) -> Self {
+        Identity { user_id: Some(user_id.into()), ..Identity::default() }
+    }
+
+    /// The id a destination keyed by one user string should use: the primary user id, else the
+    /// anonymous id.
+    pub fn distinct_id(&self) -> Option<&str> {
+        self.user_id.as_deref().or(self.anonymous_id.as_deref())
+    }
+}
+
+/// A page view's location.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageInfo {
+    /// The page URL or path.
+    pub url: String,
+    /// The page title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// The referring URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrer: Option<String>,
+}
+
+/// Facts about the sending program, the same for every event of a client.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Context {
+    /// The library that produced the event (`trackway`).
+    pub library: String,
+    /// Its version.
+    pub library_version: String,
+    /// Operating system (`linux`, `macos`, `windows`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
+    /// Locale, e.g. `en-US`, when configured or found in the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// Application name, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_name: Option<String>,
+    /// Application version, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_version: Option<String>,
+}
+
+/// One event, as stamped at enqueue.
+///
+/// This is also trackway's own wire format: the generic JSON destination POSTs an array of these,
+/// serialized compactly (`{"id":…,"type":"track","name":…,"timestamp":…,…}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Stable message id (UUIDv7).
+    pub id: MessageId,
+    /// Event kind.
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    /// Event name (track), screen name (screen), or page name (page, optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// When the event happened (UTC, taken on the caller's thread).
+    pub timestamp: Timestamp,
+    /// Event properties (for identify: user properties).
+    #[serde(default, skip_serializing_if = "Properties::is_empty")]
+    pub properties: Properties,
+    /// Who the event is about.
+    pub identity: Identity,
+    /// The session the event belongs to, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Page location (page views).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<PageInfo>,
+    /// The sending program. Shared between events of one client, hence the `Arc`.
+    pub context: Arc<Context>,
+    /// True for events brought in by `import` (their own id and timestamp); destinations that
+    /// normally let the server stamp time send the timestamp for these.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub imported: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::props;
+
+    fn sample() -> Event {
+        let at = Timestamp::from_unix_millis(1_700_000_000_000);
+        Event {
+            id: MessageId::new_v7(at),
+            kind: EventKind::Track,
+            name: Some("purchase".into()),
+            timestamp: at,
+            properties: props! { "amount" => 9.5 },
+            identity: Identity::user("u1"),
+            session_id: None,
+            page: None,
+            context: Arc::new(Context { library: "trackway".into(), library_version: "0.1.0".into(), ..Context::default() }),
+            imported: false,
+        }
+    }
+
+    #[test]
+    fn compact_json_omits_absent_fields_and_round_trips() {
+        let e = sample();
+        let json = serde_json::to_string(&e).expect("json");
+        assert!(!json.contains("null"), "{json}");
+        assert!(!json.contains("imported"), "{json}");
+        assert!(json.contains(r#""type":"track""#), "{json}");
+        let back: Event = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn message_id_is_v7_and_carries_the_timestamp() {
+        let e = sample();
+        assert_eq!(e.id.as_uuid().get_version_num(), 7);
+        let (secs, _) = e.id.as_uuid().get_timestamp().expect("v7 has a timestamp").to_unix();
+        assert_eq!(secs, 1_700_000_000);
+    }
+
+    #[test]
+    fn distinct_id_prefers_the_primary_user_id() {
+        let mut id = Identity { anonymous_id: Some("anon".into()), ..Identity::default() };
+        assert_eq!(id.distinct_id(), Some("anon"));
+        id.ids.insert("registered".into(), "jane".into());
+        id.primary = Some("registered".into());
+        id.user_id = Some("jane".into());
+        assert_eq!(id.distinct_id(), Some("jane"));
+    }
+}

@@ -1,0 +1,18 @@
+//! trackway's event model and its compact serialized form.
+//!
+//! Both the SDK (`trackway`) and the local collector (`trackway-collector`) depend on this crate,
+//! so the format of an event is defined once. It does no I/O.
+//!
+//! - [`Event`]: one event as stamped at enqueue (message id, timestamp, identity snapshot, …).
+//! - [`Properties`] / [`Value`]: JSON-like properties whose numbers must be finite.
+//! - [`Timestamp`]: UTC milliseconds, serialized as RFC 3339.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod event;
+mod ser;
+mod timestamp;
+mod value;
+
+pub use event::{Context, Event, EventKind, Identity, MessageId, PageInfo};
+pub use timestamp::{ParseTimestampError, Timestamp};
+pub use value::{Properties, PropertyError, Value};
