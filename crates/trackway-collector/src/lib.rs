@@ -1,0 +1,100 @@
+//! A local HTTP server that stands in for trackway's destinations.
+//!
+//! The collector has three jobs:
+//!
+//! 1. **Test double** for the SDK's integration tests: it listens on `127.0.0.1:0`, records every
+//!    request and answers from a script of [`Reply`]s, so a test can inject faults (5xx,
+//!    `Retry-After`, slow answers, dropped connections) in a known order.
+//! 2. **Sink** for benchmarks ([`CollectorBuilder::sink`]): it only counts requests, events and
+//!    bytes, in constant memory, and answers at once.
+//! 3. Later, a developer tool with a live web page (not yet).
+//!
+//! The server runs on its own OS thread with its own tokio runtime, so a test that blocks (even
+//! inside `#[tokio::test]`) can never stall it. Dropping the [`RunningCollector`] stops it.
+//!
+//! Paths under `/_trackway/` are reserved for the collector's own inspection API and are never
+//! recorded: `GET /_trackway/api/stats` answers the [`SinkStats`] as JSON and
+//! `GET /_trackway/api/requests` the recorded requests.
+//!
+//! ```
+//! use trackway_collector::{Collector, Reply};
+//!
+//! let collector = Collector::builder()
+//!     .script([Reply::status(503).retry_after("1")])
+//!     .start()?;
+//! let client = reqwest::blocking::Client::builder().no_proxy().build().expect("client");
+//! let first = client.post(collector.url("/v1/batch")).body("[]").send().expect("send");
+//! assert_eq!(first.status().as_u16(), 503);
+//! let second = client.post(collector.url("/v1/batch")).body("[]").send().expect("send");
+//! assert_eq!(second.status().as_u16(), 200);
+//! assert_eq!(collector.requests().len(), 2);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+mod builder;
+mod inspect;
+mod recorder;
+mod reply;
+mod server;
+mod sink;
+
+pub use builder::{CollectorBuilder, ReservedCollector};
+pub use recorder::{RecordedRequest, SinkStats};
+pub use reply::{Reply, Rule};
+pub use server::RunningCollector;
+
+/// Entry point: a namespace for [`Collector::builder`] and [`Collector::start`].
+#[derive(Debug, Clone, Copy)]
+pub struct Collector;
+
+impl Collector {
+    /// A builder for a collector with the defaults: listen on `127.0.0.1:0`, no script, no rules,
+    /// answer [`Reply::ok`] to everything, record every request.
+    pub fn builder() -> CollectorBuilder {
+        CollectorBuilder::default()
+    }
+
+    /// Shorthand for `Collector::builder().start()`: a recording collector on `127.0.0.1:0`
+    /// answering 200 `{}` to everything.
+    pub fn start() -> std::io::Result<RunningCollector> {
+        Self::builder().start()
+    }
+}
+
+/// Locks a mutex, recovering the data if another thread panicked while holding it.
+///
+/// The collector's state stays consistent across a panic (every critical section is a single
+/// push, pop or read), and a test double that poisons itself would turn one failed assertion
+/// into a cascade of unrelated panics.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `http://ADDR` + `path`, with an unspecified listen address (`0.0.0.0`, `::`) replaced by
+/// loopback so the URL can actually be connected to.
+pub(crate) fn url_for(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        let loopback = match addr {
+            std::net::SocketAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            std::net::SocketAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        };
+        addr.set_ip(loopback);
+    }
+    format!("http://{addr}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_for;
+
+    #[test]
+    fn url_replaces_unspecified_address_with_loopback() {
+        let addr = "0.0.0.0:8080".parse().expect("addr");
+        assert_eq!(url_for(addr, "/x"), "http://127.0.0.1:8080/x");
+        let addr = "[::]:81".parse().expect("addr");
+        assert_eq!(url_for(addr, ""), "http://[::1]:81");
+        let addr = "127.0.0.1:9".parse().expect("addr");
+        assert_eq!(url_for(addr, "/a?b=c"), "http://127.0.0.1:9/a?b=c");
+    }
+}

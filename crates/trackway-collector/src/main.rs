@@ -1,0 +1,56 @@
+//! `trackway-collector`: runs a collector as its own process.
+//!
+//! Prints exactly one line, `listening on http://127.0.0.1:PORT`, on stdout once bound, then
+//! serves until its standard input reaches end of file (exit 0) or it is killed. A benchmark
+//! spawns it with a piped stdin, reads the first stdout line to learn the port, and closes stdin
+//! to stop it. Spawned with stdin from `/dev/null` it would exit at once.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use trackway_collector::Collector;
+
+/// A local server that stands in for trackway's destinations.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Sink mode: count requests, events and bytes, keep nothing, answer 200 `{}` at once.
+    #[arg(long)]
+    sink: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let collector = Collector::builder()
+        .listen(args.listen)
+        .sink(args.sink)
+        .start()
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+
+    // The one stdout line is this binary's interface: the spawning process reads the port from
+    // it. `writeln!` rather than `println!` so a closed pipe is an error, not a panic; flushed
+    // because stdout is block-buffered when it is a pipe.
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "listening on {}", collector.url("")).context("writing to stdout")?;
+    stdout.flush().context("flushing stdout")?;
+    drop(stdout);
+
+    // Serve (on the collector's own thread) until stdin closes.
+    let mut stdin = io::stdin().lock();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("reading stdin"),
+        }
+    }
+    collector.shutdown();
+    Ok(())
+}

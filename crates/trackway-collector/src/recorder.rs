@@ -1,0 +1,174 @@
+//! What the collector remembers: the recorded requests, the counters, and the condition
+//! variable that [`RunningCollector::wait_for_requests`](crate::RunningCollector::wait_for_requests)
+//! blocks on.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::lock;
+use crate::sink::count_events;
+
+/// One request as the collector received it, and what it answered.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// The method, e.g. `POST`.
+    pub method: String,
+    /// The path, without the query string.
+    pub path: String,
+    /// The query string (without `?`), if the request had one.
+    pub query: Option<String>,
+    /// The headers in the order received, names lower-case, values decoded lossily as UTF-8.
+    pub headers: Vec<(String, String)>,
+    /// The whole body.
+    pub body: Bytes,
+    /// When the full request (head and body) had arrived.
+    pub received_at: Instant,
+    /// The status the collector answered, or 0 if it closed the connection instead.
+    pub status: u16,
+}
+
+impl RecordedRequest {
+    /// The first value of the header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON, or `None` if it is not valid JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// The body as text, with invalid UTF-8 replaced by U+FFFD.
+    pub fn body_str(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.body)
+    }
+}
+
+/// Counters kept in both modes; in sink mode they are all the collector keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkStats {
+    /// Requests received (the inspection API under `/_trackway/` is not counted).
+    pub requests: u64,
+    /// Events in the bodies: an array's length, an object's `batch` array length, else 1.
+    pub events: u64,
+    /// Body bytes received.
+    pub bytes: u64,
+    /// Bodies that were not valid JSON (an empty body is not counted as an error).
+    pub json_errors: u64,
+}
+
+/// Shared between the server thread (which writes) and the [`RunningCollector`] (which reads).
+///
+/// [`RunningCollector`]: crate::RunningCollector
+#[derive(Debug, Default)]
+pub(crate) struct Recorder {
+    /// The request count lives under the same lock as the requests, so a waiter woken for `n`
+    /// requests always finds `n` of them in `requests()`.
+    log: Mutex<Log>,
+    arrived: Condvar,
+    // These three are only read as a snapshot, so relaxed atomics are enough (and keep the sink
+    // path down to one short lock per request).
+    events: AtomicU64,
+    bytes: AtomicU64,
+    json_errors: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    count: u64,
+    requests: Vec<RecordedRequest>,
+}
+
+impl Recorder {
+    /// Counts one request with this body, keeps `request` if given, and wakes the waiters.
+    pub(crate) fn observe(&self, body: &[u8], request: Option<RecordedRequest>) {
+        match count_events(body) {
+            Some(n) => self.events.fetch_add(n, Ordering::Relaxed),
+            None => self.json_errors.fetch_add(1, Ordering::Relaxed),
+        };
+        self.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+        {
+            let mut log = lock(&self.log);
+            log.count += 1;
+            if let Some(request) = request {
+                log.requests.push(request);
+            }
+        }
+        self.arrived.notify_all();
+    }
+
+    pub(crate) fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.log).requests.clone()
+    }
+
+    pub(crate) fn count(&self) -> u64 {
+        lock(&self.log).count
+    }
+
+    pub(crate) fn stats(&self) -> SinkStats {
+        SinkStats {
+            requests: self.count(),
+            events: self.events.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            json_errors: self.json_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Blocks until at least `n` requests were counted, or `timeout` passed; true in the former.
+    pub(crate) fn wait_for(&self, n: u64, timeout: Duration) -> bool {
+        let log = lock(&self.log);
+        let (log, _) = self
+            .arrived
+            .wait_timeout_while(log, timeout, |log| log.count < n)
+            .unwrap_or_else(|e| e.into_inner());
+        log.count >= n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observe_counts_and_keeps() {
+        let recorder = Recorder::default();
+        recorder.observe(b"[1,2,3]", None);
+        recorder.observe(b"nope", None);
+        assert_eq!(
+            recorder.stats(),
+            SinkStats {
+                requests: 2,
+                events: 3,
+                bytes: 11,
+                json_errors: 1
+            }
+        );
+        assert!(recorder.requests().is_empty());
+        assert!(recorder.wait_for(2, Duration::ZERO));
+        assert!(!recorder.wait_for(3, Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn header_lookup_is_case_insensitive() {
+        let request = RecordedRequest {
+            method: "POST".into(),
+            path: "/".into(),
+            query: None,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Bytes::from_static(b"{\"a\":1}"),
+            received_at: Instant::now(),
+            status: 200,
+        };
+        assert_eq!(request.header("Content-Type"), Some("application/json"));
+        assert_eq!(request.header("x"), None);
+        assert_eq!(request.json(), Some(serde_json::json!({"a": 1})));
+        assert_eq!(request.body_str(), "{\"a\":1}");
+    }
+}

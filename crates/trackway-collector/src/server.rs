@@ -1,0 +1,307 @@
+//! The server: its thread and runtime, the accept loop, the per-request service, and the
+//! [`RunningCollector`] handle that controls it.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+
+use crate::builder::CollectorBuilder;
+use crate::inspect;
+use crate::recorder::{RecordedRequest, Recorder, SinkStats};
+use crate::reply::{CloseConnection, Reply, Rule};
+use crate::{lock, url_for};
+
+/// State shared between the server thread and the [`RunningCollector`] handle.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    sink: bool,
+    rules: Vec<Rule>,
+    script: Mutex<VecDeque<Reply>>,
+    default_reply: Mutex<Reply>,
+    pub(crate) recorder: Recorder,
+}
+
+impl Shared {
+    /// Rules first (first match wins), then the next script entry, then the default.
+    fn choose(&self, path: &str, body: &[u8]) -> Reply {
+        if let Some(reply) = self.rules.iter().find_map(|r| r.reply_for(path, body)) {
+            return reply.clone();
+        }
+        if let Some(reply) = lock(&self.script).pop_front() {
+            return reply;
+        }
+        self.default_reply()
+    }
+
+    fn default_reply(&self) -> Reply {
+        lock(&self.default_reply).clone()
+    }
+}
+
+/// A serving collector. Dropping it (or calling [`shutdown`](Self::shutdown)) stops the server,
+/// closes every open connection, and joins the server thread.
+pub struct RunningCollector {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningCollector")
+            .field("addr", &self.addr)
+            .field("sink", &self.shared.sink)
+            .field("request_count", &self.request_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningCollector {
+    /// The address the collector listens on (with the real port when `:0` was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR` + `path`, e.g. `url("/v1/batch")` → `http://127.0.0.1:PORT/v1/batch`.
+    pub fn url(&self, path: &str) -> String {
+        url_for(self.addr, path)
+    }
+
+    /// Every request received so far, in arrival order (always empty in sink mode). Requests to
+    /// the inspection API under `/_trackway/` are not included.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.recorder.requests()
+    }
+
+    /// How many requests were received so far, in both modes.
+    pub fn request_count(&self) -> usize {
+        usize::try_from(self.shared.recorder.count()).unwrap_or(usize::MAX)
+    }
+
+    /// Appends a reply to the script while the collector runs.
+    pub fn push_reply(&self, reply: Reply) {
+        lock(&self.shared.script).push_back(reply);
+    }
+
+    /// Replaces the answer to requests beyond the script and unmatched by rules.
+    pub fn set_default_reply(&self, reply: Reply) {
+        *lock(&self.shared.default_reply) = reply;
+    }
+
+    /// Requests, events, bytes and JSON errors counted so far (in both modes).
+    pub fn sink_stats(&self) -> SinkStats {
+        self.shared.recorder.stats()
+    }
+
+    /// Blocks until [`request_count`](Self::request_count) `>= n` or `timeout` passed; returns
+    /// whether the count was reached. A request is counted as soon as it has fully arrived and
+    /// its reply is chosen, before any [`Reply::delay`] and before the response is written.
+    pub fn wait_for_requests(&self, n: usize, timeout: Duration) -> bool {
+        self.shared.recorder.wait_for(n as u64, timeout)
+    }
+
+    /// Stops the server and waits for its thread; the same as dropping the handle.
+    pub fn shutdown(self) {
+        drop(self);
+    }
+}
+
+impl Drop for RunningCollector {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            // Err only if the server thread has already gone, which is what we want anyway.
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            // Never panic in Drop: a panicked server thread is reported, not propagated.
+            if thread.join().is_err() {
+                tracing::error!("trackway-collector server thread panicked");
+            }
+        }
+    }
+}
+
+/// Starts the server thread and waits until it has bound its listener (or failed to).
+pub(crate) fn spawn(config: CollectorBuilder) -> io::Result<RunningCollector> {
+    let shared = Arc::new(Shared {
+        sink: config.sink,
+        rules: config.rules,
+        script: Mutex::new(config.script.into()),
+        default_reply: Mutex::new(config.default_reply),
+        recorder: Recorder::default(),
+    });
+    let listen = config.listen;
+    let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<SocketAddr>>(1);
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let server_shared = Arc::clone(&shared);
+
+    let thread = std::thread::Builder::new()
+        .name("trackway-collector".into())
+        .spawn(move || {
+            // The server's own runtime, on its own thread: a test that blocks its thread (even
+            // inside `#[tokio::test]`) cannot stall the collector it is talking to.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                // The listener must be created inside the runtime: it registers with its reactor.
+                let listener = match bind(listen) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                match listener.local_addr() {
+                    Ok(addr) => {
+                        let _ = ready_tx.send(Ok(addr));
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                }
+                accept_loop(listener, server_shared, stop_rx).await;
+            });
+            // Dropping the runtime here drops every connection task still running (including
+            // ones sleeping in a `Reply::delay`), which closes their sockets: shutdown is prompt.
+            drop(runtime);
+        })?;
+
+    match ready_rx.recv() {
+        Ok(Ok(addr)) => Ok(RunningCollector {
+            addr,
+            shared,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(io::Error::other(
+                "trackway-collector server thread exited before binding",
+            ))
+        }
+    }
+}
+
+/// Binds with SO_REUSEADDR so a port released moments ago (see
+/// [`CollectorBuilder::reserve`](crate::CollectorBuilder::reserve)) can be bound again even with
+/// connections of an earlier server still in TIME_WAIT.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
+    loop {
+        tokio::select! {
+            // A send or a dropped sender both mean stop.
+            _ = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    tokio::spawn(serve_connection(stream, Arc::clone(&shared)));
+                }
+                Err(e) => {
+                    // E.g. out of file descriptors: back off instead of spinning on the error.
+                    tracing::warn!(error = %e, "trackway-collector: accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+    // Small request/response exchanges: don't let Nagle hold back the answers.
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |request| handle(Arc::clone(&shared), request));
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(e) = served {
+        // Includes the connections we close on purpose for `Reply::close_connection`.
+        tracing::debug!(error = %e, "trackway-collector: connection ended with an error");
+    }
+}
+
+/// Answers one request. An `Err` makes hyper drop the connection without writing a response.
+async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, CloseConnection> {
+    let (parts, body) = request.into_parts();
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            tracing::debug!(error = %e, "trackway-collector: could not read a request body");
+            return Err(CloseConnection);
+        }
+    };
+    let received_at = Instant::now();
+    let path = parts.uri.path();
+
+    if inspect::is_inspection(path) {
+        return Ok(inspect::answer(&shared, &parts.method, path));
+    }
+
+    let reply = if shared.sink {
+        // Benchmark path: count and forget; no script, no rules.
+        shared.recorder.observe(&body, None);
+        shared.default_reply()
+    } else {
+        let reply = shared.choose(path, &body);
+        let recorded = RecordedRequest {
+            method: parts.method.as_str().to_owned(),
+            path: path.to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                    (name.as_str().to_owned(), value)
+                })
+                .collect(),
+            body: body.clone(),
+            received_at,
+            status: reply.recorded_status(),
+        };
+        // Recorded before the delay and before closing, so a test waiting for the request sees
+        // it even if the client gives up.
+        shared.recorder.observe(&body, Some(recorded));
+        reply
+    };
+    reply.respond().await
+}
