@@ -51,7 +51,6 @@ impl std::str::FromStr for MessageId {
 /// What kind of call produced an event. Destinations route on it: each says which kinds it takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[non_exhaustive]
 pub enum EventKind {
     /// A custom event (`track`).
     Track,

@@ -1,0 +1,648 @@
+//! The [`Client`] handle: validates and stamps events on the caller's thread, then hands them to
+//! the worker without blocking.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use trackway_wire::{Context, Event, EventKind, Identity, MessageId, Properties, Timestamp};
+
+use crate::clock::Clock;
+use crate::config::{BeforeSend, ClientBuilder};
+use crate::destination::Destination;
+use crate::error::{BuildError, Error, FlushError, FlushReport, ShutdownError};
+use crate::message::{Message, Page, Track};
+use crate::pipeline;
+use crate::queue::{Control, Item, Priority, Queue, QueuedEvent, Reply};
+use crate::stats::{bump, Counters, Stats};
+use crate::store::{DeadLetter, StateChange};
+
+/// Longest event name, screen name, identifier or id trackway accepts (destinations may have
+/// tighter limits, checked in the same call).
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// State key of the app-mode identity.
+const IDENTITY_KEY: &str = "identity";
+
+/// The tracking client. Cheap to clone (an `Arc` inside): clone it, don't wrap it in an `Arc`.
+///
+/// Calls validate their input and return a typed [`Error`] before anything is queued; accepted
+/// events are serialized on the caller's thread and handed to a background worker, which owns
+/// its own runtime, so the client works the same from sync code and from any async runtime.
+///
+/// # Examples
+///
+/// Server mode: every call names its user.
+///
+/// ```
+/// use std::time::Duration;
+/// use trackway::{props, Client, destination::JsonHttp};
+///
+/// # let collector = trackway_collector::Collector::start().unwrap();
+/// # let url = collector.url("/events");
+/// let client = Client::builder().destination(JsonHttp::new(url)).build()?;
+/// client.track("user123", "purchase_completed", props! { "amount" => 99.99, "currency" => "USD" })?;
+/// assert_eq!(client.track("", "x", props! {}).unwrap_err().to_string(), "Identifier cannot be empty");
+/// client.flush(Duration::from_secs(5))?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+    shutdown_timeout: Duration,
+}
+
+/// What the caller side and the worker share.
+pub(crate) struct Shared {
+    pub(crate) queue: Queue,
+    pub(crate) counters: Counters,
+    pub(crate) destinations: Vec<Arc<dyn Destination>>,
+    pub(crate) clock: Clock,
+    /// Bit i of `routes[kind]`: destination i takes that kind.
+    routes: [u64; 4],
+    context: Arc<Context>,
+    before_send: Option<BeforeSend>,
+    app: Mutex<AppIdentity>,
+    closed: AtomicBool,
+    warned_queue_full: AtomicBool,
+}
+
+/// The app-mode current user, persisted under [`IDENTITY_KEY`].
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct AppIdentity {
+    anonymous_id: Option<String>,
+    user_id: Option<String>,
+    primary: Option<String>,
+    #[serde(default)]
+    ids: std::collections::BTreeMap<String, String>,
+}
+
+fn kind_index(kind: EventKind) -> usize {
+    match kind {
+        EventKind::Track => 0,
+        EventKind::Page => 1,
+        EventKind::Screen => 2,
+        EventKind::Identify => 3,
+    }
+}
+
+impl Client {
+    /// Starts building a client.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    pub(crate) fn from_builder(b: ClientBuilder) -> Result<Client, BuildError> {
+        if let Some(e) = b.error {
+            return Err(e);
+        }
+        if b.destinations.is_empty() {
+            return Err(BuildError::NoDestination);
+        }
+        if b.destinations.len() > 64 {
+            return Err(BuildError::InvalidSetting { setting: "destination", message: "at most 64 destinations".into() });
+        }
+        let mut names: Vec<String> = Vec::new();
+        let mut http_clients = Vec::new();
+        for (d, http) in &b.destinations {
+            let name = d.name().to_owned();
+            if names.contains(&name) {
+                return Err(BuildError::DuplicateDestination(name));
+            }
+            d.check_config().map_err(|message| BuildError::Destination { destination: name.clone(), message })?;
+            http_clients.push(http.build_client().map_err(|message| BuildError::Http { destination: name.clone(), message })?);
+            names.push(name);
+        }
+        let mut store = b.store.unwrap_or_else(|| Box::new(crate::store::MemoryStore::new()));
+        let recovered = store.open(&names).map_err(|e| BuildError::Store(e.to_string()))?;
+        let app = recovered
+            .state
+            .get(IDENTITY_KEY)
+            .and_then(|v| serde_json::from_slice(v).ok())
+            .unwrap_or_default();
+
+        let mut routes = [0u64; 4];
+        for (i, (d, _)) in b.destinations.iter().enumerate() {
+            for &kind in EventKind::ALL {
+                if d.accepts(kind) {
+                    routes[kind_index(kind)] |= 1 << i;
+                }
+            }
+        }
+        let context = Arc::new(Context {
+            library: "trackway".into(),
+            library_version: env!("CARGO_PKG_VERSION").into(),
+            os: Some(std::env::consts::OS.into()),
+            locale: b.locale.or_else(locale_from_env),
+            app_name: b.app_name,
+            app_version: b.app_version,
+        });
+        let counters = Counters::new(names.iter().cloned());
+        for (i, (count, _)) in recovered.pending.iter().enumerate() {
+            if let Some(d) = counters.destinations.get(i) {
+                bump(&d.pending, *count);
+            }
+        }
+        let shared = Arc::new(Shared {
+            // Wake the worker early once a destination's batch could be full.
+            queue: Queue::new(b.queue_capacity, b.reserved_capacity, b.queue_max_bytes, 512),
+            counters,
+            destinations: b.destinations.iter().map(|(d, _)| d.clone()).collect(),
+            clock: b.clock,
+            routes,
+            context,
+            before_send: b.before_send,
+            app: Mutex::new(app),
+            closed: AtomicBool::new(false),
+            warned_queue_full: AtomicBool::new(false),
+        });
+        let settings = pipeline::Settings {
+            batch_interval: b.batch_interval,
+            commit_delay: b.commit_delay,
+            retry: b.retry,
+            max_event_age: b.max_event_age,
+        };
+        let worker = pipeline::spawn(shared.clone(), store, recovered, http_clients, settings).map_err(|e| BuildError::Thread(e.to_string()))?;
+        Ok(Client { inner: Arc::new(Inner { shared, worker: Mutex::new(Some(worker)), shutdown_timeout: b.shutdown_timeout }) })
+    }
+
+    // === server-mode shortcuts ===
+
+    /// Tracks `event` for the user `identifier` (server mode).
+    ///
+    /// # Errors
+    /// `EmptyIdentifier`, `EmptyEventName`, `TooLong`, `InvalidProperty` (NaN, infinity),
+    /// `DestinationLimit`, `QueueFull` (dropped and counted), `ShutDown`.
+    pub fn track(&self, identifier: &str, event: &str, properties: Properties) -> Result<MessageId, Error> {
+        self.enqueue(Track::new(event).user(identifier).properties(properties).into(), None)
+    }
+
+    /// Records a page view for the user `identifier` (server mode).
+    ///
+    /// # Errors
+    /// As [`track`](Self::track), with `EmptyUrl` instead of `EmptyEventName`.
+    pub fn page(&self, identifier: &str, page: Page) -> Result<MessageId, Error> {
+        self.enqueue(page.user(identifier).into(), None)
+    }
+
+    /// Records a screen view for the user `identifier` (server mode).
+    ///
+    /// # Errors
+    /// As [`track`](Self::track), with `EmptyScreenName`.
+    pub fn screen(&self, identifier: &str, screen: &str, properties: Properties) -> Result<MessageId, Error> {
+        self.enqueue(crate::Screen::new(screen).user(identifier).properties(properties).into(), None)
+    }
+
+    /// Sends the user properties of `identifier` (server mode; the client's state is untouched).
+    ///
+    /// # Errors
+    /// As [`track`](Self::track).
+    pub fn identify(&self, identifier: &str, properties: Properties) -> Result<MessageId, Error> {
+        self.enqueue(crate::Identify::new().user(identifier).properties(properties).into(), None)
+    }
+
+    // === general calls ===
+
+    /// Queues any message: server mode when it names its user, app mode (the client's current
+    /// user) when it does not.
+    ///
+    /// # Errors
+    /// See [`Error`].
+    pub fn capture(&self, message: impl Into<Message>) -> Result<MessageId, Error> {
+        self.enqueue(message.into(), None)
+    }
+
+    /// Queues a message with a message id and timestamp supplied by the caller (backfills and
+    /// imports). Destinations that let the server stamp live events send the timestamp for these.
+    ///
+    /// # Errors
+    /// See [`Error`].
+    pub fn import(&self, message: impl Into<Message>, id: MessageId, timestamp: Timestamp) -> Result<MessageId, Error> {
+        self.enqueue(message.into(), Some((id, timestamp)))
+    }
+
+    fn enqueue(&self, m: Message, import: Option<(MessageId, Timestamp)>) -> Result<MessageId, Error> {
+        let shared = &*self.inner.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            bump(&shared.counters.shutdown, 1);
+            return Err(Error::ShutDown);
+        }
+        validate_message(&m)?;
+        let routes = shared.routes[kind_index(m.kind)];
+        if routes == 0 {
+            return Err(Error::NoRoute { kind: m.kind.as_str() });
+        }
+        let queued_at = shared.clock.now();
+        let (id, timestamp) = import.unwrap_or_else(|| (MessageId::new_v7(queued_at), queued_at));
+        let server_mode = m.user.is_some();
+        let is_identify = m.kind == EventKind::Identify;
+
+        // App mode holds the identity lock until the push, so the state applies only if queued
+        // and concurrent identify calls cannot interleave.
+        let mut app = if server_mode { None } else { Some(lock(&shared.app)) };
+        let (identity, new_state) = match app.as_deref() {
+            None => (Identity { user_id: m.user.clone(), ip: m.ip.clone(), user_agent: m.user_agent.clone(), ..Identity::default() }, None),
+            Some(current) => app_identity(current, &m, is_identify),
+        };
+        let mut event = Event {
+            id,
+            kind: m.kind,
+            name: m.name,
+            timestamp,
+            properties: m.properties,
+            identity,
+            session_id: None,
+            page: m.page,
+            context: shared.context.clone(),
+            imported: import.is_some(),
+        };
+        if let Some(hook) = &shared.before_send {
+            if !hook(&mut event) {
+                bump(&shared.counters.filtered, 1);
+                return Ok(id);
+            }
+            // The hook may have broken what validation checked.
+            event.properties.validate()?;
+        }
+        for (i, d) in shared.destinations.iter().enumerate() {
+            if routes & (1 << i) != 0 {
+                d.validate(&event).map_err(|e| Error::DestinationLimit { destination: d.name().to_owned(), message: e.message })?;
+            }
+        }
+        let mut bytes = Vec::with_capacity(384);
+        if let Err(e) = serde_json::to_writer(&mut bytes, &event) {
+            return Err(Error::InvalidProperty(trackway_wire::PropertyError { path: String::new(), reason: e.to_string() }));
+        }
+        let state = match &new_state {
+            Some(s) => vec![StateChange { key: IDENTITY_KEY.into(), value: serde_json::to_vec(s).ok() }],
+            None => Vec::new(),
+        };
+        let priority = if is_identify && !server_mode { Priority::Reserved } else { Priority::Normal };
+        let item = Item::Event(QueuedEvent { id, kind: event.kind, timestamp, queued_at, routes, bytes: Bytes::from(bytes), state });
+        if shared.queue.push(item, priority).is_err() {
+            bump(&shared.counters.queue_full, 1);
+            if !shared.warned_queue_full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(capacity = shared.queue.len(), "trackway: event queue full, dropping events (counted as queue_full; logged once)");
+            }
+            return Err(Error::QueueFull);
+        }
+        bump(&shared.counters.enqueued, 1);
+        if let (Some(app), Some(new_state)) = (app.as_deref_mut(), new_state) {
+            *app = new_state;
+        }
+        Ok(id)
+    }
+
+    // === delivery control ===
+
+    /// Blocks until every event queued before this call is delivered or dead-lettered, or
+    /// `timeout` passes. Backoffs are not shortened: a destination that is down makes this time out.
+    ///
+    /// # Errors
+    /// `Timeout` with the pending count per destination; `AlreadyShutdown`.
+    pub fn flush(&self, timeout: Duration) -> Result<FlushReport, FlushError> {
+        let started = Instant::now();
+        self.control(timeout, Control::Flush)?;
+        Ok(self.report(started.elapsed()))
+    }
+
+    /// Async [`flush`](Self::flush): awaits without blocking the runtime's thread.
+    ///
+    /// # Errors
+    /// As [`flush`](Self::flush).
+    pub async fn flush_async(&self, timeout: Duration) -> Result<FlushReport, FlushError> {
+        let started = Instant::now();
+        self.control_async(timeout, Control::Flush).await?;
+        Ok(self.report(started.elapsed()))
+    }
+
+    /// The persist barrier: blocks until every event queued before this call is committed to the
+    /// store (with the durable store: safe from a process crash).
+    ///
+    /// # Errors
+    /// `Timeout` (pending is the count not yet persisted); `AlreadyShutdown`.
+    pub fn persisted(&self, timeout: Duration) -> Result<(), FlushError> {
+        self.control(timeout, Control::Persisted)
+    }
+
+    /// Async [`persisted`](Self::persisted).
+    ///
+    /// # Errors
+    /// As [`persisted`](Self::persisted).
+    pub async fn persisted_async(&self, timeout: Duration) -> Result<(), FlushError> {
+        self.control_async(timeout, Control::Persisted).await
+    }
+
+    /// Commits what is queued, then tries to deliver it within `budget`, then stops the worker.
+    /// Idempotent: later calls (from any clone) return `AlreadyShutdown`. Afterwards every call
+    /// returns `Error::ShutDown` and is counted.
+    ///
+    /// Dropping the last clone does the same with the builder's `shutdown_timeout` (default 2 s).
+    /// `std::process::exit` skips `Drop`: call `shutdown` (or `flush`) before exiting, and for a
+    /// client in a `static`, which is never dropped.
+    ///
+    /// # Errors
+    /// `AlreadyShutdown`; `Timeout` with what is still pending (it stays in the store).
+    pub fn shutdown(&self, budget: Duration) -> Result<FlushReport, ShutdownError> {
+        let rx = self.begin_shutdown(budget)?;
+        // The worker stops itself at the budget; the margin covers the final commit.
+        let answered = rx.recv_timeout(budget + Duration::from_secs(1)).is_ok();
+        self.finish_shutdown(budget, answered)
+    }
+
+    /// Async [`shutdown`](Self::shutdown).
+    ///
+    /// # Errors
+    /// As [`shutdown`](Self::shutdown).
+    pub async fn shutdown_async(&self, budget: Duration) -> Result<FlushReport, ShutdownError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let shared = &self.inner.shared;
+        if shared.closed.swap(true, Ordering::AcqRel) {
+            return Err(ShutdownError::AlreadyShutdown);
+        }
+        let started = Instant::now();
+        push_control(shared, Control::Shutdown { budget, done: Reply::Async(tx) }, budget);
+        let answered = tokio::time::timeout(budget.saturating_sub(started.elapsed()) + Duration::from_secs(1), rx).await.is_ok();
+        self.finish_shutdown(budget, answered)
+    }
+
+    fn begin_shutdown(&self, budget: Duration) -> Result<std::sync::mpsc::Receiver<()>, ShutdownError> {
+        let shared = &self.inner.shared;
+        if shared.closed.swap(true, Ordering::AcqRel) {
+            return Err(ShutdownError::AlreadyShutdown);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        push_control(shared, Control::Shutdown { budget, done: Reply::Sync(tx) }, budget);
+        Ok(rx)
+    }
+
+    fn finish_shutdown(&self, budget: Duration, answered: bool) -> Result<FlushReport, ShutdownError> {
+        if answered {
+            // The worker has answered and is returning; joining is quick. A panic inside it is
+            // not re-raised: Drop must never panic.
+            if let Some(handle) = lock(&self.inner.worker).take() {
+                let _ = handle.join();
+            }
+        }
+        let report = self.report(budget);
+        let pending = pending_of(&report.destinations);
+        if pending.iter().any(|(_, n)| *n > 0) {
+            return Err(ShutdownError::Timeout { budget, pending });
+        }
+        Ok(report)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.shared.counters.snapshot()
+    }
+
+    /// The dead letters (oldest first, at most `limit`), read through the worker.
+    ///
+    /// # Errors
+    /// `AlreadyShutdown` after shutdown; `Timeout` if the worker does not answer in 5 s.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, FlushError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if self.inner.shared.closed.load(Ordering::Acquire) {
+            return Err(FlushError::AlreadyShutdown);
+        }
+        let timeout = Duration::from_secs(5);
+        if !push_control(&self.inner.shared, Control::DeadLetters { limit, reply: tx }, timeout) {
+            return Err(FlushError::Timeout { waited: timeout, pending: Vec::new() });
+        }
+        rx.recv_timeout(timeout).map_err(|_| FlushError::Timeout { waited: timeout, pending: Vec::new() })
+    }
+
+    fn report(&self, _elapsed: Duration) -> FlushReport {
+        FlushReport { destinations: self.stats().destinations }
+    }
+
+    fn control(&self, timeout: Duration, make: fn(Reply) -> Control) -> Result<(), FlushError> {
+        let started = Instant::now();
+        let shared = &self.inner.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(FlushError::AlreadyShutdown);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let ok = push_control(shared, make(Reply::Sync(tx)), timeout)
+            && rx.recv_timeout(timeout.saturating_sub(started.elapsed())).is_ok();
+        if ok { Ok(()) } else { Err(self.timeout_error(started.elapsed(), make)) }
+    }
+
+    async fn control_async(&self, timeout: Duration, make: fn(Reply) -> Control) -> Result<(), FlushError> {
+        let started = Instant::now();
+        let shared = &self.inner.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(FlushError::AlreadyShutdown);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut control = Some(make(Reply::Async(tx)));
+        // The channel is full only under a flood; wait for room without blocking the runtime.
+        while let Some(c) = control.take() {
+            if let Err(Item::Control(c)) = shared.queue.push(Item::Control(c), Priority::Reserved) {
+                if started.elapsed() >= timeout {
+                    return Err(self.timeout_error(started.elapsed(), make));
+                }
+                control = Some(c);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), rx).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(self.timeout_error(started.elapsed(), make)),
+        }
+    }
+
+    fn timeout_error(&self, waited: Duration, make: fn(Reply) -> Control) -> FlushError {
+        let stats = self.stats();
+        let is_persist = matches!(make(Reply::Discard), Control::Persisted(_));
+        let pending = if is_persist {
+            vec![("store".to_owned(), stats.enqueued.saturating_sub(stats.persisted))]
+        } else {
+            pending_of(&stats.destinations)
+        };
+        FlushError::Timeout { waited, pending }
+    }
+
+    /// Test hook: stops the worker from draining the channel until [`resume_worker`](Self::resume_worker).
+    #[cfg(feature = "testing")]
+    pub fn pause_worker(&self) {
+        self.inner.shared.queue.set_paused(true);
+    }
+
+    /// Test hook: lets a paused worker drain again.
+    #[cfg(feature = "testing")]
+    pub fn resume_worker(&self) {
+        self.inner.shared.queue.set_paused(false);
+    }
+
+    /// The current app-mode identity (anonymous id, user id, hard ids).
+    pub fn current_identity(&self) -> Identity {
+        let app = lock(&self.inner.shared.app);
+        Identity {
+            anonymous_id: app.anonymous_id.clone(),
+            user_id: app.user_id.clone(),
+            primary: app.primary.clone(),
+            ids: app.ids.clone(),
+            ..Identity::default()
+        }
+    }
+}
+
+fn pending_of(destinations: &[crate::DestinationStats]) -> Vec<(String, u64)> {
+    destinations.iter().map(|d| (d.name.clone(), d.pending)).collect()
+}
+
+/// Pushes a control message using the reserved slots, waiting (briefly sleeping) for room under a
+/// flood. Returns false if `timeout` passed first.
+fn push_control(shared: &Shared, control: Control, timeout: Duration) -> bool {
+    let started = Instant::now();
+    let mut item = Item::Control(control);
+    loop {
+        match shared.queue.push(item, Priority::Reserved) {
+            Ok(()) => return true,
+            Err(back) => {
+                if started.elapsed() >= timeout {
+                    return false;
+                }
+                item = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn check_len(what: &'static str, s: &str) -> Result<(), Error> {
+    if s.len() > MAX_NAME_BYTES {
+        return Err(Error::TooLong { what, len: s.len(), max: MAX_NAME_BYTES });
+    }
+    Ok(())
+}
+
+/// Checks what every destination needs, before anything else is done.
+fn validate_message(m: &Message) -> Result<(), Error> {
+    if let Some(user) = &m.user {
+        if user.trim().is_empty() {
+            return Err(Error::EmptyIdentifier);
+        }
+        check_len("identifier", user)?;
+    }
+    match m.kind {
+        EventKind::Track => {
+            let name = m.name.as_deref().unwrap_or("");
+            if name.trim().is_empty() {
+                return Err(Error::EmptyEventName);
+            }
+            check_len("event name", name)?;
+        }
+        EventKind::Screen => {
+            let name = m.name.as_deref().unwrap_or("");
+            if name.trim().is_empty() {
+                return Err(Error::EmptyScreenName);
+            }
+            check_len("screen name", name)?;
+        }
+        EventKind::Page => {
+            let url = m.page.as_ref().map_or("", |p| p.url.as_str());
+            if url.trim().is_empty() {
+                return Err(Error::EmptyUrl);
+            }
+        }
+        EventKind::Identify => {
+            if m.user.is_none() && m.ids.is_empty() {
+                return Err(Error::NoIds);
+            }
+            for (name, value) in &m.ids {
+                if name.is_empty() || value.trim().is_empty() {
+                    return Err(Error::EmptyIdentifier);
+                }
+                check_len("id", value)?;
+            }
+        }
+    }
+    m.properties.validate()?;
+    Ok(())
+}
+
+/// The identity an app-mode event carries, and the new app state if the call changes it.
+fn app_identity(current: &AppIdentity, m: &Message, is_identify: bool) -> (Identity, Option<AppIdentity>) {
+    let mut next = None;
+    if current.anonymous_id.is_none() || is_identify {
+        let mut n = current.clone();
+        if n.anonymous_id.is_none() {
+            n.anonymous_id = Some(uuid::Uuid::new_v4().hyphenated().to_string());
+        }
+        if is_identify {
+            // Identify replaces the stored hard ids (documented on `Identify`).
+            n.ids = m.ids.clone();
+            n.primary = m.primary.clone().or_else(|| (m.ids.len() == 1).then(|| m.ids.keys().next().cloned()).flatten());
+            n.user_id = n.primary.as_ref().and_then(|p| n.ids.get(p).cloned());
+        }
+        next = Some(n);
+    }
+    let s = next.as_ref().unwrap_or(current);
+    let identity = Identity {
+        anonymous_id: s.anonymous_id.clone(),
+        user_id: s.user_id.clone(),
+        primary: s.primary.clone(),
+        ids: s.ids.clone(),
+        ip: m.ip.clone(),
+        user_agent: m.user_agent.clone(),
+    };
+    (identity, next)
+}
+
+fn locale_from_env() -> Option<String> {
+    ["LC_ALL", "LANG"].iter().find_map(|k| {
+        let v = std::env::var(k).ok()?;
+        let tag = v.split('.').next()?.replace('_', "-");
+        (!tag.is_empty() && tag != "C" && tag != "POSIX").then_some(tag)
+    })
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        if shared.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let budget = self.shutdown_timeout;
+        push_control(shared, Control::Shutdown { budget, done: Reply::Sync(tx) }, budget);
+        if rx.recv_timeout(budget + Duration::from_secs(1)).is_ok() {
+            if let Some(handle) = lock(&self.worker).take() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.inner.shared.destinations.iter().map(|d| d.name()).collect();
+        f.debug_struct("Client").field("destinations", &names).finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// Builds the client: checks every setting and destination, opens the store and starts the
+    /// worker thread.
+    ///
+    /// # Errors
+    /// The first invalid setting, a destination with an invalid configuration, duplicate
+    /// destination names, a store that cannot be opened.
+    pub fn build(self) -> Result<Client, BuildError> {
+        Client::from_builder(self)
+    }
+}

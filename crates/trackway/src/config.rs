@@ -1,0 +1,382 @@
+//! The client builder and its settings.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use trackway_wire::Event;
+
+use crate::clock::Clock;
+use crate::destination::Destination;
+use crate::error::BuildError;
+use crate::store::Store;
+
+/// A hook that may change an event or drop it (return `false`) before it is queued.
+pub(crate) type BeforeSend = Arc<dyn Fn(&mut Event) -> bool + Send + Sync>;
+
+/// Builds a [`Client`](crate::Client). Setters never fail; the first invalid value is kept and
+/// returned by [`build`](Self::build).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use trackway::{Client, destination::JsonHttp};
+///
+/// let client = Client::builder()
+///     .destination(JsonHttp::new("http://127.0.0.1:9/events"))
+///     .batch_interval(Duration::from_millis(500))
+///     .app("shop", "2.4.0")
+///     .build()?;
+/// # Ok::<(), trackway::BuildError>(())
+/// ```
+#[must_use]
+pub struct ClientBuilder {
+    pub(crate) destinations: Vec<(Arc<dyn Destination>, HttpOptions)>,
+    pub(crate) store: Option<Box<dyn Store>>,
+    pub(crate) clock: Clock,
+    pub(crate) queue_capacity: usize,
+    pub(crate) queue_max_bytes: usize,
+    pub(crate) reserved_capacity: usize,
+    pub(crate) batch_interval: Duration,
+    pub(crate) commit_delay: Duration,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) max_event_age: Duration,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) before_send: Option<BeforeSend>,
+    pub(crate) app_name: Option<String>,
+    pub(crate) app_version: Option<String>,
+    pub(crate) locale: Option<String>,
+    pub(crate) error: Option<BuildError>,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            destinations: Vec::new(),
+            store: None,
+            clock: Clock::system(),
+            queue_capacity: 10_000,
+            queue_max_bytes: 16 * 1024 * 1024,
+            reserved_capacity: 1_024,
+            batch_interval: Duration::from_secs(1),
+            commit_delay: Duration::from_millis(2),
+            retry: RetryPolicy::default(),
+            max_event_age: Duration::from_secs(7 * 24 * 3600),
+            shutdown_timeout: Duration::from_secs(2),
+            before_send: None,
+            app_name: None,
+            app_version: None,
+            locale: None,
+            error: None,
+        }
+    }
+}
+
+impl ClientBuilder {
+    fn invalid(mut self, setting: &'static str, message: &str) -> Self {
+        if self.error.is_none() {
+            self.error = Some(BuildError::InvalidSetting { setting, message: message.to_owned() });
+        }
+        self
+    }
+
+    /// Adds a destination with default HTTP options (10 s request timeout, 5 s connect timeout).
+    pub fn destination(self, destination: impl Destination) -> Self {
+        self.destination_with(destination, HttpOptions::default())
+    }
+
+    /// Adds a destination with its own HTTP options (timeouts, extra headers, proxy, CA).
+    pub fn destination_with(mut self, destination: impl Destination, http: HttpOptions) -> Self {
+        self.destinations.push((Arc::new(destination), http));
+        self
+    }
+
+    /// The outbox. Default: [`MemoryStore`](crate::store::MemoryStore).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Box::new(store));
+        self
+    }
+
+    /// The clock for timestamps, backoff and age limits. Default: the system clock.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Most events waiting in the channel to the worker (default 10 000). Beyond it, events are
+    /// dropped and counted as `queue_full`; the caller is never blocked.
+    pub fn queue_capacity(mut self, events: usize) -> Self {
+        if events == 0 {
+            return self.invalid("queue_capacity", "must be at least 1");
+        }
+        self.queue_capacity = events;
+        self
+    }
+
+    /// Most bytes of serialized events waiting in the channel (default 16 MiB).
+    pub fn queue_max_bytes(mut self, bytes: usize) -> Self {
+        if bytes == 0 {
+            return self.invalid("queue_max_bytes", "must be at least 1");
+        }
+        self.queue_max_bytes = bytes;
+        self
+    }
+
+    /// Extra channel slots only state-changing calls (identify) and control requests (flush,
+    /// shutdown) may use (default 1 024).
+    pub fn reserved_capacity(mut self, slots: usize) -> Self {
+        self.reserved_capacity = slots.max(8);
+        self
+    }
+
+    /// How long a partial batch waits for more events before it is sent (default 1 s). A full
+    /// batch goes at once.
+    pub fn batch_interval(mut self, interval: Duration) -> Self {
+        self.batch_interval = interval;
+        self
+    }
+
+    /// How long the worker lets events gather after a quiet period before committing them to the
+    /// store (default 2 ms). Bounds how long an accepted event is not yet persisted.
+    pub fn commit_delay(mut self, delay: Duration) -> Self {
+        if delay > Duration::from_secs(1) {
+            return self.invalid("commit_delay", "must be at most 1 s: it is how long accepted events stay unpersisted");
+        }
+        self.commit_delay = delay;
+        self
+    }
+
+    /// Backoff and give-up rules for failed deliveries.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Events older than this (since they were enqueued) are dead-lettered as `expired` instead of
+    /// being sent (default 7 days).
+    pub fn max_event_age(mut self, age: Duration) -> Self {
+        if age.is_zero() {
+            return self.invalid("max_event_age", "must be more than zero");
+        }
+        self.max_event_age = age;
+        self
+    }
+
+    /// How long dropping the last clone may spend delivering what is queued (default 2 s).
+    /// What is not delivered stays in the store.
+    pub fn shutdown_timeout(mut self, budget: Duration) -> Self {
+        self.shutdown_timeout = budget;
+        self
+    }
+
+    /// A hook run on the caller's thread before an event is validated and queued: it may change
+    /// the event, or return `false` to drop it (counted as `filtered`).
+    pub fn before_send(mut self, hook: impl Fn(&mut Event) -> bool + Send + Sync + 'static) -> Self {
+        self.before_send = Some(Arc::new(hook));
+        self
+    }
+
+    /// The application's name and version, sent in every event's context.
+    pub fn app(mut self, name: impl Into<String>, version: impl Into<String>) -> Self {
+        self.app_name = Some(name.into());
+        self.app_version = Some(version.into());
+        self
+    }
+
+    /// The locale sent in every event's context (default: from `LC_ALL` / `LANG`, if set).
+    pub fn locale(mut self, locale: impl Into<String>) -> Self {
+        self.locale = Some(locale.into());
+        self
+    }
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("destinations", &self.destinations)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("batch_interval", &self.batch_interval)
+            .field("retry", &self.retry)
+            .field("max_event_age", &self.max_event_age)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Backoff and give-up rules.
+///
+/// Failed requests are retried after `rand(0, min(max_backoff, base_backoff × 2^(failures−1)))`
+/// (exponential backoff with full jitter), or after the server's `Retry-After` (capped at
+/// `max_retry_after`). A destination that is down is probed with one request at a time, so an
+/// outage never turns into a retry storm.
+///
+/// An event is dead-lettered as `retries_exhausted` only once it has failed `max_attempts` times
+/// **while the destination was delivering other events** (a poison event); while the destination
+/// is simply down, events wait until `max_event_age`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// First backoff ceiling (default 500 ms).
+    pub base_backoff: Duration,
+    /// Largest backoff ceiling (default 5 min).
+    pub max_backoff: Duration,
+    /// Longest `Retry-After` honoured (default 5 min); longer values are capped.
+    pub max_retry_after: Duration,
+    /// Failures while other events are delivered before giving up on an event (default 10).
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(300),
+            max_retry_after: Duration::from_secs(300),
+            max_attempts: 10,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Backoff from `base` up to `max`.
+    #[must_use]
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.base_backoff = base;
+        self.max_backoff = max.max(base);
+        self
+    }
+
+    /// Caps `Retry-After`.
+    #[must_use]
+    pub fn max_retry_after(mut self, cap: Duration) -> Self {
+        self.max_retry_after = cap;
+        self
+    }
+
+    /// Failures (while others succeed) before an event is dead-lettered.
+    #[must_use]
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+}
+
+/// HTTP settings of one destination. Header values are treated as secrets: they never appear in
+/// `Debug` output, logs or errors.
+///
+/// ```
+/// use std::time::Duration;
+/// let http = trackway::HttpOptions::default()
+///     .timeout(Duration::from_secs(5))
+///     .header("authorization", "Bearer s3cr3t");
+/// assert!(!format!("{http:?}").contains("s3cr3t"));
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct HttpOptions {
+    pub(crate) timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) proxy: Option<String>,
+    pub(crate) ca_certs_pem: Vec<Vec<u8>>,
+    pub(crate) user_agent: Option<String>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            headers: Vec::new(),
+            proxy: None,
+            ca_certs_pem: Vec::new(),
+            user_agent: None,
+        }
+    }
+}
+
+impl HttpOptions {
+    /// Whole-request timeout (default 10 s). Always on: zero is replaced by the default.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        if !timeout.is_zero() {
+            self.timeout = timeout;
+        }
+        self
+    }
+
+    /// Connect timeout (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        if !timeout.is_zero() {
+            self.connect_timeout = timeout;
+        }
+        self
+    }
+
+    /// An extra header on every request (its value is redacted everywhere).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// An HTTP(S) proxy URL for this destination.
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy = Some(url.into());
+        self
+    }
+
+    /// Trusts an extra CA certificate (PEM), e.g. a self-hosted server's private CA.
+    pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_certs_pem.push(pem.into());
+        self
+    }
+
+    /// Overrides the `User-Agent` header.
+    pub fn user_agent(mut self, ua: impl Into<String>) -> Self {
+        self.user_agent = Some(ua.into());
+        self
+    }
+
+    /// Builds the reqwest client these options describe.
+    pub(crate) fn build_client(&self) -> Result<reqwest::Client, String> {
+        let mut b = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            .user_agent(self.user_agent.clone().unwrap_or_else(|| format!("trackway/{}", env!("CARGO_PKG_VERSION"))));
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in &self.headers {
+            let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("header name {name:?} is not valid"))?;
+            let mut value = http::HeaderValue::from_str(value).map_err(|_| format!("the value of header {name} is not a valid header value"))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        b = b.default_headers(headers);
+        match &self.proxy {
+            Some(url) => {
+                let proxy = reqwest::Proxy::all(url).map_err(|_| format!("proxy URL {} is not valid", crate::destination::redact_url(url)))?;
+                b = b.proxy(proxy);
+            }
+            // No proxy from the environment unless asked: loopback tests and collectors must not
+            // be routed through a proxy a user set for their browser.
+            None => b = b.no_proxy(),
+        }
+        for pem in &self.ca_certs_pem {
+            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| format!("CA certificate is not valid PEM: {e}"))?;
+            b = b.add_root_certificate(cert);
+        }
+        b.build().map_err(|e| e.to_string())
+    }
+}
+
+impl fmt::Debug for HttpOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<String> = self.headers.iter().map(|(n, _)| format!("{n}: [redacted]")).collect();
+        f.debug_struct("HttpOptions")
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("headers", &headers)
+            .field("proxy", &self.proxy.as_deref().map(crate::destination::redact_url))
+            .field("ca_certs", &self.ca_certs_pem.len())
+            .field("user_agent", &self.user_agent)
+            .finish()
+    }
+}

@@ -1,0 +1,386 @@
+//! The destination contract: destinations are pure, the pipeline owns all I/O.
+//!
+//! A destination
+//! 1. says which [`EventKind`]s it takes ([`Destination::accepts`]): events are routed at enqueue,
+//!    so the others never see them;
+//! 2. checks its server's limits on the caller's thread ([`Destination::validate`]), so a
+//!    violation is an error at the call, not a 400 later;
+//! 3. turns a batch of stored events into HTTP requests ([`Destination::encode`]), possibly several
+//!    (a batch may be split), using its [`DestinationState`] (e.g. a session token);
+//! 4. reads the server's answer into one [`Outcome`] per event ([`Destination::classify`]) plus an
+//!    optional state update.
+//!
+//! Timeouts, retries, backoff, `Retry-After`, concurrency and dead letters belong to the pipeline.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use trackway_wire::{Event, EventKind, MessageId, Timestamp};
+
+#[cfg(feature = "json")]
+mod json;
+#[cfg(feature = "testing")]
+mod memory;
+mod status;
+
+#[cfg(feature = "json")]
+pub use json::JsonHttp;
+#[cfg(feature = "testing")]
+pub use memory::{InMemoryDestination, Received};
+pub use status::{classify_status, parse_retry_after};
+
+/// A backend that events are delivered to.
+///
+/// # Examples
+///
+/// A destination that POSTs each event's name as plain text, one request per event:
+///
+/// ```
+/// use trackway::destination::{Destination, DestinationState, Encoded, EventRecord, Request};
+/// use trackway::Timestamp;
+///
+/// #[derive(Debug)]
+/// struct Names { url: String }
+///
+/// impl Destination for Names {
+///     fn name(&self) -> &str { "names" }
+///     fn encode(&self, events: &[EventRecord], _: &DestinationState, _: Timestamp) -> Encoded {
+///         let mut out = Encoded::default();
+///         for (i, record) in events.iter().enumerate() {
+///             match record.event() {
+///                 Ok(e) => out.requests.push(Request::post(&self.url, e.name.clone().unwrap_or_default(), vec![i])),
+///                 Err(reason) => out.rejected.push((i, reason.to_string())),
+///             }
+///         }
+///         out
+///     }
+/// }
+/// ```
+pub trait Destination: Send + Sync + fmt::Debug + 'static {
+    /// A short, stable name: used in stats, errors and as the key of its delivery state in the store.
+    fn name(&self) -> &str;
+
+    /// Whether this destination takes events of `kind`. Default: all kinds.
+    fn accepts(&self, kind: EventKind) -> bool {
+        let _ = kind;
+        true
+    }
+
+    /// How many events (and bytes of stored events) one `encode` call may receive.
+    fn batch_limits(&self) -> BatchLimits {
+        BatchLimits::default()
+    }
+
+    /// Whether requests must go out one at a time in order (stateful destinations) or may be sent
+    /// in parallel.
+    fn delivery(&self) -> Delivery {
+        Delivery::Parallel { max_in_flight: 4 }
+    }
+
+    /// Checks the server's limits on the caller's thread, before anything is queued.
+    ///
+    /// # Errors
+    /// A [`LimitError`] naming the limit; the client wraps it with this destination's name.
+    fn validate(&self, event: &Event) -> Result<(), LimitError> {
+        let _ = event;
+        Ok(())
+    }
+
+    /// Encodes a batch (in enqueue order) into requests. Every event index must appear in exactly
+    /// one request's `items` or in `rejected`.
+    fn encode(&self, events: &[EventRecord], state: &DestinationState, now: Timestamp) -> Encoded;
+
+    /// Classifies the server's answer to `request`: one outcome per entry of `request.items`, in
+    /// the same order. Default: the status code decides for the whole request ([`classify_status`]).
+    fn classify(&self, request: &Request, response: &Response) -> Classified {
+        let outcome = classify_status(response);
+        Classified { outcomes: vec![outcome; request.items.len()], state: Vec::new() }
+    }
+
+    /// Checks the destination's configuration when the client is built (e.g. that its URL parses).
+    ///
+    /// # Errors
+    /// A message saying what to fix; `build()` returns it as a [`BuildError`](crate::BuildError).
+    fn check_config(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Answers a request in-process instead of over HTTP. Only in-process destinations (such as
+    /// the testing feature's `InMemoryDestination`) override it; real destinations leave `None`.
+    #[doc(hidden)]
+    fn respond_locally(&self, request: &Request) -> Option<Response> {
+        let _ = request;
+        None
+    }
+}
+
+/// Batch size limits of a destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchLimits {
+    /// Most events per `encode` call.
+    pub max_events: usize,
+    /// Most bytes of stored (serialized) events per `encode` call.
+    pub max_bytes: usize,
+}
+
+impl BatchLimits {
+    /// Limits of `max_events` events and `max_bytes` bytes.
+    pub fn new(max_events: usize, max_bytes: usize) -> Self {
+        BatchLimits { max_events: max_events.max(1), max_bytes: max_bytes.max(1) }
+    }
+}
+
+impl Default for BatchLimits {
+    /// 100 events, 512 KiB.
+    fn default() -> Self {
+        BatchLimits { max_events: 100, max_bytes: 512 * 1024 }
+    }
+}
+
+/// How a destination's requests may be sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// One request at a time, in order; a failed request is retried before anything later is sent.
+    /// For destinations whose requests carry state from the previous answer.
+    Ordered,
+    /// Up to `max_in_flight` requests at once; a retried event may arrive after later ones.
+    Parallel {
+        /// Most concurrent requests.
+        max_in_flight: usize,
+    },
+}
+
+/// A server limit an event breaks.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct LimitError {
+    /// What limit is broken, with the numbers (e.g. "event name is 60 UTF-16 units; the limit is 50").
+    pub message: String,
+}
+
+impl LimitError {
+    /// A limit error with a message a user can act on.
+    pub fn new(message: impl Into<String>) -> Self {
+        LimitError { message: message.into() }
+    }
+}
+
+/// One stored event as handed to [`Destination::encode`]: the compact JSON written at enqueue,
+/// parsed lazily so a destination that forwards the bytes as they are never pays for parsing.
+pub struct EventRecord {
+    pub(crate) seq: u64,
+    pub(crate) id: MessageId,
+    pub(crate) timestamp: Timestamp,
+    pub(crate) queued_at: Timestamp,
+    pub(crate) bytes: Bytes,
+    parsed: OnceLock<Result<Event, String>>,
+}
+
+impl EventRecord {
+    /// A record over serialized event bytes (as written at enqueue).
+    pub fn new(seq: u64, id: MessageId, timestamp: Timestamp, bytes: Bytes) -> Self {
+        EventRecord { seq, id, timestamp, queued_at: timestamp, bytes, parsed: OnceLock::new() }
+    }
+
+    /// Sets when the event was enqueued, if it differs from its timestamp (imports).
+    #[must_use]
+    pub fn with_queued_at(mut self, queued_at: Timestamp) -> Self {
+        self.queued_at = queued_at;
+        self
+    }
+
+    /// A record for `event` (serializes it); for tests and custom pipelines.
+    ///
+    /// # Errors
+    /// When the event cannot be serialized.
+    pub fn from_event(seq: u64, event: &Event) -> Result<Self, serde_json::Error> {
+        let bytes = Bytes::from(serde_json::to_vec(event)?);
+        Ok(EventRecord::new(seq, event.id, event.timestamp, bytes))
+    }
+
+    /// The event's position in the outbox (increasing in enqueue order).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+    /// The event's message id.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+    /// When the event happened.
+    pub fn timestamp(&self) -> Timestamp {
+        self.timestamp
+    }
+    /// When the event was enqueued (equals [`timestamp`](Self::timestamp) except for imports).
+    pub fn queued_at(&self) -> Timestamp {
+        self.queued_at
+    }
+    /// The event as compact JSON, exactly as stored.
+    pub fn json(&self) -> &Bytes {
+        &self.bytes
+    }
+    /// The parsed event.
+    ///
+    /// # Errors
+    /// A description if the stored bytes are not a valid event (a store written by a newer version).
+    pub fn event(&self) -> Result<&Event, &str> {
+        self.parsed
+            .get_or_init(|| serde_json::from_slice(&self.bytes).map_err(|e| format!("stored event is not valid: {e}")))
+            .as_ref()
+            .map_err(String::as_str)
+    }
+}
+
+impl fmt::Debug for EventRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventRecord").field("seq", &self.seq).field("id", &self.id).field("bytes", &self.bytes.len()).finish()
+    }
+}
+
+/// An HTTP request built by a destination.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Request {
+    /// HTTP method.
+    pub method: http::Method,
+    /// Absolute URL.
+    pub url: String,
+    /// Headers specific to this request (the destination's configured extra headers are added by
+    /// the pipeline).
+    pub headers: http::HeaderMap,
+    /// The body.
+    pub body: Bytes,
+    /// Indices (into the `events` slice given to `encode`) of the events this request carries.
+    pub items: Vec<usize>,
+}
+
+impl Request {
+    /// A POST of `body` to `url` carrying the events at `items`.
+    pub fn post(url: &str, body: impl Into<Bytes>, items: Vec<usize>) -> Self {
+        Request { method: http::Method::POST, url: url.to_owned(), headers: http::HeaderMap::new(), body: body.into(), items }
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+}
+
+/// The server's answer.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Response {
+    /// Status code.
+    pub status: http::StatusCode,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body (read in full, up to a limit).
+    pub body: Bytes,
+}
+
+impl Response {
+    /// A response, for tests of `classify`.
+    pub fn new(status: u16, body: impl Into<Bytes>) -> Self {
+        Response {
+            status: http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
+            headers: http::HeaderMap::new(),
+            body: body.into(),
+        }
+    }
+
+    /// The body as text (lossy), trimmed to 1 KiB: what dead letters and logs keep.
+    pub fn body_excerpt(&self) -> String {
+        let end = self.body.len().min(1024);
+        String::from_utf8_lossy(&self.body[..end]).into_owned()
+    }
+}
+
+/// The verdict on one event of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server has it.
+    Delivered,
+    /// A transient failure: send again after a backoff.
+    Retry,
+    /// The server asked to wait: pause this destination for at least this long, then send again.
+    Throttled(Duration),
+    /// The server will never take it: dead-letter it with this reason (status and body).
+    Reject(String),
+}
+
+/// The result of [`Destination::classify`].
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Classified {
+    /// One outcome per entry of the request's `items`, in order.
+    pub outcomes: Vec<Outcome>,
+    /// State changes to store for the next requests (key, value; `None` removes the key).
+    pub state: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Classified {
+    /// Outcomes without a state change.
+    pub fn new(outcomes: Vec<Outcome>) -> Self {
+        Classified { outcomes, state: Vec::new() }
+    }
+}
+
+/// The result of [`Destination::encode`].
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Encoded {
+    /// Requests to send, in order.
+    pub requests: Vec<Request>,
+    /// Events that cannot be encoded, with the reason; they are dead-lettered.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// A destination's stored state: small values kept in the store next to its delivery cursor, e.g. a
+/// session token the server hands back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DestinationState {
+    values: BTreeMap<String, Vec<u8>>,
+}
+
+impl DestinationState {
+    /// The value under `key`.
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.values.get(key).map(Vec::as_slice)
+    }
+
+    /// Applies changes from [`Classified::state`].
+    pub(crate) fn apply(&mut self, changes: &[(String, Option<Vec<u8>>)]) {
+        for (k, v) in changes {
+            match v {
+                Some(v) => {
+                    self.values.insert(k.clone(), v.clone());
+                }
+                None => {
+                    self.values.remove(k);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn from_map(values: BTreeMap<String, Vec<u8>>) -> Self {
+        DestinationState { values }
+    }
+}
+
+/// A URL with any user:password part replaced, for messages.
+pub(crate) fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("redacted");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,81 @@
+//! The default status-code classification and `Retry-After` parsing.
+
+use std::time::{Duration, SystemTime};
+
+use super::{Outcome, Response};
+
+/// How long to pause after a 429 that carries no `Retry-After` (Sentry and Amplitude use 60 and 30).
+const BARE_429_PAUSE: Duration = Duration::from_secs(30);
+
+/// Classifies a whole response by its status code:
+///
+/// | status | outcome |
+/// |---|---|
+/// | 2xx | `Delivered` |
+/// | 429, 503 with `Retry-After` | `Throttled(after)` |
+/// | 429 without | `Throttled(30 s)` |
+/// | 408, 5xx | `Retry` |
+/// | other 4xx, 3xx, 1xx | `Reject("<status>: <body>")` |
+pub fn classify_status(response: &Response) -> Outcome {
+    let status = response.status;
+    let retry_after = response
+        .headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    match status.as_u16() {
+        200..=299 => Outcome::Delivered,
+        429 => Outcome::Throttled(retry_after.unwrap_or(BARE_429_PAUSE)),
+        503 => retry_after.map_or(Outcome::Retry, Outcome::Throttled),
+        408 | 500..=599 => Outcome::Retry,
+        _ => Outcome::Reject(format!("{status}: {}", response.body_excerpt())),
+    }
+}
+
+/// Parses a `Retry-After` value: delay-seconds or an HTTP date (relative to `now`).
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+/// assert_eq!(trackway::destination::parse_retry_after("2", now), Some(Duration::from_secs(2)));
+/// assert_eq!(trackway::destination::parse_retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now), Some(Duration::from_secs(10)));
+/// assert_eq!(trackway::destination::parse_retry_after("soon", now), None);
+/// ```
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_header(status: u16, retry_after: &str) -> Response {
+        let mut r = Response::new(status, "");
+        r.headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_str(retry_after).expect("header"));
+        r
+    }
+
+    #[test]
+    fn table() {
+        assert_eq!(classify_status(&Response::new(200, "")), Outcome::Delivered);
+        assert_eq!(classify_status(&Response::new(204, "")), Outcome::Delivered);
+        assert_eq!(classify_status(&Response::new(503, "")), Outcome::Retry);
+        assert_eq!(classify_status(&Response::new(502, "")), Outcome::Retry);
+        assert_eq!(classify_status(&Response::new(408, "")), Outcome::Retry);
+        assert_eq!(classify_status(&Response::new(429, "")), Outcome::Throttled(BARE_429_PAUSE));
+        assert_eq!(classify_status(&with_header(429, "2")), Outcome::Throttled(Duration::from_secs(2)));
+        assert_eq!(classify_status(&with_header(503, "7")), Outcome::Throttled(Duration::from_secs(7)));
+        assert_eq!(classify_status(&Response::new(400, "bad name")), Outcome::Reject("400 Bad Request: bad name".into()));
+    }
+
+    #[test]
+    fn past_http_date_means_no_wait() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now), Some(Duration::ZERO));
+    }
+}

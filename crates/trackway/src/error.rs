@@ -1,0 +1,196 @@
+//! Errors: one enum per operation, with messages a user can act on.
+//!
+//! Display texts are meant for people and may change between versions; match on the variants.
+
+use std::time::Duration;
+
+use trackway_wire::PropertyError;
+
+use crate::stats::DestinationStats;
+
+/// Why a call (`track`, `page`, `screen`, `identify`, `capture`, `import`) did not queue its event.
+///
+/// Validation errors are returned before anything is queued or any I/O is done. `QueueFull` and
+/// `ShutDown` are also counted in [`Stats::dropped`](crate::Stats::dropped).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The user identifier was empty (server mode).
+    #[error("Identifier cannot be empty")]
+    EmptyIdentifier,
+    /// The event name was empty.
+    #[error("Event name cannot be empty")]
+    EmptyEventName,
+    /// A page view without a URL.
+    #[error("Page URL cannot be empty")]
+    EmptyUrl,
+    /// A screen view without a screen name.
+    #[error("Screen name cannot be empty")]
+    EmptyScreenName,
+    /// `identify` in app mode with no id at all.
+    #[error("identify needs at least one id: pass a user id or hard ids")]
+    NoIds,
+    /// A name or id longer than trackway accepts for any destination.
+    #[error("{what} is {len} bytes long; the limit is {max}")]
+    TooLong {
+        /// What is too long ("event name", "identifier", …).
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A property value cannot be sent (NaN, infinity, empty key, unserializable).
+    #[error(transparent)]
+    InvalidProperty(#[from] PropertyError),
+    /// The event breaks a limit of one of the destinations it is routed to; nothing was queued
+    /// for any destination.
+    #[error("destination `{destination}`: {message}")]
+    DestinationLimit {
+        /// The destination's name.
+        destination: String,
+        /// The broken limit, with the numbers.
+        message: String,
+    },
+    /// No destination of this client takes this kind of event.
+    #[error("no destination takes {kind} events")]
+    NoRoute {
+        /// The event kind.
+        kind: &'static str,
+    },
+    /// The channel to the worker is full; the event was dropped and counted as `queue_full`.
+    /// Calls that change client state (identify) use reserved capacity and only fail when that is
+    /// full too; their state change is then not applied.
+    #[error("the event queue is full; the event was dropped (counted as queue_full)")]
+    QueueFull,
+    /// The client was shut down; the event was dropped and counted.
+    #[error("the client is shut down")]
+    ShutDown,
+}
+
+/// Why [`ClientBuilder::build`](crate::ClientBuilder::build) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The client needs at least one destination.
+    #[error("no destination configured: add one with ClientBuilder::destination")]
+    NoDestination,
+    /// Two destinations share a name (names key their delivery state).
+    #[error("two destinations are named `{0}`; names must be unique (rename one)")]
+    DuplicateDestination(String),
+    /// A destination's configuration is invalid.
+    #[error("destination `{destination}`: {message}")]
+    Destination {
+        /// The destination's name.
+        destination: String,
+        /// What to fix.
+        message: String,
+    },
+    /// A builder setting is invalid.
+    #[error("invalid setting `{setting}`: {message}")]
+    InvalidSetting {
+        /// The setting.
+        setting: &'static str,
+        /// What to fix.
+        message: String,
+    },
+    /// The HTTP client could not be created (bad proxy or CA certificate, say).
+    #[error("destination `{destination}`: HTTP client: {message}")]
+    Http {
+        /// The destination's name.
+        destination: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(String),
+    /// The worker thread could not be started.
+    #[error("could not start the worker thread: {0}")]
+    Thread(String),
+}
+
+/// Why [`Client::flush`](crate::Client::flush) did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlushError {
+    /// Time ran out; events are still pending (per destination: name, pending count).
+    #[error("flush timed out after {waited:?}; still pending: {}", pending_list(.pending))]
+    Timeout {
+        /// How long the call waited.
+        waited: Duration,
+        /// Pending events per destination.
+        pending: Vec<(String, u64)>,
+    },
+    /// The client was already shut down.
+    #[error("the client is already shut down")]
+    AlreadyShutdown,
+}
+
+impl FlushError {
+    /// Pending count of destination `name` (0 if unknown or not a timeout).
+    pub fn pending_for(&self, name: &str) -> u64 {
+        match self {
+            FlushError::Timeout { pending, .. } => pending.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c),
+            FlushError::AlreadyShutdown => 0,
+        }
+    }
+}
+
+fn pending_list(pending: &[(String, u64)]) -> String {
+    pending.iter().map(|(n, c)| format!("{n}: {c}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Why [`Client::shutdown`](crate::Client::shutdown) did not complete cleanly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShutdownError {
+    /// The client was already shut down (by another call or clone).
+    #[error("the client is already shut down")]
+    AlreadyShutdown,
+    /// The budget ran out with events still pending; they stay in the store (a durable store
+    /// delivers them on the next start).
+    #[error("shutdown budget of {budget:?} ran out; still pending: {}", pending_list(.pending))]
+    Timeout {
+        /// The budget.
+        budget: Duration,
+        /// Pending events per destination.
+        pending: Vec<(String, u64)>,
+    },
+}
+
+/// What a successful flush or shutdown saw, per destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FlushReport {
+    /// Per destination counters at the time the flush completed (pending is 0 for the events
+    /// enqueued before the flush).
+    pub destinations: Vec<DestinationStats>,
+}
+
+impl FlushReport {
+    /// The counters of destination `name`.
+    pub fn destination(&self, name: &str) -> Option<&DestinationStats> {
+        self.destinations.iter().find(|d| d.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_send_sync_static() {
+        fn check<T: Send + Sync + 'static + std::error::Error>() {}
+        check::<Error>();
+        check::<BuildError>();
+        check::<FlushError>();
+        check::<ShutdownError>();
+    }
+
+    #[test]
+    fn seed_messages_are_exact() {
+        assert_eq!(Error::EmptyIdentifier.to_string(), "Identifier cannot be empty");
+        assert_eq!(Error::EmptyEventName.to_string(), "Event name cannot be empty");
+    }
+}

@@ -1,0 +1,44 @@
+//! Exponential backoff with full jitter.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+/// A delay drawn uniformly from `[0, min(max, base × 2^(failures−1))]` ("full jitter": clients that
+/// failed together do not retry together).
+pub(crate) fn full_jitter(base: Duration, max: Duration, failures: u32) -> Duration {
+    let ceiling = backoff_ceiling(base, max, failures);
+    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::rng().random_range(0..=millis))
+}
+
+/// The ceiling before jitter: `min(max, base × 2^(failures−1))`.
+pub(crate) fn backoff_ceiling(base: Duration, max: Duration, failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(30);
+    base.saturating_mul(1 << exp).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceiling_doubles_then_caps() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        assert_eq!(backoff_ceiling(base, max, 1), Duration::from_millis(100));
+        assert_eq!(backoff_ceiling(base, max, 2), Duration::from_millis(200));
+        assert_eq!(backoff_ceiling(base, max, 4), Duration::from_millis(800));
+        assert_eq!(backoff_ceiling(base, max, 5), max);
+        assert_eq!(backoff_ceiling(base, max, 100), max);
+    }
+
+    #[test]
+    fn jitter_stays_within_the_ceiling_and_varies() {
+        let base = Duration::from_millis(1000);
+        let draws: Vec<_> = (0..200).map(|_| full_jitter(base, base, 1)).collect();
+        assert!(draws.iter().all(|d| *d <= base));
+        let distinct: std::collections::BTreeSet<_> = draws.iter().collect();
+        assert!(distinct.len() > 50, "full jitter should spread retries");
+    }
+}

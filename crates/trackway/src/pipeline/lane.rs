@@ -1,0 +1,285 @@
+//! One destination's delivery state inside the worker: what to send next and when.
+//!
+//! Kept free of I/O so the scheduling rules (batching, retry groups, splitting, probing, pauses)
+//! can be read in one place; the worker does the reading, sending and storing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::destination::{BatchLimits, Delivery, Destination, DestinationState};
+
+/// Events that failed together and will be retried together (until split).
+#[derive(Debug, Clone)]
+pub(crate) struct Group {
+    pub(crate) seqs: Vec<u64>,
+    /// Clock time (elapsed) when it may be sent.
+    pub(crate) due: Duration,
+    /// Consecutive failed attempts of this group.
+    pub(crate) failures: u32,
+    /// `Lane::delivered` when it last failed; more since means the destination works.
+    pub(crate) epoch: u64,
+}
+
+/// Per-event retry bookkeeping, only for events that failed at least once.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ItemState {
+    /// Failures while the destination was delivering other events.
+    pub(crate) strikes: u32,
+    /// `Lane::delivered` at its last failure.
+    pub(crate) epoch: u64,
+}
+
+/// What the lane wants to send next.
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// A retry of these seqs; `failures` so far.
+    Retry { seqs: Vec<u64>, failures: u32 },
+    /// The next first-attempt batch.
+    Fresh,
+}
+
+pub(crate) struct Lane {
+    pub(crate) dest: Arc<dyn Destination>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) limits: BatchLimits,
+    pub(crate) ordered: bool,
+    pub(crate) max_in_flight: usize,
+    pub(crate) state: DestinationState,
+    /// First seq never read for a first attempt.
+    pub(crate) next_fresh: u64,
+    /// Pending events at or after `next_fresh`: count and bytes.
+    pub(crate) fresh: u64,
+    pub(crate) fresh_bytes: u64,
+    /// When the oldest of them arrived (clock elapsed).
+    pub(crate) fresh_since: Option<Duration>,
+    pub(crate) groups: Vec<Group>,
+    pub(crate) items: HashMap<u64, ItemState>,
+    pub(crate) in_flight: usize,
+    pub(crate) paused_until: Option<Duration>,
+    /// Consecutive requests that failed as a whole; non-zero means unhealthy (probe mode).
+    pub(crate) failures: u32,
+    /// Events delivered so far (the epoch for poison detection).
+    pub(crate) delivered: u64,
+    /// Send partial batches at once up to this seq (flush, shutdown).
+    pub(crate) flush_upto: Option<u64>,
+}
+
+impl std::fmt::Debug for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lane")
+            .field("dest", &self.dest.name())
+            .field("fresh", &self.fresh)
+            .field("groups", &self.groups.len())
+            .field("in_flight", &self.in_flight)
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lane {
+    pub(crate) fn new(dest: Arc<dyn Destination>, http: reqwest::Client, state: DestinationState) -> Self {
+        let (ordered, max_in_flight) = match dest.delivery() {
+            Delivery::Ordered => (true, 1),
+            Delivery::Parallel { max_in_flight } => (false, max_in_flight.max(1)),
+        };
+        Lane {
+            limits: dest.batch_limits(),
+            dest,
+            http,
+            ordered,
+            max_in_flight,
+            state,
+            next_fresh: 0,
+            fresh: 0,
+            fresh_bytes: 0,
+            fresh_since: None,
+            groups: Vec::new(),
+            items: HashMap::new(),
+            in_flight: 0,
+            paused_until: None,
+            failures: 0,
+            delivered: 0,
+            flush_upto: None,
+        }
+    }
+
+    /// Requests allowed at once now: one while unhealthy or ordered.
+    fn capacity(&self) -> usize {
+        if self.ordered || self.failures > 0 { 1 } else { self.max_in_flight }
+    }
+
+    /// An event routed here was appended.
+    pub(crate) fn on_appended(&mut self, bytes: u64, now: Duration) {
+        self.fresh += 1;
+        self.fresh_bytes += bytes;
+        self.fresh_since.get_or_insert(now);
+    }
+
+    /// Whether a first-attempt batch should go now.
+    fn fresh_due(&self, now: Duration, interval: Duration) -> bool {
+        if self.fresh == 0 {
+            return false;
+        }
+        self.fresh >= self.limits.max_events as u64
+            || self.fresh_bytes >= self.limits.max_bytes as u64
+            || self.fresh_since.is_some_and(|t| t + interval <= now)
+            || self.flush_upto.is_some_and(|upto| upto >= self.next_fresh)
+    }
+
+    /// Decides the next request, if one may go now. Takes the group out of `groups`.
+    pub(crate) fn next(&mut self, now: Duration, interval: Duration) -> Option<Next> {
+        if self.in_flight >= self.capacity() || self.paused_until.is_some_and(|t| t > now) {
+            return None;
+        }
+        // Retries first, lowest seq first: it is the oldest data.
+        let due = self
+            .groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.due <= now)
+            .min_by_key(|(_, g)| g.seqs.first().copied().unwrap_or(u64::MAX))
+            .map(|(i, _)| i);
+        if let Some(i) = due {
+            let mut group = self.groups.swap_remove(i);
+            let works = self.delivered > group.epoch;
+            if group.seqs.len() > 1 && (works || group.failures >= 2) {
+                let second = group.seqs.split_off(group.seqs.len() / 2);
+                self.groups.push(Group { seqs: second, due: now, failures: group.failures, epoch: group.epoch });
+            }
+            return Some(Next::Retry { seqs: group.seqs, failures: group.failures });
+        }
+        // An ordered destination sends nothing newer while a retry waits. An unhealthy one may
+        // probe with fresh events: a poison event in backoff must not hold back the rest.
+        if self.ordered && !self.groups.is_empty() {
+            return None;
+        }
+        self.fresh_due(now, interval).then_some(Next::Fresh)
+    }
+
+    /// A first-attempt batch of `count` events ending at `last_seq` was read.
+    pub(crate) fn took_fresh(&mut self, count: u64, bytes: u64, last_seq: u64) {
+        self.next_fresh = last_seq + 1;
+        self.fresh = self.fresh.saturating_sub(count);
+        self.fresh_bytes = self.fresh_bytes.saturating_sub(bytes);
+        if self.fresh == 0 {
+            self.fresh_since = None;
+            self.fresh_bytes = 0;
+        }
+    }
+
+    /// The earliest clock time at which `next` could return something (ignoring in-flight limits).
+    pub(crate) fn next_deadline(&self, interval: Duration) -> Option<Duration> {
+        let mut best: Option<Duration> = None;
+        let mut consider = |t: Duration| best = Some(best.map_or(t, |b| b.min(t)));
+        if let Some(p) = self.paused_until {
+            consider(p);
+        }
+        for g in &self.groups {
+            consider(g.due);
+        }
+        if self.fresh > 0 && !(self.ordered && !self.groups.is_empty()) {
+            if let Some(since) = self.fresh_since {
+                consider(since + interval);
+            }
+        }
+        best
+    }
+
+    /// True when nothing is queued, waiting or in flight here.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.fresh == 0 && self.groups.is_empty() && self.in_flight == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::destination::{DestinationState, Encoded, EventRecord};
+    use trackway_wire::Timestamp;
+
+    #[derive(Debug)]
+    struct Fake(Delivery);
+    impl Destination for Fake {
+        fn name(&self) -> &str {
+            "fake"
+        }
+        fn delivery(&self) -> Delivery {
+            self.0
+        }
+        fn batch_limits(&self) -> BatchLimits {
+            BatchLimits::new(10, 1 << 20)
+        }
+        fn encode(&self, _: &[EventRecord], _: &DestinationState, _: Timestamp) -> Encoded {
+            Encoded::default()
+        }
+    }
+
+    fn lane(delivery: Delivery) -> Lane {
+        Lane::new(Arc::new(Fake(delivery)), reqwest::Client::new(), DestinationState::default())
+    }
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn partial_batch_waits_for_the_interval_full_batch_goes_at_once() {
+        let mut l = lane(Delivery::Parallel { max_in_flight: 4 });
+        l.on_appended(10, Duration::ZERO);
+        assert!(l.next(Duration::from_millis(500), S).is_none());
+        assert!(matches!(l.next(S, S), Some(Next::Fresh)));
+        let mut l = lane(Delivery::Parallel { max_in_flight: 4 });
+        for _ in 0..10 {
+            l.on_appended(10, Duration::ZERO);
+        }
+        assert!(matches!(l.next(Duration::ZERO, S), Some(Next::Fresh)));
+    }
+
+    #[test]
+    fn unhealthy_lane_probes_one_request_at_a_time_retries_first() {
+        let mut l = lane(Delivery::Parallel { max_in_flight: 4 });
+        l.failures = 1;
+        l.groups.push(Group { seqs: vec![1, 2], due: Duration::ZERO, failures: 1, epoch: 0 });
+        for _ in 0..20 {
+            l.on_appended(10, Duration::ZERO);
+        }
+        let first = l.next(S, S);
+        assert!(matches!(first, Some(Next::Retry { ref seqs, .. }) if seqs == &[1, 2]));
+        l.in_flight = 1;
+        assert!(l.next(S, S).is_none(), "one probe at a time");
+    }
+
+    #[test]
+    fn failed_group_is_split_once_the_destination_works() {
+        let mut l = lane(Delivery::Parallel { max_in_flight: 4 });
+        l.groups.push(Group { seqs: vec![1, 2, 3, 4], due: Duration::ZERO, failures: 1, epoch: 0 });
+        l.delivered = 5;
+        match l.next(S, S) {
+            Some(Next::Retry { seqs, .. }) => assert_eq!(seqs, vec![1, 2]),
+            other => panic!("expected a retry, got {other:?}"),
+        }
+        assert_eq!(l.groups[0].seqs, vec![3, 4]);
+    }
+
+    #[test]
+    fn ordered_lane_holds_fresh_events_behind_a_waiting_retry() {
+        let mut l = lane(Delivery::Ordered);
+        l.groups.push(Group { seqs: vec![1], due: 10 * S, failures: 1, epoch: 0 });
+        for _ in 0..10 {
+            l.on_appended(10, Duration::ZERO);
+        }
+        assert!(l.next(S, S).is_none());
+        assert!(matches!(l.next(10 * S, S), Some(Next::Retry { .. })));
+    }
+
+    #[test]
+    fn a_pause_blocks_everything_until_it_ends() {
+        let mut l = lane(Delivery::Parallel { max_in_flight: 4 });
+        l.paused_until = Some(2 * S);
+        for _ in 0..10 {
+            l.on_appended(10, Duration::ZERO);
+        }
+        assert!(l.next(S, S).is_none());
+        assert_eq!(l.next_deadline(S), Some(2 * S));
+        assert!(l.next(2 * S, S).is_some());
+    }
+}

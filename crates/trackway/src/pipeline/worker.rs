@@ -1,0 +1,534 @@
+//! The worker loop: drain the queue into the store, send what is due, apply the answers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::task::{Id, JoinSet};
+use trackway_wire::Timestamp;
+
+use super::backoff::full_jitter;
+use super::lane::{Group, Lane, Next};
+use super::Settings;
+use crate::client::Shared;
+use crate::destination::{DestinationState, EventRecord, Outcome, Request, Response};
+use crate::queue::{Control, Item, Reply};
+use crate::stats::bump;
+use crate::store::{DeadLetterReason, NewEvent, Recovered, StateChange, Store};
+
+/// Response bodies are read up to this size; dead letters keep an excerpt.
+const MAX_RESPONSE_BODY: usize = 1 << 20;
+
+/// One request in flight: what the worker needs when its answer comes back.
+struct InFlight {
+    lane: usize,
+    seqs: Vec<u64>,
+    request: Request,
+    /// Failures of the group it retries (0 for a first attempt).
+    failures: u32,
+}
+
+type Answer = Result<Response, String>;
+
+pub(crate) struct Worker {
+    shared: Arc<Shared>,
+    store: Box<dyn Store>,
+    lanes: Vec<Lane>,
+    settings: Settings,
+    next_seq: u64,
+    tasks: JoinSet<Answer>,
+    in_flight: HashMap<Id, InFlight>,
+    flushes: Vec<(u64, Reply)>,
+    shutdown: Option<(Instant, Reply)>,
+    store_failed: bool,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        store: Box<dyn Store>,
+        recovered: Recovered,
+        http: Vec<reqwest::Client>,
+        settings: Settings,
+    ) -> Self {
+        let now = shared.clock.elapsed();
+        let lanes = shared
+            .destinations
+            .iter()
+            .zip(http)
+            .enumerate()
+            .map(|(i, (dest, http))| {
+                let prefix = state_prefix(dest.name());
+                let state = recovered
+                    .state
+                    .iter()
+                    .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_owned(), v.clone())))
+                    .collect();
+                let mut lane = Lane::new(dest.clone(), http, DestinationState::from_map(state));
+                // Everything pending from an earlier run is a first attempt for this process.
+                if let Some(&(count, bytes)) = recovered.pending.get(i) {
+                    if count > 0 {
+                        lane.fresh = count;
+                        lane.fresh_bytes = bytes;
+                        lane.fresh_since = Some(now);
+                    }
+                }
+                lane
+            })
+            .collect();
+        Worker {
+            shared,
+            store,
+            lanes,
+            settings,
+            next_seq: recovered.next_seq,
+            tasks: JoinSet::new(),
+            in_flight: HashMap::new(),
+            flushes: Vec::new(),
+            shutdown: None,
+            store_failed: false,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        loop {
+            if !self.shared.queue.is_paused() || self.shutdown.is_some() {
+                self.drain();
+            }
+            self.dispatch();
+            self.answer_flushes();
+            if let Some((deadline, _)) = &self.shutdown {
+                let done = self.lanes.iter().all(Lane::is_idle) && self.shared.queue.len() == 0;
+                if done || Instant::now() >= *deadline {
+                    break;
+                }
+            }
+            self.wait().await;
+        }
+        // Commit anything that raced in behind the shutdown request, then answer.
+        self.drain();
+        if let Some((_, reply)) = self.shutdown.take() {
+            reply.send();
+        }
+        for (_, reply) in self.flushes.drain(..) {
+            drop(reply);
+        }
+    }
+
+    /// Sleeps until something may need doing: an answer, new items, a deadline, the clock moving.
+    async fn wait(&mut self) {
+        let clock = self.shared.clock.clone();
+        let now = clock.elapsed();
+        let interval = self.settings.batch_interval;
+        let mut deadline = self.lanes.iter().filter_map(|l| l.next_deadline(interval)).min();
+        if self.shared.queue.len() > 0 && !self.shared.queue.is_paused() {
+            // Items are being pushed but no wake-up will come (the queue is not empty): poll.
+            deadline = Some(deadline.map_or(now + self.settings.commit_delay, |d| d.min(now + self.settings.commit_delay)));
+        }
+        let sleep_for = deadline.and_then(|d| clock.real_wait(d));
+        let shutdown_in = self.shutdown.as_ref().map(|(d, _)| d.saturating_duration_since(Instant::now()));
+        let queue = &self.shared.queue;
+        let has_tasks = !self.tasks.is_empty();
+        tokio::select! {
+            biased;
+            Some(joined) = self.tasks.join_next_with_id(), if has_tasks => {
+                match joined {
+                    Ok((id, answer)) => self.complete(id, answer),
+                    Err(e) => { let id = e.id(); self.complete(id, Err(format!("request task failed: {e}"))) }
+                }
+            }
+            () = queue.notified() => {
+                // Woken from idle by the first event: let a few more gather so one commit and one
+                // wake-up cover many events; the threshold wake-up cuts this short under load.
+                if !queue.is_past_threshold() && !self.settings.commit_delay.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(self.settings.commit_delay) => {}
+                        () = queue.notified() => {}
+                    }
+                }
+            }
+            () = queue.resumed(), if queue.is_paused() => {}
+            () = sleep_opt(sleep_for) => {}
+            () = clock.changed() => {}
+            () = sleep_opt(shutdown_in) => {}
+        }
+    }
+
+    /// Moves everything in the queue into the store in one append, then handles controls in order.
+    fn drain(&mut self) {
+        let mut events = Vec::new();
+        let mut state = Vec::new();
+        let mut controls = Vec::new();
+        let now = self.shared.clock.elapsed();
+        while let Some(item) = self.shared.queue.pop() {
+            match item {
+                Item::Event(e) => {
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    let routes: Vec<usize> = (0..self.lanes.len()).filter(|i| e.routes & (1 << i) != 0).collect();
+                    for &r in &routes {
+                        self.lanes[r].on_appended(e.bytes.len() as u64, now);
+                        bump(&self.shared.counters.destinations[r].pending, 1);
+                    }
+                    state.extend(e.state);
+                    events.push(NewEvent { seq, id: e.id, kind: e.kind, timestamp: e.timestamp, queued_at: e.queued_at, routes, bytes: e.bytes });
+                }
+                // A control answers only after the events queued before it are committed, so it
+                // waits until this drain's append.
+                Item::Control(c) => controls.push((self.next_seq, c)),
+            }
+        }
+        if !events.is_empty() || !state.is_empty() {
+            match self.store.append(&events, &state) {
+                Ok(()) => {
+                    bump(&self.shared.counters.persisted, events.len() as u64);
+                }
+                Err(e) => {
+                    // Nothing was written; these events cannot be delivered. Undo their routing.
+                    if !self.store_failed {
+                        tracing::error!(error = %e, "trackway: could not append events to the store; dropping them");
+                        self.store_failed = true;
+                    }
+                    for ev in &events {
+                        for &r in &ev.routes {
+                            let lane = &mut self.lanes[r];
+                            lane.fresh = lane.fresh.saturating_sub(1);
+                            lane.fresh_bytes = lane.fresh_bytes.saturating_sub(ev.bytes.len() as u64);
+                            let counters = &self.shared.counters.destinations[r];
+                            counters.pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        for (next_seq, control) in controls {
+            self.control(next_seq, control);
+        }
+    }
+
+    fn control(&mut self, next_seq: u64, control: Control) {
+        // Everything queued before the control has a seq below `next_seq`.
+        let upto = next_seq.checked_sub(1);
+        match control {
+            Control::Persisted(reply) => reply.send(),
+            Control::Flush(reply) => match upto {
+                Some(upto) => {
+                    for lane in &mut self.lanes {
+                        lane.flush_upto = Some(lane.flush_upto.map_or(upto, |u| u.max(upto)));
+                    }
+                    self.flushes.push((upto, reply));
+                }
+                None => reply.send(),
+            },
+            Control::Shutdown { budget, done } => {
+                for lane in &mut self.lanes {
+                    lane.flush_upto = Some(u64::MAX);
+                }
+                self.shutdown = Some((Instant::now() + budget, done));
+            }
+            Control::DeadLetters { limit, reply } => {
+                let letters = self.store.dead_letters(limit).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "trackway: could not read dead letters");
+                    Vec::new()
+                });
+                let _ = reply.try_send(letters);
+            }
+        }
+    }
+
+    /// Answers flushes whose events are all delivered or dead-lettered.
+    fn answer_flushes(&mut self) {
+        if self.flushes.is_empty() {
+            return;
+        }
+        let mut lowest: Option<u64> = None;
+        for i in 0..self.lanes.len() {
+            if let Ok(Some(seq)) = self.store.lowest_pending(i) {
+                lowest = Some(lowest.map_or(seq, |l| l.min(seq)));
+            }
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) = self.flushes.drain(..).partition(|(upto, _)| lowest.is_none_or(|l| l > *upto));
+        self.flushes = waiting;
+        for (_, reply) in done {
+            reply.send();
+        }
+    }
+
+    /// Starts every request that may go now.
+    fn dispatch(&mut self) {
+        let interval = self.settings.batch_interval;
+        for i in 0..self.lanes.len() {
+            loop {
+                let now = self.shared.clock.elapsed();
+                let Some(next) = self.lanes[i].next(now, interval) else { break };
+                let (records, failures) = match next {
+                    Next::Retry { seqs, failures } => (self.store.read_seqs(i, &seqs), failures),
+                    Next::Fresh => {
+                        let lane = &self.lanes[i];
+                        let read = self.store.read(i, lane.next_fresh, lane.limits.max_events, lane.limits.max_bytes);
+                        if let Ok(records) = &read {
+                            let bytes = records.iter().map(|r| r.json().len() as u64).sum();
+                            match records.last() {
+                                Some(last) => self.lanes[i].took_fresh(records.len() as u64, bytes, last.seq()),
+                                // The counters disagree with the store (events dropped elsewhere).
+                                None => {
+                                    let lane = &mut self.lanes[i];
+                                    lane.took_fresh(u64::MAX, u64::MAX, lane.next_fresh.saturating_sub(1));
+                                }
+                            }
+                        }
+                        (read, 0)
+                    }
+                };
+                match records {
+                    Ok(records) if !records.is_empty() => self.send(i, records, failures),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, destination = self.lanes[i].dest.name(), "trackway: could not read from the store");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Encodes `records` for lane `i` and starts the requests.
+    fn send(&mut self, i: usize, records: Vec<EventRecord>, failures: u32) {
+        let now_ts = self.shared.clock.now();
+        let max_age = self.settings.max_event_age;
+        let (records, expired): (Vec<_>, Vec<_>) =
+            records.into_iter().partition(|r| now_ts.saturating_duration_since(r.queued_at()) <= max_age);
+        if !expired.is_empty() {
+            let letters = expired
+                .iter()
+                .map(|r| (r.seq(), DeadLetterReason::Expired, format!("older than max_event_age ({max_age:?})")))
+                .collect::<Vec<_>>();
+            self.dead_letter(i, letters, now_ts);
+        }
+        if records.is_empty() {
+            return;
+        }
+        let lane = &self.lanes[i];
+        let encoded = lane.dest.encode(&records, &lane.state, now_ts);
+        let mut covered = vec![false; records.len()];
+        let mut rejected = Vec::new();
+        for (idx, reason) in encoded.rejected {
+            if let Some(r) = records.get(idx) {
+                covered[idx] = true;
+                rejected.push((r.seq(), DeadLetterReason::Rejected, format!("could not be encoded: {reason}")));
+            }
+        }
+        for request in encoded.requests {
+            let seqs: Vec<u64> = request.items.iter().filter_map(|&idx| records.get(idx).map(|r| r.seq())).collect();
+            for &idx in &request.items {
+                if let Some(c) = covered.get_mut(idx) {
+                    *c = true;
+                }
+            }
+            self.start(i, request, seqs, failures);
+        }
+        for (idx, r) in records.iter().enumerate() {
+            if !covered[idx] {
+                rejected.push((r.seq(), DeadLetterReason::Rejected, "the destination produced no request for it".into()));
+            }
+        }
+        if !rejected.is_empty() {
+            self.dead_letter(i, rejected, now_ts);
+        }
+    }
+
+    fn start(&mut self, i: usize, request: Request, seqs: Vec<u64>, failures: u32) {
+        let lane = &mut self.lanes[i];
+        lane.in_flight += 1;
+        bump(&self.shared.counters.destinations[i].requests, 1);
+        let dest = lane.dest.clone();
+        let http = lane.http.clone();
+        let req = request.clone();
+        let handle = self.tasks.spawn(async move {
+            if let Some(local) = dest.respond_locally(&req) {
+                return Ok(local);
+            }
+            execute(&http, req).await
+        });
+        self.in_flight.insert(handle.id(), InFlight { lane: i, seqs, request, failures });
+    }
+
+    /// Applies the answer to one request.
+    fn complete(&mut self, id: Id, answer: Answer) {
+        let Some(flight) = self.in_flight.remove(&id) else { return };
+        let i = flight.lane;
+        let now = self.shared.clock.elapsed();
+        let now_ts = self.shared.clock.now();
+        self.lanes[i].in_flight = self.lanes[i].in_flight.saturating_sub(1);
+        let n = flight.seqs.len();
+        let mut outcomes = match &answer {
+            Ok(response) => {
+                let classified = self.lanes[i].dest.classify(&flight.request, response);
+                if !classified.state.is_empty() {
+                    self.lanes[i].state.apply(&classified.state);
+                    let prefix = state_prefix(self.lanes[i].dest.name());
+                    let changes: Vec<StateChange> = classified
+                        .state
+                        .iter()
+                        .map(|(k, v)| StateChange { key: format!("{prefix}{k}"), value: v.clone() })
+                        .collect();
+                    if let Err(e) = self.store.set_state(&changes) {
+                        tracing::warn!(error = %e, "trackway: could not store destination state");
+                    }
+                }
+                classified.outcomes
+            }
+            Err(_) => Vec::new(),
+        };
+        // A classifier that returns too few outcomes leaves the rest to be retried.
+        outcomes.resize(n, Outcome::Retry);
+
+        let shared = self.shared.clone();
+        let counters = &shared.counters.destinations[i];
+        let mut delivered = Vec::new();
+        let mut letters = Vec::new();
+        let mut retry = Vec::new();
+        let mut pause: Option<Duration> = None;
+        for (&seq, outcome) in flight.seqs.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Delivered => delivered.push(seq),
+                Outcome::Reject(reason) => letters.push((seq, DeadLetterReason::Rejected, reason)),
+                Outcome::Retry => retry.push(seq),
+                Outcome::Throttled(d) => {
+                    pause = Some(pause.map_or(d, |p| p.max(d)));
+                    retry.push(seq);
+                }
+            }
+        }
+        let server_answered_ok = !delivered.is_empty() || !letters.is_empty();
+        if !delivered.is_empty() {
+            match self.store.ack(i, &delivered) {
+                Ok(()) => {
+                    bump(&counters.delivered, delivered.len() as u64);
+                    counters.pending.fetch_sub(delivered.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => tracing::error!(error = %e, "trackway: could not record deliveries"),
+            }
+            let lane = &mut self.lanes[i];
+            lane.delivered += delivered.len() as u64;
+            for seq in &delivered {
+                lane.items.remove(seq);
+            }
+        }
+        if !letters.is_empty() {
+            if let Err(e) = &answer {
+                tracing::debug!(error = %e, "unexpected rejection without a response");
+            }
+            self.dead_letter(i, letters, now_ts);
+        }
+        let lane = &mut self.lanes[i];
+        if server_answered_ok {
+            lane.failures = 0;
+        } else {
+            lane.failures = lane.failures.saturating_add(1);
+            bump(&counters.failed_requests, 1);
+            if let Err(e) = &answer {
+                tracing::debug!(destination = lane.dest.name(), error = %e, "trackway: request failed");
+            }
+        }
+        if let Some(d) = pause {
+            let d = d.min(self.settings.retry.max_retry_after);
+            lane.paused_until = Some(lane.paused_until.map_or(now + d, |p| p.max(now + d)));
+        }
+        if retry.is_empty() {
+            return;
+        }
+        bump(&counters.retried, retry.len() as u64);
+
+        // Poison detection: a strike for each event that failed while the destination worked,
+        // either in this very response or since the event's previous failure.
+        let max_attempts = self.settings.retry.max_attempts;
+        let mut exhausted = Vec::new();
+        let mut keep = Vec::with_capacity(retry.len());
+        for seq in retry {
+            let known = lane.items.contains_key(&seq);
+            let item = lane.items.entry(seq).or_default();
+            let worked_since = known && lane.delivered > item.epoch;
+            if server_answered_ok || (n == 1 && worked_since) {
+                item.strikes += 1;
+            }
+            item.epoch = lane.delivered;
+            if item.strikes >= max_attempts {
+                lane.items.remove(&seq);
+                exhausted.push((seq, DeadLetterReason::RetriesExhausted, format!("failed {max_attempts} times while other events were delivered")));
+            } else {
+                keep.push(seq);
+            }
+        }
+        if !keep.is_empty() {
+            let failures = flight.failures + 1;
+            let retry_policy = &self.settings.retry;
+            let backoff = full_jitter(retry_policy.base_backoff, retry_policy.max_backoff, failures.max(lane.failures));
+            let due = lane.paused_until.filter(|p| *p > now).unwrap_or(now + backoff);
+            lane.groups.push(Group { seqs: keep, due, failures, epoch: lane.delivered });
+        }
+        if !exhausted.is_empty() {
+            self.dead_letter(i, exhausted, now_ts);
+        }
+    }
+
+    fn dead_letter(&mut self, i: usize, letters: Vec<(u64, DeadLetterReason, String)>, at: Timestamp) {
+        if let Err(e) = self.store.dead_letter(i, &letters, at) {
+            tracing::error!(error = %e, "trackway: could not store dead letters");
+            return;
+        }
+        let counters = &self.shared.counters.destinations[i];
+        let lane = &mut self.lanes[i];
+        let name = lane.dest.name();
+        for (seq, reason, detail) in &letters {
+            lane.items.remove(seq);
+            let counter = match reason {
+                DeadLetterReason::Rejected => &counters.rejected,
+                DeadLetterReason::RetriesExhausted => &counters.retries_exhausted,
+                DeadLetterReason::Expired => &counters.expired,
+            };
+            bump(counter, 1);
+            tracing::warn!(destination = name, reason = %reason, detail = %detail, "trackway: event dead-lettered");
+        }
+        counters.pending.fetch_sub(letters.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Store keys of a destination's state.
+fn state_prefix(name: &str) -> String {
+    format!("dest/{name}/")
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends one request and reads the answer (up to [`MAX_RESPONSE_BODY`]).
+async fn execute(http: &reqwest::Client, request: Request) -> Answer {
+    let response = http
+        .request(request.method, &request.url)
+        .headers(request.headers)
+        .body(request.body)
+        .send()
+        .await
+        // without_url: a URL may carry credentials, and errors end up in logs.
+        .map_err(|e| e.without_url().to_string())?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let mut body = Vec::new();
+    let mut response = response;
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.without_url().to_string())? {
+        let room = MAX_RESPONSE_BODY.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if room <= chunk.len() {
+            break;
+        }
+    }
+    let mut out = Response::new(status.as_u16(), Bytes::from(body));
+    out.headers = headers;
+    Ok(out)
+}

@@ -1,0 +1,123 @@
+//! Counters of everything the client did with the events it was given: nothing is dropped without
+//! being counted under a reason.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of a client's counters, from [`Client::stats`](crate::Client::stats).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Events accepted into the channel.
+    pub enqueued: u64,
+    /// Events committed to the store (safe from a process crash with the durable store).
+    pub persisted: u64,
+    /// Events not accepted, by reason.
+    pub dropped: Dropped,
+    /// Per destination, in the order they were added.
+    pub destinations: Vec<DestinationStats>,
+}
+
+/// Events that never reached the store, by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Dropped {
+    /// The channel to the worker was full (the caller is never blocked).
+    pub queue_full: u64,
+    /// The `before_send` hook dropped the event.
+    pub filtered: u64,
+    /// The client was already shut down.
+    pub shutdown: u64,
+}
+
+/// What happened to the events routed to one destination.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DestinationStats {
+    /// The destination's name.
+    pub name: String,
+    /// Events the server accepted.
+    pub delivered: u64,
+    /// Item attempts that failed and were scheduled again.
+    pub retried: u64,
+    /// Requests sent (every attempt).
+    pub requests: u64,
+    /// Requests that failed as a whole (transport error, timeout, 5xx, 429, …).
+    pub failed_requests: u64,
+    /// Events routed here and not yet delivered or dead-lettered.
+    pub pending: u64,
+    /// Events dead-lettered because the server rejected them.
+    pub rejected: u64,
+    /// Events dead-lettered after failing repeatedly while later events were delivered.
+    pub retries_exhausted: u64,
+    /// Events dropped because they grew older than `max_event_age`.
+    pub expired: u64,
+}
+
+/// The live counters behind [`Stats`]; atomics so the caller's thread never takes a lock.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) enqueued: AtomicU64,
+    pub(crate) persisted: AtomicU64,
+    pub(crate) queue_full: AtomicU64,
+    pub(crate) filtered: AtomicU64,
+    pub(crate) shutdown: AtomicU64,
+    pub(crate) destinations: Box<[DestinationCounters]>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct DestinationCounters {
+    pub(crate) name: String,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) failed_requests: AtomicU64,
+    pub(crate) pending: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) retries_exhausted: AtomicU64,
+    pub(crate) expired: AtomicU64,
+}
+
+/// Relaxed is enough: counters are statistics, never used to synchronize data.
+pub(crate) fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub(crate) fn new(names: impl IntoIterator<Item = String>) -> Self {
+        Counters {
+            destinations: names.into_iter().map(|name| DestinationCounters { name, ..Default::default() }).collect(),
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            enqueued: get(&self.enqueued),
+            persisted: get(&self.persisted),
+            dropped: Dropped { queue_full: get(&self.queue_full), filtered: get(&self.filtered), shutdown: get(&self.shutdown) },
+            destinations: self
+                .destinations
+                .iter()
+                .map(|d| DestinationStats {
+                    name: d.name.clone(),
+                    delivered: get(&d.delivered),
+                    retried: get(&d.retried),
+                    requests: get(&d.requests),
+                    failed_requests: get(&d.failed_requests),
+                    pending: get(&d.pending),
+                    rejected: get(&d.rejected),
+                    retries_exhausted: get(&d.retries_exhausted),
+                    expired: get(&d.expired),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Stats {
+    /// The stats of the destination called `name`.
+    pub fn destination(&self, name: &str) -> Option<&DestinationStats> {
+        self.destinations.iter().find(|d| d.name == name)
+    }
+}

@@ -1,0 +1,190 @@
+//! The outbox: where accepted events wait until every destination they were routed to has
+//! delivered or dead-lettered them.
+//!
+//! # Design
+//!
+//! - The worker thread is the only writer. It appends whatever the channel holds in **one**
+//!   [`Store::append`] call (one transaction in a durable store: group commit), together with any
+//!   client-state change carried by those events, so a state change and the events it causes are
+//!   committed together.
+//! - Each event gets a sequence number (`seq`), increasing in enqueue order, and a set of routes
+//!   (destination indices). Delivery state is kept **per (event, destination)**: a destination's
+//!   cursor is its lowest pending `seq`; acks may arrive out of order (parallel requests, retries),
+//!   so the store keeps the exact set of pending seqs, not just a cursor.
+//! - An event is deleted once every destination it was routed to has acked or dead-lettered it.
+//! - Dead letters keep the event bytes, the destination, the reason and the server's answer.
+//! - Key/value state (identity, session, destination tokens) lives beside the events.
+//!
+//! [`MemoryStore`] implements this in memory; the SQLite store implements the same trait.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bytes::Bytes;
+use trackway_wire::{EventKind, MessageId, Timestamp};
+
+use crate::destination::EventRecord;
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+/// An event to append.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    /// Sequence number assigned by the worker (increasing).
+    pub seq: u64,
+    /// Message id.
+    pub id: MessageId,
+    /// Event kind.
+    pub kind: EventKind,
+    /// When the event happened.
+    pub timestamp: Timestamp,
+    /// When it was enqueued (differs from `timestamp` for imports); `max_event_age` counts from here.
+    pub queued_at: Timestamp,
+    /// Indices of the destinations it is routed to.
+    pub routes: Vec<usize>,
+    /// The compact JSON of the event.
+    pub bytes: Bytes,
+}
+
+/// A change to the key/value state: `None` deletes the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateChange {
+    /// Key, e.g. `identity` or `dest/umami/cache`.
+    pub key: String,
+    /// New value.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Why an event was dead-lettered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DeadLetterReason {
+    /// The server rejected it (a permanent status or a per-item error).
+    Rejected,
+    /// It kept failing while later events were delivered.
+    RetriesExhausted,
+    /// It grew older than `max_event_age` before it could be delivered.
+    Expired,
+}
+
+impl DeadLetterReason {
+    /// The reason as used in stats and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::Rejected => "rejected",
+            DeadLetterReason::RetriesExhausted => "retries_exhausted",
+            DeadLetterReason::Expired => "expired",
+        }
+    }
+}
+
+impl fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An event one destination gave up on, with the reason and the server's answer.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The event's outbox position.
+    pub seq: u64,
+    /// The event's message id.
+    pub id: MessageId,
+    /// The destination that gave up.
+    pub destination: String,
+    /// Why.
+    pub reason: DeadLetterReason,
+    /// Details: the status and body the server answered, or what went wrong.
+    pub detail: String,
+    /// When it was dead-lettered.
+    pub at: Timestamp,
+    /// The event's compact JSON.
+    pub event: Bytes,
+}
+
+/// What a store holds when it is opened.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Recovered {
+    /// The next sequence number to assign.
+    pub next_seq: u64,
+    /// Key/value client state.
+    pub state: BTreeMap<String, Vec<u8>>,
+    /// Per destination index: number of pending events and their total bytes.
+    pub pending: Vec<(u64, u64)>,
+}
+
+/// An error from the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store cannot take more data.
+    #[error("store is full: {0}")]
+    Full(String),
+    /// Anything else the backend reports.
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+/// The outbox interface. The worker thread owns the store; no method is called concurrently.
+pub trait Store: Send + fmt::Debug + 'static {
+    /// Opens the store for these destinations (index = position; names are the stable keys) and
+    /// returns what it holds. Called once, before anything else.
+    ///
+    /// # Errors
+    /// When the store cannot be opened.
+    fn open(&mut self, destinations: &[String]) -> Result<Recovered, StoreError>;
+
+    /// Appends events and applies state changes, atomically.
+    ///
+    /// # Errors
+    /// When nothing could be written; then nothing was.
+    fn append(&mut self, events: &[NewEvent], state: &[StateChange]) -> Result<(), StoreError>;
+
+    /// Up to `max_events` pending events of `destination` with `seq >= from`, in seq order, stopping
+    /// before `max_bytes` would be exceeded (at least one event is returned if any is pending).
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn read(&mut self, destination: usize, from: u64, max_events: usize, max_bytes: usize) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// The pending events of `destination` among `seqs` (others are skipped).
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn read_seqs(&mut self, destination: usize, seqs: &[u64]) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Marks events delivered to `destination`.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn ack(&mut self, destination: usize, seqs: &[u64]) -> Result<(), StoreError>;
+
+    /// Moves events of `destination` to the dead letters.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn dead_letter(&mut self, destination: usize, letters: &[(u64, DeadLetterReason, String)], at: Timestamp) -> Result<(), StoreError>;
+
+    /// The lowest pending seq of `destination` (its cursor), if any.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn lowest_pending(&mut self, destination: usize) -> Result<Option<u64>, StoreError>;
+
+    /// Applies state changes alone (e.g. a destination's token after a response).
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn set_state(&mut self, changes: &[StateChange]) -> Result<(), StoreError>;
+
+    /// The dead letters, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn dead_letters(&mut self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+}
