@@ -85,10 +85,7 @@ impl CollectorBuilder {
         // Never accepted a connection, so dropping it leaves no TIME_WAIT behind; `start` binds
         // with SO_REUSEADDR anyway.
         drop(probe);
-        Ok(ReservedCollector {
-            builder: self.listen(addr),
-            addr,
-        })
+        Ok(ReservedCollector { builder: self.listen(addr), addr })
     }
 }
 

@@ -29,10 +29,7 @@ pub(crate) fn answer(shared: &Shared, method: &Method, path: &str) -> Response<F
         return respond(StatusCode::NOT_FOUND, &json!({"error": "not found"}));
     }
     if method != Method::GET && method != Method::HEAD {
-        return respond(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &json!({"error": "method not allowed"}),
-        );
+        return respond(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method not allowed"}));
     }
     if path == STATS {
         let stats = shared.recorder.stats();
@@ -46,12 +43,7 @@ pub(crate) fn answer(shared: &Shared, method: &Method, path: &str) -> Response<F
             }),
         )
     } else {
-        let requests: Vec<Value> = shared
-            .recorder
-            .requests()
-            .iter()
-            .map(request_json)
-            .collect();
+        let requests: Vec<Value> = shared.recorder.requests().iter().map(request_json).collect();
         respond(StatusCode::OK, &Value::Array(requests))
     }
 }
@@ -70,8 +62,6 @@ fn request_json(request: &RecordedRequest) -> Value {
 fn respond(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

@@ -34,10 +34,7 @@ pub struct RecordedRequest {
 impl RecordedRequest {
     /// The first value of the header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The body parsed as JSON, or `None` if it is not valid JSON.
@@ -124,10 +121,8 @@ impl Recorder {
     /// Blocks until at least `n` requests were counted, or `timeout` passed; true in the former.
     pub(crate) fn wait_for(&self, n: u64, timeout: Duration) -> bool {
         let log = lock(&self.log);
-        let (log, _) = self
-            .arrived
-            .wait_timeout_while(log, timeout, |log| log.count < n)
-            .unwrap_or_else(|e| e.into_inner());
+        let (log, _) =
+            self.arrived.wait_timeout_while(log, timeout, |log| log.count < n).unwrap_or_else(|e| e.into_inner());
         log.count >= n
     }
 }
@@ -141,15 +136,7 @@ mod tests {
         let recorder = Recorder::default();
         recorder.observe(b"[1,2,3]", None);
         recorder.observe(b"nope", None);
-        assert_eq!(
-            recorder.stats(),
-            SinkStats {
-                requests: 2,
-                events: 3,
-                bytes: 11,
-                json_errors: 1
-            }
-        );
+        assert_eq!(recorder.stats(), SinkStats { requests: 2, events: 3, bytes: 11, json_errors: 1 });
         assert!(recorder.requests().is_empty());
         assert!(recorder.wait_for(2, Duration::ZERO));
         assert!(!recorder.wait_for(3, Duration::from_millis(10)));

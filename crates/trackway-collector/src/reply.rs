@@ -40,13 +40,7 @@ impl Reply {
             Ok(status) => status,
             Err(_) => panic!("Reply::status: {code} is not a valid HTTP status code"),
         };
-        Self {
-            status,
-            headers: HeaderMap::new(),
-            body: Bytes::new(),
-            delay: Duration::ZERO,
-            close: false,
-        }
+        Self { status, headers: HeaderMap::new(), body: Bytes::new(), delay: Duration::ZERO, close: false }
     }
 
     /// Sets a response header, replacing any earlier value of the same name.
@@ -81,8 +75,7 @@ impl Reply {
     /// Sets the body to `value` serialized, and `content-type: application/json`.
     pub fn json(mut self, value: serde_json::Value) -> Self {
         self.body = Bytes::from(value.to_string());
-        self.headers
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         self
     }
 
@@ -97,10 +90,7 @@ impl Reply {
     /// Reads the whole request, then closes the TCP connection without writing any response, so
     /// the client sees a connection error rather than a status. Recorded with status 0.
     pub fn close_connection() -> Self {
-        Self {
-            close: true,
-            ..Self::status(200)
-        }
+        Self { close: true, ..Self::status(200) }
     }
 
     /// `n` copies of this reply, for [`CollectorBuilder::script`](crate::CollectorBuilder::script).
@@ -159,18 +149,12 @@ enum Matcher {
 impl Rule {
     /// Matches requests whose body contains `needle` (byte-wise; an empty needle matches all).
     pub fn body_contains(needle: &str, reply: Reply) -> Self {
-        Self {
-            matcher: Matcher::BodyContains(Bytes::copy_from_slice(needle.as_bytes())),
-            reply,
-        }
+        Self { matcher: Matcher::BodyContains(Bytes::copy_from_slice(needle.as_bytes())), reply }
     }
 
     /// Matches requests whose path (without the query string) is exactly `path`.
     pub fn path(path: &str, reply: Reply) -> Self {
-        Self {
-            matcher: Matcher::Path(path.to_owned()),
-            reply,
-        }
+        Self { matcher: Matcher::Path(path.to_owned()), reply }
     }
 
     /// The reply, if this rule matches the request.
@@ -201,25 +185,15 @@ mod tests {
         let rule = Rule::path("/v1/batch", Reply::status(500));
         assert!(rule.reply_for("/v1/batch", b"").is_some());
         assert!(rule.reply_for("/v1/batch/", b"").is_none());
-        assert!(
-            Rule::body_contains("", Reply::ok())
-                .reply_for("/", b"")
-                .is_some()
-        );
+        assert!(Rule::body_contains("", Reply::ok()).reply_for("/", b"").is_some());
     }
 
     #[test]
     fn reply_builders() {
         let reply = Reply::status(429).retry_after("3").header("X-A", "1");
         assert_eq!(reply.recorded_status(), 429);
-        assert_eq!(
-            reply.headers.get("retry-after").map(|v| v.as_bytes()),
-            Some(&b"3"[..])
-        );
-        assert_eq!(
-            reply.headers.get("x-a").map(|v| v.as_bytes()),
-            Some(&b"1"[..])
-        );
+        assert_eq!(reply.headers.get("retry-after").map(|v| v.as_bytes()), Some(&b"3"[..]));
+        assert_eq!(reply.headers.get("x-a").map(|v| v.as_bytes()), Some(&b"1"[..]));
         assert_eq!(Reply::close_connection().recorded_status(), 0);
         assert_eq!(Reply::ok().body, Bytes::from_static(b"{}"));
         assert_eq!(Reply::ok().times(3).len(), 3);

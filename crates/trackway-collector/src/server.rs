@@ -149,62 +149,50 @@ pub(crate) fn spawn(config: CollectorBuilder) -> io::Result<RunningCollector> {
     let (stop_tx, stop_rx) = oneshot::channel();
     let server_shared = Arc::clone(&shared);
 
-    let thread = std::thread::Builder::new()
-        .name("trackway-collector".into())
-        .spawn(move || {
-            // The server's own runtime, on its own thread: a test that blocks its thread (even
-            // inside `#[tokio::test]`) cannot stall the collector it is talking to.
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
+    let thread = std::thread::Builder::new().name("trackway-collector".into()).spawn(move || {
+        // The server's own runtime, on its own thread: a test that blocks its thread (even
+        // inside `#[tokio::test]`) cannot stall the collector it is talking to.
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            // The listener must be created inside the runtime: it registers with its reactor.
+            let listener = match bind(listen) {
+                Ok(listener) => listener,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                     return;
                 }
             };
-            runtime.block_on(async move {
-                // The listener must be created inside the runtime: it registers with its reactor.
-                let listener = match bind(listen) {
-                    Ok(listener) => listener,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                match listener.local_addr() {
-                    Ok(addr) => {
-                        let _ = ready_tx.send(Ok(addr));
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
+            match listener.local_addr() {
+                Ok(addr) => {
+                    let _ = ready_tx.send(Ok(addr));
                 }
-                accept_loop(listener, server_shared, stop_rx).await;
-            });
-            // Dropping the runtime here drops every connection task still running (including
-            // ones sleeping in a `Reply::delay`), which closes their sockets: shutdown is prompt.
-            drop(runtime);
-        })?;
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            }
+            accept_loop(listener, server_shared, stop_rx).await;
+        });
+        // Dropping the runtime here drops every connection task still running (including
+        // ones sleeping in a `Reply::delay`), which closes their sockets: shutdown is prompt.
+        drop(runtime);
+    })?;
 
     match ready_rx.recv() {
-        Ok(Ok(addr)) => Ok(RunningCollector {
-            addr,
-            shared,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }),
+        Ok(Ok(addr)) => Ok(RunningCollector { addr, shared, stop: Some(stop_tx), thread: Some(thread) }),
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(e)
         }
         Err(_) => {
             let _ = thread.join();
-            Err(io::Error::other(
-                "trackway-collector server thread exited before binding",
-            ))
+            Err(io::Error::other("trackway-collector server thread exited before binding"))
         }
     }
 }
@@ -257,10 +245,7 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
 }
 
 /// Answers one request. An `Err` makes hyper drop the connection without writing a response.
-async fn handle(
-    shared: Arc<Shared>,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, CloseConnection> {
+async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, CloseConnection> {
     let (parts, body) = request.into_parts();
     let body = match body.collect().await {
         Ok(collected) => collected.to_bytes(),

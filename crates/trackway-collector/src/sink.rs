@@ -147,10 +147,7 @@ mod tests {
     fn counts_arrays_batches_and_single_values() {
         assert_eq!(count_events(br#"[{"a":1},{"b":[1,2]},3]"#), Some(3));
         assert_eq!(count_events(b"[]"), Some(0));
-        assert_eq!(
-            count_events(br#"{"sentAt":"x","batch":[{},{}],"context":{"batch":[1]}}"#),
-            Some(2)
-        );
+        assert_eq!(count_events(br#"{"sentAt":"x","batch":[{},{}],"context":{"batch":[1]}}"#), Some(2));
         assert_eq!(count_events(br#"{"bat\u0063h":[1,2,3,4]}"#), Some(4));
         assert_eq!(count_events(br#"{"type":"track","event":"x"}"#), Some(1));
         assert_eq!(count_events(br#"{"batch":{"not":"an array"}}"#), Some(1));

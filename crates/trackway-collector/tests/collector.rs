@@ -36,21 +36,11 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 /// A client that never goes through a proxy from the environment (the collector is local).
 fn client() -> Client {
-    Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("reqwest client")
+    Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().expect("reqwest client")
 }
 
 fn post(client: &Client, url: &str, body: &str) -> u16 {
-    client
-        .post(url)
-        .body(body.to_owned())
-        .send()
-        .expect("request")
-        .status()
-        .as_u16()
+    client.post(url).body(body.to_owned()).send().expect("request").status().as_u16()
 }
 
 /// The response body parsed as JSON (reqwest's `json` feature is not enabled in the workspace).
@@ -83,18 +73,9 @@ fn script_is_answered_in_order_then_the_default_reply() {
 fn default_answer_is_200_empty_json_object() {
     watchdog(LIMIT, || {
         let collector = Collector::start().expect("start");
-        let response = client()
-            .get(collector.url("/anything?x=1"))
-            .send()
-            .expect("request");
+        let response = client().get(collector.url("/anything?x=1")).send().expect("request");
         assert_eq!(response.status().as_u16(), 200);
-        assert_eq!(
-            response
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok()),
-            Some("application/json")
-        );
+        assert_eq!(response.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("application/json"));
         assert_eq!(response.text().expect("body"), "{}");
     });
 }
@@ -134,10 +115,7 @@ fn rule_by_body_substring_wins_and_does_not_consume_the_script() {
 #[test]
 fn rule_by_exact_path() {
     watchdog(LIMIT, || {
-        let collector = Collector::builder()
-            .rule(Rule::path("/v1/track", Reply::status(404)))
-            .start()
-            .expect("start");
+        let collector = Collector::builder().rule(Rule::path("/v1/track", Reply::status(404))).start().expect("start");
         let client = client();
         assert_eq!(post(&client, &collector.url("/v1/track"), "{}"), 404);
         assert_eq!(post(&client, &collector.url("/v1/track?x=1"), "{}"), 404);
@@ -155,19 +133,9 @@ fn retry_after_and_custom_headers_are_sent() {
                 .json(json!({"error": "slow down"}))])
             .start()
             .expect("start");
-        let response = client()
-            .post(collector.url("/v1/batch"))
-            .body("[]")
-            .send()
-            .expect("request");
+        let response = client().post(collector.url("/v1/batch")).body("[]").send().expect("request");
         assert_eq!(response.status().as_u16(), 429);
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         assert_eq!(header("retry-after").as_deref(), Some("7"));
         assert_eq!(header("x-trackway-test").as_deref(), Some("yes"));
         assert_eq!(header("content-type").as_deref(), Some("application/json"));
@@ -180,10 +148,8 @@ fn retry_after_and_custom_headers_are_sent() {
 fn delay_holds_the_answer_without_blocking_other_requests() {
     watchdog(LIMIT, || {
         let delay = Duration::from_millis(400);
-        let collector = Collector::builder()
-            .rule(Rule::path("/slow", Reply::ok().delay(delay)))
-            .start()
-            .expect("start");
+        let collector =
+            Collector::builder().rule(Rule::path("/slow", Reply::ok().delay(delay))).start().expect("start");
         let slow_url = collector.url("/slow");
         let slow = thread::spawn(move || {
             let started = Instant::now();
@@ -194,33 +160,20 @@ fn delay_holds_the_answer_without_blocking_other_requests() {
         assert!(collector.wait_for_requests(1, Duration::from_secs(5)));
         let started = Instant::now();
         assert_eq!(post(&client(), &collector.url("/fast"), "[]"), 200);
-        assert!(
-            started.elapsed() < delay,
-            "fast request waited {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < delay, "fast request waited {:?}", started.elapsed());
 
         let (status, elapsed) = slow.join().expect("slow client");
         assert_eq!(status, 200);
-        assert!(
-            elapsed >= delay,
-            "answered after {elapsed:?}, delay {delay:?}"
-        );
+        assert!(elapsed >= delay, "answered after {elapsed:?}, delay {delay:?}");
     });
 }
 
 #[test]
 fn close_connection_gives_the_client_a_connection_error() {
     watchdog(LIMIT, || {
-        let collector = Collector::builder()
-            .script([Reply::close_connection()])
-            .start()
-            .expect("start");
+        let collector = Collector::builder().script([Reply::close_connection()]).start().expect("start");
         let client = client();
-        let result = client
-            .post(collector.url("/v1/batch"))
-            .body(r#"[{"event":"lost"}]"#)
-            .send();
+        let result = client.post(collector.url("/v1/batch")).body(r#"[{"event":"lost"}]"#).send();
         let error = result.expect_err("the collector closed the connection without answering");
         assert!(error.status().is_none(), "got a status: {error:?}");
         assert!(!error.is_timeout(), "closed, not timed out: {error:?}");
@@ -237,22 +190,15 @@ fn close_connection_gives_the_client_a_connection_error() {
 #[test]
 fn reserved_port_refuses_connections_until_started() {
     watchdog(LIMIT, || {
-        let reserved = Collector::builder()
-            .script([Reply::status(201)])
-            .reserve()
-            .expect("reserve");
+        let reserved = Collector::builder().script([Reply::status(201)]).reserve().expect("reserve");
         let addr = reserved.addr();
         assert_ne!(addr.port(), 0);
         assert_eq!(reserved.url("/x"), format!("http://{addr}/x"));
 
-        let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-            .expect_err("nothing listens yet");
+        let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect_err("nothing listens yet");
         assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
         let client = client();
-        let error = client
-            .post(reserved.url("/v1/batch"))
-            .send()
-            .expect_err("refused");
+        let error = client.post(reserved.url("/v1/batch")).send().expect_err("refused");
         assert!(error.is_connect(), "{error:?}");
 
         let collector = reserved.start().expect("start on the reserved port");
@@ -286,12 +232,7 @@ fn sink_mode_counts_events_and_keeps_no_request() {
         assert_eq!(collector.request_count(), 4);
         assert_eq!(
             collector.sink_stats(),
-            SinkStats {
-                requests: 4,
-                events: 6,
-                bytes: bodies.iter().map(|b| b.len() as u64).sum(),
-                json_errors: 1,
-            }
+            SinkStats { requests: 4, events: 6, bytes: bodies.iter().map(|b| b.len() as u64).sum(), json_errors: 1 }
         );
     });
 }
@@ -299,38 +240,23 @@ fn sink_mode_counts_events_and_keeps_no_request() {
 #[test]
 fn inspection_api_reports_stats_and_requests_without_being_recorded() {
     watchdog(LIMIT, || {
-        let collector = Collector::builder()
-            .script([Reply::status(503)])
-            .start()
-            .expect("start");
+        let collector = Collector::builder().script([Reply::status(503)]).start().expect("start");
         let client = client();
         let get_json = |path: &str| -> Value {
-            let response = client
-                .get(collector.url(path))
-                .send()
-                .expect("inspection request");
+            let response = client.get(collector.url(path)).send().expect("inspection request");
             assert_eq!(response.status().as_u16(), 200);
             json_body(response)
         };
 
         // Not recorded and not consuming the script.
-        assert_eq!(
-            get_json("/_trackway/api/stats"),
-            json!({"requests": 0, "events": 0, "bytes": 0, "json_errors": 0})
-        );
+        assert_eq!(get_json("/_trackway/api/stats"), json!({"requests": 0, "events": 0, "bytes": 0, "json_errors": 0}));
         assert_eq!(get_json("/_trackway/api/requests"), json!([]));
-        let unknown = client
-            .get(collector.url("/_trackway/nope"))
-            .send()
-            .expect("request");
+        let unknown = client.get(collector.url("/_trackway/nope")).send().expect("request");
         assert_eq!(unknown.status().as_u16(), 404);
         assert_eq!(collector.request_count(), 0);
 
         assert_eq!(post(&client, &collector.url("/v1/batch?k=v"), "[1,2]"), 503);
-        assert_eq!(
-            get_json("/_trackway/api/stats"),
-            json!({"requests": 1, "events": 2, "bytes": 5, "json_errors": 0})
-        );
+        assert_eq!(get_json("/_trackway/api/stats"), json!({"requests": 1, "events": 2, "bytes": 5, "json_errors": 0}));
         let requests = get_json("/_trackway/api/requests");
         assert_eq!(requests[0]["method"], "POST");
         assert_eq!(requests[0]["path"], "/v1/batch");
@@ -362,12 +288,7 @@ fn recorded_request_has_method_path_query_headers_and_body() {
         assert_eq!(request.header("x-write-key"), Some("abc"));
         assert_eq!(request.header("Content-Type"), Some("application/json"));
         assert!(request.headers.iter().any(|(n, _)| n == "x-write-key"));
-        assert!(
-            request
-                .headers
-                .iter()
-                .all(|(n, _)| *n == n.to_ascii_lowercase())
-        );
+        assert!(request.headers.iter().all(|(n, _)| *n == n.to_ascii_lowercase()));
         assert_eq!(request.json(), Some(json!({"userId": "u1"})));
         assert_eq!(request.body_str(), r#"{"userId":"u1"}"#);
         assert_eq!(request.status, 200);
@@ -400,10 +321,8 @@ fn wait_for_requests_times_out_then_succeeds() {
 #[test]
 fn drop_returns_promptly_with_a_request_in_flight() {
     watchdog(LIMIT, || {
-        let collector = Collector::builder()
-            .default_reply(Reply::ok().delay(Duration::from_secs(60)))
-            .start()
-            .expect("start");
+        let collector =
+            Collector::builder().default_reply(Reply::ok().delay(Duration::from_secs(60))).start().expect("start");
         let url = collector.url("/v1/batch");
         let addr = collector.addr();
         let in_flight = thread::spawn(move || client().post(url).body("[]").send().is_err());
@@ -413,15 +332,8 @@ fn drop_returns_promptly_with_a_request_in_flight() {
 
         let started = Instant::now();
         drop(collector);
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "drop took {:?}",
-            started.elapsed()
-        );
-        assert!(
-            in_flight.join().expect("client thread"),
-            "the in-flight request fails"
-        );
+        assert!(started.elapsed() < Duration::from_secs(2), "drop took {:?}", started.elapsed());
+        assert!(in_flight.join().expect("client thread"), "the in-flight request fails");
         assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err());
     });
 }
@@ -437,9 +349,7 @@ fn binary_prints_its_url_and_exits_when_stdin_closes() {
             .expect("spawn the binary");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("first line");
+        BufReader::new(stdout).read_line(&mut line).expect("first line");
         let url = line
             .trim_end()
             .strip_prefix("listening on ")
@@ -449,10 +359,7 @@ fn binary_prints_its_url_and_exits_when_stdin_closes() {
 
         let client = client();
         assert_eq!(post(&client, &format!("{url}/v1/batch"), "[1,2,3]"), 200);
-        let stats = client
-            .get(format!("{url}/_trackway/api/stats"))
-            .send()
-            .expect("stats");
+        let stats = client.get(format!("{url}/_trackway/api/stats")).send().expect("stats");
         let stats = json_body(stats);
         assert_eq!(stats["events"], 3);
 

@@ -202,7 +202,11 @@ mod tests {
             identity: Identity::user("u1"),
             session_id: None,
             page: None,
-            context: Arc::new(Context { library: "trackway".into(), library_version: "0.1.0".into(), ..Context::default() }),
+            context: Arc::new(Context {
+                library: "trackway".into(),
+                library_version: "0.1.0".into(),
+                ..Context::default()
+            }),
             imported: false,
         }
     }

@@ -82,10 +82,7 @@ impl ser::Serializer for ValueSerializer {
             return Ok(Value::Float(v));
         }
         let what = if v.is_nan() { "is NaN" } else { "is infinite" };
-        Err(Error(PropertyError {
-            path: self.path,
-            reason: format!("{what}; only finite numbers can be sent"),
-        }))
+        Err(Error(PropertyError { path: self.path, reason: format!("{what}; only finite numbers can be sent") }))
     }
     fn serialize_char(self, v: char) -> Result<Value, Error> {
         Ok(Value::String(v.to_string()))
@@ -304,7 +301,8 @@ mod tests {
 
     #[test]
     fn nested_nan_is_rejected_with_its_path() {
-        let order = Order { id: 1, items: vec![Item { sku: "a", price: 1.0 }, Item { sku: "b", price: f64::NAN }], note: None };
+        let order =
+            Order { id: 1, items: vec![Item { sku: "a", price: 1.0 }, Item { sku: "b", price: f64::NAN }], note: None };
         let err = to_value(&order).expect_err("NaN");
         assert_eq!(err.path, "items[1].price");
     }

@@ -87,7 +87,12 @@ impl Timestamp {
         let (year, month, day) = civil_from_days(days);
         if !(0..=9999).contains(&year) {
             // Outside RFC 3339's four-digit years; fall back to the slow, general path.
-            let s = format!("{year:+07}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", sod / 3600, sod / 60 % 60, sod % 60);
+            let s = format!(
+                "{year:+07}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+                sod / 3600,
+                sod / 60 % 60,
+                sod % 60
+            );
             let n = s.len().min(32);
             buf[..n].copy_from_slice(&s.as_bytes()[..n]);
             return n;
@@ -138,9 +143,7 @@ impl std::str::FromStr for Timestamp {
         let parsed = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
             .map_err(|_| ParseTimestampError { input: s.to_owned() })?;
         let millis = parsed.unix_timestamp_nanos().div_euclid(1_000_000);
-        i64::try_from(millis)
-            .map(Timestamp)
-            .map_err(|_| ParseTimestampError { input: s.to_owned() })
+        i64::try_from(millis).map(Timestamp).map_err(|_| ParseTimestampError { input: s.to_owned() })
     }
 }
 

@@ -198,14 +198,12 @@ fn validate_object(props: &Properties, path: &mut String) -> Result<(), Property
 
 fn validate_value(value: &Value, path: &mut String) -> Result<(), PropertyError> {
     match value {
-        Value::Float(f) if f.is_nan() => Err(PropertyError {
-            path: path.clone(),
-            reason: "is NaN; only finite numbers can be sent".into(),
-        }),
-        Value::Float(f) if f.is_infinite() => Err(PropertyError {
-            path: path.clone(),
-            reason: "is infinite; only finite numbers can be sent".into(),
-        }),
+        Value::Float(f) if f.is_nan() => {
+            Err(PropertyError { path: path.clone(), reason: "is NaN; only finite numbers can be sent".into() })
+        }
+        Value::Float(f) if f.is_infinite() => {
+            Err(PropertyError { path: path.clone(), reason: "is infinite; only finite numbers can be sent".into() })
+        }
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 let len = path.len();

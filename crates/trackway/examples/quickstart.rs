@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use trackway::{destination::JsonHttp, props, Client, Identify, Page, Screen, Track};
+use trackway::{Client, Identify, Page, Screen, Track, destination::JsonHttp, props};
 use trackway_collector::Collector;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -19,12 +19,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Server mode: every call names its user.
     client.identify("user123", props! { "plan" => "pro", "email" => "jane@example.com" })?;
-    client.track("user123", "purchase_completed", props! {
-        "order_id" => "order_789",
-        "amount" => 99.99,
-        "currency" => "USD",
-        "items" => vec![props! { "product_id" => "prod_123", "quantity" => 1 }],
-    })?;
+    client.track(
+        "user123",
+        "purchase_completed",
+        props! {
+            "order_id" => "order_789",
+            "amount" => 99.99,
+            "currency" => "USD",
+            "items" => vec![props! { "product_id" => "prod_123", "quantity" => 1 }],
+        },
+    )?;
     client.page("user123", Page::new("/pricing").title("Pricing").referrer("https://example.com/"))?;
 
     // App mode: no user named; the client's current (anonymous, then identified) user is stamped.
@@ -48,7 +52,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(serde_json::Value::Array(events)) = request.json() {
             for e in events {
                 let who = e["identity"]["user_id"].as_str().or(e["identity"]["anonymous_id"].as_str()).unwrap_or("?");
-                println!("  {:<9} {:<22} user={:<18} id={}", e["type"].as_str().unwrap_or(""), e["name"].as_str().or(e["page"]["url"].as_str()).unwrap_or(""), who, e["id"].as_str().unwrap_or(""));
+                println!(
+                    "  {:<9} {:<22} user={:<18} id={}",
+                    e["type"].as_str().unwrap_or(""),
+                    e["name"].as_str().or(e["page"]["url"].as_str()).unwrap_or(""),
+                    who,
+                    e["id"].as_str().unwrap_or("")
+                );
             }
         }
     }

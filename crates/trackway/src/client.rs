@@ -16,7 +16,7 @@ use crate::error::{BuildError, Error, FlushError, FlushReport, ShutdownError};
 use crate::message::{Message, Page, Track};
 use crate::pipeline;
 use crate::queue::{Control, Item, Priority, Queue, QueuedEvent, Reply};
-use crate::stats::{bump, Counters, Stats};
+use crate::stats::{Counters, Stats, bump};
 use crate::store::{DeadLetter, StateChange};
 
 /// Longest event name, screen name, identifier or id trackway accepts (destinations may have
@@ -107,7 +107,10 @@ impl Client {
             return Err(BuildError::NoDestination);
         }
         if b.destinations.len() > 64 {
-            return Err(BuildError::InvalidSetting { setting: "destination", message: "at most 64 destinations".into() });
+            return Err(BuildError::InvalidSetting {
+                setting: "destination",
+                message: "at most 64 destinations".into(),
+            });
         }
         let mut names: Vec<String> = Vec::new();
         let mut http_clients = Vec::new();
@@ -117,16 +120,13 @@ impl Client {
                 return Err(BuildError::DuplicateDestination(name));
             }
             d.check_config().map_err(|message| BuildError::Destination { destination: name.clone(), message })?;
-            http_clients.push(http.build_client().map_err(|message| BuildError::Http { destination: name.clone(), message })?);
+            http_clients
+                .push(http.build_client().map_err(|message| BuildError::Http { destination: name.clone(), message })?);
             names.push(name);
         }
         let mut store = b.store.unwrap_or_else(|| Box::new(crate::store::MemoryStore::new()));
         let recovered = store.open(&names).map_err(|e| BuildError::Store(e.to_string()))?;
-        let app = recovered
-            .state
-            .get(IDENTITY_KEY)
-            .and_then(|v| serde_json::from_slice(v).ok())
-            .unwrap_or_default();
+        let app = recovered.state.get(IDENTITY_KEY).and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
 
         let mut routes = [0u64; 4];
         for (i, (d, _)) in b.destinations.iter().enumerate() {
@@ -169,8 +169,11 @@ impl Client {
             retry: b.retry,
             max_event_age: b.max_event_age,
         };
-        let worker = pipeline::spawn(shared.clone(), store, recovered, http_clients, settings).map_err(|e| BuildError::Thread(e.to_string()))?;
-        Ok(Client { inner: Arc::new(Inner { shared, worker: Mutex::new(Some(worker)), shutdown_timeout: b.shutdown_timeout }) })
+        let worker = pipeline::spawn(shared.clone(), store, recovered, http_clients, settings)
+            .map_err(|e| BuildError::Thread(e.to_string()))?;
+        Ok(Client {
+            inner: Arc::new(Inner { shared, worker: Mutex::new(Some(worker)), shutdown_timeout: b.shutdown_timeout }),
+        })
     }
 
     // === server-mode shortcuts ===
@@ -248,7 +251,15 @@ impl Client {
         // and concurrent identify calls cannot interleave.
         let mut app = if server_mode { None } else { Some(lock(&shared.app)) };
         let (identity, new_state) = match app.as_deref() {
-            None => (Identity { user_id: m.user.clone(), ip: m.ip.clone(), user_agent: m.user_agent.clone(), ..Identity::default() }, None),
+            None => (
+                Identity {
+                    user_id: m.user.clone(),
+                    ip: m.ip.clone(),
+                    user_agent: m.user_agent.clone(),
+                    ..Identity::default()
+                },
+                None,
+            ),
             Some(current) => app_identity(current, &m, is_identify),
         };
         let mut event = Event {
@@ -273,23 +284,38 @@ impl Client {
         }
         for (i, d) in shared.destinations.iter().enumerate() {
             if routes & (1 << i) != 0 {
-                d.validate(&event).map_err(|e| Error::DestinationLimit { destination: d.name().to_owned(), message: e.message })?;
+                d.validate(&event)
+                    .map_err(|e| Error::DestinationLimit { destination: d.name().to_owned(), message: e.message })?;
             }
         }
         let mut bytes = Vec::with_capacity(384);
         if let Err(e) = serde_json::to_writer(&mut bytes, &event) {
-            return Err(Error::InvalidProperty(trackway_wire::PropertyError { path: String::new(), reason: e.to_string() }));
+            return Err(Error::InvalidProperty(trackway_wire::PropertyError {
+                path: String::new(),
+                reason: e.to_string(),
+            }));
         }
         let state = match &new_state {
             Some(s) => vec![StateChange { key: IDENTITY_KEY.into(), value: serde_json::to_vec(s).ok() }],
             None => Vec::new(),
         };
         let priority = if is_identify && !server_mode { Priority::Reserved } else { Priority::Normal };
-        let item = Item::Event(QueuedEvent { id, kind: event.kind, timestamp, queued_at, routes, bytes: Bytes::from(bytes), state });
+        let item = Item::Event(QueuedEvent {
+            id,
+            kind: event.kind,
+            timestamp,
+            queued_at,
+            routes,
+            bytes: Bytes::from(bytes),
+            state,
+        });
         if shared.queue.push(item, priority).is_err() {
             bump(&shared.counters.queue_full, 1);
             if !shared.warned_queue_full.swap(true, Ordering::Relaxed) {
-                tracing::warn!(capacity = shared.queue.len(), "trackway: event queue full, dropping events (counted as queue_full; logged once)");
+                tracing::warn!(
+                    capacity = shared.queue.len(),
+                    "trackway: event queue full, dropping events (counted as queue_full; logged once)"
+                );
             }
             return Err(Error::QueueFull);
         }
@@ -369,7 +395,8 @@ impl Client {
         }
         let started = Instant::now();
         push_control(shared, Control::Shutdown { budget, done: Reply::Async(tx) }, budget);
-        let answered = tokio::time::timeout(budget.saturating_sub(started.elapsed()) + Duration::from_secs(1), rx).await.is_ok();
+        let answered =
+            tokio::time::timeout(budget.saturating_sub(started.elapsed()) + Duration::from_secs(1), rx).await.is_ok();
         self.finish_shutdown(budget, answered)
     }
 
@@ -586,7 +613,8 @@ fn app_identity(current: &AppIdentity, m: &Message, is_identify: bool) -> (Ident
         if is_identify {
             // Identify replaces the stored hard ids (documented on `Identify`).
             n.ids = m.ids.clone();
-            n.primary = m.primary.clone().or_else(|| (m.ids.len() == 1).then(|| m.ids.keys().next().cloned()).flatten());
+            n.primary =
+                m.primary.clone().or_else(|| (m.ids.len() == 1).then(|| m.ids.keys().next().cloned()).flatten());
             n.user_id = n.primary.as_ref().and_then(|p| n.ids.get(p).cloned());
         }
         next = Some(n);

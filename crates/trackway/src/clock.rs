@@ -2,8 +2,8 @@
 //! so time-based rules are tested by advancing a [`ManualClock`] instead of sleeping.
 
 use std::fmt;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -27,7 +27,11 @@ impl Clock {
 
     /// A clock that only moves when the returned [`ManualClock`] is advanced.
     pub fn manual(start: Timestamp) -> (Clock, ManualClock) {
-        let inner = Arc::new(ManualInner { millis: AtomicI64::new(start.unix_millis()), start: start.unix_millis(), changed: Notify::new() });
+        let inner = Arc::new(ManualInner {
+            millis: AtomicI64::new(start.unix_millis()),
+            start: start.unix_millis(),
+            changed: Notify::new(),
+        });
         (Clock(Source::Manual(inner.clone())), ManualClock(inner))
     }
 
@@ -43,7 +47,9 @@ impl Clock {
     pub(crate) fn elapsed(&self) -> Duration {
         match &self.0 {
             Source::System { origin } => origin.elapsed(),
-            Source::Manual(m) => Duration::from_millis(u64::try_from(m.millis.load(Ordering::Acquire) - m.start).unwrap_or(0)),
+            Source::Manual(m) => {
+                Duration::from_millis(u64::try_from(m.millis.load(Ordering::Acquire) - m.start).unwrap_or(0))
+            }
         }
     }
 
@@ -75,7 +81,9 @@ impl fmt::Debug for Clock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             Source::System { .. } => f.write_str("Clock::System"),
-            Source::Manual(m) => write!(f, "Clock::Manual({})", Timestamp::from_unix_millis(m.millis.load(Ordering::Acquire))),
+            Source::Manual(m) => {
+                write!(f, "Clock::Manual({})", Timestamp::from_unix_millis(m.millis.load(Ordering::Acquire)))
+            }
         }
     }
 }

@@ -141,7 +141,8 @@ impl ClientBuilder {
     /// store (default 2 ms). Bounds how long an accepted event is not yet persisted.
     pub fn commit_delay(mut self, delay: Duration) -> Self {
         if delay > Duration::from_secs(1) {
-            return self.invalid("commit_delay", "must be at most 1 s: it is how long accepted events stay unpersisted");
+            return self
+                .invalid("commit_delay", "must be at most 1 s: it is how long accepted events stay unpersisted");
         }
         self.commit_delay = delay;
         self
@@ -344,15 +345,18 @@ impl HttpOptions {
             .user_agent(self.user_agent.clone().unwrap_or_else(|| format!("trackway/{}", env!("CARGO_PKG_VERSION"))));
         let mut headers = http::HeaderMap::new();
         for (name, value) in &self.headers {
-            let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("header name {name:?} is not valid"))?;
-            let mut value = http::HeaderValue::from_str(value).map_err(|_| format!("the value of header {name} is not a valid header value"))?;
+            let name = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("header name {name:?} is not valid"))?;
+            let mut value = http::HeaderValue::from_str(value)
+                .map_err(|_| format!("the value of header {name} is not a valid header value"))?;
             value.set_sensitive(true);
             headers.insert(name, value);
         }
         b = b.default_headers(headers);
         match &self.proxy {
             Some(url) => {
-                let proxy = reqwest::Proxy::all(url).map_err(|_| format!("proxy URL {} is not valid", crate::destination::redact_url(url)))?;
+                let proxy = reqwest::Proxy::all(url)
+                    .map_err(|_| format!("proxy URL {} is not valid", crate::destination::redact_url(url)))?;
                 b = b.proxy(proxy);
             }
             // No proxy from the environment unless asked: loopback tests and collectors must not
@@ -360,7 +364,8 @@ impl HttpOptions {
             None => b = b.no_proxy(),
         }
         for pem in &self.ca_certs_pem {
-            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| format!("CA certificate is not valid PEM: {e}"))?;
+            let cert =
+                reqwest::Certificate::from_pem(pem).map_err(|e| format!("CA certificate is not valid PEM: {e}"))?;
             b = b.add_root_certificate(cert);
         }
         b.build().map_err(|e| e.to_string())

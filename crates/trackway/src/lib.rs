@@ -86,4 +86,6 @@ pub use config::{ClientBuilder, HttpOptions, RetryPolicy};
 pub use error::{BuildError, Error, FlushError, FlushReport, ShutdownError};
 pub use message::{Identify, Message, Page, Screen, Track};
 pub use stats::{DestinationStats, Dropped, Stats};
-pub use trackway_wire::{props, Event, EventKind, Identity, MessageId, PageInfo, Properties, PropertyError, Timestamp, Value};
+pub use trackway_wire::{
+    Event, EventKind, Identity, MessageId, PageInfo, Properties, PropertyError, Timestamp, Value, props,
+};

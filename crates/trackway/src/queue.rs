@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{Notify, oneshot};
 use trackway_wire::{EventKind, MessageId, Timestamp};
 
 use crate::store::StateChange;

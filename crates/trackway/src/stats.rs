@@ -95,7 +95,11 @@ impl Counters {
         Stats {
             enqueued: get(&self.enqueued),
             persisted: get(&self.persisted),
-            dropped: Dropped { queue_full: get(&self.queue_full), filtered: get(&self.filtered), shutdown: get(&self.shutdown) },
+            dropped: Dropped {
+                queue_full: get(&self.queue_full),
+                filtered: get(&self.filtered),
+                shutdown: get(&self.shutdown),
+            },
             destinations: self
                 .destinations
                 .iter()

@@ -3,7 +3,7 @@
 use bytes::{BufMut, BytesMut};
 use trackway_wire::{EventKind, Timestamp};
 
-use super::{redact_url, BatchLimits, Delivery, Destination, DestinationState, Encoded, EventRecord, Request};
+use super::{BatchLimits, Delivery, Destination, DestinationState, Encoded, EventRecord, Request, redact_url};
 
 /// POSTs batches of trackway's own events, as a JSON array, to a URL.
 ///
@@ -98,7 +98,8 @@ impl Destination for JsonHttp {
     }
 
     fn check_config(&self) -> Result<(), String> {
-        let url = reqwest::Url::parse(&self.url).map_err(|e| format!("URL {:?} is not valid: {e}", redact_url(&self.url)))?;
+        let url =
+            reqwest::Url::parse(&self.url).map_err(|e| format!("URL {} is not valid: {e}", redact_url(&self.url)))?;
         match url.scheme() {
             "http" | "https" => Ok(()),
             other => Err(format!("URL scheme must be http or https, not {other:?}")),
@@ -144,7 +145,7 @@ mod tests {
     fn bad_urls_are_config_errors_without_credentials() {
         assert!(JsonHttp::new("ftp://x/").check_config().is_err());
         let err = JsonHttp::new("http://user:hunter2@[::1/").check_config().expect_err("bad");
-        assert!(!err.contains("hunter2") || err.contains("redacted"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
         assert_eq!(redact_url("http://user:hunter2@host/p"), "http://redacted@host/p");
     }
 }

@@ -237,7 +237,11 @@ impl EventRecord {
 
 impl fmt::Debug for EventRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EventRecord").field("seq", &self.seq).field("id", &self.id).field("bytes", &self.bytes.len()).finish()
+        f.debug_struct("EventRecord")
+            .field("seq", &self.seq)
+            .field("id", &self.id)
+            .field("bytes", &self.bytes.len())
+            .finish()
     }
 }
 
@@ -261,7 +265,13 @@ pub struct Request {
 impl Request {
     /// A POST of `body` to `url` carrying the events at `items`.
     pub fn post(url: &str, body: impl Into<Bytes>, items: Vec<usize>) -> Self {
-        Request { method: http::Method::POST, url: url.to_owned(), headers: http::HeaderMap::new(), body: body.into(), items }
+        Request {
+            method: http::Method::POST,
+            url: url.to_owned(),
+            headers: http::HeaderMap::new(),
+            body: body.into(),
+            items,
+        }
     }
 
     /// Adds a header.
@@ -373,7 +383,8 @@ impl DestinationState {
     }
 }
 
-/// A URL with any user:password part replaced, for messages.
+/// A URL with any user:password part replaced, for messages. A string that does not parse is not
+/// echoed at all: where its credentials would be cannot be known.
 pub(crate) fn redact_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
@@ -381,6 +392,7 @@ pub(crate) fn redact_url(url: &str) -> String {
             let _ = u.set_password(None);
             u.to_string()
         }
-        _ => url.to_owned(),
+        Ok(u) => u.to_string(),
+        Err(_) => format!("<unparseable URL of {} bytes>", url.len()),
     }
 }

@@ -70,7 +70,10 @@ mod tests {
         assert_eq!(classify_status(&Response::new(429, "")), Outcome::Throttled(BARE_429_PAUSE));
         assert_eq!(classify_status(&with_header(429, "2")), Outcome::Throttled(Duration::from_secs(2)));
         assert_eq!(classify_status(&with_header(503, "7")), Outcome::Throttled(Duration::from_secs(7)));
-        assert_eq!(classify_status(&Response::new(400, "bad name")), Outcome::Reject("400 Bad Request: bad name".into()));
+        assert_eq!(
+            classify_status(&Response::new(400, "bad name")),
+            Outcome::Reject("400 Bad Request: bad name".into())
+        );
     }
 
     #[test]

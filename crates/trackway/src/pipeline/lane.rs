@@ -104,6 +104,11 @@ impl Lane {
         }
     }
 
+    /// An ordered destination sends nothing newer while a retry waits.
+    fn holds_fresh(&self) -> bool {
+        self.ordered && !self.groups.is_empty()
+    }
+
     /// Requests allowed at once now: one while unhealthy or ordered.
     fn capacity(&self) -> usize {
         if self.ordered || self.failures > 0 { 1 } else { self.max_in_flight }
@@ -151,7 +156,7 @@ impl Lane {
         }
         // An ordered destination sends nothing newer while a retry waits. An unhealthy one may
         // probe with fresh events: a poison event in backoff must not hold back the rest.
-        if self.ordered && !self.groups.is_empty() {
+        if self.holds_fresh() {
             return None;
         }
         self.fresh_due(now, interval).then_some(Next::Fresh)
@@ -172,18 +177,19 @@ impl Lane {
     pub(crate) fn next_deadline(&self, interval: Duration) -> Option<Duration> {
         let mut best: Option<Duration> = None;
         let mut consider = |t: Duration| best = Some(best.map_or(t, |b| b.min(t)));
-        if let Some(p) = self.paused_until {
-            consider(p);
-        }
         for g in &self.groups {
             consider(g.due);
         }
-        if self.fresh > 0 && !(self.ordered && !self.groups.is_empty()) {
+        if self.fresh > 0 && !self.holds_fresh() {
             if let Some(since) = self.fresh_since {
                 consider(since + interval);
             }
         }
-        best
+        // Nothing goes out before a pause ends.
+        match (best, self.paused_until) {
+            (Some(b), Some(p)) => Some(b.max(p)),
+            (b, _) => b,
+        }
     }
 
     /// True when nothing is queued, waiting or in flight here.

@@ -8,9 +8,9 @@ use bytes::Bytes;
 use tokio::task::{Id, JoinSet};
 use trackway_wire::Timestamp;
 
+use super::Settings;
 use super::backoff::full_jitter;
 use super::lane::{Group, Lane, Next};
-use super::Settings;
 use crate::client::Shared;
 use crate::destination::{DestinationState, EventRecord, Outcome, Request, Response};
 use crate::queue::{Control, Item, Reply};
@@ -124,7 +124,8 @@ impl Worker {
         let mut deadline = self.lanes.iter().filter_map(|l| l.next_deadline(interval)).min();
         if self.shared.queue.len() > 0 && !self.shared.queue.is_paused() {
             // Items are being pushed but no wake-up will come (the queue is not empty): poll.
-            deadline = Some(deadline.map_or(now + self.settings.commit_delay, |d| d.min(now + self.settings.commit_delay)));
+            deadline =
+                Some(deadline.map_or(now + self.settings.commit_delay, |d| d.min(now + self.settings.commit_delay)));
         }
         let sleep_for = deadline.and_then(|d| clock.real_wait(d));
         let shutdown_in = self.shutdown.as_ref().map(|(d, _)| d.saturating_duration_since(Instant::now()));
@@ -172,7 +173,15 @@ impl Worker {
                         bump(&self.shared.counters.destinations[r].pending, 1);
                     }
                     state.extend(e.state);
-                    events.push(NewEvent { seq, id: e.id, kind: e.kind, timestamp: e.timestamp, queued_at: e.queued_at, routes, bytes: e.bytes });
+                    events.push(NewEvent {
+                        seq,
+                        id: e.id,
+                        kind: e.kind,
+                        timestamp: e.timestamp,
+                        queued_at: e.queued_at,
+                        routes,
+                        bytes: e.bytes,
+                    });
                 }
                 // A control answers only after the events queued before it are committed, so it
                 // waits until this drain's append.
@@ -248,7 +257,8 @@ impl Worker {
                 lowest = Some(lowest.map_or(seq, |l| l.min(seq)));
             }
         }
-        let (done, waiting): (Vec<_>, Vec<_>) = self.flushes.drain(..).partition(|(upto, _)| lowest.is_none_or(|l| l > *upto));
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            self.flushes.drain(..).partition(|(upto, _)| lowest.is_none_or(|l| l > *upto));
         self.flushes = waiting;
         for (_, reply) in done {
             reply.send();
@@ -330,7 +340,11 @@ impl Worker {
         }
         for (idx, r) in records.iter().enumerate() {
             if !covered[idx] {
-                rejected.push((r.seq(), DeadLetterReason::Rejected, "the destination produced no request for it".into()));
+                rejected.push((
+                    r.seq(),
+                    DeadLetterReason::Rejected,
+                    "the destination produced no request for it".into(),
+                ));
             }
         }
         if !rejected.is_empty() {
@@ -456,7 +470,11 @@ impl Worker {
             item.epoch = lane.delivered;
             if item.strikes >= max_attempts {
                 lane.items.remove(&seq);
-                exhausted.push((seq, DeadLetterReason::RetriesExhausted, format!("failed {max_attempts} times while other events were delivered")));
+                exhausted.push((
+                    seq,
+                    DeadLetterReason::RetriesExhausted,
+                    format!("failed {max_attempts} times while other events were delivered"),
+                ));
             } else {
                 keep.push(seq);
             }

@@ -67,7 +67,9 @@ impl Store for MemoryStore {
         let pending = self
             .pending
             .iter()
-            .map(|set| (set.len() as u64, set.iter().filter_map(|s| self.events.get(s)).map(|e| e.bytes.len() as u64).sum()))
+            .map(|set| {
+                (set.len() as u64, set.iter().filter_map(|s| self.events.get(s)).map(|e| e.bytes.len() as u64).sum())
+            })
             .collect();
         Ok(Recovered { next_seq: self.next_seq, state: self.state.clone(), pending })
     }
@@ -84,7 +86,13 @@ impl Store for MemoryStore {
             if remaining > 0 {
                 self.events.insert(
                     e.seq,
-                    Stored { id: e.id, timestamp: e.timestamp, queued_at: e.queued_at, bytes: e.bytes.clone(), remaining },
+                    Stored {
+                        id: e.id,
+                        timestamp: e.timestamp,
+                        queued_at: e.queued_at,
+                        bytes: e.bytes.clone(),
+                        remaining,
+                    },
                 );
             }
             self.next_seq = self.next_seq.max(e.seq + 1);
@@ -92,7 +100,13 @@ impl Store for MemoryStore {
         self.set_state(state)
     }
 
-    fn read(&mut self, destination: usize, from: u64, max_events: usize, max_bytes: usize) -> Result<Vec<EventRecord>, StoreError> {
+    fn read(
+        &mut self,
+        destination: usize,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
         let Some(set) = self.pending.get(destination) else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         let mut bytes = 0;
@@ -123,7 +137,12 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn dead_letter(&mut self, destination: usize, letters: &[(u64, DeadLetterReason, String)], at: Timestamp) -> Result<(), StoreError> {
+    fn dead_letter(
+        &mut self,
+        destination: usize,
+        letters: &[(u64, DeadLetterReason, String)],
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
         let name = self.destinations.get(destination).cloned().unwrap_or_default();
         for (seq, reason, detail) in letters {
             let Some((id, event)) = self.release(destination, *seq) else { continue };

@@ -150,7 +150,13 @@ pub trait Store: Send + fmt::Debug + 'static {
     ///
     /// # Errors
     /// Backend failures.
-    fn read(&mut self, destination: usize, from: u64, max_events: usize, max_bytes: usize) -> Result<Vec<EventRecord>, StoreError>;
+    fn read(
+        &mut self,
+        destination: usize,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<EventRecord>, StoreError>;
 
     /// The pending events of `destination` among `seqs` (others are skipped).
     ///
@@ -168,7 +174,12 @@ pub trait Store: Send + fmt::Debug + 'static {
     ///
     /// # Errors
     /// Backend failures.
-    fn dead_letter(&mut self, destination: usize, letters: &[(u64, DeadLetterReason, String)], at: Timestamp) -> Result<(), StoreError>;
+    fn dead_letter(
+        &mut self,
+        destination: usize,
+        letters: &[(u64, DeadLetterReason, String)],
+        at: Timestamp,
+    ) -> Result<(), StoreError>;
 
     /// The lowest pending seq of `destination` (its cursor), if any.
     ///

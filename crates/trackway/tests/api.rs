@@ -1,0 +1,348 @@
+//! The call API: validation before anything is queued, never blocking, shutdown, hooks, imports.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{fast_builder, json, watchdog};
+use trackway::destination::{Destination, InMemoryDestination, LimitError};
+use trackway::{
+    BuildError, Clock, Error, Event, EventKind, FlushError, HttpOptions, Identify, MessageId, Page, Screen,
+    ShutdownError, Timestamp, Track, props,
+};
+use trackway_collector::Collector;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn memory_client(dest: &InMemoryDestination) -> trackway::Client {
+    fast_builder().destination(dest.clone()).build().expect("client")
+}
+
+#[test]
+fn every_documented_validation_error_is_returned_before_queueing() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = memory_client(&dest);
+        assert_eq!(c.track("", "e", props! {}), Err(Error::EmptyIdentifier));
+        assert_eq!(c.track("  ", "e", props! {}), Err(Error::EmptyIdentifier));
+        assert_eq!(c.track("u", "", props! {}), Err(Error::EmptyEventName));
+        assert_eq!(c.track("u", "", props! {}).unwrap_err().to_string(), "Event name cannot be empty");
+        assert_eq!(c.page("u", Page::new("")), Err(Error::EmptyUrl));
+        assert_eq!(c.screen("u", "", props! {}), Err(Error::EmptyScreenName));
+        assert_eq!(c.capture(Identify::new()), Err(Error::NoIds));
+        assert_eq!(c.capture(Identify::new().id("registered", "")), Err(Error::EmptyIdentifier));
+        let long = "x".repeat(trackway::MAX_NAME_BYTES + 1);
+        assert!(matches!(c.track("u", &long, props! {}), Err(Error::TooLong { what: "event name", .. })));
+        assert!(matches!(c.track(&long, "e", props! {}), Err(Error::TooLong { what: "identifier", .. })));
+        let err = c.track("u", "e", props! { "nested" => props! { "" => 1 } }).unwrap_err();
+        assert!(matches!(err, Error::InvalidProperty(ref p) if p.path == "nested."), "{err}");
+        assert_eq!(c.stats().enqueued, 0, "nothing invalid is queued");
+        c.flush(Duration::from_secs(5)).expect("flush");
+        assert!(dest.received().is_empty());
+    });
+}
+
+#[test]
+fn nan_and_infinite_properties_are_errors_with_their_path() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = memory_client(&dest);
+        let err = c.track("u", "e", props! { "amount" => f64::NAN }).unwrap_err();
+        assert_eq!(err.to_string(), "property `amount` is NaN; only finite numbers can be sent");
+        let err = c.capture(Track::new("e").property("items", vec![props! { "price" => f64::INFINITY }])).unwrap_err();
+        assert!(err.to_string().contains("items[0].price"), "{err}");
+        #[derive(serde::Serialize)]
+        struct Order {
+            total: f64,
+        }
+        let err = trackway::Properties::from_serialize(&Order { total: f64::NAN }).unwrap_err();
+        assert_eq!(err.path, "total");
+        assert_eq!(c.stats().enqueued, 0);
+    });
+}
+
+#[derive(Debug)]
+struct Tiny;
+impl Destination for Tiny {
+    fn name(&self) -> &str {
+        "tiny"
+    }
+    fn validate(&self, event: &Event) -> Result<(), LimitError> {
+        let len = event.name.as_deref().map_or(0, str::len);
+        if len > 5 {
+            return Err(LimitError::new(format!("event name is {len} bytes; the limit is 5")));
+        }
+        Ok(())
+    }
+    fn encode(
+        &self,
+        events: &[trackway::destination::EventRecord],
+        _: &trackway::destination::DestinationState,
+        _: Timestamp,
+    ) -> trackway::destination::Encoded {
+        let mut e = trackway::destination::Encoded::default();
+        e.rejected = (0..events.len()).map(|i| (i, "tiny never sends".to_owned())).collect();
+        e
+    }
+}
+
+#[test]
+fn a_limit_of_one_destination_fails_the_whole_call_and_names_it() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = fast_builder().destination(dest.clone()).destination(Tiny).build().expect("client");
+        let err = c.track("u", "toolong", props! {}).unwrap_err();
+        assert_eq!(
+            err,
+            Error::DestinationLimit {
+                destination: "tiny".into(),
+                message: "event name is 7 bytes; the limit is 5".into()
+            }
+        );
+        assert_eq!(err.to_string(), "destination `tiny`: event name is 7 bytes; the limit is 5");
+        c.flush(Duration::from_secs(5)).expect("flush");
+        assert!(dest.received().is_empty(), "not queued for the other destination either");
+    });
+}
+
+#[test]
+fn events_are_routed_only_to_destinations_that_take_their_kind() {
+    watchdog(LIMIT, || {
+        let tracks = InMemoryDestination::new("tracks").kinds(&[EventKind::Track]);
+        let all = InMemoryDestination::new("all");
+        let c = fast_builder().destination(tracks.clone()).destination(all.clone()).build().expect("client");
+        c.track("u", "e", props! {}).expect("track");
+        c.page("u", Page::new("/p")).expect("page");
+        c.flush(Duration::from_secs(5)).expect("flush");
+        assert_eq!(tracks.received().len(), 1);
+        assert_eq!(all.received().len(), 2);
+        let only_tracks = fast_builder()
+            .destination(InMemoryDestination::new("t").kinds(&[EventKind::Track]))
+            .build()
+            .expect("client");
+        assert_eq!(only_tracks.page("u", Page::new("/p")), Err(Error::NoRoute { kind: "page" }));
+    });
+}
+
+#[test]
+fn with_the_worker_paused_queue_full_is_exactly_the_overflow_and_no_call_blocks() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let capacity = 100;
+        let c = fast_builder().queue_capacity(capacity).destination(dest.clone()).build().expect("client");
+        c.pause_worker();
+        let calls = 250;
+        let mut slowest = Duration::ZERO;
+        let mut full = 0;
+        for i in 0..calls {
+            let t = Instant::now();
+            match c.track("u", "e", props! { "i" => i }) {
+                Ok(_) => {}
+                Err(Error::QueueFull) => full += 1,
+                Err(e) => panic!("unexpected {e}"),
+            }
+            slowest = slowest.max(t.elapsed());
+        }
+        let stats = c.stats();
+        assert_eq!(stats.dropped.queue_full, (calls - capacity) as u64);
+        assert_eq!(full, calls - capacity);
+        assert_eq!(stats.enqueued, capacity as u64);
+        // Not a performance assertion: a blocked call would wait for the worker, i.e. forever.
+        assert!(slowest < Duration::from_secs(1), "a call blocked for {slowest:?}");
+        // State changes use reserved capacity: identify still gets in.
+        c.capture(Identify::new().id("registered", "jane")).expect("identify uses reserved slots");
+        c.resume_worker();
+        c.flush(Duration::from_secs(5)).expect("flush");
+        assert_eq!(dest.received().len(), capacity + 1);
+    });
+}
+
+#[test]
+fn async_flush_inside_a_current_thread_runtime_returns() {
+    watchdog(LIMIT, || {
+        let collector = Collector::start().expect("collector");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let c = fast_builder().destination(json("a", collector.url("/e"))).build().expect("client");
+            c.track("u", "e", props! {}).expect("track");
+            let report = c.flush_async(Duration::from_secs(5)).await.expect("flush");
+            assert_eq!(report.destination("a").expect("a").delivered, 1);
+            c.persisted_async(Duration::from_secs(5)).await.expect("persisted");
+            c.shutdown_async(Duration::from_secs(5)).await.expect("shutdown");
+        });
+    });
+}
+
+#[test]
+fn blocking_flush_inside_a_current_thread_runtime_does_not_deadlock() {
+    watchdog(LIMIT, || {
+        let collector = Collector::start().expect("collector");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let c = fast_builder().destination(json("a", collector.url("/e"))).build().expect("client");
+            c.track("u", "e", props! {}).expect("track");
+            c.flush(Duration::from_secs(5)).expect("the worker has its own runtime");
+        });
+    });
+}
+
+#[test]
+fn shutdown_twice_says_already_shut_down_and_later_calls_are_counted() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = memory_client(&dest);
+        c.track("u", "e", props! {}).expect("track");
+        let report = c.shutdown(Duration::from_secs(5)).expect("first shutdown delivers");
+        assert_eq!(report.destination("m").expect("m").delivered, 1);
+        let clone = c.clone();
+        assert_eq!(clone.shutdown(Duration::from_secs(1)).unwrap_err(), ShutdownError::AlreadyShutdown);
+        assert_eq!(c.track("u", "e", props! {}), Err(Error::ShutDown));
+        assert_eq!(c.flush(Duration::from_secs(1)).unwrap_err(), FlushError::AlreadyShutdown);
+        assert_eq!(c.stats().dropped.shutdown, 1);
+        assert_eq!(dest.received().len(), 1);
+    });
+}
+
+#[test]
+fn dropping_the_last_clone_delivers_what_is_queued() {
+    watchdog(LIMIT, || {
+        let collector = Collector::start().expect("collector");
+        let c = fast_builder()
+            .batch_interval(Duration::from_secs(60))
+            .shutdown_timeout(Duration::from_secs(5))
+            .destination(json("a", collector.url("/e")))
+            .build()
+            .expect("client");
+        for _ in 0..3 {
+            c.track("u", "e", props! {}).expect("track");
+        }
+        let clone = c.clone();
+        drop(c);
+        assert_eq!(collector.request_count(), 0, "a clone is still alive");
+        drop(clone);
+        assert_eq!(support::delivered_ids(&collector.requests()).len(), 3);
+    });
+}
+
+#[test]
+fn import_keeps_the_callers_message_id_and_timestamp() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = memory_client(&dest);
+        let id: MessageId = "01890a5d-ac96-774b-bcce-b302099a8057".parse().expect("uuid");
+        let at: Timestamp = "2023-07-01T12:00:00.000Z".parse().expect("ts");
+        assert_eq!(c.import(Track::new("old").user("u"), id, at).expect("import"), id);
+        c.flush(Duration::from_secs(5)).expect("flush");
+        let got = &dest.received()[0].event;
+        assert_eq!((got.id, got.timestamp, got.imported), (id, at, true));
+    });
+}
+
+#[test]
+fn before_send_may_change_or_drop_events() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = fast_builder()
+            .before_send(|e| {
+                e.properties.remove("password");
+                e.name.as_deref() != Some("internal")
+            })
+            .destination(dest.clone())
+            .build()
+            .expect("client");
+        c.track("u", "login", props! { "password" => "hunter2", "ok" => true }).expect("track");
+        c.track("u", "internal", props! {}).expect("dropped by the hook is not an error");
+        c.flush(Duration::from_secs(5)).expect("flush");
+        let received = dest.received();
+        assert_eq!(received.len(), 1);
+        assert!(received[0].event.properties.get("password").is_none());
+        assert_eq!(c.stats().dropped.filtered, 1);
+    });
+}
+
+#[test]
+fn app_mode_stamps_the_current_user_and_server_mode_leaves_it_alone() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = memory_client(&dest);
+        c.capture(Screen::new("Home")).expect("screen");
+        let anon = c.current_identity().anonymous_id.expect("anonymous id created on first use");
+        assert_eq!(anon, anon.to_lowercase());
+        c.track("server-user", "e", props! {}).expect("server mode");
+        assert_eq!(c.current_identity().user_id, None, "server mode does not touch app state");
+        c.capture(Identify::new().id("registered", "jane@example.com")).expect("identify");
+        c.capture(Track::new("after")).expect("track");
+        c.flush(Duration::from_secs(5)).expect("flush");
+        let r = dest.received();
+        assert_eq!(r[0].event.identity.anonymous_id.as_deref(), Some(anon.as_str()));
+        assert_eq!(r[0].event.identity.user_id, None);
+        assert_eq!(r[1].event.identity.user_id.as_deref(), Some("server-user"));
+        assert_eq!(r[1].event.identity.anonymous_id, None);
+        assert_eq!(r[3].event.identity.user_id.as_deref(), Some("jane@example.com"));
+        assert_eq!(r[3].event.identity.primary.as_deref(), Some("registered"));
+        assert_eq!(r[3].event.identity.anonymous_id.as_deref(), Some(anon.as_str()));
+    });
+}
+
+#[test]
+fn secrets_never_appear_in_debug_or_errors() {
+    let http = HttpOptions::default()
+        .header("authorization", "Bearer s3cr3t-token")
+        .proxy("http://user:pr0xy-pass@127.0.0.1:1");
+    let builder = fast_builder().destination_with(json("a", "http://127.0.0.1:1/e".into()), http.clone());
+    let shown = format!("{http:?} {builder:?}");
+    assert!(!shown.contains("s3cr3t-token") && !shown.contains("pr0xy-pass"), "{shown}");
+    let bad = fast_builder().destination_with(
+        json("a", "http://127.0.0.1:1/e".into()),
+        HttpOptions::default().proxy("::not a url:pr0xy-pass"),
+    );
+    if let Err(e) = bad.build() {
+        assert!(!e.to_string().contains("pr0xy-pass"), "{e}");
+    }
+    let client =
+        fast_builder().destination_with(json("a", "http://127.0.0.1:1/e".into()), http).build().expect("client");
+    assert!(!format!("{client:?}").contains("s3cr3t"));
+}
+
+#[test]
+fn build_errors_say_what_to_fix() {
+    assert_eq!(trackway::Client::builder().build().unwrap_err(), BuildError::NoDestination);
+    let dup =
+        fast_builder().destination(InMemoryDestination::new("x")).destination(InMemoryDestination::new("x")).build();
+    assert_eq!(dup.unwrap_err(), BuildError::DuplicateDestination("x".into()));
+    let bad_url = fast_builder().destination(json("j", "not a url".into())).build().unwrap_err();
+    assert!(matches!(bad_url, BuildError::Destination { ref destination, .. } if destination == "j"), "{bad_url}");
+    let zero = fast_builder().queue_capacity(0).destination(InMemoryDestination::new("x")).build().unwrap_err();
+    assert!(matches!(zero, BuildError::InvalidSetting { setting: "queue_capacity", .. }));
+}
+
+#[test]
+fn events_older_than_max_event_age_expire_by_the_injected_clock() {
+    watchdog(LIMIT, || {
+        let down =
+            Collector::builder().default_reply(trackway_collector::Reply::status(503)).start().expect("collector");
+        let (clock, hand) = Clock::manual(Timestamp::from_unix_millis(1_700_000_000_000));
+        let c = fast_builder()
+            .clock(clock)
+            .max_event_age(Duration::from_secs(3600))
+            .destination(json("a", down.url("/e")))
+            .build()
+            .expect("client");
+        let id = c.track("u", "e", props! {}).expect("track");
+        c.persisted(Duration::from_secs(5)).expect("persisted");
+        // The batch interval runs on the manual clock too: nothing is sent until it moves.
+        hand.advance(Duration::from_millis(20));
+        assert!(support::wait_until(Duration::from_secs(5), || c
+            .stats()
+            .destination("a")
+            .is_some_and(|a| a.failed_requests >= 1)));
+        hand.advance(Duration::from_secs(2 * 3600));
+        assert!(support::wait_until(Duration::from_secs(5), || c
+            .stats()
+            .destination("a")
+            .is_some_and(|a| a.expired == 1)));
+        let letters = c.dead_letters(10).expect("dead letters");
+        assert_eq!((letters[0].id, letters[0].reason), (id, trackway::store::DeadLetterReason::Expired));
+        assert_eq!(c.stats().destination("a").expect("a").pending, 0);
+    });
+}
