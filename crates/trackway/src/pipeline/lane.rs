@@ -173,8 +173,13 @@ impl Lane {
         }
     }
 
-    /// The earliest clock time at which `next` could return something (ignoring in-flight limits).
+    /// The earliest clock time at which `next` could return something. `None` while the lane is
+    /// at its in-flight limit: a completion wakes the worker then, and a deadline already in the
+    /// past would make it spin.
     pub(crate) fn next_deadline(&self, interval: Duration) -> Option<Duration> {
+        if self.in_flight >= self.capacity() {
+            return None;
+        }
         let mut best: Option<Duration> = None;
         let mut consider = |t: Duration| best = Some(best.map_or(t, |b| b.min(t)));
         for g in &self.groups {
@@ -275,6 +280,17 @@ mod tests {
         }
         assert!(l.next(S, S).is_none());
         assert!(matches!(l.next(10 * S, S), Some(Next::Retry { .. })));
+    }
+
+    #[test]
+    fn a_lane_at_its_in_flight_limit_has_no_deadline() {
+        let mut l = lane(Delivery::Parallel { max_in_flight: 2 });
+        for _ in 0..30 {
+            l.on_appended(10, Duration::ZERO);
+        }
+        assert_eq!(l.next_deadline(S), Some(S));
+        l.in_flight = 2;
+        assert_eq!(l.next_deadline(S), None, "a completion will wake the worker");
     }
 
     #[test]
