@@ -231,7 +231,7 @@ impl Client {
         self.enqueue(message.into(), Some((id, timestamp)))
     }
 
-    fn enqueue(&self, m: Message, import: Option<(MessageId, Timestamp)>) -> Result<MessageId, Error> {
+    fn enqueue(&self, mut m: Message, import: Option<(MessageId, Timestamp)>) -> Result<MessageId, Error> {
         let shared = &*self.inner.shared;
         if shared.closed.load(Ordering::Acquire) {
             bump(&shared.counters.shutdown, 1);
@@ -253,9 +253,9 @@ impl Client {
         let (identity, new_state) = match app.as_deref() {
             None => (
                 Identity {
-                    user_id: m.user.clone(),
-                    ip: m.ip.clone(),
-                    user_agent: m.user_agent.clone(),
+                    user_id: m.user.take(),
+                    ip: m.ip.take(),
+                    user_agent: m.user_agent.take(),
                     ..Identity::default()
                 },
                 None,

@@ -41,6 +41,10 @@ pub(crate) struct Worker {
     in_flight: HashMap<Id, InFlight>,
     flushes: Vec<(u64, Reply)>,
     shutdown: Option<(Instant, Reply)>,
+    /// When the queue is next drained. Set when a caller wakes the worker: the events of the next
+    /// `commit_delay` gather into one append, and while the queue is not empty callers make no
+    /// wake-up calls, so the caller's cost stays free of system calls.
+    drain_at: Option<Instant>,
     store_failed: bool,
 }
 
@@ -87,14 +91,18 @@ impl Worker {
             in_flight: HashMap::new(),
             flushes: Vec::new(),
             shutdown: None,
+            drain_at: None,
             store_failed: false,
         }
     }
 
     pub(crate) async fn run(mut self) {
         loop {
-            if !self.shared.queue.is_paused() || self.shutdown.is_some() {
+            if self.drain_due() {
                 self.drain();
+                // A push that reserved its slot before this drain may land just after it without
+                // waking anyone (the queue was not empty): come back for it.
+                self.drain_at = (self.shared.queue.len() > 0).then(|| Instant::now() + self.settings.commit_delay);
             }
             self.dispatch();
             self.answer_flushes();
@@ -116,19 +124,24 @@ impl Worker {
         }
     }
 
+    fn drain_due(&self) -> bool {
+        let queue = &self.shared.queue;
+        if self.shutdown.is_some() {
+            return true;
+        }
+        !queue.is_paused() && (queue.is_past_threshold() || self.drain_at.is_some_and(|t| Instant::now() >= t))
+    }
+
     /// Sleeps until something may need doing: an answer, new items, a deadline, the clock moving.
     async fn wait(&mut self) {
         let clock = self.shared.clock.clone();
-        let now = clock.elapsed();
         let interval = self.settings.batch_interval;
-        let mut deadline = self.lanes.iter().filter_map(|l| l.next_deadline(interval)).min();
-        if self.shared.queue.len() > 0 && !self.shared.queue.is_paused() {
-            // Items are being pushed but no wake-up will come (the queue is not empty): poll.
-            deadline =
-                Some(deadline.map_or(now + self.settings.commit_delay, |d| d.min(now + self.settings.commit_delay)));
-        }
+        let deadline = self.lanes.iter().filter_map(|l| l.next_deadline(interval)).min();
         let sleep_for = deadline.and_then(|d| clock.real_wait(d));
-        let shutdown_in = self.shutdown.as_ref().map(|(d, _)| d.saturating_duration_since(Instant::now()));
+        let now = Instant::now();
+        let drain_in =
+            self.drain_at.filter(|_| !self.shared.queue.is_paused()).map(|t| t.saturating_duration_since(now));
+        let shutdown_in = self.shutdown.as_ref().map(|(d, _)| d.saturating_duration_since(now));
         let queue = &self.shared.queue;
         let has_tasks = !self.tasks.is_empty();
         tokio::select! {
@@ -140,16 +153,11 @@ impl Worker {
                 }
             }
             () = queue.notified() => {
-                // Woken from idle by the first event: let a few more gather so one commit and one
-                // wake-up cover many events; the threshold wake-up cuts this short under load.
-                if !queue.is_past_threshold() && !self.settings.commit_delay.is_zero() {
-                    tokio::select! {
-                        () = tokio::time::sleep(self.settings.commit_delay) => {}
-                        () = queue.notified() => {}
-                    }
-                }
+                // New items (or the threshold was passed, which drain_due sees by itself).
+                self.drain_at.get_or_insert(now + self.settings.commit_delay);
             }
             () = queue.resumed(), if queue.is_paused() => {}
+            () = sleep_opt(drain_in) => {}
             () = sleep_opt(sleep_for) => {}
             () = clock.changed() => {}
             () = sleep_opt(shutdown_in) => {}
