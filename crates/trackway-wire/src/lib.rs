@@ -8,11 +8,13 @@
 //! - [`Timestamp`]: UTC milliseconds, serialized as RFC 3339.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod encode;
 mod event;
 mod ser;
 mod timestamp;
 mod value;
 
+pub use encode::encode_event;
 pub use event::{Context, Event, EventKind, Identity, MessageId, PageInfo};
 pub use timestamp::{ParseTimestampError, Timestamp};
 pub use value::{Properties, PropertyError, Value};

@@ -79,7 +79,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 impl Timestamp {
     /// Writes the RFC 3339 form into a fixed buffer; returns the used length (24 for years 0..=9999).
-    fn format_into(self, buf: &mut [u8; 32]) -> usize {
+    pub(crate) fn format_into(self, buf: &mut [u8; 32]) -> usize {
         let millis = self.0.rem_euclid(1000);
         let secs = self.0.div_euclid(1000);
         let days = secs.div_euclid(86_400);

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use trackway_wire::{Context, Event, EventKind, Identity, MessageId, Properties, Timestamp};
 
 use crate::clock::Clock;
@@ -15,7 +14,7 @@ use crate::destination::Destination;
 use crate::error::{BuildError, Error, FlushError, FlushReport, ShutdownError};
 use crate::message::{Message, Page, Track};
 use crate::pipeline;
-use crate::queue::{Control, Item, Priority, Queue, QueuedEvent, Reply};
+use crate::queue::{Control, EventBytes, Item, Priority, Queue, QueuedEvent, Reply};
 use crate::stats::{Counters, Stats, bump};
 use crate::store::{DeadLetter, StateChange};
 
@@ -68,6 +67,8 @@ pub(crate) struct Shared {
     /// Bit i of `routes[kind]`: destination i takes that kind.
     routes: [u64; 4],
     context: Arc<Context>,
+    /// `context` serialized once: it is the same in every event.
+    context_json: Box<[u8]>,
     before_send: Option<BeforeSend>,
     app: Mutex<AppIdentity>,
     closed: AtomicBool,
@@ -157,6 +158,7 @@ impl Client {
             destinations: b.destinations.iter().map(|(d, _)| d.clone()).collect(),
             clock: b.clock,
             routes,
+            context_json: serde_json::to_vec(&*context).unwrap_or_default().into_boxed_slice(),
             context,
             before_send: b.before_send,
             app: Mutex::new(app),
@@ -288,27 +290,13 @@ impl Client {
                     .map_err(|e| Error::DestinationLimit { destination: d.name().to_owned(), message: e.message })?;
             }
         }
-        let mut bytes = Vec::with_capacity(384);
-        if let Err(e) = serde_json::to_writer(&mut bytes, &event) {
-            return Err(Error::InvalidProperty(trackway_wire::PropertyError {
-                path: String::new(),
-                reason: e.to_string(),
-            }));
-        }
+        let bytes = encode(&event, shared);
         let state = match &new_state {
             Some(s) => vec![StateChange { key: IDENTITY_KEY.into(), value: serde_json::to_vec(s).ok() }],
             None => Vec::new(),
         };
         let priority = if is_identify && !server_mode { Priority::Reserved } else { Priority::Normal };
-        let item = Item::Event(QueuedEvent {
-            id,
-            kind: event.kind,
-            timestamp,
-            queued_at,
-            routes,
-            bytes: Bytes::from(bytes),
-            state,
-        });
+        let item = Item::Event(QueuedEvent { id, kind: event.kind, timestamp, queued_at, routes, bytes, state });
         if shared.queue.push(item, priority).is_err() {
             bump(&shared.counters.queue_full, 1);
             if !shared.warned_queue_full.swap(true, Ordering::Relaxed) {
@@ -521,6 +509,41 @@ impl Client {
             ..Identity::default()
         }
     }
+}
+
+thread_local! {
+    /// Reused serialization buffer: serializing costs no allocation once it has grown.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+}
+
+/// Serializes `event` into compact JSON (the stored and queued form).
+fn encode(event: &Event, shared: &Shared) -> EventBytes {
+    // A before_send hook may have swapped the context; then it is serialized afresh.
+    let fresh;
+    let context_json: &[u8] = if Arc::ptr_eq(&event.context, &shared.context) {
+        &shared.context_json
+    } else {
+        fresh = serde_json::to_vec(&*event.context).unwrap_or_default();
+        &fresh
+    };
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            trackway_wire::encode_event(event, context_json, &mut buf);
+            let bytes = EventBytes::from_slice(&buf);
+            // Do not let one huge event pin a huge buffer on this thread forever.
+            if buf.capacity() > 64 * 1024 {
+                *buf = Vec::with_capacity(1024);
+            }
+            bytes
+        }
+        // Re-entered from a before_send hook that tracks: use a fresh buffer.
+        Err(_) => {
+            let mut buf = Vec::with_capacity(512);
+            trackway_wire::encode_event(event, context_json, &mut buf);
+            EventBytes::from_vec(buf)
+        }
+    })
 }
 
 fn pending_of(destinations: &[crate::DestinationStats]) -> Vec<(String, u64)> {

@@ -11,12 +11,18 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use tokio::sync::{Notify, oneshot};
 use trackway_wire::{EventKind, MessageId, Timestamp};
 
 use crate::store::StateChange;
+
+/// Serialized events up to this size travel inside the queue slot itself: no allocation on the
+/// caller's thread, and no memory freed by another thread (which contends on the allocator).
+pub(crate) const INLINE_EVENT_BYTES: usize = 480;
+
+/// An event's serialized bytes, inline when small.
+pub(crate) type EventBytes = smallvec::SmallVec<[u8; INLINE_EVENT_BYTES]>;
 
 /// An event serialized on the caller's thread, with what the worker needs without parsing it.
 #[derive(Debug)]
@@ -27,7 +33,7 @@ pub(crate) struct QueuedEvent {
     pub(crate) queued_at: Timestamp,
     /// Bit i set: routed to destination i.
     pub(crate) routes: u64,
-    pub(crate) bytes: Bytes,
+    pub(crate) bytes: EventBytes,
     /// Client state to commit together with this event (identify).
     pub(crate) state: Vec<StateChange>,
 }
@@ -207,7 +213,7 @@ mod tests {
             timestamp: t,
             queued_at: t,
             routes: 1,
-            bytes: Bytes::from(vec![b'x'; size]),
+            bytes: EventBytes::from_elem(b'x', size),
             state: Vec::new(),
         })
     }

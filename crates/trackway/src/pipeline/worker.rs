@@ -15,7 +15,7 @@ use crate::client::Shared;
 use crate::destination::{DestinationState, EventRecord, Outcome, Request, Response};
 use crate::queue::{Control, Item, Reply};
 use crate::stats::bump;
-use crate::store::{DeadLetterReason, NewEvent, Recovered, StateChange, Store};
+use crate::store::{DeadLetterReason, NewEvent, Recovered, StateChange, Store, routes};
 
 /// Response bodies are read up to this size; dead letters keep an excerpt.
 const MAX_RESPONSE_BODY: usize = 1 << 20;
@@ -45,7 +45,27 @@ pub(crate) struct Worker {
     /// `commit_delay` gather into one append, and while the queue is not empty callers make no
     /// wake-up calls, so the caller's cost stays free of system calls.
     drain_at: Option<Instant>,
+    segments: Segments,
     store_failed: bool,
+}
+
+/// Event bytes copied out of the queue into large shared chunks: one allocation per megabyte
+/// instead of one per event, all made and freed on the worker thread.
+#[derive(Debug, Default)]
+struct Segments {
+    current: bytes::BytesMut,
+}
+
+impl Segments {
+    const CHUNK: usize = 1 << 20;
+
+    fn copy(&mut self, data: &[u8]) -> Bytes {
+        if self.current.capacity() - self.current.len() < data.len() {
+            self.current = bytes::BytesMut::with_capacity(Self::CHUNK.max(data.len()));
+        }
+        self.current.extend_from_slice(data);
+        self.current.split().freeze()
+    }
 }
 
 impl Worker {
@@ -92,6 +112,7 @@ impl Worker {
             flushes: Vec::new(),
             shutdown: None,
             drain_at: None,
+            segments: Segments::default(),
             store_failed: false,
         }
     }
@@ -175,20 +196,20 @@ impl Worker {
                 Item::Event(e) => {
                     let seq = self.next_seq;
                     self.next_seq += 1;
-                    let routes: Vec<usize> = (0..self.lanes.len()).filter(|i| e.routes & (1 << i) != 0).collect();
-                    for &r in &routes {
+                    for r in routes(e.routes) {
                         self.lanes[r].on_appended(e.bytes.len() as u64, now);
                         bump(&self.shared.counters.destinations[r].pending, 1);
                     }
                     state.extend(e.state);
+                    let bytes = self.segments.copy(&e.bytes);
                     events.push(NewEvent {
                         seq,
                         id: e.id,
                         kind: e.kind,
                         timestamp: e.timestamp,
                         queued_at: e.queued_at,
-                        routes,
-                        bytes: e.bytes,
+                        routes: e.routes,
+                        bytes,
                     });
                 }
                 // A control answers only after the events queued before it are committed, so it
@@ -208,7 +229,7 @@ impl Worker {
                         self.store_failed = true;
                     }
                     for ev in &events {
-                        for &r in &ev.routes {
+                        for r in routes(ev.routes) {
                             let lane = &mut self.lanes[r];
                             lane.fresh = lane.fresh.saturating_sub(1);
                             lane.fresh_bytes = lane.fresh_bytes.saturating_sub(ev.bytes.len() as u64);

@@ -42,10 +42,15 @@ pub struct NewEvent {
     pub timestamp: Timestamp,
     /// When it was enqueued (differs from `timestamp` for imports); `max_event_age` counts from here.
     pub queued_at: Timestamp,
-    /// Indices of the destinations it is routed to.
-    pub routes: Vec<usize>,
+    /// The destinations it is routed to: bit `i` set means destination `i` (at most 64).
+    pub routes: u64,
     /// The compact JSON of the event.
     pub bytes: Bytes,
+}
+
+/// The destination indices in a route bitmask, lowest first.
+pub fn routes(mask: u64) -> impl Iterator<Item = usize> {
+    (0..64).filter(move |i| mask & (1 << i) != 0)
 }
 
 /// A change to the key/value state: `None` deletes the key.
