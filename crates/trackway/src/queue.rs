@@ -76,6 +76,8 @@ pub(crate) enum Control {
     DeadLetters { limit: usize, reply: std::sync::mpsc::SyncSender<Vec<crate::store::DeadLetter>> },
 }
 
+// Events are inline on purpose: boxing them would put an allocation back on the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Item {
     Event(QueuedEvent),
@@ -131,6 +133,8 @@ impl Queue {
     }
 
     /// Pushes without blocking; gives the item back when the queue is full.
+    // The item is returned by value so a control request can be retried; no allocation either way.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn push(&self, item: Item, priority: Priority) -> Result<(), Item> {
         let limit = match priority {
             Priority::Normal => self.capacity,
