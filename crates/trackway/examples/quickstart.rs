@@ -3,6 +3,9 @@
 //! Starts a local collector, sends a few events through trackway (server mode and app mode),
 //! flushes, and prints what the collector received.
 
+// An example shows its results on stdout.
+#![allow(clippy::print_stdout)]
+
 use std::time::Duration;
 
 use trackway::{Client, Identify, Page, Screen, Track, destination::JsonHttp, props};

@@ -3,6 +3,9 @@
 //! Using trackway from async code: calls never block and need no runtime; use the `_async`
 //! variants of flush and shutdown so the runtime's thread is never blocked.
 
+// An example shows its results on stdout.
+#![allow(clippy::print_stdout)]
+
 use std::time::Duration;
 
 use trackway::{Client, destination::JsonHttp, props};
