@@ -6,12 +6,19 @@
 //! the context already serialized, and copies strings that need no escaping in one go; anything
 //! unusual (escapes, floats) is delegated to serde_json, so the output stays byte-identical.
 
-use crate::{Event, EventKind, Identity, PageInfo, Properties, Value};
+use crate::{Event, EventKind, Identity, PageInfo, Properties, PropertyError, Value};
 
 /// Writes `event` as compact JSON into `out`, byte-identical to `serde_json::to_vec(event)`.
 ///
 /// `context_json` must be `serde_json::to_vec(&*event.context)`; callers compute it once per
 /// client.
+///
+/// It also validates the properties as it goes (this is the client's only pass over them): a NaN
+/// or infinite number, or an empty key, stops it.
+///
+/// # Errors
+/// The [`PropertyError`] of [`Properties::validate`], with the path; `out` then holds a partial
+/// event and must be discarded.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -25,10 +32,10 @@ use crate::{Event, EventKind, Identity, PageInfo, Properties, Value};
 /// };
 /// let context_json = serde_json::to_vec(&*context).unwrap();
 /// let mut out = Vec::new();
-/// encode_event(&event, &context_json, &mut out);
+/// encode_event(&event, &context_json, &mut out).unwrap();
 /// assert_eq!(out, serde_json::to_vec(&event).unwrap());
 /// ```
-pub fn encode_event(event: &Event, context_json: &[u8], out: &mut Vec<u8>) {
+pub fn encode_event(event: &Event, context_json: &[u8], out: &mut Vec<u8>) -> Result<(), PropertyError> {
     out.extend_from_slice(b"{\"id\":\"");
     let mut id = [0u8; 36];
     out.extend_from_slice(event.id.as_uuid().hyphenated().encode_lower(&mut id).as_bytes());
@@ -46,7 +53,11 @@ pub fn encode_event(event: &Event, context_json: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
     if !event.properties.is_empty() {
         out.extend_from_slice(b",\"properties\":");
-        write_object(out, &event.properties);
+        if write_object(out, &event.properties).is_err() {
+            // Rare: walk again to say where the bad value is.
+            event.properties.validate()?;
+            return Err(PropertyError { path: String::new(), reason: "cannot be sent".into() });
+        }
     }
     out.extend_from_slice(b",\"identity\":");
     write_identity(out, &event.identity);
@@ -64,7 +75,11 @@ pub fn encode_event(event: &Event, context_json: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(b",\"imported\":true");
     }
     out.push(b'}');
+    Ok(())
 }
+
+/// A value that cannot be sent; the caller finds out which with [`Properties::validate`].
+struct Invalid;
 
 fn kind_name(kind: EventKind) -> &'static [u8] {
     kind.as_str().as_bytes()
@@ -128,26 +143,31 @@ fn write_page(out: &mut Vec<u8>, page: &PageInfo) {
     out.push(b'}');
 }
 
-fn write_object(out: &mut Vec<u8>, props: &Properties) {
+fn write_object(out: &mut Vec<u8>, props: &Properties) -> Result<(), Invalid> {
     out.push(b'{');
     for (i, (k, v)) in props.iter().enumerate() {
+        if k.is_empty() {
+            return Err(Invalid);
+        }
         if i > 0 {
             out.push(b',');
         }
         write_str(out, k);
         out.push(b':');
-        write_value(out, v);
+        write_value(out, v)?;
     }
     out.push(b'}');
+    Ok(())
 }
 
-fn write_value(out: &mut Vec<u8>, value: &Value) {
+fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), Invalid> {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
         Value::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
         Value::UInt(u) => out.extend_from_slice(itoa::Buffer::new().format(*u).as_bytes()),
+        Value::Float(f) if !f.is_finite() => return Err(Invalid),
         // Float formatting is delegated so the digits match serde_json's exactly.
         Value::Float(f) => delegate(out, f),
         Value::String(s) => write_str(out, s),
@@ -157,12 +177,13 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_value(out, item);
+                write_value(out, item)?;
             }
             out.push(b']');
         }
-        Value::Object(p) => write_object(out, p),
+        Value::Object(p) => write_object(out, p)?,
     }
+    Ok(())
 }
 
 /// A JSON string: copied as is when nothing needs escaping, which is nearly always.
@@ -193,7 +214,7 @@ mod tests {
     fn check(event: &Event) {
         let context_json = serde_json::to_vec(&*event.context).expect("context");
         let mut ours = Vec::new();
-        encode_event(event, &context_json, &mut ours);
+        encode_event(event, &context_json, &mut ours).expect("valid event");
         let theirs = serde_json::to_vec(event).expect("serde");
         assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&theirs));
     }
@@ -263,6 +284,17 @@ mod tests {
         e.page = Some(PageInfo { url: "/".into(), title: None, referrer: Some("https://r/".into()) });
         e.identity.user_agent = None;
         check(&e);
+    }
+
+    #[test]
+    fn invalid_properties_are_reported_with_their_path() {
+        let mut e = base(EventKind::Track);
+        let mut out = Vec::new();
+        e.properties = props! { "ok" => 1, "list" => vec![props! { "x" => f64::NAN }] };
+        let err = encode_event(&e, b"{}", &mut out).expect_err("NaN");
+        assert_eq!(err.path, "list[0].x");
+        e.properties = props! { "" => 1 };
+        assert!(encode_event(&e, b"{}", &mut out).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use compact_str::CompactString;
 use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -45,7 +46,9 @@ pub enum Value {
 /// ```
 #[derive(Clone, Default, PartialEq)]
 pub struct Properties {
-    entries: Vec<(String, Value)>,
+    // Keys up to 24 bytes are stored inline: building properties from literals allocates nothing
+    // per key on the caller's thread.
+    entries: Vec<(CompactString, Value)>,
 }
 
 /// A property that cannot be sent: its path and what is wrong with it.
@@ -70,19 +73,19 @@ impl Properties {
     }
 
     /// Inserts or replaces `key`, returning the previous value.
-    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) -> Option<Value> {
-        let key = key.into();
+    pub fn insert(&mut self, key: impl AsRef<str>, value: impl Into<Value>) -> Option<Value> {
+        let key = key.as_ref();
         let value = value.into();
-        if let Some(slot) = self.entries.iter_mut().find(|(k, _)| *k == key) {
+        if let Some(slot) = self.entries.iter_mut().find(|(k, _)| k == key) {
             return Some(std::mem::replace(&mut slot.1, value));
         }
-        self.entries.push((key, value));
+        self.entries.push((CompactString::new(key), value));
         None
     }
 
     /// Builder form of [`insert`](Self::insert).
     #[must_use]
-    pub fn with(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+    pub fn with(mut self, key: impl AsRef<str>, value: impl Into<Value>) -> Self {
         self.insert(key, value);
         self
     }
@@ -116,7 +119,7 @@ impl Properties {
     /// Copies every entry of `other` into `self`; `other` wins on equal keys.
     pub fn merge_from(&mut self, other: &Properties) {
         for (k, v) in &other.entries {
-            self.insert(k.clone(), v.clone());
+            self.insert(k, v.clone());
         }
     }
 
@@ -186,7 +189,7 @@ fn validate_object(props: &Properties, path: &mut String) -> Result<(), Property
         if !path.is_empty() {
             path.push('.');
         }
-        path.push_str(key);
+        path.push_str(key.as_str());
         if key.is_empty() {
             return Err(PropertyError { path: path.clone(), reason: "has an empty name".into() });
         }
@@ -220,11 +223,11 @@ fn validate_value(value: &Value, path: &mut String) -> Result<(), PropertyError>
 
 impl fmt::Debug for Properties {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.entries.iter().map(|(k, v)| (k, v))).finish()
+        f.debug_map().entries(self.entries.iter().map(|(k, v)| (k.as_str(), v))).finish()
     }
 }
 
-impl<K: Into<String>, V: Into<Value>> FromIterator<(K, V)> for Properties {
+impl<K: AsRef<str>, V: Into<Value>> FromIterator<(K, V)> for Properties {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut p = Properties::new();
         for (k, v) in iter {
@@ -363,7 +366,7 @@ impl Serialize for Properties {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(self.entries.len()))?;
         for (k, v) in &self.entries {
-            map.serialize_entry(k, v)?;
+            map.serialize_entry(k.as_str(), v)?;
         }
         map.end()
     }

@@ -281,8 +281,6 @@ impl Client {
                 bump(&shared.counters.filtered, 1);
                 return Ok(id);
             }
-            // The hook may have broken what validation checked.
-            event.properties.validate()?;
         }
         for (i, d) in shared.destinations.iter().enumerate() {
             if routes & (1 << i) != 0 {
@@ -290,7 +288,7 @@ impl Client {
                     .map_err(|e| Error::DestinationLimit { destination: d.name().to_owned(), message: e.message })?;
             }
         }
-        let bytes = encode(&event, shared);
+        let bytes = encode(&event, shared)?;
         let state = match &new_state {
             Some(s) => vec![StateChange { key: IDENTITY_KEY.into(), value: serde_json::to_vec(s).ok() }],
             None => Vec::new(),
@@ -516,8 +514,8 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
 }
 
-/// Serializes `event` into compact JSON (the stored and queued form).
-fn encode(event: &Event, shared: &Shared) -> EventBytes {
+/// Serializes `event` into compact JSON (the stored and queued form), validating its properties.
+fn encode(event: &Event, shared: &Shared) -> Result<EventBytes, Error> {
     // A before_send hook may have swapped the context; then it is serialized afresh.
     let fresh;
     let context_json: &[u8] = if Arc::ptr_eq(&event.context, &shared.context) {
@@ -529,19 +527,19 @@ fn encode(event: &Event, shared: &Shared) -> EventBytes {
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut buf) => {
             buf.clear();
-            trackway_wire::encode_event(event, context_json, &mut buf);
+            let encoded = trackway_wire::encode_event(event, context_json, &mut buf);
             let bytes = EventBytes::from_slice(&buf);
             // Do not let one huge event pin a huge buffer on this thread forever.
             if buf.capacity() > 64 * 1024 {
                 *buf = Vec::with_capacity(1024);
             }
-            bytes
+            encoded.map(|()| bytes).map_err(Error::from)
         }
         // Re-entered from a before_send hook that tracks: use a fresh buffer.
         Err(_) => {
             let mut buf = Vec::with_capacity(512);
-            trackway_wire::encode_event(event, context_json, &mut buf);
-            EventBytes::from_vec(buf)
+            trackway_wire::encode_event(event, context_json, &mut buf)?;
+            Ok(EventBytes::from_vec(buf))
         }
     })
 }
@@ -621,7 +619,8 @@ fn validate_message(m: &Message) -> Result<(), Error> {
             }
         }
     }
-    m.properties.validate()?;
+    // Properties (finite numbers, non-empty keys) are checked while the event is serialized,
+    // still before anything is queued: one pass over them instead of two.
     Ok(())
 }
 

@@ -62,7 +62,7 @@ macro_rules! common_setters {
 
             /// Sets one property.
             #[must_use]
-            pub fn property(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+            pub fn property(mut self, key: impl AsRef<str>, value: impl Into<Value>) -> Self {
                 self.0.properties.insert(key, value);
                 self
             }
