@@ -14,7 +14,7 @@ use crate::destination::Destination;
 use crate::error::{BuildError, Error, FlushError, FlushReport, ShutdownError};
 use crate::message::{Message, Page, Track};
 use crate::pipeline;
-use crate::queue::{Control, EventBytes, Item, Priority, Queue, QueuedEvent, Reply};
+use crate::queue::{Control, EventMeta, Priority, Queue, Reply};
 use crate::stats::{Counters, Stats, bump};
 use crate::store::{DeadLetter, StateChange};
 
@@ -288,14 +288,13 @@ impl Client {
                     .map_err(|e| Error::DestinationLimit { destination: d.name().to_owned(), message: e.message })?;
             }
         }
-        let bytes = encode(&event, shared)?;
         let state = match &new_state {
             Some(s) => vec![StateChange { key: IDENTITY_KEY.into(), value: serde_json::to_vec(s).ok() }],
             None => Vec::new(),
         };
         let priority = if is_identify && !server_mode { Priority::Reserved } else { Priority::Normal };
-        let item = Item::Event(QueuedEvent { id, kind: event.kind, timestamp, queued_at, routes, bytes, state });
-        if shared.queue.push(item, priority).is_err() {
+        let meta = EventMeta { id, kind: event.kind, timestamp, queued_at, routes, state };
+        if encode_and_push(&event, shared, meta, priority)?.is_err() {
             bump(&shared.counters.queue_full, 1);
             if !shared.warned_queue_full.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
@@ -456,16 +455,14 @@ impl Client {
             return Err(FlushError::AlreadyShutdown);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let mut control = Some(make(Reply::Async(tx)));
+        let mut control = make(Reply::Async(tx));
         // The channel is full only under a flood; wait for room without blocking the runtime.
-        while let Some(c) = control.take() {
-            if let Err(Item::Control(c)) = shared.queue.push(Item::Control(c), Priority::Reserved) {
-                if started.elapsed() >= timeout {
-                    return Err(self.timeout_error(started.elapsed(), make));
-                }
-                control = Some(c);
-                tokio::time::sleep(Duration::from_millis(1)).await;
+        while let Err(back) = shared.queue.push_control(control) {
+            if started.elapsed() >= timeout {
+                return Err(self.timeout_error(started.elapsed(), make));
             }
+            control = back;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), rx).await {
             Ok(Ok(())) => Ok(()),
@@ -510,12 +507,19 @@ impl Client {
 }
 
 thread_local! {
-    /// Reused serialization buffer: serializing costs no allocation once it has grown.
+    /// Reused serialization buffer: serializing allocates nothing once it has grown.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
 }
 
-/// Serializes `event` into compact JSON (the stored and queued form), validating its properties.
-fn encode(event: &Event, shared: &Shared) -> Result<EventBytes, Error> {
+/// Serializes `event` (validating its properties) and copies the bytes into the queue.
+///
+/// The outer error is a validation error; the inner one says the queue was full.
+fn encode_and_push(
+    event: &Event,
+    shared: &Shared,
+    meta: EventMeta,
+    priority: Priority,
+) -> Result<Result<(), crate::queue::Full>, Error> {
     // A before_send hook may have swapped the context; then it is serialized afresh.
     let fresh;
     let context_json: &[u8] = if Arc::ptr_eq(&event.context, &shared.context) {
@@ -528,18 +532,18 @@ fn encode(event: &Event, shared: &Shared) -> Result<EventBytes, Error> {
         Ok(mut buf) => {
             buf.clear();
             let encoded = trackway_wire::encode_event(event, context_json, &mut buf);
-            let bytes = EventBytes::from_slice(&buf);
+            let pushed = encoded.map(|()| shared.queue.push_event(meta, &buf, priority));
             // Do not let one huge event pin a huge buffer on this thread forever.
             if buf.capacity() > 64 * 1024 {
                 *buf = Vec::with_capacity(1024);
             }
-            encoded.map(|()| bytes).map_err(Error::from)
+            pushed.map_err(Error::from)
         }
         // Re-entered from a before_send hook that tracks: use a fresh buffer.
         Err(_) => {
             let mut buf = Vec::with_capacity(512);
             trackway_wire::encode_event(event, context_json, &mut buf)?;
-            Ok(EventBytes::from_vec(buf))
+            Ok(shared.queue.push_event(meta, &buf, priority))
         }
     })
 }
@@ -552,15 +556,15 @@ fn pending_of(destinations: &[crate::DestinationStats]) -> Vec<(String, u64)> {
 /// flood. Returns false if `timeout` passed first.
 fn push_control(shared: &Shared, control: Control, timeout: Duration) -> bool {
     let started = Instant::now();
-    let mut item = Item::Control(control);
+    let mut control = control;
     loop {
-        match shared.queue.push(item, Priority::Reserved) {
+        match shared.queue.push_control(control) {
             Ok(()) => return true,
             Err(back) => {
                 if started.elapsed() >= timeout {
                     return false;
                 }
-                item = back;
+                control = back;
                 std::thread::sleep(Duration::from_millis(1));
             }
         }

@@ -58,7 +58,7 @@ impl Default for ClientBuilder {
             clock: Clock::system(),
             queue_capacity: 10_000,
             queue_max_bytes: 16 * 1024 * 1024,
-            reserved_capacity: 1_024,
+            reserved_capacity: 256,
             batch_interval: Duration::from_secs(1),
             commit_delay: Duration::from_millis(2),
             retry: RetryPolicy::default(),
@@ -124,7 +124,7 @@ impl ClientBuilder {
     }
 
     /// Extra channel slots only state-changing calls (identify) and control requests (flush,
-    /// shutdown) may use (default 1 024).
+    /// shutdown) may use (default 256).
     pub fn reserved_capacity(mut self, slots: usize) -> Self {
         self.reserved_capacity = slots.max(8);
         self

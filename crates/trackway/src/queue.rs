@@ -1,39 +1,48 @@
 //! The bounded channel between callers and the worker, bounded by count **and** bytes.
 //!
-//! The caller side never blocks and never makes a system call in the common case: a push is a few
-//! atomic operations on a lock-free array queue. The worker is woken only when the queue goes from
-//! empty to non-empty or when it passes the wake threshold, not per event: every wake-up of a
-//! parked thread costs the waker a system call.
+//! The caller side never blocks and never makes a system call in the common case. It is a ring
+//! of preallocated slots (after D. Vyukov's bounded MPMC queue): a producer reserves capacity,
+//! claims the next position, and copies the event's serialized bytes straight into that slot's
+//! reusable buffer. Nothing is allocated per event, nothing large is moved (moving 500-byte
+//! items by value cost the caller 16% of its time in the benchmark), and no memory allocated on
+//! one thread is freed on another.
+//!
+//! Each slot's payload sits behind its own `Mutex`, which the slot's stamp already serializes
+//! (the producer writes, then publishes the stamp; the worker reads only published slots), so the
+//! lock is never contended and the code needs no `unsafe`.
+//!
+//! The worker is woken only when the queue goes from empty to non-empty or passes the wake
+//! threshold, not per event: every wake-up of a parked thread costs the waker a system call.
 //!
 //! Ordinary events may use `capacity` slots. State-changing calls (identify) and control messages
 //! (flush, persist barrier, shutdown) may also use `reserved` extra slots, so a flood of ordinary
 //! events can never make an `identify` vanish silently.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
-use crossbeam_queue::ArrayQueue;
+use bytes::Bytes;
 use tokio::sync::{Notify, oneshot};
 use trackway_wire::{EventKind, MessageId, Timestamp};
 
 use crate::store::StateChange;
 
-/// Serialized events up to this size travel inside the queue slot itself: no allocation on the
-/// caller's thread, and no memory freed by another thread (which contends on the allocator).
-pub(crate) const INLINE_EVENT_BYTES: usize = 480;
+/// Each slot's buffer is allocated up front with room for a typical event, so the caller never
+/// allocates (or takes a page fault for a fresh heap page) on the first lap of the ring.
+const SLOT_BUFFER: usize = 384;
 
-/// An event's serialized bytes, inline when small.
-pub(crate) type EventBytes = smallvec::SmallVec<[u8; INLINE_EVENT_BYTES]>;
+/// A slot buffer that grew past this (one huge event) is released instead of kept for reuse.
+const KEEP_SLOT_BUFFER: usize = 16 * 1024;
 
-/// An event serialized on the caller's thread, with what the worker needs without parsing it.
+/// What the worker needs about an event without parsing its bytes.
 #[derive(Debug)]
-pub(crate) struct QueuedEvent {
+pub(crate) struct EventMeta {
     pub(crate) id: MessageId,
     pub(crate) kind: EventKind,
     pub(crate) timestamp: Timestamp,
     pub(crate) queued_at: Timestamp,
     /// Bit i set: routed to destination i.
     pub(crate) routes: u64,
-    pub(crate) bytes: EventBytes,
     /// Client state to commit together with this event (identify).
     pub(crate) state: Vec<StateChange>,
 }
@@ -76,21 +85,12 @@ pub(crate) enum Control {
     DeadLetters { limit: usize, reply: std::sync::mpsc::SyncSender<Vec<crate::store::DeadLetter>> },
 }
 
-// Events are inline on purpose: boxing them would put an allocation back on the hot path.
-#[allow(clippy::large_enum_variant)]
+/// What the worker takes out of the queue.
 #[derive(Debug)]
 pub(crate) enum Item {
-    Event(QueuedEvent),
+    /// An event and its bytes (copied out by the worker's `copy` function).
+    Event(EventMeta, Bytes),
     Control(Control),
-}
-
-impl Item {
-    fn size(&self) -> usize {
-        match self {
-            Item::Event(e) => e.bytes.len(),
-            Item::Control(_) => 0,
-        }
-    }
 }
 
 /// Which capacity a push may use.
@@ -102,12 +102,48 @@ pub(crate) enum Priority {
     Reserved,
 }
 
+/// The push failed: the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Full;
+
+#[derive(Debug, Default)]
+struct Payload {
+    meta: Option<EventMeta>,
+    control: Option<Control>,
+    bytes: Vec<u8>,
+}
+
+/// Aligned to two cache lines (the adjacent-line prefetcher pairs them), so the counters callers
+/// update and the one the worker updates never share a line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// `pos` when free for the producer of position `pos`; `pos + 1` once that producer published.
+    stamp: AtomicUsize,
+    payload: Mutex<Payload>,
+}
+
 #[derive(Debug)]
 pub(crate) struct Queue {
-    items: ArrayQueue<Item>,
-    /// Slots taken, counted *before* the push so the worker's decrement can never underflow.
-    slots: AtomicUsize,
-    bytes: AtomicUsize,
+    slots: Box<[Slot]>,
+    /// Next position a producer claims.
+    tail: Padded<AtomicUsize>,
+    /// Next position the worker reads (only the worker writes it).
+    head: Padded<AtomicUsize>,
+    /// Slots reserved, counted *before* a position is claimed, so claimed positions never
+    /// outrun the slots the worker has freed.
+    reserved: Padded<AtomicUsize>,
+    bytes: Padded<AtomicUsize>,
     capacity: usize,
     max_bytes: usize,
     wake_threshold: usize,
@@ -117,12 +153,24 @@ pub(crate) struct Queue {
     resume: Notify,
 }
 
+fn lock(m: &Mutex<Payload>) -> MutexGuard<'_, Payload> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Queue {
     pub(crate) fn new(capacity: usize, reserved: usize, max_bytes: usize, wake_threshold: usize) -> Self {
+        let total = capacity + reserved;
         Queue {
-            items: ArrayQueue::new(capacity + reserved),
-            slots: AtomicUsize::new(0),
-            bytes: AtomicUsize::new(0),
+            slots: (0..total)
+                .map(|i| Slot {
+                    stamp: AtomicUsize::new(i),
+                    payload: Mutex::new(Payload { bytes: Vec::with_capacity(SLOT_BUFFER), ..Payload::default() }),
+                })
+                .collect(),
+            tail: Padded::default(),
+            head: Padded::default(),
+            reserved: Padded::default(),
+            bytes: Padded::default(),
             capacity,
             max_bytes,
             wake_threshold: wake_threshold.clamp(1, capacity.max(1)),
@@ -132,52 +180,97 @@ impl Queue {
         }
     }
 
-    /// Pushes without blocking; gives the item back when the queue is full.
-    // The item is returned by value so a control request can be retried; no allocation either way.
-    #[allow(clippy::result_large_err)]
-    pub(crate) fn push(&self, item: Item, priority: Priority) -> Result<(), Item> {
-        let limit = match priority {
-            Priority::Normal => self.capacity,
-            Priority::Reserved => self.items.capacity(),
-        };
-        let prev = self.slots.fetch_add(1, Ordering::AcqRel);
-        if prev >= limit {
-            self.slots.fetch_sub(1, Ordering::AcqRel);
-            return Err(item);
-        }
-        let size = item.size();
-        let prev_bytes = self.bytes.fetch_add(size, Ordering::AcqRel);
-        if priority == Priority::Normal && prev_bytes + size > self.max_bytes {
-            self.bytes.fetch_sub(size, Ordering::AcqRel);
-            self.slots.fetch_sub(1, Ordering::AcqRel);
-            return Err(item);
-        }
-        if let Err(item) = self.items.push(item) {
-            // Unreachable while slots <= items.capacity(); undo rather than lose the item.
-            self.bytes.fetch_sub(size, Ordering::AcqRel);
-            self.slots.fetch_sub(1, Ordering::AcqRel);
-            return Err(item);
-        }
-        if prev == 0 || prev + 1 == self.wake_threshold {
-            self.notify.notify_one();
-        }
+    /// Copies an event into the queue without blocking.
+    pub(crate) fn push_event(&self, meta: EventMeta, bytes: &[u8], priority: Priority) -> Result<(), Full> {
+        let (pos, prev) = self.claim(bytes.len(), priority)?;
+        self.publish(pos, prev, |p| {
+            p.meta = Some(meta);
+            p.bytes.extend_from_slice(bytes);
+        });
         Ok(())
     }
 
-    /// Takes the oldest item (worker side).
-    pub(crate) fn pop(&self) -> Option<Item> {
-        let item = self.items.pop()?;
-        self.bytes.fetch_sub(item.size(), Ordering::AcqRel);
-        self.slots.fetch_sub(1, Ordering::AcqRel);
+    /// Queues a control request (reserved capacity); gives it back when even that is full.
+    pub(crate) fn push_control(&self, control: Control) -> Result<(), Control> {
+        match self.claim(0, Priority::Reserved) {
+            Ok((pos, prev)) => {
+                self.publish(pos, prev, |p| p.control = Some(control));
+                Ok(())
+            }
+            Err(Full) => Err(control),
+        }
+    }
+
+    /// Reserves capacity and claims a position; returns it with the previous reservation count.
+    fn claim(&self, size: usize, priority: Priority) -> Result<(usize, usize), Full> {
+        let limit = match priority {
+            Priority::Normal => self.capacity,
+            Priority::Reserved => self.slots.len(),
+        };
+        let prev = self.reserved.fetch_add(1, Ordering::AcqRel);
+        if prev >= limit {
+            self.reserved.fetch_sub(1, Ordering::AcqRel);
+            return Err(Full);
+        }
+        let prev_bytes = self.bytes.fetch_add(size, Ordering::AcqRel);
+        if priority == Priority::Normal && prev_bytes + size > self.max_bytes {
+            self.bytes.fetch_sub(size, Ordering::AcqRel);
+            self.reserved.fetch_sub(1, Ordering::AcqRel);
+            return Err(Full);
+        }
+        Ok((self.tail.fetch_add(1, Ordering::AcqRel), prev))
+    }
+
+    fn publish(&self, pos: usize, prev: usize, write: impl FnOnce(&mut Payload)) {
+        let slot = &self.slots[pos % self.slots.len()];
+        // The reservation guarantees the worker has freed this slot (it frees before releasing
+        // the reservation), so this loop does not spin; it is a guard, not a wait.
+        while slot.stamp.load(Ordering::Acquire) != pos {
+            std::thread::yield_now();
+        }
+        write(&mut lock(&slot.payload));
+        slot.stamp.store(pos + 1, Ordering::Release);
+        if prev == 0 || prev + 1 == self.wake_threshold {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Takes the oldest published item (worker side); `copy` turns event bytes into the worker's
+    /// own storage. `None` when empty or when the next position is claimed but not yet written.
+    pub(crate) fn pop(&self, copy: impl FnOnce(&[u8]) -> Bytes) -> Option<Item> {
+        let head = self.head.load(Ordering::Relaxed);
+        let slot = &self.slots[head % self.slots.len()];
+        if slot.stamp.load(Ordering::Acquire) != head + 1 {
+            return None;
+        }
+        let (item, size) = {
+            let mut p = lock(&slot.payload);
+            let item = match (p.meta.take(), p.control.take()) {
+                (Some(meta), _) => Item::Event(meta, copy(&p.bytes)),
+                (None, Some(control)) => Item::Control(control),
+                // Unreachable: a published slot holds one or the other.
+                (None, None) => Item::Control(Control::Persisted(Reply::Discard)),
+            };
+            let size = p.bytes.len();
+            p.bytes.clear();
+            if p.bytes.capacity() > KEEP_SLOT_BUFFER {
+                p.bytes = Vec::new();
+            }
+            (item, size)
+        };
+        slot.stamp.store(head + self.slots.len(), Ordering::Release);
+        self.head.store(head + 1, Ordering::Relaxed);
+        self.bytes.fetch_sub(size, Ordering::AcqRel);
+        self.reserved.fetch_sub(1, Ordering::AcqRel);
         Some(item)
     }
 
     /// Items waiting, including pushes in progress.
     pub(crate) fn len(&self) -> usize {
-        self.slots.load(Ordering::Acquire)
+        self.reserved.load(Ordering::Acquire)
     }
 
-    /// At or past the wake threshold: the worker should drain now rather than linger.
+    /// At or past the wake threshold: the worker should drain now rather than wait.
     pub(crate) fn is_past_threshold(&self) -> bool {
         self.len() >= self.wake_threshold
     }
@@ -207,44 +300,115 @@ impl Queue {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
-    fn event(size: usize) -> Item {
+    fn meta() -> EventMeta {
         let t = Timestamp::from_unix_millis(0);
-        Item::Event(QueuedEvent {
+        EventMeta {
             id: MessageId::new_v7(t),
             kind: EventKind::Track,
             timestamp: t,
             queued_at: t,
             routes: 1,
-            bytes: EventBytes::from_elem(b'x', size),
             state: Vec::new(),
-        })
+        }
+    }
+
+    fn pop_bytes(q: &Queue) -> Option<Vec<u8>> {
+        match q.pop(Bytes::copy_from_slice)? {
+            Item::Event(_, b) => Some(b.to_vec()),
+            Item::Control(_) => Some(b"control".to_vec()),
+        }
     }
 
     #[test]
     fn bounded_by_count_with_reserved_slots_for_state_changes() {
         let q = Queue::new(3, 2, 1 << 20, 2);
         for _ in 0..3 {
-            assert!(q.push(event(1), Priority::Normal).is_ok());
+            assert!(q.push_event(meta(), b"x", Priority::Normal).is_ok());
         }
-        assert!(q.push(event(1), Priority::Normal).is_err());
-        assert!(q.push(event(1), Priority::Reserved).is_ok());
-        assert!(q.push(event(1), Priority::Reserved).is_ok());
-        assert!(q.push(event(1), Priority::Reserved).is_err());
+        assert_eq!(q.push_event(meta(), b"x", Priority::Normal), Err(Full));
+        assert!(q.push_event(meta(), b"x", Priority::Reserved).is_ok());
+        assert!(q.push_control(Control::Flush(Reply::Discard)).is_ok());
+        assert!(q.push_control(Control::Flush(Reply::Discard)).is_err());
         assert_eq!(q.len(), 5);
-        while q.pop().is_some() {}
-        assert_eq!(q.len(), 0);
-        assert!(q.push(event(1), Priority::Normal).is_ok());
+        let mut n = 0;
+        while pop_bytes(&q).is_some() {
+            n += 1;
+        }
+        assert_eq!((n, q.len()), (5, 0));
+        assert!(q.push_event(meta(), b"x", Priority::Normal).is_ok());
     }
 
     #[test]
     fn bounded_by_bytes() {
         let q = Queue::new(100, 0, 10, 50);
-        assert!(q.push(event(6), Priority::Normal).is_ok());
-        assert!(q.push(event(5), Priority::Normal).is_err());
-        assert!(q.push(event(4), Priority::Normal).is_ok());
-        q.pop();
-        assert!(q.push(event(5), Priority::Normal).is_ok());
+        assert!(q.push_event(meta(), &[1; 6], Priority::Normal).is_ok());
+        assert!(q.push_event(meta(), &[1; 5], Priority::Normal).is_err());
+        assert!(q.push_event(meta(), &[1; 4], Priority::Normal).is_ok());
+        pop_bytes(&q);
+        assert!(q.push_event(meta(), &[1; 5], Priority::Normal).is_ok());
+    }
+
+    #[test]
+    fn fifo_across_many_laps_of_the_ring() {
+        let q = Queue::new(4, 1, 1 << 20, 2);
+        let mut expected = 0u32;
+        for i in 0..1000u32 {
+            q.push_event(meta(), &i.to_le_bytes(), Priority::Normal).expect("room");
+            if i % 3 == 2 {
+                while let Some(b) = pop_bytes(&q) {
+                    assert_eq!(b, expected.to_le_bytes());
+                    expected += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn many_producers_one_consumer_lose_nothing_and_keep_each_producers_order() {
+        let q = Arc::new(Queue::new(64, 8, 1 << 20, 16));
+        let producers = 4;
+        let per = 20_000u32;
+        let handles: Vec<_> = (0..producers)
+            .map(|p| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    let mut i = 0;
+                    while i < per {
+                        let mut b = [0u8; 8];
+                        b[..4].copy_from_slice(&(p as u32).to_le_bytes());
+                        b[4..].copy_from_slice(&i.to_le_bytes());
+                        if q.push_event(meta(), &b, Priority::Normal).is_ok() {
+                            i += 1;
+                        } else {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut next = vec![0u32; producers];
+        let mut total = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while total < producers * per as usize {
+            assert!(std::time::Instant::now() < deadline, "watchdog: consumer stalled at {total}");
+            match pop_bytes(&q) {
+                Some(b) => {
+                    let p = u32::from_le_bytes(b[..4].try_into().expect("4")) as usize;
+                    let i = u32::from_le_bytes(b[4..].try_into().expect("4"));
+                    assert_eq!(i, next[p], "producer {p} out of order");
+                    next[p] += 1;
+                    total += 1;
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+        for h in handles {
+            h.join().expect("producer");
+        }
+        assert_eq!(q.len(), 0);
     }
 }

@@ -191,17 +191,18 @@ impl Worker {
         let mut state = Vec::new();
         let mut controls = Vec::new();
         let now = self.shared.clock.elapsed();
-        while let Some(item) = self.shared.queue.pop() {
+        loop {
+            let segments = &mut self.segments;
+            let Some(item) = self.shared.queue.pop(|bytes| segments.copy(bytes)) else { break };
             match item {
-                Item::Event(e) => {
+                Item::Event(e, bytes) => {
                     let seq = self.next_seq;
                     self.next_seq += 1;
                     for r in routes(e.routes) {
-                        self.lanes[r].on_appended(e.bytes.len() as u64, now);
+                        self.lanes[r].on_appended(bytes.len() as u64, now);
                         bump(&self.shared.counters.destinations[r].pending, 1);
                     }
                     state.extend(e.state);
-                    let bytes = self.segments.copy(&e.bytes);
                     events.push(NewEvent {
                         seq,
                         id: e.id,
