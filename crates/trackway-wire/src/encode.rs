@@ -36,6 +36,30 @@ use crate::{Event, EventKind, Identity, PageInfo, Properties, PropertyError, Val
 /// assert_eq!(out, serde_json::to_vec(&event).unwrap());
 /// ```
 pub fn encode_event(event: &Event, context_json: &[u8], out: &mut Vec<u8>) -> Result<(), PropertyError> {
+    encode_event_head(event, out)?;
+    finish_event(out, context_json);
+    Ok(())
+}
+
+/// Completes an event head (see [`encode_event_head`]) with its context: `,"context":…}`.
+pub fn finish_event(out: &mut Vec<u8>, context_json: &[u8]) {
+    out.extend_from_slice(CONTEXT_KEY);
+    out.extend_from_slice(context_json);
+    out.push(b'}');
+}
+
+/// What follows an event head before its context.
+pub const CONTEXT_KEY: &[u8] = b",\"context\":";
+
+/// Writes an event's *head*: its JSON up to, not including, the context (the last field), i.e.
+/// `{"id":…,…` without the closing brace. `head + ,"context": + context + }` is the full event.
+///
+/// Stores keep heads and each distinct context once: the context is the same for every event of
+/// a client, and repeating it would cost every stored event its size.
+///
+/// # Errors
+/// As [`encode_event`].
+pub fn encode_event_head(event: &Event, out: &mut Vec<u8>) -> Result<(), PropertyError> {
     out.extend_from_slice(b"{\"id\":\"");
     let mut id = [0u8; 36];
     out.extend_from_slice(event.id.as_uuid().hyphenated().encode_lower(&mut id).as_bytes());
@@ -69,12 +93,9 @@ pub fn encode_event(event: &Event, context_json: &[u8], out: &mut Vec<u8>) -> Re
         out.extend_from_slice(b",\"page\":");
         write_page(out, page);
     }
-    out.extend_from_slice(b",\"context\":");
-    out.extend_from_slice(context_json);
     if event.imported {
         out.extend_from_slice(b",\"imported\":true");
     }
-    out.push(b'}');
     Ok(())
 }
 

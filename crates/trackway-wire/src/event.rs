@@ -154,7 +154,7 @@ pub struct Context {
 /// One event, as stamped at enqueue.
 ///
 /// This is also trackway's own wire format: the generic JSON destination POSTs an array of these,
-/// serialized compactly (`{"id":…,"type":"track","name":…,"timestamp":…,…}`).
+/// serialized compactly (`{"id":…,"type":"track","name":…,"timestamp":…,…,"context":{…}}`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Stable message id (UUIDv7).
@@ -178,12 +178,13 @@ pub struct Event {
     /// Page location (page views).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page: Option<PageInfo>,
-    /// The sending program. Shared between events of one client, hence the `Arc`.
-    pub context: Arc<Context>,
     /// True for events brought in by `import` (their own id and timestamp); destinations that
     /// normally let the server stamp time send the timestamp for these.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub imported: bool,
+    /// The sending program. Shared between events of one client, hence the `Arc`. Serialized
+    /// last, so stores can keep an event's *head* (everything before it) and the context once.
+    pub context: Arc<Context>,
 }
 
 #[cfg(test)]

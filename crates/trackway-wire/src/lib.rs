@@ -14,7 +14,7 @@ mod ser;
 mod timestamp;
 mod value;
 
-pub use encode::encode_event;
+pub use encode::{CONTEXT_KEY, encode_event, encode_event_head, finish_event};
 pub use event::{Context, Event, EventKind, Identity, MessageId, PageInfo};
 pub use timestamp::{ParseTimestampError, Timestamp};
 pub use value::{Properties, PropertyError, Value};

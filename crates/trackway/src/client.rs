@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use trackway_wire::{Context, Event, EventKind, Identity, MessageId, Properties, Timestamp};
 
 use crate::clock::Clock;
@@ -67,8 +68,8 @@ pub(crate) struct Shared {
     /// Bit i of `routes[kind]`: destination i takes that kind.
     routes: [u64; 4],
     context: Arc<Context>,
-    /// `context` serialized once: it is the same in every event.
-    context_json: Box<[u8]>,
+    /// `context` serialized once: it is the same in every event, and stores keep it once.
+    pub(crate) context_json: Bytes,
     before_send: Option<BeforeSend>,
     app: Mutex<AppIdentity>,
     closed: AtomicBool,
@@ -158,7 +159,7 @@ impl Client {
             destinations: b.destinations.iter().map(|(d, _)| d.clone()).collect(),
             clock: b.clock,
             routes,
-            context_json: serde_json::to_vec(&*context).unwrap_or_default().into_boxed_slice(),
+            context_json: Bytes::from(serde_json::to_vec(&*context).unwrap_or_default()),
             context,
             before_send: b.before_send,
             app: Mutex::new(app),
@@ -293,7 +294,7 @@ impl Client {
             None => Vec::new(),
         };
         let priority = if is_identify && !server_mode { Priority::Reserved } else { Priority::Normal };
-        let meta = EventMeta { id, kind: event.kind, timestamp, queued_at, routes, state };
+        let meta = EventMeta { id, kind: event.kind, timestamp, queued_at, routes, head_only: true, state };
         if encode_and_push(&event, shared, meta, priority)?.is_err() {
             bump(&shared.counters.queue_full, 1);
             if !shared.warned_queue_full.swap(true, Ordering::Relaxed) {
@@ -511,38 +512,41 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
 }
 
-/// Serializes `event` (validating its properties) and copies the bytes into the queue.
+/// Serializes `event` (validating its properties) and copies the bytes into the queue: its head
+/// when it carries the client's context (the worker adds the context once in the store), the
+/// whole event when a `before_send` hook swapped the context.
 ///
 /// The outer error is a validation error; the inner one says the queue was full.
 fn encode_and_push(
     event: &Event,
     shared: &Shared,
-    meta: EventMeta,
+    mut meta: EventMeta,
     priority: Priority,
 ) -> Result<Result<(), crate::queue::Full>, Error> {
-    // A before_send hook may have swapped the context; then it is serialized afresh.
-    let fresh;
-    let context_json: &[u8] = if Arc::ptr_eq(&event.context, &shared.context) {
-        &shared.context_json
-    } else {
-        fresh = serde_json::to_vec(&*event.context).unwrap_or_default();
-        &fresh
+    let own_context = Arc::ptr_eq(&event.context, &shared.context);
+    let write = |buf: &mut Vec<u8>| -> Result<(), Error> {
+        trackway_wire::encode_event_head(event, buf)?;
+        if !own_context {
+            let context = serde_json::to_vec(&*event.context).unwrap_or_default();
+            trackway_wire::finish_event(buf, &context);
+        }
+        Ok(())
     };
+    meta.head_only = own_context;
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut buf) => {
             buf.clear();
-            let encoded = trackway_wire::encode_event(event, context_json, &mut buf);
-            let pushed = encoded.map(|()| shared.queue.push_event(meta, &buf, priority));
+            let pushed = write(&mut buf).map(|()| shared.queue.push_event(meta, &buf, priority));
             // Do not let one huge event pin a huge buffer on this thread forever.
             if buf.capacity() > 64 * 1024 {
                 *buf = Vec::with_capacity(1024);
             }
-            pushed.map_err(Error::from)
+            pushed
         }
         // Re-entered from a before_send hook that tracks: use a fresh buffer.
         Err(_) => {
             let mut buf = Vec::with_capacity(512);
-            trackway_wire::encode_event(event, context_json, &mut buf)?;
+            write(&mut buf)?;
             Ok(shared.queue.push_event(meta, &buf, priority))
         }
     })

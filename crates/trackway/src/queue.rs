@@ -43,6 +43,9 @@ pub(crate) struct EventMeta {
     pub(crate) queued_at: Timestamp,
     /// Bit i set: routed to destination i.
     pub(crate) routes: u64,
+    /// The bytes are an event head to complete with the client's context (the usual case); false
+    /// when they are a complete event (a `before_send` hook swapped the context).
+    pub(crate) head_only: bool,
     /// Client state to commit together with this event (identify).
     pub(crate) state: Vec<StateChange>,
 }
@@ -312,6 +315,7 @@ mod tests {
             timestamp: t,
             queued_at: t,
             routes: 1,
+            head_only: false,
             state: Vec::new(),
         }
     }

@@ -346,3 +346,34 @@ fn events_older_than_max_event_age_expire_by_the_injected_clock() {
         assert_eq!(c.stats().destination("a").expect("a").pending, 0);
     });
 }
+
+#[test]
+fn a_context_swapped_by_before_send_is_the_one_delivered() {
+    watchdog(LIMIT, || {
+        let collector = Collector::start().expect("collector");
+        let c = fast_builder()
+            .app("shop", "1.0.0")
+            .before_send(|e| {
+                if e.name.as_deref() == Some("beta") {
+                    let mut ctx = (*e.context).clone();
+                    ctx.app_version = Some("2.0.0-beta".into());
+                    e.context = std::sync::Arc::new(ctx);
+                }
+                true
+            })
+            .destination(json("a", collector.url("/e")))
+            .build()
+            .expect("client");
+        c.track("u", "stable", props! {}).expect("track");
+        c.track("u", "beta", props! {}).expect("track");
+        c.flush(Duration::from_secs(5)).expect("flush");
+        let body = collector.requests().iter().find_map(|r| r.json()).expect("a request");
+        let versions: Vec<&str> = body
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|e| e["context"]["app_version"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(versions, ["1.0.0", "2.0.0-beta"]);
+    });
+}

@@ -107,14 +107,14 @@ impl Destination for JsonHttp {
     }
 
     fn encode(&self, events: &[EventRecord], _: &DestinationState, _: Timestamp) -> Encoded {
-        let len: usize = events.iter().map(|e| e.json().len() + 1).sum();
+        let len: usize = events.iter().map(|e| e.json_len() + 1).sum();
         let mut body = BytesMut::with_capacity(len + 2);
         body.put_u8(b'[');
         for (i, e) in events.iter().enumerate() {
             if i > 0 {
                 body.put_u8(b',');
             }
-            body.put_slice(e.json());
+            e.write_json(&mut body);
         }
         body.put_u8(b']');
         let request = Request::post(&self.url, body.freeze(), (0..events.len()).collect())
@@ -139,6 +139,20 @@ mod tests {
         assert_eq!(out.requests.len(), 1);
         assert_eq!(&out.requests[0].body[..], br#"[{"a":1},{"b":2}]"#);
         assert_eq!(out.requests[0].items, vec![0, 1]);
+    }
+
+    #[test]
+    fn heads_are_joined_with_their_context() {
+        let t = Timestamp::from_unix_millis(0);
+        let ctx = bytes::Bytes::from_static(br#"{"library":"trackway"}"#);
+        let records = [
+            EventRecord::from_head(1, MessageId::new_v7(t), t, bytes::Bytes::from_static(br#"{"a":1"#), ctx.clone()),
+            EventRecord::new(2, MessageId::new_v7(t), t, bytes::Bytes::from_static(br#"{"b":2}"#)),
+        ];
+        let out = JsonHttp::new("http://x/").encode(&records, &DestinationState::default(), t);
+        assert_eq!(&out.requests[0].body[..], br#"[{"a":1,"context":{"library":"trackway"}},{"b":2}]"#);
+        assert_eq!(&records[0].json()[..], br#"{"a":1,"context":{"library":"trackway"}}"#);
+        assert_eq!(records[0].json_len(), records[0].json().len());
     }
 
     #[test]

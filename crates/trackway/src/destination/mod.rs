@@ -172,19 +172,40 @@ impl LimitError {
 
 /// One stored event as handed to [`Destination::encode`]: the compact JSON written at enqueue,
 /// parsed lazily so a destination that forwards the bytes as they are never pays for parsing.
+///
+/// Stores keep an event's *head* (its JSON without the context, the last field) and each
+/// distinct context once; [`write_json`](Self::write_json) splices them together without an
+/// intermediate copy, [`json`](Self::json) assembles (and caches) the full JSON.
 pub struct EventRecord {
     pub(crate) seq: u64,
     pub(crate) id: MessageId,
     pub(crate) timestamp: Timestamp,
     pub(crate) queued_at: Timestamp,
-    pub(crate) bytes: Bytes,
+    head: Bytes,
+    /// `None`: `head` is already a complete event.
+    context: Option<Bytes>,
+    full: OnceLock<Bytes>,
     parsed: OnceLock<Result<Event, String>>,
 }
 
 impl EventRecord {
-    /// A record over serialized event bytes (as written at enqueue).
-    pub fn new(seq: u64, id: MessageId, timestamp: Timestamp, bytes: Bytes) -> Self {
-        EventRecord { seq, id, timestamp, queued_at: timestamp, bytes, parsed: OnceLock::new() }
+    /// A record over a complete serialized event.
+    pub fn new(seq: u64, id: MessageId, timestamp: Timestamp, json: Bytes) -> Self {
+        EventRecord {
+            seq,
+            id,
+            timestamp,
+            queued_at: timestamp,
+            head: json,
+            context: None,
+            full: OnceLock::new(),
+            parsed: OnceLock::new(),
+        }
+    }
+
+    /// A record over an event head (see `trackway_wire::encode_event_head`) and its context JSON.
+    pub fn from_head(seq: u64, id: MessageId, timestamp: Timestamp, head: Bytes, context: Bytes) -> Self {
+        EventRecord { context: Some(context), ..EventRecord::new(seq, id, timestamp, head) }
     }
 
     /// Sets when the event was enqueued, if it differs from its timestamp (imports).
@@ -219,17 +240,44 @@ impl EventRecord {
     pub fn queued_at(&self) -> Timestamp {
         self.queued_at
     }
-    /// The event as compact JSON, exactly as stored.
-    pub fn json(&self) -> &Bytes {
-        &self.bytes
+
+    /// Length of the full JSON, without assembling it.
+    pub fn json_len(&self) -> usize {
+        match &self.context {
+            Some(c) => self.head.len() + trackway_wire::CONTEXT_KEY.len() + c.len() + 1,
+            None => self.head.len(),
+        }
     }
+
+    /// Appends the full JSON of the event to `out`, without an intermediate copy.
+    pub fn write_json(&self, out: &mut bytes::BytesMut) {
+        out.extend_from_slice(&self.head);
+        if let Some(c) = &self.context {
+            out.extend_from_slice(trackway_wire::CONTEXT_KEY);
+            out.extend_from_slice(c);
+            out.extend_from_slice(b"}");
+        }
+    }
+
+    /// The event as compact JSON (assembled once from head and context if needed).
+    pub fn json(&self) -> &Bytes {
+        match &self.context {
+            None => &self.head,
+            Some(_) => self.full.get_or_init(|| {
+                let mut out = bytes::BytesMut::with_capacity(self.json_len());
+                self.write_json(&mut out);
+                out.freeze()
+            }),
+        }
+    }
+
     /// The parsed event.
     ///
     /// # Errors
     /// A description if the stored bytes are not a valid event (a store written by a newer version).
     pub fn event(&self) -> Result<&Event, &str> {
         self.parsed
-            .get_or_init(|| serde_json::from_slice(&self.bytes).map_err(|e| format!("stored event is not valid: {e}")))
+            .get_or_init(|| serde_json::from_slice(self.json()).map_err(|e| format!("stored event is not valid: {e}")))
             .as_ref()
             .map_err(String::as_str)
     }
@@ -240,7 +288,7 @@ impl fmt::Debug for EventRecord {
         f.debug_struct("EventRecord")
             .field("seq", &self.seq)
             .field("id", &self.id)
-            .field("bytes", &self.bytes.len())
+            .field("bytes", &self.json_len())
             .finish()
     }
 }

@@ -211,6 +211,7 @@ impl Worker {
                         queued_at: e.queued_at,
                         routes: e.routes,
                         bytes,
+                        context: e.head_only.then(|| self.shared.context_json.clone()),
                     });
                 }
                 // A control answers only after the events queued before it are committed, so it
@@ -308,7 +309,7 @@ impl Worker {
                         let lane = &self.lanes[i];
                         let read = self.store.read(i, lane.next_fresh, lane.limits.max_events, lane.limits.max_bytes);
                         if let Ok(records) = &read {
-                            let bytes = records.iter().map(|r| r.json().len() as u64).sum();
+                            let bytes = records.iter().map(|r| r.json_len() as u64).sum();
                             match records.last() {
                                 Some(last) => self.lanes[i].took_fresh(records.len() as u64, bytes, last.seq()),
                                 // The counters disagree with the store (events dropped elsewhere).

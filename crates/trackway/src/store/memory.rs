@@ -42,14 +42,21 @@ pub struct MemoryStore {
     state: BTreeMap<String, Vec<u8>>,
     dead: VecDeque<DeadLetter>,
     next_seq: u64,
+    /// Each distinct context once; slots refer to them by index.
+    contexts: Vec<Bytes>,
 }
+
+/// A slot whose bytes are a complete event (no context to add).
+const NO_CONTEXT: u32 = u32::MAX;
 
 #[derive(Debug)]
 struct Slot {
     id: MessageId,
     timestamp: Timestamp,
     queued_at: Timestamp,
+    /// The event's head, or the complete event when `context` is `NO_CONTEXT`.
     bytes: Bytes,
+    context: u32,
     /// Destinations that still have to deliver or dead-letter it.
     pending: u64,
 }
@@ -107,21 +114,49 @@ impl MemoryStore {
         }
     }
 
-    fn record(seq: u64, s: &Slot) -> EventRecord {
-        EventRecord::new(seq, s.id, s.timestamp, s.bytes.clone()).with_queued_at(s.queued_at)
+    fn record(&self, seq: u64, s: &Slot) -> EventRecord {
+        let record = match self.contexts.get(s.context as usize) {
+            Some(context) => EventRecord::from_head(seq, s.id, s.timestamp, s.bytes.clone(), context.clone()),
+            None => EventRecord::new(seq, s.id, s.timestamp, s.bytes.clone()),
+        };
+        record.with_queued_at(s.queued_at)
     }
 
-    /// Drops `destination`'s claim on `seq`. Returns the event's id and bytes if the claim existed.
-    fn release(&mut self, destination: usize, seq: u64) -> Option<(MessageId, Bytes)> {
+    /// The index of `context`, adding it if new. A client has one context, so this is nearly
+    /// always the last one (compared by pointer first, then by content).
+    fn intern(&mut self, context: &Bytes) -> u32 {
+        if let Some(i) = self.contexts.iter().rposition(|c| c.as_ptr() == context.as_ptr() || c == context) {
+            return i as u32;
+        }
+        self.contexts.push(context.clone());
+        (self.contexts.len() - 1) as u32
+    }
+
+    /// The full JSON length of a slot's event.
+    fn json_len(&self, s: &Slot) -> usize {
+        s.bytes.len()
+            + self.contexts.get(s.context as usize).map_or(0, |c| c.len() + trackway_wire::CONTEXT_KEY.len() + 1)
+    }
+
+    /// Drops `destination`'s claim on `seq`. Returns the event's id and full JSON if the claim
+    /// existed and `want_event` (dead letters keep the event).
+    fn release(&mut self, destination: usize, seq: u64, want_event: bool) -> Option<(MessageId, Bytes)> {
         let bit = 1u64 << destination;
         let (b, o) = self.index(seq)?;
+        let event = match self.slot(seq) {
+            Some(s) if s.pending & bit != 0 => {
+                if want_event {
+                    self.record(seq, s).json().clone()
+                } else {
+                    Bytes::new()
+                }
+            }
+            _ => return None,
+        };
         let block = self.blocks.get_mut(b)?;
         let slot = block.slots.get_mut(o)?;
-        if slot.pending & bit == 0 {
-            return None;
-        }
         slot.pending &= !bit;
-        let out = (slot.id, slot.bytes.clone());
+        let out = (slot.id, event);
         if slot.pending == 0 {
             // Free the bytes now; the slot itself goes with its block.
             slot.bytes = Bytes::new();
@@ -143,7 +178,7 @@ impl Store for MemoryStore {
                 let bytes = self
                     .slots_from(0)
                     .filter(|(_, s)| s.pending & (1 << d) != 0)
-                    .map(|(_, s)| s.bytes.len() as u64)
+                    .map(|(_, s)| self.json_len(s) as u64)
                     .sum();
                 (self.pending[d], bytes)
             })
@@ -169,9 +204,11 @@ impl Store for MemoryStore {
                     timestamp: e.timestamp,
                     queued_at: e.queued_at,
                     bytes: Bytes::new(),
+                    context: NO_CONTEXT,
                     pending: 0,
                 });
             }
+            let context = e.context.as_ref().map_or(NO_CONTEXT, |c| self.intern(c));
             let mask = e.routes & known;
             for d in routes(mask) {
                 self.pending[d] += 1;
@@ -181,6 +218,7 @@ impl Store for MemoryStore {
                 timestamp: e.timestamp,
                 queued_at: e.queued_at,
                 bytes: e.bytes.clone(),
+                context,
                 pending: mask,
             });
             self.next_seq = self.next_seq.max(e.seq + 1);
@@ -203,11 +241,12 @@ impl Store for MemoryStore {
             if slot.pending & bit == 0 {
                 continue;
             }
-            if out.len() >= max_events || (!out.is_empty() && bytes + slot.bytes.len() > max_bytes) {
+            let len = self.json_len(slot);
+            if out.len() >= max_events || (!out.is_empty() && bytes + len > max_bytes) {
                 break;
             }
-            bytes += slot.bytes.len();
-            out.push(Self::record(seq, slot));
+            bytes += len;
+            out.push(self.record(seq, slot));
         }
         Ok(out)
     }
@@ -216,13 +255,13 @@ impl Store for MemoryStore {
         let bit = 1u64 << destination;
         Ok(seqs
             .iter()
-            .filter_map(|&seq| self.slot(seq).filter(|s| s.pending & bit != 0).map(|s| Self::record(seq, s)))
+            .filter_map(|&seq| self.slot(seq).filter(|s| s.pending & bit != 0).map(|s| self.record(seq, s)))
             .collect())
     }
 
     fn ack(&mut self, destination: usize, seqs: &[u64]) -> Result<(), StoreError> {
         for &seq in seqs {
-            self.release(destination, seq);
+            self.release(destination, seq, false);
         }
         Ok(())
     }
@@ -235,7 +274,7 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         let name = self.destinations.get(destination).cloned().unwrap_or_default();
         for (seq, reason, detail) in letters {
-            let Some((id, event)) = self.release(destination, *seq) else { continue };
+            let Some((id, event)) = self.release(destination, *seq, true) else { continue };
             if self.dead.len() >= MAX_DEAD_LETTERS {
                 self.dead.pop_front();
             }
@@ -298,7 +337,8 @@ mod tests {
             timestamp: t,
             queued_at: t,
             routes,
-            bytes: Bytes::from(format!("{{\"seq\":{seq}}}")),
+            bytes: Bytes::from(format!("{{\"seq\":{seq}")),
+            context: Some(Bytes::from_static(b"{}")),
         }
     }
 
@@ -320,7 +360,9 @@ mod tests {
         assert!(s.slot(0).is_some_and(|slot| slot.pending == 0 && slot.bytes.is_empty()), "seq 0 released");
         s.dead_letter(0, &[(1, DeadLetterReason::Rejected, "400".into())], Timestamp::from_unix_millis(0)).expect("dl");
         assert_eq!(s.lowest_pending(0).expect("cursor"), None);
-        assert_eq!(s.dead_letters(10).expect("dl")[0].seq, 1);
+        let letter = &s.dead_letters(10).expect("dl")[0];
+        assert_eq!((letter.seq, &letter.event[..]), (1, &br#"{"seq":1,"context":{}}"#[..]));
+        assert_eq!(s.contexts.len(), 1, "one context kept for all events");
         s.ack(1, &[2, 3]).expect("ack");
         assert_eq!(s.len(), 0, "all done: nothing kept");
         assert_eq!(s.pending, vec![0, 0]);

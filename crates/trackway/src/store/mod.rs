@@ -44,8 +44,11 @@ pub struct NewEvent {
     pub queued_at: Timestamp,
     /// The destinations it is routed to: bit `i` set means destination `i` (at most 64).
     pub routes: u64,
-    /// The compact JSON of the event.
+    /// The event's compact JSON: its head if `context` is set, else the complete event.
     pub bytes: Bytes,
+    /// The context JSON that completes `bytes` (shared between the events of a client; stores
+    /// keep each distinct context once).
+    pub context: Option<Bytes>,
 }
 
 /// The destination indices in a route bitmask, lowest first.
