@@ -123,7 +123,7 @@ impl Fields<'_> {
         self.out.extend_from_slice(b"\":");
     }
 
-    fn opt_str(&mut self, key: &[u8], value: Option<&String>) {
+    fn opt_str(&mut self, key: &[u8], value: Option<&str>) {
         if let Some(v) = value {
             self.key(key);
             write_str(self.out, v);
@@ -134,9 +134,9 @@ impl Fields<'_> {
 fn write_identity(out: &mut Vec<u8>, id: &Identity) {
     out.push(b'{');
     let mut f = Fields { out, first: true };
-    f.opt_str(b"anonymous_id", id.anonymous_id.as_ref());
-    f.opt_str(b"user_id", id.user_id.as_ref());
-    f.opt_str(b"primary", id.primary.as_ref());
+    f.opt_str(b"anonymous_id", id.anonymous_id.as_deref());
+    f.opt_str(b"user_id", id.user_id.as_deref());
+    f.opt_str(b"primary", id.primary.as_deref());
     if !id.ids.is_empty() {
         f.key(b"ids");
         f.out.push(b'{');
@@ -150,8 +150,8 @@ fn write_identity(out: &mut Vec<u8>, id: &Identity) {
         }
         f.out.push(b'}');
     }
-    f.opt_str(b"ip", id.ip.as_ref());
-    f.opt_str(b"user_agent", id.user_agent.as_ref());
+    f.opt_str(b"ip", id.ip.as_deref());
+    f.opt_str(b"user_agent", id.user_agent.as_deref());
     out.push(b'}');
 }
 
@@ -159,8 +159,8 @@ fn write_page(out: &mut Vec<u8>, page: &PageInfo) {
     out.extend_from_slice(b"{\"url\":");
     write_str(out, &page.url);
     let mut f = Fields { out, first: false };
-    f.opt_str(b"title", page.title.as_ref());
-    f.opt_str(b"referrer", page.referrer.as_ref());
+    f.opt_str(b"title", page.title.as_deref());
+    f.opt_str(b"referrer", page.referrer.as_deref());
     out.push(b'}');
 }
 

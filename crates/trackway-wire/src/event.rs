@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -87,9 +88,9 @@ pub struct Identity {
     /// The anonymous id (app mode: a lowercase UUID created on first use; Bloomreach's `cookie`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anonymous_id: Option<String>,
-    /// The primary user id, once the user is identified.
+    /// The primary user id, once the user is identified (inline up to 24 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
+    pub user_id: Option<CompactString>,
     /// Which hard id `user_id` is (e.g. `registered`); `None` means the destination's default name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<String>,
@@ -106,7 +107,7 @@ pub struct Identity {
 
 impl Identity {
     /// A server-mode identity: the call's identifier is the user id.
-    pub fn user(user_id: impl Into<String>) -> Self {
+    pub fn user(user_id: impl Into<CompactString>) -> Self {
         Identity { user_id: Some(user_id.into()), ..Identity::default() }
     }
 
@@ -162,9 +163,10 @@ pub struct Event {
     /// Event kind.
     #[serde(rename = "type")]
     pub kind: EventKind,
-    /// Event name (track), screen name (screen), or page name (page, optional).
+    /// Event name (track), screen name (screen), or page name (page, optional); inline up to 24
+    /// bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<CompactString>,
     /// When the event happened (UTC, taken on the caller's thread).
     pub timestamp: Timestamp,
     /// Event properties (for identify: user properties).

@@ -85,10 +85,10 @@ impl ser::Serializer for ValueSerializer {
         Err(Error(PropertyError { path: self.path, reason: format!("{what}; only finite numbers can be sent") }))
     }
     fn serialize_char(self, v: char) -> Result<Value, Error> {
-        Ok(Value::String(v.to_string()))
+        Ok(Value::String(v.to_string().into()))
     }
     fn serialize_str(self, v: &str) -> Result<Value, Error> {
-        Ok(Value::String(v.to_owned()))
+        Ok(Value::String(v.into()))
     }
     fn serialize_bytes(self, v: &[u8]) -> Result<Value, Error> {
         Ok(Value::Array(v.iter().map(|b| Value::from(*b)).collect()))
@@ -106,7 +106,7 @@ impl ser::Serializer for ValueSerializer {
         Ok(Value::Null)
     }
     fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Result<Value, Error> {
-        Ok(Value::String(variant.to_owned()))
+        Ok(Value::String(variant.into()))
     }
     fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, value: &T) -> Result<Value, Error> {
         value.serialize(self)
@@ -221,7 +221,7 @@ impl ser::SerializeMap for MapSerializer {
     type Error = Error;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
         let key = match key.serialize(ValueSerializer { path: self.path.clone() })? {
-            Value::String(s) => s,
+            Value::String(s) => s.into_string(),
             Value::Int(i) => i.to_string(),
             Value::UInt(u) => u.to_string(),
             Value::Bool(b) => b.to_string(),

@@ -24,8 +24,8 @@ pub enum Value {
     UInt(u64),
     /// A float; must be finite to pass validation.
     Float(f64),
-    /// A string.
-    String(String),
+    /// A string (up to 24 bytes stored inline, without a heap allocation).
+    String(CompactString),
     /// An array.
     Array(Vec<Value>),
     /// A nested object.
@@ -304,17 +304,22 @@ impl From<bool> for Value {
 }
 impl From<String> for Value {
     fn from(v: String) -> Self {
-        Value::String(v)
+        Value::String(CompactString::from(v))
     }
 }
 impl From<&str> for Value {
     fn from(v: &str) -> Self {
-        Value::String(v.to_owned())
+        Value::String(CompactString::new(v))
     }
 }
 impl From<&String> for Value {
     fn from(v: &String) -> Self {
-        Value::String(v.clone())
+        Value::String(CompactString::new(v))
+    }
+}
+impl From<CompactString> for Value {
+    fn from(v: CompactString) -> Self {
+        Value::String(v)
     }
 }
 impl From<Properties> for Value {
@@ -335,7 +340,7 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 impl From<crate::Timestamp> for Value {
     /// Timestamps become RFC 3339 strings.
     fn from(v: crate::Timestamp) -> Self {
-        Value::String(v.to_string())
+        Value::String(CompactString::from(v.to_string()))
     }
 }
 
@@ -401,10 +406,10 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::Float(v))
     }
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
+        Ok(Value::String(CompactString::new(v)))
     }
     fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
+        Ok(Value::String(CompactString::from(v)))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
@@ -433,7 +438,7 @@ impl<'de> Visitor<'de> for PropertiesVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Properties, A::Error> {
         let mut p = Properties::with_capacity(map.size_hint().unwrap_or(0).min(64));
-        while let Some((k, v)) = map.next_entry::<String, Value>()? {
+        while let Some((k, v)) = map.next_entry::<CompactString, Value>()? {
             p.insert(k, v);
         }
         Ok(p)

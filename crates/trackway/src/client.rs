@@ -499,7 +499,7 @@ impl Client {
         let app = lock(&self.inner.shared.app);
         Identity {
             anonymous_id: app.anonymous_id.clone(),
-            user_id: app.user_id.clone(),
+            user_id: app.user_id.as_deref().map(Into::into),
             primary: app.primary.clone(),
             ids: app.ids.clone(),
             ..Identity::default()
@@ -652,7 +652,7 @@ fn app_identity(current: &AppIdentity, m: &Message, is_identify: bool) -> (Ident
     let s = next.as_ref().unwrap_or(current);
     let identity = Identity {
         anonymous_id: s.anonymous_id.clone(),
-        user_id: s.user_id.clone(),
+        user_id: s.user_id.as_deref().map(Into::into),
         primary: s.primary.clone(),
         ids: s.ids.clone(),
         ip: m.ip.clone(),

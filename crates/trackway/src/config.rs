@@ -56,7 +56,7 @@ impl Default for ClientBuilder {
             destinations: Vec::new(),
             store: None,
             clock: Clock::system(),
-            queue_capacity: 10_000,
+            queue_capacity: 16_384,
             queue_max_bytes: 16 * 1024 * 1024,
             reserved_capacity: 256,
             batch_interval: Duration::from_secs(1),
@@ -107,8 +107,8 @@ impl ClientBuilder {
     /// Most events waiting in the channel to the worker (default 10 000). Beyond it, events are
     /// dropped and counted as `queue_full`; the caller is never blocked.
     pub fn queue_capacity(mut self, events: usize) -> Self {
-        if events == 0 {
-            return self.invalid("queue_capacity", "must be at least 1");
+        if events == 0 || events > 1_000_000 {
+            return self.invalid("queue_capacity", "must be between 1 and 1 000 000");
         }
         self.queue_capacity = events;
         self

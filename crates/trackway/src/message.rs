@@ -6,14 +6,14 @@
 
 use std::collections::BTreeMap;
 
-use trackway_wire::{EventKind, MessageId, PageInfo, Properties, Timestamp, Value};
+use trackway_wire::{CompactString, EventKind, MessageId, PageInfo, Properties, Timestamp, Value};
 
 /// Everything a call can carry; built through [`Track`], [`Page`], [`Screen`] or [`Identify`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Message {
     pub(crate) kind: EventKind,
-    pub(crate) name: Option<String>,
-    pub(crate) user: Option<String>,
+    pub(crate) name: Option<CompactString>,
+    pub(crate) user: Option<CompactString>,
     pub(crate) properties: Properties,
     pub(crate) page: Option<PageInfo>,
     pub(crate) ip: Option<String>,
@@ -48,8 +48,8 @@ macro_rules! common_setters {
         impl $ty {
             /// Names the user (server mode). Without it the client's current user is used (app mode).
             #[must_use]
-            pub fn user(mut self, identifier: impl Into<String>) -> Self {
-                self.0.user = Some(identifier.into());
+            pub fn user(mut self, identifier: impl AsRef<str>) -> Self {
+                self.0.user = Some(CompactString::new(identifier));
                 self
             }
 
@@ -101,9 +101,9 @@ pub struct Track(Message);
 
 impl Track {
     /// An event called `name`.
-    pub fn new(name: impl Into<String>) -> Self {
+    pub fn new(name: impl AsRef<str>) -> Self {
         let mut m = Message::new(EventKind::Track);
-        m.name = Some(name.into());
+        m.name = Some(CompactString::new(name));
         Track(m)
     }
 }
@@ -146,8 +146,8 @@ impl Page {
 
     /// A name for the page (optional).
     #[must_use]
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.0.name = Some(name.into());
+    pub fn name(mut self, name: impl AsRef<str>) -> Self {
+        self.0.name = Some(CompactString::new(name));
         self
     }
 }
@@ -159,9 +159,9 @@ pub struct Screen(Message);
 
 impl Screen {
     /// A view of the screen called `name`.
-    pub fn new(name: impl Into<String>) -> Self {
+    pub fn new(name: impl AsRef<str>) -> Self {
         let mut m = Message::new(EventKind::Screen);
-        m.name = Some(name.into());
+        m.name = Some(CompactString::new(name));
         Screen(m)
     }
 }

@@ -18,7 +18,7 @@
 //! (flush, persist barrier, shutdown) may also use `reserved` extra slots, so a flood of ordinary
 //! events can never make an `identify` vanish silently.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -29,7 +29,15 @@ use crate::store::StateChange;
 
 /// Each slot's buffer is allocated up front with room for a typical event, so the caller never
 /// allocates (or takes a page fault for a fresh heap page) on the first lap of the ring.
-const SLOT_BUFFER: usize = 384;
+const SLOT_BUFFER: usize = 320;
+
+/// `usage` keeps the byte count in its low bits and the slot count above them.
+const COUNT_SHIFT: u32 = 40;
+const ONE_SLOT: u64 = 1 << COUNT_SHIFT;
+const BYTES_MASK: u64 = ONE_SLOT - 1;
+
+/// Most slots a queue may have (the count must fit above the bytes in `usage`).
+pub(crate) const MAX_SLOTS: usize = 1 << 22;
 
 /// A slot buffer that grew past this (one huge event) is released instead of kept for reuse.
 const KEEP_SLOT_BUFFER: usize = 16 * 1024;
@@ -105,6 +113,12 @@ pub(crate) enum Priority {
     Reserved,
 }
 
+/// Capacity popped but not yet handed back (see [`Queue::release`]).
+#[derive(Debug, Default)]
+pub(crate) struct Taken {
+    usage: u64,
+}
+
 /// The push failed: the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Full;
@@ -143,10 +157,10 @@ pub(crate) struct Queue {
     tail: Padded<AtomicUsize>,
     /// Next position the worker reads (only the worker writes it).
     head: Padded<AtomicUsize>,
-    /// Slots reserved, counted *before* a position is claimed, so claimed positions never
-    /// outrun the slots the worker has freed.
-    reserved: Padded<AtomicUsize>,
-    bytes: Padded<AtomicUsize>,
+    /// Slots reserved (high bits) and bytes queued (low bits) in one word, so a push costs one
+    /// read-modify-write here. Reserved *before* a position is claimed, so claimed positions never
+    /// outrun the slots the worker has freed; the worker releases in bulk after a drain.
+    usage: Padded<AtomicU64>,
     capacity: usize,
     max_bytes: usize,
     wake_threshold: usize,
@@ -162,7 +176,9 @@ fn lock(m: &Mutex<Payload>) -> MutexGuard<'_, Payload> {
 
 impl Queue {
     pub(crate) fn new(capacity: usize, reserved: usize, max_bytes: usize, wake_threshold: usize) -> Self {
-        let total = capacity + reserved;
+        let total = (capacity + reserved).min(MAX_SLOTS);
+        let capacity = capacity.min(total);
+        let max_bytes = max_bytes.min(BYTES_MASK as usize / 2);
         Queue {
             slots: (0..total)
                 .map(|i| Slot {
@@ -172,8 +188,7 @@ impl Queue {
                 .collect(),
             tail: Padded::default(),
             head: Padded::default(),
-            reserved: Padded::default(),
-            bytes: Padded::default(),
+            usage: Padded::default(),
             capacity,
             max_bytes,
             wake_threshold: wake_threshold.clamp(1, capacity.max(1)),
@@ -210,18 +225,16 @@ impl Queue {
             Priority::Normal => self.capacity,
             Priority::Reserved => self.slots.len(),
         };
-        let prev = self.reserved.fetch_add(1, Ordering::AcqRel);
-        if prev >= limit {
-            self.reserved.fetch_sub(1, Ordering::AcqRel);
+        // Events bigger than the whole byte budget still count as the budget, not more, so the
+        // bytes field cannot overflow into the count.
+        let size = (size as u64).min(self.max_bytes as u64);
+        let prev = self.usage.fetch_add(ONE_SLOT + size, Ordering::AcqRel);
+        let (count, bytes) = ((prev >> COUNT_SHIFT) as usize, prev & BYTES_MASK);
+        if count >= limit || (priority == Priority::Normal && bytes + size > self.max_bytes as u64) {
+            self.usage.fetch_sub(ONE_SLOT + size, Ordering::AcqRel);
             return Err(Full);
         }
-        let prev_bytes = self.bytes.fetch_add(size, Ordering::AcqRel);
-        if priority == Priority::Normal && prev_bytes + size > self.max_bytes {
-            self.bytes.fetch_sub(size, Ordering::AcqRel);
-            self.reserved.fetch_sub(1, Ordering::AcqRel);
-            return Err(Full);
-        }
-        Ok((self.tail.fetch_add(1, Ordering::AcqRel), prev))
+        Ok((self.tail.fetch_add(1, Ordering::AcqRel), count))
     }
 
     fn publish(&self, pos: usize, prev: usize, write: impl FnOnce(&mut Payload)) {
@@ -240,7 +253,11 @@ impl Queue {
 
     /// Takes the oldest published item (worker side); `copy` turns event bytes into the worker's
     /// own storage. `None` when empty or when the next position is claimed but not yet written.
-    pub(crate) fn pop(&self, copy: impl FnOnce(&[u8]) -> Bytes) -> Option<Item> {
+    ///
+    /// The slot is free again at once, but its capacity is handed back only by
+    /// [`release`](Self::release): one atomic operation per drain instead of one per item keeps
+    /// the counter's cache line with the callers.
+    pub(crate) fn pop(&self, copy: impl FnOnce(&[u8]) -> Bytes, taken: &mut Taken) -> Option<Item> {
         let head = self.head.load(Ordering::Relaxed);
         let slot = &self.slots[head % self.slots.len()];
         if slot.stamp.load(Ordering::Acquire) != head + 1 {
@@ -263,14 +280,21 @@ impl Queue {
         };
         slot.stamp.store(head + self.slots.len(), Ordering::Release);
         self.head.store(head + 1, Ordering::Relaxed);
-        self.bytes.fetch_sub(size, Ordering::AcqRel);
-        self.reserved.fetch_sub(1, Ordering::AcqRel);
+        taken.usage += ONE_SLOT + (size as u64).min(self.max_bytes as u64);
         Some(item)
     }
 
-    /// Items waiting, including pushes in progress.
+    /// Hands back the capacity of the items popped since the last release.
+    pub(crate) fn release(&self, taken: &mut Taken) {
+        if taken.usage > 0 {
+            self.usage.fetch_sub(taken.usage, Ordering::AcqRel);
+            taken.usage = 0;
+        }
+    }
+
+    /// Items waiting, including pushes in progress (and popped items not yet released).
     pub(crate) fn len(&self) -> usize {
-        self.reserved.load(Ordering::Acquire)
+        (self.usage.load(Ordering::Acquire) >> COUNT_SHIFT) as usize
     }
 
     /// At or past the wake threshold: the worker should drain now rather than wait.
@@ -321,7 +345,10 @@ mod tests {
     }
 
     fn pop_bytes(q: &Queue) -> Option<Vec<u8>> {
-        match q.pop(Bytes::copy_from_slice)? {
+        let mut taken = Taken::default();
+        let item = q.pop(Bytes::copy_from_slice, &mut taken);
+        q.release(&mut taken);
+        match item? {
             Item::Event(_, b) => Some(b.to_vec()),
             Item::Control(_) => Some(b"control".to_vec()),
         }

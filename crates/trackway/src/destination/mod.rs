@@ -51,7 +51,7 @@ pub use status::{classify_status, parse_retry_after};
 ///         let mut out = Encoded::default();
 ///         for (i, record) in events.iter().enumerate() {
 ///             match record.event() {
-///                 Ok(e) => out.requests.push(Request::post(&self.url, e.name.clone().unwrap_or_default(), vec![i])),
+///                 Ok(e) => out.requests.push(Request::post(&self.url, e.name.as_deref().unwrap_or_default().to_owned(), vec![i])),
 ///                 Err(reason) => out.rejected.push((i, reason.to_string())),
 ///             }
 ///         }

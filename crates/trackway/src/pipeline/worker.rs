@@ -13,7 +13,7 @@ use super::backoff::full_jitter;
 use super::lane::{Group, Lane, Next};
 use crate::client::Shared;
 use crate::destination::{DestinationState, EventRecord, Outcome, Request, Response};
-use crate::queue::{Control, Item, Reply};
+use crate::queue::{Control, Item, Reply, Taken};
 use crate::stats::bump;
 use crate::store::{DeadLetterReason, NewEvent, Recovered, StateChange, Store, routes};
 
@@ -191,9 +191,15 @@ impl Worker {
         let mut state = Vec::new();
         let mut controls = Vec::new();
         let now = self.shared.clock.elapsed();
-        loop {
+        let mut taken = Taken::default();
+        for popped in 1usize.. {
             let segments = &mut self.segments;
-            let Some(item) = self.shared.queue.pop(|bytes| segments.copy(bytes)) else { break };
+            let Some(item) = self.shared.queue.pop(|bytes| segments.copy(bytes), &mut taken) else { break };
+            if popped % 256 == 0 {
+                // A long drain hands capacity back as it goes, so callers never see a full queue
+                // that is actually being emptied.
+                self.shared.queue.release(&mut taken);
+            }
             match item {
                 Item::Event(e, bytes) => {
                     let seq = self.next_seq;
@@ -219,6 +225,7 @@ impl Worker {
                 Item::Control(c) => controls.push((self.next_seq, c)),
             }
         }
+        self.shared.queue.release(&mut taken);
         if !events.is_empty() || !state.is_empty() {
             match self.store.append(&events, &state) {
                 Ok(()) => {
