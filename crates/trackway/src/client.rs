@@ -23,6 +23,11 @@ use crate::store::{DeadLetter, StateChange};
 /// tighter limits, checked in the same call).
 pub const MAX_NAME_BYTES: usize = 1024;
 
+/// Queued events at which a caller wakes the worker before its commit delay is up. Each wake-up
+/// of a parked worker costs the caller a system call, so this is rare (one call in thousands);
+/// the commit delay still bounds how long an event waits to be persisted.
+const WAKE_THRESHOLD: usize = 2048;
+
 /// State key of the app-mode identity.
 const IDENTITY_KEY: &str = "identity";
 
@@ -153,8 +158,7 @@ impl Client {
             }
         }
         let shared = Arc::new(Shared {
-            // Wake the worker early once a destination's batch could be full.
-            queue: Queue::new(b.queue_capacity, b.reserved_capacity, b.queue_max_bytes, 512),
+            queue: Queue::new(b.queue_capacity, b.reserved_capacity, b.queue_max_bytes, WAKE_THRESHOLD),
             counters,
             destinations: b.destinations.iter().map(|(d, _)| d.clone()).collect(),
             clock: b.clock,

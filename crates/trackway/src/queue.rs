@@ -27,9 +27,11 @@ use trackway_wire::{EventKind, MessageId, Timestamp};
 
 use crate::store::StateChange;
 
-/// Each slot's buffer is allocated up front with room for a typical event, so the caller never
-/// allocates (or takes a page fault for a fresh heap page) on the first lap of the ring.
-const SLOT_BUFFER: usize = 320;
+/// Event heads up to this size are stored inside the slot itself. The slots are one contiguous
+/// array, so consecutive pushes write consecutive memory (the prefetcher keeps up, no allocator
+/// headers in between) and nothing is allocated per event. Larger events use the slot's
+/// overflow buffer, which is kept for reuse.
+const SLOT_INLINE: usize = 320;
 
 /// `usage` keeps the byte count in its low bits and the slot count above them.
 const COUNT_SHIFT: u32 = 40;
@@ -39,7 +41,7 @@ const BYTES_MASK: u64 = ONE_SLOT - 1;
 /// Most slots a queue may have (the count must fit above the bytes in `usage`).
 pub(crate) const MAX_SLOTS: usize = 1 << 22;
 
-/// A slot buffer that grew past this (one huge event) is released instead of kept for reuse.
+/// An overflow buffer that grew past this (one huge event) is released instead of kept for reuse.
 const KEEP_SLOT_BUFFER: usize = 16 * 1024;
 
 /// What the worker needs about an event without parsing its bytes.
@@ -123,11 +125,35 @@ pub(crate) struct Taken {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Full;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Payload {
     meta: Option<EventMeta>,
     control: Option<Control>,
-    bytes: Vec<u8>,
+    len: usize,
+    inline: [u8; SLOT_INLINE],
+    overflow: Vec<u8>,
+}
+
+impl Default for Payload {
+    fn default() -> Self {
+        Payload { meta: None, control: None, len: 0, inline: [0; SLOT_INLINE], overflow: Vec::new() }
+    }
+}
+
+impl Payload {
+    fn write(&mut self, bytes: &[u8]) {
+        self.len = bytes.len();
+        if bytes.len() <= SLOT_INLINE {
+            self.inline[..bytes.len()].copy_from_slice(bytes);
+        } else {
+            self.overflow.clear();
+            self.overflow.extend_from_slice(bytes);
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.len <= SLOT_INLINE { &self.inline[..self.len] } else { &self.overflow }
+    }
 }
 
 /// Aligned to two cache lines (the adjacent-line prefetcher pairs them), so the counters callers
@@ -180,12 +206,7 @@ impl Queue {
         let capacity = capacity.min(total);
         let max_bytes = max_bytes.min(BYTES_MASK as usize / 2);
         Queue {
-            slots: (0..total)
-                .map(|i| Slot {
-                    stamp: AtomicUsize::new(i),
-                    payload: Mutex::new(Payload { bytes: Vec::with_capacity(SLOT_BUFFER), ..Payload::default() }),
-                })
-                .collect(),
+            slots: (0..total).map(|i| Slot { stamp: AtomicUsize::new(i), payload: Mutex::default() }).collect(),
             tail: Padded::default(),
             head: Padded::default(),
             usage: Padded::default(),
@@ -203,7 +224,7 @@ impl Queue {
         let (pos, prev) = self.claim(bytes.len(), priority)?;
         self.publish(pos, prev, |p| {
             p.meta = Some(meta);
-            p.bytes.extend_from_slice(bytes);
+            p.write(bytes);
         });
         Ok(())
     }
@@ -266,15 +287,14 @@ impl Queue {
         let (item, size) = {
             let mut p = lock(&slot.payload);
             let item = match (p.meta.take(), p.control.take()) {
-                (Some(meta), _) => Item::Event(meta, copy(&p.bytes)),
+                (Some(meta), _) => Item::Event(meta, copy(p.bytes())),
                 (None, Some(control)) => Item::Control(control),
                 // Unreachable: a published slot holds one or the other.
                 (None, None) => Item::Control(Control::Persisted(Reply::Discard)),
             };
-            let size = p.bytes.len();
-            p.bytes.clear();
-            if p.bytes.capacity() > KEEP_SLOT_BUFFER {
-                p.bytes = Vec::new();
+            let size = std::mem::take(&mut p.len);
+            if p.overflow.capacity() > KEEP_SLOT_BUFFER {
+                p.overflow = Vec::new();
             }
             (item, size)
         };
