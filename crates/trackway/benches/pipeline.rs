@@ -423,7 +423,9 @@ fn run_sdk_phase() -> anyhow::Result<()> {
     let url = std::env::var(URL_ENV).with_context(|| format!("{URL_ENV} is not set"))?;
     let n = env_usize(N_ENV)?.unwrap_or(DEFAULT_N);
     let users = users();
-    let mut builder = Client::builder().destination(JsonHttp::new(format!("{url}{EVENT_PATH}")).batch_size(BATCH));
+    let mut builder = Client::builder()
+        .destination(JsonHttp::new(format!("{url}{EVENT_PATH}")).batch_size(BATCH))
+        .store(trackway::store::MemoryStore::new());
     if let Some(q) = env_usize(QUEUE_ENV)? {
         builder = builder.queue_capacity(q);
     }

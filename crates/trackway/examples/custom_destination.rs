@@ -13,6 +13,7 @@ use trackway::destination::{
     Classified, Destination, DestinationState, Encoded, EventRecord, LimitError, Outcome, Request, Response,
     classify_status,
 };
+use trackway::store::MemoryStore;
 use trackway::{Client, Event, EventKind, Timestamp, props};
 use trackway_collector::{Collector, Reply};
 
@@ -72,7 +73,8 @@ impl Destination for Ndjson {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let collector =
         Collector::builder().default_reply(Reply::ok().json(serde_json::json!([true, false, true]))).start()?;
-    let client = Client::builder().destination(Ndjson { url: collector.url("/ingest") }).build()?;
+    let client =
+        Client::builder().destination(Ndjson { url: collector.url("/ingest") }).store(MemoryStore::new()).build()?;
     for i in 0..3 {
         client.track("user-1", "order_placed", props! { "n" => i })?;
     }

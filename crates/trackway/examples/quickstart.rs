@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use trackway::{Client, Identify, Page, Screen, Track, destination::JsonHttp, props};
+use trackway::{Client, Identify, Page, Screen, Track, destination::JsonHttp, props, store::MemoryStore};
 use trackway_collector::Collector;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,6 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::builder()
         .destination(JsonHttp::new(collector.url("/v1/events")).batch_size(50))
         .app("quickstart", env!("CARGO_PKG_VERSION"))
+        // In memory, so each run starts empty; without this line the outbox is a SQLite file
+        // under the user's data directory (see examples/offline_outbox.rs).
+        .store(MemoryStore::new())
         .build()?;
 
     // Server mode: every call names its user.

@@ -8,13 +8,14 @@
 
 use std::time::Duration;
 
-use trackway::{Client, destination::JsonHttp, props};
+use trackway::{Client, destination::JsonHttp, props, store::MemoryStore};
 use trackway_collector::Collector;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let collector = Collector::start()?;
-    let client = Client::builder().destination(JsonHttp::new(collector.url("/events"))).build()?;
+    let client =
+        Client::builder().destination(JsonHttp::new(collector.url("/events"))).store(MemoryStore::new()).build()?;
 
     // A request handler would do this per request; `Client` is a cheap clone.
     let handlers: Vec<_> = (0..10)

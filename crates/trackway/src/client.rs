@@ -43,11 +43,12 @@ const IDENTITY_KEY: &str = "identity";
 ///
 /// ```
 /// use std::time::Duration;
-/// use trackway::{props, Client, destination::JsonHttp};
+/// use trackway::{props, Client, destination::JsonHttp, store::MemoryStore};
 ///
 /// # let collector = trackway_collector::Collector::start().unwrap();
 /// # let url = collector.url("/events");
-/// let client = Client::builder().destination(JsonHttp::new(url)).build()?;
+/// // An in-memory outbox for the example; the default is the durable SQLite store.
+/// let client = Client::builder().destination(JsonHttp::new(url)).store(MemoryStore::new()).build()?;
 /// client.track("user123", "purchase_completed", props! { "amount" => 99.99, "currency" => "USD" })?;
 /// assert_eq!(client.track("", "x", props! {}).unwrap_err().to_string(), "Identifier cannot be empty");
 /// client.flush(Duration::from_secs(5))?;
@@ -131,7 +132,22 @@ impl Client {
                 .push(http.build_client().map_err(|message| BuildError::Http { destination: name.clone(), message })?);
             names.push(name);
         }
-        let mut store = b.store.unwrap_or_else(|| Box::new(crate::store::MemoryStore::new()));
+        let mut store: Box<dyn crate::store::Store> = match b.store {
+            Some(store) => store,
+            None => {
+                // The durable store is the default; its file lives under the application's name
+                // so two applications (or parallel tests) never share one.
+                let app_name = b.app_name.as_deref().ok_or_else(|| {
+                    BuildError::Store(
+                        "the default durable store needs the application name: call .app(name, version), \
+                         or choose a store with .store(SqliteStore::new(path)) or .store(MemoryStore::new())"
+                            .into(),
+                    )
+                })?;
+                let path = crate::store::SqliteStore::default_path(app_name).map_err(BuildError::Store)?;
+                Box::new(crate::store::SqliteStore::new(path))
+            }
+        };
         let recovered = store.open(&names).map_err(|e| BuildError::Store(e.to_string()))?;
         let app = recovered.state.get(IDENTITY_KEY).and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
 
@@ -152,6 +168,9 @@ impl Client {
             app_version: b.app_version,
         });
         let counters = Counters::new(names.iter().cloned());
+        if recovered.reset.is_some() {
+            bump(&counters.store_reset, 1);
+        }
         for (i, (count, _)) in recovered.pending.iter().enumerate() {
             if let Some(d) = counters.destinations.get(i) {
                 bump(&d.pending, *count);
@@ -281,11 +300,11 @@ impl Client {
             context: shared.context.clone(),
             imported: import.is_some(),
         };
-        if let Some(hook) = &shared.before_send {
-            if !hook(&mut event) {
-                bump(&shared.counters.filtered, 1);
-                return Ok(id);
-            }
+        if let Some(hook) = &shared.before_send
+            && !hook(&mut event)
+        {
+            bump(&shared.counters.filtered, 1);
+            return Ok(id);
         }
         for (i, d) in shared.destinations.iter().enumerate() {
             if routes & (1 << i) != 0 {
@@ -432,6 +451,25 @@ impl Client {
         }
         let timeout = Duration::from_secs(5);
         if !push_control(&self.inner.shared, Control::DeadLetters { limit, reply: tx }, timeout) {
+            return Err(FlushError::Timeout { waited: timeout, pending: Vec::new() });
+        }
+        rx.recv_timeout(timeout).map_err(|_| FlushError::Timeout { waited: timeout, pending: Vec::new() })
+    }
+
+    /// Queues dead letters again, each for the destination that gave up on it (at most `limit`;
+    /// only those of `destination` when given). They keep their message id; their age counts
+    /// again from now. Returns how many were queued.
+    ///
+    /// # Errors
+    /// `AlreadyShutdown`; `Timeout` if the worker does not answer in 5 s.
+    pub fn requeue_dead_letters(&self, destination: Option<&str>, limit: usize) -> Result<usize, FlushError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if self.inner.shared.closed.load(Ordering::Acquire) {
+            return Err(FlushError::AlreadyShutdown);
+        }
+        let timeout = Duration::from_secs(5);
+        let control = Control::Requeue { destination: destination.map(str::to_owned), limit, reply: tx };
+        if !push_control(&self.inner.shared, control, timeout) {
             return Err(FlushError::Timeout { waited: timeout, pending: Vec::new() });
         }
         rx.recv_timeout(timeout).map_err(|_| FlushError::Timeout { waited: timeout, pending: Vec::new() })
@@ -682,10 +720,10 @@ impl Drop for Inner {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let budget = self.shutdown_timeout;
         push_control(shared, Control::Shutdown { budget, done: Reply::Sync(tx) }, budget);
-        if rx.recv_timeout(budget + Duration::from_secs(1)).is_ok() {
-            if let Some(handle) = lock(&self.worker).take() {
-                let _ = handle.join();
-            }
+        if rx.recv_timeout(budget + Duration::from_secs(1)).is_ok()
+            && let Some(handle) = lock(&self.worker).take()
+        {
+            let _ = handle.join();
         }
     }
 }

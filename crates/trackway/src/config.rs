@@ -21,12 +21,14 @@ pub(crate) type BeforeSend = Arc<dyn Fn(&mut Event) -> bool + Send + Sync>;
 ///
 /// ```
 /// use std::time::Duration;
-/// use trackway::{Client, destination::JsonHttp};
+/// use trackway::{Client, destination::JsonHttp, store::MemoryStore};
 ///
 /// let client = Client::builder()
 ///     .destination(JsonHttp::new("http://127.0.0.1:9/events"))
 ///     .batch_interval(Duration::from_millis(500))
 ///     .app("shop", "2.4.0")
+///     // The default is the durable store at <user data dir>/shop/trackway/outbox.db.
+///     .store(MemoryStore::new())
 ///     .build()?;
 /// # Ok::<(), trackway::BuildError>(())
 /// ```

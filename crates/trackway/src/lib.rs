@@ -5,12 +5,16 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use trackway::{props, Client, Page, destination::JsonHttp};
+//! use trackway::{props, Client, Page, destination::JsonHttp, store::SqliteStore};
 //!
 //! # let collector = trackway_collector::Collector::start().unwrap();
 //! # let url = collector.url("/events");
+//! # let dir = std::env::temp_dir().join(format!("trackway-doc-{}", std::process::id()));
 //! let client = Client::builder()
 //!     .destination(JsonHttp::new(url))
+//!     .app("shop", "2.4.0")
+//!     // Without this, the outbox is <user data dir>/shop/trackway/outbox.db.
+//!     .store(SqliteStore::new(dir.join("outbox.db")))
 //!     .build()?;
 //!
 //! // Server mode: each call names its user.
@@ -20,6 +24,7 @@
 //!
 //! // Before the process exits: deliver what is queued.
 //! client.shutdown(Duration::from_secs(5))?;
+//! # std::fs::remove_dir_all(&dir).ok();
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

@@ -96,6 +96,8 @@ pub(crate) enum Control {
     Shutdown { budget: std::time::Duration, done: Reply },
     /// Read the dead letters.
     DeadLetters { limit: usize, reply: std::sync::mpsc::SyncSender<Vec<crate::store::DeadLetter>> },
+    /// Queue dead letters again; answers how many.
+    Requeue { destination: Option<String>, limit: usize, reply: std::sync::mpsc::SyncSender<usize> },
 }
 
 /// What the worker takes out of the queue.

@@ -27,6 +27,15 @@ pub struct Dropped {
     pub filtered: u64,
     /// The client was already shut down.
     pub shutdown: u64,
+    /// The store was over its size bound: these, the oldest undelivered events, were dropped.
+    pub store_full: u64,
+    /// The disk was full when these were to be committed.
+    pub disk_full: u64,
+    /// The store failed for another reason when these were to be committed.
+    pub store_error: u64,
+    /// Events lost because the store file was damaged and moved aside when it was opened
+    /// (counted once per reset; the number of events in the damaged file is unknown).
+    pub store_reset: u64,
 }
 
 /// What happened to the events routed to one destination.
@@ -61,6 +70,10 @@ pub(crate) struct Counters {
     pub(crate) queue_full: AtomicU64,
     pub(crate) filtered: AtomicU64,
     pub(crate) shutdown: AtomicU64,
+    pub(crate) store_full: AtomicU64,
+    pub(crate) disk_full: AtomicU64,
+    pub(crate) store_error: AtomicU64,
+    pub(crate) store_reset: AtomicU64,
     pub(crate) destinations: Box<[DestinationCounters]>,
 }
 
@@ -99,6 +112,10 @@ impl Counters {
                 queue_full: get(&self.queue_full),
                 filtered: get(&self.filtered),
                 shutdown: get(&self.shutdown),
+                store_full: get(&self.store_full),
+                disk_full: get(&self.disk_full),
+                store_error: get(&self.store_error),
+                store_reset: get(&self.store_reset),
             },
             destinations: self
                 .destinations

@@ -173,6 +173,25 @@ impl Lane {
         }
     }
 
+    /// A first-attempt event that will never be sent after all (the store dropped it).
+    pub(crate) fn forget_fresh(&mut self, bytes: u64) {
+        self.fresh = self.fresh.saturating_sub(1);
+        self.fresh_bytes = self.fresh_bytes.saturating_sub(bytes);
+        if self.fresh == 0 {
+            self.fresh_since = None;
+            self.fresh_bytes = 0;
+        }
+    }
+
+    /// An event already sent at least once that the store dropped: no more retries for it.
+    pub(crate) fn forget_sent(&mut self, seq: u64) {
+        self.items.remove(&seq);
+        for group in &mut self.groups {
+            group.seqs.retain(|s| *s != seq);
+        }
+        self.groups.retain(|g| !g.seqs.is_empty());
+    }
+
     /// The earliest clock time at which `next` could return something. `None` while the lane is
     /// at its in-flight limit: a completion wakes the worker then, and a deadline already in the
     /// past would make it spin.
@@ -185,10 +204,11 @@ impl Lane {
         for g in &self.groups {
             consider(g.due);
         }
-        if self.fresh > 0 && !self.holds_fresh() {
-            if let Some(since) = self.fresh_since {
-                consider(since + interval);
-            }
+        if self.fresh > 0
+            && !self.holds_fresh()
+            && let Some(since) = self.fresh_since
+        {
+            consider(since + interval);
         }
         // Nothing goes out before a pause ends.
         match (best, self.paused_until) {

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,7 +16,7 @@ use crate::client::Shared;
 use crate::destination::{DestinationState, EventRecord, Outcome, Request, Response};
 use crate::queue::{Control, Item, Reply, Taken};
 use crate::stats::bump;
-use crate::store::{DeadLetterReason, NewEvent, Recovered, StateChange, Store, routes};
+use crate::store::{DeadLetterReason, Evicted, NewEvent, Recovered, StateChange, Store, StoreError, routes};
 
 /// Response bodies are read up to this size; dead letters keep an excerpt.
 const MAX_RESPONSE_BODY: usize = 1 << 20;
@@ -47,6 +48,7 @@ pub(crate) struct Worker {
     drain_at: Option<Instant>,
     segments: Segments,
     store_failed: bool,
+    warned_store_full: bool,
 }
 
 /// Event bytes copied out of the queue into large shared chunks: one allocation per megabyte
@@ -91,12 +93,12 @@ impl Worker {
                     .collect();
                 let mut lane = Lane::new(dest.clone(), http, DestinationState::from_map(state));
                 // Everything pending from an earlier run is a first attempt for this process.
-                if let Some(&(count, bytes)) = recovered.pending.get(i) {
-                    if count > 0 {
-                        lane.fresh = count;
-                        lane.fresh_bytes = bytes;
-                        lane.fresh_since = Some(now);
-                    }
+                if let Some(&(count, bytes)) = recovered.pending.get(i)
+                    && count > 0
+                {
+                    lane.fresh = count;
+                    lane.fresh_bytes = bytes;
+                    lane.fresh_since = Some(now);
                 }
                 lane
             })
@@ -114,6 +116,7 @@ impl Worker {
             drain_at: None,
             segments: Segments::default(),
             store_failed: false,
+            warned_store_full: false,
         }
     }
 
@@ -228,22 +231,28 @@ impl Worker {
         self.shared.queue.release(&mut taken);
         if !events.is_empty() || !state.is_empty() {
             match self.store.append(&events, &state) {
-                Ok(()) => {
+                Ok(appended) => {
                     bump(&self.shared.counters.persisted, events.len() as u64);
+                    if !appended.evicted.is_empty() {
+                        self.forget_evicted(&appended.evicted);
+                    }
                 }
                 Err(e) => {
                     // Nothing was written; these events cannot be delivered. Undo their routing.
+                    let counters = &self.shared.counters;
+                    let (counter, what) = match e {
+                        StoreError::DiskFull(_) => (&counters.disk_full, "the disk is full"),
+                        _ => (&counters.store_error, "the store failed"),
+                    };
+                    bump(counter, events.len() as u64);
                     if !self.store_failed {
-                        tracing::error!(error = %e, "trackway: could not append events to the store; dropping them");
+                        tracing::error!(error = %e, "trackway: {what}; dropping the events that could not be committed (counted; logged once)");
                         self.store_failed = true;
                     }
                     for ev in &events {
                         for r in routes(ev.routes) {
-                            let lane = &mut self.lanes[r];
-                            lane.fresh = lane.fresh.saturating_sub(1);
-                            lane.fresh_bytes = lane.fresh_bytes.saturating_sub(ev.bytes.len() as u64);
-                            let counters = &self.shared.counters.destinations[r];
-                            counters.pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                            self.lanes[r].forget_fresh(ev.bytes.len() as u64);
+                            self.shared.counters.destinations[r].pending.fetch_sub(1, Ordering::Relaxed);
                         }
                     }
                 }
@@ -251,6 +260,72 @@ impl Worker {
         }
         for (next_seq, control) in controls {
             self.control(next_seq, control);
+        }
+    }
+
+    /// Takes dead letters out of the store and appends them as new events for their destination.
+    fn requeue(&mut self, destination: Option<&str>, limit: usize) -> Result<usize, StoreError> {
+        let names: Vec<String> = self.lanes.iter().map(|l| l.dest.name().to_owned()).collect();
+        let index_of = |name: &str| names.iter().position(|n| n == name);
+        let keys: Vec<u64> = self
+            .store
+            .dead_letters(usize::MAX)?
+            .into_iter()
+            .filter(|d| destination.is_none_or(|n| n == d.destination) && index_of(&d.destination).is_some())
+            .take(limit)
+            .map(|d| d.key)
+            .collect();
+        let letters = self.store.take_dead_letters(&keys)?;
+        let now = self.shared.clock.now();
+        let elapsed = self.shared.clock.elapsed();
+        let mut events = Vec::with_capacity(letters.len());
+        for letter in letters {
+            let Some(lane) = index_of(&letter.destination) else { continue };
+            // The kind and time are read back from the event itself.
+            let (kind, timestamp) = serde_json::from_slice::<trackway_wire::Event>(&letter.event)
+                .map(|e| (e.kind, e.timestamp))
+                .unwrap_or((trackway_wire::EventKind::Track, now));
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.lanes[lane].on_appended(letter.event.len() as u64, elapsed);
+            bump(&self.shared.counters.destinations[lane].pending, 1);
+            events.push(NewEvent {
+                seq,
+                id: letter.id,
+                kind,
+                timestamp,
+                queued_at: now,
+                routes: 1 << lane,
+                bytes: letter.event,
+                context: None,
+            });
+        }
+        let n = events.len();
+        if n > 0 {
+            self.store.append(&events, &[])?;
+        }
+        Ok(n)
+    }
+
+    /// The store dropped these events to stay under its size bound: stop tracking them.
+    fn forget_evicted(&mut self, evicted: &[Evicted]) {
+        bump(&self.shared.counters.store_full, evicted.len() as u64);
+        if !self.warned_store_full {
+            tracing::warn!(
+                "trackway: the store is over its size bound; dropping the oldest events (counted as store_full; logged once)"
+            );
+            self.warned_store_full = true;
+        }
+        for ev in evicted {
+            for r in routes(ev.routes) {
+                let Some(lane) = self.lanes.get_mut(r) else { continue };
+                if ev.seq >= lane.next_fresh {
+                    lane.forget_fresh(ev.bytes);
+                } else {
+                    lane.forget_sent(ev.seq);
+                }
+                self.shared.counters.destinations[r].pending.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -273,6 +348,13 @@ impl Worker {
                     lane.flush_upto = Some(u64::MAX);
                 }
                 self.shutdown = Some((Instant::now() + budget, done));
+            }
+            Control::Requeue { destination, limit, reply } => {
+                let n = self.requeue(destination.as_deref(), limit).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "trackway: could not requeue dead letters");
+                    0
+                });
+                let _ = reply.try_send(n);
             }
             Control::DeadLetters { limit, reply } => {
                 let letters = self.store.dead_letters(limit).unwrap_or_else(|e| {
@@ -456,9 +538,10 @@ impl Worker {
         let server_answered_ok = !delivered.is_empty() || !letters.is_empty();
         if !delivered.is_empty() {
             match self.store.ack(i, &delivered) {
-                Ok(()) => {
-                    bump(&counters.delivered, delivered.len() as u64);
-                    counters.pending.fetch_sub(delivered.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                // Counted as the store saw them: an event evicted meanwhile was already uncounted.
+                Ok(released) => {
+                    bump(&counters.delivered, released);
+                    counters.pending.fetch_sub(released, Ordering::Relaxed);
                 }
                 Err(e) => tracing::error!(error = %e, "trackway: could not record deliveries"),
             }
@@ -530,10 +613,13 @@ impl Worker {
     }
 
     fn dead_letter(&mut self, i: usize, letters: Vec<(u64, DeadLetterReason, String)>, at: Timestamp) {
-        if let Err(e) = self.store.dead_letter(i, &letters, at) {
-            tracing::error!(error = %e, "trackway: could not store dead letters");
-            return;
-        }
+        let moved = match self.store.dead_letter(i, &letters, at) {
+            Ok(moved) => moved,
+            Err(e) => {
+                tracing::error!(error = %e, "trackway: could not store dead letters");
+                return;
+            }
+        };
         let counters = &self.shared.counters.destinations[i];
         let lane = &mut self.lanes[i];
         let name = lane.dest.name();
@@ -547,7 +633,8 @@ impl Worker {
             bump(counter, 1);
             tracing::warn!(destination = name, reason = %reason, detail = %detail, "trackway: event dead-lettered");
         }
-        counters.pending.fetch_sub(letters.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        // Only what the store still held: an event evicted meanwhile was already uncounted.
+        counters.pending.fetch_sub(moved, Ordering::Relaxed);
     }
 }
 

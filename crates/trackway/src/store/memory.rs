@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 use trackway_wire::{MessageId, Timestamp};
 
-use super::{DeadLetter, DeadLetterReason, NewEvent, Recovered, StateChange, Store, StoreError, routes};
+use super::{Appended, DeadLetter, DeadLetterReason, NewEvent, Recovered, StateChange, Store, StoreError, routes};
 use crate::destination::EventRecord;
 
 /// Dead letters kept in memory; the oldest are dropped beyond this (they are still counted in stats).
@@ -44,6 +44,7 @@ pub struct MemoryStore {
     next_seq: u64,
     /// Each distinct context once; slots refer to them by index.
     contexts: Vec<Bytes>,
+    next_dead_key: u64,
 }
 
 /// A slot whose bytes are a complete event (no context to add).
@@ -183,10 +184,16 @@ impl Store for MemoryStore {
                 (self.pending[d], bytes)
             })
             .collect();
-        Ok(Recovered { next_seq: self.next_seq, state: self.state.clone(), pending })
+        Ok(Recovered {
+            next_seq: self.next_seq,
+            state: self.state.clone(),
+            pending,
+            reset: None,
+            released_unconfigured: 0,
+        })
     }
 
-    fn append(&mut self, events: &[NewEvent], state: &[StateChange]) -> Result<(), StoreError> {
+    fn append(&mut self, events: &[NewEvent], state: &[StateChange]) -> Result<Appended, StoreError> {
         let n = self.destinations.len();
         let known = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
         for e in events {
@@ -224,7 +231,8 @@ impl Store for MemoryStore {
             self.next_seq = self.next_seq.max(e.seq + 1);
         }
         self.trim();
-        self.set_state(state)
+        self.set_state(state)?;
+        Ok(Appended::default())
     }
 
     fn read(
@@ -259,11 +267,8 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn ack(&mut self, destination: usize, seqs: &[u64]) -> Result<(), StoreError> {
-        for &seq in seqs {
-            self.release(destination, seq, false);
-        }
-        Ok(())
+    fn ack(&mut self, destination: usize, seqs: &[u64]) -> Result<u64, StoreError> {
+        Ok(seqs.iter().filter(|&&seq| self.release(destination, seq, false).is_some()).count() as u64)
     }
 
     fn dead_letter(
@@ -271,14 +276,18 @@ impl Store for MemoryStore {
         destination: usize,
         letters: &[(u64, DeadLetterReason, String)],
         at: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let name = self.destinations.get(destination).cloned().unwrap_or_default();
+        let mut moved = 0;
         for (seq, reason, detail) in letters {
             let Some((id, event)) = self.release(destination, *seq, true) else { continue };
+            moved += 1;
             if self.dead.len() >= MAX_DEAD_LETTERS {
                 self.dead.pop_front();
             }
+            self.next_dead_key += 1;
             self.dead.push_back(DeadLetter {
+                key: self.next_dead_key,
                 seq: *seq,
                 id,
                 destination: name.clone(),
@@ -288,7 +297,7 @@ impl Store for MemoryStore {
                 event,
             });
         }
-        Ok(())
+        Ok(moved)
     }
 
     fn lowest_pending(&mut self, destination: usize) -> Result<Option<u64>, StoreError> {
@@ -320,6 +329,12 @@ impl Store for MemoryStore {
 
     fn dead_letters(&mut self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         Ok(self.dead.iter().take(limit).cloned().collect())
+    }
+
+    fn take_dead_letters(&mut self, keys: &[u64]) -> Result<Vec<DeadLetter>, StoreError> {
+        let (taken, kept): (VecDeque<_>, VecDeque<_>) = self.dead.drain(..).partition(|d| keys.contains(&d.key));
+        self.dead = kept;
+        Ok(taken.into())
     }
 }
 

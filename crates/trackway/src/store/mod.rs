@@ -26,8 +26,10 @@ use trackway_wire::{EventKind, MessageId, Timestamp};
 use crate::destination::EventRecord;
 
 mod memory;
+mod sqlite;
 
 pub use memory::MemoryStore;
+pub use sqlite::{Inspection, SCHEMA_VERSION, SqliteStore, Synchronous};
 
 /// An event to append.
 #[derive(Clone, Debug)]
@@ -98,6 +100,8 @@ impl fmt::Display for DeadLetterReason {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct DeadLetter {
+    /// The dead letter's key in the store (for requeueing it).
+    pub key: u64,
     /// The event's outbox position.
     pub seq: u64,
     /// The event's message id.
@@ -124,15 +128,47 @@ pub struct Recovered {
     pub state: BTreeMap<String, Vec<u8>>,
     /// Per destination index: number of pending events and their total bytes.
     pub pending: Vec<(u64, u64)>,
+    /// Set when the file was not a valid store and was moved aside: what happened.
+    pub reset: Option<String>,
+    /// Events dropped because only destinations no longer configured still needed them.
+    pub released_unconfigured: u64,
+}
+
+/// What an append did besides storing the events.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Appended {
+    /// Events dropped to keep the store under its size bound (oldest first).
+    pub evicted: Vec<Evicted>,
+}
+
+/// An event dropped to keep the store under its size bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Evicted {
+    /// Its outbox position.
+    pub seq: u64,
+    /// The destinations that had not delivered it (client route mask).
+    pub routes: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
 }
 
 /// An error from the store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The store cannot take more data.
-    #[error("store is full: {0}")]
-    Full(String),
+    /// The disk (or the store's page limit) is full: nothing of this write was stored.
+    #[error("disk full: {0}")]
+    DiskFull(String),
+    /// Another process holds the store open for writing.
+    #[error("store {} in use by {}", .path.display(), .pid.map_or_else(|| "another process".to_owned(), |p| format!("pid {p}")))]
+    Locked {
+        /// The store file.
+        path: std::path::PathBuf,
+        /// The holder's pid, when the lock file records it.
+        pid: Option<u32>,
+    },
     /// Anything else the backend reports.
     #[error("store error: {0}")]
     Backend(String),
@@ -147,11 +183,12 @@ pub trait Store: Send + fmt::Debug + 'static {
     /// When the store cannot be opened.
     fn open(&mut self, destinations: &[String]) -> Result<Recovered, StoreError>;
 
-    /// Appends events and applies state changes, atomically.
+    /// Appends events and applies state changes, atomically. A store with a size bound may drop
+    /// its oldest events to make room and reports them.
     ///
     /// # Errors
     /// When nothing could be written; then nothing was.
-    fn append(&mut self, events: &[NewEvent], state: &[StateChange]) -> Result<(), StoreError>;
+    fn append(&mut self, events: &[NewEvent], state: &[StateChange]) -> Result<Appended, StoreError>;
 
     /// Up to `max_events` pending events of `destination` with `seq >= from`, in seq order, stopping
     /// before `max_bytes` would be exceeded (at least one event is returned if any is pending).
@@ -172,13 +209,14 @@ pub trait Store: Send + fmt::Debug + 'static {
     /// Backend failures.
     fn read_seqs(&mut self, destination: usize, seqs: &[u64]) -> Result<Vec<EventRecord>, StoreError>;
 
-    /// Marks events delivered to `destination`.
+    /// Marks events delivered to `destination`; returns how many were pending (an event dropped
+    /// meanwhile, e.g. evicted, is not counted).
     ///
     /// # Errors
     /// Backend failures.
-    fn ack(&mut self, destination: usize, seqs: &[u64]) -> Result<(), StoreError>;
+    fn ack(&mut self, destination: usize, seqs: &[u64]) -> Result<u64, StoreError>;
 
-    /// Moves events of `destination` to the dead letters.
+    /// Moves events of `destination` to the dead letters; returns how many were pending.
     ///
     /// # Errors
     /// Backend failures.
@@ -187,7 +225,7 @@ pub trait Store: Send + fmt::Debug + 'static {
         destination: usize,
         letters: &[(u64, DeadLetterReason, String)],
         at: Timestamp,
-    ) -> Result<(), StoreError>;
+    ) -> Result<u64, StoreError>;
 
     /// The lowest pending seq of `destination` (its cursor), if any.
     ///
@@ -206,4 +244,10 @@ pub trait Store: Send + fmt::Debug + 'static {
     /// # Errors
     /// Backend failures.
     fn dead_letters(&mut self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Removes the dead letters with these keys and returns them (to be queued again).
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn take_dead_letters(&mut self, keys: &[u64]) -> Result<Vec<DeadLetter>, StoreError>;
 }

@@ -31,6 +31,7 @@ pub fn watchdog<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + S
 /// A builder with fast timings for tests: 10 ms batches, 5–40 ms backoff.
 pub fn fast_builder() -> ClientBuilder {
     Client::builder()
+        .store(trackway::store::MemoryStore::new())
         .batch_interval(Duration::from_millis(10))
         .retry_policy(RetryPolicy::default().backoff(Duration::from_millis(5), Duration::from_millis(40)))
         .shutdown_timeout(Duration::from_millis(200))
