@@ -1,0 +1,285 @@
+//! The durable outbox: restarts, damaged files, one writer, bounds, disk full, dead letters.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::{delivered_ids, json, wait_until, watchdog};
+use trackway::store::{DeadLetterReason, SqliteStore};
+use trackway::{props, BuildError, Client, ClientBuilder, Clock, RetryPolicy, Timestamp};
+use trackway_collector::{Collector, Reply};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Fast timings, a durable store at `path`.
+fn durable(path: &Path, store: SqliteStore) -> ClientBuilder {
+    let _ = path;
+    Client::builder()
+        .store(store)
+        .batch_interval(Duration::from_millis(10))
+        .retry_policy(RetryPolicy::default().backoff(Duration::from_millis(5), Duration::from_millis(40)))
+        .shutdown_timeout(Duration::from_millis(200))
+}
+
+fn store_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("outbox.db")
+}
+
+fn moved_aside(dir: &tempfile::TempDir) -> Vec<PathBuf> {
+    std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".bad-") && !n.ends_with("-wal") && !n.ends_with("-shm")))
+        .collect()
+}
+
+#[test]
+fn a_backlog_left_by_a_clean_shutdown_is_delivered_by_the_next_process() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(&dir);
+        let down = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
+        let sent: Vec<String> = {
+            let client = durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build().expect("client");
+            let ids = (0..50).map(|i| client.track("u", "e", props! { "i" => i }).expect("track").to_string()).collect();
+            assert!(client.shutdown(Duration::from_millis(200)).is_err(), "the destination is down: shutdown times out");
+            ids
+        };
+        let inspected = SqliteStore::inspect(&path).expect("inspect");
+        assert_eq!(inspected.pending, vec![("a".to_owned(), 50)]);
+
+        let up = Collector::start().expect("collector");
+        let client = durable(&path, SqliteStore::new(&path)).destination(json("a", up.url("/e"))).build().expect("reopen");
+        assert_eq!(client.stats().destination("a").expect("a").pending, 50);
+        client.flush(Duration::from_secs(10)).expect("backlog delivered");
+        let delivered = delivered_ids(&up.requests());
+        for id in &sent {
+            assert!(delivered.contains_key(id), "{id} not delivered after restart");
+        }
+        drop(client);
+        assert_eq!(SqliteStore::inspect(&path).expect("inspect").events, 0, "delivered events are deleted");
+    });
+}
+
+#[test]
+fn app_identity_survives_a_restart() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(&dir);
+        let collector = Collector::start().expect("collector");
+        let first = {
+            let client = durable(&path, SqliteStore::new(&path)).destination(json("a", collector.url("/e"))).build().expect("client");
+            client.capture(trackway::Identify::new().id("registered", "jane@example.com")).expect("identify");
+            client.flush(Duration::from_secs(5)).expect("flush");
+            client.current_identity()
+        };
+        let client = durable(&path, SqliteStore::new(&path)).destination(json("a", collector.url("/e"))).build().expect("client");
+        assert_eq!(client.current_identity(), first);
+        assert_eq!(first.user_id.as_deref(), Some("jane@example.com"));
+    });
+}
+
+#[test]
+fn a_corrupt_file_is_moved_aside_and_reported() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(&dir);
+        std::fs::write(&path, b"this is not a database, it is a shopping list: eggs, milk, bread".repeat(100)).expect("write");
+        let collector = Collector::start().expect("collector");
+        let client = durable(&path, SqliteStore::new(&path)).destination(json("a", collector.url("/e"))).build().expect("recovers");
+        assert_eq!(client.stats().dropped.store_reset, 1);
+        assert_eq!(moved_aside(&dir).len(), 1, "the damaged file is kept for inspection");
+        client.track("u", "e", props! {}).expect("track");
+        client.flush(Duration::from_secs(5)).expect("the fresh store works");
+    });
+}
+
+#[test]
+fn a_truncated_file_is_moved_aside_and_reported() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(&dir);
+        let down = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
+        {
+            let client = durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build().expect("client");
+            for i in 0..2000 {
+                client.track("u", "e", props! { "i" => i, "pad" => "x".repeat(200) }).expect("track");
+            }
+            let _ = client.shutdown(Duration::from_millis(100));
+        }
+        let len = std::fs::metadata(&path).expect("file").len();
+        assert!(len > 100_000, "a real store to truncate ({len} bytes)");
+        let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+        file.set_len(len / 2).expect("truncate");
+        drop(file);
+        let client = durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build().expect("recovers");
+        assert_eq!(client.stats().dropped.store_reset, 1);
+        assert_eq!(moved_aside(&dir).len(), 1);
+    });
+}
+
+#[test]
+fn a_file_from_a_newer_schema_is_moved_aside_not_misread() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(&dir);
+        write_newer_schema(&path);
+        let collector = Collector::start().expect("collector");
+        let client = durable(&path, SqliteStore::new(&path)).destination(json("a", collector.url("/e"))).build().expect("recovers");
+        assert_eq!(client.stats().dropped.store_reset, 1);
+        assert_eq!(moved_aside(&dir).len(), 1);
+    });
+}
+
+/// Writes a valid SQLite file whose schema version is from the future, without depending on
+/// rusqlite in the tests: a store is created normally, then its header's user_version field
+/// (bytes 60..64, big-endian) is set to 99.
+fn write_newer_schema(path: &Path) {
+    let collector = Collector::start().expect("collector");
+    {
+        let client = durable(path, SqliteStore::new(path)).destination(json("a", collector.url("/e"))).build().expect("client");
+        client.track("u", "e", props! {}).expect("track");
+        client.flush(Duration::from_secs(5)).expect("flush");
+    }
+    let mut bytes = std::fs::read(path).expect("read");
+    bytes[60..64].copy_from_slice(&99u32.to_be_bytes());
+    std::fs::write(path, bytes).expect("write");
+}
+
+#[test]
+fn a_second_writer_is_refused_with_the_holders_pid_and_a_reader_is_allowed() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(&dir);
+        let down = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
+        let writer = durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build().expect("client");
+        writer.track("u", "e", props! {}).expect("track");
+        writer.persisted(Duration::from_secs(5)).expect("persisted");
+
+        let second = durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build();
+        let err = second.expect_err("a second writer must be refused");
+        let BuildError::Store(message) = &err else { panic!("unexpected {err:?}") };
+        assert!(message.contains(&format!("in use by pid {}", std::process::id())), "{message}");
+        assert!(moved_aside(&dir).is_empty(), "a locked file is never treated as corrupt");
+
+        let seen = SqliteStore::inspect(&path).expect("a reader needs no lock");
+        assert_eq!(seen.pending, vec![("a".to_owned(), 1)]);
+        assert!(SqliteStore::read_dead_letters(&path, 10).expect("dead letters").is_empty());
+    });
+}
+
+#[test]
+fn disk_full_counts_new_events_keeps_the_stored_ones_and_recovers_when_space_returns() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(&dir);
+        let collector = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
+        // 60 pages of 4 KiB: room for a few hundred events, as if the disk were nearly full.
+        let client = durable(&path, SqliteStore::new(&path).max_page_count(60))
+            .destination(json("a", collector.url("/e")))
+            .build()
+            .expect("client");
+        let mut sent = Vec::new();
+        let mut i = 0;
+        while client.stats().dropped.disk_full == 0 && i < 20_000 {
+            sent.push(client.track("u", "e", props! { "i" => i, "pad" => "y".repeat(100) }).expect("track").to_string());
+            i += 1;
+            if i % 50 == 0 {
+                client.persisted(Duration::from_secs(5)).expect("persisted");
+            }
+        }
+        client.persisted(Duration::from_secs(5)).expect("persisted");
+        let stats = client.stats();
+        assert!(stats.dropped.disk_full > 0, "the page limit was reached: {stats:?}");
+        let kept = stats.persisted;
+        assert_eq!(kept + stats.dropped.disk_full, sent.len() as u64);
+
+        // Space returns when the backlog is delivered and deleted.
+        collector.set_default_reply(Reply::ok());
+        client.flush(Duration::from_secs(20)).expect("the stored events are delivered");
+        let delivered = delivered_ids(&collector.requests());
+        assert_eq!(delivered.len() as u64, kept, "every event stored before the disk filled is intact and delivered");
+        let after = client.track("u", "after", props! {}).expect("track").to_string();
+        client.flush(Duration::from_secs(10)).expect("writing resumed");
+        assert!(delivered_ids(&collector.requests()).contains_key(&after));
+        assert_eq!(client.stats().dropped.disk_full, stats.dropped.disk_full, "no new losses once space returned");
+    });
+}
+
+#[test]
+fn over_the_size_bound_the_oldest_events_are_dropped_and_counted() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(&dir);
+        let collector = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
+        let client = durable(&path, SqliteStore::new(&path).max_bytes(40_000))
+            .batch_interval(Duration::from_secs(3600))
+            .destination(json("a", collector.url("/e")))
+            .build()
+            .expect("client");
+        let sent: Vec<String> =
+            (0..600).map(|i| client.track("u", "e", props! { "i" => i }).expect("track").to_string()).collect();
+        client.persisted(Duration::from_secs(5)).expect("persisted");
+        let dropped = client.stats().dropped.store_full;
+        assert!(dropped > 0, "{:?}", client.stats());
+        assert_eq!(client.stats().destination("a").expect("a").pending + dropped, 600);
+
+        collector.set_default_reply(Reply::ok());
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let delivered = delivered_ids(&collector.requests());
+        assert_eq!(delivered.len() as u64 + dropped, 600);
+        for (n, id) in sent.iter().enumerate() {
+            assert_eq!(delivered.contains_key(id), n as u64 >= dropped, "event {n}: the oldest are the ones dropped");
+        }
+    });
+}
+
+#[test]
+fn expired_events_are_dead_lettered_by_the_injected_clock_and_kept_on_disk() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(&dir);
+        let down = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
+        let (clock, hand) = Clock::manual(Timestamp::from_unix_millis(1_700_000_000_000));
+        let client = durable(&path, SqliteStore::new(&path))
+            .clock(clock)
+            .max_event_age(Duration::from_secs(3600))
+            .destination(json("a", down.url("/e")))
+            .build()
+            .expect("client");
+        let id = client.track("u", "e", props! {}).expect("track");
+        client.persisted(Duration::from_secs(5)).expect("persisted");
+        hand.advance(Duration::from_millis(20));
+        assert!(wait_until(Duration::from_secs(5), || client.stats().destination("a").is_some_and(|a| a.failed_requests >= 1)));
+        hand.advance(Duration::from_secs(2 * 3600));
+        assert!(wait_until(Duration::from_secs(5), || client.stats().destination("a").is_some_and(|a| a.expired == 1)));
+        drop(client);
+        let letters = SqliteStore::read_dead_letters(&path, 10).expect("dead letters");
+        assert_eq!((letters[0].id, letters[0].reason), (id, DeadLetterReason::Expired));
+        assert!(String::from_utf8_lossy(&letters[0].event).contains("\"context\""), "the dead letter keeps the whole event");
+    });
+}
+
+#[test]
+fn dead_letters_can_be_requeued() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(&dir);
+        let collector = Collector::builder().script([Reply::status(400).body("temporarily refused")]).start().expect("collector");
+        let client = durable(&path, SqliteStore::new(&path)).destination(json("a", collector.url("/e"))).build().expect("client");
+        let id = client.track("u", "e", props! {}).expect("track");
+        client.flush(Duration::from_secs(5)).expect("flush");
+        assert_eq!(client.dead_letters(10).expect("dead letters").len(), 1);
+        assert_eq!(client.requeue_dead_letters(Some("a"), 10).expect("requeue"), 1);
+        client.flush(Duration::from_secs(5)).expect("flush");
+        assert!(client.dead_letters(10).expect("dead letters").is_empty());
+        assert_eq!(delivered_ids(&collector.requests()).get(&id.to_string()), Some(&1), "delivered with its own id");
+    });
+}
+
+#[test]
+fn the_default_store_needs_the_application_name() {
+    let err = Client::builder().destination(json("a", "http://127.0.0.1:9/e".into())).build().expect_err("no app name");
+    assert!(err.to_string().contains(".app(name, version)"), "{err}");
+}
