@@ -28,6 +28,10 @@ pub const MAX_NAME_BYTES: usize = 1024;
 /// the commit delay still bounds how long an event waits to be persisted.
 const WAKE_THRESHOLD: usize = 2048;
 
+/// Largest serialized event accepted (1 MiB): bigger ones are an error at the call, before they
+/// can fill the queue or be refused by every server.
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
 /// State key of the app-mode identity.
 const IDENTITY_KEY: &str = "identity";
 
@@ -90,6 +94,9 @@ struct AppIdentity {
     primary: Option<String>,
     #[serde(default)]
     ids: std::collections::BTreeMap<String, String>,
+    /// Whether this state is in the store (it is written with the next app-mode event).
+    #[serde(skip)]
+    saved: bool,
 }
 
 fn kind_index(kind: EventKind) -> usize {
@@ -149,7 +156,17 @@ impl Client {
             }
         };
         let recovered = store.open(&names).map_err(|e| BuildError::Store(e.to_string()))?;
-        let app = recovered.state.get(IDENTITY_KEY).and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
+        let mut app: AppIdentity = match recovered.state.get(IDENTITY_KEY).and_then(|v| serde_json::from_slice(v).ok())
+        {
+            Some(stored) => AppIdentity { saved: true, ..stored },
+            None => AppIdentity::default(),
+        };
+        if app.anonymous_id.is_none() {
+            // Created now, so concurrent first calls cannot mint two; stored with the first
+            // app-mode event (the OS generator: an anonymous id should not be guessable).
+            app.anonymous_id = Some(uuid::Uuid::new_v4().hyphenated().to_string());
+            app.saved = false;
+        }
 
         let mut routes = [0u64; 4];
         for (i, (d, _)) in b.destinations.iter().enumerate() {
@@ -273,20 +290,19 @@ impl Client {
         let server_mode = m.user.is_some();
         let is_identify = m.kind == EventKind::Identify;
 
-        // App mode holds the identity lock until the push, so the state applies only if queued
-        // and concurrent identify calls cannot interleave.
-        let mut app = if server_mode { None } else { Some(lock(&shared.app)) };
-        let (identity, new_state) = match app.as_deref() {
-            None => (
-                Identity {
-                    user_id: m.user.take(),
-                    ip: m.ip.take(),
-                    user_agent: m.user_agent.take(),
-                    ..Identity::default()
-                },
-                None,
-            ),
-            Some(current) => app_identity(current, &m, is_identify),
+        // App mode snapshots the identity under the lock and releases it at once: a before_send
+        // hook (user code) runs next and may itself track. A state change is applied only once
+        // its event is queued.
+        let (identity, new_state) = if server_mode {
+            let identity = Identity {
+                user_id: m.user.take(),
+                ip: m.ip.take(),
+                user_agent: m.user_agent.take(),
+                ..Identity::default()
+            };
+            (identity, None)
+        } else {
+            app_identity(&lock(&shared.app), &m, is_identify)
         };
         let mut event = Event {
             id,
@@ -329,8 +345,15 @@ impl Client {
             return Err(Error::QueueFull);
         }
         bump(&shared.counters.enqueued, 1);
-        if let (Some(app), Some(new_state)) = (app.as_deref_mut(), new_state) {
-            *app = new_state;
+        if let Some(mut next) = new_state {
+            next.saved = true;
+            let mut app = lock(&shared.app);
+            if is_identify {
+                // Concurrent identify calls race; the last one applied wins.
+                *app = next;
+            } else {
+                app.saved = true;
+            }
         }
         Ok(id)
     }
@@ -409,7 +432,7 @@ impl Client {
         self.finish_shutdown(budget, answered)
     }
 
-    fn begin_shutdown(&self, budget: Duration) -> Result<std::sync::mpsc::Receiver<()>, ShutdownError> {
+    fn begin_shutdown(&self, budget: Duration) -> Result<std::sync::mpsc::Receiver<Result<(), String>>, ShutdownError> {
         let shared = &self.inner.shared;
         if shared.closed.swap(true, Ordering::AcqRel) {
             return Err(ShutdownError::AlreadyShutdown);
@@ -486,9 +509,14 @@ impl Client {
             return Err(FlushError::AlreadyShutdown);
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let ok = push_control(shared, make(Reply::Sync(tx)), timeout)
-            && rx.recv_timeout(timeout.saturating_sub(started.elapsed())).is_ok();
-        if ok { Ok(()) } else { Err(self.timeout_error(started.elapsed(), make)) }
+        if !push_control(shared, make(Reply::Sync(tx)), timeout) {
+            return Err(self.timeout_error(started.elapsed(), make));
+        }
+        match rx.recv_timeout(timeout.saturating_sub(started.elapsed())) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(FlushError::NotCommitted(why)),
+            Err(_) => Err(self.timeout_error(started.elapsed(), make)),
+        }
     }
 
     async fn control_async(&self, timeout: Duration, make: fn(Reply) -> Control) -> Result<(), FlushError> {
@@ -508,7 +536,8 @@ impl Client {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), rx).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(why))) => Err(FlushError::NotCommitted(why)),
             _ => Err(self.timeout_error(started.elapsed(), make)),
         }
     }
@@ -571,6 +600,9 @@ fn encode_and_push(
         if !own_context {
             let context = serde_json::to_vec(&*event.context).unwrap_or_default();
             trackway_wire::finish_event(buf, &context);
+        }
+        if buf.len() > MAX_EVENT_BYTES {
+            return Err(Error::TooLong { what: "serialized event", len: buf.len(), max: MAX_EVENT_BYTES });
         }
         Ok(())
     };
@@ -674,14 +706,11 @@ fn validate_message(m: &Message) -> Result<(), Error> {
     Ok(())
 }
 
-/// The identity an app-mode event carries, and the new app state if the call changes it.
+/// The identity an app-mode event carries, and the new app state if the call changes it (an
+/// identify, or the first app-mode event, which stores the anonymous id).
 fn app_identity(current: &AppIdentity, m: &Message, is_identify: bool) -> (Identity, Option<AppIdentity>) {
-    let mut next = None;
-    if current.anonymous_id.is_none() || is_identify {
+    let next = (is_identify || !current.saved).then(|| {
         let mut n = current.clone();
-        if n.anonymous_id.is_none() {
-            n.anonymous_id = Some(uuid::Uuid::new_v4().hyphenated().to_string());
-        }
         if is_identify {
             // Identify replaces the stored hard ids (documented on `Identify`).
             n.ids = m.ids.clone();
@@ -689,8 +718,8 @@ fn app_identity(current: &AppIdentity, m: &Message, is_identify: bool) -> (Ident
                 m.primary.clone().or_else(|| (m.ids.len() == 1).then(|| m.ids.keys().next().cloned()).flatten());
             n.user_id = n.primary.as_ref().and_then(|p| n.ids.get(p).cloned());
         }
-        next = Some(n);
-    }
+        n
+    });
     let s = next.as_ref().unwrap_or(current);
     let identity = Identity {
         anonymous_id: s.anonymous_id.clone(),

@@ -125,6 +125,10 @@ pub enum FlushError {
     /// The client was already shut down.
     #[error("the client is already shut down")]
     AlreadyShutdown,
+    /// Events queued before the barrier could not be committed to the store (a full disk, say);
+    /// they were dropped and counted in `Stats::dropped`.
+    #[error("not everything queued could be committed: {0}")]
+    NotCommitted(String),
 }
 
 impl FlushError {
@@ -132,7 +136,7 @@ impl FlushError {
     pub fn pending_for(&self, name: &str) -> u64 {
         match self {
             FlushError::Timeout { pending, .. } => pending.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c),
-            FlushError::AlreadyShutdown => 0,
+            FlushError::AlreadyShutdown | FlushError::NotCommitted(_) => 0,
         }
     }
 }

@@ -85,7 +85,7 @@ mod queue;
 mod stats;
 pub mod store;
 
-pub use client::{Client, MAX_NAME_BYTES};
+pub use client::{Client, MAX_EVENT_BYTES, MAX_NAME_BYTES};
 pub use clock::{Clock, ManualClock};
 pub use config::{ClientBuilder, HttpOptions, RetryPolicy};
 pub use error::{BuildError, Error, FlushError, FlushReport, ShutdownError};

@@ -19,6 +19,9 @@
 //! events can never make an `identify` vanish silently.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+// Positions are u64 everywhere: a usize position would wrap on 32-bit targets after 2^32 pushes,
+// and `%` by a slot count that is not a power of two would then jump.
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -41,8 +44,9 @@ const BYTES_MASK: u64 = ONE_SLOT - 1;
 /// Most slots a queue may have (the count must fit above the bytes in `usage`).
 pub(crate) const MAX_SLOTS: usize = 1 << 22;
 
-/// An overflow buffer that grew past this (one huge event) is released instead of kept for reuse.
-const KEEP_SLOT_BUFFER: usize = 16 * 1024;
+/// Overflow buffers (events over `SLOT_INLINE`) are kept for reuse only within this share of the
+/// queue's byte budget, so large events cannot pin memory beyond what `max_bytes` promises.
+const KEEP_OVERFLOW_SHARE: usize = 4;
 
 /// What the worker needs about an event without parsing its bytes.
 #[derive(Debug)]
@@ -64,21 +68,31 @@ pub(crate) struct EventMeta {
 /// channel (with a timeout), an async caller on a oneshot.
 #[derive(Debug)]
 pub(crate) enum Reply {
-    Sync(std::sync::mpsc::SyncSender<()>),
-    Async(oneshot::Sender<()>),
+    Sync(std::sync::mpsc::SyncSender<Result<(), String>>),
+    Async(oneshot::Sender<Result<(), String>>),
     /// No one is waiting.
     Discard,
 }
 
 impl Reply {
+    /// Answers "done".
     pub(crate) fn send(self) {
+        self.answer(Ok(()));
+    }
+
+    /// Answers "this could not be done", with why.
+    pub(crate) fn fail(self, why: String) {
+        self.answer(Err(why));
+    }
+
+    fn answer(self, result: Result<(), String>) {
         match self {
             // The caller may have timed out and gone; that is fine.
             Reply::Sync(tx) => {
-                let _ = tx.try_send(());
+                let _ = tx.try_send(result);
             }
             Reply::Async(tx) => {
-                let _ = tx.send(());
+                let _ = tx.send(result);
             }
             Reply::Discard => {}
         }
@@ -134,11 +148,13 @@ struct Payload {
     len: usize,
     inline: [u8; SLOT_INLINE],
     overflow: Vec<u8>,
+    /// The part of `overflow`'s capacity counted in `Queue::retained` (worker side).
+    counted: usize,
 }
 
 impl Default for Payload {
     fn default() -> Self {
-        Payload { meta: None, control: None, len: 0, inline: [0; SLOT_INLINE], overflow: Vec::new() }
+        Payload { meta: None, control: None, len: 0, inline: [0; SLOT_INLINE], overflow: Vec::new(), counted: 0 }
     }
 }
 
@@ -174,7 +190,7 @@ impl<T> std::ops::Deref for Padded<T> {
 #[derive(Debug)]
 struct Slot {
     /// `pos` when free for the producer of position `pos`; `pos + 1` once that producer published.
-    stamp: AtomicUsize,
+    stamp: AtomicU64,
     payload: Mutex<Payload>,
 }
 
@@ -182,9 +198,9 @@ struct Slot {
 pub(crate) struct Queue {
     slots: Box<[Slot]>,
     /// Next position a producer claims.
-    tail: Padded<AtomicUsize>,
+    tail: Padded<AtomicU64>,
     /// Next position the worker reads (only the worker writes it).
-    head: Padded<AtomicUsize>,
+    head: Padded<AtomicU64>,
     /// Slots reserved (high bits) and bytes queued (low bits) in one word, so a push costs one
     /// read-modify-write here. Reserved *before* a position is claimed, so claimed positions never
     /// outrun the slots the worker has freed; the worker releases in bulk after a drain.
@@ -192,6 +208,8 @@ pub(crate) struct Queue {
     capacity: usize,
     max_bytes: usize,
     wake_threshold: usize,
+    /// Bytes of overflow buffers kept for reuse (only the worker changes it).
+    retained: AtomicUsize,
     notify: Notify,
     /// Test hook: while set, the worker does not drain.
     paused: AtomicBool,
@@ -204,17 +222,18 @@ fn lock(m: &Mutex<Payload>) -> MutexGuard<'_, Payload> {
 
 impl Queue {
     pub(crate) fn new(capacity: usize, reserved: usize, max_bytes: usize, wake_threshold: usize) -> Self {
-        let total = (capacity + reserved).min(MAX_SLOTS);
+        let total = capacity.saturating_add(reserved).min(MAX_SLOTS);
         let capacity = capacity.min(total);
         let max_bytes = max_bytes.min(BYTES_MASK as usize / 2);
         Queue {
-            slots: (0..total).map(|i| Slot { stamp: AtomicUsize::new(i), payload: Mutex::default() }).collect(),
+            slots: (0..total).map(|i| Slot { stamp: AtomicU64::new(i as u64), payload: Mutex::default() }).collect(),
             tail: Padded::default(),
             head: Padded::default(),
             usage: Padded::default(),
             capacity,
             max_bytes,
             wake_threshold: wake_threshold.clamp(1, capacity.max(1)),
+            retained: AtomicUsize::new(0),
             notify: Notify::new(),
             paused: AtomicBool::new(false),
             resume: Notify::new(),
@@ -243,25 +262,42 @@ impl Queue {
     }
 
     /// Reserves capacity and claims a position; returns it with the previous reservation count.
-    fn claim(&self, size: usize, priority: Priority) -> Result<(usize, usize), Full> {
+    ///
+    /// A compare-and-swap loop rather than add-then-undo: a failing push never inflates the
+    /// count, even for an instant, so a reserved push (identify, flush) cannot be refused while
+    /// reserved slots are free.
+    fn claim(&self, size: usize, priority: Priority) -> Result<(u64, usize), Full> {
         let limit = match priority {
             Priority::Normal => self.capacity,
             Priority::Reserved => self.slots.len(),
         };
-        // Events bigger than the whole byte budget still count as the budget, not more, so the
-        // bytes field cannot overflow into the count.
+        // An event bigger than the whole byte budget counts as the budget, so the bytes field
+        // cannot overflow into the count (the client caps event size well below it anyway).
         let size = (size as u64).min(self.max_bytes as u64);
-        let prev = self.usage.fetch_add(ONE_SLOT + size, Ordering::AcqRel);
-        let (count, bytes) = ((prev >> COUNT_SHIFT) as usize, prev & BYTES_MASK);
-        if count >= limit || (priority == Priority::Normal && bytes + size > self.max_bytes as u64) {
-            self.usage.fetch_sub(ONE_SLOT + size, Ordering::AcqRel);
-            return Err(Full);
+        let mut current = self.usage.load(Ordering::Acquire);
+        loop {
+            let (count, bytes) = ((current >> COUNT_SHIFT) as usize, current & BYTES_MASK);
+            if count >= limit || (priority == Priority::Normal && bytes + size > self.max_bytes as u64) {
+                return Err(Full);
+            }
+            match self.usage.compare_exchange_weak(
+                current,
+                current + ONE_SLOT + size,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok((self.tail.fetch_add(1, Ordering::AcqRel), count)),
+                Err(actual) => current = actual,
+            }
         }
-        Ok((self.tail.fetch_add(1, Ordering::AcqRel), count))
     }
 
-    fn publish(&self, pos: usize, prev: usize, write: impl FnOnce(&mut Payload)) {
-        let slot = &self.slots[pos % self.slots.len()];
+    fn slot(&self, pos: u64) -> &Slot {
+        &self.slots[(pos % self.slots.len() as u64) as usize]
+    }
+
+    fn publish(&self, pos: u64, prev: usize, write: impl FnOnce(&mut Payload)) {
+        let slot = self.slot(pos);
         // The reservation guarantees the worker has freed this slot (it frees before releasing
         // the reservation), so this loop does not spin; it is a guard, not a wait.
         while slot.stamp.load(Ordering::Acquire) != pos {
@@ -282,7 +318,7 @@ impl Queue {
     /// the counter's cache line with the callers.
     pub(crate) fn pop(&self, copy: impl FnOnce(&[u8]) -> Bytes, taken: &mut Taken) -> Option<Item> {
         let head = self.head.load(Ordering::Relaxed);
-        let slot = &self.slots[head % self.slots.len()];
+        let slot = self.slot(head);
         if slot.stamp.load(Ordering::Acquire) != head + 1 {
             return None;
         }
@@ -295,15 +331,31 @@ impl Queue {
                 (None, None) => Item::Control(Control::Persisted(Reply::Discard)),
             };
             let size = std::mem::take(&mut p.len);
-            if p.overflow.capacity() > KEEP_SLOT_BUFFER {
-                p.overflow = Vec::new();
-            }
+            self.keep_or_release_overflow(&mut p);
             (item, size)
         };
-        slot.stamp.store(head + self.slots.len(), Ordering::Release);
+        slot.stamp.store(head + self.slots.len() as u64, Ordering::Release);
         self.head.store(head + 1, Ordering::Relaxed);
         taken.usage += ONE_SLOT + (size as u64).min(self.max_bytes as u64);
         Some(item)
+    }
+
+    /// Keeps a slot's overflow buffer for the next large event only while the buffers kept stay
+    /// within a quarter of the byte budget; otherwise frees it.
+    fn keep_or_release_overflow(&self, p: &mut Payload) {
+        let capacity = p.overflow.capacity();
+        if capacity == p.counted {
+            return;
+        }
+        let retained = self.retained.load(Ordering::Relaxed) - p.counted;
+        if retained + capacity <= self.max_bytes / KEEP_OVERFLOW_SHARE {
+            self.retained.store(retained + capacity, Ordering::Relaxed);
+            p.counted = capacity;
+        } else {
+            self.retained.store(retained, Ordering::Relaxed);
+            p.overflow = Vec::new();
+            p.counted = 0;
+        }
     }
 
     /// Hands back the capacity of the items popped since the last release.
@@ -312,6 +364,11 @@ impl Queue {
             self.usage.fetch_sub(taken.usage, Ordering::AcqRel);
             taken.usage = 0;
         }
+    }
+
+    /// Most items one drain should take: a drain that never ends would starve everything else.
+    pub(crate) fn slot_count(&self) -> usize {
+        self.slots.len()
     }
 
     /// Items waiting, including pushes in progress (and popped items not yet released).
@@ -418,6 +475,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn reserved_pushes_get_in_while_ordinary_pushes_flood_a_full_queue() {
+        let q = Arc::new(Queue::new(32, 4, 1 << 20, 8));
+        for _ in 0..32 {
+            q.push_event(meta(), b"x", Priority::Normal).expect("room");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let flooders: Vec<_> = (0..8)
+            .map(|_| {
+                let (q, stop) = (q.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        assert!(q.push_event(meta(), b"x", Priority::Normal).is_err(), "the queue is full");
+                    }
+                })
+            })
+            .collect();
+        // Failing ordinary pushes never inflate the count, so every reserved push finds its slot.
+        for _ in 0..2_000 {
+            q.push_control(Control::Flush(Reply::Discard)).expect("a reserved slot is free");
+            let mut taken = Taken::default();
+            // Pop the control back out (it is behind the 32 events): rotate them.
+            while let Some(item) = q.pop(Bytes::copy_from_slice, &mut taken) {
+                if matches!(item, Item::Control(_)) {
+                    break;
+                }
+                q.release(&mut taken);
+                q.push_event(meta(), b"x", Priority::Reserved).expect("room again");
+            }
+            q.release(&mut taken);
+        }
+        stop.store(true, Ordering::Relaxed);
+        for f in flooders {
+            f.join().expect("flooder");
+        }
+    }
+
+    #[test]
+    fn large_events_do_not_pin_more_than_a_share_of_the_byte_budget() {
+        let q = Queue::new(64, 0, 64 * 1024, 8);
+        let big = vec![7u8; 10_000];
+        for _ in 0..10 {
+            for _ in 0..6 {
+                q.push_event(meta(), &big, Priority::Normal).expect("room");
+            }
+            while pop_bytes(&q).is_some() {}
+        }
+        let retained = q.retained.load(Ordering::Relaxed);
+        assert!(retained <= 64 * 1024 / KEEP_OVERFLOW_SHARE, "{retained} bytes of overflow buffers kept");
     }
 
     #[test]

@@ -377,3 +377,44 @@ fn a_context_swapped_by_before_send_is_the_one_delivered() {
         assert_eq!(versions, ["1.0.0", "2.0.0-beta"]);
     });
 }
+
+#[test]
+fn a_before_send_hook_may_itself_track_in_app_mode() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let inner: std::sync::Arc<std::sync::OnceLock<trackway::Client>> = std::sync::Arc::default();
+        let hook_client = inner.clone();
+        let c = fast_builder()
+            .before_send(move |e| {
+                // An audit event about the event: the hook tracks, in app mode, from inside a call.
+                if e.name.as_deref() == Some("outer")
+                    && let Some(client) = hook_client.get()
+                {
+                    client.capture(Track::new("audit")).expect("tracking from a hook");
+                }
+                true
+            })
+            .destination(dest.clone())
+            .build()
+            .expect("client");
+        let _ = inner.set(c.clone());
+        c.capture(Track::new("outer")).expect("no deadlock");
+        c.flush(Duration::from_secs(5)).expect("flush");
+        let names: Vec<String> =
+            dest.received().iter().filter_map(|r| r.event.name.as_deref().map(str::to_owned)).collect();
+        assert_eq!(names, ["audit", "outer"]);
+        // The hook holds a clone (a cycle, so no Drop): stop the worker explicitly.
+        c.shutdown(Duration::from_secs(1)).expect("shutdown");
+    });
+}
+
+#[test]
+fn an_event_over_the_size_cap_is_an_error_at_the_call() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = memory_client(&dest);
+        let err = c.track("u", "e", props! { "blob" => "x".repeat(trackway::MAX_EVENT_BYTES) }).unwrap_err();
+        assert!(matches!(err, Error::TooLong { what: "serialized event", .. }), "{err}");
+        assert_eq!(c.stats().enqueued, 0);
+    });
+}

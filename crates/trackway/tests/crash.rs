@@ -8,6 +8,9 @@
 //! `TRACKWAY_CRASH_SEED` replays a run. `cargo test --test crash -- --ignored` runs the long
 //! version (25 kills), which CI does not.
 
+// The test reports its seed (to replay a failure) and the redeliveries it measured.
+#![allow(clippy::print_stdout)]
+
 mod support;
 
 use std::collections::HashMap;
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 use support::watchdog;
 use trackway::destination::JsonHttp;
 use trackway::store::SqliteStore;
-use trackway::{props, Client, RetryPolicy};
+use trackway::{Client, RetryPolicy, props};
 use trackway_collector::Collector;
 
 const HELPER_ENV: &str = "TRACKWAY_CRASH_HELPER";
@@ -100,10 +103,9 @@ fn received(collector: &trackway_collector::RunningCollector) -> (HashMap<u64, u
 }
 
 fn run(kills: usize) {
-    let seed = std::env::var("TRACKWAY_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64));
+    let seed = std::env::var("TRACKWAY_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
     println!("crash test: seed {seed} (replay with TRACKWAY_CRASH_SEED={seed}), {kills} kills");
     let mut rng = SplitMix(seed);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -122,7 +124,10 @@ fn run(kills: usize) {
             std::fs::read_to_string(dir.path().join("progress")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
         println!("kill {k}: after {delay:?}, recorded progress {progress}");
         recorded.push(progress);
-        assert!(!dir.path().join("done").exists(), "the helper finished before kill {k}: kills must land during the run");
+        assert!(
+            !dir.path().join("done").exists(),
+            "the helper finished before kill {k}: kills must land during the run"
+        );
     }
     let mut child = spawn_helper(dir.path(), &url);
     let started = Instant::now();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use support::{delivered_ids, json, wait_until, watchdog};
 use trackway::store::{DeadLetterReason, SqliteStore};
-use trackway::{props, BuildError, Client, ClientBuilder, Clock, RetryPolicy, Timestamp};
+use trackway::{BuildError, Client, ClientBuilder, Clock, FlushError, RetryPolicy, Timestamp, props};
 use trackway_collector::{Collector, Reply};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -30,7 +30,11 @@ fn moved_aside(dir: &tempfile::TempDir) -> Vec<PathBuf> {
     std::fs::read_dir(dir.path())
         .expect("dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".bad-") && !n.ends_with("-wal") && !n.ends_with("-shm")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains(".bad-") && !n.ends_with("-wal") && !n.ends_with("-shm"))
+        })
         .collect()
 }
 
@@ -41,16 +45,22 @@ fn a_backlog_left_by_a_clean_shutdown_is_delivered_by_the_next_process() {
         let path = store_path(&dir);
         let down = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
         let sent: Vec<String> = {
-            let client = durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build().expect("client");
-            let ids = (0..50).map(|i| client.track("u", "e", props! { "i" => i }).expect("track").to_string()).collect();
-            assert!(client.shutdown(Duration::from_millis(200)).is_err(), "the destination is down: shutdown times out");
+            let client =
+                durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build().expect("client");
+            let ids =
+                (0..50).map(|i| client.track("u", "e", props! { "i" => i }).expect("track").to_string()).collect();
+            assert!(
+                client.shutdown(Duration::from_millis(200)).is_err(),
+                "the destination is down: shutdown times out"
+            );
             ids
         };
         let inspected = SqliteStore::inspect(&path).expect("inspect");
         assert_eq!(inspected.pending, vec![("a".to_owned(), 50)]);
 
         let up = Collector::start().expect("collector");
-        let client = durable(&path, SqliteStore::new(&path)).destination(json("a", up.url("/e"))).build().expect("reopen");
+        let client =
+            durable(&path, SqliteStore::new(&path)).destination(json("a", up.url("/e"))).build().expect("reopen");
         assert_eq!(client.stats().destination("a").expect("a").pending, 50);
         client.flush(Duration::from_secs(10)).expect("backlog delivered");
         let delivered = delivered_ids(&up.requests());
@@ -69,12 +79,18 @@ fn app_identity_survives_a_restart() {
         let path = store_path(&dir);
         let collector = Collector::start().expect("collector");
         let first = {
-            let client = durable(&path, SqliteStore::new(&path)).destination(json("a", collector.url("/e"))).build().expect("client");
+            let client = durable(&path, SqliteStore::new(&path))
+                .destination(json("a", collector.url("/e")))
+                .build()
+                .expect("client");
             client.capture(trackway::Identify::new().id("registered", "jane@example.com")).expect("identify");
             client.flush(Duration::from_secs(5)).expect("flush");
             client.current_identity()
         };
-        let client = durable(&path, SqliteStore::new(&path)).destination(json("a", collector.url("/e"))).build().expect("client");
+        let client = durable(&path, SqliteStore::new(&path))
+            .destination(json("a", collector.url("/e")))
+            .build()
+            .expect("client");
         assert_eq!(client.current_identity(), first);
         assert_eq!(first.user_id.as_deref(), Some("jane@example.com"));
     });
@@ -85,9 +101,13 @@ fn a_corrupt_file_is_moved_aside_and_reported() {
     watchdog(LIMIT, || {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = store_path(&dir);
-        std::fs::write(&path, b"this is not a database, it is a shopping list: eggs, milk, bread".repeat(100)).expect("write");
+        std::fs::write(&path, b"this is not a database, it is a shopping list: eggs, milk, bread".repeat(100))
+            .expect("write");
         let collector = Collector::start().expect("collector");
-        let client = durable(&path, SqliteStore::new(&path)).destination(json("a", collector.url("/e"))).build().expect("recovers");
+        let client = durable(&path, SqliteStore::new(&path))
+            .destination(json("a", collector.url("/e")))
+            .build()
+            .expect("recovers");
         assert_eq!(client.stats().dropped.store_reset, 1);
         assert_eq!(moved_aside(&dir).len(), 1, "the damaged file is kept for inspection");
         client.track("u", "e", props! {}).expect("track");
@@ -102,7 +122,8 @@ fn a_truncated_file_is_moved_aside_and_reported() {
         let path = store_path(&dir);
         let down = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
         {
-            let client = durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build().expect("client");
+            let client =
+                durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build().expect("client");
             for i in 0..2000 {
                 client.track("u", "e", props! { "i" => i, "pad" => "x".repeat(200) }).expect("track");
             }
@@ -113,7 +134,8 @@ fn a_truncated_file_is_moved_aside_and_reported() {
         let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
         file.set_len(len / 2).expect("truncate");
         drop(file);
-        let client = durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build().expect("recovers");
+        let client =
+            durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build().expect("recovers");
         assert_eq!(client.stats().dropped.store_reset, 1);
         assert_eq!(moved_aside(&dir).len(), 1);
     });
@@ -126,7 +148,10 @@ fn a_file_from_a_newer_schema_is_moved_aside_not_misread() {
         let path = store_path(&dir);
         write_newer_schema(&path);
         let collector = Collector::start().expect("collector");
-        let client = durable(&path, SqliteStore::new(&path)).destination(json("a", collector.url("/e"))).build().expect("recovers");
+        let client = durable(&path, SqliteStore::new(&path))
+            .destination(json("a", collector.url("/e")))
+            .build()
+            .expect("recovers");
         assert_eq!(client.stats().dropped.store_reset, 1);
         assert_eq!(moved_aside(&dir).len(), 1);
     });
@@ -138,7 +163,8 @@ fn a_file_from_a_newer_schema_is_moved_aside_not_misread() {
 fn write_newer_schema(path: &Path) {
     let collector = Collector::start().expect("collector");
     {
-        let client = durable(path, SqliteStore::new(path)).destination(json("a", collector.url("/e"))).build().expect("client");
+        let client =
+            durable(path, SqliteStore::new(path)).destination(json("a", collector.url("/e"))).build().expect("client");
         client.track("u", "e", props! {}).expect("track");
         client.flush(Duration::from_secs(5)).expect("flush");
     }
@@ -153,7 +179,8 @@ fn a_second_writer_is_refused_with_the_holders_pid_and_a_reader_is_allowed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = store_path(&dir);
         let down = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
-        let writer = durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build().expect("client");
+        let writer =
+            durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build().expect("client");
         writer.track("u", "e", props! {}).expect("track");
         writer.persisted(Duration::from_secs(5)).expect("persisted");
 
@@ -182,14 +209,31 @@ fn disk_full_counts_new_events_keeps_the_stored_ones_and_recovers_when_space_ret
             .expect("client");
         let mut sent = Vec::new();
         let mut i = 0;
+        let mut barrier_refused = false; // seen along the way, when a barrier shares the failed drain
         while client.stats().dropped.disk_full == 0 && i < 20_000 {
-            sent.push(client.track("u", "e", props! { "i" => i, "pad" => "y".repeat(100) }).expect("track").to_string());
+            sent.push(
+                client.track("u", "e", props! { "i" => i, "pad" => "y".repeat(100) }).expect("track").to_string(),
+            );
             i += 1;
             if i % 50 == 0 {
-                client.persisted(Duration::from_secs(5)).expect("persisted");
+                match client.persisted(Duration::from_secs(5)) {
+                    Ok(()) => {}
+                    // The barrier must not call events safe that the full disk refused.
+                    Err(FlushError::NotCommitted(why)) => {
+                        assert!(why.contains("disk full"), "{why}");
+                        barrier_refused = true;
+                    }
+                    Err(e) => panic!("unexpected {e}"),
+                }
             }
         }
-        client.persisted(Duration::from_secs(5)).expect("persisted");
+        let _ = client.persisted(Duration::from_secs(5));
+        // While the disk is still full, a barrier behind an event that cannot fit (200 KB needs
+        // about 50 new pages) must say it was not committed.
+        sent.push(client.track("u", "e", props! { "pad" => "z".repeat(200_000) }).expect("track").to_string());
+        let barrier = client.persisted(Duration::from_secs(5));
+        assert!(matches!(barrier, Err(FlushError::NotCommitted(_))), "{barrier:?}");
+        let _ = barrier_refused;
         let stats = client.stats();
         assert!(stats.dropped.disk_full > 0, "the page limit was reached: {stats:?}");
         let kept = stats.persisted;
@@ -251,13 +295,19 @@ fn expired_events_are_dead_lettered_by_the_injected_clock_and_kept_on_disk() {
         let id = client.track("u", "e", props! {}).expect("track");
         client.persisted(Duration::from_secs(5)).expect("persisted");
         hand.advance(Duration::from_millis(20));
-        assert!(wait_until(Duration::from_secs(5), || client.stats().destination("a").is_some_and(|a| a.failed_requests >= 1)));
+        assert!(wait_until(Duration::from_secs(5), || client
+            .stats()
+            .destination("a")
+            .is_some_and(|a| a.failed_requests >= 1)));
         hand.advance(Duration::from_secs(2 * 3600));
         assert!(wait_until(Duration::from_secs(5), || client.stats().destination("a").is_some_and(|a| a.expired == 1)));
         drop(client);
         let letters = SqliteStore::read_dead_letters(&path, 10).expect("dead letters");
         assert_eq!((letters[0].id, letters[0].reason), (id, DeadLetterReason::Expired));
-        assert!(String::from_utf8_lossy(&letters[0].event).contains("\"context\""), "the dead letter keeps the whole event");
+        assert!(
+            String::from_utf8_lossy(&letters[0].event).contains("\"context\""),
+            "the dead letter keeps the whole event"
+        );
     });
 }
 
@@ -266,8 +316,12 @@ fn dead_letters_can_be_requeued() {
     watchdog(LIMIT, || {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = store_path(&dir);
-        let collector = Collector::builder().script([Reply::status(400).body("temporarily refused")]).start().expect("collector");
-        let client = durable(&path, SqliteStore::new(&path)).destination(json("a", collector.url("/e"))).build().expect("client");
+        let collector =
+            Collector::builder().script([Reply::status(400).body("temporarily refused")]).start().expect("collector");
+        let client = durable(&path, SqliteStore::new(&path))
+            .destination(json("a", collector.url("/e")))
+            .build()
+            .expect("client");
         let id = client.track("u", "e", props! {}).expect("track");
         client.flush(Duration::from_secs(5)).expect("flush");
         assert_eq!(client.dead_letters(10).expect("dead letters").len(), 1);

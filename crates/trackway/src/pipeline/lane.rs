@@ -171,6 +171,15 @@ impl Lane {
             self.fresh_since = None;
             self.fresh_bytes = 0;
         }
+        // A remainder smaller than a batch waits its own interval (a full one still goes at once).
+        // Its oldest arrival time is unknown; the time of this read is a conservative stand-in.
+    }
+
+    /// Restarts the batching clock for what is left after a read (see `took_fresh`).
+    pub(crate) fn restart_interval(&mut self, now: Duration) {
+        if self.fresh > 0 {
+            self.fresh_since = Some(now);
+        }
     }
 
     /// A first-attempt event that will never be sent after all (the store dropped it).

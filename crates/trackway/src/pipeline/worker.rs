@@ -47,19 +47,22 @@ pub(crate) struct Worker {
     /// wake-up calls, so the caller's cost stays free of system calls.
     drain_at: Option<Instant>,
     segments: Segments,
+    /// What `,"context":<context>}` adds to an event head.
+    context_len: usize,
     store_failed: bool,
     warned_store_full: bool,
 }
 
-/// Event bytes copied out of the queue into large shared chunks: one allocation per megabyte
-/// instead of one per event, all made and freed on the worker thread.
+/// Event bytes copied out of the queue into shared chunks: one allocation per ~200 events
+/// instead of one per event, all made and freed on the worker thread. Chunks are small (64 KiB)
+/// because one long-lived event (a destination that is down) keeps its whole chunk alive.
 #[derive(Debug, Default)]
 struct Segments {
     current: bytes::BytesMut,
 }
 
 impl Segments {
-    const CHUNK: usize = 1 << 20;
+    const CHUNK: usize = 64 << 10;
 
     fn copy(&mut self, data: &[u8]) -> Bytes {
         if self.current.capacity() - self.current.len() < data.len() {
@@ -103,6 +106,7 @@ impl Worker {
                 lane
             })
             .collect();
+        let context_len = shared_context_len(&shared);
         Worker {
             shared,
             store,
@@ -115,6 +119,7 @@ impl Worker {
             shutdown: None,
             drain_at: None,
             segments: Segments::default(),
+            context_len,
             store_failed: false,
             warned_store_full: false,
         }
@@ -195,7 +200,9 @@ impl Worker {
         let mut controls = Vec::new();
         let now = self.shared.clock.elapsed();
         let mut taken = Taken::default();
-        for popped in 1usize.. {
+        // At most one ring's worth per drain: producers as fast as the worker would otherwise
+        // keep it here forever, with nothing committed, sent or answered.
+        for popped in 1..=self.shared.queue.slot_count() {
             let segments = &mut self.segments;
             let Some(item) = self.shared.queue.pop(|bytes| segments.copy(bytes), &mut taken) else { break };
             if popped % 256 == 0 {
@@ -207,8 +214,10 @@ impl Worker {
                 Item::Event(e, bytes) => {
                     let seq = self.next_seq;
                     self.next_seq += 1;
+                    // Counted as the full event (head + context), the unit batches are cut in.
+                    let full_len = bytes.len() + if e.head_only { self.context_len } else { 0 };
                     for r in routes(e.routes) {
-                        self.lanes[r].on_appended(bytes.len() as u64, now);
+                        self.lanes[r].on_appended(full_len as u64, now);
                         bump(&self.shared.counters.destinations[r].pending, 1);
                     }
                     state.extend(e.state);
@@ -229,6 +238,7 @@ impl Worker {
             }
         }
         self.shared.queue.release(&mut taken);
+        let mut lost: Option<String> = None;
         if !events.is_empty() || !state.is_empty() {
             match self.store.append(&events, &state) {
                 Ok(appended) => {
@@ -245,6 +255,7 @@ impl Worker {
                         _ => (&counters.store_error, "the store failed"),
                     };
                     bump(counter, events.len() as u64);
+                    lost = Some(format!("{} events could not be committed: {e}", events.len()));
                     if !self.store_failed {
                         tracing::error!(error = %e, "trackway: {what}; dropping the events that could not be committed (counted; logged once)");
                         self.store_failed = true;
@@ -259,7 +270,11 @@ impl Worker {
             }
         }
         for (next_seq, control) in controls {
-            self.control(next_seq, control);
+            match (control, &lost) {
+                // A barrier behind events that could not be committed must not say "safe".
+                (Control::Persisted(reply), Some(why)) => reply.fail(why.clone()),
+                (control, _) => self.control(next_seq, control),
+            }
         }
     }
 
@@ -305,6 +320,16 @@ impl Worker {
             self.store.append(&events, &[])?;
         }
         Ok(n)
+    }
+
+    /// The store could not read or record these events: keep them as a retry group, and pause
+    /// the destination briefly.
+    fn retry_later(&mut self, i: usize, seqs: Vec<u64>, failures: u32, now: Duration) {
+        let lane = &mut self.lanes[i];
+        let due = now + STORE_ERROR_PAUSE;
+        lane.paused_until = Some(due);
+        let epoch = lane.delivered;
+        lane.groups.push(Group { seqs, due, failures, epoch });
     }
 
     /// The store dropped these events to stay under its size bound: stop tracking them.
@@ -373,8 +398,11 @@ impl Worker {
         }
         let mut lowest: Option<u64> = None;
         for i in 0..self.lanes.len() {
-            if let Ok(Some(seq)) = self.store.lowest_pending(i) {
-                lowest = Some(lowest.map_or(seq, |l| l.min(seq)));
+            match self.store.lowest_pending(i) {
+                Ok(Some(seq)) => lowest = Some(lowest.map_or(seq, |l| l.min(seq))),
+                Ok(None) => {}
+                // Unknown is not "nothing pending": answer later.
+                Err(_) => return,
             }
         }
         let (done, waiting): (Vec<_>, Vec<_>) =
@@ -393,14 +421,24 @@ impl Worker {
                 let now = self.shared.clock.elapsed();
                 let Some(next) = self.lanes[i].next(now, interval) else { break };
                 let (records, failures) = match next {
-                    Next::Retry { seqs, failures } => (self.store.read_seqs(i, &seqs), failures),
+                    Next::Retry { seqs, failures } => match self.store.read_seqs(i, &seqs) {
+                        Ok(records) => (Ok(records), failures),
+                        Err(e) => {
+                            // Keep the events: put the group back and try again later.
+                            self.retry_later(i, seqs, failures, now);
+                            (Err(e), failures)
+                        }
+                    },
                     Next::Fresh => {
                         let lane = &self.lanes[i];
                         let read = self.store.read(i, lane.next_fresh, lane.limits.max_events, lane.limits.max_bytes);
                         if let Ok(records) = &read {
                             let bytes = records.iter().map(|r| r.json_len() as u64).sum();
                             match records.last() {
-                                Some(last) => self.lanes[i].took_fresh(records.len() as u64, bytes, last.seq()),
+                                Some(last) => {
+                                    self.lanes[i].took_fresh(records.len() as u64, bytes, last.seq());
+                                    self.lanes[i].restart_interval(now);
+                                }
                                 // The counters disagree with the store (events dropped elsewhere).
                                 None => {
                                     let lane = &mut self.lanes[i];
@@ -416,6 +454,8 @@ impl Worker {
                     Ok(_) => {}
                     Err(e) => {
                         tracing::error!(error = %e, destination = self.lanes[i].dest.name(), "trackway: could not read from the store");
+                        // Pause rather than spin on a store that keeps failing.
+                        self.lanes[i].paused_until = Some(now + STORE_ERROR_PAUSE);
                         break;
                     }
                 }
@@ -543,7 +583,12 @@ impl Worker {
                     bump(&counters.delivered, released);
                     counters.pending.fetch_sub(released, Ordering::Relaxed);
                 }
-                Err(e) => tracing::error!(error = %e, "trackway: could not record deliveries"),
+                Err(e) => {
+                    // They stay pending in the store; send them again later (at least once).
+                    tracing::error!(error = %e, "trackway: could not record deliveries");
+                    self.retry_later(i, delivered.clone(), 0, now);
+                    delivered.clear();
+                }
             }
             let lane = &mut self.lanes[i];
             lane.delivered += delivered.len() as u64;
@@ -585,7 +630,9 @@ impl Worker {
             let known = lane.items.contains_key(&seq);
             let item = lane.items.entry(seq).or_default();
             let worked_since = known && lane.delivered > item.epoch;
-            if server_answered_ok || (n == 1 && worked_since) {
+            // No strike when the server asked to wait (429, 503 with Retry-After): rate limits
+            // say nothing about the event.
+            if pause.is_none() && (server_answered_ok || (n == 1 && worked_since)) {
                 item.strikes += 1;
             }
             item.epoch = lane.delivered;
@@ -616,7 +663,10 @@ impl Worker {
         let moved = match self.store.dead_letter(i, &letters, at) {
             Ok(moved) => moved,
             Err(e) => {
+                // They stay pending in the store: try them again later rather than forget them.
                 tracing::error!(error = %e, "trackway: could not store dead letters");
+                let now = self.shared.clock.elapsed();
+                self.retry_later(i, letters.iter().map(|(seq, _, _)| *seq).collect(), 0, now);
                 return;
             }
         };
@@ -637,6 +687,13 @@ impl Worker {
         counters.pending.fetch_sub(moved, Ordering::Relaxed);
     }
 }
+
+fn shared_context_len(shared: &Shared) -> usize {
+    shared.context_json.len() + trackway_wire::CONTEXT_KEY.len() + 1
+}
+
+/// How long a destination waits after the store failed to read or record its events.
+const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 /// Store keys of a destination's state.
 fn state_prefix(name: &str) -> String {
