@@ -50,12 +50,39 @@
 //! (with a timeout) and cannot deadlock a caller's runtime, because the worker does not run on it.
 //! In async code prefer [`Client::flush_async`] and [`Client::shutdown_async`].
 //!
+//! # The durable outbox
+//!
+//! By default events wait in a SQLite file (WAL mode), [`store::SqliteStore`], at
+//! `<per-user data dir>/<app name>/trackway/outbox.db`: the builder needs the application name
+//! ([`ClientBuilder::app`]), so two applications, or parallel tests, never share a file. Give an
+//! explicit path with [`ClientBuilder::store`] where there is no per-user data directory
+//! (mobile, some containers); [`store::MemoryStore`] keeps everything in memory instead.
+//!
+//! - **When an event is safe.** The worker commits whatever the channel holds in one
+//!   transaction at most `commit_delay` (2 ms) after the call, or as soon as 2 048 events wait.
+//!   A crash of the process loses at most what was still in the channel; [`Client::persisted`]
+//!   returns once everything queued before it is committed (and fails if it could not be), and
+//!   [`Stats::persisted`] counts what is.
+//! - **Crash vs power loss.** With `synchronous = NORMAL` (the default) a commit survives a crash
+//!   of the process; a power loss may lose the last commits, never corrupt the file. With
+//!   [`store::Synchronous::Full`] every commit is fsynced and survives power loss too.
+//! - **Restarts.** Each destination resumes where it stopped: an event is deleted once every
+//!   destination it was routed to has delivered or dead-lettered it.
+//! - **One writer.** The process that opens the store holds a lock naming its pid; a second
+//!   writer fails with "store in use by pid N". [`store::SqliteStore::inspect`] and
+//!   [`store::SqliteStore::read_dead_letters`] read a store another process is using.
+//! - **Damaged files.** A file that is not a valid store (corrupt, truncated, from a newer
+//!   trackway) is renamed `outbox.db.bad-<time>`, a fresh store is created, and the loss is
+//!   logged and counted (`Stats::dropped.store_reset`); a busy file is never taken for damaged.
+//! - **Bounds.** At most 128 MiB of events ([`store::SqliteStore::max_bytes`]): beyond it the
+//!   oldest are dropped and counted (`store_full`). Events older than `max_event_age` (7 days)
+//!   are dead-lettered as `expired`. A full disk drops the new events it refuses (`disk_full`);
+//!   what is stored stays intact, and writing resumes when space returns.
+//!
 //! # Delivery guarantees and shutdown
 //!
 //! - At least once per destination. First attempts go out in enqueue order; a retried event may
 //!   arrive after later ones unless the destination is ordered.
-//! - An event is committed to the store within `commit_delay` (default 2 ms) of the call;
-//!   [`Client::persisted`] waits for that. Before the commit, an event lives only in the channel.
 //! - Nothing is dropped silently: every event not delivered is counted in [`Client::stats`] under
 //!   a reason, and events a destination gave up on are kept as [dead letters](Client::dead_letters)
 //!   with the server's answer.
@@ -70,8 +97,8 @@
 //!
 //! # Supported Rust versions
 //!
-//! The minimum supported Rust version is 1.85. It may be raised in a minor release, never to a
-//! version younger than the last three stable releases.
+//! The minimum supported Rust version is 1.89. It may be raised in a minor release (noted in the
+//! changelog), never past the stable release of six months before.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;
