@@ -102,6 +102,33 @@ fn received(collector: &trackway_collector::RunningCollector) -> (HashMap<u64, u
     (seqs, ids)
 }
 
+/// While the helper process writes the store: a writer here is refused naming its pid, and a
+/// read-only look works.
+fn check_other_process_holds_the_store(dir: &Path, pid: u32) {
+    let path = dir.join("outbox.db");
+    let lock = dir.join("outbox.db.lock");
+    let started = Instant::now();
+    while std::fs::read_to_string(&lock).ok().and_then(|s| s.trim().parse::<u32>().ok()) != Some(pid) {
+        assert!(started.elapsed() < Duration::from_secs(20), "watchdog: the helper never took the store");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let second = Client::builder()
+        .store(SqliteStore::new(&path))
+        .destination(JsonHttp::new("http://127.0.0.1:9/unused"))
+        .build()
+        .expect_err("another process holds the store");
+    assert!(second.to_string().contains(&format!("store {} in use by pid {pid}", path.display())), "{second}");
+    // The writer may still be creating the schema: a reader sees an empty store until then.
+    loop {
+        let seen = SqliteStore::inspect(&path).expect("a reader needs no lock");
+        if seen.pending.len() == 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "watchdog: the helper never mapped its destination");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn run(kills: usize) {
     let seed = std::env::var("TRACKWAY_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
@@ -114,6 +141,9 @@ fn run(kills: usize) {
     let mut recorded = Vec::new();
     for k in 0..kills {
         let mut child = spawn_helper(dir.path(), &url);
+        if k == 0 {
+            check_other_process_holds_the_store(dir.path(), child.id());
+        }
         // Between 40 ms and 250 ms: from "still starting" to "well into the run" (a whole run
         // takes about half a second here, so every kill lands before the end).
         let delay = Duration::from_millis(40 + rng.next() % 210);

@@ -181,6 +181,19 @@ impl SqliteStore {
     pub fn inspect(path: impl AsRef<Path>) -> Result<Inspection, StoreError> {
         let path = path.as_ref();
         let conn = open_read_only(path)?;
+        let file_bytes = [path.to_path_buf(), sidecar(path, "-wal")]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
+        if version == 0 {
+            // Being created by its writer right now (or never written): nothing in it yet.
+            return Ok(Inspection { file_bytes, ..Inspection::default() });
+        }
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Backend(format!("{} is from a newer trackway (schema {version})", path.display())));
+        }
         let events: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0)).map_err(backend)?;
         let dead: i64 = conn.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0)).map_err(backend)?;
         let mut stmt = conn.prepare("SELECT bit, name FROM destinations ORDER BY bit").map_err(backend)?;
@@ -196,11 +209,6 @@ impl SqliteStore {
                 .map_err(backend)?;
             pending.push((name, n as u64));
         }
-        let file_bytes = [path.to_path_buf(), sidecar(path, "-wal")]
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
         Ok(Inspection { events: events as u64, pending, dead_letters: dead as u64, file_bytes })
     }
 
@@ -864,6 +872,16 @@ fn query_dead_letters(conn: &Connection, limit: usize) -> Result<Vec<DeadLetter>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_path_is_per_application_and_refuses_unusable_names() {
+        if let Ok(path) = SqliteStore::default_path("shop") {
+            assert!(path.ends_with("shop/trackway/outbox.db"), "{}", path.display());
+        }
+        for bad in ["", "a/b", "..", r"a\b"] {
+            assert!(SqliteStore::default_path(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn runs_groups_consecutive_seqs() {
