@@ -20,10 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Run 1: the server answers 503 to everything.
     let down = Collector::builder().default_reply(Reply::status(503)).start()?;
     {
-        let client = Client::builder()
-            .destination(JsonHttp::new(down.url("/events")))
-            .store(SqliteStore::new(&path))
-            .build()?;
+        let client =
+            Client::builder().destination(JsonHttp::new(down.url("/events"))).store(SqliteStore::new(&path)).build()?;
         for i in 0..5 {
             client.track("user-1", "offline_action", props! { "n" => i })?;
         }
@@ -39,9 +37,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Run 2: a new client on the same file, with the server up.
     let up = Collector::start()?;
-    let client = Client::builder().destination(JsonHttp::new(up.url("/events"))).store(SqliteStore::new(&path)).build()?;
+    let client =
+        Client::builder().destination(JsonHttp::new(up.url("/events"))).store(SqliteStore::new(&path)).build()?;
     client.flush(Duration::from_secs(10))?;
-    let delivered: usize = up.requests().iter().filter_map(|r| r.json()).filter_map(|b| b.as_array().map(Vec::len)).sum();
+    let delivered: usize =
+        up.requests().iter().filter_map(|r| r.json()).filter_map(|b| b.as_array().map(Vec::len)).sum();
     println!("run 2: delivered {delivered} event(s) left by run 1");
     client.shutdown(Duration::from_secs(2))?;
     std::fs::remove_dir_all(&dir).ok();
