@@ -9,17 +9,25 @@
 //! so peak RSS is per phase, and each phase gets a fresh collector, also its own process
 //! (`TRACKWAY_BENCH_ROLE=sink`, stopped by closing its stdin), so the counts are separate.
 //!
+//! The SDK runs three times, once per store: the in-memory store (`memory`), and the durable SQLite
+//! store with `synchronous = NORMAL` (`normal`, the default) and `FULL` (`full`), each in a fresh
+//! directory `<temp dir>/trackway-bench-<pid>-<phase>` that is removed after the phase.
+//!
 //! Knobs: `--n N` or `TRACKWAY_BENCH_N` (default 200 000); `TRACKWAY_BENCH_QUEUE_CAPACITY` overrides
-//! the client's `queue_capacity` (default: the SDK default, 10 000).
+//! the client's `queue_capacity` (default: the SDK default, 10 000); `TRACKWAY_BENCH_PHASES` picks
+//! phases for a quick run (comma-separated, default `memory,normal,full,baseline`).
 //!
 //! To profile the caller alone, start a sink (`TRACKWAY_BENCH_ROLE=sink`) and run the SDK phase
-//! directly: `TRACKWAY_BENCH_ROLE=sdk TRACKWAY_BENCH_URL=http://127.0.0.1:PORT TRACKWAY_BENCH_N=20000`.
+//! directly: `TRACKWAY_BENCH_ROLE=sdk TRACKWAY_BENCH_URL=http://127.0.0.1:PORT TRACKWAY_BENCH_N=20000`
+//! (add `TRACKWAY_BENCH_STORE=normal|full` for the durable store, and optionally
+//! `TRACKWAY_BENCH_STORE_DIR=DIR`; the directory is emptied first and removed at the end).
 // A bench's whole output is the table it prints.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +42,9 @@ const ROLE_ENV: &str = "TRACKWAY_BENCH_ROLE";
 const URL_ENV: &str = "TRACKWAY_BENCH_URL";
 const N_ENV: &str = "TRACKWAY_BENCH_N";
 const QUEUE_ENV: &str = "TRACKWAY_BENCH_QUEUE_CAPACITY";
+const PHASES_ENV: &str = "TRACKWAY_BENCH_PHASES";
+const STORE_ENV: &str = "TRACKWAY_BENCH_STORE";
+const STORE_DIR_ENV: &str = "TRACKWAY_BENCH_STORE_DIR";
 
 const DEFAULT_N: usize = 200_000;
 const BATCH: usize = 100;
@@ -50,6 +61,48 @@ const TARGET_P99_NS: u64 = 1_000;
 const TARGET_SPEEDUP: f64 = 1.5;
 /// 64 MB, read strictly as 64 × 10^6 bytes.
 const TARGET_RSS_BYTES: u64 = 64_000_000;
+/// The durable store: delivered events/s at least the baseline's.
+const TARGET_DURABLE_SPEEDUP: f64 = 1.0;
+/// The durable store: caller p50 / p99 "unchanged" = within 20 % or 150 ns of the in-memory store's.
+const UNCHANGED_FRACTION: f64 = 0.20;
+const UNCHANGED_NS: u64 = 150;
+
+/// Which store an SDK phase uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StoreKind {
+    Memory,
+    Normal,
+    Full,
+}
+
+impl StoreKind {
+    const ALL: [StoreKind; 3] = [StoreKind::Memory, StoreKind::Normal, StoreKind::Full];
+
+    /// The name in `TRACKWAY_BENCH_PHASES` / `TRACKWAY_BENCH_STORE`.
+    fn name(self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Normal => "normal",
+            StoreKind::Full => "full",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            StoreKind::Memory => "in-memory SDK",
+            StoreKind::Normal => "durable NORMAL",
+            StoreKind::Full => "durable FULL",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        StoreKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    fn durable(self) -> bool {
+        self != StoreKind::Memory
+    }
+}
 
 fn main() -> anyhow::Result<()> {
     match std::env::var(ROLE_ENV).ok().as_deref() {
@@ -176,27 +229,98 @@ fn parse_n() -> anyhow::Result<usize> {
     Ok(n)
 }
 
+/// The phases to run: `TRACKWAY_BENCH_PHASES` (comma-separated `memory`, `normal`, `full`, `baseline`;
+/// `sdk` is `memory`), default all.
+struct Phases {
+    stores: Vec<StoreKind>,
+    baseline: bool,
+}
+
+fn parse_phases() -> anyhow::Result<Phases> {
+    let Ok(list) = std::env::var(PHASES_ENV) else {
+        return Ok(Phases { stores: StoreKind::ALL.to_vec(), baseline: true });
+    };
+    let mut phases = Phases { stores: Vec::new(), baseline: false };
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match name {
+            "baseline" => phases.baseline = true,
+            "sdk" => phases.stores.push(StoreKind::Memory),
+            other => phases.stores.push(StoreKind::parse(other).with_context(|| {
+                format!("{PHASES_ENV}: unknown phase {other:?} (expected memory, normal, full, baseline)")
+            })?),
+        }
+    }
+    // Always in the table's order, each once.
+    phases.stores = StoreKind::ALL.into_iter().filter(|k| phases.stores.contains(k)).collect();
+    if phases.stores.is_empty() && !phases.baseline {
+        bail!("{PHASES_ENV}={list:?} selects no phase");
+    }
+    Ok(phases)
+}
+
+/// A directory removed when dropped (also when the phase fails).
+struct PhaseDir(PathBuf);
+
+impl Drop for PhaseDir {
+    fn drop(&mut self) {
+        remove_dir_if_exists(&self.0);
+    }
+}
+
+fn remove_dir_if_exists(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("warning: could not remove {}: {e}", dir.display());
+    }
+}
+
+/// An SDK phase's results with its collector's counts.
+struct SdkRun {
+    kind: StoreKind,
+    result: PhaseResult,
+    sink: SinkCounts,
+}
+
 fn orchestrate() -> anyhow::Result<()> {
     let n = parse_n()?;
+    let phases = parse_phases()?;
     let queue_capacity = std::env::var(QUEUE_ENV).ok();
     let http = reqwest::blocking::Client::builder().no_proxy().build().context("building the stats client")?;
 
-    // Phase 1: the SDK (its own process, its own collector).
-    let sink = SinkProcess::start()?;
-    let sdk = run_phase("sdk", n, &sink.url, queue_capacity.as_deref())?;
-    let sdk_sink = sink.stats(&http)?;
-    sink.stop()?;
+    // The SDK phases, one per store (each its own process, its own collector, its own directory).
+    let mut runs = Vec::new();
+    for kind in phases.stores {
+        let dir = kind.durable().then(|| {
+            PhaseDir(std::env::temp_dir().join(format!("trackway-bench-{}-{}", std::process::id(), kind.name())))
+        });
+        let mut env = vec![(STORE_ENV, kind.name().to_owned())];
+        if let Some(dir) = &dir {
+            env.push((STORE_DIR_ENV, dir.0.display().to_string()));
+        }
+        let sink = SinkProcess::start()?;
+        let result = run_phase("sdk", n, &sink.url, queue_capacity.as_deref(), &env)?;
+        let counts = sink.stats(&http)?;
+        sink.stop()?;
+        drop(dir);
+        runs.push(SdkRun { kind, result, sink: counts });
+    }
 
-    // Phase 2: the baseline (its own process, its own collector).
-    let sink = SinkProcess::start()?;
-    let base = run_phase("baseline", n, &sink.url, None)?;
-    let base_sink = sink.stats(&http)?;
-    sink.stop()?;
+    // The baseline (its own process, its own collector).
+    let base = if phases.baseline {
+        let sink = SinkProcess::start()?;
+        let result = run_phase("baseline", n, &sink.url, None, &[])?;
+        let counts = sink.stats(&http)?;
+        sink.stop()?;
+        Some((result, counts))
+    } else {
+        None
+    };
 
-    // Phase 3: serde_json::to_vec of the same event, per call (in this process; no RSS taken).
+    // serde_json::to_vec of the same event, per call (in this process; no RSS taken).
     let serde_costs = measure_serde(n)?;
 
-    print_table(n, queue_capacity.as_deref(), &sdk, &sdk_sink, &base, &base_sink, &serde_costs)
+    print_table(n, queue_capacity.as_deref(), &runs, base.as_ref(), &serde_costs)
 }
 
 /// A phase's `RESULT key=value` lines.
@@ -213,10 +337,19 @@ impl PhaseResult {
     }
 }
 
-fn run_phase(role: &str, n: usize, url: &str, queue_capacity: Option<&str>) -> anyhow::Result<PhaseResult> {
+fn run_phase(
+    role: &str,
+    n: usize,
+    url: &str,
+    queue_capacity: Option<&str>,
+    env: &[(&str, String)],
+) -> anyhow::Result<PhaseResult> {
     let exe = std::env::current_exe().context("locating the bench binary")?;
     let mut cmd = Command::new(exe);
     cmd.env(ROLE_ENV, role).env(URL_ENV, url).env(N_ENV, n.to_string());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     if let Some(q) = queue_capacity {
         cmd.env(QUEUE_ENV, q);
     }
@@ -357,7 +490,10 @@ fn caller_loop(client: &Client, users: &[String], costs: &mut [u64]) -> LoopCoun
         *slot = nanos(started.elapsed());
         match result {
             Ok(_) => counts.accepted += 1,
-            Err(Error::QueueFull) => counts.queue_full += 1,
+            Err(Error::QueueFull) => {
+                counts.queue_full += 1;
+                *slot |= REJECTED;
+            }
             Err(e) => {
                 counts.other_errors += 1;
                 counts.first_other_error.get_or_insert_with(|| e.to_string());
@@ -367,18 +503,24 @@ fn caller_loop(client: &Client, users: &[String], costs: &mut [u64]) -> LoopCoun
     counts
 }
 
+/// Marks the cost of a call that returned `QueueFull` (set after the timed region; masked off
+/// before any percentile over all calls).
+const REJECTED: u64 = 1 << 63;
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Highest channel occupancy and store backlog seen by a sampler thread (every 2 ms).
+/// Highest channel occupancy, store backlog and store file size (database + WAL) seen by a
+/// sampler thread (every 2 ms).
 #[derive(Default, Clone, Copy)]
 struct Backlog {
     max_in_channel: u64,
     max_undelivered: u64,
+    max_file_bytes: u64,
 }
 
-fn sample_backlog(client: Client, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Backlog> {
+fn sample_backlog(client: Client, db: Option<PathBuf>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Backlog> {
     std::thread::spawn(move || {
         let mut b = Backlog::default();
         while !stop.load(Ordering::Relaxed) {
@@ -386,10 +528,26 @@ fn sample_backlog(client: Client, stop: Arc<AtomicBool>) -> std::thread::JoinHan
             let delivered: u64 = s.destinations.iter().map(|d| d.delivered).sum();
             b.max_in_channel = b.max_in_channel.max(s.enqueued.saturating_sub(s.persisted));
             b.max_undelivered = b.max_undelivered.max(s.enqueued.saturating_sub(delivered));
+            if let Some(db) = &db {
+                b.max_file_bytes = b.max_file_bytes.max(store_file_bytes(db));
+            }
             std::thread::sleep(Duration::from_millis(2));
         }
         b
     })
+}
+
+/// `path` with `suffix` appended to its file name (`outbox.db` -> `outbox.db-wal`).
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Size of the store's database file plus its WAL (0 for a missing file).
+fn store_file_bytes(db: &Path) -> u64 {
+    let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    len(db) + len(&with_suffix(db, "-wal"))
 }
 
 /// A line of /proc/self/status in bytes (the kernel gives kB).
@@ -422,10 +580,32 @@ fn env_usize(key: &str) -> anyhow::Result<Option<usize>> {
 fn run_sdk_phase() -> anyhow::Result<()> {
     let url = std::env::var(URL_ENV).with_context(|| format!("{URL_ENV} is not set"))?;
     let n = env_usize(N_ENV)?.unwrap_or(DEFAULT_N);
+    let kind = match std::env::var(STORE_ENV) {
+        Ok(v) => StoreKind::parse(&v).with_context(|| {
+            format!("{STORE_ENV}={v:?}: expected {}", StoreKind::ALL.map(StoreKind::name).join(", "))
+        })?,
+        Err(_) => StoreKind::Memory,
+    };
+    // A fresh directory for the durable store, removed at the end of the phase.
+    let dir = kind.durable().then(|| {
+        PhaseDir(std::env::var_os(STORE_DIR_ENV).map_or_else(
+            || std::env::temp_dir().join(format!("trackway-bench-{}-{}", std::process::id(), kind.name())),
+            PathBuf::from,
+        ))
+    });
+    if let Some(dir) = &dir {
+        remove_dir_if_exists(&dir.0);
+    }
+    let db = dir.as_ref().map(|d| d.0.join("outbox.db"));
     let users = users();
-    let mut builder = Client::builder()
-        .destination(JsonHttp::new(format!("{url}{EVENT_PATH}")).batch_size(BATCH))
-        .store(trackway::store::MemoryStore::new());
+    let builder = Client::builder().destination(JsonHttp::new(format!("{url}{EVENT_PATH}")).batch_size(BATCH));
+    let mut builder = match (kind, &db) {
+        (StoreKind::Normal, Some(db)) => builder.store(trackway::store::SqliteStore::new(db)),
+        (StoreKind::Full, Some(db)) => {
+            builder.store(trackway::store::SqliteStore::new(db).synchronous(trackway::store::Synchronous::Full))
+        }
+        _ => builder.store(trackway::store::MemoryStore::new()),
+    };
     if let Some(q) = env_usize(QUEUE_ENV)? {
         builder = builder.queue_capacity(q);
     }
@@ -435,13 +615,15 @@ fn run_sdk_phase() -> anyhow::Result<()> {
     let mut costs = vec![u64::MAX; n];
 
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sample_backlog(client.clone(), stop.clone());
+    let sampler = sample_backlog(client.clone(), db.clone(), stop.clone());
 
     let started = Instant::now();
     let counts = caller_loop(&client, &users, &mut costs);
     let loop_elapsed = started.elapsed();
     let flush = client.flush(Duration::from_secs(300));
     let elapsed = started.elapsed();
+    // Right after flush, before shutdown: the WAL may still hold the data.
+    let file_after_flush = db.as_deref().map_or(0, store_file_bytes);
 
     stop.store(true, Ordering::Relaxed);
     let backlog = sampler.join().unwrap_or_default();
@@ -449,8 +631,26 @@ fn run_sdk_phase() -> anyhow::Result<()> {
     let rss_after = proc_status_bytes("VmRSS");
     let stats = client.stats();
     let shutdown = client.shutdown(Duration::from_secs(10));
+    let file_after_shutdown = db.as_deref().map_or(0, store_file_bytes);
+    drop(client);
+    let file_after_drop = db.as_deref().map_or(0, store_file_bytes);
+    let wal_after_drop =
+        db.as_deref().map_or(0, |db| std::fs::metadata(with_suffix(db, "-wal")).map_or(0, |m| m.len()));
+    drop(dir);
     let timer = timer_overhead_ns();
 
+    // The calls that were accepted (not QueueFull), then all calls.
+    let mut accepted_costs: Vec<u64> = costs.iter().copied().filter(|c| c & REJECTED == 0).collect();
+    accepted_costs.sort_unstable();
+    let (a50, a99) = if accepted_costs.is_empty() {
+        (0, 0)
+    } else {
+        let (a50, a99, _, _) = percentiles(&accepted_costs);
+        (a50, a99)
+    };
+    for c in &mut costs {
+        *c &= !REJECTED;
+    }
     costs.sort_unstable();
     let (p50, p99, p999, max) = percentiles(&costs);
     let dest = stats.destinations.first().cloned().unwrap_or_default();
@@ -461,6 +661,8 @@ fn run_sdk_phase() -> anyhow::Result<()> {
     put("p50", &p50)?;
     put("p99", &p99)?;
     put("p999", &p999)?;
+    put("p50_accepted", &a50)?;
+    put("p99_accepted", &a99)?;
     put("max", &max)?;
     put("mean", &(costs.iter().sum::<u64>() / n as u64))?;
     put("over_1us", &costs.iter().filter(|&&c| c > TARGET_P99_NS).count())?;
@@ -472,6 +674,9 @@ fn run_sdk_phase() -> anyhow::Result<()> {
     put("enqueued", &stats.enqueued)?;
     put("persisted", &stats.persisted)?;
     put("dropped_queue_full", &stats.dropped.queue_full)?;
+    put("dropped_store_full", &stats.dropped.store_full)?;
+    put("dropped_disk_full", &stats.dropped.disk_full)?;
+    put("dropped_store_error", &stats.dropped.store_error)?;
     put("delivered", &dest.delivered)?;
     put("requests", &dest.requests)?;
     put("failed_requests", &dest.failed_requests)?;
@@ -484,6 +689,12 @@ fn run_sdk_phase() -> anyhow::Result<()> {
     put("rss_after", &rss_after)?;
     put("max_in_channel", &backlog.max_in_channel)?;
     put("max_undelivered", &backlog.max_undelivered)?;
+    put("store", &kind.name())?;
+    put("file_max", &backlog.max_file_bytes.max(file_after_flush))?;
+    put("file_after_flush", &file_after_flush)?;
+    put("file_after_shutdown", &file_after_shutdown)?;
+    put("file_after_drop", &file_after_drop)?;
+    put("wal_after_drop", &wal_after_drop)?;
     Ok(())
 }
 
@@ -569,132 +780,336 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB ({:.1} MB)", bytes as f64 / (1024.0 * 1024.0), bytes as f64 / 1e6)
 }
 
+fn mib_short(bytes: u64) -> String {
+    format!("{:.2}", bytes as f64 / (1024.0 * 1024.0))
+}
+
 fn verdict(pass: bool) -> &'static str {
     if pass { "PASS" } else { "MISS" }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// "Unchanged": within 20 % or 150 ns of the in-memory store's value.
+fn unchanged(value: u64, reference: u64) -> bool {
+    value <= reference + UNCHANGED_NS || value as f64 <= reference as f64 * (1.0 + UNCHANGED_FRACTION)
+}
+
+/// Every target checked, for the summary line.
+#[derive(Default)]
+struct Checks(Vec<(String, bool)>);
+
+impl Checks {
+    fn check(&mut self, what: String, pass: bool) -> &'static str {
+        self.0.push((what, pass));
+        verdict(pass)
+    }
+}
+
+/// One SDK phase's numbers, as the table uses them.
+struct SdkCol<'a> {
+    kind: StoreKind,
+    r: &'a PhaseResult,
+    sink: &'a SinkCounts,
+    secs: f64,
+    rate: f64,
+    p50: u64,
+    p99: u64,
+    lost: u64,
+}
+
 fn print_table(
     n: usize,
     queue_capacity: Option<&str>,
-    sdk: &PhaseResult,
-    sdk_sink: &SinkCounts,
-    base: &PhaseResult,
-    base_sink: &SinkCounts,
+    runs: &[SdkRun],
+    base: Option<&(PhaseResult, SinkCounts)>,
     serde_costs: &[u64],
 ) -> anyhow::Result<()> {
     let n64 = n as u64;
     let secs = |ns: u64| ns as f64 / 1e9;
-    let sdk_secs = secs(sdk.get("elapsed_ns")?);
-    let base_secs = secs(base.get("elapsed_ns")?);
-    let sdk_rate = sdk_sink.events as f64 / sdk_secs;
-    let base_rate = base_sink.events as f64 / base_secs;
-    let speedup = sdk_rate / base_rate;
+    let mut cols = Vec::new();
+    for run in runs {
+        let s = secs(run.result.get("elapsed_ns")?);
+        cols.push(SdkCol {
+            kind: run.kind,
+            r: &run.result,
+            sink: &run.sink,
+            secs: s,
+            rate: run.sink.events as f64 / s,
+            p50: run.result.get("p50")?,
+            p99: run.result.get("p99")?,
+            lost: n64.saturating_sub(run.sink.events),
+        });
+    }
+    let col = |k: StoreKind| cols.iter().find(|c| c.kind == k);
+    let mem = col(StoreKind::Memory);
+    let base_secs = base.map(|(r, _)| r.get("elapsed_ns").map(secs)).transpose()?;
+    let base_rate = base.zip(base_secs).map(|((_, sink), s)| sink.events as f64 / s);
     let (s50, s99, _, smax) = percentiles(serde_costs);
-    let (p50, p99, p999, max) = (sdk.get("p50")?, sdk.get("p99")?, sdk.get("p999")?, sdk.get("max")?);
-    let sdk_lost = n64.saturating_sub(sdk_sink.events);
-    let base_lost = n64.saturating_sub(base_sink.events);
-    let hwm = sdk.get("hwm")?;
     let queue = queue_capacity.map_or_else(|| format!("{SDK_DEFAULT_QUEUE_CAPACITY} (default)"), str::to_owned);
+    let mut checks = Checks::default();
+
+    // One cell per SDK column ("-" for a phase not run), from a fallible function of the column.
+    let per_col = |f: &mut dyn FnMut(&SdkCol<'_>) -> anyhow::Result<String>| -> anyhow::Result<[String; 3]> {
+        let mut out: [String; 3] = Default::default();
+        for (slot, kind) in out.iter_mut().zip(StoreKind::ALL) {
+            *slot = match col(kind) {
+                Some(c) => f(c)?,
+                None => "-".to_owned(),
+            };
+        }
+        Ok(out)
+    };
+    let base_cell = |f: &dyn Fn(&PhaseResult, &SinkCounts) -> anyhow::Result<String>| -> anyhow::Result<String> {
+        base.map_or_else(|| Ok("-".to_owned()), |(r, sink)| f(r, sink))
+    };
 
     println!();
     println!(
         "trackway pipeline bench: N = {n}, JsonHttp batch_size {BATCH}, queue_capacity {queue}, other settings default"
     );
-    println!("collector: trackway-collector in sink mode, own process, fresh per phase; each phase in its own process");
     println!(
-        "{:<40} {:>26} {:>26} {:>18} {:>8}",
-        "metric", "SDK (trackway)", "baseline (1 thread)", "target", "result"
+        "collector: trackway-collector in sink mode, own process, fresh per phase; each phase in its own process; \
+         durable = SqliteStore in a fresh temp dir (synchronous NORMAL / FULL)"
     );
-    let row = |m: &str, a: String, b: String, t: &str, r: &str| {
-        println!("{m:<40} {a:>26} {b:>26} {t:>18} {r:>8}");
+    println!(
+        "{:<40} {:>24} {:>24} {:>24} {:>20}   target",
+        "metric", "in-memory SDK", "durable NORMAL", "durable FULL", "baseline (1 thread)"
+    );
+    let row = |m: &str, [a, b, c]: [String; 3], d: String, t: &str| {
+        let line = format!("{m:<40} {a:>24} {b:>24} {c:>24} {d:>20}   {t}");
+        println!("{}", line.trim_end());
     };
+
     row(
         "delivered events/s",
-        format!("{sdk_rate:.0}"),
-        format!("{base_rate:.0}"),
-        ">= 1.5x baseline",
-        verdict(speedup >= TARGET_SPEEDUP),
+        per_col(&mut |c| Ok(format!("{:.0}", c.rate)))?,
+        base_cell(&|_, _| Ok(format!("{:.0}", base_rate.unwrap_or(0.0))))?,
+        "",
     );
-    row("  SDK / baseline", format!("{speedup:.2}x"), String::new(), "", "");
-    row("  wall time, s", format!("{sdk_secs:.3}"), format!("{base_secs:.3}"), "", "");
+    row(
+        "  ratio to baseline",
+        per_col(&mut |c| {
+            let Some(b) = base_rate else { return Ok("n/a (no baseline)".to_owned()) };
+            let ratio = c.rate / b;
+            let target = if c.kind.durable() { TARGET_DURABLE_SPEEDUP } else { TARGET_SPEEDUP };
+            let v = checks.check(format!("{} delivered >= {target:.1}x baseline", c.kind.label()), ratio >= target);
+            Ok(format!("{ratio:.2}x {v}"))
+        })?,
+        String::new(),
+        "in-memory >= 1.5x; durable >= 1.0x",
+    );
+    row(
+        "  wall time, s",
+        per_col(&mut |c| Ok(format!("{:.3}", c.secs)))?,
+        base_secs.map_or_else(|| "-".to_owned(), |s| format!("{s:.3}")),
+        "",
+    );
     row(
         "caller cost p50 / p99 / max, ns",
-        format!("{p50} / {p99} / {max}"),
+        per_col(&mut |c| Ok(format!("{} / {} / {}", c.p50, c.p99, c.r.get("max")?)))?,
         String::new(),
-        "p99 <= 1000",
-        verdict(p99 <= TARGET_P99_NS),
+        "",
+    );
+    row(
+        "  caller p99, ns (durable: vs in-memory)",
+        per_col(&mut |c| {
+            if !c.kind.durable() {
+                let v = checks.check(format!("{} p99 <= {TARGET_P99_NS} ns", c.kind.label()), c.p99 <= TARGET_P99_NS);
+                return Ok(format!("{} {v}", c.p99));
+            }
+            let Some(m) = mem else { return Ok(format!("{} (no in-memory)", c.p99)) };
+            let v = checks.check(format!("{} p99 unchanged", c.kind.label()), unchanged(c.p99, m.p99));
+            Ok(format!("{} vs {} {v}", c.p99, m.p99))
+        })?,
+        String::new(),
+        "in-memory <= 1000; durable within 20% or 150 ns of in-memory",
+    );
+    row(
+        "  caller p50, ns (durable: vs in-memory)",
+        per_col(&mut |c| {
+            if !c.kind.durable() {
+                return Ok(c.p50.to_string());
+            }
+            let Some(m) = mem else { return Ok(format!("{} (no in-memory)", c.p50)) };
+            let v = checks.check(format!("{} p50 unchanged", c.kind.label()), unchanged(c.p50, m.p50));
+            Ok(format!("{} vs {} {v}", c.p50, m.p50))
+        })?,
+        String::new(),
+        "durable within 20% or 150 ns of in-memory",
+    );
+    row(
+        "  p50 / p99 of accepted calls only, ns",
+        per_col(&mut |c| {
+            Ok(format!("{} / {} ({} acc.)", c.r.get("p50_accepted")?, c.r.get("p99_accepted")?, c.r.get("accepted")?))
+        })?,
+        String::new(),
+        "(all-calls rows include QueueFull returns)",
     );
     row(
         "  caller p99.9 / mean, ns; calls > 1 us",
-        format!("{p999} / {} ; {}", sdk.get("mean")?, sdk.get("over_1us")?),
+        per_col(&mut |c| Ok(format!("{} / {} ; {}", c.r.get("p999")?, c.r.get("mean")?, c.r.get("over_1us")?)))?,
         String::new(),
         "",
+    );
+    row(
+        "serde_json::to_vec p50 / p99 / max, ns",
+        [format!("{s50} / {s99} / {smax}"), String::new(), String::new()],
+        String::new(),
         "",
     );
-    row("serde_json::to_vec p50 / p99 / max, ns", format!("{s50} / {s99} / {smax}"), String::new(), "", "");
     row(
         "  caller / to_vec (p50, p99)",
-        format!("{:.1}x , {:.1}x", p50 as f64 / s50.max(1) as f64, p99 as f64 / s99.max(1) as f64),
+        per_col(&mut |c| {
+            Ok(format!("{:.1}x , {:.1}x", c.p50 as f64 / s50.max(1) as f64, c.p99 as f64 / s99.max(1) as f64))
+        })?,
         String::new(),
         "",
+    );
+    row(
+        "peak RSS (VmHWM)",
+        per_col(&mut |c| {
+            let hwm = c.r.get("hwm")?;
+            if c.kind.durable() {
+                return Ok(mib(hwm));
+            }
+            let v = checks.check(format!("{} peak RSS <= 64 MB", c.kind.label()), hwm <= TARGET_RSS_BYTES);
+            Ok(format!("{} {v}", mib(hwm)))
+        })?,
+        base_cell(&|r, _| Ok(mib(r.get("hwm")?)))?,
+        "in-memory <= 64 MB",
+    );
+    row(
+        "events lost (N - collector events)",
+        per_col(&mut |c| {
+            let v = checks.check(format!("{} 0 lost", c.kind.label()), c.lost == 0);
+            Ok(format!("{} {v}", c.lost))
+        })?,
+        base_cell(&|_, sink| Ok(n64.saturating_sub(sink.events).to_string()))?,
+        "0",
+    );
+    row(
+        "  dropped: queue/store_full/disk/error",
+        per_col(&mut |c| {
+            Ok(format!(
+                "{} / {} / {} / {}",
+                c.r.get("dropped_queue_full")?,
+                c.r.get("dropped_store_full")?,
+                c.r.get("dropped_disk_full")?,
+                c.r.get("dropped_store_error")?
+            ))
+        })?,
+        String::new(),
         "",
     );
-    row("peak RSS (VmHWM)", mib(hwm), mib(base.get("hwm")?), "<= 64 MB", verdict(hwm <= TARGET_RSS_BYTES));
-    row("events lost (N - collector events)", sdk_lost.to_string(), base_lost.to_string(), "0", verdict(sdk_lost == 0));
-    row("  client stats dropped.queue_full", sdk.get("dropped_queue_full")?.to_string(), String::new(), "", "");
-    row("requests sent (collector count)", sdk_sink.requests.to_string(), base_sink.requests.to_string(), "", "");
+    row(
+        "requests sent (collector count)",
+        per_col(&mut |c| Ok(c.sink.requests.to_string()))?,
+        base_cell(&|_, sink| Ok(sink.requests.to_string()))?,
+        "",
+    );
+    row(
+        "store file MiB: peak / flush / shutdown",
+        per_col(&mut |c| {
+            if !c.kind.durable() {
+                return Ok(String::new());
+            }
+            Ok(format!(
+                "{} / {} / {}",
+                mib_short(c.r.get("file_max")?),
+                mib_short(c.r.get("file_after_flush")?),
+                mib_short(c.r.get("file_after_shutdown")?)
+            ))
+        })?,
+        String::new(),
+        "db + wal; flush = right after flush()",
+    );
     println!();
     println!("notes:");
-    println!(
-        "  caller cost timed region: `props! {{ bench_seq, plan, path, amount, items }}` construction + \
-         `client.track(user, \"bench_event\", props)` up to its return (user strings `user-{{i % 1000}}` \
-         precomputed outside); Instant::now()/elapsed() pair costs ~{} ns and is included",
-        sdk.get("timer_ns")?
-    );
+    if let Some(m) = mem {
+        println!(
+            "  caller cost timed region: `props! {{ bench_seq, plan, path, amount, items }}` construction + \
+             `client.track(user, \"bench_event\", props)` up to its return (user strings `user-{{i % 1000}}` \
+             precomputed outside); Instant::now()/elapsed() pair costs ~{} ns and is included",
+            m.r.get("timer_ns")?
+        );
+    }
     println!(
         "  serde_json::to_vec timed region: to_vec of a borrowed #[derive(Serialize)] struct with the SDK's wire \
          shape (id, type, name, timestamp, properties{{5 fields, typed}}, identity{{user_id}}, context); \
          the UUIDv7 id and the timestamp are made outside the timed region"
     );
-    println!(
-        "  SDK: loop {:.3} s then flush; client: enqueued {} persisted {} delivered {} requests {} failed {} \
-         retried {} pending {}; track() errors: queue_full {} other {} {}; flush: {}; shutdown: {}",
-        secs(sdk.get("loop_ns")?),
-        sdk.get("enqueued")?,
-        sdk.get("persisted")?,
-        sdk.get("delivered")?,
-        sdk.get("requests")?,
-        sdk.get("failed_requests")?,
-        sdk.get("retried")?,
-        sdk.get("pending")?,
-        sdk.get("track_queue_full")?,
-        sdk.get("track_other_errors")?,
-        sdk.text("first_other_error"),
-        sdk.text("flush"),
-        sdk.text("shutdown"),
-    );
-    println!(
-        "  SDK backlog (sampled every 2 ms): max in channel {} (capacity {queue}), max accepted-but-undelivered {}; \
-         RSS before loop {}, after flush {}",
-        sdk.get("max_in_channel")?,
-        sdk.get("max_undelivered")?,
-        mib(sdk.get("rss_before")?),
-        mib(sdk.get("rss_after")?),
-    );
-    println!(
-        "  collector: SDK {} events, {:.0} B/event, {} JSON errors; baseline {} events, {:.0} B/event, {} JSON errors, \
-         {} failed requests",
-        sdk_sink.events,
-        sdk_sink.bytes as f64 / sdk_sink.events.max(1) as f64,
-        sdk_sink.json_errors,
-        base_sink.events,
-        base_sink.bytes as f64 / base_sink.events.max(1) as f64,
-        base_sink.json_errors,
-        base.get("failed_requests")?,
-    );
+    for c in &cols {
+        let r = c.r;
+        println!(
+            "  {}: loop {:.3} s then flush; client: enqueued {} persisted {} delivered {} requests {} failed {} \
+             retried {} pending {}; track() errors: queue_full {} other {} {}; flush: {}; shutdown: {}",
+            c.kind.label(),
+            secs(r.get("loop_ns")?),
+            r.get("enqueued")?,
+            r.get("persisted")?,
+            r.get("delivered")?,
+            r.get("requests")?,
+            r.get("failed_requests")?,
+            r.get("retried")?,
+            r.get("pending")?,
+            r.get("track_queue_full")?,
+            r.get("track_other_errors")?,
+            r.text("first_other_error"),
+            r.text("flush"),
+            r.text("shutdown"),
+        );
+        let file = if c.kind.durable() {
+            format!(
+                "; store file (db + wal) max {} B, after flush {} B, after shutdown {} B, after drop {} B (wal {} B)",
+                r.get("file_max")?,
+                r.get("file_after_flush")?,
+                r.get("file_after_shutdown")?,
+                r.get("file_after_drop")?,
+                r.get("wal_after_drop")?,
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "  {} backlog (sampled every 2 ms): max in channel {} (capacity {queue}), max accepted-but-undelivered {}; \
+             RSS before loop {}, after flush {}{file}",
+            c.kind.label(),
+            r.get("max_in_channel")?,
+            r.get("max_undelivered")?,
+            mib(r.get("rss_before")?),
+            mib(r.get("rss_after")?),
+        );
+    }
+    let mut collector: Vec<String> = cols
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} events, {:.0} B/event, {} JSON errors",
+                c.kind.label(),
+                c.sink.events,
+                c.sink.bytes as f64 / c.sink.events.max(1) as f64,
+                c.sink.json_errors
+            )
+        })
+        .collect();
+    if let Some((r, sink)) = base {
+        collector.push(format!(
+            "baseline {} events, {:.0} B/event, {} JSON errors, {} failed requests",
+            sink.events,
+            sink.bytes as f64 / sink.events.max(1) as f64,
+            sink.json_errors,
+            r.get("failed_requests")?
+        ));
+    }
+    println!("  collector: {}", collector.join("; "));
     println!(
         "  delivered events/s = collector events / (first track call .. flush return); RSS target read as 64 x 10^6 B"
+    );
+    let missed: Vec<&str> = checks.0.iter().filter(|(_, pass)| !pass).map(|(what, _)| what.as_str()).collect();
+    println!(
+        "  targets: {} PASS, {} MISS{}",
+        checks.0.len() - missed.len(),
+        missed.len(),
+        if missed.is_empty() { String::new() } else { format!(" ({})", missed.join("; ")) }
     );
     Ok(())
 }
