@@ -269,6 +269,12 @@ fn over_the_size_bound_the_oldest_events_are_dropped_and_counted() {
         assert!(dropped > 0, "{:?}", client.stats());
         assert_eq!(client.stats().destination("a").expect("a").pending + dropped, 600);
 
+        // Let every request already sent come back (as a 503) before the server accepts again:
+        // a batch read before the eviction could otherwise still deliver evicted events.
+        assert!(wait_until(Duration::from_secs(10), || {
+            let a = client.stats().destinations[0].clone();
+            a.requests == a.failed_requests && collector.request_count() as u64 == a.requests
+        }));
         collector.set_default_reply(Reply::ok());
         client.flush(Duration::from_secs(10)).expect("flush");
         let delivered = delivered_ids(&collector.requests());

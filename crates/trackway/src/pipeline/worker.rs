@@ -46,6 +46,12 @@ pub(crate) struct Worker {
     /// `commit_delay` gather into one append, and while the queue is not empty callers make no
     /// wake-up calls, so the caller's cost stays free of system calls.
     drain_at: Option<Instant>,
+    /// When a write-behind store commits what it staged (at most `commit_delay` after the first).
+    commit_at: Option<Instant>,
+    /// Events appended to a write-behind store and not yet committed.
+    uncommitted: u64,
+    /// Persist barriers waiting for the next commit.
+    barriers: Vec<Reply>,
     segments: Segments,
     /// What `,"context":<context>}` adds to an event head.
     context_len: usize,
@@ -118,6 +124,9 @@ impl Worker {
             flushes: Vec::new(),
             shutdown: None,
             drain_at: None,
+            commit_at: None,
+            uncommitted: 0,
+            barriers: Vec::new(),
             segments: Segments::default(),
             context_len,
             store_failed: false,
@@ -134,6 +143,9 @@ impl Worker {
                 self.drain_at = (self.shared.queue.len() > 0).then(|| Instant::now() + self.settings.commit_delay);
             }
             self.dispatch();
+            if self.commit_at.is_some_and(|t| Instant::now() >= t) {
+                self.commit();
+            }
             self.answer_flushes();
             if let Some((deadline, _)) = &self.shutdown {
                 let done = self.lanes.iter().all(Lane::is_idle) && self.shared.queue.len() == 0;
@@ -145,6 +157,7 @@ impl Worker {
         }
         // Commit anything that raced in behind the shutdown request, then answer.
         self.drain();
+        self.commit();
         if let Some((_, reply)) = self.shutdown.take() {
             reply.send();
         }
@@ -170,6 +183,7 @@ impl Worker {
         let now = Instant::now();
         let drain_in =
             self.drain_at.filter(|_| !self.shared.queue.is_paused()).map(|t| t.saturating_duration_since(now));
+        let commit_in = self.commit_at.map(|t| t.saturating_duration_since(now));
         let shutdown_in = self.shutdown.as_ref().map(|(d, _)| d.saturating_duration_since(now));
         let queue = &self.shared.queue;
         let has_tasks = !self.tasks.is_empty();
@@ -187,6 +201,7 @@ impl Worker {
             }
             () = queue.resumed(), if queue.is_paused() => {}
             () = sleep_opt(drain_in) => {}
+            () = sleep_opt(commit_in) => {}
             () = sleep_opt(sleep_for) => {}
             () = clock.changed() => {}
             () = sleep_opt(shutdown_in) => {}
@@ -242,9 +257,14 @@ impl Worker {
         if !events.is_empty() || !state.is_empty() {
             match self.store.append(&events, &state) {
                 Ok(appended) => {
-                    bump(&self.shared.counters.persisted, events.len() as u64);
+                    if self.store.writes_behind() {
+                        self.uncommitted += events.len() as u64;
+                        self.commit_at.get_or_insert(Instant::now() + self.settings.commit_delay);
+                    } else {
+                        bump(&self.shared.counters.persisted, events.len() as u64);
+                    }
                     if !appended.evicted.is_empty() {
-                        self.forget_evicted(&appended.evicted);
+                        self.forget_dropped(&appended.evicted, Dropped::StoreFull);
                     }
                 }
                 Err(e) => {
@@ -262,7 +282,7 @@ impl Worker {
                     }
                     for ev in &events {
                         for r in routes(ev.routes) {
-                            self.lanes[r].forget_fresh(ev.bytes.len() as u64);
+                            self.lanes[r].forget_fresh(ev.bytes.len() as u64 + self.context_len as u64);
                             self.shared.counters.destinations[r].pending.fetch_sub(1, Ordering::Relaxed);
                         }
                     }
@@ -273,8 +293,13 @@ impl Worker {
             match (control, &lost) {
                 // A barrier behind events that could not be committed must not say "safe".
                 (Control::Persisted(reply), Some(why)) => reply.fail(why.clone()),
+                // A write-behind store answers after its next commit, which happens now.
+                (Control::Persisted(reply), None) if self.store.writes_behind() => self.barriers.push(reply),
                 (control, _) => self.control(next_seq, control),
             }
+        }
+        if !self.barriers.is_empty() {
+            self.commit();
         }
     }
 
@@ -332,10 +357,45 @@ impl Worker {
         lane.groups.push(Group { seqs, due, failures, epoch });
     }
 
-    /// The store dropped these events to stay under its size bound: stop tracking them.
-    fn forget_evicted(&mut self, evicted: &[Evicted]) {
-        bump(&self.shared.counters.store_full, evicted.len() as u64);
-        if !self.warned_store_full {
+    /// Commits what a write-behind store staged, then answers the waiting barriers.
+    fn commit(&mut self) {
+        self.commit_at = None;
+        let committed = self.store.commit();
+        let lost = committed.lost.len() as u64;
+        bump(&self.shared.counters.persisted, self.uncommitted.saturating_sub(lost));
+        self.uncommitted = 0;
+        if !committed.evicted.is_empty() {
+            self.forget_dropped(&committed.evicted, Dropped::StoreFull);
+        }
+        let failure = committed.error.map(|e| {
+            let reason = if matches!(e, StoreError::DiskFull(_)) { Dropped::DiskFull } else { Dropped::StoreError };
+            if !self.store_failed {
+                tracing::error!(error = %e, "trackway: could not commit events to the store; dropping them (counted; logged once)");
+                self.store_failed = true;
+            }
+            (format!("{lost} events could not be committed: {e}"), reason)
+        });
+        if let Some((_, reason)) = &failure {
+            self.forget_dropped(&committed.lost, *reason);
+        }
+        for reply in self.barriers.drain(..) {
+            match &failure {
+                Some((why, _)) => reply.fail(why.clone()),
+                None => reply.send(),
+            }
+        }
+    }
+
+    /// The store dropped these events: stop tracking them, and count them under `reason`.
+    fn forget_dropped(&mut self, evicted: &[Evicted], reason: Dropped) {
+        let counters = &self.shared.counters;
+        let counter = match reason {
+            Dropped::StoreFull => &counters.store_full,
+            Dropped::DiskFull => &counters.disk_full,
+            Dropped::StoreError => &counters.store_error,
+        };
+        bump(counter, evicted.len() as u64);
+        if reason == Dropped::StoreFull && !self.warned_store_full {
             tracing::warn!(
                 "trackway: the store is over its size bound; dropping the oldest events (counted as store_full; logged once)"
             );
@@ -345,7 +405,8 @@ impl Worker {
             for r in routes(ev.routes) {
                 let Some(lane) = self.lanes.get_mut(r) else { continue };
                 if ev.seq >= lane.next_fresh {
-                    lane.forget_fresh(ev.bytes);
+                    // Lanes count full events; the store reports heads.
+                    lane.forget_fresh(ev.bytes + self.context_len as u64);
                 } else {
                     lane.forget_sent(ev.seq);
                 }
@@ -550,6 +611,9 @@ impl Worker {
                     if let Err(e) = self.store.set_state(&changes) {
                         tracing::warn!(error = %e, "trackway: could not store destination state");
                     }
+                    if self.store.writes_behind() {
+                        self.commit_at.get_or_insert(Instant::now() + self.settings.commit_delay);
+                    }
                 }
                 classified.outcomes
             }
@@ -694,6 +758,14 @@ fn shared_context_len(shared: &Shared) -> usize {
 
 /// How long a destination waits after the store failed to read or record its events.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// Why the store dropped events (which counter they go under).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dropped {
+    StoreFull,
+    DiskFull,
+    StoreError,
+}
 
 /// Store keys of a destination's state.
 fn state_prefix(name: &str) -> String {

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
-use trackway_wire::{MessageId, Timestamp};
+use trackway_wire::{EventKind, MessageId, Timestamp};
 
 use super::{Appended, DeadLetter, DeadLetterReason, NewEvent, Recovered, StateChange, Store, StoreError, routes};
 use crate::destination::EventRecord;
@@ -45,6 +45,8 @@ pub struct MemoryStore {
     /// Each distinct context once; slots refer to them by index.
     contexts: Vec<Bytes>,
     next_dead_key: u64,
+    /// Bytes of event bodies still held (released events free theirs at once).
+    live_bytes: u64,
 }
 
 /// A slot whose bytes are a complete event (no context to add).
@@ -53,6 +55,7 @@ const NO_CONTEXT: u32 = u32::MAX;
 #[derive(Debug)]
 struct Slot {
     id: MessageId,
+    kind: EventKind,
     timestamp: Timestamp,
     queued_at: Timestamp,
     /// The event's head, or the complete event when `context` is `NO_CONTEXT`.
@@ -109,6 +112,7 @@ impl MemoryStore {
         if self.blocks.back().is_none_or(|b| b.slots.len() == BLOCK) {
             self.blocks.push_back(Block { slots: Vec::with_capacity(BLOCK), live: 0 });
         }
+        self.live_bytes += slot.bytes.len() as u64;
         if let Some(block) = self.blocks.back_mut() {
             block.live += usize::from(slot.pending != 0);
             block.slots.push(slot);
@@ -160,6 +164,7 @@ impl MemoryStore {
         let out = (slot.id, event);
         if slot.pending == 0 {
             // Free the bytes now; the slot itself goes with its block.
+            self.live_bytes -= slot.bytes.len() as u64;
             slot.bytes = Bytes::new();
             block.live -= 1;
         }
@@ -167,6 +172,87 @@ impl MemoryStore {
         self.trim();
         Some(out)
     }
+
+    // === for the SQLite store, which keeps its own process's events here (hot) ===
+
+    /// A stored event, for writing it elsewhere; `None` if unknown.
+    pub(crate) fn view(&self, seq: u64) -> Option<HotEvent> {
+        let s = self.slot(seq)?;
+        Some(HotEvent {
+            id: s.id,
+            kind: s.kind,
+            timestamp: s.timestamp,
+            queued_at: s.queued_at,
+            head: s.bytes.clone(),
+            context: self.contexts.get(s.context as usize).cloned(),
+            pending: s.pending,
+        })
+    }
+
+    /// Whether `seq` is still pending for any destination.
+    pub(crate) fn is_pending(&self, seq: u64) -> bool {
+        self.slot(seq).is_some_and(|s| s.pending != 0)
+    }
+
+    /// Drops every claim on `seq`; returns the destinations that still had it and its size.
+    pub(crate) fn release_all(&mut self, seq: u64) -> Option<(u64, u64)> {
+        let (b, o) = self.index(seq)?;
+        let block = self.blocks.get_mut(b)?;
+        let slot = block.slots.get_mut(o)?;
+        let routes = slot.pending;
+        if routes == 0 {
+            return None;
+        }
+        let len = slot.bytes.len() as u64;
+        slot.pending = 0;
+        slot.bytes = Bytes::new();
+        block.live -= 1;
+        self.live_bytes -= len;
+        for d in super::routes(routes) {
+            if let Some(p) = self.pending.get_mut(d) {
+                *p -= 1;
+            }
+        }
+        self.trim();
+        Some((routes, len))
+    }
+
+    /// Bytes of event bodies held.
+    pub(crate) fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    /// Forgets the oldest blocks, pending or not, until at most `keep` bytes are held (the last
+    /// block always stays). Returns the first seq still held: older events must be read from
+    /// wherever they were written.
+    pub(crate) fn forget_oldest(&mut self, keep: u64) -> u64 {
+        while self.live_bytes > keep && self.blocks.len() > 1 {
+            let Some(block) = self.blocks.pop_front() else { break };
+            for slot in &block.slots {
+                self.live_bytes -= slot.bytes.len() as u64;
+                for d in super::routes(slot.pending) {
+                    if let Some(p) = self.pending.get_mut(d) {
+                        *p -= 1;
+                    }
+                }
+            }
+            self.base += BLOCK as u64;
+        }
+        self.base
+    }
+}
+
+/// An event held in memory, as the SQLite store writes it.
+#[derive(Debug, Clone)]
+pub(crate) struct HotEvent {
+    pub(crate) id: MessageId,
+    pub(crate) kind: EventKind,
+    pub(crate) timestamp: Timestamp,
+    pub(crate) queued_at: Timestamp,
+    pub(crate) head: Bytes,
+    pub(crate) context: Option<Bytes>,
+    /// Destinations (client indices) still to deliver it.
+    pub(crate) pending: u64,
 }
 
 impl Store for MemoryStore {
@@ -208,6 +294,7 @@ impl Store for MemoryStore {
             for _ in self.base + self.len()..e.seq {
                 self.push_slot(Slot {
                     id: e.id,
+                    kind: e.kind,
                     timestamp: e.timestamp,
                     queued_at: e.queued_at,
                     bytes: Bytes::new(),
@@ -222,6 +309,7 @@ impl Store for MemoryStore {
             }
             self.push_slot(Slot {
                 id: e.id,
+                kind: e.kind,
                 timestamp: e.timestamp,
                 queued_at: e.queued_at,
                 bytes: e.bytes.clone(),

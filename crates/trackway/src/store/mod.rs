@@ -142,6 +142,18 @@ pub struct Appended {
     pub evicted: Vec<Evicted>,
 }
 
+/// What a [`Store::commit`] did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Committed {
+    /// Events dropped to keep the store under its size bound (oldest first).
+    pub evicted: Vec<Evicted>,
+    /// Events that could not be written (the write failed) and were dropped.
+    pub lost: Vec<Evicted>,
+    /// Why the write failed, when it did.
+    pub error: Option<StoreError>,
+}
+
 /// An event dropped to keep the store under its size bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -244,6 +256,19 @@ pub trait Store: Send + fmt::Debug + 'static {
     /// # Errors
     /// Backend failures.
     fn dead_letters(&mut self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Commits what earlier calls staged, in one transaction. A write-behind store
+    /// ([`SqliteStore`]) keeps appended events in memory, serves reads from there, and writes
+    /// them here, skipping those delivered meanwhile; a store that commits in `append` has
+    /// nothing to do (the default).
+    fn commit(&mut self) -> Committed {
+        Committed::default()
+    }
+
+    /// Whether `append` only stages (see [`commit`](Self::commit)).
+    fn writes_behind(&self) -> bool {
+        false
+    }
 
     /// Removes the dead letters with these keys and returns them (to be queued again).
     ///

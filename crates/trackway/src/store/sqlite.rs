@@ -34,7 +34,7 @@
 //! store is created, and the loss is reported ([`Recovered::reset`]). A locked or busy file is
 //! never treated as corrupt.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -45,7 +45,8 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 use trackway_wire::{EventKind, MessageId, Timestamp};
 
 use super::{
-    Appended, DeadLetter, DeadLetterReason, Evicted, NewEvent, Recovered, StateChange, Store, StoreError, routes,
+    Appended, Committed, DeadLetter, DeadLetterReason, Evicted, MemoryStore, NewEvent, Recovered, StateChange, Store,
+    StoreError, routes,
 };
 use crate::destination::EventRecord;
 
@@ -99,7 +100,22 @@ struct Open {
     bytes: u64,
     cursors: Vec<u64>,
     next_seq: u64,
+    /// This process's events, in memory: reads are served from here and appends only stage
+    /// (write-behind); `commit` writes what is still pending.
+    hot: MemoryStore,
+    /// Events below this seq are only in the file (an earlier process's backlog, or events moved
+    /// out of memory).
+    hot_start: u64,
+    /// Hot events not yet written.
+    staged: BTreeSet<u64>,
+    staged_state: Vec<StateChange>,
+    /// Per destination: known to have nothing pending below `hot_start`.
+    cold_done: Vec<bool>,
 }
+
+/// Memory kept for this process's events; beyond it the oldest (already written) are read back
+/// from the file instead.
+const HOT_LIMIT: u64 = 32 * 1024 * 1024;
 
 /// What a read-only look at a store found (see [`SqliteStore::inspect`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -219,10 +235,6 @@ impl SqliteStore {
     pub fn read_dead_letters(path: impl AsRef<Path>, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         let conn = open_read_only(path.as_ref())?;
         query_dead_letters(&conn, limit)
-    }
-
-    fn open_inner(&self) -> Result<&Open, StoreError> {
-        self.open.as_ref().ok_or_else(|| StoreError::Backend("store used before open()".into()))
     }
 
     fn inner(&mut self) -> Result<&mut Open, StoreError> {
@@ -421,6 +433,36 @@ impl Open {
             .ok_or_else(|| StoreError::Backend(format!("unknown destination {destination}")))
     }
 
+    /// Pending events of `destination` from the file, below `hot_start`.
+    fn read_cold(
+        &self,
+        destination: usize,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let bit = self.bit(destination)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "{SELECT_EVENT} WHERE seq >= ?1 AND seq < ?4 AND (pending & ?2) != 0 ORDER BY seq LIMIT ?3"
+            ))
+            .map_err(backend)?;
+        let mut rows =
+            stmt.query(params![from as i64, bit as i64, max_events as i64, self.hot_start as i64]).map_err(backend)?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let record = self.record(row).map_err(backend)?;
+            if !out.is_empty() && bytes + record.json_len() > max_bytes {
+                break;
+            }
+            bytes += record.json_len();
+            out.push(record);
+        }
+        Ok(out)
+    }
+
     fn context_bytes(&self, id: Option<i64>) -> Option<Bytes> {
         let id = id?;
         self.contexts.iter().find(|(i, _)| *i == id).map(|(_, b)| b.clone())
@@ -480,6 +522,11 @@ impl Store for SqliteStore {
             bytes: 0,
             cursors: Vec::new(),
             next_seq: 0,
+            hot: MemoryStore::new(),
+            hot_start: 0,
+            staged: BTreeSet::new(),
+            staged_state: Vec::new(),
+            cold_done: vec![false; destinations.len()],
         };
         let released = open.map_destinations(destinations)?;
         let conn = &open.conn;
@@ -520,20 +567,60 @@ impl Store for SqliteStore {
             rows.collect::<Result<BTreeMap<_, _>, _>>().map_err(backend)?
         };
         let next_seq = open.next_seq;
+        open.hot.open(destinations)?;
+        open.hot_start = next_seq;
         self.open = Some(open);
         Ok(Recovered { next_seq, state, pending, reset, released_unconfigured: released })
     }
 
     fn append(&mut self, events: &[NewEvent], state: &[StateChange]) -> Result<Appended, StoreError> {
-        let max_bytes = self.max_bytes;
         let open = self.inner()?;
-        let contexts_before = open.contexts.len();
-        let result = append_tx(open, events, state, max_bytes);
-        if result.is_err() {
-            // The transaction rolled back: contexts interned in it do not exist.
-            open.contexts.truncate(contexts_before);
+        // Staged only: `commit` writes what is still pending a moment later, in one
+        // transaction (and events delivered by then are never written at all).
+        open.hot.append(events, &[])?;
+        open.staged.extend(events.iter().map(|e| e.seq));
+        open.staged_state.extend_from_slice(state);
+        open.next_seq = events.iter().map(|e| e.seq + 1).fold(open.next_seq, u64::max);
+        Ok(Appended::default())
+    }
+
+    fn writes_behind(&self) -> bool {
+        true
+    }
+
+    fn commit(&mut self) -> Committed {
+        let max_bytes = self.max_bytes;
+        let Ok(open) = self.inner() else { return Committed::default() };
+        if open.staged.is_empty() && open.staged_state.is_empty() {
+            return Committed::default();
         }
-        result
+        let contexts_before = open.contexts.len();
+        match commit_tx(open, max_bytes) {
+            Ok(evicted) => {
+                open.staged.clear();
+                open.staged_state.clear();
+                if open.hot.live_bytes() > HOT_LIMIT {
+                    // Everything in memory is written now: keep the newest, read the rest back.
+                    let start = open.hot.forget_oldest(HOT_LIMIT / 2);
+                    if start > open.hot_start {
+                        open.hot_start = start;
+                        open.cold_done.fill(false);
+                    }
+                }
+                Committed { evicted, ..Committed::default() }
+            }
+            Err(e) => {
+                // Nothing of this transaction was written: those events are lost to the store.
+                open.contexts.truncate(contexts_before);
+                open.staged_state.clear();
+                let staged = std::mem::take(&mut open.staged);
+                let lost = staged
+                    .into_iter()
+                    .filter_map(|seq| open.hot.release_all(seq).map(|(routes, bytes)| Evicted { seq, routes, bytes }))
+                    .collect();
+                Committed { lost, error: Some(e), ..Committed::default() }
+            }
+        }
     }
 
     fn read(
@@ -543,38 +630,39 @@ impl Store for SqliteStore {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        let open = self.open_inner()?;
-        let bit = open.bit(destination)?;
-        let mut stmt = open
-            .conn
-            .prepare_cached(&format!("{SELECT_EVENT} WHERE seq >= ?1 AND (pending & ?2) != 0 ORDER BY seq LIMIT ?3"))
-            .map_err(backend)?;
-        let mut rows = stmt.query(params![from as i64, bit as i64, max_events as i64]).map_err(backend)?;
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        while let Some(row) = rows.next().map_err(backend)? {
-            let record = open.record(row).map_err(backend)?;
-            if !out.is_empty() && bytes + record.json_len() > max_bytes {
-                break;
+        let open = self.inner()?;
+        let mut out =
+            if from < open.hot_start { open.read_cold(destination, from, max_events, max_bytes)? } else { Vec::new() };
+        if out.len() < max_events {
+            let used: usize = out.iter().map(EventRecord::json_len).sum();
+            let rest = open.hot.read(
+                destination,
+                from.max(open.hot_start),
+                max_events - out.len(),
+                max_bytes.saturating_sub(used),
+            )?;
+            if out.is_empty() || used + rest.first().map_or(0, EventRecord::json_len) <= max_bytes {
+                out.extend(rest);
             }
-            bytes += record.json_len();
-            out.push(record);
         }
         Ok(out)
     }
 
     fn read_seqs(&mut self, destination: usize, seqs: &[u64]) -> Result<Vec<EventRecord>, StoreError> {
-        let open = self.open_inner()?;
-        let bit = open.bit(destination)?;
-        let mut stmt = open
-            .conn
-            .prepare_cached(&format!("{SELECT_EVENT} WHERE seq = ?1 AND (pending & ?2) != 0"))
-            .map_err(backend)?;
-        let mut out = Vec::with_capacity(seqs.len());
-        for &seq in seqs {
-            let mut rows = stmt.query(params![seq as i64, bit as i64]).map_err(backend)?;
-            if let Some(row) = rows.next().map_err(backend)? {
-                out.push(open.record(row).map_err(backend)?);
+        let open = self.inner()?;
+        let (hot, cold): (Vec<u64>, Vec<u64>) = seqs.iter().partition(|&&s| s >= open.hot_start);
+        let mut out = open.hot.read_seqs(destination, &hot)?;
+        if !cold.is_empty() {
+            let bit = open.bit(destination)?;
+            let mut stmt = open
+                .conn
+                .prepare_cached(&format!("{SELECT_EVENT} WHERE seq = ?1 AND (pending & ?2) != 0"))
+                .map_err(backend)?;
+            for seq in cold {
+                let mut rows = stmt.query(params![seq as i64, bit as i64]).map_err(backend)?;
+                if let Some(row) = rows.next().map_err(backend)? {
+                    out.push(open.record(row).map_err(backend)?);
+                }
             }
         }
         Ok(out)
@@ -583,30 +671,30 @@ impl Store for SqliteStore {
     fn ack(&mut self, destination: usize, seqs: &[u64]) -> Result<u64, StoreError> {
         let open = self.inner()?;
         let bit = open.bit(destination)? as i64;
-        let mut sorted = seqs.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
-        let tx = open.conn.transaction().map_err(backend)?;
         let mut released = 0u64;
-        let mut freed = 0u64;
-        {
-            let mut clear = tx
-                .prepare_cached(
-                    "UPDATE events SET pending = pending & ~?1 WHERE seq BETWEEN ?2 AND ?3 AND (pending & ?1) != 0",
-                )
-                .map_err(backend)?;
-            let mut delete = tx
-                .prepare_cached("DELETE FROM events WHERE seq BETWEEN ?1 AND ?2 AND pending = 0 RETURNING length(body)")
-                .map_err(backend)?;
-            // Acks come in runs of consecutive seqs (a batch): two statements per run.
-            for (first, last) in runs(&sorted) {
-                released += clear.execute(params![bit, first as i64, last as i64]).map_err(backend)? as u64;
-                let mut rows = delete.query(params![first as i64, last as i64]).map_err(backend)?;
-                while let Some(row) = rows.next().map_err(backend)? {
-                    freed += row.get::<_, i64>(0).map_err(backend)? as u64 + ROW_OVERHEAD;
+        let mut cold = Vec::new();
+        let mut written = Vec::new();
+        for &seq in seqs {
+            if seq < open.hot_start {
+                cold.push(seq);
+            } else if open.hot.ack(destination, &[seq])? == 1 {
+                released += 1;
+                if !open.staged.contains(&seq) {
+                    // Already in the file: its row must learn it too.
+                    written.push(seq);
+                } else if !open.hot.is_pending(seq) {
+                    // Delivered everywhere before it was written: it never will be.
+                    open.staged.remove(&seq);
                 }
             }
         }
+        if cold.is_empty() && written.is_empty() {
+            return Ok(released);
+        }
+        let tx = open.conn.transaction().map_err(backend)?;
+        let mut freed = 0u64;
+        released += sql_release(&tx, bit, &cold, &mut freed)?;
+        sql_release(&tx, bit, &written, &mut freed)?;
         tx.commit().map_err(backend)?;
         open.bytes = open.bytes.saturating_sub(freed);
         Ok(released)
@@ -621,17 +709,34 @@ impl Store for SqliteStore {
         let open = self.inner()?;
         let bit = open.bit(destination)?;
         let name = open.names.get(destination).cloned().unwrap_or_default();
+        // The full event of each letter, from memory or from the file.
         let mut found = Vec::with_capacity(letters.len());
-        {
-            let mut stmt = open
-                .conn
-                .prepare_cached(&format!("{SELECT_EVENT} WHERE seq = ?1 AND (pending & ?2) != 0"))
-                .map_err(backend)?;
-            for (seq, reason, detail) in letters {
+        for (seq, reason, detail) in letters {
+            let record = if *seq >= open.hot_start {
+                open.hot.read_seqs(destination, &[*seq])?.pop()
+            } else {
+                let mut stmt = open
+                    .conn
+                    .prepare_cached(&format!("{SELECT_EVENT} WHERE seq = ?1 AND (pending & ?2) != 0"))
+                    .map_err(backend)?;
                 let mut rows = stmt.query(params![*seq as i64, bit as i64]).map_err(backend)?;
-                if let Some(row) = rows.next().map_err(backend)? {
-                    let record = open.record(row).map_err(backend)?;
-                    found.push((record, *reason, detail.clone()));
+                rows.next().map_err(backend)?.map(|row| open.record(row)).transpose().map_err(backend)?
+            };
+            if let Some(record) = record {
+                found.push((record, *reason, detail.clone()));
+            }
+        }
+        let mut in_file = Vec::new();
+        for (record, _, _) in &found {
+            let seq = record.seq();
+            if seq < open.hot_start {
+                in_file.push(seq);
+            } else {
+                open.hot.ack(destination, &[seq])?;
+                if !open.staged.contains(&seq) {
+                    in_file.push(seq);
+                } else if !open.hot.is_pending(seq) {
+                    open.staged.remove(&seq);
                 }
             }
         }
@@ -640,19 +745,14 @@ impl Store for SqliteStore {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO dead_letters (seq, id, destination, reason, detail, at, event) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO dead_letters (seq, id, destination, reason, detail, at, event) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(backend)?;
-            let mut clear =
-                tx.prepare_cached("UPDATE events SET pending = pending & ~?1 WHERE seq = ?2").map_err(backend)?;
-            let mut delete = tx
-                .prepare_cached("DELETE FROM events WHERE seq = ?1 AND pending = 0 RETURNING length(body)")
-                .map_err(backend)?;
             for (record, reason, detail) in &found {
-                let seq = record.seq() as i64;
                 insert
                     .execute(params![
-                        seq,
+                        record.seq() as i64,
                         record.id().as_uuid().as_bytes().as_slice(),
                         name,
                         reason.as_str(),
@@ -661,16 +761,14 @@ impl Store for SqliteStore {
                         &record.json()[..]
                     ])
                     .map_err(backend)?;
-                clear.execute(params![bit as i64, seq]).map_err(backend)?;
-                let len: Option<i64> = delete.query_row([seq], |r| r.get(0)).optional().map_err(backend)?;
-                freed += len.map_or(0, |l| l as u64 + ROW_OVERHEAD);
             }
-            tx.execute(
-                "DELETE FROM dead_letters WHERE key <= (SELECT max(key) FROM dead_letters) - ?1",
-                [MAX_DEAD_LETTERS],
-            )
-            .map_err(backend)?;
         }
+        sql_release(&tx, bit as i64, &in_file, &mut freed)?;
+        tx.execute(
+            "DELETE FROM dead_letters WHERE key <= (SELECT max(key) FROM dead_letters) - ?1",
+            [MAX_DEAD_LETTERS],
+        )
+        .map_err(backend)?;
         tx.commit().map_err(backend)?;
         open.bytes = open.bytes.saturating_sub(freed);
         Ok(found.len() as u64)
@@ -678,29 +776,38 @@ impl Store for SqliteStore {
 
     fn lowest_pending(&mut self, destination: usize) -> Result<Option<u64>, StoreError> {
         let open = self.inner()?;
-        let bit = open.bit(destination)?;
-        let cursor = open.cursors.get(destination).copied().unwrap_or(0);
-        let seq: Option<i64> = open
-            .conn
-            .prepare_cached("SELECT seq FROM events WHERE seq >= ?1 AND (pending & ?2) != 0 ORDER BY seq LIMIT 1")
-            .and_then(|mut s| s.query_row(params![cursor as i64, bit as i64], |r| r.get(0)).optional())
-            .map_err(backend)?;
-        if let Some(seq) = seq {
-            // Seqs below the lowest pending one never become pending again: the hint only grows.
-            open.cursors[destination] = seq as u64;
+        if !open.cold_done[destination] {
+            let bit = open.bit(destination)?;
+            let cursor = open.cursors.get(destination).copied().unwrap_or(0);
+            let seq: Option<i64> = open
+                .conn
+                .prepare_cached(
+                    "SELECT seq FROM events WHERE seq >= ?1 AND seq < ?2 AND (pending & ?3) != 0 ORDER BY seq LIMIT 1",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![cursor as i64, open.hot_start as i64, bit as i64], |r| r.get(0)).optional()
+                })
+                .map_err(backend)?;
+            match seq {
+                // Seqs below the lowest pending one never become pending again: the hint only grows.
+                Some(seq) => {
+                    open.cursors[destination] = seq as u64;
+                    return Ok(Some(seq as u64));
+                }
+                None => open.cold_done[destination] = true,
+            }
         }
-        Ok(seq.map(|s| s as u64))
+        open.hot.lowest_pending(destination)
     }
 
     fn set_state(&mut self, changes: &[StateChange]) -> Result<(), StoreError> {
-        let open = self.inner()?;
-        let tx = open.conn.transaction().map_err(backend)?;
-        write_state(&tx, changes)?;
-        tx.commit().map_err(backend)
+        // Written with the next commit, a moment later.
+        self.inner()?.staged_state.extend_from_slice(changes);
+        Ok(())
     }
 
     fn dead_letters(&mut self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        query_dead_letters(&self.open_inner()?.conn, limit)
+        query_dead_letters(&self.inner()?.conn, limit)
     }
 
     fn take_dead_letters(&mut self, keys: &[u64]) -> Result<Vec<DeadLetter>, StoreError> {
@@ -722,6 +829,32 @@ impl Store for SqliteStore {
         tx.commit().map_err(backend)?;
         Ok(taken)
     }
+}
+
+/// Clears `bit` on these rows and deletes those no destination needs any more; returns how many
+/// had the bit. Acks come in runs of consecutive seqs (a batch): two statements per run.
+fn sql_release(tx: &rusqlite::Transaction<'_>, bit: i64, seqs: &[u64], freed: &mut u64) -> Result<u64, StoreError> {
+    if seqs.is_empty() {
+        return Ok(0);
+    }
+    let mut sorted = seqs.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut clear = tx
+        .prepare_cached("UPDATE events SET pending = pending & ~?1 WHERE seq BETWEEN ?2 AND ?3 AND (pending & ?1) != 0")
+        .map_err(backend)?;
+    let mut delete = tx
+        .prepare_cached("DELETE FROM events WHERE seq BETWEEN ?1 AND ?2 AND pending = 0 RETURNING length(body)")
+        .map_err(backend)?;
+    let mut released = 0;
+    for (first, last) in runs(&sorted) {
+        released += clear.execute(params![bit, first as i64, last as i64]).map_err(backend)? as u64;
+        let mut rows = delete.query(params![first as i64, last as i64]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            *freed += row.get::<_, i64>(0).map_err(backend)? as u64 + ROW_OVERHEAD;
+        }
+    }
+    Ok(released)
 }
 
 /// Client route mask -> stored bit mask.
@@ -757,74 +890,77 @@ fn write_state(tx: &rusqlite::Transaction<'_>, changes: &[StateChange]) -> Resul
     Ok(())
 }
 
-fn append_tx(
-    open: &mut Open,
-    events: &[NewEvent],
-    state: &[StateChange],
-    max_bytes: u64,
-) -> Result<Appended, StoreError> {
-    let tx = open.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+/// Writes the staged events still pending (and the staged state) in one transaction; drops the
+/// oldest events if the file is over its size bound.
+fn commit_tx(open: &mut Open, max_bytes: u64) -> Result<Vec<Evicted>, StoreError> {
+    let Open { conn, hot, staged, staged_state, contexts, bits, bytes, next_seq, hot_start, .. } = open;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
     let mut added = 0u64;
-    let mut next_seq = open.next_seq;
     {
         let mut insert = tx
             .prepare_cached(
-                "INSERT INTO events (seq, id, kind, ts, queued_at, context, pending, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO events (seq, id, kind, ts, queued_at, context, pending, body) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .map_err(backend)?;
-        for e in events {
-            let context = match &e.context {
-                Some(c) => Some(intern(&tx, &mut open.contexts, c)?),
+        for &seq in staged.iter() {
+            // Delivered (or dead-lettered) everywhere while staged: never written.
+            let Some(event) = hot.view(seq).filter(|e| e.pending != 0) else { continue };
+            let context = match &event.context {
+                Some(c) => Some(intern(&tx, contexts, c)?),
                 None => None,
             };
-            let pending = to_bits(&open.bits, e.routes);
             insert
                 .execute(params![
-                    e.seq as i64,
-                    e.id.as_uuid().as_bytes().as_slice(),
-                    kind_code(e.kind),
-                    e.timestamp.unix_millis(),
-                    e.queued_at.unix_millis(),
+                    seq as i64,
+                    event.id.as_uuid().as_bytes().as_slice(),
+                    kind_code(event.kind),
+                    event.timestamp.unix_millis(),
+                    event.queued_at.unix_millis(),
                     context,
-                    pending as i64,
-                    &e.bytes[..]
+                    to_bits(bits, event.pending) as i64,
+                    &event.head[..]
                 ])
                 .map_err(backend)?;
-            added += e.bytes.len() as u64 + ROW_OVERHEAD;
-            next_seq = next_seq.max(e.seq + 1);
+            added += event.head.len() as u64 + ROW_OVERHEAD;
         }
     }
-    write_state(&tx, state)?;
-    tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?1)", [next_seq as i64])
+    write_state(&tx, staged_state)?;
+    tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?1)", [*next_seq as i64])
         .map_err(backend)?;
     let mut evicted = Vec::new();
-    let mut bytes = open.bytes + added;
-    if bytes > max_bytes {
+    let mut size = *bytes + added;
+    if size > max_bytes {
         // Over the bound: drop the oldest events until back under 90% of it, so this is not
-        // paid again on every append.
+        // paid again on every commit.
         let target = max_bytes / 10 * 9;
-        let mut stmt = tx.prepare("SELECT seq, pending, length(body) FROM events ORDER BY seq").map_err(backend)?;
-        let mut rows = stmt.query([]).map_err(backend)?;
         let mut last = None;
-        while bytes > target {
-            let Some(row) = rows.next().map_err(backend)? else { break };
-            let seq: i64 = row.get(0).map_err(backend)?;
-            let pending: i64 = row.get(1).map_err(backend)?;
-            let len: i64 = row.get(2).map_err(backend)?;
-            bytes = bytes.saturating_sub(len as u64 + ROW_OVERHEAD);
-            evicted.push(Evicted { seq: seq as u64, routes: to_routes(&open.bits, pending as u64), bytes: len as u64 });
-            last = Some(seq);
+        {
+            let mut stmt = tx.prepare("SELECT seq, pending, length(body) FROM events ORDER BY seq").map_err(backend)?;
+            let mut rows = stmt.query([]).map_err(backend)?;
+            while size > target {
+                let Some(row) = rows.next().map_err(backend)? else { break };
+                let seq: i64 = row.get(0).map_err(backend)?;
+                let pending: i64 = row.get(1).map_err(backend)?;
+                let len: i64 = row.get(2).map_err(backend)?;
+                size = size.saturating_sub(len as u64 + ROW_OVERHEAD);
+                evicted.push(Evicted { seq: seq as u64, routes: to_routes(bits, pending as u64), bytes: len as u64 });
+                last = Some(seq);
+            }
         }
-        drop(rows);
-        drop(stmt);
         if let Some(last) = last {
             tx.execute("DELETE FROM events WHERE seq <= ?1", [last]).map_err(backend)?;
         }
     }
     tx.commit().map_err(backend)?;
-    open.bytes = bytes;
-    open.next_seq = next_seq;
-    Ok(Appended { evicted })
+    // Evicted events still in memory go too.
+    for e in &evicted {
+        if e.seq >= *hot_start {
+            hot.release_all(e.seq);
+        }
+    }
+    *bytes = size;
+    Ok(evicted)
 }
 
 /// The id of `context` in the contexts table, adding it if new (cached; compared by pointer
