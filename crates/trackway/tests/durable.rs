@@ -339,6 +339,31 @@ fn dead_letters_can_be_requeued() {
 }
 
 #[test]
+fn events_moved_out_of_memory_are_read_back_and_none_is_lost() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(&dir);
+        let collector = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
+        // A tiny memory budget: events are written in parts and the oldest leave memory while
+        // later parts are still only staged (which once lost the staged ones).
+        let client = durable(&path, SqliteStore::new(&path).memory_limit(64 * 1024))
+            .destination(json("a", collector.url("/e")))
+            .build()
+            .expect("client");
+        let sent: Vec<String> = (0..20_000)
+            .map(|i| client.track("u", "e", props! { "i" => i, "pad" => "p".repeat(64) }).expect("track").to_string())
+            .collect();
+        client.persisted(Duration::from_secs(10)).expect("persisted");
+        collector.set_default_reply(Reply::ok());
+        client.flush(Duration::from_secs(30)).expect("flush");
+        let a = client.stats().destinations[0].clone();
+        assert_eq!((a.delivered, a.pending), (20_000, 0), "{a:?}");
+        let delivered = delivered_ids(&collector.requests());
+        assert!(sent.iter().all(|id| delivered.contains_key(id)), "every event delivered");
+    });
+}
+
+#[test]
 fn the_default_store_needs_the_application_name() {
     let err = Client::builder().destination(json("a", "http://127.0.0.1:9/e".into())).build().expect_err("no app name");
     assert!(err.to_string().contains(".app(name, version)"), "{err}");

@@ -48,10 +48,10 @@ pub(crate) struct Worker {
     drain_at: Option<Instant>,
     /// When a write-behind store commits what it staged (at most `commit_delay` after the first).
     commit_at: Option<Instant>,
-    /// Events appended to a write-behind store and not yet committed.
-    uncommitted: u64,
-    /// Persist barriers waiting for the next commit.
-    barriers: Vec<Reply>,
+    /// Every seq below this is committed (write-behind stores; others commit in `append`).
+    committed_below: u64,
+    /// Persist barriers waiting for every event up to their seq to be committed.
+    barriers: Vec<(Option<u64>, Reply)>,
     segments: Segments,
     /// What `,"context":<context>}` adds to an event head.
     context_len: usize,
@@ -125,7 +125,7 @@ impl Worker {
             shutdown: None,
             drain_at: None,
             commit_at: None,
-            uncommitted: 0,
+            committed_below: recovered.next_seq,
             barriers: Vec::new(),
             segments: Segments::default(),
             context_len,
@@ -157,7 +157,7 @@ impl Worker {
         }
         // Commit anything that raced in behind the shutdown request, then answer.
         self.drain();
-        self.commit();
+        self.commit_all();
         if let Some((_, reply)) = self.shutdown.take() {
             reply.send();
         }
@@ -258,7 +258,6 @@ impl Worker {
             match self.store.append(&events, &state) {
                 Ok(appended) => {
                     if self.store.writes_behind() {
-                        self.uncommitted += events.len() as u64;
                         self.commit_at.get_or_insert(Instant::now() + self.settings.commit_delay);
                     } else {
                         bump(&self.shared.counters.persisted, events.len() as u64);
@@ -293,8 +292,10 @@ impl Worker {
             match (control, &lost) {
                 // A barrier behind events that could not be committed must not say "safe".
                 (Control::Persisted(reply), Some(why)) => reply.fail(why.clone()),
-                // A write-behind store answers after its next commit, which happens now.
-                (Control::Persisted(reply), None) if self.store.writes_behind() => self.barriers.push(reply),
+                // A write-behind store answers once everything before is committed: now.
+                (Control::Persisted(reply), None) if self.store.writes_behind() => {
+                    self.barriers.push((next_seq.checked_sub(1), reply));
+                }
                 (control, _) => self.control(next_seq, control),
             }
         }
@@ -357,13 +358,18 @@ impl Worker {
         lane.groups.push(Group { seqs, due, failures, epoch });
     }
 
-    /// Commits what a write-behind store staged, then answers the waiting barriers.
+    /// Commits (part of) what a write-behind store staged, then answers the barriers it covers.
     fn commit(&mut self) {
         self.commit_at = None;
-        let committed = self.store.commit();
+        let committed = self.store.commit(COMMIT_PART);
         let lost = committed.lost.len() as u64;
-        bump(&self.shared.counters.persisted, self.uncommitted.saturating_sub(lost));
-        self.uncommitted = 0;
+        let below = committed.staged_from.unwrap_or(self.next_seq).max(self.committed_below);
+        bump(&self.shared.counters.persisted, (below - self.committed_below).saturating_sub(lost));
+        self.committed_below = below;
+        if committed.staged_from.is_some() {
+            // More to write: the next part goes after the worker has drained and dispatched.
+            self.commit_at = Some(Instant::now());
+        }
         if !committed.evicted.is_empty() {
             self.forget_dropped(&committed.evicted, Dropped::StoreFull);
         }
@@ -378,10 +384,25 @@ impl Worker {
         if let Some((_, reason)) = &failure {
             self.forget_dropped(&committed.lost, *reason);
         }
-        for reply in self.barriers.drain(..) {
+        let (done, waiting): (Vec<_>, Vec<_>) = self
+            .barriers
+            .drain(..)
+            .partition(|(upto, _)| failure.is_some() || upto.is_none_or(|u| u < self.committed_below));
+        self.barriers = waiting;
+        for (_, reply) in done {
             match &failure {
                 Some((why, _)) => reply.fail(why.clone()),
                 None => reply.send(),
+            }
+        }
+    }
+
+    /// Commits everything staged (at shutdown).
+    fn commit_all(&mut self) {
+        loop {
+            self.commit();
+            if self.commit_at.is_none() {
+                break;
             }
         }
     }
@@ -755,6 +776,10 @@ impl Worker {
 fn shared_context_len(shared: &Shared) -> usize {
     shared.context_json.len() + trackway_wire::CONTEXT_KEY.len() + 1
 }
+
+/// Most events a write-behind store writes in one commit: the worker drains and dispatches
+/// between parts, so a burst never leaves the channel unattended for long.
+const COMMIT_PART: usize = 1024;
 
 /// How long a destination waits after the store failed to read or record its events.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);

@@ -222,11 +222,12 @@ impl MemoryStore {
         self.live_bytes
     }
 
-    /// Forgets the oldest blocks, pending or not, until at most `keep` bytes are held (the last
-    /// block always stays). Returns the first seq still held: older events must be read from
-    /// wherever they were written.
-    pub(crate) fn forget_oldest(&mut self, keep: u64) -> u64 {
-        while self.live_bytes > keep && self.blocks.len() > 1 {
+    /// Forgets the oldest blocks, pending or not, until at most `keep` bytes are held, but only
+    /// blocks entirely below `below` (what the caller has written elsewhere; the last block always
+    /// stays). Returns the first seq still held: older events must be read from wherever they
+    /// were written.
+    pub(crate) fn forget_oldest(&mut self, keep: u64, below: u64) -> u64 {
+        while self.live_bytes > keep && self.blocks.len() > 1 && self.base + (BLOCK as u64) <= below {
             let Some(block) = self.blocks.pop_front() else { break };
             for slot in &block.slots {
                 self.live_bytes -= slot.bytes.len() as u64;

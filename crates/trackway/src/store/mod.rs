@@ -152,6 +152,8 @@ pub struct Committed {
     pub lost: Vec<Evicted>,
     /// Why the write failed, when it did.
     pub error: Option<StoreError>,
+    /// The lowest seq still staged after this commit (`None`: everything is written).
+    pub staged_from: Option<u64>,
 }
 
 /// An event dropped to keep the store under its size bound.
@@ -257,11 +259,13 @@ pub trait Store: Send + fmt::Debug + 'static {
     /// Backend failures.
     fn dead_letters(&mut self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
 
-    /// Commits what earlier calls staged, in one transaction. A write-behind store
-    /// ([`SqliteStore`]) keeps appended events in memory, serves reads from there, and writes
-    /// them here, skipping those delivered meanwhile; a store that commits in `append` has
-    /// nothing to do (the default).
-    fn commit(&mut self) -> Committed {
+    /// Commits what earlier calls staged, oldest first, at most `max_events` events in one
+    /// transaction (so the caller can get back to other work between calls). A write-behind
+    /// store ([`SqliteStore`]) keeps appended events in memory, serves reads from there, and
+    /// writes them here, skipping those delivered meanwhile; a store that commits in `append`
+    /// has nothing to do (the default).
+    fn commit(&mut self, max_events: usize) -> Committed {
+        let _ = max_events;
         Committed::default()
     }
 

@@ -1,0 +1,955 @@
+//! The durable outbox: one SQLite file (WAL mode) holding the events, their delivery state per
+//! destination, the dead letters and the client's state.
+//!
+//! # Layout (schema version 1)
+//!
+//! | table | what |
+//! |---|---|
+//! | `chunks(first, data)` | events, in chunks of up to 256 consecutive ones (see `chunk.rs`) |
+//! | `chunk_state(first, state)` | per event of a chunk: its seq and the mask of destinations still to deliver it |
+//! | `destinations(bit, name)` | which mask bit belongs to which destination (by name, so reordering destinations is harmless) |
+//! | `contexts(id, json)` | each distinct context once (it completes an event's head) |
+//! | `dead_letters(key, seq, id, destination, reason, detail, at, event)` | what a destination gave up on, with the server's answer |
+//! | `state(key, value)` | client state: identity, session, destination tokens |
+//! | `meta(key, value)` | the next sequence number |
+//!
+//! # Write-behind
+//!
+//! The events of this process are also kept in memory (a [`MemoryStore`]), which serves every
+//! read: the file is for durability and for the next process. [`Store::append`] only stages;
+//! [`Store::commit`], which the worker calls at most `commit_delay` later (at once for a persist
+//! barrier), writes in one transaction what is still pending, together with the state changes
+//! of those events. Events delivered in the meantime are never written. Acks and dead letters
+//! touch the file only for events already written, and only their chunk's small state row.
+//!
+//! # Durability
+//!
+//! With `synchronous = NORMAL` (the default) a committed transaction survives a crash of the
+//! process; a power loss may lose the last transactions (WAL frames not yet checkpointed are not
+//! fsynced), never corrupt the file. With `synchronous = FULL` every commit is fsynced and
+//! survives power loss too. What was not committed yet (at most `commit_delay` of events, plus
+//! what was still in the channel) is lost in a crash.
+//!
+//! # One writer
+//!
+//! A process that opens the store for writing holds an exclusive lock on `<file>.lock`, which
+//! records its pid; a second writer fails with "store in use by pid N". Readers
+//! ([`SqliteStore::inspect`], [`SqliteStore::read_dead_letters`]) need no lock.
+//!
+//! # Recovery
+//!
+//! A file that is not a valid store (not SQLite, truncated, failing `quick_check`, or written by
+//! a newer schema) is renamed `<file>.bad-<unix time>` with its `-wal` and `-shm` files, a fresh
+//! store is created, and the loss is reported ([`Recovered::reset`]). A locked or busy file is
+//! never treated as corrupt.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use trackway_wire::{MessageId, Timestamp};
+
+use super::{
+    Appended, Committed, DeadLetter, DeadLetterReason, Evicted, MemoryStore, NewEvent, Recovered, StateChange, Store,
+    StoreError, routes,
+};
+use crate::destination::EventRecord;
+
+mod chunk;
+mod file;
+
+use chunk::{CHUNK_EVENTS, Chunk, ChunkIndex, StoredEvent};
+use file::{backend, lock, migrate, move_aside, open_checked, open_read_only, sidecar};
+
+/// The schema version this code writes; files with a higher one are from a newer trackway.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Dead letters kept; older ones are deleted beyond this (they stay counted in stats).
+const MAX_DEAD_LETTERS: i64 = 10_000;
+
+/// Default memory kept for this process's events; beyond it the oldest (already written) are
+/// read back from the file instead.
+const DEFAULT_MEMORY_LIMIT: u64 = 32 * 1024 * 1024;
+
+/// How SQLite syncs commits to disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Synchronous {
+    /// Commits survive a process crash; a power loss may lose the last ones (default).
+    #[default]
+    Normal,
+    /// Every commit is fsynced: commits survive power loss too.
+    Full,
+}
+
+/// The durable outbox. Build one with [`SqliteStore::new`] and hand it to
+/// [`ClientBuilder::store`](crate::ClientBuilder::store), or let the client open the default one
+/// (see [`ClientBuilder::app`](crate::ClientBuilder::app)).
+///
+/// ```no_run
+/// use trackway::store::{SqliteStore, Synchronous};
+/// let store = SqliteStore::new("/var/lib/myapp/outbox.db").synchronous(Synchronous::Full).max_bytes(64 << 20);
+/// ```
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    synchronous: Synchronous,
+    max_bytes: u64,
+    max_page_count: Option<u64>,
+    memory_limit: u64,
+    open: Option<Open>,
+}
+
+#[derive(Debug)]
+struct Open {
+    conn: Connection,
+    /// Held for as long as the store is open: the single-writer lock.
+    _lock: File,
+    /// Client destination index -> its bit in the stored masks.
+    bits: Vec<u64>,
+    names: Vec<String>,
+    contexts: Vec<(i64, Bytes)>,
+    /// Delivery state of everything in the file.
+    index: ChunkIndex,
+    /// Chunks whose state changed and is not yet written.
+    dirty: BTreeSet<u64>,
+    /// The last chunk read back from the file, decoded.
+    cache: Option<(u64, Vec<StoredEvent>)>,
+    next_seq: u64,
+    /// This process's events, in memory (see the module docs).
+    hot: MemoryStore,
+    /// Events below this seq are only in the file (an earlier process's backlog, or events moved
+    /// out of memory).
+    hot_start: u64,
+    /// Hot events not yet written.
+    staged: BTreeSet<u64>,
+    staged_state: Vec<StateChange>,
+    /// Per destination: no event below this is pending in the file (below `hot_start`).
+    cursors: Vec<u64>,
+}
+
+/// What a read-only look at a store found (see [`SqliteStore::inspect`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Inspection {
+    /// Stored events (committed, not yet delivered everywhere).
+    pub events: u64,
+    /// Per destination name: events still to deliver.
+    pub pending: Vec<(String, u64)>,
+    /// Dead letters kept.
+    pub dead_letters: u64,
+    /// Size of the database file and its WAL, in bytes.
+    pub file_bytes: u64,
+}
+
+impl SqliteStore {
+    /// A store in the file at `path` (created, with its directory, when the client is built).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteStore {
+            path: path.into(),
+            synchronous: Synchronous::Normal,
+            max_bytes: 128 * 1024 * 1024,
+            max_page_count: None,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            open: None,
+        }
+    }
+
+    /// The default location for an application: `<per-user data dir>/<app name>/trackway/outbox.db`
+    /// (e.g. `~/.local/share/myapp/trackway/outbox.db` on Linux).
+    ///
+    /// # Errors
+    /// A message asking for an explicit path where the platform has no per-user data directory
+    /// (mobile, some containers), or when `app_name` is not usable as a directory name.
+    pub fn default_path(app_name: &str) -> Result<PathBuf, String> {
+        if app_name.is_empty() || app_name.contains(['/', '\\']) || app_name == "." || app_name == ".." {
+            return Err(format!("application name {app_name:?} cannot be used as a directory name"));
+        }
+        let base = dirs::data_local_dir().ok_or_else(|| {
+            "this platform has no per-user data directory: give the store an explicit path with \
+             ClientBuilder::store(SqliteStore::new(path))"
+                .to_owned()
+        })?;
+        Ok(base.join(app_name).join("trackway").join("outbox.db"))
+    }
+
+    /// How commits are synced (default [`Synchronous::Normal`]).
+    #[must_use]
+    pub fn synchronous(mut self, mode: Synchronous) -> Self {
+        self.synchronous = mode;
+        self
+    }
+
+    /// The most bytes of events the file keeps (default 128 MiB). Beyond it the oldest events
+    /// are dropped and counted as `store_full`.
+    #[must_use]
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes.max(1);
+        self
+    }
+
+    /// Caps the database at this many pages (SQLite's `max_page_count`), as if the disk had only
+    /// that much room: writes beyond it fail like a full disk. For tests of disk-full handling.
+    #[must_use]
+    pub fn max_page_count(mut self, pages: u64) -> Self {
+        self.max_page_count = Some(pages);
+        self
+    }
+
+    /// The most bytes of this process's events kept in memory to serve reads (default 32 MiB);
+    /// beyond it the oldest already written are read back from the file when needed.
+    #[must_use]
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Looks at a store without writing to it or taking its lock: works while another process
+    /// has it open. Shows what is committed.
+    ///
+    /// # Errors
+    /// When the file does not exist or cannot be read as a store.
+    pub fn inspect(path: impl AsRef<Path>) -> Result<Inspection, StoreError> {
+        let path = path.as_ref();
+        let conn = open_read_only(path)?;
+        let file_bytes = [path.to_path_buf(), sidecar(path, "-wal")]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
+        if version == 0 {
+            // Being created by its writer right now (or never written): nothing in it yet.
+            return Ok(Inspection { file_bytes, ..Inspection::default() });
+        }
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Backend(format!("{} is from a newer trackway (schema {version})", path.display())));
+        }
+        let dead: i64 = conn.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0)).map_err(backend)?;
+        let dests: Vec<(i64, String)> = {
+            let mut stmt = conn.prepare("SELECT bit, name FROM destinations ORDER BY bit").map_err(backend)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)?
+        };
+        let mut per_bit = [0u64; 64];
+        let mut events = 0;
+        let mut stmt = conn.prepare("SELECT state FROM chunk_state").map_err(backend)?;
+        let mut rows = stmt.query([]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let state: Vec<u8> = row.get(0).map_err(backend)?;
+            let chunk =
+                Chunk::decode_state(&state, 0).ok_or_else(|| StoreError::Backend("damaged chunk state".into()))?;
+            for mask in chunk.pending.iter().filter(|m| **m != 0) {
+                events += 1;
+                for (bit, count) in per_bit.iter_mut().enumerate() {
+                    *count += u64::from(mask & (1 << bit) != 0);
+                }
+            }
+        }
+        let pending = dests.into_iter().map(|(bit, name)| (name, per_bit[bit as usize])).collect();
+        Ok(Inspection { events, pending, dead_letters: dead as u64, file_bytes })
+    }
+
+    /// Reads the dead letters of a store without taking its lock (oldest first, at most `limit`).
+    ///
+    /// # Errors
+    /// When the file does not exist or cannot be read as a store.
+    pub fn read_dead_letters(path: impl AsRef<Path>, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let conn = open_read_only(path.as_ref())?;
+        query_dead_letters(&conn, limit)
+    }
+
+    fn inner(&mut self) -> Result<&mut Open, StoreError> {
+        self.open.as_mut().ok_or_else(|| StoreError::Backend("store used before open()".into()))
+    }
+}
+
+/// Client route mask -> stored bit mask.
+fn to_bits(bits: &[u64], routes_mask: u64) -> u64 {
+    routes(routes_mask).filter_map(|i| bits.get(i)).fold(0, |m, b| m | b)
+}
+
+/// Stored bit mask -> client route mask.
+fn to_routes(bits: &[u64], pending: u64) -> u64 {
+    bits.iter().enumerate().filter(|(_, b)| pending & **b != 0).fold(0, |m, (i, _)| m | (1 << i))
+}
+
+impl Open {
+    /// Assigns each configured destination its bit (existing by name, else the lowest free one)
+    /// and forgets destinations no longer configured. Returns the bits to clear from stored
+    /// events (those destinations').
+    fn map_destinations(&mut self, names: &[String]) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction().map_err(backend)?;
+        let known: Vec<(i64, String)> = {
+            let mut stmt = tx.prepare("SELECT bit, name FROM destinations").map_err(backend)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)?
+        };
+        let mut bits = Vec::with_capacity(names.len());
+        let mut used: Vec<i64> = known.iter().filter(|(_, n)| names.contains(n)).map(|(b, _)| *b).collect();
+        for name in names {
+            let bit = match known.iter().find(|(_, n)| n == name) {
+                Some((bit, _)) => *bit,
+                None => {
+                    let free = (0..64)
+                        .find(|b| !used.contains(b))
+                        .ok_or_else(|| StoreError::Backend("more than 64 destinations".into()))?;
+                    tx.execute("INSERT INTO destinations (bit, name) VALUES (?1, ?2)", params![free, name])
+                        .map_err(backend)?;
+                    used.push(free);
+                    free
+                }
+            };
+            bits.push(1u64 << bit);
+        }
+        let mut removed = 0u64;
+        for (bit, name) in known.iter().filter(|(_, n)| !names.contains(n)) {
+            removed |= 1 << bit;
+            tx.execute("DELETE FROM destinations WHERE bit = ?1", [bit]).map_err(backend)?;
+            tracing::warn!(destination = %name, "trackway: destination no longer configured; its pending events are released");
+        }
+        tx.commit().map_err(backend)?;
+        self.bits = bits;
+        self.names = names.to_vec();
+        self.cursors = vec![0; names.len()];
+        Ok(removed)
+    }
+
+    fn bit(&self, destination: usize) -> Result<u64, StoreError> {
+        self.bits
+            .get(destination)
+            .copied()
+            .ok_or_else(|| StoreError::Backend(format!("unknown destination {destination}")))
+    }
+
+    fn context_bytes(&self, id: Option<i64>) -> Option<Bytes> {
+        let id = id?;
+        self.contexts.iter().find(|(i, _)| *i == id).map(|(_, b)| b.clone())
+    }
+
+    fn record(&self, e: &StoredEvent) -> EventRecord {
+        let record = match self.context_bytes(e.context) {
+            Some(c) => EventRecord::from_head(e.seq, e.id, e.timestamp, e.head.clone(), c),
+            None => EventRecord::new(e.seq, e.id, e.timestamp, e.head.clone()),
+        };
+        record.with_queued_at(e.queued_at)
+    }
+
+    /// The events of the chunk starting at `first`, read back from the file (cached: reads of one
+    /// chunk come together).
+    fn chunk_events(&mut self, first: u64) -> Result<&[StoredEvent], StoreError> {
+        if self.cache.as_ref().is_none_or(|(f, _)| *f != first) {
+            let data: Vec<u8> = self
+                .conn
+                .prepare_cached("SELECT data FROM chunks WHERE first = ?1")
+                .and_then(|mut s| s.query_row([first as i64], |r| r.get(0)))
+                .map_err(backend)?;
+            let events = chunk::decode_events(&Bytes::from(data))
+                .ok_or_else(|| StoreError::Backend(format!("chunk {first} is damaged")))?;
+            self.cache = Some((first, events));
+        }
+        Ok(self.cache.as_ref().map_or(&[][..], |(_, e)| e.as_slice()))
+    }
+
+    /// A cold event (in the file only) as a record.
+    fn cold_record(&mut self, first: u64, seq: u64) -> Result<Option<EventRecord>, StoreError> {
+        let event = self.chunk_events(first)?.iter().find(|e| e.seq == seq).cloned();
+        Ok(event.map(|e| self.record(&e)))
+    }
+
+    /// Clears `bit` of `seq` in the file's state (written at the next `write_dirty`).
+    fn file_clear(&mut self, seq: u64, bit: u64) -> bool {
+        let Some(first) = self.index.chunk_of(seq) else { return false };
+        let cleared = self.index.chunks.get_mut(&first).is_some_and(|c| c.clear(seq, bit));
+        if cleared {
+            self.dirty.insert(first);
+        }
+        cleared
+    }
+
+    /// Releases `bit` of `seq` wherever the event lives; returns whether it was pending.
+    fn release(&mut self, destination: usize, bit: u64, seq: u64) -> Result<bool, StoreError> {
+        if seq < self.hot_start {
+            return Ok(self.file_clear(seq, bit));
+        }
+        if self.hot.ack(destination, &[seq])? == 0 {
+            return Ok(false);
+        }
+        if !self.staged.contains(&seq) {
+            // Already in the file: its state there must learn it too.
+            self.file_clear(seq, bit);
+        } else if !self.hot.is_pending(seq) {
+            // Delivered everywhere before it was written: it never will be.
+            self.staged.remove(&seq);
+        }
+        Ok(true)
+    }
+
+    /// Writes the dirty chunk states in a transaction of their own.
+    fn flush_dirty(&mut self) -> Result<(), StoreError> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let Open { conn, index, dirty, cache, .. } = self;
+        let tx = conn.transaction().map_err(backend)?;
+        write_dirty(&tx, index, dirty, cache)?;
+        tx.commit().map_err(backend)
+    }
+}
+
+impl Store for SqliteStore {
+    fn open(&mut self, destinations: &[String]) -> Result<Recovered, StoreError> {
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let lock = lock(&self.path)?;
+        let mut reset = None;
+        let conn = match open_checked(&self.path, self.synchronous)? {
+            Ok(conn) => conn,
+            Err(reason) => {
+                let moved = move_aside(&self.path)?;
+                let message =
+                    format!("store {} {reason}; moved to {} and started empty", self.path.display(), moved.display());
+                tracing::error!("trackway: {message}");
+                reset = Some(message);
+                open_checked(&self.path, self.synchronous)?
+                    .map_err(|reason| StoreError::Backend(format!("fresh store {reason}")))?
+            }
+        };
+        migrate(&conn).map_err(backend)?;
+        if let Some(pages) = self.max_page_count {
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(())).map_err(backend)?;
+        }
+        let mut open = Open {
+            conn,
+            _lock: lock,
+            bits: Vec::new(),
+            names: Vec::new(),
+            contexts: Vec::new(),
+            index: ChunkIndex::default(),
+            dirty: BTreeSet::new(),
+            cache: None,
+            next_seq: 0,
+            hot: MemoryStore::new(),
+            hot_start: 0,
+            staged: BTreeSet::new(),
+            staged_state: Vec::new(),
+            cursors: Vec::new(),
+        };
+        let removed = open.map_destinations(destinations)?;
+        let conn = &open.conn;
+        open.contexts = {
+            let mut stmt = conn.prepare("SELECT id, json FROM contexts").map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, Bytes::from(r.get::<_, Vec<u8>>(1)?))))
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)?
+        };
+        {
+            let mut stmt = conn
+                .prepare("SELECT s.first, s.state, length(c.data) FROM chunk_state s JOIN chunks c USING (first)")
+                .map_err(backend)?;
+            let mut rows = stmt.query([]).map_err(backend)?;
+            while let Some(row) = rows.next().map_err(backend)? {
+                let first: i64 = row.get(0).map_err(backend)?;
+                let state: Vec<u8> = row.get(1).map_err(backend)?;
+                let bytes: i64 = row.get(2).map_err(backend)?;
+                let chunk = Chunk::decode_state(&state, bytes as u64)
+                    .ok_or_else(|| StoreError::Backend(format!("chunk {first} has a damaged state")))?;
+                open.index.chunks.insert(first as u64, chunk);
+            }
+        }
+        // Destinations removed from the configuration no longer hold events back.
+        let mut released = 0;
+        if removed != 0 {
+            for (first, chunk) in &mut open.index.chunks {
+                let mut changed = false;
+                for mask in &mut chunk.pending {
+                    if *mask & removed != 0 {
+                        *mask &= !removed;
+                        changed = true;
+                        released += u64::from(*mask == 0);
+                    }
+                }
+                if changed {
+                    chunk.live = chunk.pending.iter().filter(|m| **m != 0).count();
+                    open.dirty.insert(*first);
+                }
+            }
+            open.flush_dirty()?;
+        }
+        let stored_next: Option<i64> = open
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| r.get(0))
+            .optional()
+            .map_err(backend)?;
+        let max_seq = open.index.chunks.values().map(Chunk::last).max();
+        open.next_seq = (stored_next.unwrap_or(0) as u64).max(max_seq.map_or(0, |m| m + 1));
+        let mut pending = Vec::with_capacity(destinations.len());
+        for &bit in &open.bits {
+            let (mut n, mut b) = (0u64, 0u64);
+            for chunk in open.index.chunks.values() {
+                let here = chunk.pending.iter().filter(|m| **m & bit != 0).count() as u64;
+                n += here;
+                b += chunk.bytes * here / chunk.seqs.len().max(1) as u64;
+            }
+            pending.push((n, b));
+        }
+        let state = {
+            let mut stmt = open.conn.prepare("SELECT key, value FROM state").map_err(backend)?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))).map_err(backend)?;
+            rows.collect::<Result<BTreeMap<_, _>, _>>().map_err(backend)?
+        };
+        let next_seq = open.next_seq;
+        open.hot.open(destinations)?;
+        open.hot_start = next_seq;
+        self.open = Some(open);
+        Ok(Recovered { next_seq, state, pending, reset, released_unconfigured: released })
+    }
+
+    fn append(&mut self, events: &[NewEvent], state: &[StateChange]) -> Result<Appended, StoreError> {
+        let open = self.inner()?;
+        // Staged only: `commit` writes what is still pending a moment later (see module docs).
+        open.hot.append(events, &[])?;
+        open.staged.extend(events.iter().map(|e| e.seq));
+        open.staged_state.extend_from_slice(state);
+        open.next_seq = events.iter().map(|e| e.seq + 1).fold(open.next_seq, u64::max);
+        Ok(Appended::default())
+    }
+
+    fn writes_behind(&self) -> bool {
+        true
+    }
+
+    fn commit(&mut self, max_events: usize) -> Committed {
+        let max_bytes = self.max_bytes;
+        let memory_limit = self.memory_limit;
+        let Ok(open) = self.inner() else { return Committed::default() };
+        if open.staged.is_empty() && open.staged_state.is_empty() && open.dirty.is_empty() {
+            return Committed::default();
+        }
+        let contexts_before = open.contexts.len();
+        // The oldest staged events, up to max_events (their state changes go with the last part).
+        let upto = open.staged.iter().nth(max_events).copied();
+        let part: Vec<u64> = match upto {
+            Some(limit) => open.staged.range(..limit).copied().collect(),
+            None => open.staged.iter().copied().collect(),
+        };
+        let written = match commit_tx(open, &part, upto.is_none()) {
+            Ok(written) => written,
+            Err(e) => {
+                // Nothing of this transaction was written: those events are lost to the store.
+                open.contexts.truncate(contexts_before);
+                for seq in &part {
+                    open.staged.remove(seq);
+                }
+                if upto.is_none() {
+                    open.staged_state.clear();
+                }
+                let lost = part
+                    .into_iter()
+                    .filter_map(|seq| open.hot.release_all(seq).map(|(routes, bytes)| Evicted { seq, routes, bytes }))
+                    .collect();
+                let staged_from = open.staged.first().copied();
+                return Committed { lost, error: Some(e), staged_from, ..Committed::default() };
+            }
+        };
+        open.index.chunks.extend(written);
+        for seq in &part {
+            open.staged.remove(seq);
+        }
+        if upto.is_none() {
+            open.staged_state.clear();
+        }
+        let evicted = match evict(open, max_bytes) {
+            Ok(evicted) => evicted,
+            Err(e) => {
+                tracing::warn!(error = %e, "trackway: could not drop old events to stay under the size bound");
+                Vec::new()
+            }
+        };
+        if open.hot.live_bytes() > memory_limit {
+            // Keep the newest in memory; what is written may be read back from the file, what is
+            // not yet written must stay.
+            let written_below = open.staged.first().copied().unwrap_or(u64::MAX);
+            let start = open.hot.forget_oldest(memory_limit / 2, written_below);
+            if start > open.hot_start {
+                open.hot_start = start;
+                open.cursors.fill(0);
+            }
+        }
+        Committed { evicted, staged_from: open.staged.first().copied(), ..Committed::default() }
+    }
+
+    fn read(
+        &mut self,
+        destination: usize,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let open = self.inner()?;
+        let bit = open.bit(destination)?;
+        let mut out = Vec::new();
+        let mut used = 0;
+        if from < open.hot_start {
+            for (seq, first) in open.index.pending(bit, from, open.hot_start, max_events) {
+                let Some(record) = open.cold_record(first, seq)? else { continue };
+                if !out.is_empty() && used + record.json_len() > max_bytes {
+                    return Ok(out);
+                }
+                used += record.json_len();
+                out.push(record);
+            }
+        }
+        if out.len() < max_events {
+            let rest = open.hot.read(
+                destination,
+                from.max(open.hot_start),
+                max_events - out.len(),
+                max_bytes.saturating_sub(used),
+            )?;
+            if out.is_empty() || used + rest.first().map_or(0, EventRecord::json_len) <= max_bytes {
+                out.extend(rest);
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_seqs(&mut self, destination: usize, seqs: &[u64]) -> Result<Vec<EventRecord>, StoreError> {
+        let open = self.inner()?;
+        let bit = open.bit(destination)?;
+        let (hot, cold): (Vec<u64>, Vec<u64>) = seqs.iter().partition(|&&s| s >= open.hot_start);
+        let mut out = open.hot.read_seqs(destination, &hot)?;
+        for seq in cold {
+            let Some(first) = open.index.chunk_of(seq) else { continue };
+            let pending = open
+                .index
+                .chunks
+                .get(&first)
+                .is_some_and(|c| c.seqs.binary_search(&seq).is_ok_and(|i| c.pending[i] & bit != 0));
+            if pending && let Some(record) = open.cold_record(first, seq)? {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    fn ack(&mut self, destination: usize, seqs: &[u64]) -> Result<u64, StoreError> {
+        let open = self.inner()?;
+        let bit = open.bit(destination)?;
+        let mut released = 0;
+        for &seq in seqs {
+            released += u64::from(open.release(destination, bit, seq)?);
+        }
+        // Promptly: a crash then redelivers at most what was in flight.
+        open.flush_dirty()?;
+        Ok(released)
+    }
+
+    fn dead_letter(
+        &mut self,
+        destination: usize,
+        letters: &[(u64, DeadLetterReason, String)],
+        at: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let open = self.inner()?;
+        let bit = open.bit(destination)?;
+        let name = open.names.get(destination).cloned().unwrap_or_default();
+        let mut found = Vec::with_capacity(letters.len());
+        for (seq, reason, detail) in letters {
+            let record = if *seq >= open.hot_start {
+                open.hot.read_seqs(destination, &[*seq])?.pop()
+            } else {
+                match open.index.chunk_of(*seq) {
+                    Some(first) => open.cold_record(first, *seq)?,
+                    None => None,
+                }
+            };
+            if let Some(record) = record {
+                if open.release(destination, bit, *seq)? {
+                    found.push((record, *reason, detail.clone()));
+                }
+            }
+        }
+        let Open { conn, index, dirty, cache, .. } = open;
+        let tx = conn.transaction().map_err(backend)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO dead_letters (seq, id, destination, reason, detail, at, event) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(backend)?;
+            for (record, reason, detail) in &found {
+                insert
+                    .execute(params![
+                        record.seq() as i64,
+                        record.id().as_uuid().as_bytes().as_slice(),
+                        name,
+                        reason.as_str(),
+                        detail,
+                        at.unix_millis(),
+                        &record.json()[..]
+                    ])
+                    .map_err(backend)?;
+            }
+        }
+        write_dirty(&tx, index, dirty, cache)?;
+        tx.execute(
+            "DELETE FROM dead_letters WHERE key <= (SELECT max(key) FROM dead_letters) - ?1",
+            [MAX_DEAD_LETTERS],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(found.len() as u64)
+    }
+
+    fn lowest_pending(&mut self, destination: usize) -> Result<Option<u64>, StoreError> {
+        let open = self.inner()?;
+        let bit = open.bit(destination)?;
+        let cursor = open.cursors.get(destination).copied().unwrap_or(0);
+        if cursor < open.hot_start {
+            match open.index.pending(bit, cursor, open.hot_start, 1).first() {
+                // Seqs below the lowest pending one never become pending again: the hint only grows.
+                Some(&(seq, _)) => {
+                    open.cursors[destination] = seq;
+                    return Ok(Some(seq));
+                }
+                None => open.cursors[destination] = open.hot_start,
+            }
+        }
+        open.hot.lowest_pending(destination)
+    }
+
+    fn set_state(&mut self, changes: &[StateChange]) -> Result<(), StoreError> {
+        // Written with the next commit, a moment later.
+        self.inner()?.staged_state.extend_from_slice(changes);
+        Ok(())
+    }
+
+    fn dead_letters(&mut self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        query_dead_letters(&self.inner()?.conn, limit)
+    }
+
+    fn take_dead_letters(&mut self, keys: &[u64]) -> Result<Vec<DeadLetter>, StoreError> {
+        let open = self.inner()?;
+        let tx = open.conn.transaction().map_err(backend)?;
+        let mut taken = Vec::with_capacity(keys.len());
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "DELETE FROM dead_letters WHERE key = ?1 RETURNING key, seq, id, destination, reason, detail, at, event",
+                )
+                .map_err(backend)?;
+            for &key in keys {
+                if let Some(letter) = stmt.query_row([key as i64], dead_letter_row).optional().map_err(backend)? {
+                    taken.push(letter);
+                }
+            }
+        }
+        tx.commit().map_err(backend)?;
+        Ok(taken)
+    }
+}
+
+/// Writes, in one transaction, the given staged events still pending (as chunks), the staged
+/// state (with the last part), the next seq and any dirty chunk state. Returns the new chunks.
+fn commit_tx(open: &mut Open, part: &[u64], with_state: bool) -> Result<Vec<(u64, Chunk)>, StoreError> {
+    let Open { conn, index, dirty, cache, hot, staged_state, contexts, bits, next_seq, .. } = open;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+    let mut written = Vec::new();
+    let mut data = Vec::new();
+    let mut seqs = Vec::new();
+    let mut masks = Vec::new();
+    let write_chunk =
+        |data: &mut Vec<u8>, seqs: &mut Vec<u64>, masks: &mut Vec<u64>| -> Result<Option<(u64, Chunk)>, StoreError> {
+            let Some(&first) = seqs.first() else { return Ok(None) };
+            let chunk = Chunk::new(std::mem::take(seqs), std::mem::take(masks), data.len() as u64);
+            tx.prepare_cached("INSERT INTO chunks (first, data) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(params![first as i64, &data[..]]))
+                .map_err(backend)?;
+            tx.prepare_cached("INSERT INTO chunk_state (first, state) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(params![first as i64, chunk.encode_state()]))
+                .map_err(backend)?;
+            data.clear();
+            Ok(Some((first, chunk)))
+        };
+    for &seq in part {
+        // Delivered (or dead-lettered) everywhere while staged: never written.
+        let Some(event) = hot.view(seq).filter(|e| e.pending != 0) else { continue };
+        let context = match &event.context {
+            Some(c) => Some(intern(&tx, contexts, c)?),
+            None => None,
+        };
+        let stored = StoredEvent {
+            seq,
+            id: event.id,
+            kind: event.kind,
+            timestamp: event.timestamp,
+            queued_at: event.queued_at,
+            context,
+            head: event.head,
+        };
+        chunk::encode_event(&mut data, &stored);
+        seqs.push(seq);
+        masks.push(to_bits(bits, event.pending));
+        if seqs.len() == CHUNK_EVENTS {
+            written.extend(write_chunk(&mut data, &mut seqs, &mut masks)?);
+        }
+    }
+    written.extend(write_chunk(&mut data, &mut seqs, &mut masks)?);
+    if with_state {
+        write_state(&tx, staged_state)?;
+    }
+    tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?1)", [*next_seq as i64])
+        .map_err(backend)?;
+    write_dirty(&tx, index, dirty, cache)?;
+    tx.commit().map_err(backend)?;
+    Ok(written)
+}
+
+/// Drops the oldest chunks while the file holds more than `max_bytes` of events (down to 90% of
+/// it, so this is not paid on every commit). Returns the pending events dropped.
+fn evict(open: &mut Open, max_bytes: u64) -> Result<Vec<Evicted>, StoreError> {
+    let mut size = open.index.bytes();
+    if size <= max_bytes {
+        return Ok(Vec::new());
+    }
+    let target = max_bytes / 10 * 9;
+    let mut victims = Vec::new();
+    for (first, chunk) in &open.index.chunks {
+        if size <= target {
+            break;
+        }
+        size -= chunk.bytes;
+        victims.push(*first);
+    }
+    let tx = open.conn.transaction().map_err(backend)?;
+    for first in &victims {
+        tx.execute("DELETE FROM chunks WHERE first = ?1", [*first as i64]).map_err(backend)?;
+        tx.execute("DELETE FROM chunk_state WHERE first = ?1", [*first as i64]).map_err(backend)?;
+    }
+    tx.commit().map_err(backend)?;
+    let mut evicted = Vec::new();
+    for first in victims {
+        let Some(chunk) = open.index.chunks.remove(&first) else { continue };
+        open.dirty.remove(&first);
+        let per_event = chunk.bytes / chunk.seqs.len().max(1) as u64;
+        for (seq, mask) in chunk.seqs.iter().zip(&chunk.pending).filter(|(_, m)| **m != 0) {
+            if *seq >= open.hot_start {
+                open.hot.release_all(*seq);
+            }
+            evicted.push(Evicted { seq: *seq, routes: to_routes(&open.bits, *mask), bytes: per_event });
+        }
+    }
+    open.cache = None;
+    Ok(evicted)
+}
+
+/// Writes the state of changed chunks: rewrites their state row, or deletes a chunk no
+/// destination needs any more.
+fn write_dirty(
+    tx: &rusqlite::Transaction<'_>,
+    index: &mut ChunkIndex,
+    dirty: &mut BTreeSet<u64>,
+    cache: &mut Option<(u64, Vec<StoredEvent>)>,
+) -> Result<(), StoreError> {
+    for first in std::mem::take(dirty) {
+        let Some(chunk) = index.chunks.get(&first) else { continue };
+        if chunk.live == 0 {
+            tx.prepare_cached("DELETE FROM chunks WHERE first = ?1")
+                .and_then(|mut s| s.execute([first as i64]))
+                .map_err(backend)?;
+            tx.prepare_cached("DELETE FROM chunk_state WHERE first = ?1")
+                .and_then(|mut s| s.execute([first as i64]))
+                .map_err(backend)?;
+            index.chunks.remove(&first);
+            if cache.as_ref().is_some_and(|(f, _)| *f == first) {
+                *cache = None;
+            }
+        } else {
+            tx.prepare_cached("UPDATE chunk_state SET state = ?2 WHERE first = ?1")
+                .and_then(|mut s| s.execute(params![first as i64, chunk.encode_state()]))
+                .map_err(backend)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_state(tx: &rusqlite::Transaction<'_>, changes: &[StateChange]) -> Result<(), StoreError> {
+    for c in changes {
+        match &c.value {
+            Some(v) => tx.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?1, ?2)", params![c.key, v]),
+            None => tx.execute("DELETE FROM state WHERE key = ?1", [&c.key]),
+        }
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// The id of `context` in the contexts table, adding it if new (cached; compared by pointer
+/// first, since a client's events share one `Bytes`).
+fn intern(tx: &rusqlite::Transaction<'_>, cache: &mut Vec<(i64, Bytes)>, context: &Bytes) -> Result<i64, StoreError> {
+    if let Some((id, _)) = cache.iter().rev().find(|(_, c)| c.as_ptr() == context.as_ptr() || c == context) {
+        return Ok(*id);
+    }
+    tx.execute("INSERT OR IGNORE INTO contexts (json) VALUES (?1)", [&context[..]]).map_err(backend)?;
+    let id: i64 =
+        tx.query_row("SELECT id FROM contexts WHERE json = ?1", [&context[..]], |r| r.get(0)).map_err(backend)?;
+    cache.push((id, context.clone()));
+    Ok(id)
+}
+
+fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+    let id: Vec<u8> = r.get(2)?;
+    let reason: String = r.get(4)?;
+    Ok(DeadLetter {
+        key: r.get::<_, i64>(0)? as u64,
+        seq: r.get::<_, i64>(1)? as u64,
+        id: uuid::Uuid::from_slice(&id)
+            .map(MessageId::from_uuid)
+            .unwrap_or_else(|_| MessageId::from_uuid(uuid::Uuid::nil())),
+        destination: r.get(3)?,
+        reason: match reason.as_str() {
+            "retries_exhausted" => DeadLetterReason::RetriesExhausted,
+            "expired" => DeadLetterReason::Expired,
+            _ => DeadLetterReason::Rejected,
+        },
+        detail: r.get(5)?,
+        at: Timestamp::from_unix_millis(r.get(6)?),
+        event: Bytes::from(r.get::<_, Vec<u8>>(7)?),
+    })
+}
+
+fn query_dead_letters(conn: &Connection, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+    let mut stmt = conn
+        .prepare("SELECT key, seq, id, destination, reason, detail, at, event FROM dead_letters ORDER BY key LIMIT ?1")
+        .map_err(backend)?;
+    let rows = stmt.query_map([limit as i64], dead_letter_row).map_err(backend)?;
+    rows.collect::<Result<_, _>>().map_err(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_path_is_per_application_and_refuses_unusable_names() {
+        if let Ok(path) = SqliteStore::default_path("shop") {
+            assert!(path.ends_with("shop/trackway/outbox.db"), "{}", path.display());
+        }
+        for bad in ["", "a/b", "..", r"a\b"] {
+            assert!(SqliteStore::default_path(bad).is_err(), "{bad:?}");
+        }
+    }
+}
