@@ -129,7 +129,7 @@ impl Chunk {
     }
 
     pub(crate) fn decode_state(state: &[u8], bytes: u64) -> Option<Chunk> {
-        if state.len() % 16 != 0 {
+        if !state.len().is_multiple_of(16) {
             return None;
         }
         let (seqs, pending) = state

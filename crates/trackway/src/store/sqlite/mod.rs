@@ -675,10 +675,10 @@ impl Store for SqliteStore {
                     None => None,
                 }
             };
-            if let Some(record) = record {
-                if open.release(destination, bit, *seq)? {
-                    found.push((record, *reason, detail.clone()));
-                }
+            if let Some(record) = record
+                && open.release(destination, bit, *seq)?
+            {
+                found.push((record, *reason, detail.clone()));
             }
         }
         let Open { conn, index, dirty, cache, .. } = open;
