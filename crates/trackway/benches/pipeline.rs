@@ -54,7 +54,7 @@ const PLANS: [&str; 3] = ["free", "pro", "enterprise"];
 const PAGE_PATH: &str = "/checkout/confirm";
 
 /// The SDK's default `queue_capacity` (shown in the header when not overridden).
-const SDK_DEFAULT_QUEUE_CAPACITY: usize = 10_000;
+const SDK_DEFAULT_QUEUE_CAPACITY: usize = 16_384;
 
 // Targets from the issue.
 const TARGET_P99_NS: u64 = 1_000;

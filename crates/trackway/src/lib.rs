@@ -58,11 +58,11 @@
 //! explicit path with [`ClientBuilder::store`] where there is no per-user data directory
 //! (mobile, some containers); [`store::MemoryStore`] keeps everything in memory instead.
 //!
-//! - **When an event is safe.** The worker commits whatever the channel holds in one
-//!   transaction at most `commit_delay` (2 ms) after the call, or as soon as 2 048 events wait.
-//!   A crash of the process loses at most what was still in the channel; [`Client::persisted`]
-//!   returns once everything queued before it is committed (and fails if it could not be), and
-//!   [`Stats::persisted`] counts what is.
+//! - **When an event is safe.** An accepted event is committed at most `commit_delay` (50 ms)
+//!   after the call, or delivered before that (then it is never written at all). A crash loses
+//!   at most the accepted events not yet committed or delivered; [`Client::persisted`] commits at
+//!   once and returns once everything queued before it is safe (it fails if it could not be),
+//!   and [`Stats::persisted`] counts what is.
 //! - **Crash vs power loss.** With `synchronous = NORMAL` (the default) a commit survives a crash
 //!   of the process; a power loss may lose the last commits, never corrupt the file. With
 //!   [`store::Synchronous::Full`] every commit is fsynced and survives power loss too.

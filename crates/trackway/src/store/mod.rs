@@ -269,6 +269,16 @@ pub trait Store: Send + fmt::Debug + 'static {
         Committed::default()
     }
 
+    /// Makes the acks and dead letters recorded since the last call durable, in one transaction.
+    /// The worker calls it after handling the answers that were ready together, before sending
+    /// anything new. A store that records them at once has nothing to do (the default).
+    ///
+    /// # Errors
+    /// Backend failures (the acks stay recorded in memory and are written with the next call).
+    fn sync(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Whether `append` only stages (see [`commit`](Self::commit)).
     fn writes_behind(&self) -> bool {
         false

@@ -398,9 +398,16 @@ impl Open {
             return Ok(());
         }
         let Open { conn, index, dirty, cache, .. } = self;
-        let tx = conn.transaction().map_err(backend)?;
-        write_dirty(&tx, index, dirty, cache)?;
-        tx.commit().map_err(backend)
+        let keep = dirty.clone();
+        let result = conn.transaction().map_err(backend).and_then(|tx| {
+            write_dirty(&tx, index, dirty, cache)?;
+            tx.commit().map_err(backend)
+        });
+        if result.is_err() {
+            // Not written: try again with the next sync (the index already has the new state).
+            *dirty = keep;
+        }
+        result
     }
 }
 
@@ -530,6 +537,10 @@ impl Store for SqliteStore {
         true
     }
 
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.inner()?.flush_dirty()
+    }
+
     fn commit(&mut self, max_events: usize) -> Committed {
         let max_bytes = self.max_bytes;
         let memory_limit = self.memory_limit;
@@ -651,8 +662,7 @@ impl Store for SqliteStore {
         for &seq in seqs {
             released += u64::from(open.release(destination, bit, seq)?);
         }
-        // Promptly: a crash then redelivers at most what was in flight.
-        open.flush_dirty()?;
+        // Written by `sync`, once for all the answers handled together.
         Ok(released)
     }
 
@@ -768,7 +778,8 @@ fn commit_tx(open: &mut Open, part: &[u64], with_state: bool) -> Result<Vec<(u64
     let Open { conn, index, dirty, cache, hot, staged_state, contexts, bits, next_seq, .. } = open;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
     let mut written = Vec::new();
-    let mut data = Vec::new();
+    // Room for a full chunk of typical events: no regrowth while encoding.
+    let mut data = Vec::with_capacity(CHUNK_EVENTS * 320);
     let mut seqs = Vec::new();
     let mut masks = Vec::new();
     let write_chunk =
