@@ -129,7 +129,10 @@ fn check_other_process_holds_the_store(dir: &Path, pid: u32) {
     }
 }
 
-fn run(kills: usize) {
+/// `kills` SIGKILLs, each after a random delay in `delays_ms` (a whole run takes about half a
+/// second here, so the range decides how far each process gets; kills during startup and
+/// recovery are part of it).
+fn run(kills: usize, delays_ms: std::ops::Range<u64>) {
     let seed = std::env::var("TRACKWAY_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
     });
@@ -144,9 +147,7 @@ fn run(kills: usize) {
         if k == 0 {
             check_other_process_holds_the_store(dir.path(), child.id());
         }
-        // Between 40 ms and 250 ms: from "still starting" to "well into the run" (a whole run
-        // takes about half a second here, so every kill lands before the end).
-        let delay = Duration::from_millis(40 + rng.next() % 210);
+        let delay = Duration::from_millis(delays_ms.start + rng.next() % (delays_ms.end - delays_ms.start));
         std::thread::sleep(delay);
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
@@ -195,11 +196,11 @@ fn run(kills: usize) {
 
 #[test]
 fn crash_recovery_with_kills_at_random_moments() {
-    watchdog(Duration::from_secs(300), || run(6));
+    watchdog(Duration::from_secs(300), || run(6, 20..100));
 }
 
 #[test]
 #[ignore = "long: 25 kills; run with --ignored"]
 fn crash_recovery_long() {
-    watchdog(Duration::from_secs(1200), || run(25));
+    watchdog(Duration::from_secs(1200), || run(25, 20..120));
 }
