@@ -62,7 +62,7 @@ impl Default for ClientBuilder {
             queue_max_bytes: 16 * 1024 * 1024,
             reserved_capacity: 256,
             batch_interval: Duration::from_secs(1),
-            commit_delay: Duration::from_millis(50),
+            commit_delay: Duration::from_millis(200),
             retry: RetryPolicy::default(),
             max_event_age: Duration::from_secs(7 * 24 * 3600),
             shutdown_timeout: Duration::from_secs(2),
@@ -140,11 +140,14 @@ impl ClientBuilder {
     }
 
     /// The longest an accepted event waits before it is committed to the durable store (default
-    /// 50 ms): a crash loses at most this much, plus what is still in the channel.
-    /// [`Client::persisted`](crate::Client::persisted) commits at once, whatever this is.
+    /// 200 ms): a crash of the process loses at most the accepted events of this window that
+    /// were not delivered yet. [`Client::persisted`](crate::Client::persisted) commits at once,
+    /// whatever this is.
     ///
-    /// Events delivered within this time are never written at all, which is most of the
-    /// durable store's throughput under load; a shorter delay writes more.
+    /// Events delivered within this time are never written at all, which is most of the durable
+    /// store's throughput under load. Measured with a 200 000-event burst on 2 cores: 200 ms
+    /// delivers 1.6-1.8x a plain serialize-and-POST loop, 100 ms 0.7-0.8x, 50 ms 0.6-0.8x. At
+    /// low rates (batches wait for `batch_interval`) every event is committed either way.
     pub fn commit_delay(mut self, delay: Duration) -> Self {
         if delay > Duration::from_secs(1) {
             return self

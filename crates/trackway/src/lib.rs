@@ -58,7 +58,7 @@
 //! explicit path with [`ClientBuilder::store`] where there is no per-user data directory
 //! (mobile, some containers); [`store::MemoryStore`] keeps everything in memory instead.
 //!
-//! - **When an event is safe.** An accepted event is committed at most `commit_delay` (50 ms)
+//! - **When an event is safe.** An accepted event is committed at most `commit_delay` (200 ms)
 //!   after the call, or delivered before that (then it is never written at all). A crash loses
 //!   at most the accepted events not yet committed or delivered; [`Client::persisted`] commits at
 //!   once and returns once everything queued before it is safe (it fails if it could not be),
