@@ -349,6 +349,10 @@ impl Worker {
         let n = events.len();
         if n > 0 {
             self.store.append(&events, &[])?;
+            // Taken out of the dead letters already: written back soon, not whenever next.
+            if self.store.writes_behind() {
+                self.commit_at.get_or_insert(Instant::now() + self.settings.commit_delay);
+            }
         }
         Ok(n)
     }

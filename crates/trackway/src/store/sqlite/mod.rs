@@ -125,7 +125,9 @@ struct Open {
     hot_start: u64,
     /// Hot events not yet written.
     staged: BTreeSet<u64>,
-    staged_state: Vec<StateChange>,
+    /// State changes to write, each with the seq of the last event appended with it: it is
+    /// written with the part of the commit that writes that event, never before it.
+    staged_state: Vec<(u64, StateChange)>,
     /// Per destination: no event below this is pending in the file (below `hot_start`).
     cursors: Vec<u64>,
 }
@@ -295,16 +297,41 @@ fn to_routes(bits: &[u64], pending: u64) -> u64 {
 }
 
 impl Open {
-    /// Assigns each configured destination its bit (existing by name, else the lowest free one)
-    /// and forgets destinations no longer configured. Returns the bits to clear from stored
-    /// events (those destinations').
+    /// Assigns each configured destination its bit (existing by name, else the lowest free one).
+    /// In the same transaction, and before any bit is given to a new destination, every mask bit
+    /// that belongs to no configured destination (a destination removed from the configuration,
+    /// or one an interrupted earlier open left behind) is cleared from the stored events.
+    /// Returns how many events that released entirely. The chunk index must be loaded.
     fn map_destinations(&mut self, names: &[String]) -> Result<u64, StoreError> {
-        let tx = self.conn.transaction().map_err(backend)?;
+        let Open { conn, index, dirty, cache, .. } = self;
+        let tx = conn.transaction().map_err(backend)?;
         let known: Vec<(i64, String)> = {
             let mut stmt = tx.prepare("SELECT bit, name FROM destinations").map_err(backend)?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
             rows.collect::<Result<_, _>>().map_err(backend)?
         };
+        let kept: u64 = known.iter().filter(|(_, n)| names.contains(n)).fold(0, |m, (b, _)| m | (1 << b));
+        for (bit, name) in known.iter().filter(|(_, n)| !names.contains(n)) {
+            tx.execute("DELETE FROM destinations WHERE bit = ?1", [bit]).map_err(backend)?;
+            tracing::warn!(destination = %name, "trackway: destination no longer configured; its pending events are released");
+        }
+        let mut released = 0;
+        for (first, chunk) in &mut index.chunks {
+            let mut changed = false;
+            for mask in &mut chunk.pending {
+                if *mask & !kept != 0 {
+                    let was = *mask;
+                    *mask &= kept;
+                    changed = true;
+                    released += u64::from(was != 0 && *mask == 0);
+                }
+            }
+            if changed {
+                chunk.live = chunk.pending.iter().filter(|m| **m != 0).count();
+                dirty.insert(*first);
+            }
+        }
+        write_dirty(&tx, index, dirty)?;
         let mut bits = Vec::with_capacity(names.len());
         let mut used: Vec<i64> = known.iter().filter(|(_, n)| names.contains(n)).map(|(b, _)| *b).collect();
         for name in names {
@@ -322,17 +349,12 @@ impl Open {
             };
             bits.push(1u64 << bit);
         }
-        let mut removed = 0u64;
-        for (bit, name) in known.iter().filter(|(_, n)| !names.contains(n)) {
-            removed |= 1 << bit;
-            tx.execute("DELETE FROM destinations WHERE bit = ?1", [bit]).map_err(backend)?;
-            tracing::warn!(destination = %name, "trackway: destination no longer configured; its pending events are released");
-        }
         tx.commit().map_err(backend)?;
+        dirty_written(index, dirty, cache);
         self.bits = bits;
         self.names = names.to_vec();
         self.cursors = vec![0; names.len()];
-        Ok(removed)
+        Ok(released)
     }
 
     fn bit(&self, destination: usize) -> Result<u64, StoreError> {
@@ -411,16 +433,13 @@ impl Open {
             return Ok(());
         }
         let Open { conn, index, dirty, cache, .. } = self;
-        let keep = dirty.clone();
-        let result = conn.transaction().map_err(backend).and_then(|tx| {
-            write_dirty(&tx, index, dirty, cache)?;
+        conn.transaction().map_err(backend).and_then(|tx| {
+            write_dirty(&tx, index, dirty)?;
             tx.commit().map_err(backend)
-        });
-        if result.is_err() {
-            // Not written: try again with the next sync (the index already has the new state).
-            *dirty = keep;
-        }
-        result
+        })?;
+        // Only once written; on failure the dirty set stays for the next sync.
+        dirty_written(index, dirty, cache);
+        Ok(())
     }
 }
 
@@ -464,7 +483,6 @@ impl Store for SqliteStore {
             staged_state: Vec::new(),
             cursors: Vec::new(),
         };
-        let removed = open.map_destinations(destinations)?;
         let conn = &open.conn;
         open.contexts = {
             let mut stmt = conn.prepare("SELECT id, json FROM contexts").map_err(backend)?;
@@ -488,24 +506,7 @@ impl Store for SqliteStore {
             }
         }
         // Destinations removed from the configuration no longer hold events back.
-        let mut released = 0;
-        if removed != 0 {
-            for (first, chunk) in &mut open.index.chunks {
-                let mut changed = false;
-                for mask in &mut chunk.pending {
-                    if *mask & removed != 0 {
-                        *mask &= !removed;
-                        changed = true;
-                        released += u64::from(*mask == 0);
-                    }
-                }
-                if changed {
-                    chunk.live = chunk.pending.iter().filter(|m| **m != 0).count();
-                    open.dirty.insert(*first);
-                }
-            }
-            open.flush_dirty()?;
-        }
+        let released = open.map_destinations(destinations)?;
         let stored_next: Option<i64> = open
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| r.get(0))
@@ -541,8 +542,9 @@ impl Store for SqliteStore {
         // Staged only: `commit` writes what is still pending a moment later (see module docs).
         open.hot.append(events, &[])?;
         open.staged.extend(events.iter().map(|e| e.seq));
-        open.staged_state.extend_from_slice(state);
         open.next_seq = events.iter().map(|e| e.seq + 1).fold(open.next_seq, u64::max);
+        let with = open.next_seq.saturating_sub(1);
+        open.staged_state.extend(state.iter().map(|c| (with, c.clone())));
         Ok(Appended::default())
     }
 
@@ -568,7 +570,9 @@ impl Store for SqliteStore {
             Some(limit) => open.staged.range(..limit).copied().collect(),
             None => open.staged.iter().copied().collect(),
         };
-        let written = match commit_tx(open, &part, upto.is_none()) {
+        // State changes go with the part holding their event (all of them with the last part).
+        let state_below = upto.unwrap_or(u64::MAX);
+        let written = match commit_tx(open, &part, state_below) {
             Ok(written) => written,
             Err(e) => {
                 // Nothing of this transaction was written: those events are lost to the store.
@@ -576,9 +580,7 @@ impl Store for SqliteStore {
                 for seq in &part {
                     open.staged.remove(seq);
                 }
-                if upto.is_none() {
-                    open.staged_state.clear();
-                }
+                open.staged_state.retain(|(seq, _)| *seq >= state_below);
                 let lost = part
                     .into_iter()
                     .filter_map(|seq| open.hot.release_all(seq).map(|(routes, bytes)| Evicted { seq, routes, bytes }))
@@ -591,9 +593,7 @@ impl Store for SqliteStore {
         for seq in &part {
             open.staged.remove(seq);
         }
-        if upto.is_none() {
-            open.staged_state.clear();
-        }
+        open.staged_state.retain(|(seq, _)| *seq >= state_below);
         let evicted = match evict(open, max_bytes) {
             Ok(evicted) => evicted,
             Err(e) => {
@@ -688,52 +688,66 @@ impl Store for SqliteStore {
         let open = self.inner()?;
         let bit = open.bit(destination)?;
         let name = open.names.get(destination).cloned().unwrap_or_default();
+        // The events still pending here, read without releasing them: if writing the letters
+        // fails, nothing has changed and the worker tries again later.
         let mut found = Vec::with_capacity(letters.len());
         for (seq, reason, detail) in letters {
             let record = if *seq >= open.hot_start {
                 open.hot.read_seqs(destination, &[*seq])?.pop()
             } else {
-                match open.index.chunk_of(*seq) {
+                let pending = open.index.chunk_of(*seq).filter(|first| {
+                    open.index
+                        .chunks
+                        .get(first)
+                        .is_some_and(|c| c.seqs.binary_search(seq).is_ok_and(|i| c.pending[i] & bit != 0))
+                });
+                match pending {
                     Some(first) => open.cold_record(first, *seq)?,
                     None => None,
                 }
             };
-            if let Some(record) = record
-                && open.release(destination, bit, *seq)?
-            {
+            if let Some(record) = record {
                 found.push((record, *reason, detail.clone()));
             }
         }
-        let Open { conn, index, dirty, cache, .. } = open;
-        let tx = conn.transaction().map_err(backend)?;
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO dead_letters (seq, id, destination, reason, detail, at, event) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .map_err(backend)?;
-            for (record, reason, detail) in &found {
-                insert
-                    .execute(params![
-                        record.seq() as i64,
-                        record.id().as_uuid().as_bytes().as_slice(),
-                        name,
-                        reason.as_str(),
-                        detail,
-                        at.unix_millis(),
-                        &record.json()[..]
-                    ])
-                    .map_err(backend)?;
-            }
+        if found.is_empty() {
+            return Ok(0);
         }
-        write_dirty(&tx, index, dirty, cache)?;
-        tx.execute(
-            "DELETE FROM dead_letters WHERE key <= (SELECT max(key) FROM dead_letters) - ?1",
-            [MAX_DEAD_LETTERS],
-        )
-        .map_err(backend)?;
-        tx.commit().map_err(backend)?;
+        {
+            let tx = open.conn.transaction().map_err(backend)?;
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO dead_letters (seq, id, destination, reason, detail, at, event) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )
+                    .map_err(backend)?;
+                for (record, reason, detail) in &found {
+                    insert
+                        .execute(params![
+                            record.seq() as i64,
+                            record.id().as_uuid().as_bytes().as_slice(),
+                            name,
+                            reason.as_str(),
+                            detail,
+                            at.unix_millis(),
+                            &record.json()[..]
+                        ])
+                        .map_err(backend)?;
+                }
+            }
+            tx.execute(
+                "DELETE FROM dead_letters WHERE key <= (SELECT max(key) FROM dead_letters) - ?1",
+                [MAX_DEAD_LETTERS],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+        }
+        // The letters are durable: now the events are no longer pending here. Their state in the
+        // file follows with the next sync (a crash before it sends them once more).
+        for (record, _, _) in &found {
+            open.release(destination, bit, record.seq())?;
+        }
         Ok(found.len() as u64)
     }
 
@@ -755,8 +769,8 @@ impl Store for SqliteStore {
     }
 
     fn set_state(&mut self, changes: &[StateChange]) -> Result<(), StoreError> {
-        // Written with the next commit, a moment later.
-        self.inner()?.staged_state.extend_from_slice(changes);
+        // Written with the next commit, a moment later (it belongs to no staged event).
+        self.inner()?.staged_state.extend(changes.iter().map(|c| (0, c.clone())));
         Ok(())
     }
 
@@ -786,8 +800,9 @@ impl Store for SqliteStore {
 }
 
 /// Writes, in one transaction, the given staged events still pending (as chunks), the staged
-/// state (with the last part), the next seq and any dirty chunk state. Returns the new chunks.
-fn commit_tx(open: &mut Open, part: &[u64], with_state: bool) -> Result<Vec<(u64, Chunk)>, StoreError> {
+/// state of events below `state_below`, the next seq and any dirty chunk state. Returns the new
+/// chunks.
+fn commit_tx(open: &mut Open, part: &[u64], state_below: u64) -> Result<Vec<(u64, Chunk)>, StoreError> {
     let Open { conn, index, dirty, cache, hot, staged_state, contexts, bits, next_seq, .. } = open;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
     let mut written = Vec::new();
@@ -832,13 +847,14 @@ fn commit_tx(open: &mut Open, part: &[u64], with_state: bool) -> Result<Vec<(u64
         }
     }
     written.extend(write_chunk(&mut data, &mut seqs, &mut masks)?);
-    if with_state {
-        write_state(&tx, staged_state)?;
-    }
+    let state: Vec<StateChange> =
+        staged_state.iter().filter(|(seq, _)| *seq < state_below).map(|(_, c)| c.clone()).collect();
+    write_state(&tx, &state)?;
     tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?1)", [*next_seq as i64])
         .map_err(backend)?;
-    write_dirty(&tx, index, dirty, cache)?;
+    write_dirty(&tx, index, dirty)?;
     tx.commit().map_err(backend)?;
+    dirty_written(index, dirty, cache);
     Ok(written)
 }
 
@@ -882,32 +898,39 @@ fn evict(open: &mut Open, max_bytes: u64) -> Result<Vec<Evicted>, StoreError> {
 
 /// Writes the state of changed chunks: rewrites their state row, or deletes a chunk no
 /// destination needs any more.
-fn write_dirty(
-    tx: &rusqlite::Transaction<'_>,
-    index: &mut ChunkIndex,
-    dirty: &mut BTreeSet<u64>,
-    cache: &mut Option<(u64, Vec<StoredEvent>)>,
-) -> Result<(), StoreError> {
-    for first in std::mem::take(dirty) {
-        let Some(chunk) = index.chunks.get(&first) else { continue };
+/// Writes the state of changed chunks in `tx`: rewrites their state row, or deletes a chunk no
+/// destination needs any more. Changes nothing in memory: the caller applies the result with
+/// [`dirty_written`] once the transaction has committed (a failed write must leave the dirty
+/// set and the index as they were, to be written again).
+fn write_dirty(tx: &rusqlite::Transaction<'_>, index: &ChunkIndex, dirty: &BTreeSet<u64>) -> Result<(), StoreError> {
+    for first in dirty {
+        let Some(chunk) = index.chunks.get(first) else { continue };
         if chunk.live == 0 {
             tx.prepare_cached("DELETE FROM chunks WHERE first = ?1")
-                .and_then(|mut s| s.execute([first as i64]))
+                .and_then(|mut s| s.execute([*first as i64]))
                 .map_err(backend)?;
             tx.prepare_cached("DELETE FROM chunk_state WHERE first = ?1")
-                .and_then(|mut s| s.execute([first as i64]))
+                .and_then(|mut s| s.execute([*first as i64]))
                 .map_err(backend)?;
-            index.chunks.remove(&first);
-            if cache.as_ref().is_some_and(|(f, _)| *f == first) {
-                *cache = None;
-            }
         } else {
             tx.prepare_cached("UPDATE chunk_state SET state = ?2 WHERE first = ?1")
-                .and_then(|mut s| s.execute(params![first as i64, chunk.encode_state()]))
+                .and_then(|mut s| s.execute(params![*first as i64, chunk.encode_state()]))
                 .map_err(backend)?;
         }
     }
     Ok(())
+}
+
+/// After a committed [`write_dirty`]: finished chunks leave the index, the dirty set empties.
+fn dirty_written(index: &mut ChunkIndex, dirty: &mut BTreeSet<u64>, cache: &mut Option<(u64, Vec<StoredEvent>)>) {
+    for first in std::mem::take(dirty) {
+        if index.chunks.get(&first).is_some_and(|c| c.live == 0) {
+            index.chunks.remove(&first);
+            if cache.as_ref().is_some_and(|(f, _)| *f == first) {
+                *cache = None;
+            }
+        }
+    }
 }
 
 fn write_state(tx: &rusqlite::Transaction<'_>, changes: &[StateChange]) -> Result<(), StoreError> {
@@ -966,6 +989,119 @@ fn query_dead_letters(conn: &Connection, limit: usize) -> Result<Vec<DeadLetter>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use trackway_wire::EventKind;
+
+    fn event(seq: u64, routes: u64) -> NewEvent {
+        let t = Timestamp::from_unix_millis(1_700_000_000_000);
+        NewEvent {
+            seq,
+            id: MessageId::new_v7(t),
+            kind: EventKind::Track,
+            timestamp: t,
+            queued_at: t,
+            routes,
+            bytes: Bytes::from(format!("{{\"seq\":{seq}}}")),
+            context: None,
+        }
+    }
+
+    fn opened(path: &Path, destinations: &[&str]) -> (SqliteStore, Recovered) {
+        let mut store = SqliteStore::new(path);
+        let names: Vec<String> = destinations.iter().map(|d| (*d).to_owned()).collect();
+        let recovered = store.open(&names).expect("open");
+        (store, recovered)
+    }
+
+    /// A second connection to the file, to inject failures with triggers.
+    fn side(path: &Path) -> Connection {
+        Connection::open(path).expect("side connection")
+    }
+
+    #[test]
+    fn a_failed_sync_is_written_in_full_by_the_next_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("o.db");
+        let (mut store, _) = opened(&path, &["a"]);
+        store.append(&(0..512).map(|i| event(i, 1)).collect::<Vec<_>>(), &[]).expect("append");
+        assert!(store.commit(10_000).error.is_none());
+        let side = side(&path);
+        side.execute_batch(
+            "CREATE TABLE fail(x); INSERT INTO fail VALUES (1);
+             CREATE TRIGGER t BEFORE UPDATE ON chunk_state WHEN EXISTS (SELECT 1 FROM fail)
+             BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+        )
+        .expect("trigger");
+        // All of the first chunk (deleted) and one event of the second (updated).
+        assert_eq!(store.ack(0, &(0..256).collect::<Vec<_>>()).expect("ack"), 256);
+        assert_eq!(store.ack(0, &[300]).expect("ack"), 1);
+        assert!(store.sync().is_err(), "the injected failure");
+        side.execute_batch("DELETE FROM fail;").expect("clear");
+        store.sync().expect("the retry writes everything");
+        drop(store);
+        let (_, recovered) = opened(&path, &["a"]);
+        assert_eq!(recovered.pending[0].0, 255, "nothing delivered is pending after a restart");
+    }
+
+    #[test]
+    fn a_failed_dead_letter_write_keeps_the_event_pending() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("o.db");
+        let (mut store, _) = opened(&path, &["a"]);
+        store.append(&[event(0, 1), event(1, 1)], &[]).expect("append");
+        assert!(store.commit(10_000).error.is_none());
+        let side = side(&path);
+        side.execute_batch(
+            "CREATE TRIGGER t BEFORE INSERT ON dead_letters BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+        )
+        .expect("trigger");
+        let letter = [(0, DeadLetterReason::Rejected, "400".to_owned())];
+        assert!(store.dead_letter(0, &letter, Timestamp::from_unix_millis(0)).is_err());
+        assert_eq!(store.read_seqs(0, &[0]).expect("read").len(), 1, "still pending after the failure");
+        side.execute_batch("DROP TRIGGER t;").expect("drop trigger");
+        assert_eq!(store.dead_letter(0, &letter, Timestamp::from_unix_millis(0)).expect("retry"), 1);
+        store.sync().expect("sync");
+        assert_eq!(store.dead_letters(10).expect("letters").len(), 1);
+        drop(store);
+        let (_, recovered) = opened(&path, &["a"]);
+        assert_eq!(recovered.pending[0].0, 1, "only seq 1 is left");
+    }
+
+    #[test]
+    fn a_state_change_is_written_with_its_event_never_before_nor_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("o.db");
+        let (mut store, _) = opened(&path, &["a"]);
+        let change = StateChange { key: "identity".into(), value: Some(b"jane".to_vec()) };
+        // The change comes with events 0..=4 (the last, 4, is "its" event); more follow.
+        store.append(&(0..5).map(|i| event(i, 1)).collect::<Vec<_>>(), std::slice::from_ref(&change)).expect("append");
+        store.append(&(5..11).map(|i| event(i, 1)).collect::<Vec<_>>(), &[]).expect("append");
+        let state = |path: &Path| -> Option<Vec<u8>> {
+            side(path)
+                .query_row("SELECT value FROM state WHERE key = 'identity'", [], |r| r.get(0))
+                .optional()
+                .expect("query")
+        };
+        assert!(store.commit(3).staged_from.is_some(), "part 0..=2");
+        assert_eq!(state(&path), None, "not before event 4 is written");
+        assert!(store.commit(3).staged_from.is_some(), "part 3..=5, with event 4");
+        assert_eq!(state(&path), Some(b"jane".to_vec()), "with event 4, not held back to the last part");
+    }
+
+    #[test]
+    fn a_bit_left_by_a_removed_destination_is_cleared_before_it_is_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("o.db");
+        let (mut store, _) = opened(&path, &["a", "b"]);
+        store.append(&[event(0, 0b10), event(1, 0b10), event(2, 0b01)], &[]).expect("append");
+        assert!(store.commit(10_000).error.is_none());
+        drop(store);
+        // As an interrupted earlier open could leave it: "b" forgotten, its bit still set.
+        side(&path).execute("DELETE FROM destinations WHERE name = 'b'", []).expect("forget b");
+        let (mut store, recovered) = opened(&path, &["a", "c"]);
+        assert_eq!(recovered.pending, vec![(1, recovered.pending[0].1), (0, 0)], "c inherits nothing");
+        assert!(store.read(1, 0, 10, usize::MAX).expect("read").is_empty());
+        assert_eq!(recovered.released_unconfigured, 2);
+    }
 
     #[test]
     fn the_default_path_is_per_application_and_refuses_unusable_names() {
