@@ -1,0 +1,277 @@
+//! The worker's answers: applying a server's verdict per event (deliver, retry, dead-letter),
+//! committing what a write-behind store staged, and letting go of events a store dropped.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::task::Id;
+use trackway_wire::Timestamp;
+
+use super::{Answer, COMMIT_PART, Dropped, STORE_ERROR_PAUSE, Worker, state_prefix};
+use crate::destination::Outcome;
+use crate::pipeline::backoff::full_jitter;
+use crate::pipeline::lane::Group;
+use crate::stats::bump;
+use crate::store::{DeadLetterReason, Evicted, StateChange, StoreError, routes};
+
+impl Worker {
+    /// The store could not read or record these events: keep them as a retry group, and pause
+    /// the destination briefly.
+    pub(super) fn retry_later(&mut self, i: usize, seqs: Vec<u64>, failures: u32, now: Duration) {
+        let lane = &mut self.lanes[i];
+        let due = now + STORE_ERROR_PAUSE;
+        lane.paused_until = Some(due);
+        let epoch = lane.delivered;
+        lane.groups.push(Group { seqs, due, failures, epoch });
+    }
+
+    /// Commits (part of) what a write-behind store staged, then answers the barriers it covers.
+    pub(super) fn commit(&mut self) {
+        self.commit_at = None;
+        let committed = self.store.commit(COMMIT_PART);
+        let lost = committed.lost.len() as u64;
+        let below = committed.staged_from.unwrap_or(self.next_seq).max(self.committed_below);
+        bump(&self.shared.counters.persisted, (below - self.committed_below).saturating_sub(lost));
+        self.committed_below = below;
+        if committed.staged_from.is_some() {
+            // More to write: the next part goes after the worker has drained and dispatched.
+            self.commit_at = Some(Instant::now());
+        }
+        if !committed.evicted.is_empty() {
+            self.forget_dropped(&committed.evicted, Dropped::StoreFull);
+        }
+        let failure = committed.error.map(|e| {
+            let reason = if matches!(e, StoreError::DiskFull(_)) { Dropped::DiskFull } else { Dropped::StoreError };
+            if !self.store_failed {
+                tracing::error!(error = %e, "trackway: could not commit events to the store; dropping them (counted; logged once)");
+                self.store_failed = true;
+            }
+            (format!("{lost} events could not be committed: {e}"), reason)
+        });
+        if let Some((_, reason)) = &failure {
+            self.forget_dropped(&committed.lost, *reason);
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) = self
+            .barriers
+            .drain(..)
+            .partition(|(upto, _)| failure.is_some() || upto.is_none_or(|u| u < self.committed_below));
+        self.barriers = waiting;
+        for (_, reply) in done {
+            match &failure {
+                Some((why, _)) => reply.fail(why.clone()),
+                None => reply.send(),
+            }
+        }
+    }
+
+    /// Commits everything staged (at shutdown).
+    pub(super) fn commit_all(&mut self) {
+        loop {
+            self.commit();
+            if self.commit_at.is_none() {
+                break;
+            }
+        }
+    }
+
+    /// The store dropped these events: stop tracking them, and count them under `reason`.
+    pub(super) fn forget_dropped(&mut self, evicted: &[Evicted], reason: Dropped) {
+        let counters = &self.shared.counters;
+        let counter = match reason {
+            Dropped::StoreFull => &counters.store_full,
+            Dropped::DiskFull => &counters.disk_full,
+            Dropped::StoreError => &counters.store_error,
+        };
+        bump(counter, evicted.len() as u64);
+        if reason == Dropped::StoreFull && !self.warned_store_full {
+            tracing::warn!(
+                "trackway: the store is over its size bound; dropping the oldest events (counted as store_full; logged once)"
+            );
+            self.warned_store_full = true;
+        }
+        for ev in evicted {
+            for r in routes(ev.routes) {
+                let Some(lane) = self.lanes.get_mut(r) else { continue };
+                if ev.seq >= lane.next_fresh {
+                    // Lanes count full events; the store reports heads.
+                    lane.forget_fresh(ev.bytes + self.context_len as u64);
+                } else {
+                    lane.forget_sent(ev.seq);
+                }
+                self.shared.counters.destinations[r].pending.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub(super) fn completed(&mut self, joined: Result<(Id, Answer), tokio::task::JoinError>) {
+        match joined {
+            Ok((id, answer)) => self.complete(id, answer),
+            Err(e) => {
+                let id = e.id();
+                self.complete(id, Err(format!("request task failed: {e}")));
+            }
+        }
+    }
+
+    /// Applies the answer to one request.
+    pub(super) fn complete(&mut self, id: Id, answer: Answer) {
+        let Some(flight) = self.in_flight.remove(&id) else { return };
+        let i = flight.lane;
+        let now = self.shared.clock.elapsed();
+        let now_ts = self.shared.clock.now();
+        self.lanes[i].in_flight = self.lanes[i].in_flight.saturating_sub(1);
+        let n = flight.seqs.len();
+        let mut outcomes = match &answer {
+            Ok(response) => {
+                let classified = self.lanes[i].dest.classify(&flight.request, response);
+                if !classified.state.is_empty() {
+                    self.lanes[i].state.apply(&classified.state);
+                    let prefix = state_prefix(self.lanes[i].dest.name());
+                    let changes: Vec<StateChange> = classified
+                        .state
+                        .iter()
+                        .map(|(k, v)| StateChange { key: format!("{prefix}{k}"), value: v.clone() })
+                        .collect();
+                    if let Err(e) = self.store.set_state(&changes) {
+                        tracing::warn!(error = %e, "trackway: could not store destination state");
+                    }
+                    if self.store.writes_behind() {
+                        self.commit_at.get_or_insert(Instant::now() + self.settings.commit_delay);
+                    }
+                }
+                classified.outcomes
+            }
+            Err(_) => Vec::new(),
+        };
+        // A classifier that returns too few outcomes leaves the rest to be retried.
+        outcomes.resize(n, Outcome::Retry);
+
+        let shared = self.shared.clone();
+        let counters = &shared.counters.destinations[i];
+        let mut delivered = Vec::new();
+        let mut letters = Vec::new();
+        let mut retry = Vec::new();
+        let mut pause: Option<Duration> = None;
+        for (&seq, outcome) in flight.seqs.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Delivered => delivered.push(seq),
+                Outcome::Reject(reason) => letters.push((seq, DeadLetterReason::Rejected, reason)),
+                Outcome::Retry => retry.push(seq),
+                Outcome::Throttled(d) => {
+                    pause = Some(pause.map_or(d, |p| p.max(d)));
+                    retry.push(seq);
+                }
+            }
+        }
+        let server_answered_ok = !delivered.is_empty() || !letters.is_empty();
+        if !delivered.is_empty() {
+            match self.store.ack(i, &delivered) {
+                // Counted as the store saw them: an event evicted meanwhile was already uncounted.
+                Ok(released) => {
+                    bump(&counters.delivered, released);
+                    counters.pending.fetch_sub(released, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    // They stay pending in the store; send them again later (at least once).
+                    tracing::error!(error = %e, "trackway: could not record deliveries");
+                    self.retry_later(i, delivered.clone(), 0, now);
+                    delivered.clear();
+                }
+            }
+            let lane = &mut self.lanes[i];
+            lane.delivered += delivered.len() as u64;
+            for seq in &delivered {
+                lane.items.remove(seq);
+            }
+        }
+        if !letters.is_empty() {
+            if let Err(e) = &answer {
+                tracing::debug!(error = %e, "unexpected rejection without a response");
+            }
+            self.dead_letter(i, letters, now_ts);
+        }
+        let lane = &mut self.lanes[i];
+        if server_answered_ok {
+            lane.failures = 0;
+        } else {
+            lane.failures = lane.failures.saturating_add(1);
+            bump(&counters.failed_requests, 1);
+            if let Err(e) = &answer {
+                tracing::debug!(destination = lane.dest.name(), error = %e, "trackway: request failed");
+            }
+        }
+        if let Some(d) = pause {
+            let d = d.min(self.settings.retry.max_retry_after);
+            lane.paused_until = Some(lane.paused_until.map_or(now + d, |p| p.max(now + d)));
+        }
+        if retry.is_empty() {
+            return;
+        }
+        bump(&counters.retried, retry.len() as u64);
+
+        // Poison detection: a strike for each event that failed while the destination worked,
+        // either in this very response or since the event's previous failure.
+        let max_attempts = self.settings.retry.max_attempts;
+        let mut exhausted = Vec::new();
+        let mut keep = Vec::with_capacity(retry.len());
+        for seq in retry {
+            let known = lane.items.contains_key(&seq);
+            let item = lane.items.entry(seq).or_default();
+            let worked_since = known && lane.delivered > item.epoch;
+            // No strike when the server asked to wait (429, 503 with Retry-After): rate limits
+            // say nothing about the event.
+            if pause.is_none() && (server_answered_ok || (n == 1 && worked_since)) {
+                item.strikes += 1;
+            }
+            item.epoch = lane.delivered;
+            if item.strikes >= max_attempts {
+                lane.items.remove(&seq);
+                exhausted.push((
+                    seq,
+                    DeadLetterReason::RetriesExhausted,
+                    format!("failed {max_attempts} times while other events were delivered"),
+                ));
+            } else {
+                keep.push(seq);
+            }
+        }
+        if !keep.is_empty() {
+            let failures = flight.failures + 1;
+            let retry_policy = &self.settings.retry;
+            let backoff = full_jitter(retry_policy.base_backoff, retry_policy.max_backoff, failures.max(lane.failures));
+            let due = lane.paused_until.filter(|p| *p > now).unwrap_or(now + backoff);
+            lane.groups.push(Group { seqs: keep, due, failures, epoch: lane.delivered });
+        }
+        if !exhausted.is_empty() {
+            self.dead_letter(i, exhausted, now_ts);
+        }
+    }
+
+    pub(super) fn dead_letter(&mut self, i: usize, letters: Vec<(u64, DeadLetterReason, String)>, at: Timestamp) {
+        let moved = match self.store.dead_letter(i, &letters, at) {
+            Ok(moved) => moved,
+            Err(e) => {
+                // They stay pending in the store: try them again later rather than forget them.
+                tracing::error!(error = %e, "trackway: could not store dead letters");
+                let now = self.shared.clock.elapsed();
+                self.retry_later(i, letters.iter().map(|(seq, _, _)| *seq).collect(), 0, now);
+                return;
+            }
+        };
+        let counters = &self.shared.counters.destinations[i];
+        let lane = &mut self.lanes[i];
+        let name = lane.dest.name();
+        for (seq, reason, detail) in &letters {
+            lane.items.remove(seq);
+            let counter = match reason {
+                DeadLetterReason::Rejected => &counters.rejected,
+                DeadLetterReason::RetriesExhausted => &counters.retries_exhausted,
+                DeadLetterReason::Expired => &counters.expired,
+            };
+            bump(counter, 1);
+            tracing::warn!(destination = name, reason = %reason, detail = %detail, "trackway: event dead-lettered");
+        }
+        // Only what the store still held: an event evicted meanwhile was already uncounted.
+        counters.pending.fetch_sub(moved, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,123 @@
+//! Tests of the SQLite store, with failures injected through a second connection.
+use super::*;
+use trackway_wire::{EventKind, MessageId};
+
+fn event(seq: u64, routes: u64) -> NewEvent {
+    let t = Timestamp::from_unix_millis(1_700_000_000_000);
+    NewEvent {
+        seq,
+        id: MessageId::new_v7(t),
+        kind: EventKind::Track,
+        timestamp: t,
+        queued_at: t,
+        routes,
+        bytes: Bytes::from(format!("{{\"seq\":{seq}}}")),
+        context: None,
+    }
+}
+
+fn opened(path: &Path, destinations: &[&str]) -> (SqliteStore, Recovered) {
+    let mut store = SqliteStore::new(path);
+    let names: Vec<String> = destinations.iter().map(|d| (*d).to_owned()).collect();
+    let recovered = store.open(&names).expect("open");
+    (store, recovered)
+}
+
+/// A second connection to the file, to inject failures with triggers.
+fn side(path: &Path) -> Connection {
+    Connection::open(path).expect("side connection")
+}
+
+#[test]
+fn a_failed_sync_is_written_in_full_by_the_next_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    let (mut store, _) = opened(&path, &["a"]);
+    store.append(&(0..512).map(|i| event(i, 1)).collect::<Vec<_>>(), &[]).expect("append");
+    assert!(store.commit(10_000).error.is_none());
+    let side = side(&path);
+    side.execute_batch(
+        "CREATE TABLE fail(x); INSERT INTO fail VALUES (1);
+         CREATE TRIGGER t BEFORE UPDATE ON chunk_state WHEN EXISTS (SELECT 1 FROM fail)
+         BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+    )
+    .expect("trigger");
+    // All of the first chunk (deleted) and one event of the second (updated).
+    assert_eq!(store.ack(0, &(0..256).collect::<Vec<_>>()).expect("ack"), 256);
+    assert_eq!(store.ack(0, &[300]).expect("ack"), 1);
+    assert!(store.sync().is_err(), "the injected failure");
+    side.execute_batch("DELETE FROM fail;").expect("clear");
+    store.sync().expect("the retry writes everything");
+    drop(store);
+    let (_, recovered) = opened(&path, &["a"]);
+    assert_eq!(recovered.pending[0].0, 255, "nothing delivered is pending after a restart");
+}
+
+#[test]
+fn a_failed_dead_letter_write_keeps_the_event_pending() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    let (mut store, _) = opened(&path, &["a"]);
+    store.append(&[event(0, 1), event(1, 1)], &[]).expect("append");
+    assert!(store.commit(10_000).error.is_none());
+    let side = side(&path);
+    side.execute_batch("CREATE TRIGGER t BEFORE INSERT ON dead_letters BEGIN SELECT RAISE(ABORT, 'injected'); END;")
+        .expect("trigger");
+    let letter = [(0, DeadLetterReason::Rejected, "400".to_owned())];
+    assert!(store.dead_letter(0, &letter, Timestamp::from_unix_millis(0)).is_err());
+    assert_eq!(store.read_seqs(0, &[0]).expect("read").len(), 1, "still pending after the failure");
+    side.execute_batch("DROP TRIGGER t;").expect("drop trigger");
+    assert_eq!(store.dead_letter(0, &letter, Timestamp::from_unix_millis(0)).expect("retry"), 1);
+    store.sync().expect("sync");
+    assert_eq!(store.dead_letters(10).expect("letters").len(), 1);
+    drop(store);
+    let (_, recovered) = opened(&path, &["a"]);
+    assert_eq!(recovered.pending[0].0, 1, "only seq 1 is left");
+}
+
+#[test]
+fn a_state_change_is_written_with_its_event_never_before_nor_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    let (mut store, _) = opened(&path, &["a"]);
+    let change = StateChange { key: "identity".into(), value: Some(b"jane".to_vec()) };
+    // The change comes with events 0..=4 (the last, 4, is "its" event); more follow.
+    store.append(&(0..5).map(|i| event(i, 1)).collect::<Vec<_>>(), std::slice::from_ref(&change)).expect("append");
+    store.append(&(5..11).map(|i| event(i, 1)).collect::<Vec<_>>(), &[]).expect("append");
+    let state = |path: &Path| -> Option<Vec<u8>> {
+        side(path)
+            .query_row("SELECT value FROM state WHERE key = 'identity'", [], |r| r.get(0))
+            .optional()
+            .expect("query")
+    };
+    assert!(store.commit(3).staged_from.is_some(), "part 0..=2");
+    assert_eq!(state(&path), None, "not before event 4 is written");
+    assert!(store.commit(3).staged_from.is_some(), "part 3..=5, with event 4");
+    assert_eq!(state(&path), Some(b"jane".to_vec()), "with event 4, not held back to the last part");
+}
+
+#[test]
+fn a_bit_left_by_a_removed_destination_is_cleared_before_it_is_reused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    let (mut store, _) = opened(&path, &["a", "b"]);
+    store.append(&[event(0, 0b10), event(1, 0b10), event(2, 0b01)], &[]).expect("append");
+    assert!(store.commit(10_000).error.is_none());
+    drop(store);
+    // As an interrupted earlier open could leave it: "b" forgotten, its bit still set.
+    side(&path).execute("DELETE FROM destinations WHERE name = 'b'", []).expect("forget b");
+    let (mut store, recovered) = opened(&path, &["a", "c"]);
+    assert_eq!(recovered.pending, vec![(1, recovered.pending[0].1), (0, 0)], "c inherits nothing");
+    assert!(store.read(1, 0, 10, usize::MAX).expect("read").is_empty());
+    assert_eq!(recovered.released_unconfigured, 2);
+}
+
+#[test]
+fn the_default_path_is_per_application_and_refuses_unusable_names() {
+    if let Ok(path) = SqliteStore::default_path("shop") {
+        assert!(path.ends_with("shop/trackway/outbox.db"), "{}", path.display());
+    }
+    for bad in ["", "a/b", "..", r"a\b"] {
+        assert!(SqliteStore::default_path(bad).is_err(), "{bad:?}");
+    }
+}
