@@ -27,8 +27,11 @@
 //! With `synchronous = NORMAL` (the default) a committed transaction survives a crash of the
 //! process; a power loss may lose the last transactions (WAL frames not yet checkpointed are not
 //! fsynced), never corrupt the file. With `synchronous = FULL` every commit is fsynced and
-//! survives power loss too. What was not committed yet (at most `commit_delay` of events, plus
-//! what was still in the channel) is lost in a crash.
+//! survives power loss too. What was not committed yet is lost in a crash: the accepted events
+//! not yet delivered of the last `commit_delay`, plus what was still in the channel. Under a
+//! burst the commits (1 024 events at a time, between the worker's other work) can fall behind
+//! `commit_delay`, and then the window is longer; [`Client::persisted`](crate::Client::persisted)
+//! is the exact barrier.
 //!
 //! # One writer
 //!
