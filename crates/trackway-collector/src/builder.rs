@@ -4,6 +4,7 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 
+use crate::faults::Faults;
 use crate::reply::{Reply, Rule};
 use crate::server::{self, RunningCollector};
 use crate::url_for;
@@ -17,6 +18,7 @@ pub struct CollectorBuilder {
     pub(crate) script: Vec<Reply>,
     pub(crate) rules: Vec<Rule>,
     pub(crate) listen: SocketAddr,
+    pub(crate) faults: Faults,
 }
 
 impl Default for CollectorBuilder {
@@ -27,6 +29,7 @@ impl Default for CollectorBuilder {
             script: Vec::new(),
             rules: Vec::new(),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            faults: Faults::default(),
         }
     }
 }
@@ -57,6 +60,14 @@ impl CollectorBuilder {
     /// Adds a rule; rules are checked before the script, in the order added, first match wins.
     pub fn rule(mut self, rule: Rule) -> Self {
         self.rules.push(rule);
+        self
+    }
+
+    /// Faults to inject from the start (see [`Faults`]); they apply before the rules, the
+    /// script and the default reply, in sink mode too. [`start`](Self::start) fails with
+    /// `InvalidInput` if [`Faults::validate`] refuses them.
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
         self
     }
 

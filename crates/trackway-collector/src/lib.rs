@@ -12,9 +12,17 @@
 //! The server runs on its own OS thread with its own tokio runtime, so a test that blocks (even
 //! inside `#[tokio::test]`) can never stall it. Dropping the [`RunningCollector`] stops it.
 //!
-//! Paths under `/_trackway/` are reserved for the collector's own inspection API and are never
-//! recorded: `GET /_trackway/api/stats` answers the [`SinkStats`] as JSON and
-//! `GET /_trackway/api/requests` the recorded requests.
+//! [`Faults`] inject failures by count, time window or rate (every Nth request fails or is
+//! dropped, an outage for N ms, a rate limit, added latency) before the rules, the script and the
+//! default reply; they can be changed while the collector runs, from the process
+//! ([`RunningCollector::set_faults`]) or over HTTP.
+//!
+//! Paths under `/_trackway/` are reserved for the collector's own API and are never recorded
+//! nor faulted: `GET /_trackway/api/stats` answers the [`SinkStats`] as JSON (plus events per
+//! path and requests per status), `GET /_trackway/api/requests` the recorded requests,
+//! `GET /_trackway/api/events?user=&name=&type=&path=&status=&limit=` the events decoded from
+//! their bodies, and `GET`/`PUT`/`DELETE /_trackway/api/faults` read, replace and clear the
+//! faults.
 //!
 //! ```
 //! use trackway_collector::{Collector, Reply};
@@ -32,6 +40,7 @@
 //! ```
 
 mod builder;
+mod faults;
 mod inspect;
 mod recorder;
 mod reply;
@@ -39,6 +48,7 @@ mod server;
 mod sink;
 
 pub use builder::{CollectorBuilder, ReservedCollector};
+pub use faults::{Faults, InvalidFaults};
 pub use recorder::{RecordedRequest, SinkStats};
 pub use reply::{Reply, Rule};
 pub use server::RunningCollector;

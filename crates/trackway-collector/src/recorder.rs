@@ -3,6 +3,7 @@
 //! blocks on.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -81,12 +82,25 @@ pub(crate) struct Recorder {
 struct Log {
     count: u64,
     requests: Vec<RecordedRequest>,
+    /// Events per request path (bounded by the number of distinct paths, kept in both modes).
+    events_by_path: BTreeMap<String, u64>,
+    /// Requests per answered status (0: connection closed without an answer).
+    statuses: BTreeMap<u16, u64>,
+}
+
+/// Per-path event counts and per-status request counts, for `GET /_trackway/api/stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Breakdown {
+    pub(crate) events_by_path: BTreeMap<String, u64>,
+    pub(crate) statuses: BTreeMap<u16, u64>,
 }
 
 impl Recorder {
-    /// Counts one request with this body, keeps `request` if given, and wakes the waiters.
-    pub(crate) fn observe(&self, body: &[u8], request: Option<RecordedRequest>) {
-        match count_events(body) {
+    /// Counts one request to `path` with this body, answered `status` (0: closed), keeps
+    /// `request` if given, and wakes the waiters.
+    pub(crate) fn observe(&self, path: &str, status: u16, body: &[u8], request: Option<RecordedRequest>) {
+        let events = count_events(body);
+        match events {
             Some(n) => self.events.fetch_add(n, Ordering::Relaxed),
             None => self.json_errors.fetch_add(1, Ordering::Relaxed),
         };
@@ -94,6 +108,15 @@ impl Recorder {
         {
             let mut log = lock(&self.log);
             log.count += 1;
+            let events = events.unwrap_or(0);
+            // Look up before inserting so the common case (a known path) allocates nothing.
+            match log.events_by_path.get_mut(path) {
+                Some(n) => *n += events,
+                None => {
+                    log.events_by_path.insert(path.to_owned(), events);
+                }
+            }
+            *log.statuses.entry(status).or_insert(0) += 1;
             if let Some(request) = request {
                 log.requests.push(request);
             }
@@ -103,6 +126,11 @@ impl Recorder {
 
     pub(crate) fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.log).requests.clone()
+    }
+
+    pub(crate) fn breakdown(&self) -> Breakdown {
+        let log = lock(&self.log);
+        Breakdown { events_by_path: log.events_by_path.clone(), statuses: log.statuses.clone() }
     }
 
     pub(crate) fn count(&self) -> u64 {
@@ -134,12 +162,16 @@ mod tests {
     #[test]
     fn observe_counts_and_keeps() {
         let recorder = Recorder::default();
-        recorder.observe(b"[1,2,3]", None);
-        recorder.observe(b"nope", None);
-        assert_eq!(recorder.stats(), SinkStats { requests: 2, events: 3, bytes: 11, json_errors: 1 });
+        recorder.observe("/a", 200, b"[1,2,3]", None);
+        recorder.observe("/b", 0, b"nope", None);
+        recorder.observe("/a", 503, b"[1]", None);
+        assert_eq!(recorder.stats(), SinkStats { requests: 3, events: 4, bytes: 14, json_errors: 1 });
+        let breakdown = recorder.breakdown();
+        assert_eq!(breakdown.events_by_path, BTreeMap::from([("/a".to_owned(), 4), ("/b".to_owned(), 0)]));
+        assert_eq!(breakdown.statuses, BTreeMap::from([(0, 1), (200, 1), (503, 1)]));
         assert!(recorder.requests().is_empty());
-        assert!(recorder.wait_for(2, Duration::ZERO));
-        assert!(!recorder.wait_for(3, Duration::from_millis(10)));
+        assert!(recorder.wait_for(3, Duration::ZERO));
+        assert!(!recorder.wait_for(4, Duration::from_millis(10)));
     }
 
     #[test]

@@ -98,6 +98,22 @@ impl Reply {
         vec![self; n]
     }
 
+    /// An injected failure (see [`Faults`](crate::Faults)): `status`, an empty body, and
+    /// `Retry-After` if given. Takes validated values, so it cannot panic.
+    pub(crate) fn injected(status: StatusCode, retry_after: Option<HeaderValue>) -> Self {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = retry_after {
+            headers.insert(RETRY_AFTER, value);
+        }
+        Self { status, headers, body: Bytes::new(), delay: Duration::ZERO, close: false }
+    }
+
+    /// Adds `extra` to this reply's delay (the fault layer's latency).
+    pub(crate) fn add_delay(mut self, extra: Duration) -> Self {
+        self.delay = self.delay.saturating_add(extra);
+        self
+    }
+
     /// The status recorded for a request answered with this reply: 0 for a closed connection.
     pub(crate) fn recorded_status(&self) -> u16 {
         if self.close { 0 } else { self.status.as_u16() }

@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 
 use crate::builder::CollectorBuilder;
+use crate::faults::{FaultState, Faults, InvalidFaults};
 use crate::inspect;
 use crate::recorder::{RecordedRequest, Recorder, SinkStats};
 use crate::reply::{CloseConnection, Reply, Rule};
@@ -31,10 +32,33 @@ pub(crate) struct Shared {
     rules: Vec<Rule>,
     script: Mutex<VecDeque<Reply>>,
     default_reply: Mutex<Reply>,
+    faults: Mutex<FaultState>,
     pub(crate) recorder: Recorder,
+    /// The same moment as an `Instant` and as milliseconds since the Unix epoch, to turn a
+    /// request's `received_at` into wall-clock time for the inspection API.
+    started: Instant,
+    started_unix_ms: u64,
 }
 
 impl Shared {
+    /// Replaces the faults and restarts their counters and windows.
+    pub(crate) fn set_faults(&self, faults: Faults) -> Result<(), InvalidFaults> {
+        let state = FaultState::new(faults, Instant::now())?;
+        *lock(&self.faults) = state;
+        Ok(())
+    }
+
+    /// The current faults.
+    pub(crate) fn faults(&self) -> Faults {
+        lock(&self.faults).faults().clone()
+    }
+
+    /// `at` as milliseconds since the Unix epoch (by the wall clock when the collector started).
+    pub(crate) fn unix_ms(&self, at: Instant) -> u64 {
+        let since_start = u64::try_from(at.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX);
+        self.started_unix_ms.saturating_add(since_start)
+    }
+
     /// Rules first (first match wins), then the next script entry, then the default.
     fn choose(&self, path: &str, body: &[u8]) -> Reply {
         if let Some(reply) = self.rules.iter().find_map(|r| r.reply_for(path, body)) {
@@ -102,6 +126,26 @@ impl RunningCollector {
         *lock(&self.shared.default_reply) = reply;
     }
 
+    /// Replaces the faults injected from now on (see [`Faults`]); counting for `fail_every` and
+    /// `close_every` and the `fail_for_ms` and `rate_limit` windows restart now.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidFaults`] if [`Faults::validate`] refuses them; the current faults are kept.
+    pub fn set_faults(&self, faults: Faults) -> Result<(), InvalidFaults> {
+        self.shared.set_faults(faults)
+    }
+
+    /// The faults currently injected ([`Faults::default`] if none).
+    pub fn faults(&self) -> Faults {
+        self.shared.faults()
+    }
+
+    /// Stops injecting faults; the same as `set_faults(Faults::default())`.
+    pub fn clear_faults(&self) {
+        *lock(&self.shared.faults) = FaultState::cleared(Instant::now());
+    }
+
     /// Requests, events, bytes and JSON errors counted so far (in both modes).
     pub fn sink_stats(&self) -> SinkStats {
         self.shared.recorder.stats()
@@ -137,12 +181,21 @@ impl Drop for RunningCollector {
 
 /// Starts the server thread and waits until it has bound its listener (or failed to).
 pub(crate) fn spawn(config: CollectorBuilder) -> io::Result<RunningCollector> {
+    let started = Instant::now();
+    let faults = FaultState::new(config.faults, started).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let started_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
     let shared = Arc::new(Shared {
         sink: config.sink,
         rules: config.rules,
         script: Mutex::new(config.script.into()),
         default_reply: Mutex::new(config.default_reply),
+        faults: Mutex::new(faults),
         recorder: Recorder::default(),
+        started,
+        started_unix_ms,
     });
     let listen = config.listen;
     let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<SocketAddr>>(1);
@@ -258,15 +311,23 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     let path = parts.uri.path();
 
     if inspect::is_inspection(path) {
-        return Ok(inspect::answer(&shared, &parts.method, path));
+        return Ok(inspect::answer(&shared, &parts.method, path, parts.uri.query(), &body));
     }
+
+    // Faults come first: a faulted request consumes no script entry.
+    let decision = lock(&shared.faults).decide(received_at);
+    let injected = decision.reply();
 
     let reply = if shared.sink {
         // Benchmark path: count and forget; no script, no rules.
-        shared.recorder.observe(&body, None);
-        shared.default_reply()
+        let reply = injected.unwrap_or_else(|| shared.default_reply());
+        shared.recorder.observe(path, reply.recorded_status(), &body, None);
+        reply
     } else {
-        let reply = shared.choose(path, &body);
+        let reply = match injected {
+            Some(reply) => reply,
+            None => shared.choose(path, &body),
+        };
         let recorded = RecordedRequest {
             method: parts.method.as_str().to_owned(),
             path: path.to_owned(),
@@ -285,8 +346,8 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
         };
         // Recorded before the delay and before closing, so a test waiting for the request sees
         // it even if the client gives up.
-        shared.recorder.observe(&body, Some(recorded));
+        shared.recorder.observe(path, recorded.status, &body, Some(recorded));
         reply
     };
-    reply.respond().await
+    reply.add_delay(decision.latency).respond().await
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
-use trackway_collector::{Collector, Reply, Rule, SinkStats};
+use trackway_collector::{Collector, Faults, Reply, Rule, SinkStats};
 
 /// Runs `test` on its own thread and fails if it has not finished within `limit`.
 fn watchdog(limit: Duration, test: impl FnOnce() + Send + 'static) {
@@ -249,14 +249,23 @@ fn inspection_api_reports_stats_and_requests_without_being_recorded() {
         };
 
         // Not recorded and not consuming the script.
-        assert_eq!(get_json("/_trackway/api/stats"), json!({"requests": 0, "events": 0, "bytes": 0, "json_errors": 0}));
+        assert_eq!(
+            get_json("/_trackway/api/stats"),
+            json!({"requests": 0, "events": 0, "bytes": 0, "json_errors": 0, "events_by_path": {}, "statuses": {}})
+        );
         assert_eq!(get_json("/_trackway/api/requests"), json!([]));
         let unknown = client.get(collector.url("/_trackway/nope")).send().expect("request");
         assert_eq!(unknown.status().as_u16(), 404);
         assert_eq!(collector.request_count(), 0);
 
         assert_eq!(post(&client, &collector.url("/v1/batch?k=v"), "[1,2]"), 503);
-        assert_eq!(get_json("/_trackway/api/stats"), json!({"requests": 1, "events": 2, "bytes": 5, "json_errors": 0}));
+        assert_eq!(
+            get_json("/_trackway/api/stats"),
+            json!({
+                "requests": 1, "events": 2, "bytes": 5, "json_errors": 0,
+                "events_by_path": {"/v1/batch": 2}, "statuses": {"503": 1},
+            })
+        );
         let requests = get_json("/_trackway/api/requests");
         assert_eq!(requests[0]["method"], "POST");
         assert_eq!(requests[0]["path"], "/v1/batch");
@@ -376,5 +385,218 @@ fn binary_prints_its_url_and_exits_when_stdin_closes() {
             thread::sleep(Duration::from_millis(20));
         };
         assert!(status.success(), "{status:?}");
+    });
+}
+
+#[test]
+fn fail_every_applies_before_the_script_and_never_to_the_api() {
+    watchdog(LIMIT, || {
+        let faults = Faults { fail_every: Some(2), retry_after: Some("3".into()), ..Faults::default() };
+        let collector =
+            Collector::builder().faults(faults.clone()).script([Reply::status(202)]).start().expect("start");
+        assert_eq!(collector.faults(), faults);
+        let client = client();
+        let url = collector.url("/v1/batch");
+        let first = client.post(&url).body("[]").send().expect("request");
+        assert_eq!(first.status().as_u16(), 202, "the script answers unfaulted requests");
+        let second = client.post(&url).body("[]").send().expect("request");
+        assert_eq!(second.status().as_u16(), 503);
+        assert_eq!(second.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("3"));
+        // The API is never faulted and does not count.
+        for _ in 0..3 {
+            let response = client.get(collector.url("/_trackway/api/faults")).send().expect("request");
+            assert_eq!(response.status().as_u16(), 200);
+        }
+        let statuses: Vec<u16> = (0..4).map(|_| post(&client, &url, "[]")).collect();
+        assert_eq!(statuses, [200, 503, 200, 503]);
+        let recorded: Vec<u16> = collector.requests().iter().map(|r| r.status).collect();
+        assert_eq!(recorded, [202, 503, 200, 503, 200, 503]);
+
+        // Setting faults restarts the count; clearing them stops the failures.
+        collector.set_faults(Faults { fail_every: Some(3), ..Faults::default() }).expect("valid faults");
+        let statuses: Vec<u16> = (0..3).map(|_| post(&client, &url, "[]")).collect();
+        assert_eq!(statuses, [200, 200, 503]);
+        collector.clear_faults();
+        assert_eq!(collector.faults(), Faults::default());
+        assert!((0..4).all(|_| post(&client, &url, "[]") == 200));
+    });
+}
+
+#[test]
+fn invalid_faults_are_refused() {
+    let err =
+        Collector::builder().faults(Faults { fail_status: 42, ..Faults::default() }).start().expect_err("refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    watchdog(LIMIT, || {
+        let collector = Collector::start().expect("start");
+        let fail_every_2 = Faults { fail_every: Some(2), ..Faults::default() };
+        collector.set_faults(fail_every_2.clone()).expect("valid");
+        assert!(collector.set_faults(Faults { close_every: Some(0), ..Faults::default() }).is_err());
+        assert_eq!(collector.faults(), fail_every_2, "a refused update keeps the faults");
+    });
+}
+
+#[test]
+fn fail_for_ms_is_an_outage_that_ends_by_itself() {
+    watchdog(LIMIT, || {
+        let collector = Collector::builder()
+            .faults(Faults { fail_for_ms: Some(1000), fail_status: 500, ..Faults::default() })
+            .start()
+            .expect("start");
+        let client = client();
+        let url = collector.url("/v1/batch");
+        let start = Instant::now();
+        assert_eq!(post(&client, &url, "[]"), 500);
+        assert_eq!(post(&client, &url, "[]"), 500);
+        while start.elapsed() < Duration::from_millis(1050) {
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(post(&client, &url, "[]"), 200);
+    });
+}
+
+#[test]
+fn latency_delays_every_answer() {
+    watchdog(LIMIT, || {
+        let collector =
+            Collector::builder().faults(Faults { latency_ms: Some(150), ..Faults::default() }).start().expect("start");
+        let client = client();
+        let start = Instant::now();
+        assert_eq!(post(&client, &collector.url("/x"), "[]"), 200);
+        assert!(start.elapsed() >= Duration::from_millis(150), "{:?}", start.elapsed());
+        // The API is not delayed.
+        let start = Instant::now();
+        client.get(collector.url("/_trackway/api/stats")).send().expect("request");
+        assert!(start.elapsed() < Duration::from_millis(150), "{:?}", start.elapsed());
+    });
+}
+
+#[test]
+fn close_every_drops_the_connection_without_an_answer() {
+    watchdog(LIMIT, || {
+        let collector =
+            Collector::builder().faults(Faults { close_every: Some(2), ..Faults::default() }).start().expect("start");
+        let client = client();
+        let url = collector.url("/x");
+        assert_eq!(post(&client, &url, "[]"), 200);
+        assert!(client.post(&url).body("[]").send().is_err(), "the second request gets no answer");
+        assert_eq!(post(&client, &url, "[]"), 200);
+        let recorded: Vec<u16> = collector.requests().iter().map(|r| r.status).collect();
+        assert_eq!(recorded, [200, 0, 200]);
+    });
+}
+
+#[test]
+fn rate_limit_answers_429_beyond_n_per_second() {
+    watchdog(LIMIT, || {
+        let collector =
+            Collector::builder().faults(Faults { rate_limit: Some(3), ..Faults::default() }).start().expect("start");
+        let client = client();
+        let url = collector.url("/x");
+        let start = Instant::now();
+        let statuses: Vec<u16> = (0..5).map(|_| post(&client, &url, "[]")).collect();
+        // Meaningful only if the five requests fit in one window (they take milliseconds).
+        if start.elapsed() < Duration::from_millis(900) {
+            assert_eq!(statuses, [200, 200, 200, 429, 429]);
+            let response = client.post(&url).body("[]").send().expect("request");
+            assert_eq!(response.status().as_u16(), 429);
+            assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+        }
+        thread::sleep(Duration::from_millis(1100));
+        assert_eq!(post(&client, &url, "[]"), 200, "a new window");
+    });
+}
+
+#[test]
+fn faults_apply_in_sink_mode() {
+    watchdog(LIMIT, || {
+        let collector = Collector::builder()
+            .sink(true)
+            .faults(Faults { fail_every: Some(2), ..Faults::default() })
+            .start()
+            .expect("start");
+        let client = client();
+        let statuses: Vec<u16> = (0..4).map(|_| post(&client, &collector.url("/x"), "[1]")).collect();
+        assert_eq!(statuses, [200, 503, 200, 503]);
+        let stats = json_body(client.get(collector.url("/_trackway/api/stats")).send().expect("request"));
+        assert_eq!(stats["statuses"], json!({"200": 2, "503": 2}));
+        assert_eq!(stats["events_by_path"], json!({"/x": 4}));
+    });
+}
+
+#[test]
+fn faults_api_reads_replaces_and_clears() {
+    watchdog(LIMIT, || {
+        let collector = Collector::start().expect("start");
+        let client = client();
+        let faults_url = collector.url("/_trackway/api/faults");
+        assert_eq!(json_body(client.get(&faults_url).send().expect("GET"))["fail_every"], Value::Null);
+
+        let response = client.put(&faults_url).body(r#"{"fail_every":1,"fail_status":500}"#).send().expect("PUT");
+        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(collector.faults(), Faults { fail_every: Some(1), fail_status: 500, ..Faults::default() });
+        assert_eq!(post(&client, &collector.url("/x"), "[]"), 500);
+
+        let bad = client.put(&faults_url).body("{").send().expect("PUT");
+        assert_eq!(bad.status().as_u16(), 400);
+        assert!(json_body(bad)["error"].as_str().expect("message").starts_with("invalid faults JSON"));
+        let bad = client.put(&faults_url).body(r#"{"fail_status":1}"#).send().expect("PUT");
+        assert_eq!(bad.status().as_u16(), 400);
+        assert_eq!(collector.faults().fail_status, 500);
+        let post_to_api = client.post(&faults_url).body("{}").send().expect("POST");
+        assert_eq!(post_to_api.status().as_u16(), 405);
+
+        let cleared = client.delete(&faults_url).send().expect("DELETE");
+        assert_eq!(cleared.status().as_u16(), 200);
+        assert_eq!(collector.faults(), Faults::default());
+        assert_eq!(post(&client, &collector.url("/x"), "[]"), 200);
+    });
+}
+
+#[test]
+fn events_api_decodes_filters_and_limits() {
+    watchdog(LIMIT, || {
+        let collector =
+            Collector::builder().rule(Rule::body_contains("refund", Reply::status(500))).start().expect("start");
+        let client = client();
+        let event = |user: &str, kind: &str, name: &str| {
+            json!({"id": format!("{user}-{name}"), "type": kind, "name": name,
+                   "identity": {"user_id": user, "anonymous_id": format!("anon-{user}")}})
+        };
+        let batch =
+            json!([event("u1", "track", "purchase"), event("u2", "track", "purchase"), event("u1", "page", "home")]);
+        assert_eq!(post(&client, &collector.url("/events"), &batch.to_string()), 200);
+        assert_eq!(post(&client, &collector.url("/single"), &event("u3", "track", "signup").to_string()), 200);
+        assert_eq!(post(&client, &collector.url("/events"), &json!([event("u1", "track", "refund")]).to_string()), 500);
+        assert_eq!(post(&client, &collector.url("/events"), "not json"), 200);
+
+        let ids = |query: &str| -> Vec<String> {
+            let response = client.get(collector.url(&format!("/_trackway/api/events{query}"))).send().expect("GET");
+            assert_eq!(response.status().as_u16(), 200);
+            json_body(response)
+                .as_array()
+                .expect("array")
+                .iter()
+                .map(|e| e["event"]["id"].as_str().expect("id").to_owned())
+                .collect()
+        };
+        assert_eq!(ids(""), ["u1-purchase", "u2-purchase", "u1-home", "u3-signup", "u1-refund"]);
+        assert_eq!(ids("?user=u1"), ["u1-purchase", "u1-home", "u1-refund"]);
+        assert_eq!(ids("?user=anon-u2"), ["u2-purchase"]);
+        assert_eq!(ids("?name=purchase"), ["u1-purchase", "u2-purchase"]);
+        assert_eq!(ids("?type=page"), ["u1-home"]);
+        assert_eq!(ids("?path=%2Fsingle"), ["u3-signup"]);
+        assert_eq!(ids("?status=500"), ["u1-refund"]);
+        assert_eq!(ids("?limit=2"), ["u3-signup", "u1-refund"], "the newest, oldest first");
+        assert_eq!(ids("?user=u1&type=track&limit=1"), ["u1-refund"]);
+
+        let all = json_body(client.get(collector.url("/_trackway/api/events?limit=1")).send().expect("GET"));
+        assert_eq!(all[0]["path"], "/events");
+        assert_eq!(all[0]["status"], 500);
+        assert_eq!(all[0]["event"], event("u1", "track", "refund"));
+        assert!(all[0]["received_at_ms"].as_u64().expect("ms") > 1_600_000_000_000);
+
+        let bad = client.get(collector.url("/_trackway/api/events?limit=many")).send().expect("GET");
+        assert_eq!(bad.status().as_u16(), 400);
     });
 }

@@ -1,0 +1,368 @@
+//! Runtime fault injection: [`Faults`] (what to inject) and the counting and time-window state
+//! that decides, request by request, whether a fault fires.
+//!
+//! Faults are checked before the rules, the script and the default reply, and never apply to the
+//! collector's own API under `/_trackway/`. They can be set when building
+//! ([`CollectorBuilder::faults`](crate::CollectorBuilder::faults)), while running
+//! ([`RunningCollector::set_faults`](crate::RunningCollector::set_faults)), or over HTTP with
+//! `PUT /_trackway/api/faults`.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::reply::Reply;
+
+/// Faults the collector injects into the requests it receives, all off by default.
+///
+/// Every field is optional in JSON (`{}` is "no faults"), and unknown fields are rejected, so a
+/// typo in `PUT /_trackway/api/faults` is a 400 rather than a silently ignored fault.
+///
+/// Request counting (for [`fail_every`](Self::fail_every) and
+/// [`close_every`](Self::close_every)), the [`fail_for_ms`](Self::fail_for_ms) window and the
+/// [`rate_limit`](Self::rate_limit) window all restart whenever the faults are set or cleared.
+/// When several faults fire on the same request, the first in this order wins: `close_every`,
+/// `rate_limit`, `fail_for_ms`, `fail_every`.
+///
+/// ```
+/// use trackway_collector::Faults;
+///
+/// let faults: Faults = serde_json::from_str(r#"{"fail_every": 2, "retry_after": "1"}"#)?;
+/// assert_eq!(faults.fail_every, Some(2));
+/// assert_eq!(faults.fail_status, 503);
+/// assert!(faults.is_active());
+/// assert!(!Faults::default().is_active());
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Every Nth request (the Nth, 2Nth, …, counted from when the faults were set) is answered
+    /// [`fail_status`](Self::fail_status). Must not be 0.
+    pub fail_every: Option<u64>,
+    /// The status of injected failures ([`fail_every`](Self::fail_every),
+    /// [`fail_for_ms`](Self::fail_for_ms)). Default 503. Must be in `100..=999`.
+    pub fail_status: u16,
+    /// Every request is answered [`fail_status`](Self::fail_status) until this many
+    /// milliseconds after the faults were set (an outage that ends by itself).
+    pub fail_for_ms: Option<u64>,
+    /// Sent as `Retry-After` with injected failures and with rate-limit 429s (delay-seconds or
+    /// an HTTP date, sent as given). Must be a valid header value.
+    pub retry_after: Option<String>,
+    /// Waits this long before answering (or closing) every request, faulted or not.
+    pub latency_ms: Option<u64>,
+    /// Every Nth request is read in full, then its connection is closed without a response.
+    /// Must not be 0.
+    pub close_every: Option<u64>,
+    /// At most this many requests per 1-second window; the rest are answered 429 with
+    /// `Retry-After` ([`retry_after`](Self::retry_after), else `1`). A window starts with the
+    /// first request after the previous one ended.
+    pub rate_limit: Option<u32>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            fail_every: None,
+            fail_status: 503,
+            fail_for_ms: None,
+            retry_after: None,
+            latency_ms: None,
+            close_every: None,
+            rate_limit: None,
+        }
+    }
+}
+
+impl Faults {
+    /// Whether any fault is set (`fail_status` alone injects nothing).
+    pub fn is_active(&self) -> bool {
+        self.fail_every.is_some()
+            || self.fail_for_ms.is_some()
+            || self.latency_ms.is_some()
+            || self.close_every.is_some()
+            || self.rate_limit.is_some()
+    }
+
+    /// Checks the values that cannot be sent as they are: a zero `fail_every` or `close_every`,
+    /// a status outside `100..=999`, a `retry_after` that is not a valid header value.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidFaults`] naming the first bad field.
+    pub fn validate(&self) -> Result<(), InvalidFaults> {
+        if self.fail_every == Some(0) {
+            return Err(InvalidFaults("fail_every must be at least 1".into()));
+        }
+        if self.close_every == Some(0) {
+            return Err(InvalidFaults("close_every must be at least 1".into()));
+        }
+        if StatusCode::from_u16(self.fail_status).is_err() {
+            return Err(InvalidFaults(format!("fail_status {} is not an HTTP status code", self.fail_status)));
+        }
+        if let Some(value) = &self.retry_after
+            && HeaderValue::from_str(value).is_err()
+        {
+            return Err(InvalidFaults(format!("retry_after {value:?} is not a valid header value")));
+        }
+        Ok(())
+    }
+}
+
+/// Why a [`Faults`] value was refused (see [`Faults::validate`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidFaults(String);
+
+impl fmt::Display for InvalidFaults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid faults: {}", self.0)
+    }
+}
+
+impl std::error::Error for InvalidFaults {}
+
+/// What the fault layer decided for one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Injected {
+    /// Close the connection without answering.
+    Close,
+    /// Answer this status, with this `Retry-After` if any.
+    Status(StatusCode, Option<HeaderValue>),
+}
+
+/// The decision for one request: a delay before answering, and maybe a fault instead of the
+/// normal reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Decision {
+    pub(crate) latency: Duration,
+    pub(crate) injected: Option<Injected>,
+}
+
+impl Decision {
+    /// The reply to send instead of the normal one, if a fault fired (without the latency,
+    /// which the caller adds to whichever reply it sends).
+    pub(crate) fn reply(&self) -> Option<Reply> {
+        match &self.injected {
+            None => None,
+            Some(Injected::Close) => Some(Reply::close_connection()),
+            Some(Injected::Status(status, retry_after)) => Some(Reply::injected(*status, retry_after.clone())),
+        }
+    }
+}
+
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// The faults and their counters; one per collector, behind a mutex.
+#[derive(Debug)]
+pub(crate) struct FaultState {
+    faults: Faults,
+    /// Validated copies of `fail_status` and `retry_after`, so deciding never fails.
+    status: StatusCode,
+    retry_after: Option<HeaderValue>,
+    set_at: Instant,
+    /// Requests seen since the faults were set.
+    seen: u64,
+    /// Start of the current rate-limit window and the requests seen in it.
+    window_start: Option<Instant>,
+    window_count: u64,
+}
+
+impl FaultState {
+    /// State for `faults`, set at `now`.
+    pub(crate) fn new(faults: Faults, now: Instant) -> Result<Self, InvalidFaults> {
+        faults.validate()?;
+        let status = StatusCode::from_u16(faults.fail_status)
+            .map_err(|_| InvalidFaults(format!("fail_status {} is not an HTTP status code", faults.fail_status)))?;
+        let retry_after = match &faults.retry_after {
+            Some(value) => Some(
+                HeaderValue::from_str(value)
+                    .map_err(|_| InvalidFaults(format!("retry_after {value:?} is not a valid header value")))?,
+            ),
+            None => None,
+        };
+        Ok(FaultState { faults, status, retry_after, set_at: now, seen: 0, window_start: None, window_count: 0 })
+    }
+
+    /// No faults, set at `now` (cannot fail, unlike [`new`](Self::new)).
+    pub(crate) fn cleared(now: Instant) -> Self {
+        FaultState {
+            faults: Faults::default(),
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: None,
+            set_at: now,
+            seen: 0,
+            window_start: None,
+            window_count: 0,
+        }
+    }
+
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Counts one request arriving at `now` and decides its fate.
+    pub(crate) fn decide(&mut self, now: Instant) -> Decision {
+        let f = &self.faults;
+        let latency = Duration::from_millis(f.latency_ms.unwrap_or(0));
+        if !f.is_active() {
+            return Decision { latency, injected: None };
+        }
+        self.seen += 1;
+        let nth = |every: Option<u64>| every.is_some_and(|n| n > 0 && self.seen.is_multiple_of(n));
+
+        let rate_limited = match f.rate_limit {
+            Some(limit) => {
+                match self.window_start {
+                    Some(start) if now.saturating_duration_since(start) < RATE_WINDOW => {}
+                    _ => {
+                        self.window_start = Some(now);
+                        self.window_count = 0;
+                    }
+                }
+                self.window_count += 1;
+                self.window_count > u64::from(limit)
+            }
+            None => false,
+        };
+        let in_outage =
+            f.fail_for_ms.is_some_and(|ms| now.saturating_duration_since(self.set_at) < Duration::from_millis(ms));
+
+        let injected = if nth(f.close_every) {
+            Some(Injected::Close)
+        } else if rate_limited {
+            let retry_after = self.retry_after.clone().unwrap_or_else(|| HeaderValue::from_static("1"));
+            Some(Injected::Status(StatusCode::TOO_MANY_REQUESTS, Some(retry_after)))
+        } else if in_outage || nth(f.fail_every) {
+            Some(Injected::Status(self.status, self.retry_after.clone()))
+        } else {
+            None
+        };
+        Decision { latency, injected }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(faults: Faults, now: Instant) -> FaultState {
+        FaultState::new(faults, now).expect("valid faults")
+    }
+
+    fn status(d: &Decision) -> Option<u16> {
+        match &d.injected {
+            Some(Injected::Status(s, _)) => Some(s.as_u16()),
+            Some(Injected::Close) => Some(0),
+            None => None,
+        }
+    }
+
+    #[test]
+    fn no_faults_inject_nothing() {
+        let now = Instant::now();
+        let mut s = state(Faults::default(), now);
+        for _ in 0..10 {
+            assert_eq!(s.decide(now), Decision { latency: Duration::ZERO, injected: None });
+        }
+    }
+
+    #[test]
+    fn fail_every_counts_from_when_set() {
+        let now = Instant::now();
+        let faults =
+            Faults { fail_every: Some(3), fail_status: 500, retry_after: Some("2".into()), ..Faults::default() };
+        let mut s = state(faults.clone(), now);
+        let got: Vec<_> = (0..7).map(|_| status(&s.decide(now))).collect();
+        assert_eq!(got, [None, None, Some(500), None, None, Some(500), None]);
+        let d = {
+            let mut s = state(faults, now);
+            s.decide(now);
+            s.decide(now);
+            s.decide(now)
+        };
+        assert_eq!(
+            d.injected,
+            Some(Injected::Status(StatusCode::INTERNAL_SERVER_ERROR, Some(HeaderValue::from_static("2"))))
+        );
+    }
+
+    #[test]
+    fn close_every_wins_over_fail_every() {
+        let now = Instant::now();
+        let mut s = state(Faults { fail_every: Some(2), close_every: Some(4), ..Faults::default() }, now);
+        let got: Vec<_> = (0..8).map(|_| status(&s.decide(now))).collect();
+        assert_eq!(got, [None, Some(503), None, Some(0), None, Some(503), None, Some(0)]);
+    }
+
+    #[test]
+    fn fail_for_ms_is_a_window_from_when_set() {
+        let t0 = Instant::now();
+        let mut s = state(Faults { fail_for_ms: Some(100), ..Faults::default() }, t0);
+        assert_eq!(status(&s.decide(t0)), Some(503));
+        assert_eq!(status(&s.decide(t0 + Duration::from_millis(99))), Some(503));
+        assert_eq!(status(&s.decide(t0 + Duration::from_millis(100))), None);
+        assert_eq!(status(&s.decide(t0 + Duration::from_secs(5))), None);
+    }
+
+    #[test]
+    fn rate_limit_per_one_second_window() {
+        let t0 = Instant::now();
+        let mut s = state(Faults { rate_limit: Some(2), ..Faults::default() }, t0);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(status(&s.decide(at(0))), None);
+        assert_eq!(status(&s.decide(at(10))), None);
+        let third = s.decide(at(20));
+        assert_eq!(
+            third.injected,
+            Some(Injected::Status(StatusCode::TOO_MANY_REQUESTS, Some(HeaderValue::from_static("1"))))
+        );
+        assert_eq!(status(&s.decide(at(999))), Some(429));
+        // A new window starts with the first request at least 1 s after the last one started.
+        assert_eq!(status(&s.decide(at(1000))), None);
+        assert_eq!(status(&s.decide(at(1500))), None);
+        assert_eq!(status(&s.decide(at(1600))), Some(429));
+        assert_eq!(status(&s.decide(at(2100))), None);
+
+        let mut s = state(Faults { rate_limit: Some(0), retry_after: Some("9".into()), ..Faults::default() }, t0);
+        assert_eq!(
+            s.decide(t0).injected,
+            Some(Injected::Status(StatusCode::TOO_MANY_REQUESTS, Some(HeaderValue::from_static("9"))))
+        );
+    }
+
+    #[test]
+    fn latency_applies_to_every_request() {
+        let now = Instant::now();
+        let mut s = state(Faults { latency_ms: Some(30), fail_every: Some(2), ..Faults::default() }, now);
+        for _ in 0..4 {
+            assert_eq!(s.decide(now).latency, Duration::from_millis(30));
+        }
+    }
+
+    #[test]
+    fn validation_and_json() {
+        assert!(Faults { fail_every: Some(0), ..Faults::default() }.validate().is_err());
+        assert!(Faults { close_every: Some(0), ..Faults::default() }.validate().is_err());
+        assert!(Faults { fail_status: 1000, ..Faults::default() }.validate().is_err());
+        assert!(Faults { retry_after: Some("a\nb".into()), ..Faults::default() }.validate().is_err());
+        assert!(FaultState::new(Faults { fail_status: 42, ..Faults::default() }, Instant::now()).is_err());
+        assert!(Faults::default().validate().is_ok());
+
+        let parsed: Faults = serde_json::from_str("{}").expect("empty object");
+        assert_eq!(parsed, Faults::default());
+        assert!(serde_json::from_str::<Faults>(r#"{"fail_evry": 2}"#).is_err());
+        let full = Faults {
+            fail_every: Some(2),
+            fail_status: 429,
+            fail_for_ms: Some(5),
+            retry_after: Some("1".into()),
+            latency_ms: Some(3),
+            close_every: Some(7),
+            rate_limit: Some(10),
+        };
+        let json = serde_json::to_string(&full).expect("serialize");
+        assert_eq!(serde_json::from_str::<Faults>(&json).expect("round trip"), full);
+    }
+}
