@@ -34,6 +34,8 @@ pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 /// State key of the app-mode identity.
 const IDENTITY_KEY: &str = "identity";
+/// Store keys of [`Client::checkpoint`] values start with this, apart from trackway's own state.
+const CHECKPOINT_PREFIX: &str = "checkpoint/";
 
 /// The tracking client. Cheap to clone (an `Arc` inside): clone it, don't wrap it in an `Arc`.
 ///
@@ -82,6 +84,8 @@ pub(crate) struct Shared {
     pub(crate) context_json: Bytes,
     before_send: Option<BeforeSend>,
     app: Mutex<AppIdentity>,
+    /// The latest value of each checkpoint: recovered from the store, then as set.
+    checkpoints: Mutex<std::collections::BTreeMap<String, Vec<u8>>>,
     closed: AtomicBool,
     warned_queue_full: AtomicBool,
 }
@@ -203,6 +207,13 @@ impl Client {
             context,
             before_send: b.before_send,
             app: Mutex::new(app),
+            checkpoints: Mutex::new(
+                recovered
+                    .state
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.strip_prefix(CHECKPOINT_PREFIX)?.to_owned(), v.clone())))
+                    .collect(),
+            ),
             closed: AtomicBool::new(false),
             warned_queue_full: AtomicBool::new(false),
         });
@@ -227,7 +238,7 @@ impl Client {
     /// `EmptyIdentifier`, `EmptyEventName`, `TooLong`, `InvalidProperty` (NaN, infinity),
     /// `DestinationLimit`, `QueueFull` (dropped and counted), `ShutDown`.
     pub fn track(&self, identifier: &str, event: &str, properties: Properties) -> Result<MessageId, Error> {
-        self.enqueue(Track::new(event).user(identifier).properties(properties).into(), None)
+        self.enqueue(Track::new(event).user(identifier).properties(properties).into(), None, None)
     }
 
     /// Records a page view for the user `identifier` (server mode).
@@ -235,7 +246,7 @@ impl Client {
     /// # Errors
     /// As [`track`](Self::track), with `EmptyUrl` instead of `EmptyEventName`.
     pub fn page(&self, identifier: &str, page: Page) -> Result<MessageId, Error> {
-        self.enqueue(page.user(identifier).into(), None)
+        self.enqueue(page.user(identifier).into(), None, None)
     }
 
     /// Records a screen view for the user `identifier` (server mode).
@@ -243,7 +254,7 @@ impl Client {
     /// # Errors
     /// As [`track`](Self::track), with `EmptyScreenName`.
     pub fn screen(&self, identifier: &str, screen: &str, properties: Properties) -> Result<MessageId, Error> {
-        self.enqueue(crate::Screen::new(screen).user(identifier).properties(properties).into(), None)
+        self.enqueue(crate::Screen::new(screen).user(identifier).properties(properties).into(), None, None)
     }
 
     /// Sends the user properties of `identifier` (server mode; the client's state is untouched).
@@ -251,7 +262,7 @@ impl Client {
     /// # Errors
     /// As [`track`](Self::track).
     pub fn identify(&self, identifier: &str, properties: Properties) -> Result<MessageId, Error> {
-        self.enqueue(crate::Identify::new().user(identifier).properties(properties).into(), None)
+        self.enqueue(crate::Identify::new().user(identifier).properties(properties).into(), None, None)
     }
 
     // === general calls ===
@@ -262,7 +273,7 @@ impl Client {
     /// # Errors
     /// See [`Error`].
     pub fn capture(&self, message: impl Into<Message>) -> Result<MessageId, Error> {
-        self.enqueue(message.into(), None)
+        self.enqueue(message.into(), None, None)
     }
 
     /// Queues a message with a message id and timestamp supplied by the caller (backfills and
@@ -271,10 +282,38 @@ impl Client {
     /// # Errors
     /// See [`Error`].
     pub fn import(&self, message: impl Into<Message>, id: MessageId, timestamp: Timestamp) -> Result<MessageId, Error> {
-        self.enqueue(message.into(), Some((id, timestamp)))
+        self.enqueue(message.into(), Some((id, timestamp)), None)
     }
 
-    fn enqueue(&self, mut m: Message, import: Option<(MessageId, Timestamp)>) -> Result<MessageId, Error> {
+    /// [`import`](Self::import), with a [`checkpoint`](Self::checkpoint) carried **by the event
+    /// itself**: the store commits both or neither, so after a crash the recovered checkpoint
+    /// says exactly which events the store holds. A resumable import that checkpoints its input
+    /// position this way enqueues no input twice, whenever it is killed.
+    ///
+    /// If a `before_send` hook drops the event, the checkpoint is still recorded (through
+    /// [`checkpoint`](Self::checkpoint)). On an error nothing is recorded.
+    ///
+    /// # Errors
+    /// As [`import`](Self::import) and [`checkpoint`](Self::checkpoint).
+    pub fn import_with_checkpoint(
+        &self,
+        message: impl Into<Message>,
+        id: MessageId,
+        timestamp: Timestamp,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<MessageId, Error> {
+        let value = value.into();
+        check_checkpoint(key, &value)?;
+        self.enqueue(message.into(), Some((id, timestamp)), Some((key, value)))
+    }
+
+    fn enqueue(
+        &self,
+        mut m: Message,
+        import: Option<(MessageId, Timestamp)>,
+        checkpoint: Option<(&str, Vec<u8>)>,
+    ) -> Result<MessageId, Error> {
         let shared = &*self.inner.shared;
         if shared.closed.load(Ordering::Acquire) {
             bump(&shared.counters.shutdown, 1);
@@ -320,6 +359,9 @@ impl Client {
             && !hook(&mut event)
         {
             bump(&shared.counters.filtered, 1);
+            if let Some((key, value)) = checkpoint {
+                self.checkpoint(key, value)?;
+            }
             return Ok(id);
         }
         for (i, d) in shared.destinations.iter().enumerate() {
@@ -328,10 +370,15 @@ impl Client {
                     .map_err(|e| Error::DestinationLimit { destination: d.name().to_owned(), message: e.message })?;
             }
         }
-        let state = match &new_state {
+        let mut state = match &new_state {
             Some(s) => vec![StateChange { key: IDENTITY_KEY.into(), value: serde_json::to_vec(s).ok() }],
             None => Vec::new(),
         };
+        // Held until the event is queued, as in `checkpoint`.
+        let mut checkpoints = checkpoint.as_ref().map(|(key, value)| {
+            state.push(StateChange { key: format!("{CHECKPOINT_PREFIX}{key}"), value: Some(value.clone()) });
+            lock(&shared.checkpoints)
+        });
         let priority = if is_identify && !server_mode { Priority::Reserved } else { Priority::Normal };
         let meta = EventMeta { id, kind: event.kind, timestamp, queued_at, routes, head_only: true, state };
         if encode_and_push(&event, shared, meta, priority)?.is_err() {
@@ -345,6 +392,10 @@ impl Client {
             return Err(Error::QueueFull);
         }
         bump(&shared.counters.enqueued, 1);
+        if let (Some(map), Some((key, value))) = (checkpoints.as_mut(), checkpoint) {
+            map.insert(key.to_owned(), value);
+        }
+        drop(checkpoints);
         if let Some(mut next) = new_state {
             next.saved = true;
             let mut app = lock(&shared.app);
@@ -356,6 +407,60 @@ impl Client {
             }
         }
         Ok(id)
+    }
+
+    // === checkpoints ===
+
+    /// Records `value` under `key`, committed to the store **atomically with every event queued
+    /// before this call**: after a crash, the recovered value ([`checkpoint_value`]) never claims
+    /// an event the store lost, and every event it covers is in the store. This is what makes a
+    /// bulk import resumable: checkpoint the input position every few thousand events, and a
+    /// rerun skips what the store already holds. [`persisted`](Self::persisted) after it waits
+    /// until the checkpoint is committed.
+    ///
+    /// Keys are the caller's own namespace (trackway's own state is kept apart).
+    ///
+    /// [`checkpoint_value`]: Self::checkpoint_value
+    ///
+    /// ```
+    /// # use trackway::{Client, props, destination::InMemoryDestination, store::MemoryStore};
+    /// # let client = Client::builder().destination(InMemoryDestination::new("memory")).store(MemoryStore::new()).build()?;
+    /// let start: u64 = client
+    ///     .checkpoint_value("import:events.jsonl")
+    ///     .map_or(0, |v| String::from_utf8_lossy(&v).parse().unwrap_or(0));
+    /// for line in start..10 {
+    ///     client.track("user-1", "Imported", props! { "line" => line })?;
+    /// }
+    /// client.checkpoint("import:events.jsonl", 10u64.to_string())?;
+    /// assert_eq!(client.checkpoint_value("import:events.jsonl").as_deref(), Some(&b"10"[..]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `EmptyKey`, `TooLong` (key over [`MAX_NAME_BYTES`] or value over 1 MiB), `ShutDown`, `QueueFull`
+    /// if the channel stays full for 5 s.
+    pub fn checkpoint(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<(), Error> {
+        let value = value.into();
+        check_checkpoint(key, &value)?;
+        let shared = &*self.inner.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        // Held across the push: concurrent checkpoints of a key reach the store in the order the
+        // map sees them, so the value read back is the one the store keeps.
+        let change = StateChange { key: format!("{CHECKPOINT_PREFIX}{key}"), value: Some(value.clone()) };
+        let mut checkpoints = lock(&shared.checkpoints);
+        if !push_control(shared, Control::State(vec![change]), Duration::from_secs(5)) {
+            return Err(Error::QueueFull);
+        }
+        checkpoints.insert(key.to_owned(), value);
+        Ok(())
+    }
+
+    /// The latest value recorded under `key` by [`checkpoint`](Self::checkpoint), in this run or,
+    /// recovered from the store, in an earlier one.
+    pub fn checkpoint_value(&self, key: &str) -> Option<Vec<u8>> {
+        lock(&self.inner.shared.checkpoints).get(key).cloned()
     }
 
     // === delivery control ===
@@ -651,6 +756,17 @@ fn push_control(shared: &Shared, control: Control, timeout: Duration) -> bool {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn check_checkpoint(key: &str, value: &[u8]) -> Result<(), Error> {
+    if key.is_empty() {
+        return Err(Error::EmptyKey);
+    }
+    check_len("checkpoint key", key)?;
+    if value.len() > MAX_EVENT_BYTES {
+        return Err(Error::TooLong { what: "checkpoint value", len: value.len(), max: MAX_EVENT_BYTES });
+    }
+    Ok(())
 }
 
 fn check_len(what: &'static str, s: &str) -> Result<(), Error> {

@@ -18,6 +18,9 @@ pub enum Error {
     /// The user identifier was empty (server mode).
     #[error("Identifier cannot be empty")]
     EmptyIdentifier,
+    /// A checkpoint key was empty.
+    #[error("checkpoint key cannot be empty")]
+    EmptyKey,
     /// The event name was empty.
     #[error("Event name cannot be empty")]
     EmptyEventName,

@@ -112,6 +112,8 @@ pub(crate) enum Control {
     DeadLetters { limit: usize, reply: std::sync::mpsc::SyncSender<Vec<crate::store::DeadLetter>> },
     /// Queue dead letters again; answers how many.
     Requeue { destination: Option<String>, limit: usize, reply: std::sync::mpsc::SyncSender<usize> },
+    /// State changes committed with the events queued before them (a checkpoint).
+    State(Vec<crate::store::StateChange>),
 }
 
 /// What the worker takes out of the queue.

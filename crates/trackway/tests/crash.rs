@@ -21,10 +21,12 @@ use std::time::{Duration, Instant};
 use support::watchdog;
 use trackway::destination::JsonHttp;
 use trackway::store::SqliteStore;
-use trackway::{Client, RetryPolicy, props};
+use trackway::{Client, MessageId, RetryPolicy, Timestamp, Track, props};
 use trackway_collector::Collector;
 
 const HELPER_ENV: &str = "TRACKWAY_CRASH_HELPER";
+/// Set for the checkpoint mode of the helper (see [`crash_with_checkpoints_enqueues_no_event_twice`]).
+const CHECKPOINT_ENV: &str = "TRACKWAY_CRASH_CHECKPOINT";
 const N: u64 = 100_000;
 const K: u64 = 1_000;
 const BATCH: usize = 100;
@@ -46,10 +48,29 @@ fn crash_helper() {
         .retry_policy(RetryPolicy::default().backoff(Duration::from_millis(10), Duration::from_millis(100)))
         .build()
         .expect("client");
+    // Checkpoint mode: progress lives in the store, carried by each event (exactly once).
+    let checkpointed = std::env::var_os(CHECKPOINT_ENV).is_some();
+    let start = if checkpointed {
+        client.checkpoint_value("seq").map_or(0, |v| String::from_utf8_lossy(&v).parse().expect("checkpoint"))
+    } else {
+        start
+    };
     for seq in start..N {
-        client.track("crash-user", "crash_event", props! { "seq" => seq }).expect("track");
+        if checkpointed {
+            let now = Timestamp::now();
+            let event = Track::new("crash_event").user("crash-user").properties(props! { "seq" => seq });
+            client
+                .import_with_checkpoint(event, MessageId::new_v7(now), now, "seq", (seq + 1).to_string())
+                .expect("import");
+        } else {
+            client.track("crash-user", "crash_event", props! { "seq" => seq }).expect("track");
+        }
         if (seq + 1) % K == 0 {
+            // Also what keeps the queue from overflowing.
             client.persisted(Duration::from_secs(30)).expect("persisted");
+            if checkpointed {
+                continue;
+            }
             // Progress is recorded only once the barrier says everything before is committed.
             let tmp = dir.join("progress.tmp");
             std::fs::write(&tmp, (seq + 1).to_string()).expect("write progress");
@@ -61,8 +82,12 @@ fn crash_helper() {
     std::fs::write(dir.join("done"), "done").expect("done");
 }
 
-fn spawn_helper(dir: &Path, url: &str) -> Child {
-    Command::new(std::env::current_exe().expect("test binary"))
+fn spawn_helper(dir: &Path, url: &str, checkpointed: bool) -> Child {
+    let mut command = Command::new(std::env::current_exe().expect("test binary"));
+    if checkpointed {
+        command.env(CHECKPOINT_ENV, "1");
+    }
+    command
         .args(["--exact", "crash_helper", "--nocapture", "--test-threads", "1"])
         .env(HELPER_ENV, dir)
         .env("TRACKWAY_CRASH_URL", url)
@@ -132,7 +157,7 @@ fn check_other_process_holds_the_store(dir: &Path, pid: u32) {
 /// `kills` SIGKILLs, each after a random delay in `delays_ms` (a whole run takes about half a
 /// second here, so the range decides how far each process gets; kills during startup and
 /// recovery are part of it).
-fn run(kills: usize, delays_ms: std::ops::Range<u64>) {
+fn run(kills: usize, delays_ms: std::ops::Range<u64>, checkpointed: bool) {
     let seed = std::env::var("TRACKWAY_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
     });
@@ -143,7 +168,7 @@ fn run(kills: usize, delays_ms: std::ops::Range<u64>) {
     let url = collector.url("/events");
     let mut recorded = Vec::new();
     for k in 0..kills {
-        let mut child = spawn_helper(dir.path(), &url);
+        let mut child = spawn_helper(dir.path(), &url, checkpointed);
         if k == 0 {
             check_other_process_holds_the_store(dir.path(), child.id());
         }
@@ -160,7 +185,7 @@ fn run(kills: usize, delays_ms: std::ops::Range<u64>) {
             "the helper finished before kill {k}: kills must land during the run"
         );
     }
-    let mut child = spawn_helper(dir.path(), &url);
+    let mut child = spawn_helper(dir.path(), &url, checkpointed);
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -192,15 +217,26 @@ fn run(kills: usize, delays_ms: std::ops::Range<u64>) {
         recorded.len()
     );
     assert!(redelivered <= bound, "{redelivered} redeliveries exceed the bound {bound}");
+    if checkpointed {
+        assert_eq!(retracked, 0, "with checkpoints carried by the events, no event is tracked twice");
+    }
 }
 
 #[test]
 fn crash_recovery_with_kills_at_random_moments() {
-    watchdog(Duration::from_secs(300), || run(6, 20..100));
+    watchdog(Duration::from_secs(300), || run(6, 20..100, false));
 }
 
 #[test]
 #[ignore = "long: 25 kills; run with --ignored"]
 fn crash_recovery_long() {
-    watchdog(Duration::from_secs(1200), || run(25, 20..120));
+    watchdog(Duration::from_secs(1200), || run(25, 20..120, false));
+}
+
+/// The resumable-import pattern: progress is a checkpoint carried by each event
+/// ([`Client::import_with_checkpoint`]), so after any kill the rerun resumes exactly where the
+/// store's contents end and no event is tracked twice.
+#[test]
+fn crash_with_checkpoints_enqueues_no_event_twice() {
+    watchdog(Duration::from_secs(300), || run(4, 20..100, true));
 }

@@ -370,3 +370,49 @@ fn the_default_store_needs_the_application_name() {
     let err = Client::builder().destination(json("a", "http://127.0.0.1:9/e".into())).build().expect_err("no app name");
     assert!(err.to_string().contains(".app(name, version)"), "{err}");
 }
+
+#[test]
+fn checkpoints_are_recovered_after_a_restart_and_validated() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_path(&dir);
+        let collector = Collector::start().expect("collector");
+        let open = || {
+            durable(&path, SqliteStore::new(&path)).destination(json("a", collector.url("/e"))).build().expect("client")
+        };
+        {
+            let client = open();
+            assert_eq!(client.checkpoint_value("import"), None);
+            assert_eq!(client.checkpoint("", "1"), Err(trackway::Error::EmptyKey));
+            let now = Timestamp::now();
+            let event = trackway::Track::new("e").user("u");
+            client.import_with_checkpoint(event, trackway::MessageId::new_v7(now), now, "import", "1").expect("import");
+            assert_eq!(client.checkpoint_value("import").as_deref(), Some(&b"1"[..]));
+            client.checkpoint("import", "2").expect("checkpoint");
+            client.checkpoint("other", "x").expect("checkpoint");
+            client.persisted(Duration::from_secs(5)).expect("persisted");
+            // Killed without a shutdown: what `persisted` confirmed must be there.
+            std::mem::forget(client);
+        }
+        // The forgotten client still holds the lock and its worker runs on: reopen a copy of its
+        // files, as a crash would leave them.
+        let copy = dir.path().join("copy.db");
+        copy_store(&path, &copy);
+        let client = durable(&copy, SqliteStore::new(&copy))
+            .destination(json("a", collector.url("/e")))
+            .build()
+            .expect("reopen");
+        assert_eq!(client.checkpoint_value("import").as_deref(), Some(&b"2"[..]));
+        assert_eq!(client.checkpoint_value("other").as_deref(), Some(&b"x"[..]));
+        assert_eq!(client.current_identity().user_id, None, "checkpoints are apart from trackway's own state");
+    });
+}
+
+/// Copies a store that another client holds open, as a crash would leave it (file and WAL).
+fn copy_store(from: &Path, to: &Path) {
+    std::fs::copy(from, to).expect("copy store");
+    let wal = |p: &Path| PathBuf::from(format!("{}-wal", p.display()));
+    if wal(from).exists() {
+        std::fs::copy(wal(from), wal(to)).expect("copy wal");
+    }
+}

@@ -254,6 +254,8 @@ impl Worker {
                 }
                 // A control answers only after the events queued before it are committed, so it
                 // waits until this drain's append.
+                // A checkpoint goes into this drain's append, atomically with the events before it.
+                Item::Control(Control::State(changes)) => state.extend(changes),
                 Item::Control(c) => controls.push((self.next_seq, c)),
             }
         }
@@ -390,6 +392,12 @@ impl Worker {
                     Vec::new()
                 });
                 let _ = reply.try_send(letters);
+            }
+            // Taken in `drain`; reached only if a caller bypasses it.
+            Control::State(changes) => {
+                if let Err(e) = self.store.set_state(&changes) {
+                    tracing::warn!(error = %e, "trackway: could not store a checkpoint");
+                }
             }
         }
     }
