@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
 
 use crate::faults::Faults;
 use crate::reply::{Reply, Rule};
@@ -19,6 +20,7 @@ pub struct CollectorBuilder {
     pub(crate) rules: Vec<Rule>,
     pub(crate) listen: SocketAddr,
     pub(crate) faults: Faults,
+    pub(crate) store: Option<PathBuf>,
 }
 
 impl Default for CollectorBuilder {
@@ -30,6 +32,7 @@ impl Default for CollectorBuilder {
             rules: Vec::new(),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             faults: Faults::default(),
+            store: None,
         }
     }
 }
@@ -68,6 +71,16 @@ impl CollectorBuilder {
     /// `InvalidInput` if [`Faults::validate`] refuses them.
     pub fn faults(mut self, faults: Faults) -> Self {
         self.faults = faults;
+        self
+    }
+
+    /// Also keeps every recorded request, and the events decoded from it, in a SQLite file, so a
+    /// run can be inspected afterwards (with `sqlite3`, or by a collector started on the same
+    /// file, which serves the earlier requests too). Credentials in headers are redacted in the
+    /// file. [`start`](Self::start) fails with `InvalidInput` in sink mode (which keeps nothing)
+    /// and if the file cannot be opened.
+    pub fn store(mut self, path: impl Into<PathBuf>) -> Self {
+        self.store = Some(path.into());
         self
     }
 

@@ -163,7 +163,7 @@ impl EventFilter {
 
 /// The events in a request body: an array's elements, an object's `batch` array's elements, or
 /// the object itself; only JSON objects count as events.
-fn events_in(body: Value) -> Vec<Value> {
+pub(crate) fn events_in(body: Value) -> Vec<Value> {
     let events = match body {
         Value::Array(events) => events,
         Value::Object(mut object) => match object.remove("batch") {

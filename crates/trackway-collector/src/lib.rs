@@ -17,6 +17,10 @@
 //! default reply; they can be changed while the collector runs, from the process
 //! ([`RunningCollector::set_faults`]) or over HTTP.
 //!
+//! With [`CollectorBuilder::store`] (`--store FILE`) every recorded request and its decoded
+//! events also go to a SQLite file, credentials redacted, so a run can be inspected afterwards;
+//! a collector started on the same file serves the earlier requests too.
+//!
 //! Paths under `/_trackway/` are reserved for the collector's own API and are never recorded
 //! nor faulted: `GET /_trackway/api/stats` answers the [`SinkStats`] as JSON (plus events per
 //! path and requests per status), `GET /_trackway/api/requests` the recorded requests,
@@ -39,6 +43,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod archive;
 mod builder;
 mod faults;
 mod inspect;

@@ -22,15 +22,19 @@ struct Args {
     /// Sink mode: count requests, events and bytes, keep nothing, answer 200 `{}` at once.
     #[arg(long)]
     sink: bool,
+    /// Also keep every request and its decoded events in this SQLite file (credentials
+    /// redacted); a collector started on the same file serves the earlier requests too.
+    #[arg(long, value_name = "FILE", conflicts_with = "sink")]
+    store: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let collector = Collector::builder()
-        .listen(args.listen)
-        .sink(args.sink)
-        .start()
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let mut builder = Collector::builder().listen(args.listen).sink(args.sink);
+    if let Some(path) = &args.store {
+        builder = builder.store(path);
+    }
+    let collector = builder.start().with_context(|| format!("cannot listen on {}", args.listen))?;
 
     // The one stdout line is this binary's interface: the spawning process reads the port from
     // it. `writeln!` rather than `println!` so a closed pipe is an error, not a panic; flushed

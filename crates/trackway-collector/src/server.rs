@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 
+use crate::archive::{Archive, instant_before};
 use crate::builder::CollectorBuilder;
 use crate::faults::{FaultState, Faults, InvalidFaults};
 use crate::inspect;
@@ -34,6 +35,8 @@ pub(crate) struct Shared {
     default_reply: Mutex<Reply>,
     faults: Mutex<FaultState>,
     pub(crate) recorder: Recorder,
+    /// The `--store` file, if any.
+    archive: Option<Archive>,
     /// The same moment as an `Instant` and as milliseconds since the Unix epoch, to turn a
     /// request's `received_at` into wall-clock time for the inspection API.
     started: Instant,
@@ -55,8 +58,12 @@ impl Shared {
 
     /// `at` as milliseconds since the Unix epoch (by the wall clock when the collector started).
     pub(crate) fn unix_ms(&self, at: Instant) -> u64 {
-        let since_start = u64::try_from(at.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX);
-        self.started_unix_ms.saturating_add(since_start)
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        match at.checked_duration_since(self.started) {
+            Some(since_start) => self.started_unix_ms.saturating_add(ms(since_start)),
+            // A request of an earlier run, read back from the store.
+            None => self.started_unix_ms.saturating_sub(ms(self.started.saturating_duration_since(at))),
+        }
     }
 
     /// Rules first (first match wins), then the next script entry, then the default.
@@ -176,6 +183,9 @@ impl Drop for RunningCollector {
                 tracing::error!("trackway-collector server thread panicked");
             }
         }
+        if let Some(archive) = &self.shared.archive {
+            archive.close();
+        }
     }
 }
 
@@ -187,13 +197,31 @@ pub(crate) fn spawn(config: CollectorBuilder) -> io::Result<RunningCollector> {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0);
+    let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
+    let (archive, earlier) = match &config.store {
+        Some(_) if config.sink => return Err(invalid("a collector in sink mode keeps nothing to store".into())),
+        Some(path) => {
+            let (archive, earlier) = Archive::open(path).map_err(invalid)?;
+            (Some(archive), earlier)
+        }
+        None => (None, Vec::new()),
+    };
+    let recorder = Recorder::default();
+    for (mut request, received_at_ms) in earlier {
+        request.received_at =
+            instant_before(started, Duration::from_millis(started_unix_ms.saturating_sub(received_at_ms)));
+        let path = request.path.clone();
+        let body = request.body.clone();
+        recorder.observe(&path, request.status, &body, Some(request));
+    }
     let shared = Arc::new(Shared {
+        archive,
         sink: config.sink,
         rules: config.rules,
         script: Mutex::new(config.script.into()),
         default_reply: Mutex::new(config.default_reply),
         faults: Mutex::new(faults),
-        recorder: Recorder::default(),
+        recorder,
         started,
         started_unix_ms,
     });
@@ -346,6 +374,9 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
         };
         // Recorded before the delay and before closing, so a test waiting for the request sees
         // it even if the client gives up.
+        if let Some(archive) = &shared.archive {
+            archive.keep(&recorded, shared.unix_ms(received_at));
+        }
         shared.recorder.observe(path, recorded.status, &body, Some(recorded));
         reply
     };

@@ -600,3 +600,39 @@ fn events_api_decodes_filters_and_limits() {
         assert_eq!(bad.status().as_u16(), 400);
     });
 }
+
+#[test]
+fn a_store_file_keeps_a_run_for_the_next_collector_with_credentials_redacted() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("collector.db");
+        let http = client();
+        let first = Collector::builder().store(&path).start().expect("collector");
+        let body = json!([{"id": "m1", "type": "track", "name": "Signed Up", "identity": {"user_id": "u1"}}]);
+        let response = http
+            .post(first.url("/v1/batch"))
+            .header("authorization", "Bearer top-secret-value")
+            .body(body.to_string())
+            .send()
+            .expect("send");
+        assert_eq!(response.status().as_u16(), 200);
+        first.shutdown();
+        let raw = std::fs::read(&path).expect("store file");
+        assert!(!raw.windows(16).any(|w| w == b"top-secret-value"), "a credential reached the store");
+
+        let second = Collector::builder().store(&path).start().expect("collector on the same file");
+        let events =
+            http.get(second.url("/_trackway/api/events?user=u1")).send().expect("events").text().expect("body");
+        let events: Value = serde_json::from_str(&events).expect("json");
+        let events = events.as_array().expect("array");
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["event"]["id"], "m1");
+        assert_eq!(events[0]["path"], "/v1/batch");
+        let requests = second.requests();
+        assert_eq!(requests[0].header("authorization"), Some("<redacted>"));
+        assert!(
+            Collector::builder().sink(true).store(&path).start().is_err(),
+            "sink mode keeps nothing: a store makes no sense there"
+        );
+    });
+}
