@@ -290,6 +290,11 @@ impl Client {
     /// says exactly which events the store holds. A resumable import that checkpoints its input
     /// position this way enqueues no input twice, whenever it is killed.
     ///
+    /// **Exactly once needs `commit_delay(Duration::ZERO)`.** With write-behind (the default
+    /// 200 ms), an event may be delivered before it is committed; a crash in that window loses
+    /// its checkpoint, and a rerun queues it again (with the same message id, the server sees a
+    /// duplicate). With a zero delay every event is committed before it is sent.
+    ///
     /// If a `before_send` hook drops the event, the checkpoint is still recorded (through
     /// [`checkpoint`](Self::checkpoint)). On an error nothing is recorded.
     ///

@@ -40,16 +40,18 @@ fn crash_helper() {
     let dir = Path::new(&dir);
     let progress_file = dir.join("progress");
     let start: u64 = std::fs::read_to_string(&progress_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    // Checkpoint mode: progress lives in the store, carried by each event (exactly once).
+    let checkpointed = std::env::var_os(CHECKPOINT_ENV).is_some();
     let client = Client::builder()
         .store(SqliteStore::new(dir.join("outbox.db")))
+        // Exactly once needs every event committed before it is sent (see `import_with_checkpoint`).
+        .commit_delay(if checkpointed { Duration::ZERO } else { Duration::from_millis(200) })
         .destination(JsonHttp::new(url).batch_size(BATCH).max_in_flight(IN_FLIGHT))
         .batch_interval(Duration::from_millis(20))
         .queue_capacity(2 * K as usize)
         .retry_policy(RetryPolicy::default().backoff(Duration::from_millis(10), Duration::from_millis(100)))
         .build()
         .expect("client");
-    // Checkpoint mode: progress lives in the store, carried by each event (exactly once).
-    let checkpointed = std::env::var_os(CHECKPOINT_ENV).is_some();
     let start = if checkpointed {
         client.checkpoint_value("seq").map_or(0, |v| String::from_utf8_lossy(&v).parse().expect("checkpoint"))
     } else {

@@ -142,10 +142,13 @@ impl Worker {
                 // waking anyone (the queue was not empty): come back for it.
                 self.drain_at = (self.shared.queue.len() > 0).then(|| Instant::now() + DRAIN_DELAY);
             }
-            self.dispatch();
+            // A due commit goes first: with `commit_delay(0)` every event is then in the store
+            // before it is sent, so a crash never leaves a delivered event (or its checkpoint)
+            // unwritten.
             if self.commit_at.is_some_and(|t| Instant::now() >= t) {
                 self.commit();
             }
+            self.dispatch();
             self.answer_flushes();
             if let Some((deadline, _)) = &self.shutdown {
                 let done = self.lanes.iter().all(Lane::is_idle) && self.shared.queue.len() == 0;
