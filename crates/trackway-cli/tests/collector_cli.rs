@@ -4,47 +4,21 @@
 //! Every test runs under a watchdog, the child process is killed by a guard even when an
 //! assertion fails, and every HTTP client has a timeout.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
 use reqwest::blocking::Client as Http;
 use serde_json::{Value, json};
+use support::{KillOnDrop, watchdog};
 use trackway::destination::JsonHttp;
 use trackway::{Client, RetryPolicy, props};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// Runs `test` on its own thread and fails if it has not finished within `limit`.
-fn watchdog(limit: Duration, test: impl FnOnce() + Send + 'static) {
-    let (done_tx, done_rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        test();
-        let _ = done_tx.send(());
-    });
-    match done_rx.recv_timeout(limit) {
-        Ok(()) => handle.join().expect("test thread"),
-        // The test panicked (its sender was dropped): re-raise its panic here.
-        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("test finished without reporting"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test still running after {limit:?}"),
-    }
-}
-
-/// Kills and reaps the child process when dropped, so a failed assertion leaves no collector
-/// running behind.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Spawns `trackway collector ARGS` and returns it with its base URL (no trailing `/`), read
 /// from the first stdout line within 20 s. The rest of stdout is drained on a thread so the
@@ -217,5 +191,36 @@ fn bad_listen_address_fails_with_a_clear_message() {
         let status = guard.0.wait().expect("wait");
         assert!(!status.success());
         assert!(stderr.contains("invalid --listen address \"not-an-address\""), "{stderr}");
+    });
+}
+
+#[test]
+fn store_keeps_the_requests_of_a_run_stopped_with_ctrl_c() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = dir.path().join("collector.db");
+        let store_arg = store.to_str().expect("utf-8 path");
+        let (mut guard, url) = spawn_collector(&["--listen", "127.0.0.1:0", "--store", store_arg]);
+        let body = json!([{"id": "m1", "type": "track", "name": "Signed Up", "identity": {"user_id": "u1"}}]);
+        let sent = http().post(format!("{url}/events")).body(body.to_string()).send().expect("send");
+        assert_eq!(sent.status().as_u16(), 200);
+        // Ctrl-C: the collector finishes its store and exits 0.
+        let interrupted = Command::new("kill").args(["-INT", &guard.0.id().to_string()]).status().expect("kill -INT");
+        assert!(interrupted.success());
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = guard.0.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "the collector did not stop on Ctrl-C");
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status}");
+
+        let again = trackway_collector::Collector::builder().store(&store).start().expect("collector on the file");
+        let requests = again.requests();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].path, "/events");
+        assert_eq!(requests[0].json(), Some(body));
     });
 }

@@ -1,0 +1,261 @@
+//! The configuration file (`--config FILE`, TOML): the destinations and the durable store.
+//!
+//! ```toml
+//! [store]                      # optional
+//! path = "trackway-outbox.db"  # relative paths are relative to the configuration file
+//!
+//! [[destination]]
+//! name = "warehouse"
+//! type = "json"
+//! url = "http://127.0.0.1:8080/events"
+//! batch_size = 100             # optional
+//! [destination.headers]        # values name environment variables holding the secrets
+//! Authorization = { env = "WAREHOUSE_TOKEN" }
+//! ```
+//!
+//! Secrets come only from environment variables; their values are never printed (errors name
+//! the variable, `Debug` shows only header names).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+use trackway::destination::JsonHttp;
+use trackway::{ClientBuilder, HttpOptions};
+
+/// The parsed configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    /// The durable store.
+    #[serde(default)]
+    store: Option<StoreConfig>,
+    /// The destinations, in order.
+    #[serde(default, rename = "destination")]
+    destinations: Vec<DestinationConfig>,
+    /// Where the file was read from (relative store paths are resolved against its directory).
+    #[serde(skip)]
+    file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreConfig {
+    path: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DestinationConfig {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    url: Option<String>,
+    batch_size: Option<usize>,
+    #[serde(default)]
+    headers: BTreeMap<String, SecretRef>,
+}
+
+/// A header value: the name of the environment variable that holds it, never the value itself.
+#[derive(Debug)]
+struct SecretRef {
+    env: String,
+}
+
+impl<'de> Deserialize<'de> for SecretRef {
+    /// Anything but `{ env = "NAME" }` is refused with a message that never quotes the value:
+    /// serde's own "invalid type: string ..." would print a secret pasted into the file.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let refused = || {
+            serde::de::Error::custom(
+                "header values must be { env = \"VARIABLE\" }: secrets are read from the environment, \
+                 never written in the configuration",
+            )
+        };
+        match toml::Value::deserialize(d).map_err(|_| refused())? {
+            toml::Value::Table(t) if t.len() == 1 => match t.get("env") {
+                Some(toml::Value::String(env)) => Ok(SecretRef { env: env.clone() }),
+                _ => Err(refused()),
+            },
+            _ => Err(refused()),
+        }
+    }
+}
+
+/// The destination types this build knows.
+const KNOWN_TYPES: &str = "json";
+
+/// A destination ready to add to a client builder. Its `Debug` shows no header value.
+pub(crate) struct Destination {
+    name: String,
+    destination: JsonHttp,
+    http: HttpOptions,
+}
+
+impl Destination {
+    /// The destination's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Debug for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // HttpOptions redacts its header values.
+        f.debug_struct("Destination").field("name", &self.name).field("http", &self.http).finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Reads and checks `path`: TOML syntax (with the line), unknown fields, destination types,
+    /// required fields. Environment variables are read later, by [`destinations`](Self::destinations).
+    pub(crate) fn load(path: &Path) -> anyhow::Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read configuration {}", path.display()))?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| syntax_error(path, &text, &e))?;
+        config.file = path.to_path_buf();
+        let mut names: Vec<&str> = Vec::new();
+        for (i, d) in config.destinations.iter().enumerate() {
+            let what = || format!("{}: destination #{} (`{}`)", path.display(), i + 1, d.name);
+            if d.name.trim().is_empty() {
+                bail!("{}: destination #{} has an empty name", path.display(), i + 1);
+            }
+            if names.contains(&d.name.as_str()) {
+                bail!("{}: two destinations are named `{}`; names must be unique", path.display(), d.name);
+            }
+            names.push(&d.name);
+            if d.kind != "json" {
+                bail!(
+                    "{}: unknown destination type {:?} (known types: {KNOWN_TYPES}; others come in later versions)",
+                    what(),
+                    d.kind
+                );
+            }
+            if d.url.as_deref().is_none_or(|u| u.trim().is_empty()) {
+                bail!("{}: missing `url` (required for type \"json\")", what());
+            }
+            if d.batch_size == Some(0) {
+                bail!("{}: `batch_size` must be at least 1", what());
+            }
+            for (header, secret) in &d.headers {
+                if secret.env.trim().is_empty() {
+                    bail!("{}: header `{header}` names an empty environment variable", what());
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// The store path from `[store]`, resolved against the configuration file's directory.
+    pub(crate) fn store_path(&self) -> Option<PathBuf> {
+        let path = &self.store.as_ref()?.path;
+        if path.is_absolute() {
+            return Some(path.clone());
+        }
+        let dir = self.file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Some(dir.join(path))
+    }
+
+    /// The destination names, in order.
+    pub(crate) fn destination_names(&self) -> Vec<String> {
+        self.destinations.iter().map(|d| d.name.clone()).collect()
+    }
+
+    /// Builds the destinations, reading each header's secret from its environment variable.
+    ///
+    /// # Errors
+    /// No destination; an environment variable that is not set or not valid UTF-8 (named, its
+    /// value never shown).
+    pub(crate) fn destinations(&self) -> anyhow::Result<Vec<Destination>> {
+        if self.destinations.is_empty() {
+            bail!("{}: no destination configured: add a [[destination]] table", self.file.display());
+        }
+        let mut out = Vec::with_capacity(self.destinations.len());
+        for d in &self.destinations {
+            let mut http = HttpOptions::default();
+            for (header, secret) in &d.headers {
+                let value = match std::env::var(&secret.env) {
+                    Ok(v) => v,
+                    Err(std::env::VarError::NotPresent) => bail!(
+                        "destination `{}`: header `{header}`: environment variable {} is not set",
+                        d.name,
+                        secret.env
+                    ),
+                    Err(std::env::VarError::NotUnicode(_)) => bail!(
+                        "destination `{}`: header `{header}`: environment variable {} is not valid UTF-8",
+                        d.name,
+                        secret.env
+                    ),
+                };
+                http = http.header(header.clone(), value);
+            }
+            let mut destination = JsonHttp::new(d.url.clone().unwrap_or_default()).name(d.name.clone());
+            if let Some(n) = d.batch_size {
+                destination = destination.batch_size(n);
+            }
+            out.push(Destination { name: d.name.clone(), destination, http });
+        }
+        Ok(out)
+    }
+}
+
+/// Adds the configured destinations to `builder`.
+pub(crate) fn with_destinations(mut builder: ClientBuilder, destinations: Vec<Destination>) -> ClientBuilder {
+    for d in destinations {
+        builder = builder.destination_with(d.destination, d.http);
+    }
+    builder
+}
+
+/// Loads `--config`, or fails saying it is needed for `what`.
+pub(crate) fn require(config: Option<&Path>, what: &str) -> anyhow::Result<Config> {
+    match config {
+        Some(path) => Config::load(path),
+        None => bail!("{what} needs the destinations: pass --config FILE"),
+    }
+}
+
+/// A TOML error as `FILE:LINE:COLUMN: message`. The offending source line is deliberately not
+/// quoted: it could hold a secret someone pasted where an `{ env = "..." }` belongs.
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+            anyhow::anyhow!("{}:{line}:{column}: invalid configuration: {message}", path.display())
+        }
+        None => anyhow::anyhow!("{}: invalid configuration: {message}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("trackway.toml");
+        std::fs::write(&path, text)?;
+        Config::load(&path)
+    }
+
+    #[test]
+    fn a_literal_secret_is_refused_without_being_echoed() {
+        let err = parse("[[destination]]\nname = \"w\"\ntype = \"json\"\nurl = \"http://x/\"\n[destination.headers]\nAuthorization = \"Bearer hunter2\"\n")
+            .expect_err("literal header value");
+        let text = format!("{err:#}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains(":6:"), "line of the error: {text}");
+    }
+
+    #[test]
+    fn store_path_is_relative_to_the_file() {
+        let config = parse("[store]\npath = \"out.db\"\n").expect("config");
+        let path = config.store_path().expect("store path");
+        assert!(path.ends_with("out.db") && path.is_absolute(), "{}", path.display());
+    }
+}

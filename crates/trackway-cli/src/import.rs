@@ -1,0 +1,309 @@
+//! `trackway import FILE.jsonl`: events from a JSON Lines file, each with its own message id and
+//! timestamp, queued through the durable store and delivered; resumable after an interruption.
+//!
+//! Each event carries the position of its line ([`Client::import_with_checkpoint`]): the store
+//! commits both or neither, so after a crash the recovered position says exactly which lines the
+//! store holds, and a rerun on the same store skips them. Every `--checkpoint-every` lines (and at
+//! the end) the position is also recorded on its own ([`Client::checkpoint`], covering malformed
+//! lines) and the command waits until it is committed, which keeps the channel from filling up.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Deserialize;
+use trackway::store::SqliteStore;
+use trackway::{Client, Identify, Identity, Message, MessageId, Page, Properties, Screen, Timestamp, Track};
+
+use crate::Outcome;
+use crate::config;
+
+/// `trackway import` options.
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// The JSON Lines file: one event per line, e.g.
+    /// {"id":"<uuid>","timestamp":"2026-11-23T08:00:00Z","type":"track","user":"u1","event":"purchase","properties":{"amount":9.5}}
+    #[arg(value_name = "FILE.jsonl")]
+    file: PathBuf,
+    /// The store file (default: `[store] path` of --config).
+    #[arg(long, value_name = "FILE")]
+    store: Option<PathBuf>,
+    /// Every N lines, record the position on its own and wait until it is committed (each event
+    /// also carries its line's position, so a rerun resumes exactly after the last line stored).
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every: u64,
+    /// Ignore the recorded position and import the whole file again.
+    #[arg(long)]
+    from_start: bool,
+    /// Queue at most this many lines per second (spares the destinations; default: no limit).
+    #[arg(long, value_name = "LINES")]
+    max_rate: Option<u32>,
+    /// How long to wait at the end for delivery, in seconds (undelivered events stay in the store).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    timeout: u64,
+}
+
+/// One line of the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    id: String,
+    timestamp: String,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    anonymous_id: Option<String>,
+    #[serde(default)]
+    event: Option<String>,
+    /// Page views: the URL (or `event`).
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    properties: Option<Properties>,
+}
+
+thread_local! {
+    /// The anonymous id of the line being queued, put on its event by the `before_send` hook.
+    static ANONYMOUS_ID: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// A line turned into what `Client::import` takes.
+fn parse_line(text: &str) -> Result<(Message, MessageId, Timestamp, Option<String>), String> {
+    let line: Line = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let id: MessageId = line.id.parse().map_err(|e| format!("`id` {:?} is not a UUID: {e}", line.id))?;
+    let timestamp: Timestamp = line.timestamp.parse().map_err(|e| format!("`timestamp`: {e}"))?;
+    if line.user.is_none() && line.anonymous_id.is_none() {
+        return Err("needs `user` or `anonymous_id`".into());
+    }
+    let properties = line.properties.unwrap_or_default();
+    let user = line.user.as_deref();
+    let kind = line.kind.as_deref().unwrap_or("track");
+    let name = |what: &str| line.event.clone().ok_or_else(|| format!("a {what} needs `event`"));
+    macro_rules! build {
+        ($m:expr) => {{
+            let m = $m.properties(properties);
+            match user {
+                Some(u) => m.user(u).into(),
+                None => m.into(),
+            }
+        }};
+    }
+    let message: Message = match kind {
+        "track" => build!(Track::new(name("track")?)),
+        "screen" => build!(Screen::new(name("screen")?)),
+        "page" => {
+            let url = line.url.clone().or_else(|| line.event.clone()).ok_or("a page needs `url` (or `event`)")?;
+            build!(Page::new(url))
+        }
+        "identify" if user.is_none() => return Err("an identify needs `user`".into()),
+        "identify" => build!(Identify::new()),
+        other => return Err(format!("unknown `type` {other:?} (track, page, screen or identify)")),
+    };
+    Ok((message, id, timestamp, line.anonymous_id))
+}
+
+/// What the run did, for the summary.
+#[derive(Debug, Default)]
+struct Summary {
+    read: u64,
+    skipped: u64,
+    blank: u64,
+    enqueued: u64,
+    malformed: Vec<(u64, String)>,
+}
+
+/// Runs `trackway import`.
+pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Result<Outcome> {
+    let config = config::require(config_path, "trackway import")?;
+    let destinations = config.destinations()?;
+    let store_path = match (&args.store, config.store_path()) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => p,
+        (None, None) => {
+            bail!("trackway import needs a durable store: pass --store FILE or set [store] path in --config")
+        }
+    };
+    let file = File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
+    let canonical = args.file.canonicalize().with_context(|| format!("cannot resolve {}", args.file.display()))?;
+    let key = format!("import:{}", canonical.display());
+    let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+
+    let client = config::with_destinations(Client::builder().store(SqliteStore::new(&store_path)), destinations)
+        .batch_interval(Duration::from_millis(100))
+        // Every event is committed (with its line's position) before it is sent, so a kill
+        // never leaves a delivered line unrecorded: a rerun queues no line twice.
+        .commit_delay(Duration::ZERO)
+        .before_send(|event| {
+            if let Some(anonymous_id) = ANONYMOUS_ID.with(|a| a.borrow_mut().take()) {
+                if event.identity.user_id.is_none() {
+                    event.identity = Identity { anonymous_id: Some(anonymous_id), ..Identity::default() };
+                } else {
+                    event.identity.anonymous_id = Some(anonymous_id);
+                }
+            }
+            true
+        })
+        .build()
+        .with_context(|| format!("cannot open the store {}", store_path.display()))?;
+    // Events an earlier process left in the store are delivered by this one too.
+    let backlog = client.stats();
+    let resume_after: u64 = if args.from_start {
+        0
+    } else {
+        client.checkpoint_value(&key).and_then(|v| String::from_utf8(v).ok()?.parse().ok()).unwrap_or(0)
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "importing {} into {}", args.file.display(), store_path.display())?;
+    if resume_after > 0 {
+        writeln!(out, "resuming after line {resume_after} (recorded by an earlier run)")?;
+    }
+    out.flush()?;
+
+    let progress = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} line {msg} (eta {eta})",
+    ) {
+        progress.set_style(style);
+    }
+
+    let mut summary = Summary::default();
+    let mut ids: HashSet<MessageId> = HashSet::new();
+    let started = Instant::now();
+    let run_started = Timestamp::now();
+    let mut reader = BufReader::new(file);
+    let mut buf = Vec::new();
+    let mut bytes_read = 0u64;
+    let mut line_no = 0u64;
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).with_context(|| format!("cannot read {}", args.file.display()))?;
+        if n == 0 {
+            break;
+        }
+        bytes_read += n as u64;
+        line_no += 1;
+        summary.read += 1;
+        let text = std::str::from_utf8(&buf).map(str::trim);
+        if line_no <= resume_after {
+            summary.skipped += 1;
+        } else if text.is_ok_and(str::is_empty) {
+            summary.blank += 1;
+        } else {
+            match text.map_err(|e| format!("not UTF-8: {e}")).and_then(parse_line) {
+                Err(reason) => summary.malformed.push((line_no, reason)),
+                Ok((message, id, timestamp, anonymous_id)) => {
+                    ANONYMOUS_ID.with(|a| *a.borrow_mut() = anonymous_id);
+                    let queued = queue(&client, message, id, timestamp, &key, line_no);
+                    ANONYMOUS_ID.with(|a| a.borrow_mut().take());
+                    match queued {
+                        Ok(()) => {
+                            summary.enqueued += 1;
+                            ids.insert(id);
+                        }
+                        Err(reason) => summary.malformed.push((line_no, reason)),
+                    }
+                }
+            }
+            if let Some(rate) = args.max_rate.filter(|r| *r > 0) {
+                let due = Duration::from_secs_f64((line_no - resume_after) as f64 / f64::from(rate));
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        if line_no.is_multiple_of(args.checkpoint_every) && line_no > resume_after {
+            commit_position(&client, &key, line_no)?;
+        }
+        if line_no.is_multiple_of(256) {
+            progress.set_position(bytes_read);
+            progress.set_message(line_no.to_string());
+        }
+    }
+    if line_no > resume_after {
+        commit_position(&client, &key, line_no)?;
+    }
+    progress.finish_and_clear();
+
+    let flushed = client.flush(Duration::from_secs(args.timeout));
+    let stats = client.stats();
+    let letters: Vec<_> = client
+        .dead_letters(10_000)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|l| l.at >= run_started && ids.contains(&l.id))
+        .collect();
+    let _ = client.shutdown(Duration::from_secs(2));
+
+    writeln!(out, "lines read:   {}", summary.read)?;
+    if summary.skipped > 0 {
+        writeln!(out, "skipped:      {} (already imported by an earlier run)", summary.skipped)?;
+    }
+    if summary.blank > 0 {
+        writeln!(out, "blank:        {}", summary.blank)?;
+    }
+    writeln!(out, "enqueued:     {}", summary.enqueued)?;
+    writeln!(out, "malformed:    {}", summary.malformed.len())?;
+    for (line, reason) in summary.malformed.iter().take(100) {
+        writeln!(out, "  line {line}: {reason}")?;
+    }
+    if summary.malformed.len() > 100 {
+        writeln!(out, "  ... and {} more", summary.malformed.len() - 100)?;
+    }
+    let mut failed = !summary.malformed.is_empty();
+    for d in &stats.destinations {
+        let dead = d.rejected + d.retries_exhausted + d.expired;
+        write!(out, "{}: delivered {}, dead-lettered {dead}, pending {}", d.name, d.delivered, d.pending)?;
+        match backlog.destination(&d.name).map_or(0, |b| b.pending) {
+            0 => writeln!(out)?,
+            n => writeln!(out, " (counting {n} events left in the store by an earlier run)")?,
+        }
+        failed |= dead > 0 || d.pending > 0;
+    }
+    for l in letters.iter().take(100) {
+        writeln!(out, "  dead letter {} ({}): {}: {}", l.id, l.destination, l.reason, l.detail)?;
+    }
+    if let Err(e) = flushed {
+        writeln!(out, "not everything was delivered within {}s: {e}; the rest stays in the store", args.timeout)?;
+        failed = true;
+    }
+    out.flush()?;
+    Ok(if failed { Outcome::Failed } else { Outcome::Ok })
+}
+
+/// Queues the event of line `line`, carrying the position, waiting for room if the channel is
+/// full.
+fn queue(
+    client: &Client,
+    message: Message,
+    id: MessageId,
+    timestamp: Timestamp,
+    key: &str,
+    line: u64,
+) -> Result<(), String> {
+    let position = line.to_string();
+    match client.import_with_checkpoint(message.clone(), id, timestamp, key, position.clone()) {
+        Ok(_) => Ok(()),
+        Err(trackway::Error::QueueFull) => {
+            // Let the worker commit what is queued, then try once more.
+            let _ = client.persisted(Duration::from_secs(30));
+            client.import_with_checkpoint(message, id, timestamp, key, position).map(|_| ()).map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Records that every line up to `line` is handled, and waits until it is committed (which also
+/// keeps the channel from filling up).
+fn commit_position(client: &Client, key: &str, line: u64) -> anyhow::Result<()> {
+    client.checkpoint(key, line.to_string()).context("cannot record the import position")?;
+    client.persisted(Duration::from_secs(60)).context("cannot commit the imported events to the store")?;
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! `trackway send`: one event from the command line, delivered (or not) before the command ends.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+use trackway::store::MemoryStore;
+use trackway::{Client, Identify, MessageId, Page, Properties, Screen, Stats};
+
+use crate::Outcome;
+use crate::config;
+
+/// `trackway send` options.
+#[derive(Debug, Args)]
+pub(crate) struct SendArgs {
+    /// The user the event is about.
+    #[arg(long, value_name = "ID")]
+    user: String,
+    /// The event name (track), the screen name (screen) or the page URL (page); not used by identify.
+    #[arg(long, value_name = "NAME")]
+    event: Option<String>,
+    /// The kind of event.
+    #[arg(long = "type", value_name = "TYPE", default_value = "track")]
+    kind: Kind,
+    /// A property, KEY=VALUE; VALUE is read as JSON when it is valid JSON (42, true, "x", an array),
+    /// else as a string. Repeatable.
+    #[arg(long = "prop", value_name = "KEY=VALUE")]
+    props: Vec<String>,
+    /// Properties as a JSON object (--prop values are added to it).
+    #[arg(long, value_name = "JSON")]
+    properties: Option<String>,
+    /// How long to wait for delivery, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    timeout: f64,
+}
+
+/// Event kinds `send` can produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    Track,
+    Page,
+    Screen,
+    Identify,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Track => "track",
+            Kind::Page => "page",
+            Kind::Screen => "screen",
+            Kind::Identify => "identify",
+        }
+    }
+}
+
+/// Builds the properties from `--properties` and `--prop`.
+pub(crate) fn properties(json: Option<&str>, props: &[String]) -> anyhow::Result<Properties> {
+    let mut out = match json {
+        Some(text) => serde_json::from_str::<Properties>(text).context("--properties is not a JSON object")?,
+        None => Properties::new(),
+    };
+    for prop in props {
+        let Some((key, value)) = prop.split_once('=') else {
+            bail!("--prop {prop:?}: expected KEY=VALUE");
+        };
+        if key.is_empty() {
+            bail!("--prop {prop:?}: the key is empty");
+        }
+        let value: trackway::Value =
+            serde_json::from_str(value).unwrap_or_else(|_| trackway::Value::from(value.to_owned()));
+        out.insert(key, value);
+    }
+    out.validate()?;
+    Ok(out)
+}
+
+/// Runs `trackway send`.
+pub(crate) fn run(config: Option<&Path>, args: SendArgs) -> anyhow::Result<Outcome> {
+    let config = config::require(config, "trackway send")?;
+    let destinations = config.destinations()?;
+    let timeout = Duration::try_from_secs_f64(args.timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .context("--timeout must be a positive number of seconds")?;
+    let properties = properties(args.properties.as_deref(), &args.props)?;
+    let names: Vec<String> = destinations.iter().map(|d| d.name().to_owned()).collect();
+    // An in-memory store: a one-shot command must not compete for the durable store's lock with
+    // a running import; an event not delivered within --timeout is reported, not kept.
+    let client = config::with_destinations(Client::builder().store(MemoryStore::new()), destinations)
+        .batch_interval(Duration::from_millis(10))
+        .build()
+        .context("cannot set up the destinations")?;
+    let event = match (args.kind, args.event) {
+        (Kind::Identify, _) => String::new(),
+        (_, Some(event)) => event,
+        (kind, None) => bail!("--event is required for --type {}", kind.name()),
+    };
+    let id = match args.kind {
+        Kind::Track => client.track(&args.user, &event, properties),
+        Kind::Page => client.page(&args.user, Page::new(event).properties(properties)),
+        Kind::Screen => client.capture(Screen::new(event).user(&args.user).properties(properties)),
+        Kind::Identify => client.capture(Identify::new().user(&args.user).properties(properties)),
+    };
+    let id = match id {
+        Ok(id) => id,
+        Err(e) => bail!("event not sent: {e}"),
+    };
+    let flushed = client.flush(timeout);
+    let stats = client.stats();
+    let letters = client.dead_letters(16).unwrap_or_default();
+    let _ = client.shutdown(Duration::ZERO);
+    report(id, &names, &stats, &letters, flushed.is_err(), timeout)
+}
+
+fn report(
+    id: MessageId,
+    names: &[String],
+    stats: &Stats,
+    letters: &[trackway::store::DeadLetter],
+    timed_out: bool,
+    timeout: Duration,
+) -> anyhow::Result<Outcome> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "message id: {id}")?;
+    let mut ok = true;
+    for name in names {
+        let Some(d) = stats.destination(name) else { continue };
+        if d.delivered > 0 {
+            writeln!(out, "{name}: delivered")?;
+            continue;
+        }
+        ok = false;
+        if let Some(letter) = letters.iter().find(|l| l.id == id && l.destination == *name) {
+            writeln!(out, "{name}: not delivered: {} ({})", letter.reason, letter.detail)?;
+        } else if timed_out || d.pending > 0 {
+            writeln!(
+                out,
+                "{name}: not delivered within {timeout:?}: {} failed request(s); the server is unreachable or failing",
+                d.failed_requests
+            )?;
+        } else {
+            writeln!(out, "{name}: not delivered")?;
+        }
+    }
+    out.flush()?;
+    Ok(if ok { Outcome::Ok } else { Outcome::Failed })
+}

@@ -1,0 +1,34 @@
+//! What the command-line tests share: a watchdog, and a child process that cannot outlive its test.
+
+use std::process::Child;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+/// Runs `test` on its own thread and fails if it has not finished within `limit`.
+pub(crate) fn watchdog(limit: Duration, test: impl FnOnce() + Send + 'static) {
+    let (done_tx, done_rx) = mpsc::channel();
+    let handle = thread::spawn(move || {
+        test();
+        let _ = done_tx.send(());
+    });
+    match done_rx.recv_timeout(limit) {
+        Ok(()) => handle.join().expect("test thread"),
+        // The test panicked (its sender was dropped): re-raise its panic here.
+        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("test finished without reporting"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test still running after {limit:?}"),
+    }
+}
+
+/// Kills and reaps the child process when dropped, so a failed assertion leaves nothing running.
+pub(crate) struct KillOnDrop(pub(crate) Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
