@@ -428,7 +428,7 @@ fn an_import_killed_midway_resumes_without_enqueueing_committed_lines_again() {
             thread::sleep(Duration::from_millis(50));
         }
         // Between two of the import's own checkpoints (every 1000 lines, 0.4 s apart at this
-        // rate): what the store holds then was committed by the write-behind timer.
+        // rate): each event was committed with its line position before it was sent.
         thread::sleep(Duration::from_millis(300));
         child.0.kill().expect("kill");
         let _ = child.0.wait();
