@@ -7,7 +7,6 @@
 //! the end) the position is also recorded on its own ([`Client::checkpoint`], covering malformed
 //! lines) and the command waits until it is committed, which keeps the channel from filling up.
 
-use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -19,7 +18,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Deserialize;
 use trackway::store::SqliteStore;
-use trackway::{Client, Identify, Identity, Message, MessageId, Page, Properties, Screen, Timestamp, Track};
+use trackway::{Client, Identify, Message, MessageId, Page, Properties, Screen, Timestamp, Track};
 
 use crate::Outcome;
 use crate::config;
@@ -70,13 +69,8 @@ struct Line {
     properties: Option<Properties>,
 }
 
-thread_local! {
-    /// The anonymous id of the line being queued, put on its event by the `before_send` hook.
-    static ANONYMOUS_ID: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
 /// A line turned into what `Client::import` takes.
-fn parse_line(text: &str) -> Result<(Message, MessageId, Timestamp, Option<String>), String> {
+fn parse_line(text: &str) -> Result<(Message, MessageId, Timestamp), String> {
     let line: Line = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
     let id: MessageId = line.id.parse().map_err(|e| format!("`id` {:?} is not a UUID: {e}", line.id))?;
     let timestamp: Timestamp = line.timestamp.parse().map_err(|e| format!("`timestamp`: {e}"))?;
@@ -85,15 +79,19 @@ fn parse_line(text: &str) -> Result<(Message, MessageId, Timestamp, Option<Strin
     }
     let properties = line.properties.unwrap_or_default();
     let user = line.user.as_deref();
+    let anonymous_id = line.anonymous_id.as_deref();
     let kind = line.kind.as_deref().unwrap_or("track");
     let name = |what: &str| line.event.clone().ok_or_else(|| format!("a {what} needs `event`"));
     macro_rules! build {
         ($m:expr) => {{
-            let m = $m.properties(properties);
-            match user {
-                Some(u) => m.user(u).into(),
-                None => m.into(),
+            let mut m = $m.properties(properties);
+            if let Some(u) = user {
+                m = m.user(u);
             }
+            if let Some(a) = anonymous_id {
+                m = m.anonymous_id(a);
+            }
+            m.into()
         }};
     }
     let message: Message = match kind {
@@ -107,7 +105,7 @@ fn parse_line(text: &str) -> Result<(Message, MessageId, Timestamp, Option<Strin
         "identify" => build!(Identify::new()),
         other => return Err(format!("unknown `type` {other:?} (track, page, screen or identify)")),
     };
-    Ok((message, id, timestamp, line.anonymous_id))
+    Ok((message, id, timestamp))
 }
 
 /// What the run did, for the summary.
@@ -141,16 +139,6 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
         // Every event is committed (with its line's position) before it is sent, so a kill
         // never leaves a delivered line unrecorded: a rerun queues no line twice.
         .commit_delay(Duration::ZERO)
-        .before_send(|event| {
-            if let Some(anonymous_id) = ANONYMOUS_ID.with(|a| a.borrow_mut().take()) {
-                if event.identity.user_id.is_none() {
-                    event.identity = Identity { anonymous_id: Some(anonymous_id), ..Identity::default() };
-                } else {
-                    event.identity.anonymous_id = Some(anonymous_id);
-                }
-            }
-            true
-        })
         .build()
         .with_context(|| format!("cannot open the store {}", store_path.display()))?;
     // Events an earlier process left in the store are delivered by this one too.
@@ -199,18 +187,13 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
         } else {
             match text.map_err(|e| format!("not UTF-8: {e}")).and_then(parse_line) {
                 Err(reason) => summary.malformed.push((line_no, reason)),
-                Ok((message, id, timestamp, anonymous_id)) => {
-                    ANONYMOUS_ID.with(|a| *a.borrow_mut() = anonymous_id);
-                    let queued = queue(&client, message, id, timestamp, &key, line_no);
-                    ANONYMOUS_ID.with(|a| a.borrow_mut().take());
-                    match queued {
-                        Ok(()) => {
-                            summary.enqueued += 1;
-                            ids.insert(id);
-                        }
-                        Err(reason) => summary.malformed.push((line_no, reason)),
+                Ok((message, id, timestamp)) => match queue(&client, message, id, timestamp, &key, line_no) {
+                    Ok(()) => {
+                        summary.enqueued += 1;
+                        ids.insert(id);
                     }
-                }
+                    Err(reason) => summary.malformed.push((line_no, reason)),
+                },
             }
             if let Some(rate) = args.max_rate.filter(|r| *r > 0) {
                 let due = Duration::from_secs_f64((line_no - resume_after) as f64 / f64::from(rate));

@@ -145,9 +145,14 @@ fn jsonl(n: u64, bad: Option<u64>) -> (String, Vec<String>) {
             continue;
         }
         let id = format!("00000000-0000-4000-8000-{line:012}");
+        // Every tenth line has an anonymous visitor instead of a user.
+        let who = if line % 10 == 0 {
+            format!("\"anonymous_id\":\"anon-{line}\"")
+        } else {
+            format!("\"user\":\"u{}\"", line % 7)
+        };
         text.push_str(&format!(
-            "{{\"id\":\"{id}\",\"timestamp\":\"2026-11-20T08:00:00Z\",\"user\":\"u{}\",\"event\":\"imported\",\"properties\":{{\"line\":{line}}}}}\n",
-            line % 7
+            "{{\"id\":\"{id}\",\"timestamp\":\"2026-11-20T08:00:00Z\",{who},\"event\":\"imported\",\"properties\":{{\"line\":{line}}}}}\n"
         ));
         ids.push(id);
     }
@@ -302,6 +307,15 @@ fn import_reports_the_malformed_line_and_delivers_the_rest() {
         let got = received(&collector, 200);
         assert_eq!(got.len(), 9_999);
         assert!(ids.iter().all(|id| got.contains_key(id)));
+        let anonymous = collector
+            .requests()
+            .iter()
+            .filter_map(|r| r.json())
+            .flat_map(|body| body.as_array().cloned().unwrap_or_default())
+            .find(|e| e["properties"]["line"] == 10)
+            .expect("line 10 arrived");
+        assert_eq!(anonymous["identity"]["anonymous_id"], "anon-10", "{anonymous}");
+        assert_eq!(anonymous["timestamp"], "2026-11-20T08:00:00.000Z", "the line's own timestamp: {anonymous}");
         // The progress bar is hidden: stderr is not a terminal.
         assert_eq!(out.stderr, "", "{out:?}");
 

@@ -331,7 +331,7 @@ impl Client {
         }
         let queued_at = shared.clock.now();
         let (id, timestamp) = import.unwrap_or_else(|| (MessageId::new_v7(queued_at), queued_at));
-        let server_mode = m.user.is_some();
+        let server_mode = m.user.is_some() || m.anonymous_id.is_some();
         let is_identify = m.kind == EventKind::Identify;
 
         // App mode snapshots the identity under the lock and releases it at once: a before_send
@@ -340,6 +340,7 @@ impl Client {
         let (identity, new_state) = if server_mode {
             let identity = Identity {
                 user_id: m.user.take(),
+                anonymous_id: m.anonymous_id.take().map(String::from),
                 ip: m.ip.take(),
                 user_agent: m.user_agent.take(),
                 ..Identity::default()
@@ -788,6 +789,12 @@ fn validate_message(m: &Message) -> Result<(), Error> {
             return Err(Error::EmptyIdentifier);
         }
         check_len("identifier", user)?;
+    }
+    if let Some(anonymous_id) = &m.anonymous_id {
+        if anonymous_id.trim().is_empty() {
+            return Err(Error::EmptyAnonymousId);
+        }
+        check_len("anonymous id", anonymous_id)?;
     }
     match m.kind {
         EventKind::Track => {

@@ -18,6 +18,9 @@ pub enum Error {
     /// The user identifier was empty (server mode).
     #[error("Identifier cannot be empty")]
     EmptyIdentifier,
+    /// An anonymous id was given but empty.
+    #[error("Anonymous id cannot be empty")]
+    EmptyAnonymousId,
     /// A checkpoint key was empty.
     #[error("checkpoint key cannot be empty")]
     EmptyKey,

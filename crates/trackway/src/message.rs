@@ -1,8 +1,8 @@
 //! What a call describes before the client stamps it: [`Track`], [`Page`], [`Screen`], [`Identify`].
 //!
 //! A message that names no user is an **app-mode** message: the client's current user is
-//! stamped on it. A message that names its user (`.user(..)`) is a **server-mode** message and
-//! leaves the client's state alone.
+//! stamped on it. A message that names its user (`.user(..)`, or an anonymous visitor with
+//! `.anonymous_id(..)`) is a **server-mode** message and leaves the client's state alone.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +14,7 @@ pub struct Message {
     pub(crate) kind: EventKind,
     pub(crate) name: Option<CompactString>,
     pub(crate) user: Option<CompactString>,
+    pub(crate) anonymous_id: Option<CompactString>,
     pub(crate) properties: Properties,
     pub(crate) page: Option<PageInfo>,
     pub(crate) ip: Option<String>,
@@ -30,6 +31,7 @@ impl Message {
             kind,
             name: None,
             user: None,
+            anonymous_id: None,
             properties: Properties::new(),
             page: None,
             ip: None,
@@ -50,6 +52,15 @@ macro_rules! common_setters {
             #[must_use]
             pub fn user(mut self, identifier: impl AsRef<str>) -> Self {
                 self.0.user = Some(CompactString::new(identifier));
+                self
+            }
+
+            /// Names an anonymous visitor (server mode), e.g. a web visitor who has not signed
+            /// in, or a backfilled event that only had an anonymous id. With [`user`](Self::user)
+            /// as well, the event carries both.
+            #[must_use]
+            pub fn anonymous_id(mut self, anonymous_id: impl AsRef<str>) -> Self {
+                self.0.anonymous_id = Some(CompactString::new(anonymous_id));
                 self
             }
 

@@ -285,6 +285,25 @@ fn app_mode_stamps_the_current_user_and_server_mode_leaves_it_alone() {
 }
 
 #[test]
+fn server_mode_names_an_anonymous_visitor_without_touching_app_state() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = memory_client(&dest);
+        let app_anon = c.current_identity().anonymous_id;
+        c.capture(Track::new("viewed").anonymous_id("visitor-42")).expect("anonymous visitor");
+        c.capture(Track::new("signed_in").user("u1").anonymous_id("visitor-42")).expect("both");
+        assert_eq!(c.capture(Track::new("e").anonymous_id(" ")), Err(Error::EmptyAnonymousId));
+        assert_eq!(c.current_identity().anonymous_id, app_anon, "server mode leaves the app's anonymous id");
+        c.flush(Duration::from_secs(5)).expect("flush");
+        let r = dest.received();
+        assert_eq!(r[0].event.identity.anonymous_id.as_deref(), Some("visitor-42"));
+        assert_eq!(r[0].event.identity.user_id, None);
+        assert_eq!(r[1].event.identity.user_id.as_deref(), Some("u1"));
+        assert_eq!(r[1].event.identity.anonymous_id.as_deref(), Some("visitor-42"));
+    });
+}
+
+#[test]
 fn secrets_never_appear_in_debug_or_errors() {
     let http = HttpOptions::default()
         .header("authorization", "Bearer s3cr3t-token")
