@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use trackway_wire::{Context, Event, EventKind, Identity, MessageId, Properties, Timestamp};
 
+use crate::app::{AppLifecycle, AppState};
 use crate::clock::Clock;
 use crate::config::{BeforeSend, ClientBuilder};
 use crate::destination::Destination;
@@ -32,8 +33,6 @@ const WAKE_THRESHOLD: usize = 2048;
 /// can fill the queue or be refused by every server.
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
-/// State key of the app-mode identity.
-const IDENTITY_KEY: &str = "identity";
 /// Store keys of [`Client::checkpoint`] values start with this, apart from trackway's own state.
 const CHECKPOINT_PREFIX: &str = "checkpoint/";
 
@@ -62,11 +61,11 @@ const CHECKPOINT_PREFIX: &str = "checkpoint/";
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    shared: Arc<Shared>,
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<Shared>,
     worker: Mutex<Option<JoinHandle<()>>>,
     shutdown_timeout: Duration,
 }
@@ -79,28 +78,50 @@ pub(crate) struct Shared {
     pub(crate) clock: Clock,
     /// Bit i of `routes[kind]`: destination i takes that kind.
     routes: [u64; 4],
-    context: Arc<Context>,
+    pub(crate) context: Arc<Context>,
     /// `context` serialized once: it is the same in every event, and stores keep it once.
     pub(crate) context_json: Bytes,
     before_send: Option<BeforeSend>,
-    app: Mutex<AppIdentity>,
+    /// App-mode state. Locked briefly to snapshot it, and again around the push of an event that
+    /// changes it, so a change is applied exactly when its event is queued.
+    pub(crate) app: Mutex<AppState>,
+    /// What the app does by itself (installation, sessions, push-token frequency).
+    pub(crate) lifecycle: AppLifecycle,
+    /// Serializes lifecycle transitions (foreground, anonymize, …), which queue several events,
+    /// and holds what only this process knows.
+    pub(crate) launch: Mutex<crate::app::Launch>,
+    /// Which hard id is the primary user id when an identify does not say.
+    pub(crate) primary_id: Option<String>,
+    /// Destination names, by index.
+    pub(crate) names: Vec<String>,
+    /// Consent: false after `set_enabled(false)`; nothing is queued or sent.
+    pub(crate) enabled: AtomicBool,
+    /// Default properties, copied into each event at enqueue (`has_defaults` spares the lock
+    /// when there are none).
+    pub(crate) defaults: Mutex<Arc<Properties>>,
+    pub(crate) has_defaults: AtomicBool,
     /// The latest value of each checkpoint: recovered from the store, then as set.
     checkpoints: Mutex<std::collections::BTreeMap<String, Vec<u8>>>,
-    closed: AtomicBool,
+    pub(crate) closed: AtomicBool,
     warned_queue_full: AtomicBool,
 }
 
-/// The app-mode current user, persisted under [`IDENTITY_KEY`].
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-struct AppIdentity {
-    anonymous_id: Option<String>,
-    user_id: Option<String>,
-    primary: Option<String>,
-    #[serde(default)]
-    ids: std::collections::BTreeMap<String, String>,
-    /// Whether this state is in the store (it is written with the next app-mode event).
-    #[serde(skip)]
-    saved: bool,
+/// How an internal call differs from a plain one.
+#[derive(Default)]
+pub(crate) struct Options<'a> {
+    /// The caller's own message id and timestamp (imports).
+    pub(crate) import: Option<(MessageId, Timestamp)>,
+    /// An event time other than now, not an import (a `session_end` at the last-seen time).
+    pub(crate) at: Option<Timestamp>,
+    /// A checkpoint committed with the event.
+    pub(crate) checkpoint: Option<(&'a str, Vec<u8>)>,
+    /// App mode: the session the event belongs to instead of the current one (`Some(None)`:
+    /// none).
+    pub(crate) session: Option<Option<String>>,
+    /// App mode: a change of the app state committed with the event.
+    pub(crate) update: Option<&'a dyn Fn(&mut AppState)>,
+    /// Leave the default properties out (push-token events).
+    pub(crate) no_defaults: bool,
 }
 
 fn kind_index(kind: EventKind) -> usize {
@@ -160,17 +181,24 @@ impl Client {
             }
         };
         let recovered = store.open(&names).map_err(|e| BuildError::Store(e.to_string()))?;
-        let mut app: AppIdentity = match recovered.state.get(IDENTITY_KEY).and_then(|v| serde_json::from_slice(v).ok())
-        {
-            Some(stored) => AppIdentity { saved: true, ..stored },
-            None => AppIdentity::default(),
-        };
-        if app.anonymous_id.is_none() {
+        let mut app = AppState::recover(&recovered.state);
+        if app.identity.anonymous_id.is_none() {
             // Created now, so concurrent first calls cannot mint two; stored with the first
             // app-mode event (the OS generator: an anonymous id should not be guessable).
-            app.anonymous_id = Some(uuid::Uuid::new_v4().hyphenated().to_string());
-            app.saved = false;
+            app.identity.anonymous_id = Some(crate::app::new_anonymous_id());
+            app.unsaved = true;
         }
+        let enabled = recovered.state.get(crate::app::CONSENT_KEY).is_none_or(|v| v.as_slice() != b"false");
+        // Defaults from the builder are the code's current word; without them, the ones set at
+        // run time in an earlier run come back.
+        let defaults = match b.default_properties {
+            Some(d) => d,
+            None => recovered
+                .state
+                .get(crate::app::DEFAULTS_KEY)
+                .and_then(|v| serde_json::from_slice(v).ok())
+                .unwrap_or_default(),
+        };
 
         let mut routes = [0u64; 4];
         for (i, (d, _)) in b.destinations.iter().enumerate() {
@@ -207,6 +235,13 @@ impl Client {
             context,
             before_send: b.before_send,
             app: Mutex::new(app),
+            lifecycle: b.lifecycle.clone().unwrap_or_else(AppLifecycle::none),
+            launch: Mutex::new(crate::app::Launch::default()),
+            primary_id: b.primary_id,
+            names: names.clone(),
+            enabled: AtomicBool::new(enabled),
+            has_defaults: AtomicBool::new(!defaults.is_empty()),
+            defaults: Mutex::new(Arc::new(defaults)),
             checkpoints: Mutex::new(
                 recovered
                     .state
@@ -225,9 +260,12 @@ impl Client {
         };
         let worker = pipeline::spawn(shared.clone(), store, recovered, http_clients, settings)
             .map_err(|e| BuildError::Thread(e.to_string()))?;
-        Ok(Client {
+        let client = Client {
             inner: Arc::new(Inner { shared, worker: Mutex::new(Some(worker)), shutdown_timeout: b.shutdown_timeout }),
-        })
+        };
+        // The first run's `installation`, and the session of an app that starts in front.
+        client.launch();
+        Ok(client)
     }
 
     // === server-mode shortcuts ===
@@ -238,7 +276,7 @@ impl Client {
     /// `EmptyIdentifier`, `EmptyEventName`, `TooLong`, `InvalidProperty` (NaN, infinity),
     /// `DestinationLimit`, `QueueFull` (dropped and counted), `ShutDown`.
     pub fn track(&self, identifier: &str, event: &str, properties: Properties) -> Result<MessageId, Error> {
-        self.enqueue(Track::new(event).user(identifier).properties(properties).into(), None, None)
+        self.enqueue(Track::new(event).user(identifier).properties(properties).into(), Options::default())
     }
 
     /// Records a page view for the user `identifier` (server mode).
@@ -246,7 +284,7 @@ impl Client {
     /// # Errors
     /// As [`track`](Self::track), with `EmptyUrl` instead of `EmptyEventName`.
     pub fn page(&self, identifier: &str, page: Page) -> Result<MessageId, Error> {
-        self.enqueue(page.user(identifier).into(), None, None)
+        self.enqueue(page.user(identifier).into(), Options::default())
     }
 
     /// Records a screen view for the user `identifier` (server mode).
@@ -254,7 +292,7 @@ impl Client {
     /// # Errors
     /// As [`track`](Self::track), with `EmptyScreenName`.
     pub fn screen(&self, identifier: &str, screen: &str, properties: Properties) -> Result<MessageId, Error> {
-        self.enqueue(crate::Screen::new(screen).user(identifier).properties(properties).into(), None, None)
+        self.enqueue(crate::Screen::new(screen).user(identifier).properties(properties).into(), Options::default())
     }
 
     /// Sends the user properties of `identifier` (server mode; the client's state is untouched).
@@ -262,7 +300,7 @@ impl Client {
     /// # Errors
     /// As [`track`](Self::track).
     pub fn identify(&self, identifier: &str, properties: Properties) -> Result<MessageId, Error> {
-        self.enqueue(crate::Identify::new().user(identifier).properties(properties).into(), None, None)
+        self.enqueue(crate::Identify::new().user(identifier).properties(properties).into(), Options::default())
     }
 
     // === general calls ===
@@ -273,7 +311,7 @@ impl Client {
     /// # Errors
     /// See [`Error`].
     pub fn capture(&self, message: impl Into<Message>) -> Result<MessageId, Error> {
-        self.enqueue(message.into(), None, None)
+        self.enqueue(message.into(), Options::default())
     }
 
     /// Queues a message with a message id and timestamp supplied by the caller (backfills and
@@ -282,7 +320,7 @@ impl Client {
     /// # Errors
     /// See [`Error`].
     pub fn import(&self, message: impl Into<Message>, id: MessageId, timestamp: Timestamp) -> Result<MessageId, Error> {
-        self.enqueue(message.into(), Some((id, timestamp)), None)
+        self.enqueue(message.into(), Options { import: Some((id, timestamp)), ..Options::default() })
     }
 
     /// [`import`](Self::import), with a [`checkpoint`](Self::checkpoint) carried **by the event
@@ -310,34 +348,41 @@ impl Client {
     ) -> Result<MessageId, Error> {
         let value = value.into();
         check_checkpoint(key, &value)?;
-        self.enqueue(message.into(), Some((id, timestamp)), Some((key, value)))
+        self.enqueue(
+            message.into(),
+            Options { import: Some((id, timestamp)), checkpoint: Some((key, value)), ..Options::default() },
+        )
     }
 
-    fn enqueue(
-        &self,
-        mut m: Message,
-        import: Option<(MessageId, Timestamp)>,
-        checkpoint: Option<(&str, Vec<u8>)>,
-    ) -> Result<MessageId, Error> {
+    pub(crate) fn enqueue(&self, mut m: Message, opts: Options<'_>) -> Result<MessageId, Error> {
         let shared = &*self.inner.shared;
         if shared.closed.load(Ordering::Acquire) {
             bump(&shared.counters.shutdown, 1);
             return Err(Error::ShutDown);
         }
+        if !shared.enabled.load(Ordering::Acquire) {
+            bump(&shared.counters.disabled, 1);
+            return Err(Error::Disabled);
+        }
         validate_message(&m)?;
-        let routes = shared.routes[kind_index(m.kind)];
+        let mut routes = shared.routes[kind_index(m.kind)];
         if routes == 0 {
             return Err(Error::NoRoute { kind: m.kind.as_str() });
         }
         let queued_at = shared.clock.now();
-        let (id, timestamp) = import.unwrap_or_else(|| (MessageId::new_v7(queued_at), queued_at));
+        let (id, timestamp) = match (opts.import, opts.at) {
+            (Some(import), _) => import,
+            (None, Some(at)) => (MessageId::new_v7(at), at),
+            (None, None) => (MessageId::new_v7(queued_at), queued_at),
+        };
         let server_mode = m.user.is_some() || m.anonymous_id.is_some();
         let is_identify = m.kind == EventKind::Identify;
+        let (ids, primary) = (std::mem::take(&mut m.ids), m.primary.take());
 
         // App mode snapshots the identity under the lock and releases it at once: a before_send
-        // hook (user code) runs next and may itself track. A state change is applied only once
-        // its event is queued.
-        let (identity, new_state) = if server_mode {
+        // hook (user code) runs next and may itself track. The state change is worked out again
+        // on the live state when the event is pushed.
+        let (identity, session_id) = if server_mode {
             let identity = Identity {
                 user_id: m.user.take(),
                 anonymous_id: m.anonymous_id.take().map(String::from),
@@ -347,25 +392,46 @@ impl Client {
             };
             (identity, None)
         } else {
-            app_identity(&lock(&shared.app), &m, is_identify)
+            let app = lock(&shared.app);
+            routes &= crate::app::routes_mask(&app, &shared.names);
+            if routes == 0 {
+                return Err(Error::NoRoute { kind: m.kind.as_str() });
+            }
+            let mut next = app.clone();
+            if is_identify {
+                crate::app::apply_identify(&mut next, &ids, primary.as_deref(), shared.primary_id.as_deref());
+            }
+            let session_id = match &opts.session {
+                Some(explicit) => explicit.clone(),
+                None => app.session.as_ref().map(|s| s.id.clone()),
+            };
+            (crate::app::identity_of(&next, m.ip.clone(), m.user_agent.clone()), session_id)
+        };
+        let properties = if opts.no_defaults || !shared.has_defaults.load(Ordering::Relaxed) {
+            m.properties
+        } else {
+            // defaults < event properties (< fields trackway sets, added by the calls that own them).
+            let mut merged = Properties::clone(&lock(&shared.defaults));
+            merged.merge_from(&m.properties);
+            merged
         };
         let mut event = Event {
             id,
             kind: m.kind,
             name: m.name,
             timestamp,
-            properties: m.properties,
+            properties,
             identity,
-            session_id: None,
+            session_id,
             page: m.page,
             context: shared.context.clone(),
-            imported: import.is_some(),
+            imported: opts.import.is_some(),
         };
         if let Some(hook) = &shared.before_send
             && !hook(&mut event)
         {
             bump(&shared.counters.filtered, 1);
-            if let Some((key, value)) = checkpoint {
+            if let Some((key, value)) = opts.checkpoint {
                 self.checkpoint(key, value)?;
             }
             return Ok(id);
@@ -376,16 +442,30 @@ impl Client {
                     .map_err(|e| Error::DestinationLimit { destination: d.name().to_owned(), message: e.message })?;
             }
         }
-        let mut state = match &new_state {
-            Some(s) => vec![StateChange { key: IDENTITY_KEY.into(), value: serde_json::to_vec(s).ok() }],
-            None => Vec::new(),
-        };
+        let mut state = Vec::new();
         // Held until the event is queued, as in `checkpoint`.
-        let mut checkpoints = checkpoint.as_ref().map(|(key, value)| {
+        let mut checkpoints = opts.checkpoint.as_ref().map(|(key, value)| {
             state.push(StateChange { key: format!("{CHECKPOINT_PREFIX}{key}"), value: Some(value.clone()) });
             lock(&shared.checkpoints)
         });
-        let priority = if is_identify && !server_mode { Priority::Reserved } else { Priority::Normal };
+        // App mode: the change this event makes to the live state, committed with it.
+        let mut app = (!server_mode).then(|| lock(&shared.app));
+        let next = app.as_ref().map(|current| {
+            let mut next = AppState::clone(current);
+            if is_identify {
+                crate::app::apply_identify(&mut next, &ids, primary.as_deref(), shared.primary_id.as_deref());
+            }
+            if opts.session.is_none() {
+                crate::app::saw_activity(&mut next, event.session_id.as_deref(), timestamp);
+            }
+            if let Some(update) = opts.update {
+                update(&mut next);
+            }
+            state.extend(current.changes_to(&mut next));
+            next
+        });
+        let priority =
+            if (is_identify && !server_mode) || opts.update.is_some() { Priority::Reserved } else { Priority::Normal };
         let meta = EventMeta { id, kind: event.kind, timestamp, queued_at, routes, head_only: true, state };
         if encode_and_push(&event, shared, meta, priority)?.is_err() {
             bump(&shared.counters.queue_full, 1);
@@ -398,20 +478,14 @@ impl Client {
             return Err(Error::QueueFull);
         }
         bump(&shared.counters.enqueued, 1);
-        if let (Some(map), Some((key, value))) = (checkpoints.as_mut(), checkpoint) {
+        if let (Some(current), Some(next)) = (app.as_mut(), next) {
+            **current = next;
+        }
+        drop(app);
+        if let (Some(map), Some((key, value))) = (checkpoints.as_mut(), opts.checkpoint) {
             map.insert(key.to_owned(), value);
         }
         drop(checkpoints);
-        if let Some(mut next) = new_state {
-            next.saved = true;
-            let mut app = lock(&shared.app);
-            if is_identify {
-                // Concurrent identify calls race; the last one applied wins.
-                *app = next;
-            } else {
-                app.saved = true;
-            }
-        }
         Ok(id)
     }
 
@@ -679,13 +753,7 @@ impl Client {
     /// The current app-mode identity (anonymous id, user id, hard ids).
     pub fn current_identity(&self) -> Identity {
         let app = lock(&self.inner.shared.app);
-        Identity {
-            anonymous_id: app.anonymous_id.clone(),
-            user_id: app.user_id.as_deref().map(Into::into),
-            primary: app.primary.clone(),
-            ids: app.ids.clone(),
-            ..Identity::default()
-        }
+        crate::app::identity_of(&app, None, None)
     }
 }
 
@@ -743,7 +811,7 @@ fn pending_of(destinations: &[crate::DestinationStats]) -> Vec<(String, u64)> {
 
 /// Pushes a control message using the reserved slots, waiting (briefly sleeping) for room under a
 /// flood. Returns false if `timeout` passed first.
-fn push_control(shared: &Shared, control: Control, timeout: Duration) -> bool {
+pub(crate) fn push_control(shared: &Shared, control: Control, timeout: Duration) -> bool {
     let started = Instant::now();
     let mut control = control;
     loop {
@@ -760,7 +828,7 @@ fn push_control(shared: &Shared, control: Control, timeout: Duration) -> bool {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -775,7 +843,7 @@ fn check_checkpoint(key: &str, value: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_len(what: &'static str, s: &str) -> Result<(), Error> {
+pub(crate) fn check_len(what: &'static str, s: &str) -> Result<(), Error> {
     if s.len() > MAX_NAME_BYTES {
         return Err(Error::TooLong { what, len: s.len(), max: MAX_NAME_BYTES });
     }
@@ -832,32 +900,6 @@ fn validate_message(m: &Message) -> Result<(), Error> {
     // Properties (finite numbers, non-empty keys) are checked while the event is serialized,
     // still before anything is queued: one pass over them instead of two.
     Ok(())
-}
-
-/// The identity an app-mode event carries, and the new app state if the call changes it (an
-/// identify, or the first app-mode event, which stores the anonymous id).
-fn app_identity(current: &AppIdentity, m: &Message, is_identify: bool) -> (Identity, Option<AppIdentity>) {
-    let next = (is_identify || !current.saved).then(|| {
-        let mut n = current.clone();
-        if is_identify {
-            // Identify replaces the stored hard ids (documented on `Identify`).
-            n.ids = m.ids.clone();
-            n.primary =
-                m.primary.clone().or_else(|| (m.ids.len() == 1).then(|| m.ids.keys().next().cloned()).flatten());
-            n.user_id = n.primary.as_ref().and_then(|p| n.ids.get(p).cloned());
-        }
-        n
-    });
-    let s = next.as_ref().unwrap_or(current);
-    let identity = Identity {
-        anonymous_id: s.anonymous_id.clone(),
-        user_id: s.user_id.as_deref().map(Into::into),
-        primary: s.primary.clone(),
-        ids: s.ids.clone(),
-        ip: m.ip.clone(),
-        user_agent: m.user_agent.clone(),
-    };
-    (identity, next)
 }
 
 fn locale_from_env() -> Option<String> {

@@ -49,6 +49,9 @@ pub struct ClientBuilder {
     pub(crate) app_name: Option<String>,
     pub(crate) app_version: Option<String>,
     pub(crate) locale: Option<String>,
+    pub(crate) lifecycle: Option<crate::AppLifecycle>,
+    pub(crate) default_properties: Option<trackway_wire::Properties>,
+    pub(crate) primary_id: Option<String>,
     pub(crate) error: Option<BuildError>,
 }
 
@@ -70,6 +73,9 @@ impl Default for ClientBuilder {
             app_name: None,
             app_version: None,
             locale: None,
+            lifecycle: None,
+            default_properties: None,
+            primary_id: None,
             error: None,
         }
     }
@@ -200,6 +206,43 @@ impl ClientBuilder {
     /// The locale sent in every event's context (default: from `LC_ALL` / `LANG`, if set).
     pub fn locale(mut self, locale: impl Into<String>) -> Self {
         self.locale = Some(locale.into());
+        self
+    }
+
+    /// Makes this client an app's: `installation` on the first run and sessions that follow
+    /// [`Client::app_foreground`](crate::Client::app_foreground) /
+    /// [`app_background`](crate::Client::app_background) (see [`AppLifecycle`](crate::AppLifecycle)).
+    /// `build()` treats the app as being in the foreground. Without it, neither is tracked and
+    /// sessions are manual.
+    ///
+    /// ```
+    /// use trackway::{AppLifecycle, Client, destination::JsonHttp};
+    /// let builder = Client::builder()
+    ///     .app("notes", "1.4.0")
+    ///     .app_lifecycle(AppLifecycle::default())
+    ///     .destination(JsonHttp::new("https://collector.example.com/events"));
+    /// ```
+    pub fn app_lifecycle(mut self, lifecycle: crate::AppLifecycle) -> Self {
+        self.lifecycle = Some(lifecycle);
+        self
+    }
+
+    /// Properties copied into every event (except push-token events), beneath the event's own.
+    /// They replace defaults stored by [`Client::set_default_properties`](crate::Client::set_default_properties)
+    /// in an earlier run. NaN, infinities and empty keys are an error at `build()`.
+    pub fn default_properties(mut self, properties: trackway_wire::Properties) -> Self {
+        if let Err(e) = properties.validate() {
+            self.error
+                .get_or_insert(BuildError::InvalidSetting { setting: "default_properties", message: e.to_string() });
+        }
+        self.default_properties = Some(properties);
+        self
+    }
+
+    /// Which hard id is the primary user id (e.g. `registered`) when an app-mode
+    /// [`Identify`](crate::Identify) does not say with `.primary(..)`. Default: the only id given.
+    pub fn primary_id(mut self, name: impl Into<String>) -> Self {
+        self.primary_id = Some(name.into());
         self
     }
 }

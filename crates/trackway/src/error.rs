@@ -72,6 +72,27 @@ pub enum Error {
     /// The client was shut down; the event was dropped and counted.
     #[error("the client is shut down")]
     ShutDown,
+    /// Tracking is off (`set_enabled(false)`, the user's choice): nothing was queued. Counted as
+    /// `disabled`; not a fault of the caller.
+    #[error("tracking is disabled (set_enabled(false)); nothing was queued")]
+    Disabled,
+    /// A manual session call on a client that tracks sessions by itself.
+    #[error(
+        "sessions are automatic on this client: call app_foreground/app_background, or configure AppLifecycle::default().manual_sessions()"
+    )]
+    AutomaticSessions,
+    /// `session_end` with no session open.
+    #[error("no session is open: call session_start first")]
+    NoSession,
+    /// A destination name the client does not have.
+    #[error("no destination is called `{0}`")]
+    UnknownDestination(String),
+    /// A push token that is empty.
+    #[error("Push token cannot be empty")]
+    EmptyPushToken,
+    /// A payment that cannot be sent.
+    #[error("invalid payment: {0}")]
+    InvalidPayment(String),
 }
 
 /// Why [`ClientBuilder::build`](crate::ClientBuilder::build) failed.

@@ -102,6 +102,7 @@
 //! changelog), never past the stable release of six months before.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod app;
 mod client;
 mod clock;
 mod config;
@@ -113,6 +114,7 @@ mod queue;
 mod stats;
 pub mod store;
 
+pub use app::{Anonymize, AppLifecycle, Payment, PushPlatform, PushToken, TokenFrequency};
 pub use client::{Client, MAX_EVENT_BYTES, MAX_NAME_BYTES};
 pub use clock::{Clock, ManualClock};
 pub use config::{ClientBuilder, HttpOptions, RetryPolicy};

@@ -114,6 +114,8 @@ pub(crate) enum Control {
     Requeue { destination: Option<String>, limit: usize, reply: std::sync::mpsc::SyncSender<usize> },
     /// State changes committed with the events queued before them (a checkpoint).
     State(Vec<crate::store::StateChange>),
+    /// Remove the queued events (of one user, when given); answers how many.
+    Purge { user: Option<String>, reply: std::sync::mpsc::SyncSender<u64> },
 }
 
 /// What the worker takes out of the queue.

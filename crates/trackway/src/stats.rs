@@ -36,6 +36,10 @@ pub struct Dropped {
     /// Events lost because the store file was damaged and moved aside when it was opened
     /// (counted once per reset; the number of events in the damaged file is unknown).
     pub store_reset: u64,
+    /// Calls refused while tracking was off (`set_enabled(false)`).
+    pub disabled: u64,
+    /// Queued events removed on request (`purge_queued`, `erase_user`).
+    pub purged: u64,
 }
 
 /// What happened to the events routed to one destination.
@@ -74,6 +78,8 @@ pub(crate) struct Counters {
     pub(crate) disk_full: AtomicU64,
     pub(crate) store_error: AtomicU64,
     pub(crate) store_reset: AtomicU64,
+    pub(crate) disabled: AtomicU64,
+    pub(crate) purged: AtomicU64,
     pub(crate) destinations: Box<[DestinationCounters]>,
 }
 
@@ -116,6 +122,8 @@ impl Counters {
                 disk_full: get(&self.disk_full),
                 store_error: get(&self.store_error),
                 store_reset: get(&self.store_reset),
+                disabled: get(&self.disabled),
+                purged: get(&self.purged),
             },
             destinations: self
                 .destinations

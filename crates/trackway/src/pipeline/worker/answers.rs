@@ -78,6 +78,7 @@ impl Worker {
     pub(super) fn forget_dropped(&mut self, evicted: &[Evicted], reason: Dropped) {
         let counters = &self.shared.counters;
         let counter = match reason {
+            Dropped::Purged => &counters.purged,
             Dropped::StoreFull => &counters.store_full,
             Dropped::DiskFull => &counters.disk_full,
             Dropped::StoreError => &counters.store_error,

@@ -17,6 +17,7 @@ use crate::stats::bump;
 use crate::store::{DeadLetterReason, NewEvent, Recovered, Store, StoreError, routes};
 
 mod answers;
+mod purge;
 
 /// Response bodies are read up to this size; dead letters keep an excerpt.
 const MAX_RESPONSE_BODY: usize = 1 << 20;
@@ -396,6 +397,13 @@ impl Worker {
                 });
                 let _ = reply.try_send(letters);
             }
+            Control::Purge { user, reply } => {
+                let n = self.purge(user.as_deref()).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "trackway: could not purge the outbox");
+                    0
+                });
+                let _ = reply.try_send(n);
+            }
             // Taken in `drain`; reached only if a caller bypasses it.
             Control::State(changes) => {
                 if let Err(e) = self.store.set_state(&changes) {
@@ -408,6 +416,13 @@ impl Worker {
     /// Answers flushes whose events are all delivered or dead-lettered.
     fn answer_flushes(&mut self) {
         if self.flushes.is_empty() {
+            return;
+        }
+        // Tracking is off: nothing will be sent, so waiting would only time out.
+        if !self.shared.enabled.load(Ordering::Acquire) {
+            for (_, reply) in self.flushes.drain(..) {
+                reply.send();
+            }
             return;
         }
         let mut lowest: Option<u64> = None;
@@ -429,6 +444,10 @@ impl Worker {
 
     /// Starts every request that may go now.
     fn dispatch(&mut self) {
+        // Consent withdrawn: the events stay in the store, unsent.
+        if !self.shared.enabled.load(Ordering::Acquire) {
+            return;
+        }
         let interval = self.settings.batch_interval;
         for i in 0..self.lanes.len() {
             loop {
@@ -561,6 +580,7 @@ const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// Why the store dropped events (which counter they go under).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dropped {
+    Purged,
     StoreFull,
     DiskFull,
     StoreError,

@@ -1,0 +1,502 @@
+//! The app-mode calls on [`Client`]: lifecycle (foreground, background, manual sessions),
+//! `anonymize`, push tokens, payments, default properties and consent.
+//!
+//! A transition that queues several events (anonymize, a session timing out) holds the launch
+//! lock throughout, so two transitions never interleave; each event still commits its own
+//! state change together with itself.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use trackway_wire::{MessageId, Properties, Timestamp};
+
+use super::push::{self, PushState};
+use super::session::{OnForeground, SessionState, on_foreground};
+use super::{AppIdentity, AppState, CONSENT_KEY, DEFAULTS_KEY, Launch, Payment, PushToken, write};
+use crate::client::{Options, lock, push_control};
+use crate::error::{Error, FlushError};
+use crate::queue::Control;
+use crate::{Client, Track};
+
+/// Options of [`Client::anonymize`].
+///
+/// ```
+/// use trackway::Anonymize;
+/// // After sign-out, send app events only to the destination called "bloomreach-guests".
+/// let options = Anonymize::new().destinations(["bloomreach-guests"]);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[must_use]
+pub struct Anonymize {
+    destinations: Option<Vec<String>>,
+}
+
+impl Anonymize {
+    /// Anonymize and keep sending to the same destinations.
+    pub fn new() -> Self {
+        Anonymize::default()
+    }
+
+    /// Switch app-mode events to these destinations (by name; all must be configured on the
+    /// client), e.g. another Bloomreach project. Server-mode calls keep going everywhere.
+    pub fn destinations<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.destinations = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Switch app-mode events back to every configured destination.
+    pub fn all_destinations(mut self) -> Self {
+        self.destinations = Some(Vec::new());
+        self
+    }
+}
+
+/// How long a state change without an event may wait for room in the queue.
+const STATE_PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Client {
+    /// Run once by `build()`: the first run's `installation`, and the session of an app that
+    /// starts in the foreground. Failures are logged: the client itself works.
+    pub(crate) fn launch(&self) {
+        let shared = &self.inner.shared;
+        if !shared.enabled.load(Ordering::Acquire) {
+            return;
+        }
+        let mut launch = lock(&shared.launch);
+        if shared.lifecycle.installation
+            && !lock(&shared.app).installed
+            && let Err(e) = self.track_installation()
+        {
+            tracing::warn!(error = %e, "trackway: could not track the installation event");
+        }
+        if shared.lifecycle.automatic_sessions
+            && let Err(e) = self.foreground(&mut launch)
+        {
+            tracing::warn!(error = %e, "trackway: could not start the session");
+        }
+    }
+
+    // === sessions ===
+
+    /// The app came to the foreground (automatic sessions; call it from your lifecycle hook:
+    /// window focus, `onResume`, a game loop's resume). A return within the session timeout
+    /// continues the session; a later one tracks `session_end` for the old session at its
+    /// last-seen time (with `duration`) and `session_start` for a new one. A push token
+    /// tracked earlier is tracked again if its frequency says so. `build()` calls it for you.
+    ///
+    /// With manual sessions it only re-checks the push token.
+    ///
+    /// # Errors
+    /// `Disabled`, `ShutDown`, `QueueFull`.
+    pub fn app_foreground(&self) -> Result<(), Error> {
+        self.check_open()?;
+        let mut launch = lock(&self.inner.shared.launch);
+        if self.inner.shared.lifecycle.automatic_sessions {
+            self.foreground(&mut launch)?;
+        }
+        self.retrack_push_token(&mut launch)
+    }
+
+    /// The app went to the background: the session's last-seen time is now, and the session
+    /// ends if the app does not come back within the timeout (the `session_end` is tracked when
+    /// it comes back, or on the next start, at this time). A no-op with manual sessions.
+    ///
+    /// # Errors
+    /// `Disabled`, `ShutDown`, `QueueFull` (the state could not be queued within 5 s).
+    pub fn app_background(&self) -> Result<(), Error> {
+        self.check_open()?;
+        if !self.inner.shared.lifecycle.automatic_sessions {
+            return Ok(());
+        }
+        let mut launch = lock(&self.inner.shared.launch);
+        launch.in_front = false;
+        let now = self.inner.shared.clock.now().unix_millis();
+        self.set_app_state(&|app: &mut AppState| {
+            if let Some(s) = app.session.as_mut() {
+                s.background = true;
+                s.last_seen = s.last_seen.max(now);
+            }
+        })
+    }
+
+    /// Starts a session (manual sessions): tracks `session_start`, and first `session_end` for a
+    /// session still open. Every app-mode event until [`session_end`](Self::session_end) carries
+    /// the session id.
+    ///
+    /// # Errors
+    /// `AutomaticSessions` when the client tracks sessions by itself; `Disabled`, `ShutDown`,
+    /// `QueueFull`.
+    pub fn session_start(&self) -> Result<MessageId, Error> {
+        self.check_open()?;
+        if self.inner.shared.lifecycle.automatic_sessions {
+            return Err(Error::AutomaticSessions);
+        }
+        let _launch = lock(&self.inner.shared.launch);
+        let now = self.inner.shared.clock.now();
+        if let Some(open) = self.session() {
+            self.end_session(&open, now)?;
+        }
+        self.start_session(now)
+    }
+
+    /// Ends the session (manual sessions): tracks `session_end` with its `duration` in seconds.
+    ///
+    /// # Errors
+    /// `NoSession` when none is open; `AutomaticSessions`, `Disabled`, `ShutDown`, `QueueFull`.
+    pub fn session_end(&self) -> Result<MessageId, Error> {
+        self.check_open()?;
+        if self.inner.shared.lifecycle.automatic_sessions {
+            return Err(Error::AutomaticSessions);
+        }
+        let _launch = lock(&self.inner.shared.launch);
+        let open = self.session().ok_or(Error::NoSession)?;
+        self.end_session(&open, self.inner.shared.clock.now())
+    }
+
+    /// The id of the open session, if any (carried by every app-mode event).
+    pub fn current_session(&self) -> Option<String> {
+        self.session().map(|s| s.id)
+    }
+
+    fn session(&self) -> Option<SessionState> {
+        lock(&self.inner.shared.app).session.clone()
+    }
+
+    fn foreground(&self, launch: &mut Launch) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        let now = shared.clock.now();
+        let timeout = i64::try_from(shared.lifecycle.session_timeout.as_millis()).unwrap_or(i64::MAX);
+        let session = self.session();
+        match on_foreground(session.as_ref(), now.unix_millis(), timeout, launch.in_front) {
+            OnForeground::Start => {
+                self.start_session(now)?;
+            }
+            OnForeground::Continue => {
+                let ms = now.unix_millis();
+                self.set_app_state(&|app: &mut AppState| {
+                    if let Some(s) = app.session.as_mut() {
+                        s.background = false;
+                        s.last_seen = s.last_seen.max(ms);
+                    }
+                })?;
+            }
+            OnForeground::EndAndStart { end_at } => {
+                if let Some(old) = &session {
+                    self.end_session(old, Timestamp::from_unix_millis(end_at))?;
+                }
+                self.start_session(now)?;
+            }
+        }
+        launch.in_front = true;
+        Ok(())
+    }
+
+    fn start_session(&self, at: Timestamp) -> Result<MessageId, Error> {
+        let new = SessionState::start(at);
+        let id = new.id.clone();
+        let update = move |app: &mut AppState| app.session = Some(new.clone());
+        let opts = Options { at: Some(at), session: Some(Some(id)), update: Some(&update), ..Options::default() };
+        self.enqueue(Track::new("session_start").into(), opts)
+    }
+
+    /// Tracks `session_end` for `session` at `at`, and closes it if it is still the open one.
+    fn end_session(&self, session: &SessionState, at: Timestamp) -> Result<MessageId, Error> {
+        let duration = session.duration_until(at.unix_millis());
+        let ended = session.id.clone();
+        let update = move |app: &mut AppState| {
+            if app.session.as_ref().is_some_and(|s| s.id == ended) {
+                app.session = None;
+            }
+        };
+        let opts = Options {
+            at: Some(at),
+            session: Some(Some(session.id.clone())),
+            update: Some(&update),
+            ..Options::default()
+        };
+        self.enqueue(Track::new("session_end").property("duration", duration).into(), opts)
+    }
+
+    fn track_installation(&self) -> Result<MessageId, Error> {
+        let update = |app: &mut AppState| app.installed = true;
+        self.enqueue(Track::new("installation").into(), Options { update: Some(&update), ..Options::default() })
+    }
+
+    // === anonymize ===
+
+    /// Forgets the current user (sign-out), as the Bloomreach SDK does, in this order:
+    /// 1. tracks `session_end` for the open session (now);
+    /// 2. invalidates the push token for the old user (`notification_state`, `valid: false`,
+    ///    `Invalidated`);
+    /// 3. creates a new anonymous id and clears the hard ids and the session (and switches
+    ///    app-mode events to other destinations if asked);
+    /// 4. tracks `installation` for the new anonymous user (when installation tracking is on);
+    /// 5. with automatic sessions, tracks `session_start` for a new session;
+    /// 6. registers the same push token for the new user.
+    ///
+    /// Events already queued still go out with the old identity.
+    ///
+    /// # Errors
+    /// `UnknownDestination` (nothing is done), `Disabled`, `ShutDown`, `QueueFull` (the steps
+    /// before it are done).
+    pub fn anonymize(&self, options: Anonymize) -> Result<(), Error> {
+        self.check_open()?;
+        let shared = &self.inner.shared;
+        if let Some(names) = &options.destinations
+            && let Some(unknown) = names.iter().find(|n| !shared.names.contains(n))
+        {
+            return Err(Error::UnknownDestination(unknown.clone()));
+        }
+        let mut launch = lock(&shared.launch);
+        let now = shared.clock.now();
+        let old = lock(&shared.app).clone();
+        if let Some(session) = &old.session {
+            self.end_session(session, now)?;
+        }
+        let token = old.push.filter(|p| !p.cancelled);
+        if let Some(p) = &token {
+            let props = push::properties(p.platform, &p.token, false, "Invalidated");
+            let update = |app: &mut AppState| {
+                if let Some(p) = app.push.as_mut() {
+                    p.cancelled = true;
+                }
+            };
+            let opts = Options { update: Some(&update), no_defaults: true, ..Options::default() };
+            self.enqueue(Track::new("notification_state").properties(props).into(), opts)?;
+        }
+        let anonymous_id = super::new_anonymous_id();
+        let destinations = options.destinations.map(|d| (!d.is_empty()).then_some(d));
+        self.set_app_state(&|app: &mut AppState| {
+            app.identity = AppIdentity { anonymous_id: Some(anonymous_id.clone()), ..AppIdentity::default() };
+            app.session = None;
+            app.installed = false;
+            if let Some(d) = &destinations {
+                app.destinations.clone_from(d);
+            }
+        })?;
+        launch.in_front = false;
+        if shared.lifecycle.installation {
+            self.track_installation()?;
+        }
+        if shared.lifecycle.automatic_sessions {
+            self.start_session(now)?;
+            launch.in_front = true;
+        }
+        if let Some(p) = token {
+            let again = PushToken { platform: p.platform, token: p.token, granted: p.granted, force: true };
+            self.push_token(&again, &mut launch)?;
+        }
+        Ok(())
+    }
+
+    // === push tokens ===
+
+    /// Registers the push token for the current user: a `notification_state` event with
+    /// `push_notification_token`, `platform` (`android` for FCM, `huawei` for HMS), `valid` and
+    /// `description` (no default properties). Call it at each launch and whenever the push SDK
+    /// hands you a new token: the [`TokenFrequency`](crate::TokenFrequency) decides whether an
+    /// event goes out (a new token, a changed permission or app version always does). Returns
+    /// `None` when nothing was due. `anonymize` moves the token to the new user.
+    ///
+    /// # Errors
+    /// `EmptyPushToken`, `Disabled`, `ShutDown`, `QueueFull`.
+    pub fn track_push_token(&self, token: PushToken) -> Result<Option<MessageId>, Error> {
+        self.check_open()?;
+        if token.token.trim().is_empty() {
+            return Err(Error::EmptyPushToken);
+        }
+        crate::client::check_len("push token", &token.token)?;
+        let mut launch = lock(&self.inner.shared.launch);
+        self.push_token(&token, &mut launch)
+    }
+
+    /// Tracks the stored token again on a return to the foreground, if its frequency says so.
+    fn retrack_push_token(&self, launch: &mut Launch) -> Result<(), Error> {
+        let stored = lock(&self.inner.shared.app).push.clone();
+        if let Some(p) = stored.filter(|p| !p.cancelled) {
+            let token = PushToken { platform: p.platform, token: p.token, granted: p.granted, force: false };
+            self.push_token(&token, launch)?;
+        }
+        Ok(())
+    }
+
+    fn push_token(&self, token: &PushToken, launch: &mut Launch) -> Result<Option<MessageId>, Error> {
+        let shared = &self.inner.shared;
+        let now = shared.clock.now();
+        let app_version = shared.context.app_version.clone();
+        let last = lock(&shared.app).push.clone();
+        let due = push::is_due(
+            token,
+            last.as_ref(),
+            shared.lifecycle.token_frequency,
+            launch.token_tracked,
+            app_version.as_deref(),
+            now,
+        );
+        if !due {
+            return Ok(None);
+        }
+        let valid = token.granted || !shared.lifecycle.require_push_permission;
+        let props = push::properties(token.platform, &token.token, valid, push::description(token.granted));
+        let state = PushState {
+            platform: token.platform,
+            token: token.token.clone(),
+            granted: token.granted,
+            tracked_at: now.unix_millis(),
+            app_version,
+            cancelled: false,
+        };
+        let update = move |app: &mut AppState| app.push = Some(state.clone());
+        let opts = Options { update: Some(&update), no_defaults: true, ..Options::default() };
+        let id = self.enqueue(Track::new("notification_state").properties(props).into(), opts)?;
+        launch.token_tracked = true;
+        Ok(Some(id))
+    }
+
+    // === payments ===
+
+    /// Tracks a payment for the current user: a `payment` event (see [`Payment`] for its
+    /// properties; default properties apply beneath them).
+    ///
+    /// ```
+    /// # use trackway::{Client, Payment, destination::InMemoryDestination, store::MemoryStore};
+    /// # let client = Client::builder().destination(InMemoryDestination::new("memory")).store(MemoryStore::new()).build()?;
+    /// client.track_payment(Payment::new(0.99, "EUR").product_id("sword").product_title("Silver sword"))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `InvalidPayment` (a NaN or infinite value, an empty currency); as [`track`](Self::track).
+    pub fn track_payment(&self, payment: Payment) -> Result<MessageId, Error> {
+        let properties = payment.into_properties()?;
+        self.enqueue(Track::new("payment").properties(properties).into(), Options::default())
+    }
+
+    // === default properties ===
+
+    /// Replaces the default properties: copied into every event queued from now on (not into
+    /// push-token events), beneath the event's own properties, which win; fields trackway sets
+    /// (`duration`, payment fields) win over both. Kept in the store: a later run without
+    /// [`ClientBuilder::default_properties`](crate::ClientBuilder::default_properties) starts
+    /// with them.
+    ///
+    /// # Errors
+    /// `InvalidProperty` (NaN, infinity, empty key); `ShutDown`; `QueueFull` if the change
+    /// could not be queued within 5 s (the new defaults are used anyway).
+    pub fn set_default_properties(&self, properties: Properties) -> Result<(), Error> {
+        properties.validate()?;
+        let shared = &self.inner.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        let change = write(DEFAULTS_KEY, Some(&properties));
+        {
+            let mut defaults = lock(&shared.defaults);
+            shared.has_defaults.store(!properties.is_empty(), Ordering::Relaxed);
+            *defaults = Arc::new(properties);
+        }
+        if push_control(shared, Control::State(vec![change]), STATE_PUSH_TIMEOUT) {
+            Ok(())
+        } else {
+            Err(Error::QueueFull)
+        }
+    }
+
+    /// The default properties in use.
+    pub fn default_properties(&self) -> Properties {
+        Properties::clone(&lock(&self.inner.shared.defaults))
+    }
+
+    // === consent ===
+
+    /// Turns tracking on or off (the user's consent), persisted across restarts. While off,
+    /// every call returns `Error::Disabled` (counted as `disabled`), nothing is queued and
+    /// nothing is sent: events queued before stay in the outbox, unsent, until tracking is on
+    /// again or [`purge_queued`](Self::purge_queued) removes them.
+    ///
+    /// # Errors
+    /// `ShutDown`; `QueueFull` if the change could not be queued within 5 s (it applies to this
+    /// run anyway).
+    pub fn set_enabled(&self, enabled: bool) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        shared.enabled.store(enabled, Ordering::Release);
+        let change = write(CONSENT_KEY, Some(&enabled));
+        if !push_control(shared, Control::State(vec![change]), STATE_PUSH_TIMEOUT) {
+            return Err(Error::QueueFull);
+        }
+        Ok(())
+    }
+
+    /// Whether tracking is on (see [`set_enabled`](Self::set_enabled)).
+    pub fn is_enabled(&self) -> bool {
+        self.inner.shared.enabled.load(Ordering::Acquire)
+    }
+
+    /// Removes every event still waiting in the outbox (for any destination) and returns how
+    /// many there were; they are counted as `purged`. Typically after `set_enabled(false)`.
+    ///
+    /// # Errors
+    /// `AlreadyShutdown`; `Timeout` if the worker does not answer in 5 s.
+    pub fn purge_queued(&self) -> Result<u64, FlushError> {
+        self.purge(None)
+    }
+
+    /// Erases one person's events from the outbox: the queued events and the dead letters whose
+    /// user id, anonymous id or any hard id equals `id`. Returns how many events were removed
+    /// (counted as `purged`). Events already delivered are the destinations' to erase.
+    ///
+    /// # Errors
+    /// `AlreadyShutdown`; `Timeout` if the worker does not answer in 5 s.
+    pub fn erase_user(&self, id: &str) -> Result<u64, FlushError> {
+        self.purge(Some(id.to_owned()))
+    }
+
+    fn purge(&self, user: Option<String>) -> Result<u64, FlushError> {
+        let shared = &self.inner.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(FlushError::AlreadyShutdown);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let timeout = Duration::from_secs(5);
+        if !push_control(shared, Control::Purge { user, reply: tx }, timeout) {
+            return Err(FlushError::Timeout { waited: timeout, pending: Vec::new() });
+        }
+        rx.recv_timeout(timeout).map_err(|_| FlushError::Timeout { waited: timeout, pending: Vec::new() })
+    }
+
+    // === helpers ===
+
+    fn check_open(&self) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        if !shared.enabled.load(Ordering::Acquire) {
+            return Err(Error::Disabled);
+        }
+        Ok(())
+    }
+
+    /// Changes the app state without an event: the change is queued (committed after the
+    /// events queued before it) and applied to the live state under the same lock.
+    fn set_app_state(&self, update: &dyn Fn(&mut AppState)) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        let mut app = lock(&shared.app);
+        let mut next = app.clone();
+        update(&mut next);
+        let changes = app.changes_to(&mut next);
+        if !changes.is_empty() && !push_control(shared, Control::State(changes), STATE_PUSH_TIMEOUT) {
+            return Err(Error::QueueFull);
+        }
+        *app = next;
+        Ok(())
+    }
+}
