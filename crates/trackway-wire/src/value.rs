@@ -181,6 +181,25 @@ impl Value {
             _ => None,
         }
     }
+
+    /// The number as an `f64`, if this is a number (large integers lose precision).
+    #[allow(clippy::cast_precision_loss)]
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::Int(i) => Some(i as f64),
+            Value::UInt(u) => Some(u as f64),
+            Value::Float(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The boolean inside, if this is a boolean.
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Value::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
 }
 
 fn validate_object(props: &Properties, path: &mut String) -> Result<(), PropertyError> {

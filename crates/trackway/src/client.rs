@@ -592,7 +592,9 @@ impl Client {
     /// client in a `static`, which is never dropped.
     ///
     /// # Errors
-    /// `AlreadyShutdown`; `Timeout` with what is still pending (it stays in the store).
+    /// `AlreadyShutdown`; `Timeout` with what is still pending (it stays in the store). With
+    /// tracking off (`set_enabled(false)`) it stops at once and returns `Ok`: pending events are
+    /// held on purpose, and the report counts them.
     pub fn shutdown(&self, budget: Duration) -> Result<FlushReport, ShutdownError> {
         let rx = self.begin_shutdown(budget)?;
         // The worker stops itself at the budget; the margin covers the final commit.
@@ -637,7 +639,9 @@ impl Client {
         }
         let report = self.report(budget);
         let pending = pending_of(&report.destinations);
-        if pending.iter().any(|(_, n)| *n > 0) {
+        // With tracking off, pending events are held on purpose (they stay in the store).
+        let held = !self.inner.shared.enabled.load(Ordering::Acquire);
+        if !held && pending.iter().any(|(_, n)| *n > 0) {
             return Err(ShutdownError::Timeout { budget, pending });
         }
         Ok(report)

@@ -43,6 +43,54 @@
 //! - **Store**: the outbox ([`store`]). Every accepted event is appended there by the worker and
 //!   kept until each destination it was routed to has delivered or dead-lettered it.
 //!
+//! # App mode
+//!
+//! An app (desktop, mobile, CLI, game) has one current user, and the client keeps that user's
+//! state in the store, committed together with the events it causes, so it survives restarts:
+//!
+//! - **Identity**: an anonymous id (a lowercase UUID made on first use; Bloomreach's `cookie`)
+//!   and the hard ids given to an app-mode [`Identify`], which **replace** the stored ones. The
+//!   primary user id is the one `.primary(..)` or [`ClientBuilder::primary_id`] names (default:
+//!   the only id given). Every event carries a snapshot: later calls never change queued events.
+//! - **Sessions** ([`AppLifecycle`]): automatic ones follow [`Client::app_foreground`] /
+//!   [`Client::app_background`] with a timeout (60 s). A return within it continues the session;
+//!   a later one tracks `session_end` (with `duration`) at the session's last-seen time and
+//!   `session_start` for a new one. A session left open by a crash or kill is ended at its
+//!   last-seen time on the next start. Manual ones: [`Client::session_start`] /
+//!   [`Client::session_end`]. Every app-mode event in between carries the session id.
+//! - **`installation`** on the first run, **push tokens** ([`Client::track_push_token`], with a
+//!   [`TokenFrequency`]), **payments** ([`Client::track_payment`]), **[`Client::anonymize`]**
+//!   (sign-out: a new anonymous user, the push token moved over, optionally other destinations).
+//! - **Default properties** ([`ClientBuilder::default_properties`],
+//!   [`Client::set_default_properties`]): copied into each event at enqueue; the event's own
+//!   properties win over them, and fields trackway sets win over both.
+//! - **Consent**: [`Client::set_enabled`]`(false)` persists; nothing is queued or sent until it
+//!   is turned on again. [`Client::purge_queued`] empties the outbox; [`Client::erase_user`]
+//!   removes one person's queued events and dead letters.
+//!
+//! Server-mode calls (that name their user) never touch this state.
+//!
+//! ```
+//! use std::time::Duration;
+//! use trackway::{AppLifecycle, Client, Identify, Payment, PushToken, Screen, Track, props};
+//! # use trackway::{destination::InMemoryDestination, store::MemoryStore};
+//! let client = Client::builder()
+//!     .app("notes", "1.4.0")
+//!     .app_lifecycle(AppLifecycle::default()) // installation + automatic sessions
+//!     .default_properties(props! { "build" => "release" })
+//! #   .destination(InMemoryDestination::new("memory")).store(MemoryStore::new())
+//!     .build()?; // tracks `installation` on the first run, then `session_start`
+//!
+//! client.capture(Screen::new("Notes"))?;
+//! client.capture(Identify::new().id("registered", "jane@example.com").property("plan", "pro"))?;
+//! client.track_push_token(PushToken::fcm("token-from-firebase"))?;
+//! client.track_payment(Payment::new(4.99, "EUR").product_id("pro_monthly"))?;
+//! client.app_background()?; // from your lifecycle hook; app_foreground() when it returns
+//! client.anonymize(trackway::Anonymize::new())?; // on sign-out
+//! client.shutdown(Duration::from_secs(5))?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Threads, runtimes and async
 //!
 //! The worker runs on its own thread with its own single-threaded tokio runtime. Calls never

@@ -152,7 +152,9 @@ impl Worker {
             self.dispatch();
             self.answer_flushes();
             if let Some((deadline, _)) = &self.shutdown {
-                let done = self.lanes.iter().all(Lane::is_idle) && self.shared.queue.len() == 0;
+                // With tracking off nothing will be sent: what is stored stays for a later run.
+                let held = !self.shared.enabled.load(Ordering::Acquire);
+                let done = (held || self.lanes.iter().all(Lane::is_idle)) && self.shared.queue.len() == 0;
                 if done || Instant::now() >= *deadline {
                     break;
                 }
