@@ -190,7 +190,10 @@ impl ClientBuilder {
     }
 
     /// A hook run on the caller's thread before an event is validated and queued: it may change
-    /// the event, or return `false` to drop it (counted as `filtered`).
+    /// the event, or return `false` to drop it (counted as `filtered`). It may track events
+    /// itself, but must not call the lifecycle methods (`app_foreground`, `app_background`,
+    /// `session_start`, `session_end`, `anonymize`, `track_push_token`): they may be what is
+    /// running the hook, and wait for it.
     pub fn before_send(mut self, hook: impl Fn(&mut Event) -> bool + Send + Sync + 'static) -> Self {
         self.before_send = Some(Arc::new(hook));
         self
