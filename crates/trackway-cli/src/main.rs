@@ -1,5 +1,5 @@
-//! The `trackway` command line: the local collector, sending one event, importing a file of
-//! events, and inspecting the durable outbox.
+//! The `trackway` command line: the demo, the local collector, sending one event, importing a
+//! file of events, and inspecting the durable outbox.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod collector;
 mod config;
+mod demo;
 mod import;
 mod outbox;
 mod send;
@@ -26,6 +27,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start the collector, send a realistic app session through the SDK to every destination
+    /// (pointed at the collector), print what each received and the live page's URL.
+    Demo(demo::DemoArgs),
     /// Run the local collector: it accepts events on any path, answers 200 (or an injected fault)
     /// and prints one line per request until interrupted (Ctrl-C).
     Collector(collector::CollectorArgs),
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = cli.config.as_deref();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(&args),
         Command::Collector(args) => collector::run(args).map(|()| Outcome::Ok),
         Command::Send(args) => send::run(config, args),
         Command::Import(args) => import::run(config, args),
