@@ -151,6 +151,7 @@ function rowFor(entry, fresh) {
     class: 'row' + (fresh ? ' fresh' : '') + (state.open.has(entry.key) ? ' open' : ''),
     'data-key': entry.key,
     'data-name': (e && e.name) || '',
+    'data-failed': r.status < 200 || r.status >= 300 ? '' : null,
   },
   el('td', { class: 'time', text: formatTime(r.at_ms), title: new Date(r.at_ms).toISOString() }),
   el('td', {}, el('span', { class: 'badge d-' + r.destination, text: r.destination })),
@@ -259,7 +260,7 @@ function prependRows(fresh) {
 function updateShown() {
   const rows = $('rows').querySelectorAll('tr.row').length;
   const total = state.entries.length;
-  $('shown').textContent = total === 0 ? '' : rows === total ? rows + ' events' : 'showing ' + rows + ' of ' + total + ' events';
+  $('shown').textContent = total === 0 ? '' : rows === total ? rows + ' rows' : 'showing ' + rows + ' of ' + total + ' rows';
   $('empty').hidden = total !== 0;
 }
 
