@@ -13,6 +13,8 @@ use trackway_collector::{Collector, Faults};
 
 /// The HTTP API of a running collector, shown by `trackway collector --help`.
 pub(crate) const COLLECTOR_API_HELP: &str = "\
+Open the printed URL in a browser for the live page: requests as they arrive, counters, faults.
+
 HTTP API (never recorded, never faulted):
   GET    /_trackway/api/stats     counters, events per path, requests per status
   GET    /_trackway/api/requests  the recorded requests

@@ -6,7 +6,7 @@
 //!
 //! | table | one row per |
 //! |---|---|
-//! | `requests(id, received_at_ms, method, path, query, headers, status, body)` | request; `headers` is a JSON array of `[name, value]` pairs |
+//! | `requests(id, received_at_ms, method, path, query, headers, status, body, answer_headers, answer_body)` | request and the collector's answer; headers are JSON arrays of `[name, value]` pairs |
 //! | `events(request_id, idx, path, message_id, type, name, user_id, event)` | event decoded from a request body; `event` is its JSON |
 //!
 //! Credentials never reach the file: the values of `authorization`, `proxy-authorization`,
@@ -36,7 +36,9 @@ CREATE TABLE IF NOT EXISTS requests (
     query TEXT,
     headers TEXT NOT NULL,
     status INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    answer_headers TEXT,
+    answer_body BLOB
 );
 CREATE TABLE IF NOT EXISTS events (
     request_id INTEGER NOT NULL REFERENCES requests(id),
@@ -80,6 +82,7 @@ impl Archive {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(what)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(what)?;
         conn.execute_batch(SCHEMA).map_err(what)?;
+        add_answer_columns(&conn).map_err(what)?;
         let earlier = load(&conn).map_err(what)?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -126,8 +129,9 @@ fn write(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut insert_request = tx.prepare_cached(
-            "INSERT INTO requests (received_at_ms, method, path, query, headers, status, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO requests (received_at_ms, method, path, query, headers, status, body, answer_headers,
+                                   answer_body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
         let mut insert_event = tx.prepare_cached(
             "INSERT INTO events (request_id, idx, path, message_id, type, name, user_id, event)
@@ -147,6 +151,8 @@ fn write(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
                 serde_json::to_string(&headers).unwrap_or_default(),
                 request.status,
                 request.body.as_ref(),
+                serde_json::to_string(&request.answer_headers).unwrap_or_default(),
+                request.answer_body.as_ref(),
             ])?;
             let request_id = tx.last_insert_rowid();
             let Some(body) = request.json() else { continue };
@@ -171,12 +177,17 @@ fn write(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
 
 /// The requests of earlier runs, oldest first.
 fn load(conn: &Connection) -> rusqlite::Result<Vec<(RecordedRequest, u64)>> {
-    let mut stmt =
-        conn.prepare("SELECT received_at_ms, method, path, query, headers, status, body FROM requests ORDER BY id")?;
+    let mut stmt = conn.prepare(
+        "SELECT received_at_ms, method, path, query, headers, status, body, answer_headers, answer_body
+         FROM requests ORDER BY id",
+    )?;
     let rows = stmt.query_map([], |row| {
         let received_at_ms: i64 = row.get(0)?;
         let headers: String = row.get(4)?;
         let body: Vec<u8> = row.get(6)?;
+        // NULL in files written before the answer was kept.
+        let answer_headers: Option<String> = row.get(7)?;
+        let answer_body: Option<Vec<u8>> = row.get(8)?;
         let request = RecordedRequest {
             method: row.get(1)?,
             path: row.get(2)?,
@@ -186,14 +197,28 @@ fn load(conn: &Connection) -> rusqlite::Result<Vec<(RecordedRequest, u64)>> {
             // Replaced by the caller, who knows how long ago that was.
             received_at: Instant::now(),
             status: row.get(5)?,
+            answer_headers: answer_headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
+            answer_body: answer_body.map(Bytes::from).unwrap_or_default(),
         };
         Ok((request, u64::try_from(received_at_ms).unwrap_or(0)))
     })?;
     rows.collect()
 }
 
+/// Adds the answer columns to a file written before the collector kept its answers.
+fn add_answer_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('requests')")?;
+    let columns: Vec<String> = stmt.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?;
+    for (column, kind) in [("answer_headers", "TEXT"), ("answer_body", "BLOB")] {
+        if !columns.iter().any(|c| c == column) {
+            conn.execute_batch(&format!("ALTER TABLE requests ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether a header carries a credential, by its (lower-case) name.
-fn is_credential(name: &str) -> bool {
+pub(crate) fn is_credential(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     matches!(name.as_str(), "authorization" | "proxy-authorization" | "cookie")
         || ["key", "token", "secret"].iter().any(|w| name.contains(w))
@@ -218,6 +243,8 @@ mod tests {
             body: Bytes::from_static(body),
             received_at: Instant::now(),
             status: 200,
+            answer_headers: vec![("content-type".into(), "application/json".into())],
+            answer_body: Bytes::from_static(b"{}"),
         }
     }
 
@@ -255,6 +282,8 @@ mod tests {
         assert_eq!(earlier[0].0.header("authorization"), Some(REDACTED));
         assert_eq!(earlier[0].0.header("content-type"), Some("json"));
         assert_eq!(earlier[1].0.body_str(), "not json");
+        assert_eq!(earlier[0].0.answer_body, Bytes::from_static(b"{}"));
+        assert_eq!(earlier[0].0.answer_headers, [("content-type".to_owned(), "application/json".to_owned())]);
         archive.close();
     }
 

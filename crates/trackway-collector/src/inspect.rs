@@ -7,7 +7,8 @@
 //!
 //! - `GET /_trackway/api/stats`: the counters, plus `events_by_path` and `statuses` (requests
 //!   per answered status; 0 is a connection closed without an answer).
-//! - `GET /_trackway/api/requests`: the recorded requests.
+//! - `GET /_trackway/api/requests`: the recorded requests, each with its `destination` (see
+//!   [`destination`]) and the collector's `answer` (status, headers, body).
 //! - `GET /_trackway/api/events?user=&name=&type=&path=&status=&limit=`: the events decoded
 //!   from the recorded request bodies, oldest first.
 //! - `GET`, `PUT`, `DELETE /_trackway/api/faults`: read, replace, clear the [`Faults`].
@@ -191,6 +192,7 @@ fn events(shared: &Shared, filter: &EventFilter) -> Vec<Value> {
                 break 'requests;
             }
             found.push(json!({
+                "destination": destination(&request.path),
                 "path": request.path,
                 "received_at_ms": shared.unix_ms(request.received_at),
                 "status": request.status,
@@ -238,13 +240,28 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 
 fn request_json(request: &RecordedRequest) -> Value {
     json!({
+        "destination": destination(&request.path),
         "method": request.method,
         "path": request.path,
         "query": request.query,
         "status": request.status,
         "headers": request.headers,
         "body": request.body_str(),
+        "answer": {
+            "status": request.status,
+            "headers": request.answer_headers,
+            "body": String::from_utf8_lossy(&request.answer_body),
+        },
     })
+}
+
+/// Which destination a request to `path` was meant for, by the path alone: `umami` for Umami's
+/// `/api/send` and `/api/batch`, `json` (trackway's generic JSON destination) for the rest.
+pub(crate) fn destination(path: &str) -> &'static str {
+    match path {
+        "/api/send" | "/api/batch" => "umami",
+        _ => "json",
+    }
 }
 
 fn respond(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {

@@ -7,7 +7,10 @@
 //!    `Retry-After`, slow answers, dropped connections) in a known order.
 //! 2. **Sink** for benchmarks ([`CollectorBuilder::sink`]): it only counts requests, events and
 //!    bytes, in constant memory, and answers at once.
-//! 3. Later, a developer tool with a live web page (not yet).
+//! 3. **Developer tool**: `GET /` is a live web page of the requests received (before the page
+//!    was opened and since), filterable by destination, user and event name, each expandable to
+//!    the exact request and the collector's answer, with per-destination counters and the faults
+//!    currently injected (which it can change). The page is compiled into the binary.
 //!
 //! The server runs on its own OS thread with its own tokio runtime, so a test that blocks (even
 //! inside `#[tokio::test]`) can never stall it. Dropping the [`RunningCollector`] stops it.
@@ -47,6 +50,7 @@ mod archive;
 mod builder;
 mod faults;
 mod inspect;
+mod live;
 mod recorder;
 mod reply;
 mod server;

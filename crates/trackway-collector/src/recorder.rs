@@ -9,6 +9,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::watch;
 
 use crate::lock;
 use crate::sink::count_events;
@@ -30,6 +31,10 @@ pub struct RecordedRequest {
     pub received_at: Instant,
     /// The status the collector answered, or 0 if it closed the connection instead.
     pub status: u16,
+    /// The headers of the collector's answer (empty if it closed the connection).
+    pub answer_headers: Vec<(String, String)>,
+    /// The body of the collector's answer (empty if it closed the connection).
+    pub answer_body: Bytes,
 }
 
 impl RecordedRequest {
@@ -65,12 +70,16 @@ pub struct SinkStats {
 /// Shared between the server thread (which writes) and the [`RunningCollector`] (which reads).
 ///
 /// [`RunningCollector`]: crate::RunningCollector
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Recorder {
     /// The request count lives under the same lock as the requests, so a waiter woken for `n`
     /// requests always finds `n` of them in `requests()`.
     log: Mutex<Log>,
     arrived: Condvar,
+    /// The number of kept requests, for async watchers (the live page's stream): a watch
+    /// rather than a broadcast of the requests, because a watcher that falls behind then
+    /// reads what it missed from `log` instead of losing it.
+    kept: watch::Sender<u64>,
     // These three are only read as a snapshot, so relaxed atomics are enough (and keep the sink
     // path down to one short lock per request).
     events: AtomicU64,
@@ -93,6 +102,19 @@ struct Log {
 pub(crate) struct Breakdown {
     pub(crate) events_by_path: BTreeMap<String, u64>,
     pub(crate) statuses: BTreeMap<u16, u64>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            log: Mutex::default(),
+            arrived: Condvar::new(),
+            kept: watch::Sender::new(0),
+            events: AtomicU64::default(),
+            bytes: AtomicU64::default(),
+            json_errors: AtomicU64::default(),
+        }
+    }
 }
 
 impl Recorder {
@@ -119,9 +141,21 @@ impl Recorder {
             *log.statuses.entry(status).or_insert(0) += 1;
             if let Some(request) = request {
                 log.requests.push(request);
+                // Under the lock, so watchers see the counts in the order the requests arrived.
+                self.kept.send_replace(log.requests.len() as u64);
             }
         }
         self.arrived.notify_all();
+    }
+
+    /// The kept requests from index `from` on (a request's index is its sequence number).
+    pub(crate) fn requests_since(&self, from: usize) -> Vec<RecordedRequest> {
+        lock(&self.log).requests.get(from..).map(<[_]>::to_vec).unwrap_or_default()
+    }
+
+    /// A receiver woken whenever a request is kept; its value is the number of kept requests.
+    pub(crate) fn watch_kept(&self) -> watch::Receiver<u64> {
+        self.kept.subscribe()
     }
 
     pub(crate) fn requests(&self) -> Vec<RecordedRequest> {
@@ -184,6 +218,8 @@ mod tests {
             body: Bytes::from_static(b"{\"a\":1}"),
             received_at: Instant::now(),
             status: 200,
+            answer_headers: Vec::new(),
+            answer_body: Bytes::new(),
         };
         assert_eq!(request.header("Content-Type"), Some("application/json"));
         assert_eq!(request.header("x"), None);

@@ -119,6 +119,23 @@ impl Reply {
         if self.close { 0 } else { self.status.as_u16() }
     }
 
+    /// The headers recorded for a request answered with this reply (none for a closed
+    /// connection), as [`RecordedRequest::answer_headers`](crate::RecordedRequest::answer_headers).
+    pub(crate) fn recorded_headers(&self) -> Vec<(String, String)> {
+        if self.close {
+            return Vec::new();
+        }
+        self.headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .collect()
+    }
+
+    /// The body recorded for a request answered with this reply (empty for a closed connection).
+    pub(crate) fn recorded_body(&self) -> Bytes {
+        if self.close { Bytes::new() } else { self.body.clone() }
+    }
+
     /// Waits the delay, then builds the response, or `Err` to make hyper drop the connection.
     pub(crate) async fn respond(&self) -> Result<Response<Full<Bytes>>, CloseConnection> {
         if !self.delay.is_zero() {

@@ -22,6 +22,7 @@ use crate::archive::{Archive, instant_before};
 use crate::builder::CollectorBuilder;
 use crate::faults::{FaultState, Faults, InvalidFaults};
 use crate::inspect;
+use crate::live;
 use crate::recorder::{RecordedRequest, Recorder, SinkStats};
 use crate::reply::{CloseConnection, Reply, Rule};
 use crate::{lock, url_for};
@@ -29,7 +30,7 @@ use crate::{lock, url_for};
 /// State shared between the server thread and the [`RunningCollector`] handle.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    sink: bool,
+    pub(crate) sink: bool,
     rules: Vec<Rule>,
     script: Mutex<VecDeque<Reply>>,
     default_reply: Mutex<Reply>,
@@ -313,7 +314,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: onesh
 async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     // Small request/response exchanges: don't let Nagle hold back the answers.
     let _ = stream.set_nodelay(true);
-    let service = service_fn(move |request| handle(Arc::clone(&shared), request));
+    // The live page and its stream first (they answer streaming bodies), then everything else.
+    let service = service_fn(move |request| live::route(Arc::clone(&shared), request, handle));
     let served = http1::Builder::new()
         .timer(TokioTimer::new())
         .keep_alive(true)
@@ -371,6 +373,8 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
             body: body.clone(),
             received_at,
             status: reply.recorded_status(),
+            answer_headers: reply.recorded_headers(),
+            answer_body: reply.recorded_body(),
         };
         // Recorded before the delay and before closing, so a test waiting for the request sees
         // it even if the client gives up.
