@@ -165,7 +165,8 @@ fn summary(e: &Value) -> String {
     let name = e["name"].as_str().or_else(|| e["page"]["url"].as_str()).unwrap_or("");
     let identity = &e["identity"];
     let user = identity["user_id"].as_str().or_else(|| identity["anonymous_id"].as_str()).unwrap_or("");
-    let session = e["session_id"].as_str().map(|s| format!(" session={}", &s[s.len().saturating_sub(8)..])).unwrap_or_default();
+    let session =
+        e["session_id"].as_str().map(|s| format!(" session={}", &s[s.len().saturating_sub(8)..])).unwrap_or_default();
     format!("{kind:<9} {name:<20} user={user}{session}")
 }
 
