@@ -266,6 +266,7 @@ impl Worker {
             }
         }
         self.shared.queue.release(&mut taken);
+        let state = last_change_per_key(state);
         let mut lost: Option<String> = None;
         if !events.is_empty() || !state.is_empty() {
             match self.store.append(&events, &state) {
@@ -588,6 +589,19 @@ enum Dropped {
     StoreError,
 }
 
+/// Keeps only the last change of each key (app-mode events each move the session's last-seen
+/// time: a burst would otherwise write the same key once per event), in the order of those last
+/// changes.
+fn last_change_per_key(changes: Vec<crate::store::StateChange>) -> Vec<crate::store::StateChange> {
+    if changes.len() < 2 {
+        return changes;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<_> = changes.into_iter().rev().filter(|c| seen.insert(c.key.clone())).collect();
+    kept.reverse();
+    kept
+}
+
 /// Store keys of a destination's state.
 fn state_prefix(name: &str) -> String {
     format!("dest/{name}/")
@@ -624,4 +638,20 @@ async fn execute(http: &reqwest::Client, request: Request) -> Answer {
     let mut out = Response::new(status.as_u16(), Bytes::from(body));
     out.headers = headers;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_change_per_key;
+    use crate::store::StateChange;
+
+    fn change(key: &str, value: &str) -> StateChange {
+        StateChange { key: key.into(), value: Some(value.as_bytes().to_vec()) }
+    }
+
+    #[test]
+    fn only_the_last_change_of_each_key_is_written() {
+        let kept = last_change_per_key(vec![change("a", "1"), change("b", "1"), change("a", "2"), change("c", "1")]);
+        assert_eq!(kept, vec![change("b", "1"), change("a", "2"), change("c", "1")]);
+    }
 }
