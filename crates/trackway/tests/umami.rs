@@ -1,0 +1,1 @@
+//! Umami destination against the loopback collector.
