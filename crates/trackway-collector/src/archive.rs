@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rusqlite::{Connection, params};
 
-use crate::inspect::events_in;
 use crate::lock;
 use crate::recorder::RecordedRequest;
 
@@ -150,7 +149,7 @@ fn write(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
             ])?;
             let request_id = tx.last_insert_rowid();
             let Some(body) = request.json() else { continue };
-            for (idx, event) in events_in(body).iter().enumerate() {
+            for (idx, event) in crate::backends::decode(&request.path, body).iter().enumerate() {
                 let text =
                     |pointers: &[&str]| pointers.iter().find_map(|p| event.pointer(p)?.as_str().map(str::to_owned));
                 insert_event.execute(params![
@@ -160,7 +159,7 @@ fn write(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
                     text(&["/id", "/messageId", "/message_id"]),
                     text(&["/type"]),
                     text(&["/name", "/event"]),
-                    text(&["/identity/user_id", "/userId", "/identity/anonymous_id", "/anonymousId"]),
+                    text(&["/identity/user_id", "/userId", "/identity/anonymous_id", "/anonymousId", "/user"]),
                     event.to_string(),
                 ])?;
             }
@@ -186,7 +185,9 @@ fn load(conn: &Connection) -> rusqlite::Result<Vec<(RecordedRequest, u64)>> {
             // Replaced by the caller, who knows how long ago that was.
             received_at: Instant::now(),
             status: row.get(5)?,
+            destination: String::new(),
         };
+        let request = RecordedRequest { destination: crate::backends::label(&request.path).to_owned(), ..request };
         Ok((request, u64::try_from(received_at_ms).unwrap_or(0)))
     })?;
     rows.collect()
@@ -218,6 +219,7 @@ mod tests {
             body: Bytes::from_static(body),
             received_at: Instant::now(),
             status: 200,
+            destination: crate::backends::label(path).to_owned(),
         }
     }
 

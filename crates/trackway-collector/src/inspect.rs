@@ -8,8 +8,10 @@
 //! - `GET /_trackway/api/stats`: the counters, plus `events_by_path` and `statuses` (requests
 //!   per answered status; 0 is a connection closed without an answer).
 //! - `GET /_trackway/api/requests`: the recorded requests.
-//! - `GET /_trackway/api/events?user=&name=&type=&path=&status=&limit=`: the events decoded
-//!   from the recorded request bodies, oldest first.
+//! - `GET /_trackway/api/events?user=&name=&type=&path=&status=&destination=&limit=`: the events
+//!   decoded from the recorded request bodies, oldest first, each with the `destination` its
+//!   request was for (`umami` for Umami's paths, `json` otherwise). Umami events are shown as
+//!   `{type: pageview|event|identify, name, url, title, user, data, payload}`.
 //! - `GET`, `PUT`, `DELETE /_trackway/api/faults`: read, replace, clear the [`Faults`].
 
 use bytes::Bytes;
@@ -120,6 +122,8 @@ struct EventFilter {
     path: Option<String>,
     /// The status the request was answered.
     status: Option<u16>,
+    /// The destination the request was for (`umami`, `json`).
+    destination: Option<String>,
     limit: usize,
 }
 
@@ -134,12 +138,15 @@ impl EventFilter {
                 "name" => filter.name = Some(value),
                 "type" => filter.kind = Some(value),
                 "path" => filter.path = Some(value),
+                "destination" => filter.destination = Some(value),
                 "status" => {
                     filter.status = Some(value.parse().map_err(|_| format!("status: {value:?} is not a status code"))?);
                 }
                 "limit" => filter.limit = value.parse().map_err(|_| format!("limit: {value:?} is not a count"))?,
                 other => {
-                    return Err(format!("unknown parameter {other:?} (known: user, name, type, path, status, limit)"));
+                    return Err(format!(
+                        "unknown parameter {other:?} (known: user, name, type, path, status, destination, limit)"
+                    ));
                 }
             }
         }
@@ -147,13 +154,16 @@ impl EventFilter {
     }
 
     fn matches_request(&self, request: &RecordedRequest) -> bool {
-        self.path.as_ref().is_none_or(|p| *p == request.path) && self.status.is_none_or(|s| s == request.status)
+        self.path.as_ref().is_none_or(|p| *p == request.path)
+            && self.status.is_none_or(|s| s == request.status)
+            && self.destination.as_ref().is_none_or(|d| *d == request.destination)
     }
 
     fn matches_event(&self, event: &Value) -> bool {
         let field = |names: &[&str]| -> Vec<&str> { names.iter().filter_map(|n| event.pointer(n)?.as_str()).collect() };
         let user_ok = self.user.as_ref().is_none_or(|u| {
-            field(&["/identity/user_id", "/identity/anonymous_id", "/userId", "/anonymousId"]).contains(&u.as_str())
+            field(&["/identity/user_id", "/identity/anonymous_id", "/userId", "/anonymousId", "/user"])
+                .contains(&u.as_str())
         });
         let name_ok = self.name.as_ref().is_none_or(|n| field(&["/name", "/event"]).contains(&n.as_str()));
         let kind_ok = self.kind.as_ref().is_none_or(|t| event.get("type").and_then(Value::as_str) == Some(t));
@@ -185,13 +195,15 @@ fn events(shared: &Shared, filter: &EventFilter) -> Vec<Value> {
     let mut found = Vec::new();
     'requests: for request in requests.iter().rev().filter(|r| filter.matches_request(r)) {
         let Some(body) = request.json() else { continue };
-        let mut in_request: Vec<Value> = events_in(body).into_iter().filter(|e| filter.matches_event(e)).collect();
+        let mut in_request: Vec<Value> =
+            crate::backends::decode(&request.path, body).into_iter().filter(|e| filter.matches_event(e)).collect();
         while let Some(event) = in_request.pop() {
             if found.len() >= filter.limit {
                 break 'requests;
             }
             found.push(json!({
                 "path": request.path,
+                "destination": request.destination,
                 "received_at_ms": shared.unix_ms(request.received_at),
                 "status": request.status,
                 "event": event,
@@ -240,6 +252,7 @@ fn request_json(request: &RecordedRequest) -> Value {
     json!({
         "method": request.method,
         "path": request.path,
+        "destination": request.destination,
         "query": request.query,
         "status": request.status,
         "headers": request.headers,
@@ -279,6 +292,7 @@ mod tests {
                 kind: Some("track".into()),
                 path: Some("/events".into()),
                 status: Some(200),
+                destination: None,
                 limit: 5,
             }
         );

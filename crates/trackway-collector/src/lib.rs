@@ -9,6 +9,11 @@
 //!    bytes, in constant memory, and answers at once.
 //! 3. Later, a developer tool with a live web page (not yet).
 //!
+//! On the real servers' own paths it answers as those servers do: `POST /api/send` and
+//! `POST /api/batch` as Umami v3.1 (validation, status codes, bodies, bot check, cache token),
+//! or as an Umami v2 server up to 2.15 with [`CollectorBuilder::umami_mode`]. Every recorded
+//! request and decoded event carries the `destination` it was for (`umami` or `json`).
+//!
 //! The server runs on its own OS thread with its own tokio runtime, so a test that blocks (even
 //! inside `#[tokio::test]`) can never stall it. Dropping the [`RunningCollector`] stops it.
 //!
@@ -24,8 +29,8 @@
 //! Paths under `/_trackway/` are reserved for the collector's own API and are never recorded
 //! nor faulted: `GET /_trackway/api/stats` answers the [`SinkStats`] as JSON (plus events per
 //! path and requests per status), `GET /_trackway/api/requests` the recorded requests,
-//! `GET /_trackway/api/events?user=&name=&type=&path=&status=&limit=` the events decoded from
-//! their bodies, and `GET`/`PUT`/`DELETE /_trackway/api/faults` read, replace and clear the
+//! `GET /_trackway/api/events?user=&name=&type=&path=&status=&destination=&limit=` the events
+//! decoded from their bodies, and `GET`/`PUT`/`DELETE /_trackway/api/faults` read, replace and clear the
 //! faults.
 //!
 //! ```
@@ -44,6 +49,7 @@
 //! ```
 
 mod archive;
+mod backends;
 mod builder;
 mod faults;
 mod inspect;
@@ -52,6 +58,7 @@ mod reply;
 mod server;
 mod sink;
 
+pub use backends::UmamiMode;
 pub use builder::{CollectorBuilder, ReservedCollector};
 pub use faults::{Faults, InvalidFaults};
 pub use recorder::{RecordedRequest, SinkStats};

@@ -30,6 +30,9 @@ pub struct RecordedRequest {
     pub received_at: Instant,
     /// The status the collector answered, or 0 if it closed the connection instead.
     pub status: u16,
+    /// The destination the request was for, by its path: `umami` for `/api/send` and
+    /// `/api/batch`, `json` (trackway's own JSON destination) for the rest.
+    pub destination: String,
 }
 
 impl RecordedRequest {
@@ -184,6 +187,7 @@ mod tests {
             body: Bytes::from_static(b"{\"a\":1}"),
             received_at: Instant::now(),
             status: 200,
+            destination: "json".into(),
         };
         assert_eq!(request.header("Content-Type"), Some("application/json"));
         assert_eq!(request.header("x"), None);
