@@ -162,7 +162,8 @@ pub(crate) struct Destination {
 /// The configured destination itself (the builder takes each type by value).
 enum Kind {
     Json(JsonHttp),
-    Umami(Umami),
+    // Boxed: an Umami destination carries its token LRU and is several times a JsonHttp.
+    Umami(Box<Umami>),
 }
 
 impl Destination {
@@ -275,7 +276,7 @@ impl Config {
                 http = http.header(header.clone(), value);
             }
             let destination = if d.kind == "umami" {
-                Kind::Umami(d.umami())
+                Kind::Umami(Box::new(d.umami()))
             } else {
                 let mut json = JsonHttp::new(d.url.clone().unwrap_or_default()).name(d.name.clone());
                 if let Some(n) = d.batch_size {
@@ -294,7 +295,7 @@ pub(crate) fn with_destinations(mut builder: ClientBuilder, destinations: Vec<De
     for d in destinations {
         builder = match d.destination {
             Kind::Json(json) => builder.destination_with(json, d.http),
-            Kind::Umami(umami) => builder.destination_with(umami, d.http),
+            Kind::Umami(umami) => builder.destination_with(*umami, d.http),
         };
     }
     builder

@@ -99,15 +99,15 @@ pub(super) fn classify(dest: &Umami, request: &Request, response: &Response) -> 
     let n = request.items.len();
     let mut out =
         if request.url.ends_with("/api/batch") { batch(n, response) } else { send(dest, request, n, response) };
-    if let Some(token) = out.1 {
-        if let Some(key) = request_key(request) {
-            let mut lru = dest.lru.lock().unwrap_or_else(|e| e.into_inner());
-            lru.touch(&key);
-            for gone in lru.evict(dest.cache_capacity) {
-                out.0.state.push((gone, None));
-            }
-            out.0.state.push((key, Some(token.into_bytes())));
+    if let Some(token) = out.1
+        && let Some(key) = request_key(request)
+    {
+        let mut lru = dest.lru.lock().unwrap_or_else(|e| e.into_inner());
+        lru.touch(&key);
+        for gone in lru.evict(dest.cache_capacity) {
+            out.0.state.push((gone, None));
         }
+        out.0.state.push((key, Some(token.into_bytes())));
     }
     out.0
 }

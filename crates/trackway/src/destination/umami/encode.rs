@@ -93,7 +93,7 @@ impl Serialize for DataValue<'_> {
                 if let Some(date) = as_umami_date(text) {
                     return s.serialize_str(&date);
                 }
-                s.serialize_str(&self.truncate(text))
+                s.serialize_str(self.truncate(text))
             }
             Value::Array(items) => {
                 let mut seq = s.serialize_seq(None)?;
