@@ -1,9 +1,9 @@
 //! The Umami destination: page views, custom events and `identify` for Umami v2.x and v3.x
 //! servers (self-hosted or Umami Cloud), byte-compatible with what the official clients send.
 //!
-//! The module is split by concern: this file holds the configuration and its checks,
-//! [`encode`] turns stored events into `/api/batch` or `/api/send` requests, and [`classify`]
-//! reads the answers (per-item `details`, cache tokens, the fallback to `/api/send`).
+//! The module is split by concern: this file holds the configuration and its checks, `encode`
+//! turns stored events into `/api/batch` or `/api/send` requests, and `classify` reads the
+//! answers (per-item `details`, cache tokens, the fallback to `/api/send`).
 //!
 //! # Mapping
 //!
@@ -170,7 +170,7 @@ impl Umami {
     }
 
     /// The `User-Agent` header when an event carries none. It must pass Umami's bot check (see
-    /// [`is_bot_user_agent`](trackway_wire::umami::is_bot_user_agent)), or `build()` fails:
+    /// [`is_bot_user_agent`]), or `build()` fails:
     /// `/api/batch` drops a bot's events without saying so. Default:
     /// `Mozilla/5.0 (<OS>; <arch>) <app>/<version>`, with the client's `app(..)` name and version
     /// (else `trackway/<version>`).
