@@ -33,6 +33,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // umami.event(name = "purchase-completed", data = mapOf("plan" to "premium", "price" to 49.99))
     // Numbers stay numbers (umami-kotlin sends them as strings).
     client.capture(Track::new("purchase-completed").property("plan", "premium").property("price", 49.99))?;
+    // Sent now: the server's answer carries a cache token, which the next requests of this
+    // (anonymous) visitor would carry; identify starts a new identity with a token of its own.
+    client.flush(Duration::from_secs(10))?;
     // umami.identify(data = mapOf("account_type" to "pro_user")), with a distinct id: every later
     // event carries it.
     client.capture(Identify::new().id("registered", "user-123").property("account_type", "pro_user"))?;
