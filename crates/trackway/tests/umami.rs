@@ -289,3 +289,39 @@ fn the_collector_shows_umami_events_with_their_destination() {
         assert_eq!(none, json!([]));
     });
 }
+
+#[test]
+fn long_titles_are_truncated_sent_and_counted_once() {
+    watchdog(LIMIT, || {
+        // The first attempt fails: the retry encodes the event again but is not counted again.
+        let collector = Collector::builder().script([Reply::status(503)]).start().expect("collector");
+        let client = fast_builder().destination(umami(&collector)).build().expect("client");
+        client.page("u1", Page::new("/long").title("😀".repeat(300))).expect("page");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let sent = payloads(&collector.requests());
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[1]["title"].as_str().map(|t| t.chars().count()), Some(250), "500 UTF-16 units");
+        let stats = client.stats();
+        let s = stats.destination("umami").expect("stats");
+        assert_eq!((s.delivered, s.truncated), (1, 1));
+    });
+}
+
+#[test]
+fn server_mode_sends_each_visitors_ip_and_user_agent() {
+    watchdog(LIMIT, || {
+        let collector = Collector::start().expect("collector");
+        let client = fast_builder().destination(umami(&collector)).build().expect("client");
+        let visitor = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36";
+        client.capture(Track::new("a").user("u1").ip("203.0.113.7").user_agent(visitor)).expect("track");
+        client.capture(Track::new("b").user("u2").ip("203.0.113.8").user_agent("curl/8.0.1")).expect("track");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let requests = collector.requests();
+        assert_eq!(requests.len(), 1, "the bot's event is never sent: {requests:?}");
+        assert_eq!(requests[0].header("user-agent"), Some(visitor));
+        assert_eq!(payloads(&requests)[0]["ip"], "203.0.113.7");
+        let letters = client.dead_letters(10).expect("dead letters");
+        assert_eq!(letters.len(), 1);
+        assert!(letters[0].detail.contains("bot check"), "{}", letters[0].detail);
+    });
+}

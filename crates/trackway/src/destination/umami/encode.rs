@@ -149,11 +149,14 @@ pub(super) fn default_user_agent(context: &Context) -> String {
         other => format!("{other}; {arch}"),
     };
     let token = |s: &str| s.chars().map(|c| if c.is_ascii_graphic() && c != '/' { c } else { '-' }).collect::<String>();
-    match (&context.app_name, &context.app_version) {
+    let fallback = || format!("Mozilla/5.0 ({os}) trackway/{}", env!("CARGO_PKG_VERSION"));
+    let ua = match (&context.app_name, &context.app_version) {
         (Some(name), Some(version)) => format!("Mozilla/5.0 ({os}) {}/{}", token(name), token(version)),
         (Some(name), None) => format!("Mozilla/5.0 ({os}) {}/0", token(name)),
-        _ => format!("Mozilla/5.0 ({os}) trackway/{}", env!("CARGO_PKG_VERSION")),
-    }
+        _ => fallback(),
+    };
+    // An app called, say, "chatbot" would trip the bot check and lose every event in silence.
+    if is_bot_user_agent(&ua) { fallback() } else { ua }
 }
 
 /// `url` as a path (v2 ≤ 2.15 split on `?` only, so a path works everywhere), and the host of an
@@ -312,16 +315,18 @@ pub(super) fn encode(dest: &Umami, events: &[EventRecord], state: &DestinationSt
         }
     }
 
-    // Runs of one identity: a request never mixes two (they would share headers and token).
-    let mut start = 0;
-    while start < hits.len() {
-        let mut end = start + 1;
-        if !single {
-            while end < hits.len() && hits[end].1.key == hits[start].1.key {
-                end += 1;
-            }
+    // One request per identity (in order of first appearance, each identity's events in enqueue
+    // order): a request never mixes two, as they would share headers and token. On /api/send,
+    // one request per event.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (n, (_, hit)) in hits.iter().enumerate() {
+        match groups.iter_mut().find(|g| !single && hits[g[0]].1.key == hit.key) {
+            Some(group) => group.push(n),
+            None => groups.push(vec![n]),
         }
-        let run = &hits[start..end];
+    }
+    for group in groups {
+        let run: Vec<&(usize, Hit<'_>)> = group.iter().map(|&n| &hits[n]).collect();
         let items: Vec<usize> = run.iter().map(|(i, _)| *i).collect();
         let first = &run[0].1;
         let body = if single {
@@ -345,7 +350,6 @@ pub(super) fn encode(dest: &Umami, events: &[EventRecord], state: &DestinationSt
                 .rejected
                 .extend(items.into_iter().map(|i| (i, "the user agent is not a valid HTTP header value".to_owned()))),
         }
-        start = end;
     }
 
     out.truncated = truncated.get();
@@ -388,5 +392,7 @@ mod tests {
         assert!(ua.ends_with(") my-app/1.2.3"), "{ua}");
         assert!(!is_bot_user_agent(&ua), "{ua}");
         assert!(!is_bot_user_agent(&default_user_agent(&Context::default())));
+        let bot_named = Context { app_name: Some("chatbot".into()), ..Context::default() };
+        assert!(!is_bot_user_agent(&default_user_agent(&bot_named)), "falls back to trackway/<version>");
     }
 }

@@ -17,6 +17,9 @@
 //! Two reserved properties are lifted out of `data`: `$tag` (a string, sent as `tag`) and `$url`
 //! (the path a custom event or identify happened on). Without a URL the path `/` is sent.
 //!
+//! A per-event user agent (server mode's `.user_agent(..)`) that Umami's bot check would discard
+//! is dead-lettered at send time with that reason rather than sent to be dropped in silence.
+//!
 //! The distinct `id` is the event's primary user id (`identity.user_id`): set on every event once
 //! the user is identified, omitted while anonymous. Sending the anonymous id instead would make
 //! each install one endless Umami session that `identify` then splits.

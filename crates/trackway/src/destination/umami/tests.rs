@@ -207,11 +207,11 @@ fn a_request_never_mixes_identities_and_carries_its_identitys_token() {
     let key = cache_key(SITE, Some("user-123"), None, UA);
     let mut state = DestinationState::default();
     state.apply(&[(key, Some(b"tok-user".to_vec()))]);
-    let out = encode_at(&dest, &[anon.clone(), anon, known.clone(), known], &state, T0);
+    let out = encode_at(&dest, &[anon.clone(), known.clone(), anon, known], &state, T0);
     assert_eq!(out.requests.len(), 2);
-    assert_eq!(out.requests[0].items, vec![0, 1]);
+    assert_eq!(out.requests[0].items, vec![0, 2]);
     assert!(out.requests[0].headers.get("x-umami-cache").is_none());
-    assert_eq!(out.requests[1].items, vec![2, 3]);
+    assert_eq!(out.requests[1].items, vec![1, 3]);
     assert_eq!(out.requests[1].headers["x-umami-cache"], "tok-user");
 }
 
