@@ -174,7 +174,9 @@ fn split_url(url: &str) -> (String, Option<String>) {
             path.push('#');
             path.push_str(f);
         }
-        return (path, parsed.host_str().map(str::to_owned));
+        // A host the server would refuse as `hostname` (over 100 units) is left to the server.
+        let host = parsed.host_str().filter(|h| utf16_len(h) <= trackway_wire::umami::HOSTNAME_MAX);
+        return (path, host.map(str::to_owned));
     }
     if url.starts_with('/') { (url.to_owned(), None) } else { (format!("/{url}"), None) }
 }
@@ -310,7 +312,8 @@ pub(super) fn encode(dest: &Umami, events: &[EventRecord], state: &DestinationSt
     {
         let mut lru = dest.lru.lock().unwrap_or_else(|e| e.into_inner());
         lru.seed(state);
-        for (_, hit) in &hits {
+        // Only identities holding a token count against the bound.
+        for (_, hit) in hits.iter().filter(|(_, h)| state.get(&h.key).is_some()) {
             lru.touch(&hit.key);
         }
     }
