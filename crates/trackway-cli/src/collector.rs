@@ -18,7 +18,7 @@ Open the printed URL in a browser for the live page: requests as they arrive, co
 HTTP API (never recorded, never faulted):
   GET    /_trackway/api/stats     counters, events per path, requests per status
   GET    /_trackway/api/requests  the recorded requests
-  GET    /_trackway/api/events    events received; filters: ?user=ID&name=N&type=T&path=P&status=CODE&limit=L
+  GET    /_trackway/api/events    events received; filters: ?user=ID&name=N&type=T&path=P&status=CODE&destination=D&limit=L
   GET    /_trackway/api/faults    the current faults, as JSON
   PUT    /_trackway/api/faults    replace the faults, e.g. '{\"fail_every\":2,\"retry_after\":\"1\"}' (400 on bad JSON)
   DELETE /_trackway/api/faults    clear the faults
@@ -40,6 +40,10 @@ pub(crate) struct CollectorArgs {
     /// headers redacted); started again on the same file, the collector serves them too.
     #[arg(long, value_name = "FILE", conflicts_with = "sink")]
     store: Option<PathBuf>,
+    /// Which Umami release /api/send and /api/batch behave like: 3.1 (default), or 2.15 and
+    /// older (404 on /api/batch, a text/plain token on /api/send).
+    #[arg(long, value_name = "VERSION", default_value = "3.1")]
+    umami_version: trackway_collector::UmamiMode,
     #[command(flatten)]
     faults: FaultArgs,
 }
@@ -90,7 +94,7 @@ impl FaultArgs {
 /// Runs `trackway collector` until interrupted.
 pub(crate) fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let faults = args.faults.into_faults()?;
-    run_collector(&args.listen, args.sink, args.store, faults)
+    run_collector(&args.listen, args.sink, args.store, faults, args.umami_version)
 }
 
 /// `--listen`: a socket address, or a host name and port resolved to its first address.
@@ -102,10 +106,16 @@ fn parse_listen(listen: &str) -> anyhow::Result<SocketAddr> {
     listen.to_socket_addrs().with_context(invalid)?.next().with_context(invalid)
 }
 
-fn run_collector(listen: &str, sink: bool, store: Option<PathBuf>, faults: Faults) -> anyhow::Result<()> {
+fn run_collector(
+    listen: &str,
+    sink: bool,
+    store: Option<PathBuf>,
+    faults: Faults,
+    umami: trackway_collector::UmamiMode,
+) -> anyhow::Result<()> {
     let addr = parse_listen(listen)?;
     let active = faults.is_active();
-    let mut builder = Collector::builder().listen(addr).sink(sink).faults(faults);
+    let mut builder = Collector::builder().listen(addr).sink(sink).faults(faults).umami_mode(umami);
     if let Some(path) = &store {
         builder = builder.store(path);
     }
@@ -141,7 +151,16 @@ fn run_collector(listen: &str, sink: bool, store: Option<PathBuf>, faults: Fault
                 Some(_) => 1,
                 None => 0,
             };
-            writeln!(out, "{} {} -> {} ({} events, {} bytes)", r.method, r.path, r.status, events, r.body.len())?;
+            writeln!(
+                out,
+                "{} {} -> {} ({} events, {} bytes, {})",
+                r.method,
+                r.path,
+                r.status,
+                events,
+                r.body.len(),
+                r.destination
+            )?;
         }
         shown = requests.len();
         out.flush()?;

@@ -11,6 +11,14 @@
 //! batch_size = 100             # optional
 //! [destination.headers]        # values name environment variables holding the secrets
 //! Authorization = { env = "WAREHOUSE_TOKEN" }
+//!
+//! [[destination]]
+//! name = "umami"
+//! type = "umami"
+//! website_id = "b59e9c65-ae32-47f1-8400-119fcf4861c4"
+//! base_url = "https://analytics.example.com"  # optional, default https://cloud.umami.is
+//! hostname = "myapp.example"                  # optional, like language, screen ("WxH"), ip,
+//! language = "en-US"                          # user_agent and late_after_secs
 //! ```
 //!
 //! Secrets come only from environment variables; their values are never printed (errors name
@@ -22,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
-use trackway::destination::JsonHttp;
+use trackway::destination::{JsonHttp, Umami};
 use trackway::{ClientBuilder, HttpOptions};
 
 /// The parsed configuration file.
@@ -56,6 +64,63 @@ struct DestinationConfig {
     batch_size: Option<usize>,
     #[serde(default)]
     headers: BTreeMap<String, SecretRef>,
+    /// The fields of `type = "umami"` (refused on other types). Inline rather than a flattened
+    /// struct: serde's `flatten` does not work with `deny_unknown_fields`.
+    website_id: Option<String>,
+    base_url: Option<String>,
+    hostname: Option<String>,
+    language: Option<String>,
+    screen: Option<String>,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    late_after_secs: Option<u64>,
+}
+
+impl DestinationConfig {
+    /// The names of the Umami fields that are set.
+    fn umami_fields(&self) -> Vec<&'static str> {
+        let fields = [
+            ("website_id", self.website_id.is_some()),
+            ("base_url", self.base_url.is_some()),
+            ("hostname", self.hostname.is_some()),
+            ("language", self.language.is_some()),
+            ("screen", self.screen.is_some()),
+            ("ip", self.ip.is_some()),
+            ("user_agent", self.user_agent.is_some()),
+            ("late_after_secs", self.late_after_secs.is_some()),
+        ];
+        fields.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect()
+    }
+
+    fn umami(&self) -> Umami {
+        let (name, batch_size) = (&self.name, self.batch_size);
+        let mut d = Umami::new(self.website_id.clone().unwrap_or_default()).name(name);
+        if let Some(v) = &self.base_url {
+            d = d.base_url(v.clone());
+        }
+        if let Some(v) = &self.hostname {
+            d = d.hostname(v.clone());
+        }
+        if let Some(v) = &self.language {
+            d = d.language(v.clone());
+        }
+        if let Some(v) = &self.screen {
+            d = d.screen(v.clone());
+        }
+        if let Some(v) = &self.ip {
+            d = d.ip(v.clone());
+        }
+        if let Some(v) = &self.user_agent {
+            d = d.user_agent(v.clone());
+        }
+        if let Some(secs) = self.late_after_secs {
+            d = d.late_after(std::time::Duration::from_secs(secs));
+        }
+        if let Some(n) = batch_size {
+            d = d.batch_size(n);
+        }
+        d
+    }
 }
 
 /// A header value: the name of the environment variable that holds it, never the value itself.
@@ -85,13 +150,20 @@ impl<'de> Deserialize<'de> for SecretRef {
 }
 
 /// The destination types this build knows.
-const KNOWN_TYPES: &str = "json";
+const KNOWN_TYPES: &str = "json, umami";
 
 /// A destination ready to add to a client builder. Its `Debug` shows no header value.
 pub(crate) struct Destination {
     name: String,
-    destination: JsonHttp,
+    destination: Kind,
     http: HttpOptions,
+}
+
+/// The configured destination itself (the builder takes each type by value).
+enum Kind {
+    Json(JsonHttp),
+    // Boxed: an Umami destination carries its token LRU and is several times a JsonHttp.
+    Umami(Box<Umami>),
 }
 
 impl Destination {
@@ -126,15 +198,27 @@ impl Config {
                 bail!("{}: two destinations are named `{}`; names must be unique", path.display(), d.name);
             }
             names.push(&d.name);
-            if d.kind != "json" {
-                bail!(
-                    "{}: unknown destination type {:?} (known types: {KNOWN_TYPES}; others come in later versions)",
-                    what(),
-                    d.kind
-                );
-            }
-            if d.url.as_deref().is_none_or(|u| u.trim().is_empty()) {
-                bail!("{}: missing `url` (required for type \"json\")", what());
+            match d.kind.as_str() {
+                "json" => {
+                    if d.url.as_deref().is_none_or(|u| u.trim().is_empty()) {
+                        bail!("{}: missing `url` (required for type \"json\")", what());
+                    }
+                    if let Some(field) = d.umami_fields().first() {
+                        bail!("{}: `{field}` is a field of type \"umami\", not \"json\"", what());
+                    }
+                }
+                "umami" => {
+                    if d.website_id.as_deref().is_none_or(|w| w.trim().is_empty()) {
+                        bail!("{}: missing `website_id` (required for type \"umami\")", what());
+                    }
+                    if d.url.is_some() {
+                        bail!("{}: type \"umami\" takes `base_url` (e.g. https://cloud.umami.is), not `url`", what());
+                    }
+                }
+                other => bail!(
+                    "{}: unknown destination type {other:?} (known types: {KNOWN_TYPES}; others come in later versions)",
+                    what()
+                ),
             }
             if d.batch_size == Some(0) {
                 bail!("{}: `batch_size` must be at least 1", what());
@@ -191,10 +275,15 @@ impl Config {
                 };
                 http = http.header(header.clone(), value);
             }
-            let mut destination = JsonHttp::new(d.url.clone().unwrap_or_default()).name(d.name.clone());
-            if let Some(n) = d.batch_size {
-                destination = destination.batch_size(n);
-            }
+            let destination = if d.kind == "umami" {
+                Kind::Umami(Box::new(d.umami()))
+            } else {
+                let mut json = JsonHttp::new(d.url.clone().unwrap_or_default()).name(d.name.clone());
+                if let Some(n) = d.batch_size {
+                    json = json.batch_size(n);
+                }
+                Kind::Json(json)
+            };
             out.push(Destination { name: d.name.clone(), destination, http });
         }
         Ok(out)
@@ -204,7 +293,10 @@ impl Config {
 /// Adds the configured destinations to `builder`.
 pub(crate) fn with_destinations(mut builder: ClientBuilder, destinations: Vec<Destination>) -> ClientBuilder {
     for d in destinations {
-        builder = builder.destination_with(d.destination, d.http);
+        builder = match d.destination {
+            Kind::Json(json) => builder.destination_with(json, d.http),
+            Kind::Umami(umami) => builder.destination_with(*umami, d.http),
+        };
     }
     builder
 }
@@ -250,6 +342,20 @@ mod tests {
         let text = format!("{err:#}");
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains(":6:"), "line of the error: {text}");
+    }
+
+    #[test]
+    fn umami_destinations_are_configured_and_checked() {
+        let config = parse(
+            "[[destination]]\nname = \"u\"\ntype = \"umami\"\nwebsite_id = \"b59e9c65-ae32-47f1-8400-119fcf4861c4\"\nhostname = \"myapp.example\"\nlate_after_secs = 30\n",
+        )
+        .expect("config");
+        assert_eq!(config.destinations().expect("destinations")[0].name(), "u");
+        let err = parse("[[destination]]\nname = \"u\"\ntype = \"umami\"\n").expect_err("no website");
+        assert!(format!("{err:#}").contains("website_id"), "{err:#}");
+        let err = parse("[[destination]]\nname = \"j\"\ntype = \"json\"\nurl = \"http://x/\"\nwebsite_id = \"x\"\n")
+            .expect_err("umami field on json");
+        assert!(format!("{err:#}").contains("website_id"), "{err:#}");
     }
 
     #[test]

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rusqlite::{Connection, params};
 
-use crate::inspect::events_in;
 use crate::lock;
 use crate::recorder::RecordedRequest;
 
@@ -156,7 +155,7 @@ fn write(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
             ])?;
             let request_id = tx.last_insert_rowid();
             let Some(body) = request.json() else { continue };
-            for (idx, event) in events_in(body).iter().enumerate() {
+            for (idx, event) in crate::backends::decode(&request.path, body).iter().enumerate() {
                 let text =
                     |pointers: &[&str]| pointers.iter().find_map(|p| event.pointer(p)?.as_str().map(str::to_owned));
                 insert_event.execute(params![
@@ -166,7 +165,7 @@ fn write(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
                     text(&["/id", "/messageId", "/message_id"]),
                     text(&["/type"]),
                     text(&["/name", "/event"]),
-                    text(&["/identity/user_id", "/userId", "/identity/anonymous_id", "/anonymousId"]),
+                    text(&["/identity/user_id", "/userId", "/identity/anonymous_id", "/anonymousId", "/user"]),
                     event.to_string(),
                 ])?;
             }
@@ -199,7 +198,9 @@ fn load(conn: &Connection) -> rusqlite::Result<Vec<(RecordedRequest, u64)>> {
             status: row.get(5)?,
             answer_headers: answer_headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
             answer_body: answer_body.map(Bytes::from).unwrap_or_default(),
+            destination: String::new(),
         };
+        let request = RecordedRequest { destination: crate::backends::label(&request.path).to_owned(), ..request };
         Ok((request, u64::try_from(received_at_ms).unwrap_or(0)))
     })?;
     rows.collect()
@@ -245,6 +246,7 @@ mod tests {
             status: 200,
             answer_headers: vec![("content-type".into(), "application/json".into())],
             answer_body: Bytes::from_static(b"{}"),
+            destination: crate::backends::label(path).to_owned(),
         }
     }
 

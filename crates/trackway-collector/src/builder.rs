@@ -5,6 +5,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 
+use crate::backends::UmamiMode;
 use crate::faults::Faults;
 use crate::reply::{Reply, Rule};
 use crate::server::{self, RunningCollector};
@@ -21,6 +22,7 @@ pub struct CollectorBuilder {
     pub(crate) listen: SocketAddr,
     pub(crate) faults: Faults,
     pub(crate) store: Option<PathBuf>,
+    pub(crate) umami_mode: UmamiMode,
 }
 
 impl Default for CollectorBuilder {
@@ -33,6 +35,7 @@ impl Default for CollectorBuilder {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             faults: Faults::default(),
             store: None,
+            umami_mode: UmamiMode::V3,
         }
     }
 }
@@ -81,6 +84,14 @@ impl CollectorBuilder {
     /// and if the file cannot be opened.
     pub fn store(mut self, path: impl Into<PathBuf>) -> Self {
         self.store = Some(path.into());
+        self
+    }
+
+    /// Which Umami release `POST /api/send` and `POST /api/batch` behave like. Default:
+    /// [`UmamiMode::V3`] (v3.1); [`UmamiMode::V2Legacy`] answers 404 on `/api/batch` and a
+    /// `text/plain` token on `/api/send`, as servers up to v2.15 did.
+    pub fn umami_mode(mut self, mode: UmamiMode) -> Self {
+        self.umami_mode = mode;
         self
     }
 

@@ -7,10 +7,13 @@
 //!
 //! - `GET /_trackway/api/stats`: the counters, plus `events_by_path` and `statuses` (requests
 //!   per answered status; 0 is a connection closed without an answer).
-//! - `GET /_trackway/api/requests`: the recorded requests, each with its `destination` (see
-//!   [`destination`]) and the collector's `answer` (status, headers, body).
-//! - `GET /_trackway/api/events?user=&name=&type=&path=&status=&limit=`: the events decoded
-//!   from the recorded request bodies, oldest first.
+//! - `GET /_trackway/api/requests`: the recorded requests, each with its `destination`
+//!   (`umami` for Umami's paths, `json` otherwise) and the collector's `answer` (status,
+//!   headers, body).
+//! - `GET /_trackway/api/events?user=&name=&type=&path=&status=&destination=&limit=`: the events
+//!   decoded from the recorded request bodies, oldest first, each with the `destination` its
+//!   request was for. Umami events are shown as
+//!   `{type: pageview|event|identify, name, url, title, user, data, payload}`.
 //! - `GET`, `PUT`, `DELETE /_trackway/api/faults`: read, replace, clear the [`Faults`].
 
 use bytes::Bytes;
@@ -121,6 +124,8 @@ struct EventFilter {
     path: Option<String>,
     /// The status the request was answered.
     status: Option<u16>,
+    /// The destination the request was for (`umami`, `json`).
+    destination: Option<String>,
     limit: usize,
 }
 
@@ -135,12 +140,15 @@ impl EventFilter {
                 "name" => filter.name = Some(value),
                 "type" => filter.kind = Some(value),
                 "path" => filter.path = Some(value),
+                "destination" => filter.destination = Some(value),
                 "status" => {
                     filter.status = Some(value.parse().map_err(|_| format!("status: {value:?} is not a status code"))?);
                 }
                 "limit" => filter.limit = value.parse().map_err(|_| format!("limit: {value:?} is not a count"))?,
                 other => {
-                    return Err(format!("unknown parameter {other:?} (known: user, name, type, path, status, limit)"));
+                    return Err(format!(
+                        "unknown parameter {other:?} (known: user, name, type, path, status, destination, limit)"
+                    ));
                 }
             }
         }
@@ -148,13 +156,16 @@ impl EventFilter {
     }
 
     fn matches_request(&self, request: &RecordedRequest) -> bool {
-        self.path.as_ref().is_none_or(|p| *p == request.path) && self.status.is_none_or(|s| s == request.status)
+        self.path.as_ref().is_none_or(|p| *p == request.path)
+            && self.status.is_none_or(|s| s == request.status)
+            && self.destination.as_ref().is_none_or(|d| *d == request.destination)
     }
 
     fn matches_event(&self, event: &Value) -> bool {
         let field = |names: &[&str]| -> Vec<&str> { names.iter().filter_map(|n| event.pointer(n)?.as_str()).collect() };
         let user_ok = self.user.as_ref().is_none_or(|u| {
-            field(&["/identity/user_id", "/identity/anonymous_id", "/userId", "/anonymousId"]).contains(&u.as_str())
+            field(&["/identity/user_id", "/identity/anonymous_id", "/userId", "/anonymousId", "/user"])
+                .contains(&u.as_str())
         });
         let name_ok = self.name.as_ref().is_none_or(|n| field(&["/name", "/event"]).contains(&n.as_str()));
         let kind_ok = self.kind.as_ref().is_none_or(|t| event.get("type").and_then(Value::as_str) == Some(t));
@@ -186,14 +197,15 @@ fn events(shared: &Shared, filter: &EventFilter) -> Vec<Value> {
     let mut found = Vec::new();
     'requests: for request in requests.iter().rev().filter(|r| filter.matches_request(r)) {
         let Some(body) = request.json() else { continue };
-        let mut in_request: Vec<Value> = events_in(body).into_iter().filter(|e| filter.matches_event(e)).collect();
+        let mut in_request: Vec<Value> =
+            crate::backends::decode(&request.path, body).into_iter().filter(|e| filter.matches_event(e)).collect();
         while let Some(event) = in_request.pop() {
             if found.len() >= filter.limit {
                 break 'requests;
             }
             found.push(json!({
-                "destination": destination(&request.path),
                 "path": request.path,
+                "destination": request.destination,
                 "received_at_ms": shared.unix_ms(request.received_at),
                 "status": request.status,
                 "event": event,
@@ -240,9 +252,9 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 
 fn request_json(request: &RecordedRequest) -> Value {
     json!({
-        "destination": destination(&request.path),
         "method": request.method,
         "path": request.path,
+        "destination": request.destination,
         "query": request.query,
         "status": request.status,
         "headers": request.headers,
@@ -253,15 +265,6 @@ fn request_json(request: &RecordedRequest) -> Value {
             "body": String::from_utf8_lossy(&request.answer_body),
         },
     })
-}
-
-/// Which destination a request to `path` was meant for, by the path alone: `umami` for Umami's
-/// `/api/send` and `/api/batch`, `json` (trackway's generic JSON destination) for the rest.
-pub(crate) fn destination(path: &str) -> &'static str {
-    match path {
-        "/api/send" | "/api/batch" => "umami",
-        _ => "json",
-    }
 }
 
 fn respond(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
@@ -296,6 +299,7 @@ mod tests {
                 kind: Some("track".into()),
                 path: Some("/events".into()),
                 status: Some(200),
+                destination: None,
                 limit: 5,
             }
         );

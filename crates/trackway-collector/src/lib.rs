@@ -12,6 +12,11 @@
 //!    the exact request and the collector's answer, with per-destination counters and the faults
 //!    currently injected (which it can change). The page is compiled into the binary.
 //!
+//! On the real servers' own paths it answers as those servers do: `POST /api/send` and
+//! `POST /api/batch` as Umami v3.1 (validation, status codes, bodies, bot check, cache token),
+//! or as an Umami v2 server up to 2.15 with [`CollectorBuilder::umami_mode`]. Every recorded
+//! request and decoded event carries the `destination` it was for (`umami` or `json`).
+//!
 //! The server runs on its own OS thread with its own tokio runtime, so a test that blocks (even
 //! inside `#[tokio::test]`) can never stall it. Dropping the [`RunningCollector`] stops it.
 //!
@@ -27,8 +32,8 @@
 //! Paths under `/_trackway/` are reserved for the collector's own API and are never recorded
 //! nor faulted: `GET /_trackway/api/stats` answers the [`SinkStats`] as JSON (plus events per
 //! path and requests per status), `GET /_trackway/api/requests` the recorded requests,
-//! `GET /_trackway/api/events?user=&name=&type=&path=&status=&limit=` the events decoded from
-//! their bodies, and `GET`/`PUT`/`DELETE /_trackway/api/faults` read, replace and clear the
+//! `GET /_trackway/api/events?user=&name=&type=&path=&status=&destination=&limit=` the events
+//! decoded from their bodies, and `GET`/`PUT`/`DELETE /_trackway/api/faults` read, replace and clear the
 //! faults.
 //!
 //! ```
@@ -47,6 +52,7 @@
 //! ```
 
 mod archive;
+mod backends;
 mod builder;
 mod faults;
 mod inspect;
@@ -56,6 +62,7 @@ mod reply;
 mod server;
 mod sink;
 
+pub use backends::UmamiMode;
 pub use builder::{CollectorBuilder, ReservedCollector};
 pub use faults::{Faults, InvalidFaults};
 pub use recorder::{RecordedRequest, SinkStats};

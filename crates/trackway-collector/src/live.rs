@@ -37,7 +37,6 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::archive::{REDACTED, is_credential};
-use crate::inspect::destination;
 use crate::recorder::RecordedRequest;
 use crate::reply::CloseConnection;
 use crate::server::Shared;
@@ -167,7 +166,7 @@ fn counters(requests: &[RecordedRequest]) -> Value {
     }
     let mut by_destination: BTreeMap<&str, Counter> = BTreeMap::new();
     for request in requests {
-        let counter = by_destination.entry(destination(&request.path)).or_default();
+        let counter = by_destination.entry(request.destination.as_str()).or_default();
         counter.requests += 1;
         counter.events += raw_events(&request.body_str()).len() as u64;
         *counter.statuses.entry(request.status).or_default() += 1;
@@ -205,7 +204,7 @@ fn entry_json(shared: &Shared, seq: usize, request: &RecordedRequest) -> Value {
     json!({
         "seq": seq,
         "at_ms": shared.unix_ms(request.received_at),
-        "destination": destination(&request.path),
+        "destination": request.destination,
         "method": request.method,
         "path": request.path,
         "query": request.query,
@@ -365,6 +364,7 @@ mod tests {
             status,
             answer_headers: Vec::new(),
             answer_body: Bytes::new(),
+            destination: crate::backends::label(path).to_owned(),
         };
         let got = counters(&[
             request("/events", 200, b"[{},{}]"),

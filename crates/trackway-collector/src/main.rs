@@ -26,11 +26,15 @@ struct Args {
     /// redacted); a collector started on the same file serves the earlier requests too.
     #[arg(long, value_name = "FILE", conflicts_with = "sink")]
     store: Option<std::path::PathBuf>,
+    /// Which Umami release /api/send and /api/batch behave like: 3.1 (default), or 2.15 and
+    /// older (404 on /api/batch, a text/plain token on /api/send).
+    #[arg(long, value_name = "VERSION", default_value = "3.1")]
+    umami_version: trackway_collector::UmamiMode,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut builder = Collector::builder().listen(args.listen).sink(args.sink);
+    let mut builder = Collector::builder().listen(args.listen).sink(args.sink).umami_mode(args.umami_version);
     if let Some(path) = &args.store {
         builder = builder.store(path);
     }

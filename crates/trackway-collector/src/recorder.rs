@@ -35,6 +35,9 @@ pub struct RecordedRequest {
     pub answer_headers: Vec<(String, String)>,
     /// The body of the collector's answer (empty if it closed the connection).
     pub answer_body: Bytes,
+    /// The destination the request was for, by its path: `umami` for `/api/send` and
+    /// `/api/batch`, `json` (trackway's own JSON destination) for the rest.
+    pub destination: String,
 }
 
 impl RecordedRequest {
@@ -220,6 +223,7 @@ mod tests {
             status: 200,
             answer_headers: Vec::new(),
             answer_body: Bytes::new(),
+            destination: "json".into(),
         };
         assert_eq!(request.header("Content-Type"), Some("application/json"));
         assert_eq!(request.header("x"), None);

@@ -66,6 +66,12 @@ impl Reply {
         self.header(RETRY_AFTER.as_str(), value)
     }
 
+    /// The body, for the backends' unit tests.
+    #[cfg(test)]
+    pub(crate) fn body_bytes(&self) -> &[u8] {
+        &self.body
+    }
+
     /// Sets the body; the content type is left as it is.
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
         self.body = body.into();

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 
 use crate::archive::{Archive, instant_before};
+use crate::backends::{self, Backends};
 use crate::builder::CollectorBuilder;
 use crate::faults::{FaultState, Faults, InvalidFaults};
 use crate::inspect;
@@ -36,6 +37,8 @@ pub(crate) struct Shared {
     default_reply: Mutex<Reply>,
     faults: Mutex<FaultState>,
     pub(crate) recorder: Recorder,
+    /// The real servers imitated on their own paths (Umami's `/api/send` and `/api/batch`).
+    backends: Backends,
     /// The `--store` file, if any.
     archive: Option<Archive>,
     /// The same moment as an `Instant` and as milliseconds since the Unix epoch, to turn a
@@ -67,12 +70,16 @@ impl Shared {
         }
     }
 
-    /// Rules first (first match wins), then the next script entry, then the default.
-    fn choose(&self, path: &str, body: &[u8]) -> Reply {
+    /// Rules first (first match wins), then the next script entry, then the backend claiming the
+    /// path (e.g. Umami's), then the default.
+    fn choose(&self, method: &http::Method, path: &str, headers: &http::HeaderMap, body: &[u8]) -> Reply {
         if let Some(reply) = self.rules.iter().find_map(|r| r.reply_for(path, body)) {
             return reply.clone();
         }
         if let Some(reply) = lock(&self.script).pop_front() {
+            return reply;
+        }
+        if let Some(reply) = self.backends.answer(method, path, headers, body) {
             return reply;
         }
         self.default_reply()
@@ -217,6 +224,7 @@ pub(crate) fn spawn(config: CollectorBuilder) -> io::Result<RunningCollector> {
     }
     let shared = Arc::new(Shared {
         archive,
+        backends: Backends::new(config.umami_mode),
         sink: config.sink,
         rules: config.rules,
         script: Mutex::new(config.script.into()),
@@ -356,7 +364,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     } else {
         let reply = match injected {
             Some(reply) => reply,
-            None => shared.choose(path, &body),
+            None => shared.choose(&parts.method, path, &parts.headers, &body),
         };
         let recorded = RecordedRequest {
             method: parts.method.as_str().to_owned(),
@@ -375,6 +383,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
             status: reply.recorded_status(),
             answer_headers: reply.recorded_headers(),
             answer_body: reply.recorded_body(),
+            destination: backends::label(path).to_owned(),
         };
         // Recorded before the delay and before closing, so a test waiting for the request sees
         // it even if the client gives up.

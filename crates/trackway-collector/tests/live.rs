@@ -82,8 +82,10 @@ fn stream_replays_earlier_requests_then_follows_new_ones() {
         // Answered 503 by the script, then 200 by default.
         let first = r#"[{"type":"track","name":"before","identity":{"user_id":"u1"},"id":"m1"}]"#;
         http.post(collector.url("/events")).header("authorization", "Bearer s3cret").body(first).send().expect("post");
-        let umami = r#"{"type":"event","payload":{"website":"w","url":"/p","name":"umami_event","id":"u2"}}"#;
-        http.post(collector.url("/api/send")).body(umami).send().expect("post");
+        let umami = r#"{"type":"event","payload":{"website":"6f1f5a55-3c5e-4f6b-9d0a-1d2c3b4a5e6f","hostname":"example.com","url":"/p","name":"umami_event","id":"u2"}}"#;
+        let browser =
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36";
+        http.post(collector.url("/api/send")).header("user-agent", browser).body(umami).send().expect("post");
 
         let stream = http.get(collector.url("/_trackway/live/stream")).send().expect("stream");
         assert!(stream.headers()["content-type"].to_str().expect("ascii").starts_with("text/event-stream"));
@@ -110,7 +112,8 @@ fn stream_replays_earlier_requests_then_follows_new_ones() {
         assert_eq!((umami["seq"].clone(), umami["destination"].clone()), (json!(1), json!("umami")));
         assert_eq!(umami["events"][0]["name"], json!("umami_event"));
         assert_eq!(umami["events"][0]["user"], json!("u2"));
-        assert_eq!(umami["answer"]["body"], json!("{}"));
+        assert_eq!(umami["status"], json!(200), "{umami}");
+        assert!(umami["answer"]["body"].as_str().expect("body").contains("\"cache\""), "{umami}");
 
         // Sent after the page connected: arrives on the same stream.
         http.post(collector.url("/events")).body("not json").send().expect("post");

@@ -12,6 +12,7 @@ mod encode;
 mod event;
 mod ser;
 mod timestamp;
+pub mod umami;
 mod value;
 
 pub use encode::{CONTEXT_KEY, encode_event, encode_event_head, finish_event};

@@ -142,6 +142,8 @@
 //! # Feature flags
 //!
 //! - `json` (default): [`destination::JsonHttp`], the generic JSON-over-HTTP destination.
+//! - `umami` (default): [`destination::Umami`], page views, custom events and identify for Umami
+//!   v2.x and v3.x.
 //! - `testing`: [`destination::InMemoryDestination`] and worker pause hooks for tests.
 //!
 //! # Supported Rust versions

@@ -64,6 +64,9 @@ pub struct DestinationStats {
     pub retries_exhausted: u64,
     /// Events dropped because they grew older than `max_event_age`.
     pub expired: u64,
+    /// Values shortened to fit the server's limits (counted once per event, on its first
+    /// attempt); the event itself was sent.
+    pub truncated: u64,
 }
 
 /// The live counters behind [`Stats`]; atomics so the caller's thread never takes a lock.
@@ -94,6 +97,7 @@ pub(crate) struct DestinationCounters {
     pub(crate) rejected: AtomicU64,
     pub(crate) retries_exhausted: AtomicU64,
     pub(crate) expired: AtomicU64,
+    pub(crate) truncated: AtomicU64,
 }
 
 /// Relaxed is enough: counters are statistics, never used to synchronize data.
@@ -138,6 +142,7 @@ impl Counters {
                     rejected: get(&d.rejected),
                     retries_exhausted: get(&d.retries_exhausted),
                     expired: get(&d.expired),
+                    truncated: get(&d.truncated),
                 })
                 .collect(),
         }

@@ -25,12 +25,16 @@ mod json;
 #[cfg(feature = "testing")]
 mod memory;
 mod status;
+#[cfg(feature = "umami")]
+pub mod umami;
 
 #[cfg(feature = "json")]
 pub use json::JsonHttp;
 #[cfg(feature = "testing")]
 pub use memory::{InMemoryDestination, Received};
 pub use status::{classify_status, parse_retry_after};
+#[cfg(feature = "umami")]
+pub use umami::Umami;
 
 /// A backend that events are delivered to.
 ///
@@ -397,6 +401,9 @@ pub struct Encoded {
     pub requests: Vec<Request>,
     /// Events that cannot be encoded, with the reason; they are dead-lettered.
     pub rejected: Vec<(usize, String)>,
+    /// Values the destination shortened to fit its server's limits (e.g. an Umami title over 500
+    /// UTF-16 units). Added to the destination's `truncated` stat on an event's first attempt.
+    pub truncated: u64,
 }
 
 /// A destination's stored state: small values kept in the store next to its delivery cursor, e.g. a
@@ -410,6 +417,11 @@ impl DestinationState {
     /// The value under `key`.
     pub fn get(&self, key: &str) -> Option<&[u8]> {
         self.values.get(key).map(Vec::as_slice)
+    }
+
+    /// Every key held, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.values.keys().map(String::as_str)
     }
 
     /// Applies changes from [`Classified::state`].

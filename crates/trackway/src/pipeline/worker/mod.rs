@@ -517,6 +517,10 @@ impl Worker {
         }
         let lane = &self.lanes[i];
         let encoded = lane.dest.encode(&records, &lane.state, now_ts);
+        // Retries encode the same events again: count their truncations once.
+        if failures == 0 && encoded.truncated > 0 {
+            bump(&self.shared.counters.destinations[i].truncated, encoded.truncated);
+        }
         let mut covered = vec![false; records.len()];
         let mut rejected = Vec::new();
         for (idx, reason) in encoded.rejected {

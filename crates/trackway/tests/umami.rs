@@ -1,0 +1,327 @@
+//! The Umami destination against the loopback collector, which answers `/api/send` and
+//! `/api/batch` as Umami v3.1 (or, in legacy mode, as v2 ≤ 2.15) does.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{fast_builder, watchdog};
+use trackway::destination::Umami;
+use trackway::store::DeadLetterReason;
+use trackway::{BuildError, Clock, Error, Identify, Page, Timestamp, Track, props};
+use trackway_collector::{Collector, RecordedRequest, Reply, RunningCollector, UmamiMode};
+
+const LIMIT: Duration = Duration::from_secs(30);
+const SITE: &str = "b59e9c65-ae32-47f1-8400-119fcf4861c4";
+const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) myapp/1.2.3";
+
+fn umami(collector: &RunningCollector) -> Umami {
+    Umami::new(SITE)
+        .base_url(collector.url(""))
+        .hostname("myapp.example")
+        .language("en-US")
+        .screen("1920x1080")
+        .user_agent(UA)
+}
+
+/// The `{type, payload}` items of a request, whether a batch (array) or a single send.
+fn items(request: &RecordedRequest) -> Vec<Value> {
+    match request.json() {
+        Some(Value::Array(items)) => items,
+        Some(item) => vec![item],
+        None => Vec::new(),
+    }
+}
+
+fn payloads(requests: &[RecordedRequest]) -> Vec<Value> {
+    requests.iter().flat_map(items).map(|i| i["payload"].clone()).collect()
+}
+
+#[test]
+fn each_call_arrives_as_the_spec_examples() {
+    watchdog(LIMIT, || {
+        let collector = Collector::start().expect("collector");
+        let client = fast_builder().destination(umami(&collector)).build().expect("client");
+        client.capture(Page::new("/settings").title("Settings").referrer("")).expect("page");
+        client
+            .capture(Track::new("purchase").properties(props! {
+                "$url" => "/checkout", "plan" => "pro", "price" => 49.99, "trial" => false,
+                "items" => vec!["a", "b"], "meta" => props! { "coupon" => "X" },
+            }))
+            .expect("track");
+        client
+            .capture(
+                Identify::new()
+                    .id("registered", "user-123")
+                    .property("plan", "pro")
+                    .property("signup", Timestamp::from_unix_millis(1_705_312_800_000)),
+            )
+            .expect("identify");
+        client.flush(Duration::from_secs(10)).expect("flush");
+
+        let requests = collector.requests();
+        assert!(requests.iter().all(|r| r.status == 200 && r.path == "/api/batch"), "{requests:?}");
+        assert!(requests.iter().all(|r| r.header("user-agent") == Some(UA)));
+        assert!(requests.iter().all(|r| r.header("content-type") == Some("application/json")));
+        assert!(requests.iter().all(|r| !r.body_str().contains("null")), "null is never sent");
+        let all: Vec<Value> = requests.iter().flat_map(items).collect();
+        let base = json!({"website": SITE, "hostname": "myapp.example", "language": "en-US", "screen": "1920x1080"});
+        let with = |extra: Value| {
+            let mut p = base.clone();
+            for (k, v) in extra.as_object().expect("object") {
+                p[k] = v.clone();
+            }
+            p
+        };
+        assert_eq!(
+            all,
+            vec![
+                json!({"type": "event", "payload": with(json!({"title": "Settings", "url": "/settings", "referrer": ""}))}),
+                json!({"type": "event", "payload": with(json!({"url": "/checkout", "name": "purchase",
+                    "data": {"plan": "pro", "price": 49.99, "trial": false, "items": ["a", "b"], "meta": {"coupon": "X"}}}))}),
+                json!({"type": "identify", "payload": with(json!({"url": "/", "id": "user-123",
+                    "data": {"plan": "pro", "signup": "2024-01-15T10:00:00.000Z"}}))}),
+            ]
+        );
+        assert_eq!(client.stats().destination("umami").expect("stats").delivered, 3);
+    });
+}
+
+#[test]
+fn utf16_limits_are_errors_at_the_call() {
+    watchdog(LIMIT, || {
+        let collector = Collector::start().expect("collector");
+        let client = fast_builder().destination(umami(&collector)).build().expect("client");
+        client.track("u1", &"😀".repeat(25), props! {}).expect("25 emoji are 50 UTF-16 units");
+        let err = client.track("u1", &"😀".repeat(26), props! {}).expect_err("26 emoji are 52");
+        assert!(
+            matches!(&err, Error::DestinationLimit { destination, message } if destination == "umami" && message.contains("52")),
+            "{err}"
+        );
+        let err = client.capture(Identify::new().id("registered", "x".repeat(51))).expect_err("id over 50");
+        assert!(err.to_string().contains("distinct id"), "{err}");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        assert_eq!(payloads(&collector.requests()).len(), 1, "only the valid event was queued");
+    });
+}
+
+#[test]
+fn a_bot_user_agent_is_refused_at_build() {
+    for ua in ["curl/8.0.1", "my-rust-app/1.0", "Mozilla/5.0 (X11; Linux x86_64) HeadlessChrome/120.0"] {
+        let err = fast_builder().destination(Umami::new(SITE).user_agent(ua)).build().expect_err(ua);
+        assert!(matches!(&err, BuildError::Destination { message, .. } if message.contains("bot check")), "{err}");
+    }
+    let err = fast_builder().destination(Umami::new("not-a-uuid")).build().expect_err("website id");
+    assert!(err.to_string().contains("not a UUID"), "{err}");
+}
+
+#[test]
+fn cache_tokens_follow_the_identity_including_identify_between_queued_events() {
+    watchdog(LIMIT, || {
+        let collector = Collector::start().expect("collector");
+        let client = fast_builder().destination(umami(&collector)).build().expect("client");
+        // App mode: anonymous first; the server hands back a token for the anonymous session.
+        client.capture(Track::new("opened")).expect("track");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let first = collector.requests();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].header("x-umami-cache"), None, "no token held yet");
+
+        // Queued together: an anonymous event, identify, and an event of the identified user.
+        client.pause_worker();
+        client.capture(Track::new("browsing")).expect("track");
+        client.capture(Identify::new().id("registered", "u1")).expect("identify");
+        client.capture(Track::new("bought")).expect("track");
+        client.resume_worker();
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let second: Vec<RecordedRequest> = collector.requests().into_iter().skip(1).collect();
+        assert_eq!(second.len(), 2, "one request per identity: {second:?}");
+        let anon = second.iter().find(|r| r.body_str().contains("browsing")).expect("anonymous request");
+        let user = second.iter().find(|r| r.body_str().contains("bought")).expect("user request");
+        assert!(!anon.body_str().contains("\"id\""), "no distinct id while anonymous");
+        assert_eq!(items(user).len(), 2, "identify and the next event go together");
+        assert!(items(user).iter().all(|i| i["payload"]["id"] == "u1"));
+        let anon_token = anon.header("x-umami-cache").expect("the anonymous token is sent");
+        assert_eq!(user.header("x-umami-cache"), None, "a new identity starts without a token");
+
+        // Later events of u1 carry u1's token (a different session from the anonymous one).
+        client.capture(Track::new("again")).expect("track");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let last = collector.requests().pop().expect("request");
+        let user_token = last.header("x-umami-cache").expect("u1's token");
+        let session = |t: &str| t.split('.').next().map(str::to_owned);
+        assert_ne!(session(user_token), session(anon_token));
+    });
+}
+
+#[test]
+fn one_bad_item_in_a_batch_is_the_only_one_dead_lettered() {
+    watchdog(LIMIT, || {
+        // As Umami v3.1 answers a batch whose second item failed validation.
+        let details = json!({
+            "size": 3, "processed": 2, "errors": 1, "cache": "tok",
+            "details": [{"index": 1, "response": {"error": {"message": "Bad request", "code": "bad-request", "status": 400}}}],
+        });
+        let collector = Collector::builder().script([Reply::ok().json(details)]).start().expect("collector");
+        let client = fast_builder().destination(umami(&collector)).build().expect("client");
+        client.pause_worker();
+        let ids: Vec<_> = ["a", "b", "c"].iter().map(|n| client.track("u1", n, props! {}).expect("track")).collect();
+        client.resume_worker();
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let letters = client.dead_letters(10).expect("dead letters");
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].id, ids[1]);
+        assert_eq!(letters[0].reason, DeadLetterReason::Rejected);
+        assert!(letters[0].detail.contains("Bad request"), "{}", letters[0].detail);
+        let stats = client.stats();
+        let s = stats.destination("umami").expect("stats");
+        assert_eq!((s.delivered, s.rejected), (2, 1));
+        assert_eq!(collector.request_count(), 1, "delivered items are not sent again");
+    });
+}
+
+#[test]
+fn an_old_server_without_batch_gets_the_same_events_through_send() {
+    watchdog(LIMIT, || {
+        let collector = Collector::builder().umami_mode(UmamiMode::V2Legacy).start().expect("collector");
+        let client = fast_builder().destination(umami(&collector)).build().expect("client");
+        client.pause_worker();
+        for n in ["a", "b", "c"] {
+            client.track("u1", n, props! {}).expect("track");
+        }
+        client.resume_worker();
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let requests = collector.requests();
+        assert_eq!((requests[0].path.as_str(), requests[0].status), ("/api/batch", 404));
+        let sends: Vec<&RecordedRequest> = requests.iter().skip(1).collect();
+        assert_eq!(sends.len(), 3, "{requests:?}");
+        assert!(sends.iter().all(|r| r.path == "/api/send" && r.status == 200));
+        let mut names: Vec<String> =
+            payloads(&requests[1..]).iter().map(|p| p["name"].as_str().unwrap_or("").to_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(client.stats().destination("umami").expect("stats").delivered, 3);
+
+        // Remembered: no second try of /api/batch, and the text/plain token is carried.
+        client.track("u1", "d", props! {}).expect("track");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let last = collector.requests().pop().expect("request");
+        assert_eq!(last.path, "/api/send");
+        assert!(last.header("x-umami-cache").is_some_and(|t| !t.is_empty()), "{last:?}");
+        assert_eq!(collector.requests().iter().filter(|r| r.path == "/api/batch").count(), 1);
+    });
+}
+
+#[test]
+fn a_500_on_batch_with_a_working_send_switches_to_send() {
+    watchdog(LIMIT, || {
+        let collector = Collector::builder().script([Reply::status(500)]).start().expect("collector");
+        let client = fast_builder().destination(umami(&collector)).build().expect("client");
+        client.track("u1", "a", props! {}).expect("track");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        client.track("u1", "b", props! {}).expect("track");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let paths: Vec<(String, u16)> = collector.requests().iter().map(|r| (r.path.clone(), r.status)).collect();
+        assert_eq!(
+            paths,
+            [("/api/batch".to_owned(), 500), ("/api/send".to_owned(), 200), ("/api/send".to_owned(), 200)]
+        );
+        assert_eq!(client.stats().destination("umami").expect("stats").delivered, 2);
+    });
+}
+
+#[test]
+fn a_late_event_carries_its_time_and_an_on_time_one_none() {
+    watchdog(LIMIT, || {
+        let start = Timestamp::from_unix_millis(1_800_000_000_000);
+        let (clock, manual) = Clock::manual(start);
+        let collector = Collector::start().expect("collector");
+        let client = fast_builder()
+            .clock(clock)
+            .destination(umami(&collector).late_after(Duration::from_secs(60)))
+            .build()
+            .expect("client");
+        client.track("u1", "on-time", props! {}).expect("track");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        client.track("u1", "late", props! {}).expect("track");
+        // Two minutes pass (offline, say) before it is sent.
+        manual.advance(Duration::from_secs(120));
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let sent = payloads(&collector.requests());
+        assert_eq!(sent[0]["name"], "on-time");
+        assert!(sent[0].get("timestamp").is_none(), "{}", sent[0]);
+        assert_eq!(sent[1]["name"], "late");
+        assert_eq!(sent[1]["timestamp"], json!(1_800_000_000), "integer seconds of the event's own time");
+    });
+}
+
+#[test]
+fn the_collector_shows_umami_events_with_their_destination() {
+    watchdog(LIMIT, || {
+        let collector = Collector::start().expect("collector");
+        let client = fast_builder().destination(umami(&collector)).build().expect("client");
+        client.page("u1", Page::new("https://myapp.example/pricing?x=1").title("Pricing")).expect("page");
+        client.track("u1", "signup", props! { "plan" => "pro" }).expect("track");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let http = reqwest::blocking::Client::builder().no_proxy().build().expect("http");
+        let events: Value = http
+            .get(collector.url("/_trackway/api/events?destination=umami&user=u1"))
+            .send()
+            .and_then(|r| r.text())
+            .map(|t| serde_json::from_str::<Value>(&t).expect("json"))
+            .expect("events");
+        let events = events.as_array().expect("array");
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(events.iter().all(|e| e["destination"] == "umami"));
+        assert_eq!(events[0]["event"]["type"], "pageview");
+        assert_eq!(events[0]["event"]["url"], "/pricing?x=1");
+        assert_eq!(events[1]["event"]["type"], "event");
+        assert_eq!(events[1]["event"]["name"], "signup");
+        assert_eq!(events[1]["event"]["data"]["plan"], "pro");
+        assert_eq!(events[1]["event"]["user"], "u1");
+        let none: Value = http
+            .get(collector.url("/_trackway/api/events?destination=json"))
+            .send()
+            .and_then(|r| r.text())
+            .map(|t| serde_json::from_str::<Value>(&t).expect("json"))
+            .expect("events");
+        assert_eq!(none, json!([]));
+    });
+}
+
+#[test]
+fn long_titles_are_truncated_sent_and_counted_once() {
+    watchdog(LIMIT, || {
+        // The first attempt fails: the retry encodes the event again but is not counted again.
+        let collector = Collector::builder().script([Reply::status(503)]).start().expect("collector");
+        let client = fast_builder().destination(umami(&collector)).build().expect("client");
+        client.page("u1", Page::new("/long").title("😀".repeat(300))).expect("page");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let sent = payloads(&collector.requests());
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[1]["title"].as_str().map(|t| t.chars().count()), Some(250), "500 UTF-16 units");
+        let stats = client.stats();
+        let s = stats.destination("umami").expect("stats");
+        assert_eq!((s.delivered, s.truncated), (1, 1));
+    });
+}
+
+#[test]
+fn server_mode_sends_each_visitors_ip_and_user_agent() {
+    watchdog(LIMIT, || {
+        let collector = Collector::start().expect("collector");
+        let client = fast_builder().destination(umami(&collector)).build().expect("client");
+        let visitor = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36";
+        client.capture(Track::new("a").user("u1").ip("203.0.113.7").user_agent(visitor)).expect("track");
+        client.capture(Track::new("b").user("u2").ip("203.0.113.8").user_agent("curl/8.0.1")).expect("track");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let requests = collector.requests();
+        assert_eq!(requests.len(), 1, "the bot's event is never sent: {requests:?}");
+        assert_eq!(requests[0].header("user-agent"), Some(visitor));
+        assert_eq!(payloads(&requests)[0]["ip"], "203.0.113.7");
+        let letters = client.dead_letters(10).expect("dead letters");
+        assert_eq!(letters.len(), 1);
+        assert!(letters[0].detail.contains("bot check"), "{}", letters[0].detail);
+    });
+}
