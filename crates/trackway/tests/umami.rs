@@ -197,10 +197,15 @@ fn an_old_server_without_batch_gets_the_same_events_through_send() {
         let sends: Vec<&RecordedRequest> = requests.iter().skip(1).collect();
         assert_eq!(sends.len(), 3, "{requests:?}");
         assert!(sends.iter().all(|r| r.path == "/api/send" && r.status == 200));
-        let mut names: Vec<String> =
+        // One at a time, in order, each carrying the token the previous answer handed out.
+        let names: Vec<String> =
             payloads(&requests[1..]).iter().map(|p| p["name"].as_str().unwrap_or("").to_owned()).collect();
-        names.sort();
         assert_eq!(names, ["a", "b", "c"]);
+        for pair in sends.windows(2) {
+            let handed_out = String::from_utf8_lossy(&pair[0].answer_body).into_owned();
+            assert!(!handed_out.is_empty());
+            assert_eq!(pair[1].header("x-umami-cache"), Some(handed_out.as_str()), "{pair:?}");
+        }
         assert_eq!(client.stats().destination("umami").expect("stats").delivered, 3);
 
         // Remembered: no second try of /api/batch, and the text/plain token is carried.

@@ -150,7 +150,9 @@ impl Default for BatchLimits {
 #[non_exhaustive]
 pub enum Delivery {
     /// One request at a time, in order; a failed request is retried before anything later is sent.
-    /// For destinations whose requests carry state from the previous answer.
+    /// For destinations whose requests carry state from the previous answer: when `encode`
+    /// returns several requests, only the first is sent, and the events of the others are
+    /// encoded again (with the state its answer left) once it is answered.
     Ordered,
     /// Up to `max_in_flight` requests at once; a retried event may arrive after later ones.
     Parallel {

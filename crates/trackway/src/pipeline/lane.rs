@@ -148,7 +148,9 @@ impl Lane {
         if let Some(i) = due {
             let mut group = self.groups.swap_remove(i);
             let works = self.delivered > group.epoch;
-            if group.seqs.len() > 1 && (works || group.failures >= 2) {
+            // Only a group that failed is split (to isolate a poison event); one an ordered
+            // destination deferred behind an earlier request goes out whole.
+            if group.seqs.len() > 1 && group.failures > 0 && (works || group.failures >= 2) {
                 let second = group.seqs.split_off(group.seqs.len() / 2);
                 self.groups.push(Group { seqs: second, due: now, failures: group.failures, epoch: group.epoch });
             }

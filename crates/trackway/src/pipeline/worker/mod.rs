@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::task::{Id, JoinSet};
 
 use super::Settings;
-use super::lane::{Lane, Next};
+use super::lane::{Group, Lane, Next};
 use crate::client::Shared;
 use crate::destination::{DestinationState, EventRecord, Request, Response};
 use crate::queue::{Control, Item, Reply, Taken};
@@ -529,12 +529,21 @@ impl Worker {
                 rejected.push((r.seq(), DeadLetterReason::Rejected, format!("could not be encoded: {reason}")));
             }
         }
-        for request in encoded.requests {
+        for (n, request) in encoded.requests.into_iter().enumerate() {
             let seqs: Vec<u64> = request.items.iter().filter_map(|&idx| records.get(idx).map(|r| r.seq())).collect();
             for &idx in &request.items {
                 if let Some(c) = covered.get_mut(idx) {
                     *c = true;
                 }
+            }
+            if n > 0 && self.lanes[i].ordered {
+                // An ordered destination sends one request at a time, each carrying the state the
+                // previous answer left (a session token): the rest wait, first in line, and are
+                // encoded again once this one is answered.
+                let lane = &mut self.lanes[i];
+                let due = self.shared.clock.elapsed();
+                lane.groups.push(Group { seqs, due, failures, epoch: lane.delivered });
+                continue;
             }
             self.start(i, request, seqs, failures);
         }
