@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use serde_json::Value;
-use trackway::destination::JsonHttp;
+use trackway::destination::{JsonHttp, Umami};
 use trackway::store::SqliteStore;
 use trackway::{AppLifecycle, Client, Identify, Page, Payment, PushToken, RetryPolicy, Screen, Track, props};
 use trackway_collector::{Collector, RecordedRequest, Reply, RunningCollector};
@@ -28,14 +28,19 @@ pub(crate) struct DemoArgs {
     exit: bool,
 }
 
-/// One destination of the demo: its name and the collector path it posts to.
+/// One destination of the demo: its name and how the collector labels its requests.
 struct DemoDestination {
     name: &'static str,
-    /// Requests whose path starts with this went to this destination.
-    path_prefix: &'static str,
+    /// The collector's `destination` label of its requests.
+    label: &'static str,
 }
 
-const DESTINATIONS: &[DemoDestination] = &[DemoDestination { name: "json", path_prefix: "/v1/events" }];
+/// Every destination trackway has, each pointed at the collector.
+const DESTINATIONS: &[DemoDestination] =
+    &[DemoDestination { name: "json", label: "json" }, DemoDestination { name: "umami", label: "umami" }];
+
+/// The website id the demo's Umami destination sends (any UUID: the collector takes all).
+const DEMO_WEBSITE_ID: &str = "5a0c9d3e-7c1b-4d8e-9f6a-2b3c4d5e6f70";
 
 /// Runs `trackway demo`.
 pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<crate::Outcome> {
@@ -59,7 +64,7 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<crate::Outcome> {
         let (delivered, retried) = stats.map_or((0, 0), |s| (s.delivered, s.retried));
         all_delivered &= stats.is_some_and(|s| s.pending == 0 && s.rejected == 0 && s.delivered > 0);
         writeln!(out, "== {}: {delivered} events delivered, {retried} retried", d.name)?;
-        for r in requests.iter().filter(|r| r.path.starts_with(d.path_prefix)) {
+        for r in requests.iter().filter(|r| r.destination == d.label) {
             let events = summaries(r);
             if (200..300).contains(&r.status) {
                 writeln!(out, "  {} {} -> {}", r.method, r.path, r.status)?;
@@ -110,7 +115,12 @@ fn send_session(collector: &RunningCollector, dir: &std::path::Path) -> anyhow::
         .batch_interval(Duration::from_millis(100))
         .retry_policy(RetryPolicy::default().backoff(Duration::from_millis(100), Duration::from_secs(2)));
     for d in DESTINATIONS {
-        builder = builder.destination(destination(d, collector));
+        builder = match d.name {
+            "umami" => builder.destination(
+                Umami::new(DEMO_WEBSITE_ID).name(d.name).base_url(collector.url("")).hostname("demo.trackway.dev"),
+            ),
+            _ => builder.destination(JsonHttp::new(collector.url("/v1/events")).name(d.name)),
+        };
     }
     let client = builder.build().context("cannot build the client")?;
 
@@ -146,10 +156,6 @@ fn send_session(collector: &RunningCollector, dir: &std::path::Path) -> anyhow::
     Ok(client.stats())
 }
 
-fn destination(d: &DemoDestination, collector: &RunningCollector) -> JsonHttp {
-    JsonHttp::new(collector.url(d.path_prefix)).name(d.name)
-}
-
 /// One line per event in a request: kind, name, user.
 fn summaries(request: &RecordedRequest) -> Vec<String> {
     let Some(body) = request.json() else { return vec![format!("({} bytes, not JSON)", request.body.len())] };
@@ -157,7 +163,20 @@ fn summaries(request: &RecordedRequest) -> Vec<String> {
         Value::Array(events) => events,
         other => vec![other],
     };
-    events.iter().map(summary).collect()
+    events.iter().map(|e| if e.get("payload").is_some() { umami_summary(e) } else { summary(e) }).collect()
+}
+
+/// An Umami `{type, payload}`: a page view (no name), a custom event, or identify.
+fn umami_summary(e: &Value) -> String {
+    let p = &e["payload"];
+    let kind = match (e["type"].as_str(), p["name"].as_str()) {
+        (Some("event"), None) => "pageview",
+        (Some(kind), _) => kind,
+        (None, _) => "?",
+    };
+    let name = p["name"].as_str().or_else(|| p["url"].as_str()).unwrap_or("");
+    let user = p["id"].as_str().unwrap_or("(anonymous)");
+    format!("{kind:<9} {name:<20} user={user}")
 }
 
 fn summary(e: &Value) -> String {

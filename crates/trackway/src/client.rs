@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Clock,
     /// Bit i of `routes[kind]`: destination i takes that kind.
     routes: [u64; 4],
+    /// Bit i of `app_routes[event]`: destination i takes that app event.
+    app_routes: [u64; 5],
     pub(crate) context: Arc<Context>,
     /// `context` serialized once: it is the same in every event, and stores keep it once.
     pub(crate) context_json: Bytes,
@@ -122,6 +124,9 @@ pub(crate) struct Options<'a> {
     pub(crate) update: Option<&'a dyn Fn(&mut AppState)>,
     /// Leave the default properties out (push-token events).
     pub(crate) no_defaults: bool,
+    /// Which app event this is: it goes only to the destinations that take it, and when none
+    /// does, its state change is still applied (without an event).
+    pub(crate) app_event: Option<crate::destination::AppEvent>,
 }
 
 fn kind_index(kind: EventKind) -> usize {
@@ -208,6 +213,14 @@ impl Client {
                 }
             }
         }
+        let mut app_routes = [0u64; 5];
+        for (i, (d, _)) in b.destinations.iter().enumerate() {
+            for event in crate::destination::AppEvent::ALL {
+                if d.accepts_app_event(event) {
+                    app_routes[event.index()] |= 1 << i;
+                }
+            }
+        }
         let context = Arc::new(Context {
             library: "trackway".into(),
             library_version: env!("CARGO_PKG_VERSION").into(),
@@ -231,6 +244,7 @@ impl Client {
             destinations: b.destinations.iter().map(|(d, _)| d.clone()).collect(),
             clock: b.clock,
             routes,
+            app_routes,
             context_json: Bytes::from(serde_json::to_vec(&*context).unwrap_or_default()),
             context,
             before_send: b.before_send,
@@ -366,6 +380,16 @@ impl Client {
         }
         validate_message(&m)?;
         let mut routes = shared.routes[kind_index(m.kind)];
+        if let Some(event) = opts.app_event {
+            routes &= shared.app_routes[event.index()];
+            if routes == 0 {
+                // No destination takes it: the session, token or flag still changes.
+                if let Some(update) = opts.update {
+                    self.update_app_state(update)?;
+                }
+                return Ok(MessageId::new_v7(shared.clock.now()));
+            }
+        }
         if routes == 0 {
             return Err(Error::NoRoute { kind: m.kind.as_str() });
         }

@@ -330,3 +330,27 @@ fn server_mode_sends_each_visitors_ip_and_user_agent() {
         assert!(letters[0].detail.contains("bot check"), "{}", letters[0].detail);
     });
 }
+
+#[test]
+fn umami_gets_no_session_or_push_token_events_and_the_app_state_still_moves() {
+    watchdog(LIMIT, || {
+        let collector = Collector::start().expect("collector");
+        let client = fast_builder()
+            .app_lifecycle(trackway::AppLifecycle::default().manual_sessions())
+            .destination(umami(&collector))
+            .build()
+            .expect("client");
+        client.session_start().expect("session_start, though no destination takes it");
+        assert!(client.current_session().is_some());
+        client.capture(Track::new("inside")).expect("track");
+        assert!(client.track_push_token(trackway::PushToken::fcm("secret-token")).expect("token").is_some());
+        client.track_payment(trackway::Payment::new(1.5, "EUR")).expect("payment");
+        client.session_end().expect("session_end");
+        assert_eq!(client.current_session(), None);
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let names: Vec<String> =
+            payloads(&collector.requests()).iter().map(|p| p["name"].as_str().unwrap_or("").to_owned()).collect();
+        assert_eq!(names, ["installation", "inside", "payment"]);
+        assert!(!collector.requests().iter().any(|r| r.body_str().contains("secret-token")));
+    });
+}

@@ -15,6 +15,7 @@ use super::push::{self, PushState};
 use super::session::{OnForeground, SessionState, on_foreground};
 use super::{AppIdentity, AppState, CONSENT_KEY, DEFAULTS_KEY, Launch, Payment, PushToken, write};
 use crate::client::{Options, lock, push_control};
+use crate::destination::AppEvent;
 use crate::error::{Error, FlushError};
 use crate::queue::Control;
 use crate::{Client, Track};
@@ -116,7 +117,7 @@ impl Client {
         let mut launch = lock(&self.inner.shared.launch);
         launch.in_front = false;
         let now = self.inner.shared.clock.now().unix_millis();
-        self.set_app_state(&|app: &mut AppState| {
+        self.update_app_state(&|app: &mut AppState| {
             if let Some(s) = app.session.as_mut() {
                 s.background = true;
                 s.last_seen = s.last_seen.max(now);
@@ -178,7 +179,7 @@ impl Client {
             }
             OnForeground::Continue => {
                 let ms = now.unix_millis();
-                self.set_app_state(&|app: &mut AppState| {
+                self.update_app_state(&|app: &mut AppState| {
                     if let Some(s) = app.session.as_mut() {
                         s.background = false;
                         s.last_seen = s.last_seen.max(ms);
@@ -200,7 +201,13 @@ impl Client {
         let new = SessionState::start(at);
         let id = new.id.clone();
         let update = move |app: &mut AppState| app.session = Some(new.clone());
-        let opts = Options { at: Some(at), session: Some(Some(id)), update: Some(&update), ..Options::default() };
+        let opts = Options {
+            at: Some(at),
+            session: Some(Some(id)),
+            update: Some(&update),
+            app_event: Some(AppEvent::SessionStart),
+            ..Options::default()
+        };
         self.enqueue(Track::new("session_start").into(), opts)
     }
 
@@ -217,6 +224,7 @@ impl Client {
             at: Some(at),
             session: Some(Some(session.id.clone())),
             update: Some(&update),
+            app_event: Some(AppEvent::SessionEnd),
             ..Options::default()
         };
         self.enqueue(Track::new("session_end").property("duration", duration).into(), opts)
@@ -224,7 +232,8 @@ impl Client {
 
     fn track_installation(&self) -> Result<MessageId, Error> {
         let update = |app: &mut AppState| app.installed = true;
-        self.enqueue(Track::new("installation").into(), Options { update: Some(&update), ..Options::default() })
+        let opts = Options { update: Some(&update), app_event: Some(AppEvent::Installation), ..Options::default() };
+        self.enqueue(Track::new("installation").into(), opts)
     }
 
     // === anonymize ===
@@ -266,12 +275,17 @@ impl Client {
                     p.cancelled = true;
                 }
             };
-            let opts = Options { update: Some(&update), no_defaults: true, ..Options::default() };
+            let opts = Options {
+                update: Some(&update),
+                no_defaults: true,
+                app_event: Some(AppEvent::PushToken),
+                ..Options::default()
+            };
             self.enqueue(Track::new("notification_state").properties(props).into(), opts)?;
         }
         let anonymous_id = super::new_anonymous_id();
         let destinations = options.destinations.map(|d| (!d.is_empty()).then_some(d));
-        self.set_app_state(&|app: &mut AppState| {
+        self.update_app_state(&|app: &mut AppState| {
             app.identity = AppIdentity { anonymous_id: Some(anonymous_id.clone()), ..AppIdentity::default() };
             app.session = None;
             app.installed = false;
@@ -352,7 +366,12 @@ impl Client {
             cancelled: false,
         };
         let update = move |app: &mut AppState| app.push = Some(state.clone());
-        let opts = Options { update: Some(&update), no_defaults: true, ..Options::default() };
+        let opts = Options {
+            update: Some(&update),
+            no_defaults: true,
+            app_event: Some(AppEvent::PushToken),
+            ..Options::default()
+        };
         let id = self.enqueue(Track::new("notification_state").properties(props).into(), opts)?;
         launch.token_tracked = true;
         Ok(Some(id))
@@ -374,7 +393,10 @@ impl Client {
     /// `InvalidPayment` (a NaN or infinite value, an empty currency); as [`track`](Self::track).
     pub fn track_payment(&self, payment: Payment) -> Result<MessageId, Error> {
         let properties = payment.into_properties()?;
-        self.enqueue(Track::new("payment").properties(properties).into(), Options::default())
+        self.enqueue(
+            Track::new("payment").properties(properties).into(),
+            Options { app_event: Some(AppEvent::Payment), ..Options::default() },
+        )
     }
 
     // === default properties ===
@@ -487,7 +509,7 @@ impl Client {
 
     /// Changes the app state without an event: the change is queued (committed after the
     /// events queued before it) and applied to the live state under the same lock.
-    fn set_app_state(&self, update: &dyn Fn(&mut AppState)) -> Result<(), Error> {
+    pub(crate) fn update_app_state(&self, update: &dyn Fn(&mut AppState)) -> Result<(), Error> {
         let shared = &self.inner.shared;
         let mut app = lock(&shared.app);
         let mut next = app.clone();

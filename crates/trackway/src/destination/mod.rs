@@ -73,6 +73,15 @@ pub trait Destination: Send + Sync + fmt::Debug + 'static {
         true
     }
 
+    /// Whether this destination takes the events app mode tracks by itself (sessions,
+    /// installation, push tokens, payments). Default: all. A destination whose server keeps its
+    /// own sessions, or that should never see push tokens, says no here; the app state changes
+    /// all the same.
+    fn accepts_app_event(&self, event: AppEvent) -> bool {
+        let _ = event;
+        true
+    }
+
     /// How many events (and bytes of stored events) one `encode` call may receive.
     fn batch_limits(&self) -> BatchLimits {
         BatchLimits::default()
@@ -118,6 +127,38 @@ pub trait Destination: Send + Sync + fmt::Debug + 'static {
     fn respond_locally(&self, request: &Request) -> Option<Response> {
         let _ = request;
         None
+    }
+}
+
+/// An event app mode tracks by itself, for [`Destination::accepts_app_event`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AppEvent {
+    /// `installation`, on the first run and after `anonymize`.
+    Installation,
+    /// `session_start`.
+    SessionStart,
+    /// `session_end`.
+    SessionEnd,
+    /// `notification_state` (a push token registered or invalidated).
+    PushToken,
+    /// `payment`.
+    Payment,
+}
+
+impl AppEvent {
+    /// Every app event.
+    pub const ALL: [AppEvent; 5] =
+        [AppEvent::Installation, AppEvent::SessionStart, AppEvent::SessionEnd, AppEvent::PushToken, AppEvent::Payment];
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            AppEvent::Installation => 0,
+            AppEvent::SessionStart => 1,
+            AppEvent::SessionEnd => 2,
+            AppEvent::PushToken => 3,
+            AppEvent::Payment => 4,
+        }
     }
 }
 

@@ -51,8 +51,8 @@ use trackway_wire::umami::{
 use trackway_wire::{Event, EventKind, Properties, Timestamp, Value};
 
 use super::{
-    BatchLimits, Classified, Delivery, Destination, DestinationState, Encoded, EventRecord, LimitError, Request,
-    Response, redact_url,
+    AppEvent, BatchLimits, Classified, Delivery, Destination, DestinationState, Encoded, EventRecord, LimitError,
+    Request, Response, redact_url,
 };
 
 mod classify;
@@ -225,6 +225,12 @@ impl Destination for Umami {
 
     fn accepts(&self, kind: EventKind) -> bool {
         matches!(kind, EventKind::Track | EventKind::Page | EventKind::Screen | EventKind::Identify)
+    }
+
+    /// Umami keeps its own sessions (from the visitor hash), and a push token is no analytics
+    /// data: only `installation` and `payment` go there, as custom events.
+    fn accepts_app_event(&self, event: AppEvent) -> bool {
+        matches!(event, AppEvent::Installation | AppEvent::Payment)
     }
 
     fn batch_limits(&self) -> BatchLimits {
