@@ -186,8 +186,11 @@ fn entry_json(shared: &Shared, seq: usize, request: &RecordedRequest) -> Value {
         .into_iter()
         .map(|raw| {
             let event: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+            // Umami sends page views as `event`s without a name: show them as page views.
+            let is_umami_pageview =
+                event.get("payload").is_some() && event["type"] == "event" && event.pointer("/payload/name").is_none();
             json!({
-                "type": first_text(&event, &["/type"]),
+                "type": if is_umami_pageview { Some("pageview".to_owned()) } else { first_text(&event, &["/type"]) },
                 "name": first_text(&event, &["/name", "/event", "/payload/name"]),
                 "user": first_text(
                     &event,
