@@ -37,8 +37,9 @@
 //!
 //! Batches go to `POST /api/batch` (v3.0.2+). A 404 or 405 there, or a 500 there while a probe
 //! through `/api/send` succeeds, means the server has no working batch endpoint: the same events go
-//! one by one through `/api/send` from then on, and that choice is stored. Requests of one encoded
-//! batch then go out together, each with the token held when they were encoded.
+//! one by one through `/api/send` from then on, and that choice is stored. The destination is
+//! ordered, so these requests go out one at a time, each encoded after the previous answer and
+//! carrying the token it handed out.
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
