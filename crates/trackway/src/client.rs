@@ -455,6 +455,10 @@ impl Client {
             && !hook(&mut event)
         {
             bump(&shared.counters.filtered, 1);
+            // A lifecycle event the hook drops still moves the app state (a session still starts).
+            if let Some(update) = opts.update {
+                self.update_app_state(update)?;
+            }
             if let Some((key, value)) = opts.checkpoint {
                 self.checkpoint(key, value)?;
             }

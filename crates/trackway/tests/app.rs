@@ -546,3 +546,24 @@ fn payments_are_validated_and_sent_with_bloomreach_field_names() {
         assert_eq!(got[0].event.name.as_deref(), Some("payment"));
     });
 }
+
+#[test]
+fn lifecycle_events_dropped_by_before_send_still_move_the_app_state() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = app_builder(Clock::system())
+            .before_send(|e| !e.name.as_deref().is_some_and(|n| n.starts_with("session_")))
+            .destination(dest.clone())
+            .build()
+            .expect("client");
+        c.session_start().expect("start");
+        assert!(c.current_session().is_some(), "the session started though its event was dropped");
+        c.capture(Track::new("inside")).expect("track");
+        c.session_end().expect("end");
+        assert_eq!(c.current_session(), None);
+        let got = received(&c, &dest);
+        assert_eq!(names(&got), ["inside"]);
+        assert!(got[0].event.session_id.is_some());
+        assert_eq!(c.stats().dropped.filtered, 2);
+    });
+}
