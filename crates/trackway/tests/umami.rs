@@ -354,3 +354,31 @@ fn umami_gets_no_session_or_push_token_events_and_the_app_state_still_moves() {
         assert!(!collector.requests().iter().any(|r| r.body_str().contains("secret-token")));
     });
 }
+
+#[test]
+fn a_failed_send_is_retried_before_the_requests_waiting_behind_it() {
+    watchdog(LIMIT, || {
+        // An old server (404 on /api/batch), whose first /api/send fails once.
+        let collector = Collector::builder()
+            .umami_mode(UmamiMode::V2Legacy)
+            .script([Reply::status(404), Reply::status(502)])
+            .start()
+            .expect("collector");
+        let client = fast_builder().destination(umami(&collector)).build().expect("client");
+        client.pause_worker();
+        for n in ["a", "b", "c"] {
+            client.track("u1", n, props! {}).expect("track");
+        }
+        client.resume_worker();
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let sends: Vec<(String, u16)> = collector
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/api/send")
+            .map(|r| (items(r)[0]["payload"]["name"].as_str().unwrap_or("").to_owned(), r.status))
+            .collect();
+        let expected: Vec<(String, u16)> =
+            [("a", 502), ("a", 200), ("b", 200), ("c", 200)].iter().map(|(n, s)| ((*n).to_owned(), *s)).collect();
+        assert_eq!(sends, expected);
+    });
+}

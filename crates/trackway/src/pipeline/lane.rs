@@ -137,14 +137,19 @@ impl Lane {
         if self.in_flight >= self.capacity() || self.paused_until.is_some_and(|t| t > now) {
             return None;
         }
-        // Retries first, lowest seq first: it is the oldest data.
-        let due = self
-            .groups
-            .iter()
-            .enumerate()
-            .filter(|(_, g)| g.due <= now)
-            .min_by_key(|(_, g)| g.seqs.first().copied().unwrap_or(u64::MAX))
-            .map(|(i, _)| i);
+        // Retries first, lowest seq first: it is the oldest data. An ordered destination takes
+        // only its oldest group, once that is due: a request in backoff is retried before the
+        // requests that were waiting behind it.
+        let due = if self.ordered {
+            self.oldest_group().filter(|&i| self.groups[i].due <= now)
+        } else {
+            self.groups
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| g.due <= now)
+                .min_by_key(|(_, g)| g.seqs.first().copied().unwrap_or(u64::MAX))
+                .map(|(i, _)| i)
+        };
         if let Some(i) = due {
             let mut group = self.groups.swap_remove(i);
             let works = self.delivered > group.epoch;
@@ -162,6 +167,11 @@ impl Lane {
             return None;
         }
         self.fresh_due(now, interval).then_some(Next::Fresh)
+    }
+
+    /// The index of the group holding the lowest seq.
+    fn oldest_group(&self) -> Option<usize> {
+        self.groups.iter().enumerate().min_by_key(|(_, g)| g.seqs.first().copied().unwrap_or(u64::MAX)).map(|(i, _)| i)
     }
 
     /// A first-attempt batch of `count` events ending at `last_seq` was read.
@@ -212,8 +222,14 @@ impl Lane {
         }
         let mut best: Option<Duration> = None;
         let mut consider = |t: Duration| best = Some(best.map_or(t, |b| b.min(t)));
-        for g in &self.groups {
-            consider(g.due);
+        if self.ordered {
+            if let Some(i) = self.oldest_group() {
+                consider(self.groups[i].due);
+            }
+        } else {
+            for g in &self.groups {
+                consider(g.due);
+            }
         }
         if self.fresh > 0
             && !self.holds_fresh()
@@ -311,6 +327,20 @@ mod tests {
         }
         assert!(l.next(S, S).is_none());
         assert!(matches!(l.next(10 * S, S), Some(Next::Retry { .. })));
+    }
+
+    #[test]
+    fn an_ordered_lane_retries_its_oldest_group_before_younger_ones_that_are_due() {
+        let mut l = lane(Delivery::Ordered);
+        let now = Duration::from_secs(10);
+        l.groups.push(Group { seqs: vec![5, 6], due: now, failures: 0, epoch: 0 });
+        l.groups.push(Group { seqs: vec![1], due: now + Duration::from_secs(2), failures: 1, epoch: 0 });
+        assert!(l.next(now, Duration::from_secs(1)).is_none(), "seq 1 waits for its backoff; 5 and 6 wait for it");
+        assert_eq!(l.next_deadline(Duration::from_secs(1)), Some(now + Duration::from_secs(2)));
+        match l.next(now + Duration::from_secs(2), Duration::from_secs(1)) {
+            Some(Next::Retry { seqs, .. }) => assert_eq!(seqs, vec![1]),
+            other => panic!("expected the retry of seq 1, got {other:?}"),
+        }
     }
 
     #[test]
