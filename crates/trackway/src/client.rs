@@ -380,6 +380,11 @@ impl Client {
         }
         validate_message(&m)?;
         let mut routes = shared.routes[kind_index(m.kind)];
+        let server_mode = m.user.is_some() || m.anonymous_id.is_some();
+        if !server_mode {
+            // App-mode events go only where `anonymize` pointed them.
+            routes &= crate::app::routes_mask(&lock(&shared.app), &shared.names);
+        }
         if let Some(event) = opts.app_event {
             routes &= shared.app_routes[event.index()];
             if routes == 0 {
@@ -399,7 +404,6 @@ impl Client {
             (None, Some(at)) => (MessageId::new_v7(at), at),
             (None, None) => (MessageId::new_v7(queued_at), queued_at),
         };
-        let server_mode = m.user.is_some() || m.anonymous_id.is_some();
         let is_identify = m.kind == EventKind::Identify;
         let (ids, primary) = (std::mem::take(&mut m.ids), m.primary.take());
 
@@ -417,10 +421,6 @@ impl Client {
             (identity, None)
         } else {
             let app = lock(&shared.app);
-            routes &= crate::app::routes_mask(&app, &shared.names);
-            if routes == 0 {
-                return Err(Error::NoRoute { kind: m.kind.as_str() });
-            }
             let mut next = app.clone();
             if is_identify {
                 crate::app::apply_identify(&mut next, &ids, primary.as_deref(), shared.primary_id.as_deref());

@@ -298,17 +298,23 @@ fn the_collector_shows_umami_events_with_their_destination() {
 #[test]
 fn long_titles_are_truncated_sent_and_counted_once() {
     watchdog(LIMIT, || {
-        // The first attempt fails: the retry encodes the event again but is not counted again.
+        // Four visitors: one request each, the last three deferred behind the first (and so
+        // encoded again), and the first attempt fails (its retry encodes it again): still one
+        // truncation counted per event.
         let collector = Collector::builder().script([Reply::status(503)]).start().expect("collector");
         let client = fast_builder().destination(umami(&collector)).build().expect("client");
-        client.page("u1", Page::new("/long").title("😀".repeat(300))).expect("page");
+        client.pause_worker();
+        for user in ["u1", "u2", "u3", "u4"] {
+            client.page(user, Page::new("/long").title("😀".repeat(300))).expect("page");
+        }
+        client.resume_worker();
         client.flush(Duration::from_secs(10)).expect("flush");
         let sent = payloads(&collector.requests());
-        assert_eq!(sent.len(), 2);
+        assert_eq!(sent.len(), 5, "u1 twice, then the others");
         assert_eq!(sent[1]["title"].as_str().map(|t| t.chars().count()), Some(250), "500 UTF-16 units");
         let stats = client.stats();
         let s = stats.destination("umami").expect("stats");
-        assert_eq!((s.delivered, s.truncated), (1, 1));
+        assert_eq!((s.delivered, s.truncated), (4, 4));
     });
 }
 
@@ -380,5 +386,29 @@ fn a_failed_send_is_retried_before_the_requests_waiting_behind_it() {
         let expected: Vec<(String, u16)> =
             [("a", 502), ("a", 200), ("b", 200), ("c", 200)].iter().map(|(n, s)| ((*n).to_owned(), *s)).collect();
         assert_eq!(sends, expected);
+    });
+}
+
+#[test]
+fn sessions_go_on_after_anonymize_points_app_events_at_umami_alone() {
+    watchdog(LIMIT, || {
+        let collector = Collector::start().expect("collector");
+        let memory = trackway::destination::InMemoryDestination::new("memory");
+        let client = fast_builder()
+            .app_lifecycle(trackway::AppLifecycle::default())
+            .destination(memory.clone())
+            .destination(umami(&collector))
+            .build()
+            .expect("client");
+        client.anonymize(trackway::Anonymize::new().destinations(["umami"])).expect("anonymize");
+        assert!(client.current_session().is_some(), "a new session, though no destination left takes it");
+        client.app_background().expect("background");
+        client.app_foreground().expect("foreground");
+        client.capture(Track::new("after")).expect("track");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let names: Vec<String> =
+            payloads(&collector.requests()).iter().map(|p| p["name"].as_str().unwrap_or("").to_owned()).collect();
+        assert_eq!(names, ["installation", "installation", "after"], "the first run's and the new user's");
+        assert!(memory.received().iter().all(|r| r.event.name.as_deref() != Some("after")));
     });
 }

@@ -456,6 +456,7 @@ impl Worker {
             loop {
                 let now = self.shared.clock.elapsed();
                 let Some(next) = self.lanes[i].next(now, interval) else { break };
+                let first_attempt = matches!(next, Next::Fresh);
                 let (records, failures) = match next {
                     Next::Retry { seqs, failures } => match self.store.read_seqs(i, &seqs) {
                         Ok(records) => (Ok(records), failures),
@@ -486,7 +487,7 @@ impl Worker {
                     }
                 };
                 match records {
-                    Ok(records) if !records.is_empty() => self.send(i, records, failures),
+                    Ok(records) if !records.is_empty() => self.send(i, records, failures, first_attempt),
                     Ok(_) => {}
                     Err(e) => {
                         tracing::error!(error = %e, destination = self.lanes[i].dest.name(), "trackway: could not read from the store");
@@ -500,7 +501,9 @@ impl Worker {
     }
 
     /// Encodes `records` for lane `i` and starts the requests.
-    fn send(&mut self, i: usize, records: Vec<EventRecord>, failures: u32) {
+    /// `first_attempt`: the events were read fresh (a retry, or a request an ordered destination
+    /// deferred, encodes them again).
+    fn send(&mut self, i: usize, records: Vec<EventRecord>, failures: u32, first_attempt: bool) {
         let now_ts = self.shared.clock.now();
         let max_age = self.settings.max_event_age;
         let (records, expired): (Vec<_>, Vec<_>) =
@@ -517,8 +520,9 @@ impl Worker {
         }
         let lane = &self.lanes[i];
         let encoded = lane.dest.encode(&records, &lane.state, now_ts);
-        // Retries encode the same events again: count their truncations once.
-        if failures == 0 && encoded.truncated > 0 {
+        // Retries and deferred requests encode the same events again: count truncations once,
+        // when the events are first encoded.
+        if first_attempt && encoded.truncated > 0 {
             bump(&self.shared.counters.destinations[i].truncated, encoded.truncated);
         }
         let mut covered = vec![false; records.len()];
