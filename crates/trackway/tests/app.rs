@@ -399,15 +399,19 @@ fn every_launch_tracks_an_unchanged_token_once_per_process() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("outbox.db");
         let lifecycle = AppLifecycle::default().installation(false).push_token_frequency(TokenFrequency::EveryLaunch);
-        let mut tracked = Vec::new();
-        for _ in 0..2 {
+        let mut per_launch = Vec::new();
+        for _ in 0..3 {
             let dest = InMemoryDestination::new("m");
             let c = restart(&path, Clock::system(), dest.clone(), lifecycle.clone());
-            tracked.push(c.track_push_token(PushToken::fcm("a")).expect("launch").is_some());
-            tracked.push(c.track_push_token(PushToken::fcm("a")).expect("again").is_some());
+            // The app hands the token over at each launch (the stored one is re-checked at the
+            // start too): one event per launch either way.
+            c.track_push_token(PushToken::fcm("a")).expect("launch");
+            c.track_push_token(PushToken::fcm("a")).expect("again");
+            c.app_foreground().expect("foreground");
+            per_launch.push(named(&received(&c, &dest), "notification_state").len());
             c.shutdown(FLUSH).expect("shutdown");
         }
-        assert_eq!(tracked, [true, false, true, false]);
+        assert_eq!(per_launch, [1, 1, 1]);
     });
 }
 
@@ -565,5 +569,39 @@ fn lifecycle_events_dropped_by_before_send_still_move_the_app_state() {
         assert_eq!(names(&got), ["inside"]);
         assert!(got[0].event.session_id.is_some());
         assert_eq!(c.stats().dropped.filtered, 2);
+    });
+}
+
+#[test]
+fn a_manual_session_left_open_by_an_earlier_run_ends_at_its_last_seen_time() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("outbox.db");
+        let (clock, hand) = manual();
+        let dest = InMemoryDestination::new("m");
+        let c = restart(&path, clock, dest.clone(), AppLifecycle::server());
+        c.session_start().expect("start");
+        hand.advance(Duration::from_secs(7));
+        c.capture(Track::new("last")).expect("track");
+        c.shutdown(FLUSH).expect("shutdown");
+
+        // An hour later: the open session is ended where it was last seen, not now.
+        let (clock, hand) = Clock::manual(Timestamp::from_unix_millis(T0 + 3_600_000));
+        let dest = InMemoryDestination::new("m");
+        let c = restart(&path, clock, dest.clone(), AppLifecycle::server());
+        assert_eq!(c.current_session(), None);
+        c.session_start().expect("start");
+        let got = received(&c, &dest);
+        let end = named(&got, "session_end")[0];
+        assert_eq!(end.event.timestamp.unix_millis(), T0 + 7_000);
+        assert_eq!(end.event.properties.get("duration").and_then(|v| v.as_f64()), Some(7.0));
+
+        // A session idle past the timeout and closed by the next session_start: the same.
+        hand.advance(Duration::from_secs(600));
+        c.session_start().expect("start again");
+        let got = received(&c, &dest);
+        let ends = named(&got, "session_end");
+        assert_eq!(ends[1].event.timestamp.unix_millis(), T0 + 3_600_000);
+        assert_eq!(ends[1].event.properties.get("duration").and_then(|v| v.as_f64()), Some(0.0));
     });
 }

@@ -75,10 +75,38 @@ impl Client {
         {
             tracing::warn!(error = %e, "trackway: could not track the installation event");
         }
-        if shared.lifecycle.automatic_sessions
-            && let Err(e) = self.foreground(&mut launch)
-        {
-            tracing::warn!(error = %e, "trackway: could not start the session");
+        let started =
+            if shared.lifecycle.automatic_sessions { self.foreground(&mut launch) } else { self.close_stale_session() };
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "trackway: could not end or start the session");
+        }
+        if let Err(e) = self.retrack_push_token(&mut launch) {
+            tracing::warn!(error = %e, "trackway: could not track the push token");
+        }
+    }
+
+    /// Manual sessions at start: a session an earlier run left open, idle for the session
+    /// timeout or longer, is ended at its last-seen time (a fresher one may still be continued).
+    fn close_stale_session(&self) -> Result<(), Error> {
+        if let Some(open) = self.session() {
+            let now = self.inner.shared.clock.now();
+            let end = self.end_time(&open, now);
+            if end != now {
+                self.end_session(&open, end)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// When a session that is being closed at `now` ended: `now`, unless it has been idle (or
+    /// away) for the session timeout or longer, then at its last-seen time, so its `duration`
+    /// never counts time nobody used the app.
+    fn end_time(&self, session: &SessionState, now: Timestamp) -> Timestamp {
+        let timeout = i64::try_from(self.inner.shared.lifecycle.session_timeout.as_millis()).unwrap_or(i64::MAX);
+        if now.unix_millis().saturating_sub(session.last_seen) >= timeout {
+            Timestamp::from_unix_millis(session.last_seen)
+        } else {
+            now
         }
     }
 
@@ -140,7 +168,7 @@ impl Client {
         let _launch = lock(&self.inner.shared.launch);
         let now = self.inner.shared.clock.now();
         if let Some(open) = self.session() {
-            self.end_session(&open, now)?;
+            self.end_session(&open, self.end_time(&open, now))?;
         }
         self.start_session(now)
     }
@@ -265,7 +293,7 @@ impl Client {
         let now = shared.clock.now();
         let old = lock(&shared.app).clone();
         if let Some(session) = &old.session {
-            self.end_session(session, now)?;
+            self.end_session(session, self.end_time(session, now))?;
         }
         let token = old.push.filter(|p| !p.cancelled);
         if let Some(p) = &token {
