@@ -184,9 +184,14 @@ fn summary(e: &Value) -> String {
     let name = e["name"].as_str().or_else(|| e["page"]["url"].as_str()).unwrap_or("");
     let identity = &e["identity"];
     let user = identity["user_id"].as_str().or_else(|| identity["anonymous_id"].as_str()).unwrap_or("");
-    let session =
-        e["session_id"].as_str().map(|s| format!(" session={}", &s[s.len().saturating_sub(8)..])).unwrap_or_default();
+    let session = e["session_id"].as_str().map(|s| format!(" session={}", tail(s, 8))).unwrap_or_default();
     format!("{kind:<9} {name:<20} user={user}{session}")
+}
+
+/// The last `n` characters of `s` (a session id is long; its end tells sessions apart).
+fn tail(s: &str, n: usize) -> &str {
+    let start = s.char_indices().rev().nth(n.saturating_sub(1)).map_or(0, |(i, _)| i);
+    &s[start..]
 }
 
 fn wait_for_ctrl_c() -> anyhow::Result<()> {

@@ -5,7 +5,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{KillOnDrop, watchdog};
+use support::watchdog;
 
 /// Every destination trackway has, as the demo names them.
 const DESTINATIONS: &[&str] = &["json", "umami"];
@@ -13,18 +13,16 @@ const DESTINATIONS: &[&str] = &["json", "umami"];
 #[test]
 fn demo_exit_reports_the_session_at_every_destination() {
     watchdog(Duration::from_secs(60), || {
-        let child = Command::new(env!("CARGO_BIN_EXE_trackway"))
+        // `output` reads stdout and stderr together, so neither pipe can fill and stall the demo;
+        // `--exit` ends it by itself, and the watchdog bounds the wait.
+        let output = Command::new(env!("CARGO_BIN_EXE_trackway"))
             .args(["demo", "--exit", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("trackway demo starts");
-        let mut child = KillOnDrop(child);
-        let stdout = child.0.stdout.take().expect("stdout");
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut { stdout }, &mut text).expect("read stdout");
-        let status = child.0.wait().expect("demo exits");
-        assert!(status.success(), "demo failed: {status}\n{text}");
+            .stdin(Stdio::null())
+            .output()
+            .expect("trackway demo runs");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let status = output.status;
+        assert!(status.success(), "demo failed: {status}\n{text}\n{}", String::from_utf8_lossy(&output.stderr));
         assert!(text.contains("live page: http://127.0.0.1:"), "{text}");
         assert!(text.contains("-> 503"), "the failure injected on purpose is shown, and retried:\n{text}");
         // Sessions and the push token go where they mean something (not to Umami).

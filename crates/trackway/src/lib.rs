@@ -68,7 +68,10 @@
 //!   is turned on again. [`Client::purge_queued`] empties the outbox; [`Client::erase_user`]
 //!   removes one person's queued events and dead letters.
 //!
-//! Server-mode calls (that name their user) never touch this state.
+//! Server-mode calls (that name their user) never touch this state. A lifecycle call that changes
+//! the state without queuing an event (`app_background`, part of `anonymize`, `set_enabled`)
+//! uses the queue's reserved slots; only when a flood has filled those too does it wait for
+//! room, at most 5 s, then return `QueueFull`.
 //!
 //! ```
 //! use std::time::Duration;

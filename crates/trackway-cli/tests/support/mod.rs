@@ -1,4 +1,5 @@
 //! What the command-line tests share: a watchdog, and a child process that cannot outlive its test.
+#![allow(dead_code, reason = "each test binary uses part of this module")]
 
 use std::process::Child;
 use std::sync::mpsc;

@@ -37,8 +37,8 @@ pub enum UmamiMode {
 impl std::str::FromStr for UmamiMode {
     type Err = String;
 
-    /// `3`, `3.1`, `v3` → [`UmamiMode::V3`]; `2`, `2.15` (or any 2.x up to 2.16) →
-    /// [`UmamiMode::V2Legacy`].
+    /// `3`, `3.1`, `v3`, `2.17`… → [`UmamiMode::V3`]; `2`, `2.15` (any 2.x up to 2.15) →
+    /// [`UmamiMode::V2Legacy`]; `2.16` (JSON tokens, no batch) is refused.
     fn from_str(s: &str) -> Result<Self, String> {
         let v = s.trim().trim_start_matches('v');
         let mut parts = v.split('.');
@@ -46,7 +46,11 @@ impl std::str::FromStr for UmamiMode {
         let minor = parts.next().map_or(Some(0), |m| m.parse::<u32>().ok());
         match (major, minor) {
             (Some(3..), Some(_)) => Ok(UmamiMode::V3),
-            (Some(2), Some(..=16)) => Ok(UmamiMode::V2Legacy),
+            (Some(2), Some(..=15)) => Ok(UmamiMode::V2Legacy),
+            // No /api/batch yet, but JSON tokens already: neither mode is that server.
+            (Some(2), Some(16)) => Err(format!(
+                "{s:?}: the collector imitates Umami up to 2.15 (no /api/batch, text/plain tokens) or 2.17+/3.x, not 2.16"
+            )),
             (Some(2), Some(_)) => Ok(UmamiMode::V3),
             _ => Err(format!("{s:?} is not an Umami version the collector imitates (2.x or 3.x)")),
         }

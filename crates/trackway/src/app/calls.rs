@@ -445,6 +445,8 @@ impl Client {
             return Err(Error::ShutDown);
         }
         let change = write(DEFAULTS_KEY, Some(&properties));
+        // Held across the push: concurrent calls reach the store in the order they apply here.
+        let _serial = lock(&shared.launch);
         {
             let mut defaults = lock(&shared.defaults);
             shared.has_defaults.store(!properties.is_empty(), Ordering::Relaxed);
@@ -467,7 +469,9 @@ impl Client {
     /// Turns tracking on or off (the user's consent), persisted across restarts. While off,
     /// every call returns `Error::Disabled` (counted as `disabled`), nothing is queued and
     /// nothing is sent: events queued before stay in the outbox, unsent, until tracking is on
-    /// again or [`purge_queued`](Self::purge_queued) removes them.
+    /// again or [`purge_queued`](Self::purge_queued) removes them. The app state does not move
+    /// while off (no session starts); turning it back on does what a start does (the
+    /// `installation` if it is still due, the session with automatic sessions).
     ///
     /// # Errors
     /// `ShutDown`; `QueueFull` if the change could not be queued within 5 s (it applies to this
@@ -477,10 +481,19 @@ impl Client {
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
-        shared.enabled.store(enabled, Ordering::Release);
-        let change = write(CONSENT_KEY, Some(&enabled));
-        if !push_control(shared, Control::State(vec![change]), STATE_PUSH_TIMEOUT) {
-            return Err(Error::QueueFull);
+        let was_enabled = {
+            // Held across the push: concurrent calls reach the store in the order they apply here.
+            let _serial = lock(&shared.launch);
+            let was = shared.enabled.swap(enabled, Ordering::AcqRel);
+            let change = write(CONSENT_KEY, Some(&enabled));
+            if !push_control(shared, Control::State(vec![change]), STATE_PUSH_TIMEOUT) {
+                return Err(Error::QueueFull);
+            }
+            was
+        };
+        if enabled && !was_enabled {
+            // Back on: what a start would have done while it was off (installation, session).
+            self.launch();
         }
         Ok(())
     }
@@ -539,14 +552,23 @@ impl Client {
     /// events queued before it) and applied to the live state under the same lock.
     pub(crate) fn update_app_state(&self, update: &dyn Fn(&mut AppState)) -> Result<(), Error> {
         let shared = &self.inner.shared;
-        let mut app = lock(&shared.app);
-        let mut next = app.clone();
-        update(&mut next);
-        let changes = app.changes_to(&mut next);
-        if !changes.is_empty() && !push_control(shared, Control::State(changes), STATE_PUSH_TIMEOUT) {
-            return Err(Error::QueueFull);
+        let started = std::time::Instant::now();
+        loop {
+            let mut app = lock(&shared.app);
+            let mut next = app.clone();
+            update(&mut next);
+            let changes = app.changes_to(&mut next);
+            if changes.is_empty() || shared.queue.push_control(Control::State(changes)).is_ok() {
+                *app = next;
+                return Ok(());
+            }
+            // The reserved slots are full (a flood): wait for room without holding the lock,
+            // so app-mode calls on other threads go on.
+            drop(app);
+            if started.elapsed() >= STATE_PUSH_TIMEOUT {
+                return Err(Error::QueueFull);
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        *app = next;
-        Ok(())
     }
 }
