@@ -40,7 +40,9 @@ impl Anonymize {
     }
 
     /// Switch app-mode events to these destinations (by name; all must be configured on the
-    /// client), e.g. another Bloomreach project. Server-mode calls keep going everywhere.
+    /// client), e.g. another Bloomreach project. Server-mode calls keep going everywhere. The
+    /// choice is stored: a later run whose client lacks all of them gets `NoRoute` for app-mode
+    /// events (never a silent switch back to the others) until `anonymize` chooses again.
     pub fn destinations<I, S>(mut self, names: I) -> Self
     where
         I: IntoIterator<Item = S>,
