@@ -15,6 +15,8 @@
 //! deadline), so the test fails rather than hangs, and the browser is killed when the test ends,
 //! however it ends.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,7 +37,12 @@ const WEBDRIVER_TIMEOUT: Duration = Duration::from_secs(60);
 #[test]
 fn live_page_shows_events_sent_before_and_after_it_loaded() {
     let Some((chromium, chromedriver)) = browser_binaries() else { return };
+    // Each wait is bounded on its own; the watchdog bounds the whole (Chromium may be slow to
+    // start on a busy machine, hence the margin).
+    support::watchdog(Duration::from_secs(240), move || browser_test(&chromium, &chromedriver));
+}
 
+fn browser_test(chromium: &Path, chromedriver: &Path) {
     let collector = Collector::start().expect("collector");
     let client = Client::builder()
         .destination(JsonHttp::new(collector.url("/events")))
@@ -46,8 +53,8 @@ fn live_page_shows_events_sent_before_and_after_it_loaded() {
     client.track(user, "sent_before_the_page_loaded", props! { "plan" => "pro" }).expect("track");
     client.flush(Duration::from_secs(10)).expect("first event delivered");
 
-    let driver = WebDriver::start(&chromedriver).expect("chromedriver starts");
-    let page = driver.open(&chromium).expect("a headless Chromium session");
+    let driver = WebDriver::start(chromedriver).expect("chromedriver starts");
+    let page = driver.open(chromium).expect("a headless Chromium session");
     page.navigate(&collector.url("/")).expect("load the live page");
     page.wait_for_text("sent_before_the_page_loaded").expect("the page shows the event sent before it loaded");
 

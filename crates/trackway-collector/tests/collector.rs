@@ -3,41 +3,20 @@
 //! Every test runs under a watchdog, so a deadlock fails in seconds instead of hanging CI, and
 //! every client has a request timeout.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
+use support::{client, watchdog};
 use trackway_collector::{Collector, Faults, Reply, Rule, SinkStats};
 
-/// Runs `test` on its own thread and fails if it has not finished within `limit`.
-fn watchdog(limit: Duration, test: impl FnOnce() + Send + 'static) {
-    let (done_tx, done_rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        test();
-        let _ = done_tx.send(());
-    });
-    match done_rx.recv_timeout(limit) {
-        Ok(()) => handle.join().expect("test thread"),
-        // The test panicked (its sender was dropped): re-raise its panic here.
-        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("test finished without reporting"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test still running after {limit:?}"),
-    }
-}
-
 const LIMIT: Duration = Duration::from_secs(20);
-
-/// A client that never goes through a proxy from the environment (the collector is local).
-fn client() -> Client {
-    Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().expect("reqwest client")
-}
 
 fn post(client: &Client, url: &str, body: &str) -> u16 {
     client.post(url).body(body.to_owned()).send().expect("request").status().as_u16()

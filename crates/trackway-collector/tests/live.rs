@@ -3,35 +3,14 @@
 //! and `answer` fields of the inspection API. (`trackway-cli/tests/browser.rs` loads the page in
 //! headless Chromium.)
 
+mod support;
+
 use std::io::{BufRead, BufReader};
-use std::sync::mpsc;
-use std::thread;
 use std::time::Duration;
 
-use reqwest::blocking::Client;
 use serde_json::{Value, json};
+use support::{client, watchdog};
 use trackway_collector::{Collector, Reply};
-
-/// Runs `test` on its own thread and fails if it has not finished within `limit`.
-fn watchdog(limit: Duration, test: impl FnOnce() + Send + 'static) {
-    let (done_tx, done_rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        test();
-        let _ = done_tx.send(());
-    });
-    match done_rx.recv_timeout(limit) {
-        Ok(()) => handle.join().expect("test thread"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("test finished without reporting"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test still running after {limit:?}"),
-    }
-}
-
-fn client() -> Client {
-    Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().expect("client")
-}
 
 /// Reads one server-sent event: (event name, parsed data). Comments (keep-alives) are skipped.
 fn next_event(reader: &mut impl BufRead) -> (String, Value) {

@@ -1,38 +1,17 @@
 //! The collector's Umami backend on a real listener: `/api/send` and `/api/batch` as Umami v3.1
 //! answers them, the v2 ≤ 2.15 legacy mode, and the precedence of faults, rules and the script.
 
-use std::sync::mpsc;
-use std::thread;
+mod support;
+
 use std::time::Duration;
 
-use reqwest::blocking::Client;
 use serde_json::{Value, json};
+use support::{client, watchdog};
 use trackway_collector::{Collector, Faults, Reply, Rule, UmamiMode};
 
 const LIMIT: Duration = Duration::from_secs(20);
 const SITE: &str = "b59e9c65-ae32-47f1-8400-119fcf4861c4";
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) myapp/1.2.3";
-
-/// Runs `test` on its own thread and fails if it has not finished within `limit`.
-fn watchdog(limit: Duration, test: impl FnOnce() + Send + 'static) {
-    let (done_tx, done_rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        test();
-        let _ = done_tx.send(());
-    });
-    match done_rx.recv_timeout(limit) {
-        Ok(()) => handle.join().expect("test thread"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("test finished without reporting"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test still running after {limit:?}"),
-    }
-}
-
-fn client() -> Client {
-    Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().expect("reqwest client")
-}
 
 /// POSTs `body` with `ua`; the status, the content type and the body text.
 fn post(url: &str, ua: &str, body: &Value) -> (u16, String, String) {
