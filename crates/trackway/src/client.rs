@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     /// Serializes lifecycle transitions (foreground, anonymize, …), which queue several events,
     /// and holds what only this process knows.
     pub(crate) launch: Mutex<crate::app::Launch>,
+    /// Ends a session that stays in the background for the timeout.
+    pub(crate) session_timer: crate::app::SessionTimer,
     /// Which hard id is the primary user id when an identify does not say.
     pub(crate) primary_id: Option<String>,
     /// Destination names, by index.
@@ -251,6 +253,7 @@ impl Client {
             app: Mutex::new(app),
             lifecycle: b.lifecycle.clone().unwrap_or_else(AppLifecycle::none),
             launch: Mutex::new(crate::app::Launch::default()),
+            session_timer: crate::app::SessionTimer::default(),
             primary_id: b.primary_id,
             names: names.clone(),
             enabled: AtomicBool::new(enabled),
@@ -640,6 +643,7 @@ impl Client {
         if shared.closed.swap(true, Ordering::AcqRel) {
             return Err(ShutdownError::AlreadyShutdown);
         }
+        shared.session_timer.wake();
         let started = Instant::now();
         push_control(shared, Control::Shutdown { budget, done: Reply::Async(tx) }, budget);
         let answered =
@@ -652,6 +656,7 @@ impl Client {
         if shared.closed.swap(true, Ordering::AcqRel) {
             return Err(ShutdownError::AlreadyShutdown);
         }
+        shared.session_timer.wake();
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         push_control(shared, Control::Shutdown { budget, done: Reply::Sync(tx) }, budget);
         Ok(rx)
@@ -948,6 +953,7 @@ impl Drop for Inner {
         if shared.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        shared.session_timer.wake();
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let budget = self.shutdown_timeout;
         push_control(shared, Control::Shutdown { budget, done: Reply::Sync(tx) }, budget);

@@ -55,7 +55,8 @@
 //! - **Sessions** ([`AppLifecycle`]): automatic ones follow [`Client::app_foreground`] /
 //!   [`Client::app_background`] with a timeout (60 s). A return within it continues the session;
 //!   a later one tracks `session_end` (with `duration`) at the session's last-seen time and
-//!   `session_start` for a new one. A session left open by a crash or kill is ended at its
+//!   `session_start` for a new one. A session left in the background is ended when the timeout
+//!   passes, without waiting for the app to come back. A session left open by a crash or kill is ended at its
 //!   last-seen time on the next start. Manual ones: [`Client::session_start`] /
 //!   [`Client::session_end`]. Every app-mode event in between carries the session id.
 //! - **`installation`** on the first run, **push tokens** ([`Client::track_push_token`], with a

@@ -606,3 +606,29 @@ fn a_manual_session_left_open_by_an_earlier_run_ends_at_its_last_seen_time() {
         assert_eq!(ends[1].event.properties.get("duration").and_then(|v| v.as_f64()), Some(0.0));
     });
 }
+
+#[test]
+fn a_session_left_in_the_background_ends_when_the_timeout_passes_without_a_return() {
+    watchdog(LIMIT, || {
+        let (c, dest, hand) = app_client();
+        let first = c.current_session().expect("started");
+        hand.advance(Duration::from_secs(3));
+        c.app_background().expect("background");
+        hand.advance(Duration::from_secs(59));
+        std::thread::sleep(Duration::from_millis(50)); // give the timer a chance to be wrong
+        assert_eq!(c.current_session().as_deref(), Some(first.as_str()), "not yet timed out");
+        hand.advance(Duration::from_secs(1));
+        // The timer thread ends it by itself: no foreground, no restart.
+        assert!(support::wait_until(Duration::from_secs(5), || c.current_session().is_none()));
+        let got = received(&c, &dest);
+        let end = named(&got, "session_end")[0];
+        assert_eq!(end.event.session_id.as_deref(), Some(first.as_str()));
+        assert_eq!(end.event.timestamp.unix_millis(), T0 + 3_000, "at the time the app left");
+        assert_eq!(end.event.properties.get("duration").and_then(|v| v.as_f64()), Some(3.0));
+        // Coming back starts a new session; nothing is ended twice.
+        c.app_foreground().expect("foreground");
+        let got = received(&c, &dest);
+        assert_eq!(named(&got, "session_end").len(), 1);
+        assert_eq!(named(&got, "session_start").len(), 2);
+    });
+}

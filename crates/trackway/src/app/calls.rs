@@ -134,8 +134,9 @@ impl Client {
     }
 
     /// The app went to the background: the session's last-seen time is now, and the session
-    /// ends if the app does not come back within the timeout (the `session_end` is tracked when
-    /// it comes back, or on the next start, at this time). A no-op with manual sessions.
+    /// ends if the app does not come back within the timeout: `session_end` is tracked, at this
+    /// time, when the timeout passes (by a timer thread, while the process lives), or else when
+    /// the app comes back or starts again. A no-op with manual sessions.
     ///
     /// # Errors
     /// `Disabled`, `ShutDown`, `QueueFull` (the state could not be queued within 5 s).
@@ -144,15 +145,40 @@ impl Client {
         if !self.inner.shared.lifecycle.automatic_sessions {
             return Ok(());
         }
-        let mut launch = lock(&self.inner.shared.launch);
+        let shared = &self.inner.shared;
+        let mut launch = lock(&shared.launch);
         launch.in_front = false;
-        let now = self.inner.shared.clock.now().unix_millis();
+        let now = shared.clock.now();
+        let ms = now.unix_millis();
         self.update_app_state(&|app: &mut AppState| {
             if let Some(s) = app.session.as_mut() {
                 s.background = true;
-                s.last_seen = s.last_seen.max(now);
+                s.last_seen = s.last_seen.max(ms);
             }
-        })
+        })?;
+        if self.session().is_some() {
+            let deadline = now.saturating_add(shared.lifecycle.session_timeout);
+            shared.session_timer.arm(deadline, Arc::downgrade(&self.inner), shared);
+        }
+        Ok(())
+    }
+
+    /// Run by the session timer: ends the session if the app is still away and the timeout has
+    /// passed (both re-checked here, under the lifecycle lock: the app may have come back).
+    pub(crate) fn end_idle_session(&self) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        if !shared.enabled.load(Ordering::Acquire) || shared.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let launch = lock(&shared.launch);
+        let Some(session) = self.session() else { return Ok(()) };
+        let now = shared.clock.now();
+        let timeout = i64::try_from(shared.lifecycle.session_timeout.as_millis()).unwrap_or(i64::MAX);
+        if launch.in_front || !session.background || now.unix_millis().saturating_sub(session.last_seen) < timeout {
+            return Ok(());
+        }
+        self.end_session(&session, Timestamp::from_unix_millis(session.last_seen))?;
+        Ok(())
     }
 
     /// Starts a session (manual sessions): tracks `session_start`, and first `session_end` for a
@@ -200,6 +226,7 @@ impl Client {
 
     fn foreground(&self, launch: &mut Launch) -> Result<(), Error> {
         let shared = &self.inner.shared;
+        shared.session_timer.disarm();
         let now = shared.clock.now();
         let timeout = i64::try_from(shared.lifecycle.session_timeout.as_millis()).unwrap_or(i64::MAX);
         let session = self.session();

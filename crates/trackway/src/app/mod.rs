@@ -17,12 +17,14 @@ mod calls;
 mod payment;
 mod push;
 mod session;
+mod timer;
 
 pub use calls::Anonymize;
 pub use payment::Payment;
 pub(crate) use push::PushState;
 pub use push::{PushPlatform, PushToken, TokenFrequency};
 pub(crate) use session::SessionState;
+pub(crate) use timer::SessionTimer;
 
 /// State keys (apart from the caller's checkpoints and the destinations' state).
 pub(crate) const IDENTITY_KEY: &str = "identity";
