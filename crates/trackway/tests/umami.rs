@@ -412,3 +412,41 @@ fn sessions_go_on_after_anonymize_points_app_events_at_umami_alone() {
         assert!(memory.received().iter().all(|r| r.event.name.as_deref() != Some("after")));
     });
 }
+
+#[test]
+fn a_user_id_stored_before_umami_was_added_is_dead_lettered_there_not_an_error_everywhere() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("outbox.db");
+        let long = "x".repeat(60);
+        let memory = trackway::destination::InMemoryDestination::new("memory");
+        let first = trackway::Client::builder()
+            .store(trackway::store::SqliteStore::new(&path))
+            .destination(memory.clone())
+            .build()
+            .expect("client without Umami");
+        first.capture(Identify::new().id("registered", long.clone())).expect("identify");
+        first.shutdown(Duration::from_secs(5)).expect("shutdown");
+
+        let collector = Collector::start().expect("collector");
+        let memory = trackway::destination::InMemoryDestination::new("memory");
+        let client = trackway::Client::builder()
+            .store(trackway::store::SqliteStore::new(&path))
+            .destination(memory.clone())
+            .destination(umami(&collector))
+            .build()
+            .expect("client with Umami");
+        client.capture(Track::new("after_adding_umami")).expect("not an error for every destination");
+        assert!(matches!(
+            client.capture(Identify::new().id("registered", long.clone())),
+            Err(Error::DestinationLimit { .. })
+        ));
+        assert!(client.track(&long, "server_mode", props! {}).is_err(), "a server-mode id is checked at the call");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        assert!(memory.received().iter().any(|r| r.event.name.as_deref() == Some("after_adding_umami")));
+        assert!(collector.requests().is_empty());
+        let letters = client.dead_letters(10).expect("dead letters");
+        assert_eq!(letters.len(), 1);
+        assert!(letters[0].detail.contains("UTF-16"), "{}", letters[0].detail);
+    });
+}

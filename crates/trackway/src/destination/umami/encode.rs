@@ -276,6 +276,18 @@ pub(super) fn encode(dest: &Umami, events: &[EventRecord], state: &DestinationSt
         };
         let ip = event.identity.ip.as_deref().or(dest.ip.as_deref());
         let id = event.identity.user_id.as_deref();
+        // A user id stored before this destination was added can be over Umami's limit (an
+        // identify through it could not): the server would refuse it, so it is dead-lettered
+        // here, for this destination only.
+        if let Some(id) = id
+            && utf16_len(id) > super::ID_MAX
+        {
+            out.rejected.push((
+                i,
+                format!("user id is {} UTF-16 units; Umami's distinct id takes {}", utf16_len(id), super::ID_MAX),
+            ));
+            continue;
+        }
         let key = cache_key(&dest.website, id, ip, &user_agent);
         let tag = event.properties.get(TAG_PROPERTY).and_then(Value::as_str);
         let has_data =

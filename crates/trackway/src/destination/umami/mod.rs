@@ -297,7 +297,13 @@ impl Destination for Umami {
         {
             return fail(m);
         }
-        if let Some(id) = &event.identity.user_id
+        // The distinct id is checked where it is given: at identify, and on every server-mode
+        // call (which names its user; app mode marks its identity with the primary id's name).
+        // An app-mode id stored before Umami was added is dead-lettered at send time instead of
+        // failing every call for every destination.
+        let given_here = event.kind == EventKind::Identify || event.identity.primary.is_none();
+        if given_here
+            && let Some(id) = &event.identity.user_id
             && let Err(m) = check_len("user id (Umami's distinct id)", id, ID_MAX)
         {
             return fail(m);
