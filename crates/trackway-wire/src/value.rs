@@ -123,6 +123,18 @@ impl Properties {
         }
     }
 
+    /// Adds the entries of `defaults` whose keys `self` does not have (`self` wins on equal
+    /// keys); they go after `self`'s own entries. One allocation at most, for the room.
+    pub fn fill_missing_from(&mut self, defaults: &Properties) {
+        self.entries.reserve(defaults.entries.len());
+        let own = self.entries.len();
+        for (k, v) in &defaults.entries {
+            if !self.entries[..own].iter().any(|(key, _)| key == k) {
+                self.entries.push((k.clone(), v.clone()));
+            }
+        }
+    }
+
     /// Checks that every number is finite and every key non-empty.
     ///
     /// # Errors
@@ -473,6 +485,13 @@ impl<'de> Deserialize<'de> for Properties {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fill_missing_from_keeps_own_values_and_adds_the_rest() {
+        let mut own = props! { "plan" => "pro", "seq" => 1 };
+        own.fill_missing_from(&props! { "plan" => "free", "build" => "release" });
+        assert_eq!(own, props! { "plan" => "pro", "seq" => 1, "build" => "release" });
+    }
 
     #[test]
     fn nan_and_infinity_are_reported_with_their_path() {

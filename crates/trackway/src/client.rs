@@ -434,14 +434,13 @@ impl Client {
             };
             (crate::app::identity_of(&next, m.ip.clone(), m.user_agent.clone()), session_id)
         };
-        let properties = if opts.no_defaults || !shared.has_defaults.load(Ordering::Relaxed) {
-            m.properties
-        } else {
-            // defaults < event properties (< fields trackway sets, added by the calls that own them).
-            let mut merged = Properties::clone(&lock(&shared.defaults));
-            merged.merge_from(&m.properties);
-            merged
-        };
+        let mut properties = m.properties;
+        if !opts.no_defaults && shared.has_defaults.load(Ordering::Relaxed) {
+            // defaults < event properties (< fields trackway sets, which the calls that own them
+            // put among the event's properties).
+            let defaults = Arc::clone(&lock(&shared.defaults));
+            properties.fill_missing_from(&defaults);
+        }
         let mut event = Event {
             id,
             kind: m.kind,
