@@ -266,8 +266,14 @@ impl Drop for WebDriver {
     fn drop(&mut self) {
         #[cfg(unix)]
         {
-            // The whole group: chromedriver and every Chromium process it started.
-            let _ = Command::new("kill").arg("-KILL").arg(format!("-{}", self.child.id())).status();
+            // The whole group: chromedriver and every Chromium process it started. `--` matters:
+            // procps' `kill -KILL -20419` parses the group as `-2`, so a pid starting with 1
+            // became `kill(-1)`, which kills every process the user may signal (the whole machine
+            // as root). `-s KILL -- -PGID` is read the same way by procps and util-linux.
+            let pgid = self.child.id();
+            if pgid > 1 {
+                let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{pgid}")]).status();
+            }
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -205,7 +205,8 @@ fn store_keeps_the_requests_of_a_run_stopped_with_ctrl_c() {
         let sent = http().post(format!("{url}/events")).body(body.to_string()).send().expect("send");
         assert_eq!(sent.status().as_u16(), 200);
         // Ctrl-C: the collector finishes its store and exits 0.
-        let interrupted = Command::new("kill").args(["-INT", &guard.0.id().to_string()]).status().expect("kill -INT");
+        let interrupted =
+            Command::new("kill").args(["-s", "INT", "--", &guard.0.id().to_string()]).status().expect("kill -INT");
         assert!(interrupted.success());
         let started = std::time::Instant::now();
         let status = loop {
