@@ -45,7 +45,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The user withdraws consent: nothing more is queued or sent, and the choice is kept.
     client.set_enabled(false)?;
-    println!("tracking while opted out: {:?}", client.capture(Track::new("not_sent")).unwrap_err());
+    if let Err(e) = client.capture(Track::new("not_sent")) {
+        println!("tracking while opted out: {e}");
+    }
 
     client.set_enabled(true)?;
     client.shutdown(Duration::from_secs(5))?;
@@ -54,7 +56,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(serde_json::Value::Array(events)) = request.json() {
             for e in events {
                 let who = e["identity"]["user_id"].as_str().or(e["identity"]["anonymous_id"].as_str()).unwrap_or("?");
-                let session = e["session_id"].as_str().map_or("-", |s| &s[s.len().saturating_sub(6)..]);
+                let session: String = e["session_id"].as_str().map_or_else(
+                    || "-".to_owned(),
+                    |s| s.chars().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect(),
+                );
                 println!(
                     "{:<9} {:<20} session …{:<6} user={}",
                     e["type"].as_str().unwrap_or(""),
