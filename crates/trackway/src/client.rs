@@ -110,6 +110,14 @@ pub(crate) struct Shared {
     warned_queue_full: AtomicBool,
 }
 
+/// What an app-mode event leaves of the app state once it is queued.
+enum NextApp {
+    /// Only the open session's last-seen time moved (the common case).
+    Seen(crate::app::SessionState),
+    /// Anything else: the whole new state.
+    Whole(AppState),
+}
+
 /// How an internal call differs from a plain one.
 #[derive(Default)]
 pub(crate) struct Options<'a> {
@@ -384,10 +392,36 @@ impl Client {
         validate_message(&m)?;
         let mut routes = shared.routes[kind_index(m.kind)];
         let server_mode = m.user.is_some() || m.anonymous_id.is_some();
-        if !server_mode {
+        let is_identify = m.kind == EventKind::Identify;
+        let (ids, primary) = (std::mem::take(&mut m.ids), m.primary.take());
+
+        // App mode snapshots the identity under the lock and releases it at once: a before_send
+        // hook (user code) runs next and may itself track. The state change is worked out again
+        // on the live state when the event is pushed.
+        let (identity, session_id) = if server_mode {
+            let identity = Identity {
+                user_id: m.user.take(),
+                anonymous_id: m.anonymous_id.take().map(String::from),
+                ip: m.ip.take(),
+                user_agent: m.user_agent.take(),
+                ..Identity::default()
+            };
+            (identity, None)
+        } else {
+            let app = lock(&shared.app);
             // App-mode events go only where `anonymize` pointed them.
-            routes &= crate::app::routes_mask(&lock(&shared.app), &shared.names);
-        }
+            routes &= crate::app::routes_mask(&app, &shared.names);
+            let mut who = app.identity.clone();
+            if is_identify {
+                crate::app::apply_identify(&mut who, &ids, primary.as_deref(), shared.primary_id.as_deref());
+            }
+            let session_id = match &opts.session {
+                Some(explicit) => explicit.clone(),
+                None => app.session.as_ref().map(|s| s.id.clone()),
+            };
+            drop(app);
+            (who.into_event_identity(m.ip.take(), m.user_agent.take()), session_id)
+        };
         if let Some(event) = opts.app_event {
             routes &= shared.app_routes[event.index()];
             if routes == 0 {
@@ -406,33 +440,6 @@ impl Client {
             (Some(import), _) => import,
             (None, Some(at)) => (MessageId::new_v7(at), at),
             (None, None) => (MessageId::new_v7(queued_at), queued_at),
-        };
-        let is_identify = m.kind == EventKind::Identify;
-        let (ids, primary) = (std::mem::take(&mut m.ids), m.primary.take());
-
-        // App mode snapshots the identity under the lock and releases it at once: a before_send
-        // hook (user code) runs next and may itself track. The state change is worked out again
-        // on the live state when the event is pushed.
-        let (identity, session_id) = if server_mode {
-            let identity = Identity {
-                user_id: m.user.take(),
-                anonymous_id: m.anonymous_id.take().map(String::from),
-                ip: m.ip.take(),
-                user_agent: m.user_agent.take(),
-                ..Identity::default()
-            };
-            (identity, None)
-        } else {
-            let app = lock(&shared.app);
-            let mut next = app.clone();
-            if is_identify {
-                crate::app::apply_identify(&mut next, &ids, primary.as_deref(), shared.primary_id.as_deref());
-            }
-            let session_id = match &opts.session {
-                Some(explicit) => explicit.clone(),
-                None => app.session.as_ref().map(|s| s.id.clone()),
-            };
-            (crate::app::identity_of(&next, m.ip.clone(), m.user_agent.clone()), session_id)
         };
         let mut properties = m.properties;
         if !opts.no_defaults && shared.has_defaults.load(Ordering::Relaxed) {
@@ -478,21 +485,30 @@ impl Client {
             state.push(StateChange { key: format!("{CHECKPOINT_PREFIX}{key}"), value: Some(value.clone()) });
             lock(&shared.checkpoints)
         });
-        // App mode: the change this event makes to the live state, committed with it.
+        // App mode: the change this event makes to the live state, committed with it. Most
+        // events only move the session's last-seen time: that one field is copied and written,
+        // not the whole state.
         let mut app = (!server_mode).then(|| lock(&shared.app));
-        let next = app.as_ref().map(|current| {
+        let activity = opts.session.is_none().then_some(event.session_id.as_deref()).flatten();
+        let next = app.as_ref().and_then(|current| {
+            let seen = activity.and_then(|id| current.seen_at(Some(id), timestamp));
+            if !is_identify && opts.update.is_none() && !current.unsaved {
+                let seen = seen?;
+                state.push(AppState::session_change(&seen));
+                return Some(NextApp::Seen(seen));
+            }
             let mut next = AppState::clone(current);
             if is_identify {
-                crate::app::apply_identify(&mut next, &ids, primary.as_deref(), shared.primary_id.as_deref());
+                crate::app::apply_identify(&mut next.identity, &ids, primary.as_deref(), shared.primary_id.as_deref());
             }
-            if opts.session.is_none() {
-                crate::app::saw_activity(&mut next, event.session_id.as_deref(), timestamp);
+            if let Some(seen) = seen {
+                next.session = Some(seen);
             }
             if let Some(update) = opts.update {
                 update(&mut next);
             }
             state.extend(current.changes_to(&mut next));
-            next
+            Some(NextApp::Whole(next))
         });
         let priority =
             if (is_identify && !server_mode) || opts.update.is_some() { Priority::Reserved } else { Priority::Normal };
@@ -508,8 +524,10 @@ impl Client {
             return Err(Error::QueueFull);
         }
         bump(&shared.counters.enqueued, 1);
-        if let (Some(current), Some(next)) = (app.as_mut(), next) {
-            **current = next;
+        match (app.as_mut(), next) {
+            (Some(current), Some(NextApp::Whole(next))) => **current = next,
+            (Some(current), Some(NextApp::Seen(seen))) => current.session = Some(seen),
+            _ => {}
         }
         drop(app);
         if let (Some(map), Some((key, value))) = (checkpoints.as_mut(), opts.checkpoint) {
@@ -789,7 +807,7 @@ impl Client {
     /// The current app-mode identity (anonymous id, user id, hard ids).
     pub fn current_identity(&self) -> Identity {
         let app = lock(&self.inner.shared.app);
-        crate::app::identity_of(&app, None, None)
+        app.identity.clone().into_event_identity(None, None)
     }
 }
 

@@ -114,6 +114,11 @@ impl AppLifecycle {
         self
     }
 
+    /// The session timeout in milliseconds, as the session rules compare it.
+    pub(crate) fn timeout_ms(&self) -> i64 {
+        i64::try_from(self.session_timeout.as_millis()).unwrap_or(i64::MAX)
+    }
+
     /// The lifecycle a client has when none is configured.
     pub(crate) fn none() -> Self {
         AppLifecycle::server()
@@ -210,7 +215,7 @@ pub(crate) fn routes_mask(app: &AppState, names: &[String]) -> u64 {
 /// `anonymize`). The primary user id is the id the message names, else the configured one,
 /// else the only id given.
 pub(crate) fn apply_identify(
-    app: &mut AppState,
+    id: &mut AppIdentity,
     ids: &BTreeMap<String, String>,
     primary: Option<&str>,
     configured_primary: Option<&str>,
@@ -219,7 +224,6 @@ pub(crate) fn apply_identify(
         // An identify with user properties only keeps the ids.
         return;
     }
-    let id = &mut app.identity;
     id.ids = ids.clone();
     id.primary = primary
         .filter(|p| ids.contains_key(*p))
@@ -229,27 +233,33 @@ pub(crate) fn apply_identify(
     id.user_id = id.primary.as_ref().and_then(|p| id.ids.get(p).cloned());
 }
 
-/// The identity snapshot an app-mode event carries.
-pub(crate) fn identity_of(app: &AppState, ip: Option<String>, user_agent: Option<String>) -> trackway_wire::Identity {
-    let id = &app.identity;
-    trackway_wire::Identity {
-        anonymous_id: id.anonymous_id.clone(),
-        user_id: id.user_id.as_deref().map(Into::into),
-        primary: id.primary.clone(),
-        ids: id.ids.clone(),
-        ip,
-        user_agent,
+impl AppIdentity {
+    /// The identity snapshot an app-mode event carries (consumes a copy made for the event).
+    pub(crate) fn into_event_identity(self, ip: Option<String>, user_agent: Option<String>) -> trackway_wire::Identity {
+        trackway_wire::Identity {
+            anonymous_id: self.anonymous_id,
+            user_id: self.user_id.map(Into::into),
+            primary: self.primary,
+            ids: self.ids,
+            ip,
+            user_agent,
+        }
     }
 }
 
-/// An app-mode event of the open session at `at`: the app is in use, so the session's last-seen
-/// time moves (not while it is in the background: a background task does not keep a session).
-pub(crate) fn saw_activity(app: &mut AppState, session_id: Option<&str>, at: trackway_wire::Timestamp) {
-    if let Some(s) = app.session.as_mut()
-        && Some(s.id.as_str()) == session_id
-        && !s.background
-    {
-        s.last_seen = s.last_seen.max(at.unix_millis());
+impl AppState {
+    /// The open session with its last-seen time moved to `at`, when an app-mode event of that
+    /// session at `at` moves it: the app is in use (not while it is in the background: a
+    /// background task does not keep a session).
+    pub(crate) fn seen_at(&self, session_id: Option<&str>, at: trackway_wire::Timestamp) -> Option<SessionState> {
+        let s = self.session.as_ref()?;
+        let moves = Some(s.id.as_str()) == session_id && !s.background && at.unix_millis() > s.last_seen;
+        moves.then(|| SessionState { last_seen: at.unix_millis(), ..s.clone() })
+    }
+
+    /// The state change that stores `session` as the open session.
+    pub(crate) fn session_change(session: &SessionState) -> StateChange {
+        write(SESSION_KEY, Some(session))
     }
 }
 
