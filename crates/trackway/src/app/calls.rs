@@ -100,16 +100,9 @@ impl Client {
         Ok(())
     }
 
-    /// When a session that is being closed at `now` ended: `now`, unless it has been idle (or
-    /// away) for the session timeout or longer, then at its last-seen time, so its `duration`
-    /// never counts time nobody used the app.
+    /// When a session closed at `now` ended (see [`SessionState::end_at`]).
     fn end_time(&self, session: &SessionState, now: Timestamp) -> Timestamp {
-        let timeout = i64::try_from(self.inner.shared.lifecycle.session_timeout.as_millis()).unwrap_or(i64::MAX);
-        if now.unix_millis().saturating_sub(session.last_seen) >= timeout {
-            Timestamp::from_unix_millis(session.last_seen)
-        } else {
-            now
-        }
+        Timestamp::from_unix_millis(session.end_at(now.unix_millis(), self.inner.shared.lifecycle.timeout_ms()))
     }
 
     // === sessions ===
@@ -152,8 +145,7 @@ impl Client {
         let ms = now.unix_millis();
         self.update_app_state(&|app: &mut AppState| {
             if let Some(s) = app.session.as_mut() {
-                s.background = true;
-                s.last_seen = s.last_seen.max(ms);
+                s.seen(ms, true);
             }
         })?;
         if self.session().is_some() {
@@ -172,9 +164,8 @@ impl Client {
         }
         let launch = lock(&shared.launch);
         let Some(session) = self.session() else { return Ok(()) };
-        let now = shared.clock.now();
-        let timeout = i64::try_from(shared.lifecycle.session_timeout.as_millis()).unwrap_or(i64::MAX);
-        if launch.in_front || !session.background || now.unix_millis().saturating_sub(session.last_seen) < timeout {
+        let now = shared.clock.now().unix_millis();
+        if launch.in_front || !session.background || !session.timed_out(now, shared.lifecycle.timeout_ms()) {
             return Ok(());
         }
         self.end_session(&session, Timestamp::from_unix_millis(session.last_seen))?;
@@ -228,7 +219,7 @@ impl Client {
         let shared = &self.inner.shared;
         shared.session_timer.disarm();
         let now = shared.clock.now();
-        let timeout = i64::try_from(shared.lifecycle.session_timeout.as_millis()).unwrap_or(i64::MAX);
+        let timeout = shared.lifecycle.timeout_ms();
         let session = self.session();
         match on_foreground(session.as_ref(), now.unix_millis(), timeout, launch.in_front) {
             OnForeground::Start => {
@@ -238,8 +229,7 @@ impl Client {
                 let ms = now.unix_millis();
                 self.update_app_state(&|app: &mut AppState| {
                     if let Some(s) = app.session.as_mut() {
-                        s.background = false;
-                        s.last_seen = s.last_seen.max(ms);
+                        s.seen(ms, false);
                     }
                 })?;
             }

@@ -31,6 +31,23 @@ impl SessionState {
         }
     }
 
+    /// Whether the app has been away (or idle) for `timeout_ms` or longer at `now`.
+    pub(crate) fn timed_out(&self, now: i64, timeout_ms: i64) -> bool {
+        now.saturating_sub(self.last_seen) >= timeout_ms
+    }
+
+    /// When the session ends if it is closed at `now`: then, unless it timed out, in which case
+    /// at its last-seen time, so its `duration` never counts time nobody used the app.
+    pub(crate) fn end_at(&self, now: i64, timeout_ms: i64) -> i64 {
+        if self.timed_out(now, timeout_ms) { self.last_seen } else { now }
+    }
+
+    /// The app was seen at `at`, in the foreground or going to the background.
+    pub(crate) fn seen(&mut self, at: i64, background: bool) {
+        self.background = background;
+        self.last_seen = self.last_seen.max(at);
+    }
+
     /// How long the session lasted if it ends at `end`, in seconds (never negative).
     pub(crate) fn duration_until(&self, end: i64) -> f64 {
         (end.saturating_sub(self.start)).max(0) as f64 / 1000.0
@@ -69,7 +86,7 @@ pub(crate) fn on_foreground(
     match session {
         None => OnForeground::Start,
         Some(_) if in_front_here => OnForeground::Continue,
-        Some(s) if now.saturating_sub(s.last_seen) >= timeout_ms => OnForeground::EndAndStart { end_at: s.last_seen },
+        Some(s) if s.timed_out(now, timeout_ms) => OnForeground::EndAndStart { end_at: s.last_seen },
         Some(_) => OnForeground::Continue,
     }
 }
@@ -109,6 +126,13 @@ mod tests {
     fn a_repeated_foreground_call_never_ends_the_session() {
         let s = session(0, 0, false);
         assert_eq!(on_foreground(Some(&s), 10_000_000, 60_000, true), OnForeground::Continue);
+    }
+
+    #[test]
+    fn a_session_closed_after_the_timeout_ends_at_last_seen_otherwise_now() {
+        let s = session(0, 10_000, false);
+        assert_eq!(s.end_at(69_999, 60_000), 69_999);
+        assert_eq!(s.end_at(70_000, 60_000), 10_000);
     }
 
     #[test]

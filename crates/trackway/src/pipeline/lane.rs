@@ -141,14 +141,9 @@ impl Lane {
         // only its oldest group, once that is due: a request in backoff is retried before the
         // requests that were waiting behind it.
         let due = if self.ordered {
-            self.oldest_group().filter(|&i| self.groups[i].due <= now)
+            self.oldest_group(|_| true).filter(|&i| self.groups[i].due <= now)
         } else {
-            self.groups
-                .iter()
-                .enumerate()
-                .filter(|(_, g)| g.due <= now)
-                .min_by_key(|(_, g)| g.seqs.first().copied().unwrap_or(u64::MAX))
-                .map(|(i, _)| i)
+            self.oldest_group(|g| g.due <= now)
         };
         if let Some(i) = due {
             let mut group = self.groups.swap_remove(i);
@@ -169,9 +164,14 @@ impl Lane {
         self.fresh_due(now, interval).then_some(Next::Fresh)
     }
 
-    /// The index of the group holding the lowest seq.
-    fn oldest_group(&self) -> Option<usize> {
-        self.groups.iter().enumerate().min_by_key(|(_, g)| g.seqs.first().copied().unwrap_or(u64::MAX)).map(|(i, _)| i)
+    /// The index of the group holding the lowest seq among those `eligible`.
+    fn oldest_group(&self, eligible: impl Fn(&Group) -> bool) -> Option<usize> {
+        self.groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| eligible(g))
+            .min_by_key(|(_, g)| g.seqs.first().copied().unwrap_or(u64::MAX))
+            .map(|(i, _)| i)
     }
 
     /// A first-attempt batch of `count` events ending at `last_seq` was read.
@@ -223,7 +223,7 @@ impl Lane {
         let mut best: Option<Duration> = None;
         let mut consider = |t: Duration| best = Some(best.map_or(t, |b| b.min(t)));
         if self.ordered {
-            if let Some(i) = self.oldest_group() {
+            if let Some(i) = self.oldest_group(|_| true) {
                 consider(self.groups[i].due);
             }
         } else {

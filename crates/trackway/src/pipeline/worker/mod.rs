@@ -153,8 +153,7 @@ impl Worker {
             self.answer_flushes();
             if let Some((deadline, _)) = &self.shutdown {
                 // With tracking off nothing will be sent: what is stored stays for a later run.
-                let held = !self.shared.enabled.load(Ordering::Acquire);
-                let done = (held || self.lanes.iter().all(Lane::is_idle)) && self.shared.queue.len() == 0;
+                let done = (self.held() || self.lanes.iter().all(Lane::is_idle)) && self.shared.queue.len() == 0;
                 if done || Instant::now() >= *deadline {
                     break;
                 }
@@ -422,7 +421,7 @@ impl Worker {
             return;
         }
         // Tracking is off: nothing will be sent, so waiting would only time out.
-        if !self.shared.enabled.load(Ordering::Acquire) {
+        if self.held() {
             for (_, reply) in self.flushes.drain(..) {
                 reply.send();
             }
@@ -445,10 +444,15 @@ impl Worker {
         }
     }
 
+    /// Tracking is off (`set_enabled(false)`): events are kept in the store and not sent.
+    fn held(&self) -> bool {
+        !self.shared.enabled.load(Ordering::Acquire)
+    }
+
     /// Starts every request that may go now.
     fn dispatch(&mut self) {
         // Consent withdrawn: the events stay in the store, unsent.
-        if !self.shared.enabled.load(Ordering::Acquire) {
+        if self.held() {
             return;
         }
         let interval = self.settings.batch_interval;
