@@ -158,32 +158,23 @@ fn send_session(collector: &RunningCollector, dir: &std::path::Path) -> anyhow::
 
 /// One line per event in a request: kind, name, user.
 fn summaries(request: &RecordedRequest) -> Vec<String> {
-    let Some(body) = request.json() else { return vec![format!("({} bytes, not JSON)", request.body.len())] };
-    let events = match body {
-        Value::Array(events) => events,
-        other => vec![other],
-    };
-    events.iter().map(|e| if e.get("payload").is_some() { umami_summary(e) } else { summary(e) }).collect()
+    if request.json().is_none() {
+        return vec![format!("({} bytes, not JSON)", request.body.len())];
+    }
+    request.events().iter().map(summary).collect()
 }
 
-/// An Umami `{type, payload}`: a page view (no name), a custom event, or identify.
-fn umami_summary(e: &Value) -> String {
-    let p = &e["payload"];
-    let kind = match (e["type"].as_str(), p["name"].as_str()) {
-        (Some("event"), None) => "pageview",
-        (Some(kind), _) => kind,
-        (None, _) => "?",
-    };
-    let name = p["name"].as_str().or_else(|| p["url"].as_str()).unwrap_or("");
-    let user = p["id"].as_str().unwrap_or("(anonymous)");
-    format!("{kind:<9} {name:<20} user={user}")
-}
-
+/// One line for an event as the collector decodes it: a trackway event (identity, session) or
+/// an Umami item (`user`, `url`).
 fn summary(e: &Value) -> String {
     let kind = e["type"].as_str().unwrap_or("?");
-    let name = e["name"].as_str().or_else(|| e["page"]["url"].as_str()).unwrap_or("");
+    let name = e["name"].as_str().or_else(|| e["page"]["url"].as_str()).or_else(|| e["url"].as_str()).unwrap_or("");
     let identity = &e["identity"];
-    let user = identity["user_id"].as_str().or_else(|| identity["anonymous_id"].as_str()).unwrap_or("");
+    let user = identity["user_id"]
+        .as_str()
+        .or_else(|| identity["anonymous_id"].as_str())
+        .or_else(|| e["user"].as_str())
+        .unwrap_or("(anonymous)");
     let session = e["session_id"].as_str().map(|s| format!(" session={}", tail(s, 8))).unwrap_or_default();
     format!("{kind:<9} {name:<20} user={user}{session}")
 }

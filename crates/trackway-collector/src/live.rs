@@ -186,11 +186,14 @@ fn entry_json(shared: &Shared, seq: usize, request: &RecordedRequest) -> Value {
         .into_iter()
         .map(|raw| {
             let event: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
-            // Umami sends page views as `event`s without a name: show them as page views.
-            let is_umami_pageview =
-                event.get("payload").is_some() && event["type"] == "event" && event.pointer("/payload/name").is_none();
+            // Umami's items say `event` for page views too: name them as the API does.
+            let kind = if request.destination == crate::backends::umami::LABEL {
+                Some(crate::backends::umami::kind_of(&event).to_owned())
+            } else {
+                first_text(&event, &["/type"])
+            };
             json!({
-                "type": if is_umami_pageview { Some("pageview".to_owned()) } else { first_text(&event, &["/type"]) },
+                "type": kind,
                 "name": first_text(&event, &["/name", "/event", "/payload/name"]),
                 "user": first_text(
                     &event,

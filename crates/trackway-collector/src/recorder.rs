@@ -51,6 +51,13 @@ impl RecordedRequest {
         serde_json::from_slice(&self.body).ok()
     }
 
+    /// The events in the body as `/_trackway/api/events` shows them: trackway's own events as
+    /// sent, Umami items as `{type: pageview|event|identify, name, url, title, user, data,
+    /// payload}`. Empty when the body is not JSON.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.json().map(|body| crate::backends::decode(&self.path, body)).unwrap_or_default()
+    }
+
     /// The body as text, with invalid UTF-8 replaced by U+FFFD.
     pub fn body_str(&self) -> Cow<'_, str> {
         String::from_utf8_lossy(&self.body)

@@ -277,6 +277,17 @@ fn uuid_from(parts: &[&str]) -> String {
 
 /// The events of an Umami body, as the inspection API shows them: `type` (`pageview`, `event`
 /// or `identify`), `name`, `url`, `user` (the distinct `id`), `data`, and the raw `payload`.
+/// What an Umami `{type, payload}` item is: `pageview` (an `event` without a name), `event`,
+/// `identify`, or its own `type`.
+pub(crate) fn kind_of(item: &Value) -> &str {
+    match item.get("type").and_then(Value::as_str) {
+        Some("event") if item.pointer("/payload/name").is_some() => "event",
+        Some("event") => "pageview",
+        Some(other) => other,
+        None => "",
+    }
+}
+
 pub(crate) fn decode(body: Value) -> Vec<Value> {
     let items = match body {
         Value::Array(items) => items,
@@ -287,14 +298,8 @@ pub(crate) fn decode(body: Value) -> Vec<Value> {
         .into_iter()
         .filter(Value::is_object)
         .map(|item| {
+            let kind = kind_of(&item);
             let payload = item.get("payload").cloned().unwrap_or(Value::Null);
-            let kind = match item.get("type").and_then(Value::as_str) {
-                Some("identify") => "identify",
-                Some("event") if payload.get("name").is_some() => "event",
-                Some("event") => "pageview",
-                Some(other) => other,
-                None => "",
-            };
             let mut event = Map::new();
             event.insert("type".into(), Value::String(kind.to_owned()));
             for (out, key) in [("name", "name"), ("url", "url"), ("title", "title"), ("user", "id"), ("data", "data")] {
