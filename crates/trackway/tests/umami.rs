@@ -25,6 +25,19 @@ fn umami(collector: &RunningCollector) -> Umami {
         .user_agent(UA)
 }
 
+/// Tracks `a`, `b` and `c` for one user while the worker is paused, so they go out as one
+/// batch, and waits until they are delivered; returns the client.
+fn send_three_queued_together(collector: &RunningCollector) -> trackway::Client {
+    let client = fast_builder().destination(umami(collector)).build().expect("client");
+    client.pause_worker();
+    for n in ["a", "b", "c"] {
+        client.track("u1", n, props! {}).expect("track");
+    }
+    client.resume_worker();
+    client.flush(Duration::from_secs(10)).expect("flush");
+    client
+}
+
 /// The `{type, payload}` items of a request, whether a batch (array) or a single send.
 fn items(request: &RecordedRequest) -> Vec<Value> {
     match request.json() {
@@ -185,13 +198,7 @@ fn one_bad_item_in_a_batch_is_the_only_one_dead_lettered() {
 fn an_old_server_without_batch_gets_the_same_events_through_send() {
     watchdog(LIMIT, || {
         let collector = Collector::builder().umami_mode(UmamiMode::V2Legacy).start().expect("collector");
-        let client = fast_builder().destination(umami(&collector)).build().expect("client");
-        client.pause_worker();
-        for n in ["a", "b", "c"] {
-            client.track("u1", n, props! {}).expect("track");
-        }
-        client.resume_worker();
-        client.flush(Duration::from_secs(10)).expect("flush");
+        let client = send_three_queued_together(&collector);
         let requests = collector.requests();
         assert_eq!((requests[0].path.as_str(), requests[0].status), ("/api/batch", 404));
         let sends: Vec<&RecordedRequest> = requests.iter().skip(1).collect();
@@ -370,13 +377,7 @@ fn a_failed_send_is_retried_before_the_requests_waiting_behind_it() {
             .script([Reply::status(404), Reply::status(502)])
             .start()
             .expect("collector");
-        let client = fast_builder().destination(umami(&collector)).build().expect("client");
-        client.pause_worker();
-        for n in ["a", "b", "c"] {
-            client.track("u1", n, props! {}).expect("track");
-        }
-        client.resume_worker();
-        client.flush(Duration::from_secs(10)).expect("flush");
+        let client = send_three_queued_together(&collector);
         let sends: Vec<(String, u16)> = collector
             .requests()
             .iter()
