@@ -377,7 +377,7 @@ fn a_failed_send_is_retried_before_the_requests_waiting_behind_it() {
             .script([Reply::status(404), Reply::status(502)])
             .start()
             .expect("collector");
-        let client = send_three_queued_together(&collector);
+        let _client = send_three_queued_together(&collector);
         let sends: Vec<(String, u16)> = collector
             .requests()
             .iter()
