@@ -8,18 +8,22 @@ use std::time::Duration;
 use support::{delivered_ids, json, wait_until, watchdog};
 use trackway::store::{DeadLetterReason, SqliteStore};
 use trackway::{BuildError, Client, ClientBuilder, Clock, FlushError, RetryPolicy, Timestamp, props};
-use trackway_collector::{Collector, Reply};
+use trackway_collector::{Collector, Reply, RunningCollector};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// Fast timings, a durable store at `path`.
-fn durable(path: &Path, store: SqliteStore) -> ClientBuilder {
-    let _ = path;
+fn durable(store: SqliteStore) -> ClientBuilder {
     Client::builder()
         .store(store)
         .batch_interval(Duration::from_millis(10))
         .retry_policy(RetryPolicy::default().backoff(Duration::from_millis(5), Duration::from_millis(40)))
         .shutdown_timeout(Duration::from_millis(200))
+}
+
+/// A client on the store at `path`, delivering to `collector` as the destination `a`.
+fn store_at(path: &Path, collector: &RunningCollector) -> ClientBuilder {
+    durable(SqliteStore::new(path)).destination(json("a", collector.url("/e")))
 }
 
 fn store_path(dir: &tempfile::TempDir) -> PathBuf {
@@ -45,8 +49,7 @@ fn a_backlog_left_by_a_clean_shutdown_is_delivered_by_the_next_process() {
         let path = store_path(&dir);
         let down = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
         let sent: Vec<String> = {
-            let client =
-                durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build().expect("client");
+            let client = store_at(&path, &down).build().expect("client");
             let ids =
                 (0..50).map(|i| client.track("u", "e", props! { "i" => i }).expect("track").to_string()).collect();
             assert!(
@@ -59,8 +62,7 @@ fn a_backlog_left_by_a_clean_shutdown_is_delivered_by_the_next_process() {
         assert_eq!(inspected.pending, vec![("a".to_owned(), 50)]);
 
         let up = Collector::start().expect("collector");
-        let client =
-            durable(&path, SqliteStore::new(&path)).destination(json("a", up.url("/e"))).build().expect("reopen");
+        let client = store_at(&path, &up).build().expect("reopen");
         assert_eq!(client.stats().destination("a").expect("a").pending, 50);
         client.flush(Duration::from_secs(10)).expect("backlog delivered");
         let delivered = delivered_ids(&up.requests());
@@ -81,18 +83,12 @@ fn app_identity_survives_a_restart() {
         let path = store_path(&dir);
         let collector = Collector::start().expect("collector");
         let first = {
-            let client = durable(&path, SqliteStore::new(&path))
-                .destination(json("a", collector.url("/e")))
-                .build()
-                .expect("client");
+            let client = store_at(&path, &collector).build().expect("client");
             client.capture(trackway::Identify::new().id("registered", "jane@example.com")).expect("identify");
             client.flush(Duration::from_secs(5)).expect("flush");
             client.current_identity()
         };
-        let client = durable(&path, SqliteStore::new(&path))
-            .destination(json("a", collector.url("/e")))
-            .build()
-            .expect("client");
+        let client = store_at(&path, &collector).build().expect("client");
         assert_eq!(client.current_identity(), first);
         assert_eq!(first.user_id.as_deref(), Some("jane@example.com"));
     });
@@ -106,10 +102,7 @@ fn a_corrupt_file_is_moved_aside_and_reported() {
         std::fs::write(&path, b"this is not a database, it is a shopping list: eggs, milk, bread".repeat(100))
             .expect("write");
         let collector = Collector::start().expect("collector");
-        let client = durable(&path, SqliteStore::new(&path))
-            .destination(json("a", collector.url("/e")))
-            .build()
-            .expect("recovers");
+        let client = store_at(&path, &collector).build().expect("recovers");
         assert_eq!(client.stats().dropped.store_reset, 1);
         assert_eq!(moved_aside(&dir).len(), 1, "the damaged file is kept for inspection");
         client.track("u", "e", props! {}).expect("track");
@@ -124,8 +117,7 @@ fn a_truncated_file_is_moved_aside_and_reported() {
         let path = store_path(&dir);
         let down = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
         {
-            let client =
-                durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build().expect("client");
+            let client = store_at(&path, &down).build().expect("client");
             for i in 0..2000 {
                 client.track("u", "e", props! { "i" => i, "pad" => "x".repeat(200) }).expect("track");
             }
@@ -136,8 +128,7 @@ fn a_truncated_file_is_moved_aside_and_reported() {
         let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
         file.set_len(len / 2).expect("truncate");
         drop(file);
-        let client =
-            durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build().expect("recovers");
+        let client = store_at(&path, &down).build().expect("recovers");
         assert_eq!(client.stats().dropped.store_reset, 1);
         assert_eq!(moved_aside(&dir).len(), 1);
     });
@@ -150,10 +141,7 @@ fn a_file_from_a_newer_schema_is_moved_aside_not_misread() {
         let path = store_path(&dir);
         write_newer_schema(&path);
         let collector = Collector::start().expect("collector");
-        let client = durable(&path, SqliteStore::new(&path))
-            .destination(json("a", collector.url("/e")))
-            .build()
-            .expect("recovers");
+        let client = store_at(&path, &collector).build().expect("recovers");
         assert_eq!(client.stats().dropped.store_reset, 1);
         assert_eq!(moved_aside(&dir).len(), 1);
     });
@@ -165,8 +153,7 @@ fn a_file_from_a_newer_schema_is_moved_aside_not_misread() {
 fn write_newer_schema(path: &Path) {
     let collector = Collector::start().expect("collector");
     {
-        let client =
-            durable(path, SqliteStore::new(path)).destination(json("a", collector.url("/e"))).build().expect("client");
+        let client = store_at(path, &collector).build().expect("client");
         client.track("u", "e", props! {}).expect("track");
         client.flush(Duration::from_secs(5)).expect("flush");
     }
@@ -181,12 +168,11 @@ fn a_second_writer_is_refused_with_the_holders_pid_and_a_reader_is_allowed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = store_path(&dir);
         let down = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
-        let writer =
-            durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build().expect("client");
+        let writer = store_at(&path, &down).build().expect("client");
         writer.track("u", "e", props! {}).expect("track");
         writer.persisted(Duration::from_secs(5)).expect("persisted");
 
-        let second = durable(&path, SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build();
+        let second = store_at(&path, &down).build();
         let err = second.expect_err("a second writer must be refused");
         let BuildError::Store(message) = &err else { panic!("unexpected {err:?}") };
         assert!(message.contains(&format!("in use by pid {}", std::process::id())), "{message}");
@@ -205,7 +191,7 @@ fn disk_full_counts_new_events_keeps_the_stored_ones_and_recovers_when_space_ret
         let path = store_path(&dir);
         let collector = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
         // 60 pages of 4 KiB: room for a few hundred events, as if the disk were nearly full.
-        let client = durable(&path, SqliteStore::new(&path).max_page_count(60))
+        let client = durable(SqliteStore::new(&path).max_page_count(60))
             .destination(json("a", collector.url("/e")))
             .build()
             .expect("client");
@@ -259,7 +245,7 @@ fn over_the_size_bound_the_oldest_events_are_dropped_and_counted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = store_path(&dir);
         let collector = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
-        let client = durable(&path, SqliteStore::new(&path).max_bytes(40_000))
+        let client = durable(SqliteStore::new(&path).max_bytes(40_000))
             .batch_interval(Duration::from_secs(3600))
             .destination(json("a", collector.url("/e")))
             .build()
@@ -294,7 +280,7 @@ fn expired_events_are_dead_lettered_by_the_injected_clock_and_kept_on_disk() {
         let path = store_path(&dir);
         let down = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
         let (clock, hand) = Clock::manual(Timestamp::from_unix_millis(1_700_000_000_000));
-        let client = durable(&path, SqliteStore::new(&path))
+        let client = durable(SqliteStore::new(&path))
             .clock(clock)
             .max_event_age(Duration::from_secs(3600))
             .destination(json("a", down.url("/e")))
@@ -326,10 +312,7 @@ fn dead_letters_can_be_requeued() {
         let path = store_path(&dir);
         let collector =
             Collector::builder().script([Reply::status(400).body("temporarily refused")]).start().expect("collector");
-        let client = durable(&path, SqliteStore::new(&path))
-            .destination(json("a", collector.url("/e")))
-            .build()
-            .expect("client");
+        let client = store_at(&path, &collector).build().expect("client");
         let id = client.track("u", "e", props! {}).expect("track");
         client.flush(Duration::from_secs(5)).expect("flush");
         assert_eq!(client.dead_letters(10).expect("dead letters").len(), 1);
@@ -348,7 +331,7 @@ fn events_moved_out_of_memory_are_read_back_and_none_is_lost() {
         let collector = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
         // A tiny memory budget: events are written in parts and the oldest leave memory while
         // later parts are still only staged (which once lost the staged ones).
-        let client = durable(&path, SqliteStore::new(&path).memory_limit(64 * 1024))
+        let client = durable(SqliteStore::new(&path).memory_limit(64 * 1024))
             .destination(json("a", collector.url("/e")))
             .build()
             .expect("client");
@@ -377,9 +360,7 @@ fn checkpoints_are_recovered_after_a_restart_and_validated() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = store_path(&dir);
         let collector = Collector::start().expect("collector");
-        let open = || {
-            durable(&path, SqliteStore::new(&path)).destination(json("a", collector.url("/e"))).build().expect("client")
-        };
+        let open = || store_at(&path, &collector).build().expect("client");
         {
             let client = open();
             assert_eq!(client.checkpoint_value("import"), None);
@@ -398,10 +379,7 @@ fn checkpoints_are_recovered_after_a_restart_and_validated() {
         // files, as a crash would leave them.
         let copy = dir.path().join("copy.db");
         copy_store(&path, &copy);
-        let client = durable(&copy, SqliteStore::new(&copy))
-            .destination(json("a", collector.url("/e")))
-            .build()
-            .expect("reopen");
+        let client = store_at(&copy, &collector).build().expect("reopen");
         assert_eq!(client.checkpoint_value("import").as_deref(), Some(&b"2"[..]));
         assert_eq!(client.checkpoint_value("other").as_deref(), Some(&b"x"[..]));
         assert_eq!(client.current_identity().user_id, None, "checkpoints are apart from trackway's own state");
