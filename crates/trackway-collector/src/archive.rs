@@ -15,16 +15,17 @@
 //! sent.)
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rusqlite::{Connection, params};
 
-use crate::lock;
+use crate::backends::Backends;
 use crate::recorder::RecordedRequest;
+use crate::util::lock;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS requests (
@@ -74,15 +75,15 @@ pub(crate) struct Archive {
 
 impl Archive {
     /// Opens (or creates) the file and returns the requests already in it, oldest first, with
-    /// their wall-clock times.
-    pub(crate) fn open(path: &Path) -> Result<(Archive, Vec<(RecordedRequest, u64)>), String> {
+    /// their wall-clock times, each labelled by the one of `backends` that claims it.
+    pub(crate) fn open(path: &Path, backends: &Backends) -> Result<(Archive, Vec<(RecordedRequest, u64)>), String> {
         let what = |e: rusqlite::Error| format!("collector store {}: {e}", path.display());
         let conn = Connection::open(path).map_err(what)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(what)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(what)?;
         conn.execute_batch(SCHEMA).map_err(what)?;
         add_answer_columns(&conn).map_err(what)?;
-        let earlier = load(&conn).map_err(what)?;
+        let earlier = load(&conn, backends).map_err(what)?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("trackway-collector-store".into())
@@ -154,8 +155,7 @@ fn write(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
                 request.answer_body.as_ref(),
             ])?;
             let request_id = tx.last_insert_rowid();
-            let Some(body) = request.json() else { continue };
-            for (idx, event) in crate::backends::decode(&request.path, body).iter().enumerate() {
+            for (idx, event) in request.events().iter().enumerate() {
                 let text =
                     |pointers: &[&str]| pointers.iter().find_map(|p| event.pointer(p)?.as_str().map(str::to_owned));
                 insert_event.execute(params![
@@ -175,7 +175,7 @@ fn write(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
 }
 
 /// The requests of earlier runs, oldest first.
-fn load(conn: &Connection) -> rusqlite::Result<Vec<(RecordedRequest, u64)>> {
+fn load(conn: &Connection, backends: &Backends) -> rusqlite::Result<Vec<(RecordedRequest, u64)>> {
     let mut stmt = conn.prepare(
         "SELECT received_at_ms, method, path, query, headers, status, body, answer_headers, answer_body
          FROM requests ORDER BY id",
@@ -187,21 +187,26 @@ fn load(conn: &Connection) -> rusqlite::Result<Vec<(RecordedRequest, u64)>> {
         // NULL in files written before the answer was kept.
         let answer_headers: Option<String> = row.get(7)?;
         let answer_body: Option<Vec<u8>> = row.get(8)?;
-        let request = RecordedRequest {
-            method: row.get(1)?,
-            path: row.get(2)?,
-            query: row.get(3)?,
-            headers: serde_json::from_str(&headers).unwrap_or_default(),
-            body: Bytes::from(body),
-            // Replaced by the caller, who knows how long ago that was.
-            received_at: Instant::now(),
-            status: row.get(5)?,
-            answer_headers: answer_headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
-            answer_body: answer_body.map(Bytes::from).unwrap_or_default(),
-            destination: String::new(),
-        };
-        let request = RecordedRequest { destination: crate::backends::label(&request.path).to_owned(), ..request };
-        Ok((request, u64::try_from(received_at_ms).unwrap_or(0)))
+        let method: String = row.get(1)?;
+        let path: String = row.get(2)?;
+        let backend = Arc::clone(backends.find(&method, &path));
+        Ok((
+            RecordedRequest {
+                method,
+                path,
+                query: row.get(3)?,
+                headers: serde_json::from_str(&headers).unwrap_or_default(),
+                body: Bytes::from(body),
+                // Replaced by the caller, who knows how long ago that was.
+                received_at: Instant::now(),
+                status: row.get(5)?,
+                answer_headers: answer_headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
+                answer_body: answer_body.map(Bytes::from).unwrap_or_default(),
+                destination: backend.label().to_owned(),
+                backend,
+            },
+            u64::try_from(received_at_ms).unwrap_or(0),
+        ))
     })?;
     rows.collect()
 }
@@ -234,19 +239,12 @@ pub(crate) fn instant_before(now: Instant, ago: Duration) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recorder::test_request;
 
     fn request(path: &str, body: &'static [u8], headers: &[(&str, &str)]) -> RecordedRequest {
         RecordedRequest {
-            method: "POST".into(),
-            path: path.into(),
-            query: None,
             headers: headers.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect(),
-            body: Bytes::from_static(body),
-            received_at: Instant::now(),
-            status: 200,
-            answer_headers: vec![("content-type".into(), "application/json".into())],
-            answer_body: Bytes::from_static(b"{}"),
-            destination: crate::backends::label(path).to_owned(),
+            ..test_request(path, body)
         }
     }
 
@@ -254,7 +252,7 @@ mod tests {
     fn requests_and_events_are_written_redacted_and_read_back() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("collector.db");
-        let (archive, earlier) = Archive::open(&path).expect("open");
+        let (archive, earlier) = Archive::open(&path, &Backends::default()).expect("open");
         assert!(earlier.is_empty());
         let body =
             br#"[{"id":"m1","type":"track","name":"Signed Up","identity":{"user_id":"u1"}},{"id":"m2","type":"page"}]"#;
@@ -278,7 +276,7 @@ mod tests {
         assert!(!raw.windows(6).any(|w| w == b"s3cret"), "a credential reached the file");
         drop(conn);
 
-        let (archive, earlier) = Archive::open(&path).expect("open again");
+        let (archive, earlier) = Archive::open(&path, &Backends::default()).expect("open again");
         assert_eq!(earlier.len(), 2);
         assert_eq!(earlier[0].1, 1_700_000_000_000);
         assert_eq!(earlier[0].0.header("authorization"), Some(REDACTED));

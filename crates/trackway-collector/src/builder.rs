@@ -2,42 +2,22 @@
 //! ([`ReservedCollector`]).
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use crate::backends::UmamiMode;
+use crate::backends::{Backend, UmamiMode};
 use crate::faults::Faults;
 use crate::reply::{Reply, Rule};
 use crate::server::{self, RunningCollector};
-use crate::url_for;
+use crate::state::Config;
+use crate::util::url_for;
 
 /// Configures a collector; finish with [`start`](Self::start) or [`reserve`](Self::reserve).
 #[must_use]
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct CollectorBuilder {
-    pub(crate) sink: bool,
-    pub(crate) default_reply: Reply,
-    pub(crate) script: Vec<Reply>,
-    pub(crate) rules: Vec<Rule>,
-    pub(crate) listen: SocketAddr,
-    pub(crate) faults: Faults,
-    pub(crate) store: Option<PathBuf>,
-    pub(crate) umami_mode: UmamiMode,
-}
-
-impl Default for CollectorBuilder {
-    fn default() -> Self {
-        Self {
-            sink: false,
-            default_reply: Reply::ok(),
-            script: Vec::new(),
-            rules: Vec::new(),
-            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            faults: Faults::default(),
-            store: None,
-            umami_mode: UmamiMode::V3,
-        }
-    }
+    config: Config,
 }
 
 impl CollectorBuilder {
@@ -45,27 +25,27 @@ impl CollectorBuilder {
     /// [`SinkStats`](crate::SinkStats)), keep no request, ignore the script and the rules, and
     /// answer the default reply at once.
     pub fn sink(mut self, on: bool) -> Self {
-        self.sink = on;
+        self.config.sink = on;
         self
     }
 
     /// The answer to requests beyond the script and unmatched by any rule. Default:
     /// [`Reply::ok`] (200, `{}`, `application/json`).
     pub fn default_reply(mut self, reply: Reply) -> Self {
-        self.default_reply = reply;
+        self.config.default_reply = reply;
         self
     }
 
     /// Replies answered in order, one per request (appended to any earlier script). Requests
     /// matched by a rule do not consume a script entry.
     pub fn script(mut self, replies: impl IntoIterator<Item = Reply>) -> Self {
-        self.script.extend(replies);
+        self.config.script.extend(replies);
         self
     }
 
     /// Adds a rule; rules are checked before the script, in the order added, first match wins.
     pub fn rule(mut self, rule: Rule) -> Self {
-        self.rules.push(rule);
+        self.config.rules.push(rule);
         self
     }
 
@@ -73,7 +53,7 @@ impl CollectorBuilder {
     /// script and the default reply, in sink mode too. [`start`](Self::start) fails with
     /// `InvalidInput` if [`Faults::validate`] refuses them.
     pub fn faults(mut self, faults: Faults) -> Self {
-        self.faults = faults;
+        self.config.faults = faults;
         self
     }
 
@@ -83,7 +63,7 @@ impl CollectorBuilder {
     /// file. [`start`](Self::start) fails with `InvalidInput` in sink mode (which keeps nothing)
     /// and if the file cannot be opened.
     pub fn store(mut self, path: impl Into<PathBuf>) -> Self {
-        self.store = Some(path.into());
+        self.config.store = Some(path.into());
         self
     }
 
@@ -91,20 +71,28 @@ impl CollectorBuilder {
     /// [`UmamiMode::V3`] (v3.1); [`UmamiMode::V2Legacy`] answers 404 on `/api/batch` and a
     /// `text/plain` token on `/api/send`, as servers up to v2.15 did.
     pub fn umami_mode(mut self, mode: UmamiMode) -> Self {
-        self.umami_mode = mode;
+        self.config.umami_mode = mode;
+        self
+    }
+
+    /// Adds a server of your own for the collector to imitate (see [`Backend`]). Backends added
+    /// here are asked, in the order added, before the built-in ones (Umami), so one may take
+    /// over a built-in server's paths; trackway's JSON destination takes what none claims.
+    pub fn backend(mut self, backend: impl Backend) -> Self {
+        self.config.backends.push(Arc::new(backend));
         self
     }
 
     /// The address to listen on. Default: `127.0.0.1:0` (a free port chosen by the OS).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
-        self.listen = addr;
+        self.config.listen = addr;
         self
     }
 
     /// Binds and starts serving on the collector's own thread; returns once the listener is
     /// bound, so connections are accepted from then on.
     pub fn start(self) -> io::Result<RunningCollector> {
-        server::spawn(self)
+        server::spawn(self.config)
     }
 
     /// Picks a free port now without listening on it, so connections are refused until
@@ -115,7 +103,7 @@ impl CollectorBuilder {
     /// between, so another process could take it before `start`; `start` then fails with
     /// `AddrInUse`. On a test machine this race is rare, but it is not impossible.
     pub fn reserve(self) -> io::Result<ReservedCollector> {
-        let probe = TcpListener::bind(self.listen)?;
+        let probe = TcpListener::bind(self.config.listen)?;
         let addr = probe.local_addr()?;
         // Never accepted a connection, so dropping it leaves no TIME_WAIT behind; `start` binds
         // with SO_REUSEADDR anyway.

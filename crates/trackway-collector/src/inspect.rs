@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::faults::Faults;
 use crate::recorder::RecordedRequest;
-use crate::server::Shared;
+use crate::state::Shared;
 
 const PREFIX: &str = "/_trackway/";
 const STATS: &str = "/_trackway/api/stats";
@@ -173,32 +173,12 @@ impl EventFilter {
     }
 }
 
-/// The events in a request body: an array's elements, an object's `batch` array's elements, or
-/// the object itself; only JSON objects count as events.
-pub(crate) fn events_in(body: Value) -> Vec<Value> {
-    let events = match body {
-        Value::Array(events) => events,
-        Value::Object(mut object) => match object.remove("batch") {
-            Some(Value::Array(events)) => events,
-            Some(other) => {
-                object.insert("batch".to_owned(), other);
-                vec![Value::Object(object)]
-            }
-            None => vec![Value::Object(object)],
-        },
-        _ => Vec::new(),
-    };
-    events.into_iter().filter(Value::is_object).collect()
-}
-
 /// The last `filter.limit` matching events, oldest first.
 fn events(shared: &Shared, filter: &EventFilter) -> Vec<Value> {
     let requests = shared.recorder.requests();
     let mut found = Vec::new();
     'requests: for request in requests.iter().rev().filter(|r| filter.matches_request(r)) {
-        let Some(body) = request.json() else { continue };
-        let mut in_request: Vec<Value> =
-            crate::backends::decode(&request.path, body).into_iter().filter(|e| filter.matches_event(e)).collect();
+        let mut in_request: Vec<Value> = request.events().into_iter().filter(|e| filter.matches_event(e)).collect();
         while let Some(event) = in_request.pop() {
             if found.len() >= filter.limit {
                 break 'requests;
@@ -309,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn event_matching_and_extraction() {
+    fn event_matching() {
         let event = json!({"type": "track", "name": "purchase", "identity": {"user_id": "u1", "anonymous_id": "a1"}});
         let filter = |q: &str| EventFilter::parse(q).expect("valid");
         assert!(filter("").matches_event(&event));
@@ -319,11 +299,5 @@ mod tests {
         assert!(!filter("name=signup").matches_event(&event));
         assert!(!filter("type=page").matches_event(&event));
         assert!(filter("user=s1&name=e").matches_event(&json!({"userId": "s1", "event": "e"})));
-
-        assert_eq!(events_in(json!([{"a": 1}, 2, {"b": 2}])), [json!({"a": 1}), json!({"b": 2})]);
-        assert_eq!(events_in(json!({"batch": [{"a": 1}], "sentAt": "x"})), [json!({"a": 1})]);
-        assert_eq!(events_in(json!({"name": "x"})), [json!({"name": "x"})]);
-        assert_eq!(events_in(json!({"batch": 1})), [json!({"batch": 1})]);
-        assert!(events_in(json!("text")).is_empty());
     }
 }

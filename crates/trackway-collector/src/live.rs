@@ -31,15 +31,13 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::archive::{REDACTED, is_credential};
 use crate::recorder::RecordedRequest;
 use crate::reply::CloseConnection;
-use crate::server::Shared;
+use crate::state::Shared;
 
 const PAGE: &str = include_str!("live/index.html");
 const SCRIPT: &str = include_str!("live/app.js");
@@ -168,7 +166,7 @@ fn counters(requests: &[RecordedRequest]) -> Value {
     for request in requests {
         let counter = by_destination.entry(request.destination.as_str()).or_default();
         counter.requests += 1;
-        counter.events += raw_events(&request.body_str()).len() as u64;
+        counter.events += request.decoded().len() as u64;
         *counter.statuses.entry(request.status).or_default() += 1;
     }
     by_destination
@@ -182,26 +180,26 @@ fn counters(requests: &[RecordedRequest]) -> Value {
 /// bodies indented), the collector's answer, and a summary of each event in the body.
 fn entry_json(shared: &Shared, seq: usize, request: &RecordedRequest) -> Value {
     let body = request.body_str();
-    let events: Vec<Value> = raw_events(&body)
+    // Summarized from the event as its backend decoded it (so Umami's items say `pageview`, as
+    // in the events API), shown as sent.
+    let events: Vec<Value> = request
+        .decoded()
         .into_iter()
-        .map(|raw| {
-            let event: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
-            // Umami's items say `event` for page views too: name them as the API does.
-            let kind = if request.destination == crate::backends::umami::LABEL {
-                Some(crate::backends::umami::kind_of(&event).to_owned())
-            } else {
-                first_text(&event, &["/type"])
-            };
+        .map(|decoded| {
+            let event = &decoded.event;
             json!({
-                "type": kind,
-                "name": first_text(&event, &["/name", "/event", "/payload/name"]),
+                "type": first_text(event, &["/type"]),
+                "name": first_text(event, &["/name", "/event", "/payload/name"]),
                 "user": first_text(
-                    &event,
-                    &["/identity/user_id", "/userId", "/payload/id", "/identity/anonymous_id", "/anonymousId"],
+                    event,
+                    &["/identity/user_id", "/userId", "/payload/id", "/identity/anonymous_id", "/anonymousId", "/user"],
                 ),
-                "id": first_text(&event, &["/id", "/messageId", "/message_id"]),
-                "url": first_text(&event, &["/page/path", "/page/url", "/payload/url", "/properties/url"]),
-                "json": indent_json(raw.get()),
+                "id": first_text(event, &["/id", "/messageId", "/message_id"]),
+                "url": first_text(event, &["/page/path", "/page/url", "/payload/url", "/properties/url", "/url"]),
+                "json": match decoded.raw {
+                    Some(raw) => indent_json(raw),
+                    None => indent_json(&event.to_string()),
+                },
             })
         })
         .collect();
@@ -237,29 +235,6 @@ fn redacted(headers: &[(String, String)]) -> Vec<(&str, &str)> {
 
 fn first_text(event: &Value, pointers: &[&str]) -> Option<String> {
     pointers.iter().find_map(|p| event.pointer(p)?.as_str().map(str::to_owned))
-}
-
-/// The events in a body, as their exact JSON text, by the same rules as
-/// [`events_in`](crate::inspect::events_in): an array's objects, an object's `batch` array's
-/// objects, or the object itself. Raw text rather than parsed values, so the page shows each
-/// event with its keys in the order sent.
-fn raw_events(body: &str) -> Vec<&RawValue> {
-    #[derive(Deserialize)]
-    struct Batch<'a> {
-        #[serde(borrow)]
-        batch: Vec<&'a RawValue>,
-    }
-    let is_object = |raw: &&RawValue| raw.get().starts_with('{');
-    if let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(body) {
-        return items.into_iter().filter(is_object).collect();
-    }
-    if let Ok(Batch { batch }) = serde_json::from_str::<Batch<'_>>(body) {
-        return batch.into_iter().filter(is_object).collect();
-    }
-    match serde_json::from_str::<&RawValue>(body) {
-        Ok(raw) if is_object(&raw) => vec![raw],
-        _ => Vec::new(),
-    }
 }
 
 /// Re-indents valid JSON text by two spaces, keeping its keys, numbers and escapes exactly as
@@ -336,6 +311,7 @@ impl Body for StreamBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recorder::test_request;
 
     #[test]
     fn indenting_keeps_order_numbers_and_strings() {
@@ -348,30 +324,9 @@ mod tests {
     }
 
     #[test]
-    fn raw_events_follow_the_inspection_rules() {
-        let texts = |body: &str| raw_events(body).iter().map(|r| r.get().to_owned()).collect::<Vec<_>>();
-        assert_eq!(texts(r#"[{"b":1,"a":2}, 3, {"c":3}]"#), [r#"{"b":1,"a":2}"#, r#"{"c":3}"#]);
-        assert_eq!(texts(r#"{"batch":[{"x":1}],"sentAt":"t"}"#), [r#"{"x":1}"#]);
-        assert_eq!(texts(r#"{"type":"event","payload":{"name":"n"}}"#), [r#"{"type":"event","payload":{"name":"n"}}"#]);
-        assert_eq!(texts(r#"{"batch":1}"#), [r#"{"batch":1}"#]);
-        assert!(texts("not json").is_empty());
-        assert!(texts("\"text\"").is_empty());
-    }
-
-    #[test]
     fn counters_per_destination() {
-        let request = |path: &str, status: u16, body: &'static [u8]| RecordedRequest {
-            method: "POST".into(),
-            path: path.into(),
-            query: None,
-            headers: Vec::new(),
-            body: Bytes::from_static(body),
-            received_at: std::time::Instant::now(),
-            status,
-            answer_headers: Vec::new(),
-            answer_body: Bytes::new(),
-            destination: crate::backends::label(path).to_owned(),
-        };
+        let request =
+            |path: &str, status: u16, body: &'static [u8]| RecordedRequest { status, ..test_request(path, body) };
         let got = counters(&[
             request("/events", 200, b"[{},{}]"),
             request("/events", 503, b"[{}]"),

@@ -5,14 +5,15 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::lock;
+use crate::backends::{Backend, BackendRequest, DecodedEvent};
 use crate::sink::count_events;
+use crate::util::lock;
 
 /// One request as the collector received it, and what it answered.
 #[derive(Clone, Debug)]
@@ -35,9 +36,12 @@ pub struct RecordedRequest {
     pub answer_headers: Vec<(String, String)>,
     /// The body of the collector's answer (empty if it closed the connection).
     pub answer_body: Bytes,
-    /// The destination the request was for, by its path: `umami` for `/api/send` and
-    /// `/api/batch`, `json` (trackway's own JSON destination) for the rest.
+    /// The destination the request was for: the [`Backend::label`] of the backend that claimed
+    /// it, e.g. `umami` for `POST /api/send` and `POST /api/batch`, `json` (trackway's own JSON
+    /// destination) for what no backend claims.
     pub destination: String,
+    /// The backend that claimed it, which decodes its events.
+    pub(crate) backend: Arc<dyn Backend>,
 }
 
 impl RecordedRequest {
@@ -51,11 +55,20 @@ impl RecordedRequest {
         serde_json::from_slice(&self.body).ok()
     }
 
-    /// The events in the body as `/_trackway/api/events` shows them: trackway's own events as
-    /// sent, Umami items as `{type: pageview|event|identify, name, url, title, user, data,
-    /// payload}`. Empty when the body is not JSON.
+    /// The events in the body as `/_trackway/api/events` shows them, decoded by the backend
+    /// that claimed the request ([`Backend::decode`]): trackway's own events as sent, Umami
+    /// items as `{type: pageview|event|identify, name, url, title, user, data, payload}`. Empty
+    /// when the body is not JSON.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        self.json().map(|body| crate::backends::decode(&self.path, body)).unwrap_or_default()
+        self.decoded().into_iter().map(|decoded| decoded.event).collect()
+    }
+
+    /// The events in the body with their text as sent, for the live page and the store.
+    pub(crate) fn decoded(&self) -> Vec<DecodedEvent<'_>> {
+        let request = BackendRequest::new(&self.method, &self.path, &self.body)
+            .with_query(self.query.as_deref())
+            .with_headers(&self.headers);
+        self.backend.decode(&request)
     }
 
     /// The body as text, with invalid UTF-8 replaced by U+FFFD.
@@ -199,6 +212,26 @@ impl Recorder {
     }
 }
 
+/// A recorded `POST` to `path` with this body, answered 200 `{}`, labelled and decoded by the
+/// backend a default collector picks for it; for the unit tests of the modules reading requests.
+#[cfg(test)]
+pub(crate) fn test_request(path: &str, body: &'static [u8]) -> RecordedRequest {
+    let backend = Arc::clone(crate::backends::Backends::default().find("POST", path));
+    RecordedRequest {
+        method: "POST".into(),
+        path: path.into(),
+        query: None,
+        headers: Vec::new(),
+        body: Bytes::from_static(body),
+        received_at: Instant::now(),
+        status: 200,
+        answer_headers: vec![("content-type".into(), "application/json".into())],
+        answer_body: Bytes::from_static(b"{}"),
+        destination: backend.label().to_owned(),
+        backend,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,16 +254,8 @@ mod tests {
     #[test]
     fn header_lookup_is_case_insensitive() {
         let request = RecordedRequest {
-            method: "POST".into(),
-            path: "/".into(),
-            query: None,
             headers: vec![("content-type".into(), "application/json".into())],
-            body: Bytes::from_static(b"{\"a\":1}"),
-            received_at: Instant::now(),
-            status: 200,
-            answer_headers: Vec::new(),
-            answer_body: Bytes::new(),
-            destination: "json".into(),
+            ..test_request("/", b"{\"a\":1}")
         };
         assert_eq!(request.header("Content-Type"), Some("application/json"));
         assert_eq!(request.header("x"), None);

@@ -1,12 +1,11 @@
 //! The server: its thread and runtime, the accept loop, the per-request service, and the
 //! [`RunningCollector`] handle that controls it.
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -18,77 +17,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 
-use crate::archive::{Archive, instant_before};
-use crate::backends::{self, Backends};
-use crate::builder::CollectorBuilder;
-use crate::faults::{FaultState, Faults, InvalidFaults};
+use crate::backends::BackendRequest;
+use crate::faults::{Faults, InvalidFaults};
 use crate::inspect;
 use crate::live;
-use crate::recorder::{RecordedRequest, Recorder, SinkStats};
-use crate::reply::{CloseConnection, Reply, Rule};
-use crate::{lock, url_for};
-
-/// State shared between the server thread and the [`RunningCollector`] handle.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) sink: bool,
-    rules: Vec<Rule>,
-    script: Mutex<VecDeque<Reply>>,
-    default_reply: Mutex<Reply>,
-    faults: Mutex<FaultState>,
-    pub(crate) recorder: Recorder,
-    /// The real servers imitated on their own paths (Umami's `/api/send` and `/api/batch`).
-    backends: Backends,
-    /// The `--store` file, if any.
-    archive: Option<Archive>,
-    /// The same moment as an `Instant` and as milliseconds since the Unix epoch, to turn a
-    /// request's `received_at` into wall-clock time for the inspection API.
-    started: Instant,
-    started_unix_ms: u64,
-}
-
-impl Shared {
-    /// Replaces the faults and restarts their counters and windows.
-    pub(crate) fn set_faults(&self, faults: Faults) -> Result<(), InvalidFaults> {
-        let state = FaultState::new(faults, Instant::now())?;
-        *lock(&self.faults) = state;
-        Ok(())
-    }
-
-    /// The current faults.
-    pub(crate) fn faults(&self) -> Faults {
-        lock(&self.faults).faults().clone()
-    }
-
-    /// `at` as milliseconds since the Unix epoch (by the wall clock when the collector started).
-    pub(crate) fn unix_ms(&self, at: Instant) -> u64 {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        match at.checked_duration_since(self.started) {
-            Some(since_start) => self.started_unix_ms.saturating_add(ms(since_start)),
-            // A request of an earlier run, read back from the store.
-            None => self.started_unix_ms.saturating_sub(ms(self.started.saturating_duration_since(at))),
-        }
-    }
-
-    /// Rules first (first match wins), then the next script entry, then the backend claiming the
-    /// path (e.g. Umami's), then the default.
-    fn choose(&self, method: &http::Method, path: &str, headers: &http::HeaderMap, body: &[u8]) -> Reply {
-        if let Some(reply) = self.rules.iter().find_map(|r| r.reply_for(path, body)) {
-            return reply.clone();
-        }
-        if let Some(reply) = lock(&self.script).pop_front() {
-            return reply;
-        }
-        if let Some(reply) = self.backends.answer(method, path, headers, body) {
-            return reply;
-        }
-        self.default_reply()
-    }
-
-    fn default_reply(&self) -> Reply {
-        lock(&self.default_reply).clone()
-    }
-}
+use crate::recorder::{RecordedRequest, SinkStats};
+use crate::reply::{CloseConnection, Reply};
+use crate::state::{Config, Shared};
+use crate::util::{lock, url_for};
 
 /// A serving collector. Dropping it (or calling [`shutdown`](Self::shutdown)) stops the server,
 /// closes every open connection, and joins the server thread.
@@ -133,12 +69,12 @@ impl RunningCollector {
 
     /// Appends a reply to the script while the collector runs.
     pub fn push_reply(&self, reply: Reply) {
-        lock(&self.shared.script).push_back(reply);
+        self.shared.push_reply(reply);
     }
 
     /// Replaces the answer to requests beyond the script and unmatched by rules.
     pub fn set_default_reply(&self, reply: Reply) {
-        *lock(&self.shared.default_reply) = reply;
+        self.shared.set_default_reply(reply);
     }
 
     /// Replaces the faults injected from now on (see [`Faults`]); counting for `fail_every` and
@@ -158,7 +94,7 @@ impl RunningCollector {
 
     /// Stops injecting faults; the same as `set_faults(Faults::default())`.
     pub fn clear_faults(&self) {
-        *lock(&self.shared.faults) = FaultState::cleared(Instant::now());
+        self.shared.clear_faults();
     }
 
     /// Requests, events, bytes and JSON errors counted so far (in both modes).
@@ -198,43 +134,9 @@ impl Drop for RunningCollector {
 }
 
 /// Starts the server thread and waits until it has bound its listener (or failed to).
-pub(crate) fn spawn(config: CollectorBuilder) -> io::Result<RunningCollector> {
-    let started = Instant::now();
-    let faults = FaultState::new(config.faults, started).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let started_unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
-    let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
-    let (archive, earlier) = match &config.store {
-        Some(_) if config.sink => return Err(invalid("a collector in sink mode keeps nothing to store".into())),
-        Some(path) => {
-            let (archive, earlier) = Archive::open(path).map_err(invalid)?;
-            (Some(archive), earlier)
-        }
-        None => (None, Vec::new()),
-    };
-    let recorder = Recorder::default();
-    for (mut request, received_at_ms) in earlier {
-        request.received_at =
-            instant_before(started, Duration::from_millis(started_unix_ms.saturating_sub(received_at_ms)));
-        let path = request.path.clone();
-        let body = request.body.clone();
-        recorder.observe(&path, request.status, &body, Some(request));
-    }
-    let shared = Arc::new(Shared {
-        archive,
-        backends: Backends::new(config.umami_mode),
-        sink: config.sink,
-        rules: config.rules,
-        script: Mutex::new(config.script.into()),
-        default_reply: Mutex::new(config.default_reply),
-        faults: Mutex::new(faults),
-        recorder,
-        started,
-        started_unix_ms,
-    });
+pub(crate) fn spawn(config: Config) -> io::Result<RunningCollector> {
     let listen = config.listen;
+    let shared = Arc::new(Shared::new(config)?);
     let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<SocketAddr>>(1);
     let (stop_tx, stop_rx) = oneshot::channel();
     let server_shared = Arc::clone(&shared);
@@ -356,16 +258,16 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     let decision = lock(&shared.faults).decide(received_at);
     let injected = decision.reply();
 
+    // Asked once: the same backend answers, labels and (later) decodes the request.
+    let backend = shared.backends.find(parts.method.as_str(), path);
+    let request = BackendRequest::from_http(&parts.method, path, parts.uri.query(), &parts.headers, &body);
     let reply = if shared.sink {
         // Benchmark path: count and forget; no script, no rules.
-        let reply = injected.unwrap_or_else(|| shared.default_reply());
+        let reply = injected.unwrap_or_else(|| shared.sink_answer(backend.as_ref(), &request));
         shared.recorder.observe(path, reply.recorded_status(), &body, None);
         reply
     } else {
-        let reply = match injected {
-            Some(reply) => reply,
-            None => shared.choose(&parts.method, path, &parts.headers, &body),
-        };
+        let reply = injected.unwrap_or_else(|| shared.choose(backend.as_ref(), &request));
         let recorded = RecordedRequest {
             method: parts.method.as_str().to_owned(),
             path: path.to_owned(),
@@ -383,7 +285,8 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
             status: reply.recorded_status(),
             answer_headers: reply.recorded_headers(),
             answer_body: reply.recorded_body(),
-            destination: backends::label(path).to_owned(),
+            destination: backend.label().to_owned(),
+            backend: Arc::clone(backend),
         };
         // Recorded before the delay and before closing, so a test waiting for the request sees
         // it even if the client gives up.

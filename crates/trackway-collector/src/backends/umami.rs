@@ -15,6 +15,7 @@ use trackway_wire::umami::{
     HOSTNAME_MAX, LANGUAGE_MAX, NAME_MAX, SCREEN_MAX, TAG_MAX, is_bot_user_agent, is_uuid, utf16_len,
 };
 
+use super::{Backend, BackendRequest, DecodedEvent, json_objects};
 use crate::reply::Reply;
 
 /// The label of Umami's requests and events in the inspection API.
@@ -311,6 +312,63 @@ pub(crate) fn decode(body: Value) -> Vec<Value> {
             Value::Object(event)
         })
         .collect()
+}
+
+/// The collector's side: [`UmamiServer::answer`] on Umami's paths, [`decode`] for the events.
+impl Backend for UmamiServer {
+    fn label(&self) -> &str {
+        LABEL
+    }
+
+    fn claims(&self, method: &str, path: &str) -> bool {
+        method == "POST" && claims(path)
+    }
+
+    fn answer(&self, request: &BackendRequest<'_>) -> Option<Reply> {
+        // The inherent `UmamiServer::answer`, not this trait method.
+        Some(UmamiServer::answer(self, request.path(), &request.headers(), request.body()))
+    }
+
+    /// Umami's success answer without validating anything or parsing an item: a token on
+    /// `/api/send`, and on `/api/batch` every item processed (counted, not parsed). What the
+    /// sink cannot answer cheaply (a batch that is not an array, v2's missing batch route) it
+    /// answers as the server does.
+    fn sink_answer(&self, request: &BackendRequest<'_>) -> Option<Reply> {
+        let cache = || {
+            let session = uuid_from(&["sink"]);
+            let n = self.issued.fetch_add(1, Ordering::Relaxed) + 1;
+            (format!("{session}.{n}"), session)
+        };
+        match (request.path(), self.mode) {
+            (SEND, UmamiMode::V3) => {
+                let (cache, session) = cache();
+                let visit = uuid_from(&[&session, "visit"]);
+                Some(Reply::status(200).json(json!({ "cache": cache, "sessionId": session, "visitId": visit })))
+            }
+            (SEND, UmamiMode::V2Legacy) => {
+                Some(Reply::status(200).header("content-type", "text/plain").body(cache().0))
+            }
+            (BATCH, UmamiMode::V3) => match serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(request.body()) {
+                Ok(items) => {
+                    let n = items.len();
+                    let mut out = json!({ "size": n, "processed": n, "errors": 0, "details": [] });
+                    if n > 0 {
+                        out["cache"] = Value::String(cache().0);
+                    }
+                    Some(Reply::status(200).json(out))
+                }
+                Err(_) => Backend::answer(self, request),
+            },
+            _ => Backend::answer(self, request),
+        }
+    }
+
+    fn decode<'a>(&self, request: &BackendRequest<'a>) -> Vec<DecodedEvent<'a>> {
+        json_objects(request.body(), false)
+            .into_iter()
+            .filter_map(|raw| Some(DecodedEvent::new(decode(serde_json::from_str(raw).ok()?).pop()?, Some(raw))))
+            .collect()
+    }
 }
 
 #[cfg(test)]

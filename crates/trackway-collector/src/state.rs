@@ -1,0 +1,180 @@
+//! What a collector is made of: its settings as the builder collects them ([`Config`]), and the
+//! state the server thread, the inspection API, the live page and the
+//! [`RunningCollector`](crate::RunningCollector) handle share ([`Shared`]).
+//!
+//! Kept apart from the server so that the modules reading the state (inspection API, live page)
+//! and the one serving it do not depend on each other.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::archive::{Archive, instant_before};
+use crate::backends::{Backend, BackendRequest, Backends, UmamiMode};
+use crate::faults::{FaultState, Faults, InvalidFaults};
+use crate::recorder::Recorder;
+use crate::reply::{Reply, Rule};
+use crate::util::lock;
+
+/// A collector's settings, as [`CollectorBuilder`](crate::CollectorBuilder) collects them.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) sink: bool,
+    pub(crate) default_reply: Reply,
+    pub(crate) script: Vec<Reply>,
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) listen: SocketAddr,
+    pub(crate) faults: Faults,
+    pub(crate) store: Option<PathBuf>,
+    pub(crate) umami_mode: UmamiMode,
+    /// The user's own backends, asked before the built-in ones, in the order added.
+    pub(crate) backends: Vec<Arc<dyn Backend>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sink: false,
+            default_reply: Reply::ok(),
+            script: Vec::new(),
+            rules: Vec::new(),
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            faults: Faults::default(),
+            store: None,
+            umami_mode: UmamiMode::V3,
+            backends: Vec::new(),
+        }
+    }
+}
+
+/// State shared between the server thread and the [`RunningCollector`](crate::RunningCollector)
+/// handle.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) sink: bool,
+    rules: Vec<Rule>,
+    script: Mutex<VecDeque<Reply>>,
+    default_reply: Mutex<Reply>,
+    pub(crate) faults: Mutex<FaultState>,
+    pub(crate) recorder: Recorder,
+    /// The servers imitated on their own paths (Umami's `/api/send` and `/api/batch`, the
+    /// user's), and the JSON destination on the rest.
+    pub(crate) backends: Backends,
+    /// The `--store` file, if any.
+    pub(crate) archive: Option<Archive>,
+    /// The same moment as an `Instant` and as milliseconds since the Unix epoch, to turn a
+    /// request's `received_at` into wall-clock time for the inspection API.
+    started: Instant,
+    started_unix_ms: u64,
+}
+
+impl Shared {
+    /// The state of a collector configured by `config`: its faults checked, its store opened
+    /// and the requests of earlier runs read back from it.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for invalid faults, a store in sink mode, or a store that cannot be opened.
+    pub(crate) fn new(config: Config) -> io::Result<Self> {
+        let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
+        let started = Instant::now();
+        let faults =
+            FaultState::new(config.faults, started).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let started_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let backends = Backends::new(&config.backends, config.umami_mode);
+        let (archive, earlier) = match &config.store {
+            Some(_) if config.sink => return Err(invalid("a collector in sink mode keeps nothing to store".into())),
+            Some(path) => {
+                let (archive, earlier) = Archive::open(path, &backends).map_err(invalid)?;
+                (Some(archive), earlier)
+            }
+            None => (None, Vec::new()),
+        };
+        let recorder = Recorder::default();
+        for (mut request, received_at_ms) in earlier {
+            request.received_at =
+                instant_before(started, Duration::from_millis(started_unix_ms.saturating_sub(received_at_ms)));
+            let path = request.path.clone();
+            let body = request.body.clone();
+            recorder.observe(&path, request.status, &body, Some(request));
+        }
+        Ok(Shared {
+            sink: config.sink,
+            rules: config.rules,
+            script: Mutex::new(config.script.into()),
+            default_reply: Mutex::new(config.default_reply),
+            faults: Mutex::new(faults),
+            recorder,
+            backends,
+            archive,
+            started,
+            started_unix_ms,
+        })
+    }
+
+    /// Replaces the faults and restarts their counters and windows.
+    pub(crate) fn set_faults(&self, faults: Faults) -> Result<(), InvalidFaults> {
+        let state = FaultState::new(faults, Instant::now())?;
+        *lock(&self.faults) = state;
+        Ok(())
+    }
+
+    /// The current faults.
+    pub(crate) fn faults(&self) -> Faults {
+        lock(&self.faults).faults().clone()
+    }
+
+    /// Stops injecting faults.
+    pub(crate) fn clear_faults(&self) {
+        *lock(&self.faults) = FaultState::cleared(Instant::now());
+    }
+
+    /// Appends a reply to the script.
+    pub(crate) fn push_reply(&self, reply: Reply) {
+        lock(&self.script).push_back(reply);
+    }
+
+    /// Replaces the answer to requests beyond the script, unmatched by rules and left to the
+    /// default by their backend.
+    pub(crate) fn set_default_reply(&self, reply: Reply) {
+        *lock(&self.default_reply) = reply;
+    }
+
+    /// `at` as milliseconds since the Unix epoch (by the wall clock when the collector started).
+    pub(crate) fn unix_ms(&self, at: Instant) -> u64 {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        match at.checked_duration_since(self.started) {
+            Some(since_start) => self.started_unix_ms.saturating_add(ms(since_start)),
+            // A request of an earlier run, read back from the store.
+            None => self.started_unix_ms.saturating_sub(ms(self.started.saturating_duration_since(at))),
+        }
+    }
+
+    /// Rules first (first match wins), then the next script entry, then the backend of the
+    /// request (e.g. Umami's), then the default.
+    pub(crate) fn choose(&self, backend: &dyn Backend, request: &BackendRequest<'_>) -> Reply {
+        if let Some(reply) = self.rules.iter().find_map(|r| r.reply_for(request.path(), request.body())) {
+            return reply.clone();
+        }
+        if let Some(reply) = lock(&self.script).pop_front() {
+            return reply;
+        }
+        backend.answer(request).unwrap_or_else(|| self.default_reply())
+    }
+
+    /// The answer in sink mode when no fault answered: the backend's cheap success answer, or
+    /// the default (the JSON destination's, without reading the body).
+    pub(crate) fn sink_answer(&self, backend: &dyn Backend, request: &BackendRequest<'_>) -> Reply {
+        backend.sink_answer(request).unwrap_or_else(|| self.default_reply())
+    }
+
+    fn default_reply(&self) -> Reply {
+        lock(&self.default_reply).clone()
+    }
+}
