@@ -23,14 +23,17 @@ pub struct CollectorBuilder {
 impl CollectorBuilder {
     /// Sink mode, for benchmarks: count requests, events, bytes and JSON errors (see
     /// [`SinkStats`](crate::SinkStats)), keep no request, ignore the script and the rules, and
-    /// answer the default reply at once.
+    /// answer at once: a backend's cheap success answer on its paths
+    /// ([`Backend::sink_answer`]: Umami's token on `/api/send`, every item processed on
+    /// `/api/batch`), the default reply elsewhere (without reading the body). Faults still apply.
     pub fn sink(mut self, on: bool) -> Self {
         self.config.sink = on;
         self
     }
 
-    /// The answer to requests beyond the script and unmatched by any rule. Default:
-    /// [`Reply::ok`] (200, `{}`, `application/json`).
+    /// The answer to requests beyond the script, unmatched by any rule and claimed by no
+    /// backend (or left to the default by theirs). Default: [`Reply::ok`] (200, `{}`,
+    /// `application/json`).
     pub fn default_reply(mut self, reply: Reply) -> Self {
         self.config.default_reply = reply;
         self

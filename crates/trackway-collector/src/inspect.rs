@@ -7,12 +7,12 @@
 //!
 //! - `GET /_trackway/api/stats`: the counters, plus `events_by_path` and `statuses` (requests
 //!   per answered status; 0 is a connection closed without an answer).
-//! - `GET /_trackway/api/requests`: the recorded requests, each with its `destination`
-//!   (`umami` for Umami's paths, `json` otherwise) and the collector's `answer` (status,
-//!   headers, body).
+//! - `GET /_trackway/api/requests`: the recorded requests, each with its `destination` (the
+//!   label of the backend that claimed it: `umami` for Umami's paths, `json` for what none
+//!   claims) and the collector's `answer` (status, headers, body).
 //! - `GET /_trackway/api/events?user=&name=&type=&path=&status=&destination=&limit=`: the events
-//!   decoded from the recorded request bodies, oldest first, each with the `destination` its
-//!   request was for. Umami events are shown as
+//!   decoded from the recorded request bodies by their backends, oldest first, each with the
+//!   `destination` its request was for. Umami events are shown as
 //!   `{type: pageview|event|identify, name, url, title, user, data, payload}`.
 //! - `GET`, `PUT`, `DELETE /_trackway/api/faults`: read, replace, clear the [`Faults`].
 

@@ -6,7 +6,8 @@
 //!    request and answers from a script of [`Reply`]s, so a test can inject faults (5xx,
 //!    `Retry-After`, slow answers, dropped connections) in a known order.
 //! 2. **Sink** for benchmarks ([`CollectorBuilder::sink`]): it only counts requests, events and
-//!    bytes, in constant memory, and answers at once.
+//!    bytes, in constant memory, and answers at once (with the real server's success answer on
+//!    its paths, e.g. Umami's token and per-item batch answer).
 //! 3. **Developer tool**: `GET /` is a live web page of the requests received (before the page
 //!    was opened and since), filterable by destination, user and event name, each expandable to
 //!    the exact request and the collector's answer, with per-destination counters and the faults
@@ -14,8 +15,11 @@
 //!
 //! On the real servers' own paths it answers as those servers do: `POST /api/send` and
 //! `POST /api/batch` as Umami v3.1 (validation, status codes, bodies, bot check, cache token),
-//! or as an Umami v2 server up to 2.15 with [`CollectorBuilder::umami_mode`]. Every recorded
-//! request and decoded event carries the `destination` it was for (`umami` or `json`).
+//! or as an Umami v2 server up to 2.15 with [`CollectorBuilder::umami_mode`]. Each such server is
+//! a [`Backend`]: it claims its requests by method and path, answers them (cheaply in sink
+//! mode), decodes their events and labels them; add your own with [`CollectorBuilder::backend`].
+//! What no backend claims is trackway's own JSON destination. Every recorded request and decoded
+//! event carries the `destination` it was for (`umami`, `json`, or your backend's label).
 //!
 //! The server runs on its own OS thread with its own tokio runtime, so a test that blocks (even
 //! inside `#[tokio::test]`) can never stall it. Dropping the [`RunningCollector`] stops it.

@@ -19,7 +19,8 @@ struct Args {
     /// Address to listen on (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Sink mode: count requests, events and bytes, keep nothing, answer 200 `{}` at once.
+    /// Sink mode: count requests, events and bytes, keep nothing, answer at once (Umami's
+    /// success answers on its paths, 200 `{}` elsewhere).
     #[arg(long)]
     sink: bool,
     /// Also keep every request and its decoded events in this SQLite file (credentials

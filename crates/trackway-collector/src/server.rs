@@ -72,7 +72,8 @@ impl RunningCollector {
         self.shared.push_reply(reply);
     }
 
-    /// Replaces the answer to requests beyond the script and unmatched by rules.
+    /// Replaces the answer to requests beyond the script, unmatched by rules and left to the
+    /// default by their backend (see [`CollectorBuilder::default_reply`](crate::CollectorBuilder::default_reply)).
     pub fn set_default_reply(&self, reply: Reply) {
         self.shared.set_default_reply(reply);
     }

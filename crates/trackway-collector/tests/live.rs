@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{client, watchdog};
+use support::{Toy, client, watchdog};
 use trackway_collector::{Collector, Reply};
 
 /// Reads one server-sent event: (event name, parsed data). Comments (keep-alives) are skipped.
@@ -132,5 +132,28 @@ fn inspection_api_has_destination_and_answer() {
         )
         .expect("json");
         assert_eq!(events[0]["destination"], json!("umami"));
+    });
+}
+
+#[test]
+fn stream_shows_a_plugged_in_backend_by_its_label_and_decoded_events() {
+    watchdog(Duration::from_secs(20), || {
+        let collector = Collector::builder().backend(Toy).start().expect("start");
+        let http = client();
+        http.put(collector.url("/toy/customers/u1")).body(r#"{"plan":"pro"}"#).send().expect("put");
+        let stream = http.get(collector.url("/_trackway/live/stream")).send().expect("stream");
+        let mut reader = BufReader::new(stream);
+        assert_eq!(next_event(&mut reader).0, "hello");
+        let (_, toy) = next_event(&mut reader);
+        assert_eq!(
+            (toy["destination"].clone(), toy["answer"]["body"].clone()),
+            (json!("toy"), json!("{\n  \"ok\": true\n}"))
+        );
+        assert_eq!(
+            (toy["events"][0]["type"].clone(), toy["events"][0]["user"].clone()),
+            (json!("identify"), json!("u1"))
+        );
+        // Not one piece of the body: the page shows the decoded event.
+        assert!(toy["events"][0]["json"].as_str().expect("json").contains("\"attributes\""), "{toy}");
     });
 }

@@ -145,3 +145,43 @@ fn requests_carry_their_destination_label() {
         assert_eq!(events[0]["event"]["title"], "Settings");
     });
 }
+
+#[test]
+fn sink_mode_answers_as_umami_and_the_rest_as_before() {
+    watchdog(LIMIT, || {
+        let collector = Collector::builder().sink(true).start().expect("collector");
+        let (status, content_type, body) = post(&collector.url("/api/send"), UA, &page_view());
+        assert_eq!((status, content_type.as_str()), (200, "application/json"));
+        let body: Value = serde_json::from_str(&body).expect("json");
+        assert!(body["cache"].as_str().is_some_and(|c| !c.is_empty()), "{body}");
+        assert!(body["sessionId"].is_string() && body["visitId"].is_string(), "{body}");
+
+        // Every item processed, one answer per item (counted, not validated: a sink is cheap).
+        let bad = json!({"type": "event", "payload": {"website": SITE, "tag": "t".repeat(51)}});
+        let (status, _, body) = post(&collector.url("/api/batch"), UA, &json!([page_view(), bad, page_view()]));
+        assert_eq!(status, 200);
+        let body: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(
+            (body["size"].clone(), body["processed"].clone(), body["errors"].clone(), body["details"].clone()),
+            (json!(3), json!(3), json!(0), json!([]))
+        );
+        assert!(body["cache"].is_string(), "{body}");
+        // What the server refuses before looking at items, the sink refuses too.
+        assert_eq!(post(&collector.url("/api/batch"), UA, &json!({"not": "an array"})).0, 400);
+
+        // Not Umami's: the default reply, as every path got in sink mode before.
+        let (status, content_type, body) = post(&collector.url("/api/sendx"), UA, &page_view());
+        assert_eq!((status, content_type.as_str(), body.as_str()), (200, "application/json", "{}"));
+        let get = client().get(collector.url("/api/send")).send().expect("get");
+        assert_eq!((get.status().as_u16(), get.text().expect("body").as_str()), (200, "{}"), "Umami takes POST only");
+
+        assert!(collector.requests().is_empty(), "sink mode keeps no request");
+        assert_eq!(collector.sink_stats().requests, 5);
+
+        let legacy = Collector::builder().sink(true).umami_mode(UmamiMode::V2Legacy).start().expect("collector");
+        assert_eq!(post(&legacy.url("/api/batch"), UA, &json!([page_view()])).0, 404);
+        let (status, content_type, token) = post(&legacy.url("/api/send"), UA, &page_view());
+        assert_eq!((status, content_type.as_str()), (200, "text/plain"));
+        assert!(!token.is_empty() && !token.starts_with('{'), "{token}");
+    });
+}

@@ -272,3 +272,30 @@ pub(crate) fn json_objects(body: &[u8], batch_field: bool) -> Vec<&str> {
         Err(_) => Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_asks_by_method_and_path_and_leaves_the_rest_to_json() {
+        let backends = Backends::default();
+        let label = |method: &str, path: &str| backends.find(method, path).label().to_owned();
+        assert_eq!(label("POST", "/api/send"), "umami");
+        assert_eq!(label("POST", "/api/batch"), "umami");
+        assert_eq!(label("GET", "/api/send"), "json");
+        assert_eq!(label("POST", "/api/send/"), "json");
+        assert_eq!(label("POST", "/v1/batch"), "json");
+    }
+
+    #[test]
+    fn recorded_headers_are_looked_up_like_received_ones() {
+        let pairs = vec![("User-Agent".to_owned(), "ua/1".to_owned()), ("bad name".to_owned(), "x".to_owned())];
+        let request = BackendRequest::new("POST", "/p", b"{}").with_query(Some("a=1")).with_headers(&pairs);
+        assert_eq!((request.header("user-agent"), request.query()), (Some("ua/1"), Some("a=1")));
+        let map = request.headers();
+        assert_eq!(map.len(), 1, "the invalid pair is skipped");
+        let received = BackendRequest::from_http(&http::Method::POST, "/p", None, &map, b"");
+        assert_eq!((received.method(), received.header("USER-AGENT")), ("POST", Some("ua/1")));
+    }
+}
