@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{Toy, client, watchdog};
+use support::{Toy, client, get_json, watchdog};
 use trackway_collector::{Backend, BackendRequest, Collector, DecodedEvent, Reply};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -42,15 +42,7 @@ fn own_backend_answers_labels_and_decodes_its_requests() {
             [json!({"type": "identify", "user": "u1", "attributes": {"plan": "pro"}})]
         );
 
-        let events: Value = serde_json::from_str(
-            &client()
-                .get(collector.url("/_trackway/api/events?destination=toy&user=u2"))
-                .send()
-                .expect("events")
-                .text()
-                .expect("text"),
-        )
-        .expect("json");
+        let events = get_json(&collector.url("/_trackway/api/events?destination=toy&user=u2"));
         assert_eq!(events.as_array().map(Vec::len), Some(1), "{events}");
         assert_eq!(events[0]["event"], json!({"type": "track", "name": "buy", "user": "u2"}));
         assert_eq!(events[0]["destination"], json!("toy"));

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{client, watchdog};
+use support::{client, get_json, watchdog};
 use trackway_collector::{Collector, Faults, Reply, Rule, UmamiMode};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -124,21 +124,10 @@ fn requests_carry_their_destination_label() {
         post(&collector.url("/v1/events"), UA, &json!([{"type": "track", "name": "x"}]));
         let labels: Vec<String> = collector.requests().iter().map(|r| r.destination.clone()).collect();
         assert_eq!(labels, ["umami", "json"]);
-        let requests: Value = serde_json::from_str(
-            &client().get(collector.url("/_trackway/api/requests")).send().expect("get").text().expect("text"),
-        )
-        .expect("json");
+        let requests = get_json(&collector.url("/_trackway/api/requests"));
         assert_eq!(requests[0]["destination"], "umami");
         assert_eq!(requests[1]["destination"], "json");
-        let events: Value = serde_json::from_str(
-            &client()
-                .get(collector.url("/_trackway/api/events?destination=umami"))
-                .send()
-                .expect("get")
-                .text()
-                .expect("text"),
-        )
-        .expect("json");
+        let events = get_json(&collector.url("/_trackway/api/events?destination=umami"));
         assert_eq!(events.as_array().map(Vec::len), Some(1));
         assert_eq!(events[0]["event"]["type"], "pageview");
         assert_eq!(events[0]["event"]["url"], "/settings");

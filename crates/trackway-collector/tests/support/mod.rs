@@ -33,6 +33,12 @@ pub(crate) fn client() -> Client {
     Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().expect("reqwest client")
 }
 
+/// `GET url`, its body parsed as JSON.
+pub(crate) fn get_json(url: &str) -> Value {
+    let text = client().get(url).send().expect("get").text().expect("text");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
+}
+
 /// A server of the tests' own, plugged in through [`Backend`]: `PUT /toy/customers/{id}`
 /// updates a customer (a JSON object, else 400), `POST /toy/batch` runs `{"commands": [...]}`
 /// and answers one result per command (a command without a `name` fails).
