@@ -23,6 +23,7 @@ pub struct CollectorBuilder {
     pub(crate) faults: Faults,
     pub(crate) store: Option<PathBuf>,
     pub(crate) umami_mode: UmamiMode,
+    pub(crate) umami_websites: Option<Vec<String>>,
 }
 
 impl Default for CollectorBuilder {
@@ -36,6 +37,7 @@ impl Default for CollectorBuilder {
             faults: Faults::default(),
             store: None,
             umami_mode: UmamiMode::V3,
+            umami_websites: None,
         }
     }
 }
@@ -88,10 +90,18 @@ impl CollectorBuilder {
     }
 
     /// Which Umami release `POST /api/send` and `POST /api/batch` behave like. Default:
-    /// [`UmamiMode::V3`] (v3.1); [`UmamiMode::V2Legacy`] answers 404 on `/api/batch` and a
-    /// `text/plain` token on `/api/send`, as servers up to v2.15 did.
+    /// [`UmamiMode::V3`] (v3.1). The 2.x modes answer and store as those releases did (no
+    /// `/api/batch` before 2.17, the fields each drops); see [`UmamiMode`] for the table.
     pub fn umami_mode(mut self, mode: UmamiMode) -> Self {
         self.umami_mode = mode;
+        self
+    }
+
+    /// The Umami website ids the server knows; a hit for another gets the release's answer to
+    /// an unknown website (403 on 2.10, 404 on 2.15, 400 "Website not found." from 2.17).
+    /// Default: every website id is known.
+    pub fn umami_websites<S: Into<String>>(mut self, ids: impl IntoIterator<Item = S>) -> Self {
+        self.umami_websites = Some(ids.into_iter().map(Into::into).collect());
         self
     }
 

@@ -14,8 +14,10 @@
 //!
 //! On the real servers' own paths it answers as those servers do: `POST /api/send` and
 //! `POST /api/batch` as Umami v3.1 (validation, status codes, bodies, bot check, cache token),
-//! or as an Umami v2 server up to 2.15 with [`CollectorBuilder::umami_mode`]. Every recorded
-//! request and decoded event carries the `destination` it was for (`umami` or `json`).
+//! or as Umami 2.10, 2.15, 2.17 or 2.18 with [`CollectorBuilder::umami_mode`], down to the fields
+//! each release silently drops; [`RunningCollector::umami_stored`] shows what it stored (with the
+//! browser, OS and device Umami derives). Every recorded request and decoded event carries the
+//! `destination` it was for (`umami` or `json`).
 //!
 //! The server runs on its own OS thread with its own tokio runtime, so a test that blocks (even
 //! inside `#[tokio::test]`) can never stall it. Dropping the [`RunningCollector`] stops it.
@@ -62,7 +64,7 @@ mod reply;
 mod server;
 mod sink;
 
-pub use backends::UmamiMode;
+pub use backends::{UmamiMode, UmamiRow};
 pub use builder::{CollectorBuilder, ReservedCollector};
 pub use faults::{Faults, InvalidFaults};
 pub use recorder::{RecordedRequest, SinkStats};

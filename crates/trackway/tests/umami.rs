@@ -197,7 +197,7 @@ fn one_bad_item_in_a_batch_is_the_only_one_dead_lettered() {
 #[test]
 fn an_old_server_without_batch_gets_the_same_events_through_send() {
     watchdog(LIMIT, || {
-        let collector = Collector::builder().umami_mode(UmamiMode::V2Legacy).start().expect("collector");
+        let collector = Collector::builder().umami_mode(UmamiMode::V2_15).start().expect("collector");
         let client = send_three_queued_together(&collector);
         let requests = collector.requests();
         assert_eq!((requests[0].path.as_str(), requests[0].status), ("/api/batch", 404));
@@ -373,7 +373,7 @@ fn a_failed_send_is_retried_before_the_requests_waiting_behind_it() {
     watchdog(LIMIT, || {
         // An old server (404 on /api/batch), whose first /api/send fails once.
         let collector = Collector::builder()
-            .umami_mode(UmamiMode::V2Legacy)
+            .umami_mode(UmamiMode::V2_15)
             .script([Reply::status(404), Reply::status(502)])
             .start()
             .expect("collector");

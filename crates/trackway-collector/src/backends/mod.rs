@@ -12,7 +12,7 @@ use crate::reply::Reply;
 
 pub(crate) mod umami;
 
-pub use umami::UmamiMode;
+pub use umami::{UmamiMode, UmamiRow};
 
 /// The label of requests and events of trackway's generic JSON destination.
 pub(crate) const JSON: &str = "json";
@@ -26,6 +26,12 @@ pub(crate) struct Backends {
 impl Backends {
     pub(crate) fn new(umami_mode: UmamiMode) -> Self {
         Backends { umami: umami::UmamiServer::new(umami_mode) }
+    }
+
+    /// Only these Umami website ids exist (`None`: every one).
+    pub(crate) fn umami_websites(mut self, websites: Option<Vec<String>>) -> Self {
+        self.umami = self.umami.with_websites(websites);
+        self
     }
 
     /// The answer of the backend claiming `method path`, if any.
