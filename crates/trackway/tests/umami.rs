@@ -563,7 +563,8 @@ fn a_wrong_base_url_fixed_later_uses_batch_again_on_the_same_store() {
         client.track("u1", "old again", props! {}).expect("track");
         client.flush(Duration::from_secs(10)).expect("flush");
         client.shutdown(Duration::from_secs(5)).expect("shutdown");
-        let paths: Vec<&str> = old.requests().iter().map(|r| if r.path == "/api/batch" { "batch" } else { "send" }).collect();
+        let paths: Vec<&str> =
+            old.requests().iter().map(|r| if r.path == "/api/batch" { "batch" } else { "send" }).collect();
         assert_eq!(paths, ["batch", "send", "send"], "remembered across a restart");
         let client = with(collector.url(""));
         client.track("u1", "new", props! {}).expect("track");
@@ -604,7 +605,9 @@ fn the_default_user_agent_gets_a_browser_recorded_and_passes_the_bot_check() {
             let rows = collector.umami_stored();
             assert_eq!(rows.len(), 1, "{mode:?}: not discarded as a bot ({ua})");
             assert_eq!(rows[0].browser.as_deref(), Some("chrome"), "{mode:?}: {ua}");
-            assert!(rows[0].os.is_some() || !cfg!(any(target_os = "linux", target_os = "macos", target_os = "windows")));
+            assert!(
+                rows[0].os.is_some() || !cfg!(any(target_os = "linux", target_os = "macos", target_os = "windows"))
+            );
         }
         // 3.0.2+: the payload says what it is, and the header claims no browser.
         let collector = Collector::builder().umami_mode(UmamiMode::V3).start().expect("collector");

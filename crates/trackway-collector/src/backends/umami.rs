@@ -146,7 +146,10 @@ pub(crate) struct UmamiServer {
 
 /// One item's result from the send handler.
 enum Handled {
-    Ok { cache: String, session: String },
+    Ok {
+        cache: String,
+        session: String,
+    },
     Bot,
     Error(Value),
     /// An unknown website: the answer differs by release (and, on a batch, it is an item error).

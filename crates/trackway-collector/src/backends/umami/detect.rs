@@ -21,11 +21,15 @@ fn then(ua: &str, a: &str, b: &str) -> bool {
     ua.find(a).is_some_and(|i| ua[i + a.len()..].contains(b))
 }
 
+/// One browser rule: its name and whether it matches.
+type Rule<'a> = (&'static str, &'a dyn Fn(&str) -> bool);
+
 /// `detect-browser`'s `browserName(ua)`: the name of the first rule that matches.
 pub(crate) fn browser(ua: &str) -> Option<&'static str> {
     // `(?!Chrom.*OPR)Chrom(?:e|ium)/v(\s|$)`: Chrome, unless Opera's token follows.
-    let chrome = |ua: &str| (versioned(ua, "Chrome/", true) || versioned(ua, "Chromium/", true)) && !then(ua, "Chrom", "OPR");
-    let rules: [(&str, &dyn Fn(&str) -> bool); 18] = [
+    let chrome =
+        |ua: &str| (versioned(ua, "Chrome/", true) || versioned(ua, "Chromium/", true)) && !then(ua, "Chrom", "OPR");
+    let rules: [Rule<'_>; 18] = [
         ("aol", &|ua| versioned(ua, "AOLShield/", false)),
         ("edge", &|ua| versioned(ua, "Edge/", false)),
         ("edge-ios", &|ua| versioned(ua, "EdgiOS/", false)),
@@ -54,7 +58,9 @@ pub(crate) fn browser(ua: &str) -> Option<&'static str> {
         return Some(name);
     }
     // `^curl/v$`
-    ua.strip_prefix("curl/").filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.')).map(|_| "curl")
+    ua.strip_prefix("curl/")
+        .filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        .map(|_| "curl")
 }
 
 /// `detect-browser`'s `detectOS(ua)`.
@@ -95,9 +101,26 @@ pub(crate) fn os(ua: &str) -> Option<&'static str> {
 /// device.
 pub(crate) fn device(screen: Option<&str>, os: Option<&str>) -> Option<&'static str> {
     const DESKTOP_OS: &[&str] = &[
-        "BeOS", "Chrome OS", "Linux", "Mac OS", "Open BSD", "OS/2", "QNX", "Sun OS", "Windows 10", "Windows 2000",
-        "Windows 3.11", "Windows 7", "Windows 8", "Windows 8.1", "Windows 95", "Windows 98", "Windows ME",
-        "Windows Server 2003", "Windows Vista", "Windows XP",
+        "BeOS",
+        "Chrome OS",
+        "Linux",
+        "Mac OS",
+        "Open BSD",
+        "OS/2",
+        "QNX",
+        "Sun OS",
+        "Windows 10",
+        "Windows 2000",
+        "Windows 3.11",
+        "Windows 7",
+        "Windows 8",
+        "Windows 8.1",
+        "Windows 95",
+        "Windows 98",
+        "Windows ME",
+        "Windows Server 2003",
+        "Windows Vista",
+        "Windows XP",
     ];
     const MOBILE_OS: &[&str] = &["Amazon OS", "Android OS", "BlackBerry OS", "iOS", "Windows Mobile"];
     let width: f64 = screen?.split('x').next()?.trim().parse().unwrap_or(f64::NAN);

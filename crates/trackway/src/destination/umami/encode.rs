@@ -274,12 +274,12 @@ pub(super) fn encode(dest: &Umami, events: &[EventRecord], state: &DestinationSt
     let (server_key, probe_key) = dest.server_keys();
     let now_secs = now.unix_seconds();
     let fact = server::fresh_fact(state, &server_key, now_secs);
-    let probing = state.get(&probe_key).map(|v| std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).unwrap_or(404));
+    let probing =
+        state.get(&probe_key).map(|v| std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).unwrap_or(404));
     *dest.seen.lock().unwrap_or_else(|e| e.into_inner()) = Seen { fact, probing, now_secs };
     let range = server::range(dest.server_version, fact);
     let single = probing.is_some() || range.before(BATCH_SINCE) || fact == Some(Fact::BatchBroken);
     let honest = range.from(CLIENT_INFO_SINCE);
-
 
     // Owned strings the payloads borrow: built first, so the payloads can point into them.
     struct Owned {

@@ -391,7 +391,11 @@ impl Destination for Umami {
         {
             return fail(m);
         }
-        if let Some(key) = event.properties.iter().map(|(k, _)| k).find(|k| k.starts_with('$') && *k != TAG_PROPERTY && *k != URL_PROPERTY)
+        if let Some(key) = event
+            .properties
+            .iter()
+            .map(|(k, _)| k)
+            .find(|k| k.starts_with('$') && *k != TAG_PROPERTY && *k != URL_PROPERTY)
         {
             return fail(format!(
                 "property {key:?}: names starting with `$` are reserved, and Umami knows only `$tag` and `$url` \

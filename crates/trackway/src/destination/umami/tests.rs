@@ -347,7 +347,8 @@ fn dropped_fields_are_counted_for_the_known_release() {
     let count = |dest: &Umami| {
         let state = DestinationState::default();
         let req = request(dest, &[tagged.clone(), purchase()], &state);
-        let body = if req.url.ends_with("/api/batch") { r#"{"size":2,"processed":2,"errors":0,"details":[]}"# } else { "tok" };
+        let body =
+            if req.url.ends_with("/api/batch") { r#"{"size":2,"processed":2,"errors":0,"details":[]}"# } else { "tok" };
         let c = dest.classify(&req, &Response::new(200, body));
         (c.dropped_timestamps, c.dropped_fields)
     };
@@ -365,7 +366,8 @@ fn the_default_user_agent_claims_a_browser_only_until_the_server_takes_one() {
     let plain = || Umami::new(SITE).base_url("http://umami.test").screen("1920x1080");
     let dest = plain();
     let mut e = purchase();
-    e.context = Arc::new(Context { app_name: Some("myapp".into()), app_version: Some("1.2".into()), ..Context::default() });
+    e.context =
+        Arc::new(Context { app_name: Some("myapp".into()), app_version: Some("1.2".into()), ..Context::default() });
     let ua_and_payload = |dest: &Umami, state: &DestinationState| {
         let req = request(dest, std::slice::from_ref(&e), state);
         let ua = req.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
