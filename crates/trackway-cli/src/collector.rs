@@ -40,8 +40,9 @@ pub(crate) struct CollectorArgs {
     /// headers redacted); started again on the same file, the collector serves them too.
     #[arg(long, value_name = "FILE", conflicts_with = "sink")]
     store: Option<PathBuf>,
-    /// Which Umami release /api/send and /api/batch behave like: 3.1 (default), or 2.15 and
-    /// older (404 on /api/batch, a text/plain token on /api/send).
+    /// Which Umami release /api/send and /api/batch behave like, down to the fields it
+    /// silently drops: 3.1 (default), 2.18, 2.17, 2.15 or 2.10 (no /api/batch before 2.17,
+    /// `tag` from 2.11, `timestamp` from 2.17, the distinct `id` from 2.18).
     #[arg(long, value_name = "VERSION", default_value = "3.1")]
     umami_version: trackway_collector::UmamiMode,
     #[command(flatten)]

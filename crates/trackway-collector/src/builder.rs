@@ -71,8 +71,8 @@ impl CollectorBuilder {
     }
 
     /// Which Umami release `POST /api/send` and `POST /api/batch` behave like. Default:
-    /// [`UmamiMode::V3`] (v3.1); [`UmamiMode::V2Legacy`] answers 404 on `/api/batch` and a
-    /// `text/plain` token on `/api/send`, as servers up to v2.15 did.
+    /// [`UmamiMode::V3`] (v3.1). The 2.x modes answer and store as those releases did (no
+    /// `/api/batch` before 2.17, the fields each drops); see [`UmamiMode`] for the table.
     pub fn umami_mode(mut self, mode: UmamiMode) -> Self {
         self.config.umami_mode = mode;
         self
@@ -83,6 +83,14 @@ impl CollectorBuilder {
     /// over a built-in server's paths; trackway's JSON destination takes what none claims.
     pub fn backend(mut self, backend: impl Backend) -> Self {
         self.config.backends.push(Arc::new(backend));
+        self
+    }
+
+    /// The Umami website ids the server knows; a hit for another gets the release's answer to
+    /// an unknown website (403 on 2.10, 404 on 2.15, 400 "Website not found." from 2.17).
+    /// Default: every website id is known.
+    pub fn umami_websites<S: Into<String>>(mut self, ids: impl IntoIterator<Item = S>) -> Self {
+        self.config.umami_websites = Some(ids.into_iter().map(Into::into).collect());
         self
     }
 

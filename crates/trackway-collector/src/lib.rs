@@ -15,11 +15,13 @@
 //!
 //! On the real servers' own paths it answers as those servers do: `POST /api/send` and
 //! `POST /api/batch` as Umami v3.1 (validation, status codes, bodies, bot check, cache token),
-//! or as an Umami v2 server up to 2.15 with [`CollectorBuilder::umami_mode`]. Each such server is
-//! a [`Backend`]: it claims its requests by method and path, answers them (cheaply in sink
-//! mode), decodes their events and labels them; add your own with [`CollectorBuilder::backend`].
-//! What no backend claims is trackway's own JSON destination. Every recorded request and decoded
-//! event carries the `destination` it was for (`umami`, `json`, or your backend's label).
+//! or as Umami 2.10, 2.15, 2.17 or 2.18 with [`CollectorBuilder::umami_mode`], down to the fields
+//! each release silently drops; [`RunningCollector::umami_stored`] shows what it stored (with the
+//! browser, OS and device Umami derives). Each such server is a [`Backend`]: it claims its
+//! requests by method and path, answers them (cheaply in sink mode), decodes their events and
+//! labels them; add your own with [`CollectorBuilder::backend`]. What no backend claims is
+//! trackway's own JSON destination. Every recorded request and decoded event carries the
+//! `destination` it was for (`umami`, `json`, or your backend's label).
 //!
 //! The server runs on its own OS thread with its own tokio runtime, so a test that blocks (even
 //! inside `#[tokio::test]`) can never stall it. Dropping the [`RunningCollector`] stops it.
@@ -68,7 +70,7 @@ mod sink;
 mod state;
 mod util;
 
-pub use backends::{Backend, BackendRequest, DecodedEvent, UmamiMode};
+pub use backends::{Backend, BackendRequest, DecodedEvent, UmamiMode, UmamiRow};
 pub use builder::{CollectorBuilder, ReservedCollector};
 pub use faults::{Faults, InvalidFaults};
 pub use recorder::{RecordedRequest, SinkStats};

@@ -27,8 +27,9 @@ struct Args {
     /// redacted); a collector started on the same file serves the earlier requests too.
     #[arg(long, value_name = "FILE", conflicts_with = "sink")]
     store: Option<std::path::PathBuf>,
-    /// Which Umami release /api/send and /api/batch behave like: 3.1 (default), or 2.15 and
-    /// older (404 on /api/batch, a text/plain token on /api/send).
+    /// Which Umami release /api/send and /api/batch behave like, down to the fields it
+    /// silently drops: 3.1 (default), 2.18, 2.17, 2.15 or 2.10 (no /api/batch before 2.17,
+    /// `tag` from 2.11, `timestamp` from 2.17, the distinct `id` from 2.18).
     #[arg(long, value_name = "VERSION", default_value = "3.1")]
     umami_version: trackway_collector::UmamiMode,
 }

@@ -46,6 +46,12 @@ impl std::fmt::Debug for RunningCollector {
 }
 
 impl RunningCollector {
+    /// What the Umami backend stored so far, one row per hit, as its release stores it: the
+    /// fields a 2.x release drops are `None` (see [`UmamiMode`](crate::UmamiMode)).
+    pub fn umami_stored(&self) -> Vec<crate::UmamiRow> {
+        self.shared.backends.umami.stored()
+    }
+
     /// The address the collector listens on (with the real port when `:0` was asked for).
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -30,6 +30,8 @@ pub(crate) struct Config {
     pub(crate) faults: Faults,
     pub(crate) store: Option<PathBuf>,
     pub(crate) umami_mode: UmamiMode,
+    /// The Umami website ids the server knows (`None`: every one).
+    pub(crate) umami_websites: Option<Vec<String>>,
     /// The user's own backends, asked before the built-in ones, in the order added.
     pub(crate) backends: Vec<Arc<dyn Backend>>,
 }
@@ -45,6 +47,7 @@ impl Default for Config {
             faults: Faults::default(),
             store: None,
             umami_mode: UmamiMode::V3,
+            umami_websites: None,
             backends: Vec::new(),
         }
     }
@@ -87,7 +90,7 @@ impl Shared {
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
-        let backends = Backends::new(&config.backends, config.umami_mode);
+        let backends = Backends::new(&config.backends, config.umami_mode, config.umami_websites.clone());
         let (archive, earlier) = match &config.store {
             Some(_) if config.sink => return Err(invalid("a collector in sink mode keeps nothing to store".into())),
             Some(path) => {

@@ -92,7 +92,7 @@ fn batch_reports_failed_items_in_details_and_drops_bots_silently() {
 #[test]
 fn legacy_mode_has_no_batch_and_answers_a_plain_text_token() {
     watchdog(LIMIT, || {
-        let collector = Collector::builder().umami_mode(UmamiMode::V2Legacy).start().expect("collector");
+        let collector = Collector::builder().umami_mode(UmamiMode::V2_15).start().expect("collector");
         assert_eq!(post(&collector.url("/api/batch"), UA, &json!([page_view()])).0, 404);
         let (status, content_type, body) = post(&collector.url("/api/send"), UA, &page_view());
         assert_eq!((status, content_type.as_str()), (200, "text/plain"));
@@ -167,7 +167,7 @@ fn sink_mode_answers_as_umami_and_the_rest_as_before() {
         assert!(collector.requests().is_empty(), "sink mode keeps no request");
         assert_eq!(collector.sink_stats().requests, 5);
 
-        let legacy = Collector::builder().sink(true).umami_mode(UmamiMode::V2Legacy).start().expect("collector");
+        let legacy = Collector::builder().sink(true).umami_mode(UmamiMode::V2_15).start().expect("collector");
         assert_eq!(post(&legacy.url("/api/batch"), UA, &json!([page_view()])).0, 404);
         let (status, content_type, token) = post(&legacy.url("/api/send"), UA, &page_view());
         assert_eq!((status, content_type.as_str()), (200, "text/plain"));

@@ -2,6 +2,12 @@
 //! its limits (counted in UTF-16 code units, as JavaScript's `string.length` does), its bot check,
 //! and the date form it types as a date. See `specs/umami.md` in the design documents.
 
+/// The reserved property a message's `tag` is kept under until a destination sends it as
+/// Umami's `tag` (set by `Track::tag(..)` and the like in the SDK).
+pub const TAG_PROPERTY: &str = "$tag";
+/// The reserved property a custom event's or identify's URL is kept under (Umami's `url`).
+pub const URL_PROPERTY: &str = "$url";
+
 /// Most UTF-16 units of an event `name` (zod `max(50)`; a 400 beyond).
 pub const NAME_MAX: usize = 50;
 /// Most UTF-16 units of a `tag` (zod `max(50)`).

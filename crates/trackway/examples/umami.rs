@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // umami.identify(data = mapOf("account_type" to "pro_user")), with a distinct id: every later
     // event carries it.
     client.capture(Identify::new().id("registered", "user-123").property("account_type", "pro_user"))?;
-    client.capture(Track::new("settings-saved").property("$tag", "beta"))?;
+    client.capture(Track::new("settings-saved").tag("beta"))?;
 
     client.flush(Duration::from_secs(10))?;
     println!("\nthe collector received {} request(s):", collector.request_count());

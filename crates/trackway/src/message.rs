@@ -219,3 +219,40 @@ impl Default for Identify {
     }
 }
 common_setters!(Identify);
+
+/// Typed setters for the reserved properties `$tag` and `$url`, which destinations lift out of
+/// the properties (Umami sends them as `tag` and `url`): a setter cannot be misspelled into
+/// ordinary data, and it always sets a string.
+macro_rules! tag_setter {
+    ($ty:ident) => {
+        impl $ty {
+            /// A short label for the event (Umami's `tag`, at most 50 UTF-16 units), kept under
+            /// the reserved property `$tag`.
+            #[must_use]
+            pub fn tag(mut self, tag: impl Into<String>) -> Self {
+                self.0.properties.insert(trackway_wire::umami::TAG_PROPERTY, tag.into());
+                self
+            }
+        }
+    };
+}
+
+/// See [`tag_setter`].
+macro_rules! url_setter {
+    ($ty:ident) => {
+        impl $ty {
+            /// The URL (or path) where it happened (Umami's `url`; without one, `/` is sent),
+            /// kept under the reserved property `$url`.
+            #[must_use]
+            pub fn url(mut self, url: impl Into<String>) -> Self {
+                self.0.properties.insert(trackway_wire::umami::URL_PROPERTY, url.into());
+                self
+            }
+        }
+    };
+}
+tag_setter!(Track);
+tag_setter!(Page);
+tag_setter!(Screen);
+url_setter!(Track);
+url_setter!(Identify);

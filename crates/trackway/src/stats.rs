@@ -67,6 +67,15 @@ pub struct DestinationStats {
     /// Values shortened to fit the server's limits (counted once per event, on its first
     /// attempt); the event itself was sent.
     pub truncated: u64,
+    /// Requests that probed the server (e.g. Umami's `/api/batch` on a release without it)
+    /// and led to another way of sending the same events; neither failures nor retries.
+    pub probes: u64,
+    /// Delivered events whose own timestamp the server does not store, so they are filed at
+    /// delivery time (e.g. imports to an Umami server older than 2.17).
+    pub dropped_timestamps: u64,
+    /// Other values of delivered events the server does not store, one per field per event
+    /// (e.g. Umami's `tag` before 2.11, its distinct `id` before 2.18).
+    pub dropped_fields: u64,
 }
 
 /// The live counters behind [`Stats`]; atomics so the caller's thread never takes a lock.
@@ -98,6 +107,9 @@ pub(crate) struct DestinationCounters {
     pub(crate) retries_exhausted: AtomicU64,
     pub(crate) expired: AtomicU64,
     pub(crate) truncated: AtomicU64,
+    pub(crate) probes: AtomicU64,
+    pub(crate) dropped_timestamps: AtomicU64,
+    pub(crate) dropped_fields: AtomicU64,
 }
 
 /// Relaxed is enough: counters are statistics, never used to synchronize data.
@@ -143,6 +155,9 @@ impl Counters {
                     retries_exhausted: get(&d.retries_exhausted),
                     expired: get(&d.expired),
                     truncated: get(&d.truncated),
+                    probes: get(&d.probes),
+                    dropped_timestamps: get(&d.dropped_timestamps),
+                    dropped_fields: get(&d.dropped_fields),
                 })
                 .collect(),
         }

@@ -10,7 +10,7 @@ use support::{fast_builder, watchdog};
 use trackway::destination::Umami;
 use trackway::store::DeadLetterReason;
 use trackway::{BuildError, Clock, Error, Identify, Page, Timestamp, Track, props};
-use trackway_collector::{Collector, RecordedRequest, Reply, RunningCollector, UmamiMode};
+use trackway_collector::{Collector, RecordedRequest, Reply, Rule, RunningCollector, UmamiMode};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const SITE: &str = "b59e9c65-ae32-47f1-8400-119fcf4861c4";
@@ -197,7 +197,7 @@ fn one_bad_item_in_a_batch_is_the_only_one_dead_lettered() {
 #[test]
 fn an_old_server_without_batch_gets_the_same_events_through_send() {
     watchdog(LIMIT, || {
-        let collector = Collector::builder().umami_mode(UmamiMode::V2Legacy).start().expect("collector");
+        let collector = Collector::builder().umami_mode(UmamiMode::V2_15).start().expect("collector");
         let client = send_three_queued_together(&collector);
         let requests = collector.requests();
         assert_eq!((requests[0].path.as_str(), requests[0].status), ("/api/batch", 404));
@@ -373,7 +373,7 @@ fn a_failed_send_is_retried_before_the_requests_waiting_behind_it() {
     watchdog(LIMIT, || {
         // An old server (404 on /api/batch), whose first /api/send fails once.
         let collector = Collector::builder()
-            .umami_mode(UmamiMode::V2Legacy)
+            .umami_mode(UmamiMode::V2_15)
             .script([Reply::status(404), Reply::status(502)])
             .start()
             .expect("collector");
@@ -449,5 +449,178 @@ fn a_user_id_stored_before_umami_was_added_is_dead_lettered_there_not_an_error_e
         let letters = client.dead_letters(10).expect("dead letters");
         assert_eq!(letters.len(), 1);
         assert!(letters[0].detail.contains("UTF-16"), "{}", letters[0].detail);
+    });
+}
+
+/// Queues `a`, `b` and `c` for `u1` (tagged, two minutes late so they carry their timestamp)
+/// while the worker is paused, then delivers them; returns the client.
+fn send_three_late(collector: &RunningCollector, dest: Umami) -> trackway::Client {
+    let (clock, manual) = Clock::manual(Timestamp::from_unix_millis(1_800_000_000_000));
+    let client = fast_builder().clock(clock).destination(dest).build().expect("client");
+    client.pause_worker();
+    for n in ["a", "b", "c"] {
+        client.capture(Track::new(n).user("u1").tag("beta")).expect("track");
+    }
+    manual.advance(Duration::from_secs(120));
+    client.resume_worker();
+    client.flush(Duration::from_secs(10)).expect("flush");
+    let _ = collector;
+    client
+}
+
+#[test]
+fn an_old_server_counts_its_batch_probe_as_a_probe_not_a_failure() {
+    for mode in [UmamiMode::V2_10, UmamiMode::V2_15] {
+        watchdog(LIMIT, move || {
+            let collector = Collector::builder().umami_mode(mode).start().expect("collector");
+            let client = send_three_queued_together(&collector);
+            let stats = client.stats();
+            let s = stats.destination("umami").expect("stats");
+            assert_eq!((s.delivered, s.probes, s.failed_requests, s.retried), (3, 1, 0, 0), "{mode:?}: {s:?}");
+            assert_eq!(s.requests, 4, "the probe and three sends");
+        });
+    }
+}
+
+#[test]
+fn a_2_10_server_drops_tag_timestamp_and_id_and_stats_say_so() {
+    watchdog(LIMIT, || {
+        let collector = Collector::builder().umami_mode(UmamiMode::V2_10).start().expect("collector");
+        let client = send_three_late(&collector, umami(&collector));
+        let sent = payloads(&collector.requests()[1..]);
+        assert!(sent.iter().all(|p| p["tag"] == "beta" && p["id"] == "u1" && p["timestamp"].is_i64()), "{sent:?}");
+        let rows = collector.umami_stored();
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().all(|r| r.tag.is_none() && r.distinct_id.is_none() && r.created_at.is_none()), "{rows:?}");
+        let stats = client.stats();
+        let s = stats.destination("umami").expect("stats");
+        // Learned: older than 2.17, so timestamps and ids; whether it stores tags (2.11) is unknown.
+        assert_eq!((s.dropped_timestamps, s.dropped_fields), (3, 3), "{s:?}");
+
+        // Told the release, the tags count too, and /api/batch is not probed at all.
+        let collector = Collector::builder().umami_mode(UmamiMode::V2_10).start().expect("collector");
+        let client = send_three_late(&collector, umami(&collector).server_version("2.10"));
+        assert!(collector.requests().iter().all(|r| r.path == "/api/send"));
+        let stats = client.stats();
+        let s = stats.destination("umami").expect("stats");
+        assert_eq!((s.dropped_timestamps, s.dropped_fields, s.probes), (3, 6, 0), "{s:?}");
+    });
+}
+
+#[test]
+fn a_current_server_stores_every_field_and_nothing_is_counted() {
+    watchdog(LIMIT, || {
+        let collector = Collector::builder().umami_mode(UmamiMode::V2_18).start().expect("collector");
+        let client = send_three_late(&collector, umami(&collector));
+        let rows = collector.umami_stored();
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().all(|r| r.tag.as_deref() == Some("beta") && r.distinct_id.as_deref() == Some("u1")));
+        assert!(rows.iter().all(|r| r.created_at == Some(1_800_000_000)), "{rows:?}");
+        let stats = client.stats();
+        let s = stats.destination("umami").expect("stats");
+        assert_eq!((s.dropped_timestamps, s.dropped_fields, s.probes), (0, 0, 0), "{s:?}");
+    });
+}
+
+#[test]
+fn a_wrong_base_url_fixed_later_uses_batch_again_on_the_same_store() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("outbox.db");
+        let collector = Collector::builder()
+            .rule(Rule::path("/wrong/api/batch", Reply::status(404)))
+            .rule(Rule::path("/wrong/api/send", Reply::status(404)))
+            .start()
+            .expect("collector");
+        let with = |base: String| {
+            fast_builder()
+                .store(trackway::store::SqliteStore::new(&path))
+                .destination(umami(&collector).base_url(base))
+                .build()
+                .expect("client")
+        };
+        let wrong = with(collector.url("/wrong"));
+        wrong.track("u1", "lost", props! {}).expect("track");
+        wrong.flush(Duration::from_secs(10)).expect("flush");
+        let letters = wrong.dead_letters(10).expect("dead letters");
+        assert!(letters[0].detail.contains("base URL is wrong"), "{}", letters[0].detail);
+        wrong.shutdown(Duration::from_secs(5)).expect("shutdown");
+
+        let fixed = with(collector.url(""));
+        fixed.track("u1", "found", props! {}).expect("track");
+        fixed.flush(Duration::from_secs(10)).expect("flush");
+        let last = collector.requests().pop().expect("request");
+        assert_eq!((last.path.as_str(), last.status), ("/api/batch", 200));
+        fixed.shutdown(Duration::from_secs(5)).expect("shutdown");
+
+        // What a 2.10 server taught is kept for its base URL only.
+        let old = Collector::builder().umami_mode(UmamiMode::V2_10).start().expect("old collector");
+        let client = with(old.url(""));
+        client.track("u1", "old", props! {}).expect("track");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        client.shutdown(Duration::from_secs(5)).expect("shutdown");
+        let client = with(old.url(""));
+        client.track("u1", "old again", props! {}).expect("track");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        client.shutdown(Duration::from_secs(5)).expect("shutdown");
+        let paths: Vec<&str> =
+            old.requests().iter().map(|r| if r.path == "/api/batch" { "batch" } else { "send" }).collect();
+        assert_eq!(paths, ["batch", "send", "send"], "remembered across a restart");
+        let client = with(collector.url(""));
+        client.track("u1", "new", props! {}).expect("track");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        assert_eq!(collector.requests().pop().expect("request").path, "/api/batch");
+    });
+}
+
+#[test]
+fn typed_tag_and_url_setters_and_a_misspelled_reserved_name_is_an_error() {
+    watchdog(LIMIT, || {
+        let collector = Collector::start().expect("collector");
+        let client = fast_builder().destination(umami(&collector)).build().expect("client");
+        client.capture(Track::new("buy").user("u1").tag("beta").url("/checkout")).expect("track");
+        let err = client.capture(Track::new("buy").user("u1").property("$tagg", "beta")).expect_err("typo");
+        assert!(matches!(&err, Error::DestinationLimit { .. }) && err.to_string().contains("$tagg"), "{err}");
+        assert!(client.capture(Track::new("buy").user("u1").property("$tag", 5)).is_err(), "a non-string tag");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let sent = payloads(&collector.requests());
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0]["tag"].as_str(), sent[0]["url"].as_str()), (Some("beta"), Some("/checkout")));
+        assert!(sent[0].get("data").is_none(), "reserved properties are not data: {}", sent[0]);
+    });
+}
+
+#[test]
+fn the_default_user_agent_gets_a_browser_recorded_and_passes_the_bot_check() {
+    watchdog(LIMIT, || {
+        let plain = |collector: &RunningCollector| Umami::new(SITE).base_url(collector.url("")).screen("1920x1080");
+        for mode in [UmamiMode::V2_10, UmamiMode::V2_17, UmamiMode::V2_18] {
+            let collector = Collector::builder().umami_mode(mode).start().expect("collector");
+            let client = fast_builder().app("myapp", "1.2.3").destination(plain(&collector)).build().expect("client");
+            client.track("u1", "hello", props! {}).expect("track");
+            client.flush(Duration::from_secs(10)).expect("flush");
+            let ua = collector.requests().pop().and_then(|r| r.header("user-agent").map(str::to_owned));
+            let ua = ua.expect("a user agent");
+            assert!(ua.starts_with("Mozilla/5.0 (") && ua.contains(") myapp/1.2.3"), "names the app: {ua}");
+            let rows = collector.umami_stored();
+            assert_eq!(rows.len(), 1, "{mode:?}: not discarded as a bot ({ua})");
+            assert_eq!(rows[0].browser.as_deref(), Some("chrome"), "{mode:?}: {ua}");
+            assert!(
+                rows[0].os.is_some() || !cfg!(any(target_os = "linux", target_os = "macos", target_os = "windows"))
+            );
+        }
+        // 3.0.2+: the payload says what it is, and the header claims no browser.
+        let collector = Collector::builder().umami_mode(UmamiMode::V3).start().expect("collector");
+        let client = fast_builder().app("myapp", "1.2.3").destination(plain(&collector)).build().expect("client");
+        for n in ["first", "second"] {
+            client.track("u1", n, props! {}).expect("track");
+            client.flush(Duration::from_secs(10)).expect("flush");
+        }
+        let requests = collector.requests();
+        assert!(requests[0].header("user-agent").is_some_and(|ua| ua.ends_with(" Chrome/0")), "not known yet");
+        let ua = requests[1].header("user-agent").expect("user agent");
+        assert!(ua.ends_with(") myapp/1.2.3"), "learned from the batch token: {ua}");
+        let rows = collector.umami_stored();
+        assert!(rows.iter().all(|r| r.browser.as_deref() == Some("myapp") && r.device.as_deref() == Some("desktop")));
     });
 }

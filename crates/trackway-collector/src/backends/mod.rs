@@ -22,7 +22,7 @@ use crate::reply::Reply;
 pub(crate) mod json;
 pub(crate) mod umami;
 
-pub use umami::UmamiMode;
+pub use umami::{UmamiMode, UmamiRow};
 
 /// A server the collector imitates on its own paths, e.g. Umami's `POST /api/send`.
 ///
@@ -225,15 +225,19 @@ impl<'a> DecodedEvent<'a> {
 pub(crate) struct Backends {
     claiming: Vec<Arc<dyn Backend>>,
     rest: Arc<dyn Backend>,
+    /// The built-in Umami server (also in `claiming`), for what it stored.
+    pub(crate) umami: Arc<umami::UmamiServer>,
 }
 
 impl Backends {
     /// `added` first (a user's own servers, which may take over a built-in one's paths), then
     /// Umami in `umami_mode`, then the JSON destination.
-    pub(crate) fn new(added: &[Arc<dyn Backend>], umami_mode: UmamiMode) -> Self {
+    /// `umami_websites`: the only website ids the Umami server knows (`None`: every one).
+    pub(crate) fn new(added: &[Arc<dyn Backend>], umami_mode: UmamiMode, umami_websites: Option<Vec<String>>) -> Self {
         let mut claiming = added.to_vec();
-        claiming.push(Arc::new(umami::UmamiServer::new(umami_mode)));
-        Backends { claiming, rest: Arc::new(json::Json) }
+        let umami = Arc::new(umami::UmamiServer::new(umami_mode).with_websites(umami_websites));
+        claiming.push(umami.clone());
+        Backends { claiming, rest: Arc::new(json::Json), umami }
     }
 
     /// The backend of a `method` request to `path`.
@@ -244,7 +248,7 @@ impl Backends {
 
 impl Default for Backends {
     fn default() -> Self {
-        Backends::new(&[], UmamiMode::default())
+        Backends::new(&[], UmamiMode::default(), None)
     }
 }
 

@@ -110,7 +110,7 @@ pub trait Destination: Send + Sync + fmt::Debug + 'static {
     /// the same order. Default: the status code decides for the whole request ([`classify_status`]).
     fn classify(&self, request: &Request, response: &Response) -> Classified {
         let outcome = classify_status(response);
-        Classified { outcomes: vec![outcome; request.items.len()], state: Vec::new() }
+        Classified::new(vec![outcome; request.items.len()])
     }
 
     /// Checks the destination's configuration when the client is built (e.g. that its URL parses).
@@ -427,12 +427,22 @@ pub struct Classified {
     pub outcomes: Vec<Outcome>,
     /// State changes to store for the next requests (key, value; `None` removes the key).
     pub state: Vec<(String, Option<Vec<u8>>)>,
+    /// The request probed the server (e.g. an endpoint an older release lacks) and the answer
+    /// chose another way: its events go again at once, and the request counts as a probe in
+    /// [`DestinationStats::probes`](crate::DestinationStats::probes), not as a failure.
+    pub probe: bool,
+    /// Delivered events whose own timestamp the server does not store (they are filed at
+    /// delivery time): added to [`DestinationStats::dropped_timestamps`](crate::DestinationStats::dropped_timestamps).
+    pub dropped_timestamps: u64,
+    /// Other values of delivered events the server does not store, one per field per event:
+    /// added to [`DestinationStats::dropped_fields`](crate::DestinationStats::dropped_fields).
+    pub dropped_fields: u64,
 }
 
 impl Classified {
     /// Outcomes without a state change.
     pub fn new(outcomes: Vec<Outcome>) -> Self {
-        Classified { outcomes, state: Vec::new() }
+        Classified { outcomes, ..Classified::default() }
     }
 }
 

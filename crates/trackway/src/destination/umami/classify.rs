@@ -8,16 +8,26 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 
 use super::Umami;
+use super::server::{self, Fact};
 use crate::destination::{Classified, DestinationState, Outcome, Request, Response, classify_status};
+
+/// What the last `encode` read about the server, for the `classify` of the request it produced
+/// (an ordered destination has one request in flight, answered before the next encode).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Seen {
+    /// The stored lesson about this base URL's server, if still fresh.
+    pub(super) fact: Option<Fact>,
+    /// The `/api/batch` status that started a probe through `/api/send`, if one is pending.
+    pub(super) probing: Option<u16>,
+    /// The client's clock at that encode, Unix seconds: when a lesson is learned.
+    pub(super) now_secs: i64,
+}
 
 /// The header carrying the token of the previous answer.
 pub(super) const CACHE_HEADER: &str = "x-umami-cache";
-/// State key: the server has no working `/api/batch`; use `/api/send` (stored, so it survives a
-/// restart).
-pub(super) const NO_BATCH: &str = "no_batch";
-/// State key: `/api/batch` answered 500; the next events go through `/api/send` to find out
-/// whether the batch endpoint is missing (send works) or the server is failing (send fails too).
-pub(super) const PROBE: &str = "probe";
+/// State keys of earlier versions, kept for every base URL at once (the bug the keyed ones
+/// fix): removed when a lesson is stored.
+const LEGACY_KEYS: [&str; 2] = ["no_batch", "probe"];
 /// Prefix of the state keys holding cache tokens.
 const CACHE_PREFIX: &str = "cache/";
 
@@ -97,27 +107,97 @@ fn request_key(request: &Request) -> Option<String> {
 
 pub(super) fn classify(dest: &Umami, request: &Request, response: &Response) -> Classified {
     let n = request.items.len();
-    let mut out =
-        if request.url.ends_with("/api/batch") { batch(n, response) } else { send(dest, request, n, response) };
-    if let Some(token) = out.1
+    let (server_key, probe_key) = dest.server_keys();
+    let seen = *dest.seen.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut out, token, learned) = if request.url.ends_with("/api/batch") {
+        batch(n, response, &probe_key)
+    } else {
+        send(dest, request, n, response, seen.probing, &probe_key)
+    };
+    if let Some(fact) = learned
+        && seen.fact != Some(fact)
+    {
+        out.state.push((server_key, Some(server::encode_fact(fact, seen.now_secs))));
+        out.state.extend(LEGACY_KEYS.iter().map(|k| ((*k).to_owned(), None)));
+        dest.seen.lock().unwrap_or_else(|e| e.into_inner()).fact = Some(fact);
+    }
+    count_dropped(dest, request, &mut out, learned.or(seen.fact));
+    if let Some(token) = token
         && let Some(key) = request_key(request)
     {
         let mut lru = dest.lru.lock().unwrap_or_else(|e| e.into_inner());
         lru.touch(&key);
         for gone in lru.evict(dest.cache_capacity) {
-            out.0.state.push((gone, None));
+            out.state.push((gone, None));
         }
-        out.0.state.push((key, Some(token.into_bytes())));
+        out.state.push((key, Some(token.into_bytes())));
     }
-    out.0
+    out
+}
+
+/// Counts the fields of delivered items that a server of the known releases drops, and warns
+/// the first time.
+fn count_dropped(dest: &Umami, request: &Request, out: &mut Classified, fact: Option<Fact>) {
+    let range = server::range(dest.server_version, fact);
+    let dropped = range.dropped_fields();
+    if dropped.is_empty() {
+        return;
+    }
+    let items = match serde_json::from_slice::<Json>(&request.body) {
+        Ok(Json::Array(items)) => items,
+        Ok(item) => vec![item],
+        Err(_) => return,
+    };
+    let mut seen_fields: Vec<&str> = Vec::new();
+    for (item, outcome) in items.iter().zip(&out.outcomes) {
+        if *outcome != Outcome::Delivered {
+            continue;
+        }
+        for &field in &dropped {
+            if item.get("payload").and_then(|p| p.get(field)).is_some() {
+                if field == "timestamp" {
+                    out.dropped_timestamps += 1;
+                } else {
+                    out.dropped_fields += 1;
+                }
+                if !seen_fields.contains(&field) {
+                    seen_fields.push(field);
+                }
+            }
+        }
+    }
+    if seen_fields.is_empty() || dest.warned_dropped.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let source = fact.map_or("its configured server_version", Fact::source);
+    let mut consequences = Vec::new();
+    if seen_fields.contains(&"timestamp") {
+        consequences.push("imports land at delivery time on this server");
+    }
+    if seen_fields.contains(&"id") {
+        consequences.push("events are not filed under the distinct id");
+    }
+    if seen_fields.contains(&"tag") {
+        consequences.push("tags are lost");
+    }
+    tracing::warn!(
+        destination = dest.name.as_str(),
+        server = range.describe().as_str(),
+        learned_from = source,
+        "trackway: this Umami server does not store {}: {} (counted as dropped_timestamps / dropped_fields in \
+         stats; logged once)",
+        seen_fields.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", "),
+        consequences.join("; "),
+    );
 }
 
 fn all(n: usize, outcome: Outcome) -> Vec<Outcome> {
     vec![outcome; n]
 }
 
-/// `/api/batch`: per-item results from `details`, a token in `cache` (v3.0.2+).
-fn batch(n: usize, response: &Response) -> (Classified, Option<String>) {
+/// `/api/batch`: per-item results from `details`, a token in `cache` (v3.0.2+), and what the
+/// answer says of the server.
+fn batch(n: usize, response: &Response, probe_key: &str) -> (Classified, Option<String>, Option<Fact>) {
     match response.status.as_u16() {
         200..=299 => {
             let body: Json = serde_json::from_slice(&response.body).unwrap_or(Json::Null);
@@ -131,21 +211,25 @@ fn batch(n: usize, response: &Response) -> (Classified, Option<String>) {
                 }
             }
             let token = body.get("cache").and_then(Json::as_str).filter(|t| !t.is_empty()).map(str::to_owned);
-            (Classified::new(outcomes), token)
+            // Without a token, the release shows only when an item went through (an answer of
+            // errors alone carries none on any release).
+            let fact = match &token {
+                Some(_) => Some(Fact::BatchWithCache),
+                None if outcomes.contains(&Outcome::Delivered) => Some(Fact::BatchWithoutCache),
+                None => None,
+            };
+            (Classified::new(outcomes), token, fact)
         }
-        // No batch route (before v2.17): the same events go through /api/send from now on.
-        404 | 405 => {
+        // No batch route (before v2.17, or a wrong base URL), or a broken one (v2.17 to v3.0.1)
+        // or a failing server: the same events go through /api/send at once, and its answer
+        // tells which. A probe, not a failure.
+        status @ (404 | 405 | 500) => {
             let mut c = Classified::new(all(n, Outcome::Retry));
-            c.state.push((NO_BATCH.to_owned(), Some(b"1".to_vec())));
-            (c, None)
+            c.state.push((probe_key.to_owned(), Some(status.to_string().into_bytes())));
+            c.probe = true;
+            (c, None, None)
         }
-        // Either the batch route is broken (v2.17 to v3.0.1) or the server is failing: probe.
-        500 => {
-            let mut c = Classified::new(all(n, Outcome::Retry));
-            c.state.push((PROBE.to_owned(), Some(b"1".to_vec())));
-            (c, None)
-        }
-        _ => (Classified::new(all(n, classify_status(response))), None),
+        _ => (Classified::new(all(n, classify_status(response))), None, None),
     }
 }
 
@@ -160,14 +244,20 @@ fn item_outcome(response: &Json) -> Outcome {
     }
 }
 
-/// `/api/send`: a JSON `{cache,…}` or a plain-text token on success, `{"beep":"boop"}` for a bot.
-fn send(dest: &Umami, request: &Request, n: usize, response: &Response) -> (Classified, Option<String>) {
-    match response.status.as_u16() {
+/// `/api/send`: a JSON `{cache,…}` or a plain-text token on success, `{"beep":"boop"}` for a
+/// bot; after a probe, what the pair of answers says of the server.
+fn send(
+    dest: &Umami,
+    request: &Request,
+    n: usize,
+    response: &Response,
+    probing: Option<u16>,
+    probe_key: &str,
+) -> (Classified, Option<String>, Option<Fact>) {
+    let status = response.status.as_u16();
+    let (mut c, token, fact) = match status {
         200..=299 => {
-            // /api/send works: stay on it (the probe, if any, is answered).
             let mut c = Classified::new(all(n, Outcome::Delivered));
-            c.state.push((NO_BATCH.to_owned(), Some(b"1".to_vec())));
-            c.state.push((PROBE.to_owned(), None));
             let token = match serde_json::from_slice::<Json>(&response.body) {
                 Ok(body @ Json::Object(_)) => {
                     if body.get("beep").is_some() {
@@ -198,24 +288,28 @@ fn send(dest: &Umami, request: &Request, n: usize, response: &Response) -> (Clas
                     (!text.is_empty() && !text.contains(char::is_whitespace)).then_some(text)
                 }
             };
-            (c, token)
+            // /api/send works where /api/batch did not: the probe is answered.
+            let fact = match probing {
+                Some(404 | 405) => Some(Fact::Before2_17),
+                Some(_) => Some(Fact::BatchBroken),
+                None => None,
+            };
+            (c, token, fact)
         }
-        404 => (
-            Classified::new(all(
-                n,
-                Outcome::Reject(format!(
-                    "404 on /api/send (wrong base URL, or an unknown website on Umami ≤ 2.15): {}",
-                    response.body_excerpt()
-                )),
-            )),
-            None,
-        ),
-        500..=599 => {
-            // The server fails on /api/send too: the batch endpoint was not the problem.
-            let mut c = Classified::new(all(n, classify_status(response)));
-            c.state.push((PROBE.to_owned(), None));
-            (c, None)
+        404 => {
+            let why = if probing.is_some() {
+                "404 on /api/batch and on /api/send: the base URL is wrong (or, on Umami ≤ 2.15, the website id is unknown)"
+            } else {
+                "404 on /api/send (wrong base URL, or an unknown website on Umami ≤ 2.15)"
+            };
+            (Classified::new(all(n, Outcome::Reject(format!("{why}: {}", response.body_excerpt())))), None, None)
         }
-        _ => (Classified::new(all(n, classify_status(response))), None),
+        _ => (Classified::new(all(n, classify_status(response))), None, None),
+    };
+    // Whatever /api/send answered, the probe is over: a wrong base URL or a failing server
+    // learns nothing, and the next events try /api/batch again.
+    if probing.is_some() {
+        c.state.push((probe_key.to_owned(), None));
     }
+    (c, token, fact)
 }

@@ -10,7 +10,8 @@ use serde::{Serialize, Serializer};
 use trackway_wire::umami::{TEXT_MAX, is_bot_user_agent, is_umami_date, truncate_utf16, utf16_len};
 use trackway_wire::{Context, Event, EventKind, Properties, Timestamp, Value};
 
-use super::classify::{CACHE_HEADER, NO_BATCH, PROBE, cache_key};
+use super::classify::{CACHE_HEADER, Seen, cache_key};
+use super::server::{self, BATCH_SINCE, CLIENT_INFO_SINCE, Fact};
 use super::{TAG_PROPERTY, URL_PROPERTY, Umami};
 use crate::destination::{DestinationState, Encoded, EventRecord, Request};
 
@@ -50,6 +51,13 @@ struct Payload<'a> {
     ip: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timestamp: Option<i64>,
+    /// With the default user agent only: what 3.0.2+ stores instead of parsing it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    browser: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    os: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<&'static str>,
 }
 
 /// Event data in the caller's key order, with the reserved keys and `null`s left out, strings
@@ -136,9 +144,26 @@ struct Hit<'a> {
     item: Item<'a>,
 }
 
+/// The default user agent and what it stands for, resolved once per encode.
+struct DefaultAgent {
+    /// The `User-Agent` header.
+    header: String,
+    /// `browser`: the app's name, at most 20 UTF-16 units (Postgres `varchar(20)`).
+    browser: String,
+    /// `os`, in the names Umami's `detect-browser` gives.
+    os: Option<&'static str>,
+    /// `device`, as Umami derives it from `screen` and the OS.
+    device: Option<&'static str>,
+}
+
+/// The `browser`/`os`/`device` columns are `varchar(20)`.
+const CLIENT_INFO_MAX: usize = 20;
+
 /// `Mozilla/5.0 (<OS>; <arch>) <app>/<version>`: the form the spec recommends (§2.1), which
-/// passes the bot check and lets Umami's UA parser find the OS.
-pub(super) fn default_user_agent(context: &Context) -> String {
+/// passes the bot check and lets Umami's UA parser find the OS. Unless the server is known to
+/// take `browser` from the payload (`honest`), ` Chrome/0` follows: `detect-browser` finds no
+/// browser in the plain form, so Umami would record none.
+pub(super) fn default_user_agent(context: &Context, honest: bool) -> String {
     let arch = std::env::consts::ARCH;
     let os = match std::env::consts::OS {
         "linux" => format!("X11; Linux {arch}"),
@@ -148,15 +173,58 @@ pub(super) fn default_user_agent(context: &Context) -> String {
         "ios" => "iPhone; CPU iPhone OS like Mac OS X".to_owned(),
         other => format!("{other}; {arch}"),
     };
-    let token = |s: &str| s.chars().map(|c| if c.is_ascii_graphic() && c != '/' { c } else { '-' }).collect::<String>();
-    let fallback = || format!("Mozilla/5.0 ({os}) trackway/{}", env!("CARGO_PKG_VERSION"));
+    let browser = if honest { "" } else { " Chrome/0" };
+    let fallback = || format!("Mozilla/5.0 ({os}) trackway/{}{browser}", env!("CARGO_PKG_VERSION"));
     let ua = match (&context.app_name, &context.app_version) {
-        (Some(name), Some(version)) => format!("Mozilla/5.0 ({os}) {}/{}", token(name), token(version)),
-        (Some(name), None) => format!("Mozilla/5.0 ({os}) {}/0", token(name)),
+        (Some(name), Some(version)) => format!("Mozilla/5.0 ({os}) {}/{}{browser}", token(name), token(version)),
+        (Some(name), None) => format!("Mozilla/5.0 ({os}) {}/0{browser}", token(name)),
         _ => fallback(),
     };
     // An app called, say, "chatbot" would trip the bot check and lose every event in silence.
     if is_bot_user_agent(&ua) { fallback() } else { ua }
+}
+
+/// A name or version as one user-agent product token.
+fn token(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_graphic() && c != '/' { c } else { '-' }).collect()
+}
+
+/// What the default user agent stands for, in Umami's terms.
+fn default_agent(dest: &Umami, context: &Context, honest: bool) -> DefaultAgent {
+    let name = context.app_name.as_deref().map(token).filter(|n| !n.is_empty());
+    let browser = truncate_utf16(name.as_deref().unwrap_or("trackway"), CLIENT_INFO_MAX).to_owned();
+    // detect-browser's names, for the OS this runs on.
+    let os = match std::env::consts::OS {
+        "linux" => Some("Linux"),
+        "macos" => Some("Mac OS"),
+        "windows" => Some("Windows 10"),
+        "android" => Some("Android OS"),
+        "ios" => Some("iOS"),
+        "openbsd" => Some("Open BSD"),
+        _ => None,
+    };
+    DefaultAgent {
+        header: default_user_agent(context, honest),
+        browser,
+        os,
+        device: dest.screen.as_deref().and_then(|s| umami_device(s, os)),
+    }
+}
+
+/// Umami's `getDevice(screen, os)`: the device type from the screen width and the OS.
+fn umami_device(screen: &str, os: Option<&str>) -> Option<&'static str> {
+    let width: u32 = screen.split('x').next()?.parse().ok()?;
+    match os {
+        Some("Android OS" | "iOS") => Some(if width > 479 { "tablet" } else { "mobile" }),
+        Some("Chrome OS") => Some("laptop"),
+        Some(_) => Some(if width < 1920 { "laptop" } else { "desktop" }),
+        None => Some(match width {
+            1920.. => "desktop",
+            1024.. => "laptop",
+            479.. => "tablet",
+            _ => "mobile",
+        }),
+    }
 }
 
 /// `url` as a path (v2 ≤ 2.15 split on `?` only, so a path works everywhere), and the host of an
@@ -202,8 +270,16 @@ fn screen_path(name: &str) -> String {
 pub(super) fn encode(dest: &Umami, events: &[EventRecord], state: &DestinationState, now: Timestamp) -> Encoded {
     let mut out = Encoded::default();
     let truncated = Cell::new(0u64);
-    let single = state.get(NO_BATCH).is_some() || state.get(PROBE).is_some();
-    let mut default_ua: Option<String> = None;
+    // What is known of the server at this base URL, for this website.
+    let (server_key, probe_key) = dest.server_keys();
+    let now_secs = now.unix_seconds();
+    let fact = server::fresh_fact(state, &server_key, now_secs);
+    let probing =
+        state.get(&probe_key).map(|v| std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).unwrap_or(404));
+    *dest.seen.lock().unwrap_or_else(|e| e.into_inner()) = Seen { fact, probing, now_secs };
+    let range = server::range(dest.server_version, fact);
+    let single = probing.is_some() || range.before(BATCH_SINCE) || fact == Some(Fact::BatchBroken);
+    let honest = range.from(CLIENT_INFO_SINCE);
 
     // Owned strings the payloads borrow: built first, so the payloads can point into them.
     struct Owned {
@@ -260,9 +336,15 @@ pub(super) fn encode(dest: &Umami, events: &[EventRecord], state: &DestinationSt
         parsed.push(Some(event));
     }
 
+    // The default user agent of the batch (the first event's app; a batch shares one context).
+    let agent: Option<DefaultAgent> = match dest.user_agent {
+        Some(_) => None,
+        None => parsed.iter().flatten().next().map(|e| default_agent(dest, &e.context, honest)),
+    };
     let mut hits: Vec<(usize, Hit<'_>)> = Vec::with_capacity(events.len());
     for (i, (event, own)) in parsed.iter().zip(&owned).enumerate() {
         let (Some(event), Some(own)) = (event, own) else { continue };
+        let mut client_info = None;
         let user_agent = match (&event.identity.user_agent, &dest.user_agent) {
             (Some(ua), _) => {
                 if is_bot_user_agent(ua) {
@@ -272,7 +354,13 @@ pub(super) fn encode(dest: &Umami, events: &[EventRecord], state: &DestinationSt
                 ua.clone()
             }
             (None, Some(ua)) => ua.clone(),
-            (None, None) => default_ua.get_or_insert_with(|| default_user_agent(&event.context)).clone(),
+            (None, None) => match &agent {
+                Some(agent) => {
+                    client_info = Some((agent.browser.as_str(), agent.os, agent.device));
+                    agent.header.clone()
+                }
+                None => default_user_agent(&event.context, honest),
+            },
         };
         let ip = event.identity.ip.as_deref().or(dest.ip.as_deref());
         let id = event.identity.user_id.as_deref();
@@ -316,6 +404,9 @@ pub(super) fn encode(dest: &Umami, events: &[EventRecord], state: &DestinationSt
             data: (has_data || event.kind == EventKind::Identify).then_some(data),
             ip,
             timestamp: late.then(|| event.timestamp.unix_seconds()),
+            browser: client_info.map(|c| c.0),
+            os: client_info.and_then(|c| c.1),
+            device: client_info.and_then(|c| c.2),
         };
         let kind = if event.kind == EventKind::Identify { "identify" } else { "event" };
         hits.push((i, Hit { key, user_agent, item: Item { kind, payload } }));
@@ -392,6 +483,16 @@ mod tests {
     }
 
     #[test]
+    fn devices_as_umami_derives_them() {
+        assert_eq!(umami_device("1920x1080", Some("Linux")), Some("desktop"));
+        assert_eq!(umami_device("1440x900", Some("Mac OS")), Some("laptop"));
+        assert_eq!(umami_device("390x844", Some("iOS")), Some("mobile"));
+        assert_eq!(umami_device("820x1180", Some("iOS")), Some("tablet"));
+        assert_eq!(umami_device("800x600", None), Some("tablet"));
+        assert_eq!(umami_device("wide", Some("Linux")), None);
+    }
+
+    #[test]
     fn dates_are_rewritten_in_umamis_form() {
         assert_eq!(as_umami_date("2024-01-15T10:00:00Z").as_deref(), Some("2024-01-15T10:00:00.000Z"));
         assert_eq!(as_umami_date("2024-01-15T11:00:00+01:00").as_deref(), Some("2024-01-15T10:00:00.000Z"));
@@ -402,12 +503,16 @@ mod tests {
     #[test]
     fn default_user_agent_passes_the_bot_check() {
         let ctx = Context { app_name: Some("my app".into()), app_version: Some("1.2.3".into()), ..Context::default() };
-        let ua = default_user_agent(&ctx);
+        let ua = default_user_agent(&ctx, true);
         assert!(ua.starts_with("Mozilla/5.0 ("), "{ua}");
         assert!(ua.ends_with(") my-app/1.2.3"), "{ua}");
         assert!(!is_bot_user_agent(&ua), "{ua}");
-        assert!(!is_bot_user_agent(&default_user_agent(&Context::default())));
-        let bot_named = Context { app_name: Some("chatbot".into()), ..Context::default() };
-        assert!(!is_bot_user_agent(&default_user_agent(&bot_named)), "falls back to trackway/<version>");
+        assert_eq!(default_user_agent(&ctx, false), format!("{ua} Chrome/0"));
+        for honest in [true, false] {
+            assert!(!is_bot_user_agent(&default_user_agent(&Context::default(), honest)));
+            let bot_named = Context { app_name: Some("chatbot".into()), ..Context::default() };
+            let ua = default_user_agent(&bot_named, honest);
+            assert!(!is_bot_user_agent(&ua) && ua.contains("trackway/"), "falls back to trackway/<version>: {ua}");
+        }
     }
 }

@@ -14,8 +14,13 @@
 //! | `screen(name, props)` | a page view of the path `/<name>` (percent-encoded) titled `<name>`: apps have no URLs, and a `name` would make it a custom event, not a view |
 //! | `identify(user, props)` | `type: "identify"`, `id`, `data` (always an object: servers before v2.19 require it) |
 //!
-//! Two reserved properties are lifted out of `data`: `$tag` (a string, sent as `tag`) and `$url`
-//! (the path a custom event or identify happened on). Without a URL the path `/` is sent.
+//! Two reserved properties are lifted out of `data`: `$tag` (a string, sent as `tag`; set it
+//! with `.tag(..)` on [`Track`](crate::Track), [`Page`](crate::Page) or [`Screen`](crate::Screen))
+//! and `$url` (the path a custom event or identify happened on; `.url(..)` on `Track` or
+//! [`Identify`](crate::Identify)). Without a URL the path `/` is sent. Every other top-level
+//! property whose name starts with `$` is an error at the call (a misspelled `$tagg` would
+//! otherwise become ordinary data without a word), and so is a `$tag` or `$url` that is not a
+//! string.
 //!
 //! A per-event user agent (server mode's `.user_agent(..)`) that Umami's bot check would discard
 //! is dead-lettered at send time with that reason rather than sent to be dropped in silence.
@@ -33,13 +38,52 @@
 //! mixes two identities. At most [`Umami::cache_capacity`] tokens are kept (1 000 by default,
 //! least recently used evicted), which bounds the state of a server that forwards many visitors.
 //!
-//! # Old servers
+//! # Server releases
 //!
-//! Batches go to `POST /api/batch` (v3.0.2+). A 404 or 405 there, or a 500 there while a probe
-//! through `/api/send` succeeds, means the server has no working batch endpoint: the same events go
-//! one by one through `/api/send` from then on, and that choice is stored. The destination is
-//! ordered, so these requests go out one at a time, each encoded after the previous answer and
-//! carrying the token it handed out.
+//! Older Umami servers answer 200 to fields they do not know and drop them without a word, so
+//! an imported or late event lands at delivery time. What each release stores:
+//!
+//! | release | `/api/batch` | `tag` | `timestamp` | distinct `id` | `browser`/`os`/`device` | unknown website |
+//! |---|---|---|---|---|---|---|
+//! | 2.10 | 404 | dropped | dropped | dropped | dropped | 403 (before 2024-05), else 404 |
+//! | 2.11 – 2.16 | 404 | stored | dropped | dropped | dropped | 404 (≤ 2.15), 400 (2.16) |
+//! | 2.17 | yes, may answer 500; no `cache` | stored | stored | dropped | dropped | 400 |
+//! | 2.18 – 3.0.1 | yes, may answer 500; no `cache` | stored | stored | stored | dropped | 400 |
+//! | 3.0.2 and newer | yes, with `cache` | stored | stored | stored | stored | 400 |
+//!
+//! The destination learns what it can from the answers, and [`Umami::server_version`] tells it
+//! the rest:
+//! - A 404 (or 405) on `/api/batch` followed by a success on `/api/send` at the same base URL
+//!   means a server older than 2.17 (a wrong base URL answers 404 on both, and the events are
+//!   dead-lettered saying so). A 500 on `/api/batch` while `/api/send` works means a batch route
+//!   that fails (2.17 to 3.0.1). Either way the events go one by one through `/api/send`, one at
+//!   a time, in order, each carrying the token the previous answer handed out.
+//! - A batch answer with a `cache` token means 3.0.2 or newer; one without, 2.17 to 3.0.1.
+//!
+//! What was learned is stored per base URL and website (a fixed URL or another website starts
+//! afresh) and tested again after [`REPROBE_AFTER`] (24 h). The request that found the batch
+//! endpoint missing counts as a probe in [`DestinationStats::probes`](crate::DestinationStats::probes),
+//! not as a failed request or retried events.
+//!
+//! Fields are still sent to a server known to drop them (an upgrade stores them at once), and
+//! delivered events are counted: timestamps in
+//! [`DestinationStats::dropped_timestamps`](crate::DestinationStats::dropped_timestamps), `tag`
+//! and `id` in [`DestinationStats::dropped_fields`](crate::DestinationStats::dropped_fields).
+//! The first time, a warning says so: "imports land at delivery time on this server". Only what
+//! is known is counted: without a configured version, a server older than 2.17 counts its
+//! dropped timestamps and ids, not its tags (2.11 is not visible in its answers).
+//!
+//! # User agent
+//!
+//! Umami reads the browser and OS from the user agent (`detect-browser`) and discards bots
+//! (`isbot`). The default, `Mozilla/5.0 (<OS>; <arch>) <app>/<version>`, passes the bot check but
+//! names no browser that `detect-browser` knows, so a server would record none: until the
+//! server is known to be 3.0.2 or newer, the default ends in ` Chrome/0` (a browser rule
+//! `detect-browser` matches; version 0 says it is none). With the default, every payload also
+//! carries `browser` (the app's name), `os` (Umami's name for it) and, when a `screen` is
+//! configured, `device`: 3.0.2 and newer store those instead of parsing the user agent (older
+//! releases ignore them, and they are not counted as dropped). A configured or per-event user
+//! agent is sent as it is, without them.
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
@@ -58,13 +102,18 @@ use super::{
 
 mod classify;
 mod encode;
+mod server;
 #[cfg(test)]
 mod tests;
 
-/// The property lifted out of `data` into Umami's `tag`.
-pub const TAG_PROPERTY: &str = "$tag";
-/// The property lifted out of `data` into Umami's `url` for custom events and identify.
-pub const URL_PROPERTY: &str = "$url";
+pub use server::REPROBE_AFTER;
+
+/// The property lifted out of `data` into Umami's `tag`; set it with `Track::tag(..)`,
+/// `Page::tag(..)` or `Screen::tag(..)`. It must be a string of at most 50 UTF-16 units.
+pub const TAG_PROPERTY: &str = trackway_wire::umami::TAG_PROPERTY;
+/// The property lifted out of `data` into Umami's `url` for custom events and identify; set it
+/// with `Track::url(..)` or `Identify::url(..)`. It must be a string.
+pub const URL_PROPERTY: &str = trackway_wire::umami::URL_PROPERTY;
 
 /// Umami Cloud, the default base URL (as in umami-kotlin).
 const DEFAULT_BASE_URL: &str = "https://cloud.umami.is";
@@ -95,13 +144,19 @@ pub struct Umami {
     screen: Option<String>,
     ip: Option<String>,
     user_agent: Option<String>,
+    /// As given to `server_version`, checked at `build()`.
+    server_version_given: Option<String>,
+    server_version: Option<server::Version>,
     late_after: Duration,
     limits: BatchLimits,
     cache_capacity: usize,
     /// Last use of each cache-token key, for the LRU bound (see `classify`).
     lru: Mutex<classify::Lru>,
+    /// What the last `encode` read about the server, for the `classify` of its request.
+    seen: Mutex<classify::Seen>,
     warned_beep: AtomicBool,
     warned_truncated: AtomicBool,
+    warned_dropped: AtomicBool,
 }
 
 impl Umami {
@@ -119,12 +174,16 @@ impl Umami {
             screen: None,
             ip: None,
             user_agent: None,
+            server_version_given: None,
+            server_version: None,
             late_after: Duration::from_secs(60),
             limits: BatchLimits::new(100, 512 * 1024),
             cache_capacity: 1000,
             lru: Mutex::new(classify::Lru::default()),
+            seen: Mutex::new(classify::Seen::default()),
             warned_beep: AtomicBool::new(false),
             warned_truncated: AtomicBool::new(false),
+            warned_dropped: AtomicBool::new(false),
         }
     }
 
@@ -177,10 +236,24 @@ impl Umami {
     /// [`is_bot_user_agent`]), or `build()` fails:
     /// `/api/batch` drops a bot's events without saying so. Default:
     /// `Mozilla/5.0 (<OS>; <arch>) <app>/<version>`, with the client's `app(..)` name and version
-    /// (else `trackway/<version>`).
+    /// (else `trackway/<version>`), plus ` Chrome/0` until the server is known to be 3.0.2 or
+    /// newer (see [User agent](self#user-agent)).
     #[must_use]
     pub fn user_agent(mut self, ua: impl Into<String>) -> Self {
         self.user_agent = Some(ua.into());
+        self
+    }
+
+    /// The server's release, e.g. `"2.10"` or `"3.1.0"`, when known: what it drops is counted
+    /// from the first event (see the [module docs](self)), a release before 2.17 is sent
+    /// `/api/send` requests without a probe of `/api/batch`, and 3.0.2 or newer gets the default
+    /// user agent without the browser token. What the server's answers show wins over it.
+    /// `build()` fails on a string that is not a version.
+    #[must_use]
+    pub fn server_version(mut self, version: impl Into<String>) -> Self {
+        let given = version.into();
+        self.server_version = server::Version::parse(&given);
+        self.server_version_given = Some(given);
         self
     }
 
@@ -205,6 +278,11 @@ impl Umami {
     pub fn cache_capacity(mut self, identities: usize) -> Self {
         self.cache_capacity = identities.max(1);
         self
+    }
+
+    /// The stored-state keys of what is known of this base URL's server for this website.
+    fn server_keys(&self) -> (String, String) {
+        server::keys(&self.base_url, &self.website)
     }
 
     /// `base_url` + `path`, without a doubled slash.
@@ -278,6 +356,11 @@ impl Destination for Umami {
         {
             return Err(format!("ip {ip:?} is not an IPv4 or IPv6 address"));
         }
+        if let Some(given) = &self.server_version_given
+            && self.server_version.is_none()
+        {
+            return Err(format!("server version {given:?} is not a version such as \"2.10\" or \"3.1.0\""));
+        }
         if let Some(ua) = &self.user_agent
             && is_bot_user_agent(ua)
         {
@@ -308,6 +391,17 @@ impl Destination for Umami {
         {
             return fail(m);
         }
+        if let Some(key) = event
+            .properties
+            .iter()
+            .map(|(k, _)| k)
+            .find(|k| k.starts_with('$') && *k != TAG_PROPERTY && *k != URL_PROPERTY)
+        {
+            return fail(format!(
+                "property {key:?}: names starting with `$` are reserved, and Umami knows only `$tag` and `$url` \
+                 (set them with `.tag(..)` and `.url(..)`)"
+            ));
+        }
         match event.properties.get(TAG_PROPERTY) {
             None => {}
             Some(Value::String(tag)) => {
@@ -315,11 +409,11 @@ impl Destination for Umami {
                     return fail(m);
                 }
             }
-            Some(other) => return fail(format!("$tag must be a string, not {}", other.type_name())),
+            Some(other) => return fail(format!("$tag (the tag) must be a string, not {}", other.type_name())),
         }
         match event.properties.get(URL_PROPERTY) {
             None | Some(Value::String(_)) => {}
-            Some(other) => return fail(format!("$url must be a string, not {}", other.type_name())),
+            Some(other) => return fail(format!("$url (the URL) must be a string, not {}", other.type_name())),
         }
         check_data(&event.properties, &mut String::new()).or_else(fail)
     }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use trackway_wire::{Context, Event, EventKind, Identity, MessageId, PageInfo, Properties, Timestamp, props};
 
-use super::classify::{NO_BATCH, PROBE, cache_key};
+use super::classify::cache_key;
+use super::server::{Fact, encode_fact, keys};
 use super::*;
 use crate::destination::{DestinationState, Outcome, Response};
 
@@ -109,9 +110,7 @@ fn golden_bodies_match_the_spec_examples() {
 
 #[test]
 fn on_api_send_the_body_is_one_object() {
-    let mut state = DestinationState::default();
-    state.apply(&[(NO_BATCH.to_owned(), Some(b"1".to_vec()))]);
-    let out = encode_at(&umami(), &[page_view(), purchase()], &state, T0);
+    let out = encode_at(&umami().server_version("2.15"), &[page_view(), purchase()], &DestinationState::default(), T0);
     assert_eq!(out.requests.len(), 2, "one request per event on /api/send");
     assert_eq!(out.requests[0].url, "http://umami.test/api/send");
     assert!(body(&out, 0).starts_with(r#"{"type":"event","payload":{"website":"#), "{}", body(&out, 0));
@@ -150,6 +149,20 @@ fn utf16_limits_at_the_call() {
     assert!(dest.validate(&id).expect_err("51").message.contains("distinct id"));
     let huge = event(EventKind::Track, Some("e"), props! { "n" => 1e16 });
     assert!(dest.validate(&huge).is_err(), "beyond decimal(19,4)");
+}
+
+#[test]
+fn reserved_properties_are_checked_at_the_call() {
+    let dest = Umami::new(SITE);
+    let typo = event(EventKind::Track, Some("e"), props! { "$tagg" => "beta" });
+    let err = dest.validate(&typo).expect_err("a misspelled reserved name");
+    assert!(err.message.contains("\"$tagg\"") && err.message.contains(".tag(..)"), "{}", err.message);
+    let number = event(EventKind::Track, Some("e"), props! { "$tag" => 1 });
+    assert!(dest.validate(&number).expect_err("not a string").message.contains("must be a string"));
+    let url = event(EventKind::Track, Some("e"), props! { "$url" => true });
+    assert!(dest.validate(&url).is_err());
+    let fine = event(EventKind::Track, Some("e"), props! { "$tag" => "beta", "$url" => "/a", "price$" => 1 });
+    assert_eq!(dest.validate(&fine), Ok(()));
 }
 
 #[test]
@@ -246,34 +259,136 @@ fn batch_details_fail_only_their_items_and_the_token_is_kept() {
     assert_eq!(c.outcomes[0], Outcome::Delivered);
     assert!(matches!(&c.outcomes[1], Outcome::Reject(r) if r.contains("Bad request")));
     assert_eq!(c.outcomes[2], Outcome::Delivered);
-    assert_eq!(c.state, vec![(cache_key(SITE, None, None, UA), Some(b"tok".to_vec()))]);
+    let tokens: Vec<_> = c.state.iter().filter(|(k, _)| k.starts_with("cache/")).cloned().collect();
+    assert_eq!(tokens, vec![(cache_key(SITE, None, None, UA), Some(b"tok".to_vec()))]);
+    let (server_key, _) = keys("http://umami.test", SITE);
+    assert!(c.state.contains(&(server_key, Some(encode_fact(Fact::BatchWithCache, T0 / 1000)))), "3.0.2 or newer");
+}
+
+/// The state after applying what `dest` made of `answer` to `request`.
+fn answered(dest: &Umami, state: &mut DestinationState, request: &Request, status: u16, body: &str) -> Classified {
+    let c = dest.classify(request, &Response::new(status, body.to_owned()));
+    state.apply(&c.state);
+    c
 }
 
 #[test]
 fn fallback_states_and_send_answers() {
     let dest = umami();
-    let req = request(&dest, &[purchase()], &DestinationState::default());
-    let c = dest.classify(&req, &Response::new(404, ""));
-    assert_eq!((c.outcomes[0].clone(), c.state[0].0.as_str()), (Outcome::Retry, NO_BATCH));
+    let (server_key, probe_key) = keys("http://umami.test", SITE);
+    let mut state = DestinationState::default();
+    let req = request(&dest, &[purchase()], &state);
+    let c = answered(&dest, &mut state, &req, 404, "");
+    assert_eq!(c.outcomes, [Outcome::Retry]);
+    assert!(c.probe, "a probe, not a failure");
+    assert_eq!(state.get(&probe_key), Some(&b"404"[..]));
+    assert!(state.get(&server_key).is_none(), "a 404 alone proves nothing: the base URL may be wrong");
     let c = dest.classify(&req, &Response::new(500, ""));
-    assert_eq!((c.outcomes[0].clone(), c.state[0].0.as_str()), (Outcome::Retry, PROBE));
+    assert!(c.probe && c.state.contains(&(probe_key.clone(), Some(b"500".to_vec()))));
     assert!(matches!(dest.classify(&req, &Response::new(400, "{}")).outcomes[0], Outcome::Reject(_)));
 
-    let mut probing = DestinationState::default();
-    probing.apply(&[(PROBE.to_owned(), Some(b"1".to_vec()))]);
-    let send = request(&dest, &[purchase()], &probing);
+    let send = request(&dest, &[purchase()], &state);
     assert!(send.url.ends_with("/api/send"));
-    let c = dest.classify(&send, &Response::new(200, "eyJ.plain.token"));
+    let c = answered(&dest, &mut state, &send, 200, "eyJ.plain.token");
     assert_eq!(c.outcomes, vec![Outcome::Delivered]);
-    assert!(c.state.contains(&(NO_BATCH.to_owned(), Some(b"1".to_vec()))));
-    assert!(c.state.contains(&(PROBE.to_owned(), None)));
-    assert!(c.state.contains(&(cache_key(SITE, None, None, UA), Some(b"eyJ.plain.token".to_vec()))));
+    assert!(!c.probe);
+    assert_eq!(state.get(&server_key), Some(&encode_fact(Fact::Before2_17, T0 / 1000)[..]));
+    assert!(state.get(&probe_key).is_none(), "the probe is answered");
+    assert_eq!(state.get(&cache_key(SITE, None, None, UA)), Some(&b"eyJ.plain.token"[..]));
+    assert!(request(&dest, &[purchase()], &state).url.ends_with("/api/send"), "remembered");
 
     let beep = dest.classify(&send, &Response::new(200, r#"{"beep":"boop"}"#));
     assert!(matches!(&beep.outcomes[0], Outcome::Reject(r) if r.contains("bot check")));
     assert!(!beep.state.iter().any(|(k, _)| k.starts_with("cache/")), "a bot reply leaves the token alone");
     assert!(matches!(dest.classify(&send, &Response::new(404, "")).outcomes[0], Outcome::Reject(_)));
     assert_eq!(dest.classify(&send, &Response::new(503, "")).outcomes[0], Outcome::Retry);
+}
+
+#[test]
+fn a_404_on_both_endpoints_learns_nothing() {
+    let dest = umami();
+    let mut state = DestinationState::default();
+    let batch = request(&dest, &[purchase()], &state);
+    answered(&dest, &mut state, &batch, 404, "");
+    let send = request(&dest, &[purchase()], &state);
+    let c = answered(&dest, &mut state, &send, 404, "Not Found");
+    assert!(matches!(&c.outcomes[0], Outcome::Reject(r) if r.contains("base URL is wrong")), "{:?}", c.outcomes);
+    assert!(state.keys().all(|k| k.starts_with("cache/")), "nothing stored: {:?}", state.keys().collect::<Vec<_>>());
+    assert!(request(&dest, &[purchase()], &state).url.ends_with("/api/batch"), "the next events try batch again");
+}
+
+#[test]
+fn what_was_learned_is_keyed_to_the_base_url_and_website_and_expires() {
+    let mut state = DestinationState::default();
+    let (old_server, _) = keys("http://umami.test", SITE);
+    state.apply(&[(old_server, Some(encode_fact(Fact::Before2_17, T0 / 1000)))]);
+    let at = |dest: &Umami, ms: i64| encode_at(dest, &[purchase()], &state, ms).requests[0].url.clone();
+    assert_eq!(at(&umami(), T0), "http://umami.test/api/send");
+    assert_eq!(at(&umami().base_url("http://fixed.test"), T0), "http://fixed.test/api/batch", "another base URL");
+    let other_site = "c59e9c65-ae32-47f1-8400-119fcf4861c4";
+    let mut other = Umami::new(other_site).base_url("http://umami.test").user_agent(UA);
+    assert_eq!(at(&other, T0), "http://umami.test/api/batch", "another website");
+    other = umami();
+    let day_ms = i64::try_from(REPROBE_AFTER.as_millis()).expect("ms");
+    assert_eq!(at(&other, T0 + day_ms - 1000), "http://umami.test/api/send");
+    assert_eq!(at(&other, T0 + day_ms), "http://umami.test/api/batch", "probed again after REPROBE_AFTER");
+    // An unkeyed choice from an earlier version is ignored.
+    let mut legacy = DestinationState::default();
+    legacy.apply(&[("no_batch".to_owned(), Some(b"1".to_vec()))]);
+    assert!(encode_at(&umami(), &[purchase()], &legacy, T0).requests[0].url.ends_with("/api/batch"));
+}
+
+#[test]
+fn dropped_fields_are_counted_for_the_known_release() {
+    let mut tagged = purchase();
+    tagged.properties.insert("$tag", "beta");
+    tagged.identity.user_id = Some("u1".into());
+    tagged.imported = true;
+    let count = |dest: &Umami| {
+        let state = DestinationState::default();
+        let req = request(dest, &[tagged.clone(), purchase()], &state);
+        let body =
+            if req.url.ends_with("/api/batch") { r#"{"size":2,"processed":2,"errors":0,"details":[]}"# } else { "tok" };
+        let c = dest.classify(&req, &Response::new(200, body));
+        (c.dropped_timestamps, c.dropped_fields)
+    };
+    assert_eq!(count(&umami()), (0, 0), "nothing is known");
+    assert_eq!(count(&umami().server_version("2.10")), (1, 2), "tag and id");
+    assert_eq!(count(&umami().server_version("2.15")), (1, 1), "id");
+    assert_eq!(count(&umami().server_version("2.17")), (0, 1), "id");
+    assert_eq!(count(&umami().server_version("2.18")), (0, 0));
+    assert_eq!(count(&umami().server_version("3.1")), (0, 0));
+    assert!(umami().server_version("three").check_config().expect_err("not a version").contains("not a version"));
+}
+
+#[test]
+fn the_default_user_agent_claims_a_browser_only_until_the_server_takes_one() {
+    let plain = || Umami::new(SITE).base_url("http://umami.test").screen("1920x1080");
+    let dest = plain();
+    let mut e = purchase();
+    e.context =
+        Arc::new(Context { app_name: Some("myapp".into()), app_version: Some("1.2".into()), ..Context::default() });
+    let ua_and_payload = |dest: &Umami, state: &DestinationState| {
+        let req = request(dest, std::slice::from_ref(&e), state);
+        let ua = req.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let v: serde_json::Value = serde_json::from_slice(&req.body).expect("json");
+        (ua, v[0]["payload"].clone())
+    };
+    let (ua, payload) = ua_and_payload(&dest, &DestinationState::default());
+    assert!(ua.ends_with(" myapp/1.2 Chrome/0"), "{ua}");
+    assert_eq!(payload["browser"], "myapp");
+    assert_eq!(payload["device"], "desktop");
+    let (ua, _) = ua_and_payload(&plain().server_version("3.0.2"), &DestinationState::default());
+    assert!(ua.ends_with(" myapp/1.2"), "no browser claim on 3.0.2+: {ua}");
+    // Learned from a batch answer with a token.
+    let mut state = DestinationState::default();
+    let req = request(&dest, std::slice::from_ref(&e), &state);
+    answered(&dest, &mut state, &req, 200, r#"{"size":1,"processed":1,"errors":0,"details":[],"cache":"t"}"#);
+    assert!(ua_and_payload(&dest, &state).0.ends_with(" myapp/1.2"));
+    // A configured user agent is sent as it is, without client info.
+    let (ua, payload) = ua_and_payload(&umami(), &DestinationState::default());
+    assert_eq!(ua, UA);
+    assert!(payload.get("browser").is_none() && payload.get("os").is_none(), "{payload}");
 }
 
 #[test]

@@ -122,9 +122,14 @@ impl Worker {
         let now_ts = self.shared.clock.now();
         self.lanes[i].in_flight = self.lanes[i].in_flight.saturating_sub(1);
         let n = flight.seqs.len();
+        let mut probe = false;
         let mut outcomes = match &answer {
             Ok(response) => {
                 let classified = self.lanes[i].dest.classify(&flight.request, response);
+                probe = classified.probe;
+                let counters = &self.shared.counters.destinations[i];
+                bump(&counters.dropped_timestamps, classified.dropped_timestamps);
+                bump(&counters.dropped_fields, classified.dropped_fields);
                 if !classified.state.is_empty() {
                     self.lanes[i].state.apply(&classified.state);
                     let prefix = state_prefix(self.lanes[i].dest.name());
@@ -165,6 +170,15 @@ impl Worker {
             }
         }
         let server_answered_ok = !delivered.is_empty() || !letters.is_empty();
+        if probe && !server_answered_ok && pause.is_none() {
+            // The answer told the destination how to send these events instead (e.g. Umami's
+            // /api/send after a 404 on /api/batch): no failure, no backoff, no strike.
+            bump(&counters.probes, 1);
+            let lane = &mut self.lanes[i];
+            let due = now;
+            lane.groups.push(Group { seqs: retry, due, failures: flight.failures, epoch: lane.delivered });
+            return;
+        }
         if !delivered.is_empty() {
             match self.store.ack(i, &delivered) {
                 // Counted as the store saw them: an event evicted meanwhile was already uncounted.
