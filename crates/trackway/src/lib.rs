@@ -148,7 +148,8 @@
 //! - `json` (default): [`destination::JsonHttp`], the generic JSON-over-HTTP destination.
 //! - `umami` (default): [`destination::Umami`], page views, custom events and identify for Umami
 //!   v2.x and v3.x.
-//! - `testing`: [`destination::InMemoryDestination`] and worker pause hooks for tests.
+//! - `testing`: test helpers: [`destination::InMemoryDestination`], the manual clock
+//!   ([`Clock::manual`], [`ManualClock`]) and the worker pause hooks ([`Client::pause_worker`]).
 //!
 //! # Supported Rust versions
 //!
@@ -164,16 +165,20 @@ pub mod destination;
 mod error;
 mod message;
 mod pipeline;
+mod policy;
 mod queue;
 mod stats;
 pub mod store;
 
 pub use app::{Anonymize, AppLifecycle, Payment, PushPlatform, PushToken, TokenFrequency};
-pub use client::{Client, MAX_EVENT_BYTES, MAX_NAME_BYTES};
-pub use clock::{Clock, ManualClock};
+pub use client::Client;
+pub use clock::Clock;
+#[cfg(feature = "testing")]
+pub use clock::ManualClock;
 pub use config::{ClientBuilder, HttpOptions, RetryPolicy};
 pub use error::{BuildError, Error, FlushError, FlushReport, ShutdownError};
 pub use message::{Identify, Message, Page, Screen, Track};
+pub use policy::{MAX_EVENT_BYTES, MAX_NAME_BYTES};
 pub use stats::{DestinationStats, Dropped, Stats};
 pub use trackway_wire::{
     Event, EventKind, Identity, MessageId, PageInfo, Properties, PropertyError, Timestamp, Value, props,
