@@ -51,6 +51,8 @@ pub struct ClientBuilder {
     pub(crate) app_version: Option<String>,
     pub(crate) locale: Option<String>,
     pub(crate) lifecycle: Option<crate::AppLifecycle>,
+    /// Messages that name no user are the app's current user's (`app_mode`, `app_lifecycle`).
+    pub(crate) app_mode: bool,
     pub(crate) default_properties: Option<trackway_wire::Properties>,
     pub(crate) primary_id: Option<String>,
     pub(crate) error: Option<BuildError>,
@@ -75,6 +77,7 @@ impl Default for ClientBuilder {
             app_version: None,
             locale: None,
             lifecycle: None,
+            app_mode: false,
             default_properties: None,
             primary_id: None,
             error: None,
@@ -213,11 +216,12 @@ impl ClientBuilder {
         self
     }
 
-    /// Makes this client an app's: `installation` on the first run and sessions that follow
+    /// Makes this client an app's ([`app_mode`](Self::app_mode)) with a lifecycle:
+    /// `installation` on the first run and sessions that follow
     /// [`Client::app_foreground`](crate::Client::app_foreground) /
     /// [`app_background`](crate::Client::app_background) (see [`AppLifecycle`](crate::AppLifecycle)).
-    /// `build()` treats the app as being in the foreground. Without it, neither is tracked and
-    /// sessions are manual.
+    /// `build()` treats the app as being in the foreground. With [`app_mode`](Self::app_mode)
+    /// alone, neither is tracked and sessions are manual.
     ///
     /// ```
     /// use trackway::{AppLifecycle, Client, destination::JsonHttp};
@@ -228,6 +232,30 @@ impl ClientBuilder {
     /// ```
     pub fn app_lifecycle(mut self, lifecycle: crate::AppLifecycle) -> Self {
         self.lifecycle = Some(lifecycle);
+        self.app_mode = true;
+        self
+    }
+
+    /// Puts the client in app mode without a lifecycle (no `installation`, manual sessions): a
+    /// message that names no user is the app's current user's (an anonymous id made on first
+    /// use, then the ids given to [`Client::identify_customer`](crate::Client::identify_customer)),
+    /// kept in the store across restarts. Calls that name their user (server mode) still work.
+    ///
+    /// Without app mode (the default, right for a server) a message that names no user is an
+    /// error ([`Error::NoUser`](crate::Error::NoUser)), never filed under one shared anonymous id.
+    ///
+    /// ```
+    /// use trackway::{Client, Screen, destination::JsonHttp, store::MemoryStore};
+    /// let client = Client::builder()
+    ///     .app_mode()
+    ///     .destination(JsonHttp::new("http://127.0.0.1:9/events"))
+    ///     .store(MemoryStore::new())
+    ///     .build()?;
+    /// client.capture(Screen::new("Settings"))?; // the app's current (anonymous) user
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn app_mode(mut self) -> Self {
+        self.app_mode = true;
         self
     }
 

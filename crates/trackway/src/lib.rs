@@ -35,9 +35,12 @@
 //!   bounded channel without blocking.
 //! - **Event**: [`Event`] is what destinations receive; its message id (UUIDv7) and timestamp are
 //!   fixed at enqueue, so retries and replays carry the same ones.
-//! - **Modes**: *server mode* calls name their user ([`Client::track`], or `.user(..)` on a
-//!   message); *app mode* messages name none and carry the client's current user
-//!   ([`Client::capture`] with [`Identify`] to set it).
+//! - **Modes**: *server mode* calls name their user ([`Client::track`], [`Client::identify`], or
+//!   `.user(..)` on a message given to [`Client::capture`]). *App mode* is on when the builder
+//!   says so ([`ClientBuilder::app_mode`], or [`ClientBuilder::app_lifecycle`]): messages that
+//!   name no user carry the client's current user, which [`Client::identify_customer`] sets. A
+//!   client in app mode still takes server-mode calls; a client not in app mode refuses a
+//!   message without a user ([`Error::NoUser`]) rather than guess whose it is.
 //! - **[`Destination`](destination::Destination)**: a backend. Destinations are pure (encode a
 //!   batch, classify the answer per event); the pipeline owns all I/O.
 //! - **Store**: the outbox ([`store`]). Every accepted event is appended there by the worker and
@@ -86,7 +89,7 @@
 //!     .build()?; // tracks `installation` on the first run, then `session_start`
 //!
 //! client.capture(Screen::new("Notes"))?;
-//! client.capture(Identify::new().id("registered", "jane@example.com").property("plan", "pro"))?;
+//! client.identify_customer(Identify::new().id("registered", "jane@example.com").property("plan", "pro"))?;
 //! client.track_push_token(PushToken::fcm("token-from-firebase"))?;
 //! client.track_payment(Payment::new(4.99, "EUR").product_id("pro_monthly"))?;
 //! client.app_background()?; // from your lifecycle hook; app_foreground() when it returns

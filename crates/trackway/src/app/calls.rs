@@ -174,8 +174,8 @@ impl Client {
     /// the session id.
     ///
     /// # Errors
-    /// `AutomaticSessions` when the client tracks sessions by itself; `Disabled`, `ShutDown`,
-    /// `QueueFull`.
+    /// `AutomaticSessions` when the client tracks sessions by itself; `NoUser` on a client not
+    /// in app mode; `Disabled`, `ShutDown`, `QueueFull`.
     pub fn session_start(&self) -> Result<MessageId, Error> {
         self.check_open()?;
         if self.inner.shared.lifecycle.automatic_sessions {
@@ -362,7 +362,8 @@ impl Client {
     /// `None` when nothing was due. `anonymize` moves the token to the new user.
     ///
     /// # Errors
-    /// `EmptyPushToken`, `Disabled`, `ShutDown`, `QueueFull`.
+    /// `EmptyPushToken`, `NoUser` on a client not in app mode, `Disabled`, `ShutDown`,
+    /// `QueueFull`.
     pub fn track_push_token(&self, token: PushToken) -> Result<Option<MessageId>, Error> {
         self.check_open()?;
         if token.token.trim().is_empty() {
@@ -428,13 +429,14 @@ impl Client {
     ///
     /// ```
     /// # use trackway::{Client, Payment, destination::InMemoryDestination, store::MemoryStore};
-    /// # let client = Client::builder().destination(InMemoryDestination::new("memory")).store(MemoryStore::new()).build()?;
+    /// # let client = Client::builder().app_mode().destination(InMemoryDestination::new("memory")).store(MemoryStore::new()).build()?;
     /// client.track_payment(Payment::new(0.99, "EUR").product_id("sword").product_title("Silver sword"))?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
     /// # Errors
-    /// `InvalidPayment` (a NaN or infinite value, an empty currency); as [`track`](Self::track).
+    /// `InvalidPayment` (a NaN or infinite value, an empty currency); `NoUser` on a client not
+    /// in app mode; as [`track`](Self::track).
     pub fn track_payment(&self, payment: Payment) -> Result<MessageId, Error> {
         let properties = payment.into_properties()?;
         self.enqueue(

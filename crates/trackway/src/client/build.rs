@@ -147,6 +147,7 @@ impl Client {
             app_routes,
             before_send: b.before_send,
             app: Mutex::new(app),
+            app_mode: b.app_mode,
             lifecycle: b.lifecycle.clone().unwrap_or_else(AppLifecycle::none),
             launch: Mutex::new(crate::app::Launch::default()),
             session_timer: crate::app::SessionTimer::default(),

@@ -57,9 +57,15 @@ impl Client {
             bump(&shared.pipe.counters.disabled, 1);
             return Err(Error::Disabled);
         }
+        // Server mode when the message names its user; the app's current user only on a client
+        // built for app mode. Never a guess: on a server, a message without a user filed under
+        // one stored anonymous id would put everyone's events on one person.
+        let server_mode = m.user.is_some() || m.anonymous_id.is_some();
+        if !server_mode && !shared.app_mode {
+            return Err(Error::NoUser);
+        }
         validate_message(&m)?;
         let mut routes = shared.routes[kind_index(m.kind)];
-        let server_mode = m.user.is_some() || m.anonymous_id.is_some();
         let is_identify = m.kind == EventKind::Identify;
         let (ids, primary) = (std::mem::take(&mut m.ids), m.primary.take());
 

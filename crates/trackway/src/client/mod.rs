@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     /// App-mode state. Locked briefly to snapshot it, and again around the push of an event that
     /// changes it, so a change is applied exactly when its event is queued.
     pub(crate) app: Mutex<AppState>,
+    /// Built for app mode: a message that names no user is the app's current user's.
+    pub(crate) app_mode: bool,
     /// What the app does by itself (installation, sessions, push-token frequency).
     pub(crate) lifecycle: AppLifecycle,
     /// Serializes lifecycle transitions (foreground, anonymize, …), which queue several events,
@@ -132,6 +134,7 @@ impl Client {
     }
 
     /// Sends the user properties of `identifier` (server mode; the client's state is untouched).
+    /// To set the current user of an app, see [`identify_customer`](Self::identify_customer).
     ///
     /// # Errors
     /// As [`track`](Self::track).
@@ -139,13 +142,48 @@ impl Client {
         self.enqueue(crate::Identify::new().user(identifier).properties(properties).into(), Options::default())
     }
 
-    // === general calls ===
+    // === app mode ===
 
-    /// Queues any message: server mode when it names its user, app mode (the client's current
-    /// user) when it does not.
+    /// Identifies the app's current user (app mode; Bloomreach's `identifyCustomer`): the hard
+    /// ids given (`.id(name, value)`) **replace** the stored ones, the primary one becomes the
+    /// user id, the properties are sent, and every later app-mode event carries the new
+    /// identity (kept in the store across restarts). `capture(identify)` does the same on an app-mode
+    /// client.
+    ///
+    /// ```
+    /// use trackway::{Client, Identify, destination::JsonHttp, store::MemoryStore};
+    /// let client = Client::builder()
+    ///     .app_mode()
+    ///     .destination(JsonHttp::new("http://127.0.0.1:9/events"))
+    ///     .store(MemoryStore::new())
+    ///     .build()?;
+    /// client.identify_customer(Identify::new().id("registered", "jane@example.com").property("plan", "pro"))?;
+    /// assert_eq!(client.current_identity().user_id.as_deref(), Some("jane@example.com"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
-    /// See [`Error`].
+    /// `NoUser` on a client not built for app mode ([`ClientBuilder::app_mode`]);
+    /// `UserInAppIdentify` when the identify names a user (use [`identify`](Self::identify));
+    /// `NoIds`, `EmptyIdentifier`, `TooLong`, `InvalidProperty`, `QueueFull`, `ShutDown`.
+    pub fn identify_customer(&self, identify: crate::Identify) -> Result<MessageId, Error> {
+        let message = Message::from(identify);
+        if message.user.is_some() || message.anonymous_id.is_some() {
+            return Err(Error::UserInAppIdentify);
+        }
+        self.enqueue(message, Options::default())
+    }
+
+    // === general calls ===
+
+    /// Queues any message. Server mode when it names its user (`.user(..)` or
+    /// `.anonymous_id(..)`); otherwise, on a client built for app mode
+    /// ([`ClientBuilder::app_mode`], [`ClientBuilder::app_lifecycle`]), the app's current user's
+    /// (an [`Identify`](crate::Identify) then does what [`identify_customer`](Self::identify_customer)
+    /// does).
+    ///
+    /// # Errors
+    /// `NoUser` for a message that names no user on a client not in app mode; see [`Error`].
     pub fn capture(&self, message: impl Into<Message>) -> Result<MessageId, Error> {
         self.enqueue(message.into(), Options::default())
     }
