@@ -103,7 +103,11 @@
 //! The worker runs on its own thread with its own single-threaded tokio runtime. Calls never
 //! block and need no runtime; [`Client::flush`] and [`Client::shutdown`] block the calling thread
 //! (with a timeout) and cannot deadlock a caller's runtime, because the worker does not run on it.
-//! In async code prefer [`Client::flush_async`] and [`Client::shutdown_async`].
+//! In async code use the `_async` forms ([`Client::flush_async`], [`Client::persisted_async`],
+//! [`Client::shutdown_async`], [`Client::checkpoint_async`], [`Client::dead_letters_async`],
+//! [`Client::requeue_dead_letters_async`], [`Client::purge_queued_async`],
+//! [`Client::erase_user_async`]): they never block the runtime's thread, not even while a flood
+//! has filled the queue and they wait for room, or while the worker thread ends.
 //!
 //! # The durable outbox
 //!

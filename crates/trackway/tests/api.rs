@@ -181,6 +181,138 @@ fn async_flush_inside_a_current_thread_runtime_returns() {
     });
 }
 
+/// A client whose worker is paused with the ring and its reserved slots full: the next control
+/// request has to wait for room until the worker resumes.
+fn client_with_a_full_queue(dest: &InMemoryDestination) -> trackway::Client {
+    let capacity = 16;
+    let reserved = 8;
+    let c = fast_builder()
+        .queue_capacity(capacity)
+        .reserved_capacity(reserved)
+        .destination(dest.clone())
+        .build()
+        .expect("client");
+    c.pause_worker();
+    for i in 0..capacity {
+        c.track("u", "e", props! { "i" => i }).expect("room in the ring");
+    }
+    assert_eq!(c.track("u", "e", props! {}), Err(Error::QueueFull), "the ring is full");
+    for i in 0..reserved {
+        c.checkpoint(&format!("k{i}"), "v").expect("room in the reserved slots");
+    }
+    c
+}
+
+/// Runs `call` on a client with a full queue inside a current-thread runtime while a timer task
+/// ticks every 5 ms; the worker resumes after 300 ms. Returns how often the timer ticked while
+/// the call waited, and how long it waited.
+fn ticks_while_waiting<F, Fut>(name: &str, call: F) -> (u64, Duration)
+where
+    F: FnOnce(trackway::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dest = InMemoryDestination::new("m");
+    let c = client_with_a_full_queue(&dest);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    rt.block_on(async {
+        let ticks = Arc::new(AtomicU64::new(0));
+        let counter = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        // Let the ticker start before the call can hog the thread.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let resumer = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                c.resume_worker();
+            })
+        };
+        let before = ticks.load(Ordering::Relaxed);
+        let started = Instant::now();
+        call(c).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let waited = started.elapsed();
+        let during = ticks.load(Ordering::Relaxed) - before;
+        ticker.abort();
+        resumer.join().expect("resumer");
+        (during, waited)
+    })
+}
+
+#[test]
+fn async_calls_wait_for_room_without_blocking_a_current_thread_runtime() {
+    fn send<T: Send>(t: T) -> T {
+        t
+    }
+    watchdog(Duration::from_secs(60), || {
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        let calls: Vec<(&str, u64, Duration)> = vec![
+            {
+                let (n, w) = ticks_while_waiting("flush_async", |c| async move {
+                    send(c.flush_async(Duration::from_secs(10))).await.map(drop).map_err(|e| err(&e))
+                });
+                ("flush_async", n, w)
+            },
+            {
+                let (n, w) = ticks_while_waiting("persisted_async", |c| async move {
+                    send(c.persisted_async(Duration::from_secs(10))).await.map_err(|e| err(&e))
+                });
+                ("persisted_async", n, w)
+            },
+            {
+                let (n, w) = ticks_while_waiting("shutdown_async", |c| async move {
+                    send(c.shutdown_async(Duration::from_secs(10))).await.map(drop).map_err(|e| err(&e))
+                });
+                ("shutdown_async", n, w)
+            },
+            {
+                let (n, w) = ticks_while_waiting("dead_letters_async", |c| async move {
+                    send(c.dead_letters_async(10)).await.map(drop).map_err(|e| err(&e))
+                });
+                ("dead_letters_async", n, w)
+            },
+            {
+                let (n, w) = ticks_while_waiting("requeue_dead_letters_async", |c| async move {
+                    send(c.requeue_dead_letters_async(None, 10)).await.map(drop).map_err(|e| err(&e))
+                });
+                ("requeue_dead_letters_async", n, w)
+            },
+            {
+                let (n, w) = ticks_while_waiting("purge_queued_async", |c| async move {
+                    send(c.purge_queued_async()).await.map(drop).map_err(|e| err(&e))
+                });
+                ("purge_queued_async", n, w)
+            },
+            {
+                let (n, w) = ticks_while_waiting("erase_user_async", |c| async move {
+                    send(c.erase_user_async("u")).await.map(drop).map_err(|e| err(&e))
+                });
+                ("erase_user_async", n, w)
+            },
+            {
+                let (n, w) = ticks_while_waiting("checkpoint_async", |c| async move {
+                    send(c.checkpoint_async("import", "42")).await.map_err(|e| err(&e))?;
+                    assert_eq!(c.checkpoint_value("import").as_deref(), Some(&b"42"[..]));
+                    Ok(())
+                });
+                ("checkpoint_async", n, w)
+            },
+        ];
+        for (name, ticks, waited) in calls {
+            // The call had to wait for the worker to resume (300 ms after the timer started)...
+            assert!(waited >= Duration::from_millis(200), "{name} did not wait for room: {waited:?}");
+            // ...and the timer kept ticking meanwhile (every 5 ms; a blocked thread gives 0).
+            assert!(ticks >= 10, "{name} blocked the runtime: the timer ticked {ticks} times in {waited:?}");
+        }
+    });
+}
+
 #[test]
 fn blocking_flush_inside_a_current_thread_runtime_does_not_deadlock() {
     watchdog(LIMIT, || {

@@ -13,7 +13,7 @@ use trackway_wire::{MessageId, Properties, Timestamp};
 use super::push::{self, PushState};
 use super::session::{OnForeground, SessionState, on_foreground};
 use super::{AppIdentity, AppState, CONSENT_KEY, DEFAULTS_KEY, Launch, Payment, PushToken, write};
-use crate::client::{Block, Options, Wait, blocking, check_len, lock, push, retry_until_room};
+use crate::client::{Await, Block, Options, Wait, blocking, check_len, lock, push, retry_until_room};
 use crate::destination::AppEvent;
 use crate::error::{Error, FlushError};
 use crate::policy::CONTROL_TIMEOUT;
@@ -530,6 +530,14 @@ impl Client {
         blocking(self.purge::<Block>(None))
     }
 
+    /// Async [`purge_queued`](Self::purge_queued).
+    ///
+    /// # Errors
+    /// As [`purge_queued`](Self::purge_queued).
+    pub async fn purge_queued_async(&self) -> Result<u64, FlushError> {
+        self.purge::<Await>(None).await
+    }
+
     /// Erases one person's events from the outbox: the queued events and the dead letters whose
     /// user id, anonymous id or any hard id equals `id`. Returns how many events were removed
     /// (counted as `purged`). Events already delivered are the destinations' to erase.
@@ -540,7 +548,15 @@ impl Client {
         blocking(self.purge::<Block>(Some(id.to_owned())))
     }
 
-    pub(crate) async fn purge<W: Wait>(&self, user: Option<String>) -> Result<u64, FlushError> {
+    /// Async [`erase_user`](Self::erase_user).
+    ///
+    /// # Errors
+    /// As [`erase_user`](Self::erase_user).
+    pub async fn erase_user_async(&self, id: &str) -> Result<u64, FlushError> {
+        self.purge::<Await>(Some(id.to_owned())).await
+    }
+
+    async fn purge<W: Wait>(&self, user: Option<String>) -> Result<u64, FlushError> {
         self.ask::<W, _>(|reply| Control::Purge { user, reply }).await
     }
 

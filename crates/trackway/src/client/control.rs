@@ -271,6 +271,15 @@ impl Client {
         blocking(self.checkpoint_with::<Block>(key, value.into()))
     }
 
+    /// Async [`checkpoint`](Self::checkpoint): waits for room in the queue (under a flood)
+    /// without blocking the runtime's thread.
+    ///
+    /// # Errors
+    /// As [`checkpoint`](Self::checkpoint).
+    pub async fn checkpoint_async(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<(), Error> {
+        self.checkpoint_with::<Await>(key, value.into()).await
+    }
+
     pub(crate) async fn checkpoint_with<W: Wait>(&self, key: &str, value: Vec<u8>) -> Result<(), Error> {
         check_checkpoint(key, &value)?;
         let shared = &*self.inner.shared;
@@ -388,6 +397,14 @@ impl Client {
         blocking(self.ask::<Block, _>(|reply| Control::DeadLetters { limit, reply }))
     }
 
+    /// Async [`dead_letters`](Self::dead_letters).
+    ///
+    /// # Errors
+    /// As [`dead_letters`](Self::dead_letters).
+    pub async fn dead_letters_async(&self, limit: usize) -> Result<Vec<DeadLetter>, FlushError> {
+        self.ask::<Await, _>(|reply| Control::DeadLetters { limit, reply }).await
+    }
+
     /// Queues dead letters again, each for the destination that gave up on it (at most `limit`;
     /// only those of `destination` when given). They keep their message id; their age counts
     /// again from now. Returns how many were queued.
@@ -397,6 +414,19 @@ impl Client {
     pub fn requeue_dead_letters(&self, destination: Option<&str>, limit: usize) -> Result<usize, FlushError> {
         let destination = destination.map(str::to_owned);
         blocking(self.ask::<Block, _>(|reply| Control::Requeue { destination, limit, reply }))
+    }
+
+    /// Async [`requeue_dead_letters`](Self::requeue_dead_letters).
+    ///
+    /// # Errors
+    /// As [`requeue_dead_letters`](Self::requeue_dead_letters).
+    pub async fn requeue_dead_letters_async(
+        &self,
+        destination: Option<&str>,
+        limit: usize,
+    ) -> Result<usize, FlushError> {
+        let destination = destination.map(str::to_owned);
+        self.ask::<Await, _>(|reply| Control::Requeue { destination, limit, reply }).await
     }
 
     fn report(&self) -> FlushReport {

@@ -24,7 +24,7 @@ mod build;
 mod control;
 mod enqueue;
 
-pub(crate) use control::{Block, Wait, blocking, push, retry_until_room};
+pub(crate) use control::{Await, Block, Wait, blocking, push, retry_until_room};
 pub(crate) use enqueue::{Options, check_len};
 
 /// Store keys of [`Client::checkpoint`] values start with this, apart from trackway's own state.
