@@ -129,7 +129,7 @@ fn send_session(collector: &RunningCollector, dir: &std::path::Path) -> anyhow::
     client.capture(Screen::new("Home"))?;
     client.capture(Page::new("/products/trail-shoes").title("Trail shoes").referrer("https://search.example.com/"))?;
     client.capture(Screen::new("Product").property("sku", "sku-42"))?;
-    client.capture(
+    client.identify_customer(
         Identify::new().id("registered", "jane@example.com").property("name", "Jane Doe").property("plan", "pro"),
     )?;
     client.capture(Track::new("purchase_completed").properties(props! {

@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use trackway::Client;
-use trackway::store::{DeadLetter, SqliteStore, Store as _, StoreError};
+use trackway::store::{DeadLetter, SqliteStore, StoreError};
 
 use crate::Outcome;
 use crate::config::{self, Config};
@@ -153,10 +153,9 @@ fn event_summary(l: &DeadLetter) -> String {
     format!("{kind} {name:?} user {user:?}")
 }
 
-/// Opens the store for writing to learn, typed, whether another process holds it.
-fn check_lock(path: &Path, names: &[String]) -> anyhow::Result<()> {
-    let mut store = SqliteStore::new(path);
-    match store.open(names) {
+/// Takes the store's lock for a moment to learn, typed, whether another process holds it.
+fn check_lock(path: &Path) -> anyhow::Result<()> {
+    match SqliteStore::check_unlocked(path) {
         Ok(_) => Ok(()),
         Err(StoreError::Locked { pid: Some(pid), .. }) => {
             bail!("store {} is in use by pid {pid}: stop that process first, then requeue", path.display())
@@ -166,7 +165,6 @@ fn check_lock(path: &Path, names: &[String]) -> anyhow::Result<()> {
         }
         Err(e) => Err(e).with_context(|| format!("cannot open {}", path.display())),
     }
-    // `store` is dropped here, releasing the lock for the client.
 }
 
 fn requeue(
@@ -187,7 +185,7 @@ fn requeue(
     if !path.exists() {
         bail!("no store at {}", path.display());
     }
-    check_lock(path, &names)?;
+    check_lock(path)?;
     let client = config::with_destinations(Client::builder().store(SqliteStore::new(path)), destinations)
         .batch_interval(Duration::from_millis(50))
         .build()

@@ -30,7 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("anonymous id: {:?}", client.current_identity().anonymous_id);
 
     client.capture(Screen::new("Notes"))?;
-    client.capture(Identify::new().id("registered", "jane@example.com").property("plan", "pro"))?;
+    client.identify_customer(Identify::new().id("registered", "jane@example.com").property("plan", "pro"))?;
     client.track_push_token(PushToken::fcm("token-from-firebase"))?;
     client.track_payment(Payment::new(4.99, "EUR").product_id("pro_monthly").payment_system("Google Play"))?;
     client.capture(Track::new("note_created").property("words", 120))?;

@@ -18,6 +18,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::builder()
         .destination(JsonHttp::new(collector.url("/v1/events")).batch_size(50))
         .app("quickstart", env!("CARGO_PKG_VERSION"))
+        // App mode: a message that names no user is the app's current user's. Without it, such a
+        // message is an error (a server never guesses whose event it is); calls that name their
+        // user work either way.
+        .app_mode()
         // In memory, so each run starts empty; without this line the outbox is a SQLite file
         // under the user's data directory (see examples/offline_outbox.rs).
         .store(MemoryStore::new())
@@ -39,7 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // App mode: no user named; the client's current (anonymous, then identified) user is stamped.
     client.capture(Screen::new("Settings"))?;
-    client.capture(Identify::new().id("registered", "jane@example.com"))?;
+    client.identify_customer(Identify::new().id("registered", "jane@example.com"))?;
     client.capture(Track::new("settings_saved").property("dark_mode", true))?;
 
     // Validation happens in the call, before anything is queued.

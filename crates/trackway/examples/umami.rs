@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .screen("1920x1080"),
         )
         .app("umami-example", env!("CARGO_PKG_VERSION"))
+        // Like umami-kotlin, an app's client: events that name no user are its current visitor's.
+        .app_mode()
         .store(MemoryStore::new())
         .build()?;
 
@@ -38,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     client.flush(Duration::from_secs(10))?;
     // umami.identify(data = mapOf("account_type" to "pro_user")), with a distinct id: every later
     // event carries it.
-    client.capture(Identify::new().id("registered", "user-123").property("account_type", "pro_user"))?;
+    client.identify_customer(Identify::new().id("registered", "user-123").property("account_type", "pro_user"))?;
     client.capture(Track::new("settings-saved").tag("beta"))?;
 
     client.flush(Duration::from_secs(10))?;

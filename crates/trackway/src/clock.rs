@@ -1,21 +1,29 @@
-//! The one injectable clock: event timestamps, backoff, age expiry and (later) sessions all read it,
-//! so time-based rules are tested by advancing a [`ManualClock`] instead of sleeping.
+//! The one injectable clock: event timestamps, backoff, age expiry and sessions all read it, so
+//! time-based rules are tested by advancing a manual clock instead of sleeping (`ManualClock`,
+//! with the `testing` feature).
 
 use std::fmt;
+#[cfg(feature = "testing")]
 use std::sync::Arc;
+#[cfg(feature = "testing")]
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "testing")]
 use tokio::sync::Notify;
 use trackway_wire::Timestamp;
 
-/// The clock a client reads. [`Clock::system`] by default; [`Clock::manual`] in tests.
+/// The clock a client reads: [`Clock::system`] by default; `Clock::manual` in tests (with the
+/// `testing` feature).
 #[derive(Clone)]
 pub struct Clock(Source);
 
 #[derive(Clone)]
 enum Source {
-    System { origin: Instant },
+    System {
+        origin: Instant,
+    },
+    #[cfg(feature = "testing")]
     Manual(Arc<ManualInner>),
 }
 
@@ -26,6 +34,8 @@ impl Clock {
     }
 
     /// A clock that only moves when the returned [`ManualClock`] is advanced.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn manual(start: Timestamp) -> (Clock, ManualClock) {
         let inner = Arc::new(ManualInner {
             millis: AtomicI64::new(start.unix_millis()),
@@ -39,6 +49,7 @@ impl Clock {
     pub fn now(&self) -> Timestamp {
         match &self.0 {
             Source::System { .. } => Timestamp::now(),
+            #[cfg(feature = "testing")]
             Source::Manual(m) => Timestamp::from_unix_millis(m.millis.load(Ordering::Acquire)),
         }
     }
@@ -47,6 +58,7 @@ impl Clock {
     pub(crate) fn elapsed(&self) -> Duration {
         match &self.0 {
             Source::System { origin } => origin.elapsed(),
+            #[cfg(feature = "testing")]
             Source::Manual(m) => {
                 Duration::from_millis(u64::try_from(m.millis.load(Ordering::Acquire) - m.start).unwrap_or(0))
             }
@@ -58,6 +70,7 @@ impl Clock {
     pub(crate) fn real_wait(&self, deadline: Duration) -> Option<Duration> {
         match &self.0 {
             Source::System { origin } => Some(deadline.saturating_sub(origin.elapsed())),
+            #[cfg(feature = "testing")]
             Source::Manual(_) => None,
         }
     }
@@ -66,6 +79,7 @@ impl Clock {
     pub(crate) async fn changed(&self) {
         match &self.0 {
             Source::System { .. } => std::future::pending().await,
+            #[cfg(feature = "testing")]
             Source::Manual(m) => m.changed.notified().await,
         }
     }
@@ -81,6 +95,7 @@ impl fmt::Debug for Clock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             Source::System { .. } => f.write_str("Clock::System"),
+            #[cfg(feature = "testing")]
             Source::Manual(m) => {
                 write!(f, "Clock::Manual({})", Timestamp::from_unix_millis(m.millis.load(Ordering::Acquire)))
             }
@@ -88,6 +103,7 @@ impl fmt::Debug for Clock {
     }
 }
 
+#[cfg(feature = "testing")]
 struct ManualInner {
     millis: AtomicI64,
     start: i64,
@@ -104,8 +120,11 @@ struct ManualInner {
 /// assert_eq!(clock.now().unix_millis(), 61_000);
 /// ```
 #[derive(Clone)]
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub struct ManualClock(Arc<ManualInner>);
 
+#[cfg(feature = "testing")]
 impl ManualClock {
     /// Moves the clock forward by `d` and wakes anything waiting on a deadline.
     pub fn advance(&self, d: Duration) {
@@ -123,6 +142,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(feature = "testing")]
 impl fmt::Debug for ManualClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ManualClock({})", self.now())

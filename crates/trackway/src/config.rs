@@ -9,6 +9,7 @@ use trackway_wire::Event;
 use crate::clock::Clock;
 use crate::destination::Destination;
 use crate::error::BuildError;
+use crate::policy;
 use crate::store::Store;
 
 /// A hook that may change an event or drop it (return `false`) before it is queued.
@@ -50,6 +51,8 @@ pub struct ClientBuilder {
     pub(crate) app_version: Option<String>,
     pub(crate) locale: Option<String>,
     pub(crate) lifecycle: Option<crate::AppLifecycle>,
+    /// Messages that name no user are the app's current user's (`app_mode`, `app_lifecycle`).
+    pub(crate) app_mode: bool,
     pub(crate) default_properties: Option<trackway_wire::Properties>,
     pub(crate) primary_id: Option<String>,
     pub(crate) error: Option<BuildError>,
@@ -61,19 +64,20 @@ impl Default for ClientBuilder {
             destinations: Vec::new(),
             store: None,
             clock: Clock::system(),
-            queue_capacity: 16_384,
-            queue_max_bytes: 16 * 1024 * 1024,
-            reserved_capacity: 256,
-            batch_interval: Duration::from_secs(1),
-            commit_delay: Duration::from_millis(200),
+            queue_capacity: policy::QUEUE_CAPACITY,
+            queue_max_bytes: policy::QUEUE_MAX_BYTES,
+            reserved_capacity: policy::RESERVED_CAPACITY,
+            batch_interval: policy::BATCH_INTERVAL,
+            commit_delay: policy::COMMIT_DELAY,
             retry: RetryPolicy::default(),
-            max_event_age: Duration::from_secs(7 * 24 * 3600),
-            shutdown_timeout: Duration::from_secs(2),
+            max_event_age: policy::MAX_EVENT_AGE,
+            shutdown_timeout: policy::SHUTDOWN_TIMEOUT,
             before_send: None,
             app_name: None,
             app_version: None,
             locale: None,
             lifecycle: None,
+            app_mode: false,
             default_properties: None,
             primary_id: None,
             error: None,
@@ -115,7 +119,7 @@ impl ClientBuilder {
     /// Most events waiting in the channel to the worker (default 10 000). Beyond it, events are
     /// dropped and counted as `queue_full`; the caller is never blocked.
     pub fn queue_capacity(mut self, events: usize) -> Self {
-        if events == 0 || events > 1_000_000 {
+        if events == 0 || events > policy::MAX_QUEUE_CAPACITY {
             return self.invalid("queue_capacity", "must be between 1 and 1 000 000");
         }
         self.queue_capacity = events;
@@ -134,7 +138,7 @@ impl ClientBuilder {
     /// Extra channel slots only state-changing calls (identify) and control requests (flush,
     /// shutdown) may use (default 256).
     pub fn reserved_capacity(mut self, slots: usize) -> Self {
-        self.reserved_capacity = slots.max(8);
+        self.reserved_capacity = slots.max(policy::MIN_RESERVED_CAPACITY);
         self
     }
 
@@ -158,7 +162,7 @@ impl ClientBuilder {
     /// `Duration::ZERO` commits every event before it is sent (write-ahead): what a resumable
     /// import needs (see [`Client::import_with_checkpoint`](crate::Client::import_with_checkpoint)).
     pub fn commit_delay(mut self, delay: Duration) -> Self {
-        if delay > Duration::from_secs(1) {
+        if delay > policy::MAX_COMMIT_DELAY {
             return self
                 .invalid("commit_delay", "must be at most 1 s: it is how long accepted events stay unpersisted");
         }
@@ -212,11 +216,12 @@ impl ClientBuilder {
         self
     }
 
-    /// Makes this client an app's: `installation` on the first run and sessions that follow
+    /// Makes this client an app's ([`app_mode`](Self::app_mode)) with a lifecycle:
+    /// `installation` on the first run and sessions that follow
     /// [`Client::app_foreground`](crate::Client::app_foreground) /
     /// [`app_background`](crate::Client::app_background) (see [`AppLifecycle`](crate::AppLifecycle)).
-    /// `build()` treats the app as being in the foreground. Without it, neither is tracked and
-    /// sessions are manual.
+    /// `build()` treats the app as being in the foreground. With [`app_mode`](Self::app_mode)
+    /// alone, neither is tracked and sessions are manual.
     ///
     /// ```
     /// use trackway::{AppLifecycle, Client, destination::JsonHttp};
@@ -227,6 +232,30 @@ impl ClientBuilder {
     /// ```
     pub fn app_lifecycle(mut self, lifecycle: crate::AppLifecycle) -> Self {
         self.lifecycle = Some(lifecycle);
+        self.app_mode = true;
+        self
+    }
+
+    /// Puts the client in app mode without a lifecycle (no `installation`, manual sessions): a
+    /// message that names no user is the app's current user's (an anonymous id made on first
+    /// use, then the ids given to [`Client::identify_customer`](crate::Client::identify_customer)),
+    /// kept in the store across restarts. Calls that name their user (server mode) still work.
+    ///
+    /// Without app mode (the default, right for a server) a message that names no user is an
+    /// error ([`Error::NoUser`](crate::Error::NoUser)), never filed under one shared anonymous id.
+    ///
+    /// ```
+    /// use trackway::{Client, Screen, destination::JsonHttp, store::MemoryStore};
+    /// let client = Client::builder()
+    ///     .app_mode()
+    ///     .destination(JsonHttp::new("http://127.0.0.1:9/events"))
+    ///     .store(MemoryStore::new())
+    ///     .build()?;
+    /// client.capture(Screen::new("Settings"))?; // the app's current (anonymous) user
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn app_mode(mut self) -> Self {
+        self.app_mode = true;
         self
     }
 
@@ -288,10 +317,10 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            base_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(300),
-            max_retry_after: Duration::from_secs(300),
-            max_attempts: 10,
+            base_backoff: policy::BASE_BACKOFF,
+            max_backoff: policy::MAX_BACKOFF,
+            max_retry_after: policy::MAX_RETRY_AFTER,
+            max_attempts: policy::MAX_ATTEMPTS,
         }
     }
 }
@@ -344,8 +373,8 @@ pub struct HttpOptions {
 impl Default for HttpOptions {
     fn default() -> Self {
         HttpOptions {
-            timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(5),
+            timeout: policy::REQUEST_TIMEOUT,
+            connect_timeout: policy::CONNECT_TIMEOUT,
             headers: Vec::new(),
             proxy: None,
             ca_certs_pem: Vec::new(),

@@ -33,6 +33,21 @@ pub enum Error {
     /// A screen view without a screen name.
     #[error("Screen name cannot be empty")]
     EmptyScreenName,
+    /// The message names no user and the client is not in app mode: trackway does not guess
+    /// whose event it is.
+    #[error(
+        "the message names no user and this client is not in app mode: name the user (track(user, ..), \
+         .user(..) or .anonymous_id(..) on the message), or build the client with .app_mode() or \
+         .app_lifecycle(..) to track the app's current user"
+    )]
+    NoUser,
+    /// [`Client::identify_customer`](crate::Client::identify_customer) was given an identify
+    /// that names a user: that is a server-mode identify.
+    #[error(
+        "identify_customer sets the app's current user from hard ids (.id(name, value)); to send the \
+         properties of a named user, call identify(user, properties)"
+    )]
+    UserInAppIdentify,
     /// `identify` in app mode with no id at all.
     #[error("identify needs at least one id: pass a user id or hard ids")]
     NoIds,

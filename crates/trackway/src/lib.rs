@@ -35,9 +35,12 @@
 //!   bounded channel without blocking.
 //! - **Event**: [`Event`] is what destinations receive; its message id (UUIDv7) and timestamp are
 //!   fixed at enqueue, so retries and replays carry the same ones.
-//! - **Modes**: *server mode* calls name their user ([`Client::track`], or `.user(..)` on a
-//!   message); *app mode* messages name none and carry the client's current user
-//!   ([`Client::capture`] with [`Identify`] to set it).
+//! - **Modes**: *server mode* calls name their user ([`Client::track`], [`Client::identify`], or
+//!   `.user(..)` on a message given to [`Client::capture`]). *App mode* is on when the builder
+//!   says so ([`ClientBuilder::app_mode`], or [`ClientBuilder::app_lifecycle`]): messages that
+//!   name no user carry the client's current user, which [`Client::identify_customer`] sets. A
+//!   client in app mode still takes server-mode calls; a client not in app mode refuses a
+//!   message without a user ([`Error::NoUser`]) rather than guess whose it is.
 //! - **[`Destination`](destination::Destination)**: a backend. Destinations are pure (encode a
 //!   batch, classify the answer per event); the pipeline owns all I/O.
 //! - **Store**: the outbox ([`store`]). Every accepted event is appended there by the worker and
@@ -86,7 +89,7 @@
 //!     .build()?; // tracks `installation` on the first run, then `session_start`
 //!
 //! client.capture(Screen::new("Notes"))?;
-//! client.capture(Identify::new().id("registered", "jane@example.com").property("plan", "pro"))?;
+//! client.identify_customer(Identify::new().id("registered", "jane@example.com").property("plan", "pro"))?;
 //! client.track_push_token(PushToken::fcm("token-from-firebase"))?;
 //! client.track_payment(Payment::new(4.99, "EUR").product_id("pro_monthly"))?;
 //! client.app_background()?; // from your lifecycle hook; app_foreground() when it returns
@@ -100,7 +103,11 @@
 //! The worker runs on its own thread with its own single-threaded tokio runtime. Calls never
 //! block and need no runtime; [`Client::flush`] and [`Client::shutdown`] block the calling thread
 //! (with a timeout) and cannot deadlock a caller's runtime, because the worker does not run on it.
-//! In async code prefer [`Client::flush_async`] and [`Client::shutdown_async`].
+//! In async code use the `_async` forms ([`Client::flush_async`], [`Client::persisted_async`],
+//! [`Client::shutdown_async`], [`Client::checkpoint_async`], [`Client::dead_letters_async`],
+//! [`Client::requeue_dead_letters_async`], [`Client::purge_queued_async`],
+//! [`Client::erase_user_async`]): they never block the runtime's thread, not even while a flood
+//! has filled the queue and they wait for room, or while the worker thread ends.
 //!
 //! # The durable outbox
 //!
@@ -148,7 +155,8 @@
 //! - `json` (default): [`destination::JsonHttp`], the generic JSON-over-HTTP destination.
 //! - `umami` (default): [`destination::Umami`], page views, custom events and identify for Umami
 //!   v2.x and v3.x.
-//! - `testing`: [`destination::InMemoryDestination`] and worker pause hooks for tests.
+//! - `testing`: test helpers: [`destination::InMemoryDestination`], the manual clock
+//!   ([`Clock::manual`], [`ManualClock`]) and the worker pause hooks ([`Client::pause_worker`]).
 //!
 //! # Supported Rust versions
 //!
@@ -164,16 +172,20 @@ pub mod destination;
 mod error;
 mod message;
 mod pipeline;
+mod policy;
 mod queue;
 mod stats;
 pub mod store;
 
 pub use app::{Anonymize, AppLifecycle, Payment, PushPlatform, PushToken, TokenFrequency};
-pub use client::{Client, MAX_EVENT_BYTES, MAX_NAME_BYTES};
-pub use clock::{Clock, ManualClock};
+pub use client::Client;
+pub use clock::Clock;
+#[cfg(feature = "testing")]
+pub use clock::ManualClock;
 pub use config::{ClientBuilder, HttpOptions, RetryPolicy};
 pub use error::{BuildError, Error, FlushError, FlushReport, ShutdownError};
 pub use message::{Identify, Message, Page, Screen, Track};
+pub use policy::{MAX_EVENT_BYTES, MAX_NAME_BYTES};
 pub use stats::{DestinationStats, Dropped, Stats};
 pub use trackway_wire::{
     Event, EventKind, Identity, MessageId, PageInfo, Properties, PropertyError, Timestamp, Value, props,

@@ -3,9 +3,15 @@
 //! The caller side never blocks and never makes a system call in the common case. It is a ring
 //! of preallocated slots (after D. Vyukov's bounded MPMC queue): a producer reserves capacity,
 //! claims the next position, and copies the event's serialized bytes straight into that slot's
-//! reusable buffer. Nothing is allocated per event, nothing large is moved (moving 500-byte
-//! items by value cost the caller 16% of its time in the benchmark), and no memory allocated on
-//! one thread is freed on another.
+//! reusable buffer. Nothing large is moved (moving 500-byte items by value cost the caller 16% of
+//! its time in the benchmark), and in the common case (an event head of up to `SLOT_INLINE`
+//! bytes that changes no client state) nothing is allocated per event.
+//!
+//! Memory does cross threads, in three cases: a larger event grows its slot's overflow buffer on
+//! the caller's thread, and the worker frees that buffer once the buffers kept for reuse pass a
+//! quarter of the byte budget; the state changes an event carries (app mode, checkpoints) are
+//! allocated by the caller and dropped by the worker; and so are control requests (their reply
+//! channel, a user id to purge).
 //!
 //! Each slot's payload sits behind its own `Mutex`, which the slot's stamp already serializes
 //! (the producer writes, then publishes the stamp; the worker reads only published slots), so the
@@ -70,14 +76,32 @@ pub(crate) struct EventMeta {
     pub(crate) state: Vec<StateChange>,
 }
 
+/// What a barrier (flush, persist, shutdown) answers: done, or why it could not be done.
+pub(crate) type Done = Result<(), String>;
+
 /// Where the worker sends its answer to a control request: a blocking caller waits on a std
 /// channel (with a timeout), an async caller on a oneshot.
 #[derive(Debug)]
-pub(crate) enum Reply {
-    Sync(std::sync::mpsc::SyncSender<Result<(), String>>),
-    Async(oneshot::Sender<Result<(), String>>),
+pub(crate) enum Reply<T = Done> {
+    Sync(std::sync::mpsc::SyncSender<T>),
+    Async(oneshot::Sender<T>),
     /// No one is waiting.
     Discard,
+}
+
+impl<T> Reply<T> {
+    /// Sends the answer. The caller may have timed out and gone; that is fine.
+    pub(crate) fn answer(self, value: T) {
+        match self {
+            Reply::Sync(tx) => {
+                let _ = tx.try_send(value);
+            }
+            Reply::Async(tx) => {
+                let _ = tx.send(value);
+            }
+            Reply::Discard => {}
+        }
+    }
 }
 
 impl Reply {
@@ -89,19 +113,6 @@ impl Reply {
     /// Answers "this could not be done", with why.
     pub(crate) fn fail(self, why: String) {
         self.answer(Err(why));
-    }
-
-    fn answer(self, result: Result<(), String>) {
-        match self {
-            // The caller may have timed out and gone; that is fine.
-            Reply::Sync(tx) => {
-                let _ = tx.try_send(result);
-            }
-            Reply::Async(tx) => {
-                let _ = tx.send(result);
-            }
-            Reply::Discard => {}
-        }
     }
 }
 
@@ -115,13 +126,13 @@ pub(crate) enum Control {
     /// Commit what is queued, deliver within the budget, then stop.
     Shutdown { budget: std::time::Duration, done: Reply },
     /// Read the dead letters.
-    DeadLetters { limit: usize, reply: std::sync::mpsc::SyncSender<Vec<crate::store::DeadLetter>> },
+    DeadLetters { limit: usize, reply: Reply<Vec<crate::store::DeadLetter>> },
     /// Queue dead letters again; answers how many.
-    Requeue { destination: Option<String>, limit: usize, reply: std::sync::mpsc::SyncSender<usize> },
+    Requeue { destination: Option<String>, limit: usize, reply: Reply<usize> },
     /// State changes committed with the events queued before them (a checkpoint).
     State(Vec<crate::store::StateChange>),
     /// Remove the queued events (of one user, when given); answers how many.
-    Purge { user: Option<String>, reply: std::sync::mpsc::SyncSender<u64> },
+    Purge { user: Option<String>, reply: Reply<u64> },
 }
 
 /// What the worker takes out of the queue.

@@ -18,6 +18,11 @@ fn memory_client(dest: &InMemoryDestination) -> trackway::Client {
     fast_builder().destination(dest.clone()).build().expect("client")
 }
 
+/// A client in app mode: messages that name no user are the app's current user's.
+fn app_client(dest: &InMemoryDestination) -> trackway::Client {
+    fast_builder().app_mode().destination(dest.clone()).build().expect("client")
+}
+
 #[test]
 fn every_documented_validation_error_is_returned_before_queueing() {
     watchdog(LIMIT, || {
@@ -29,8 +34,9 @@ fn every_documented_validation_error_is_returned_before_queueing() {
         assert_eq!(c.track("u", "", props! {}).unwrap_err().to_string(), "Event name cannot be empty");
         assert_eq!(c.page("u", Page::new("")), Err(Error::EmptyUrl));
         assert_eq!(c.screen("u", "", props! {}), Err(Error::EmptyScreenName));
-        assert_eq!(c.capture(Identify::new()), Err(Error::NoIds));
-        assert_eq!(c.capture(Identify::new().id("registered", "")), Err(Error::EmptyIdentifier));
+        let app = app_client(&InMemoryDestination::new("app"));
+        assert_eq!(app.capture(Identify::new()), Err(Error::NoIds));
+        assert_eq!(app.identify_customer(Identify::new().id("registered", "")), Err(Error::EmptyIdentifier));
         let long = "x".repeat(trackway::MAX_NAME_BYTES + 1);
         assert!(matches!(c.track("u", &long, props! {}), Err(Error::TooLong { what: "event name", .. })));
         assert!(matches!(c.track(&long, "e", props! {}), Err(Error::TooLong { what: "identifier", .. })));
@@ -49,7 +55,9 @@ fn nan_and_infinite_properties_are_errors_with_their_path() {
         let c = memory_client(&dest);
         let err = c.track("u", "e", props! { "amount" => f64::NAN }).unwrap_err();
         assert_eq!(err.to_string(), "property `amount` is NaN; only finite numbers can be sent");
-        let err = c.capture(Track::new("e").property("items", vec![props! { "price" => f64::INFINITY }])).unwrap_err();
+        let err = c
+            .capture(Track::new("e").user("u").property("items", vec![props! { "price" => f64::INFINITY }]))
+            .unwrap_err();
         assert!(err.to_string().contains("items[0].price"), "{err}");
         #[derive(serde::Serialize)]
         struct Order {
@@ -129,7 +137,7 @@ fn with_the_worker_paused_queue_full_is_exactly_the_overflow_and_no_call_blocks(
     watchdog(LIMIT, || {
         let dest = InMemoryDestination::new("m");
         let capacity = 100;
-        let c = fast_builder().queue_capacity(capacity).destination(dest.clone()).build().expect("client");
+        let c = fast_builder().app_mode().queue_capacity(capacity).destination(dest.clone()).build().expect("client");
         c.pause_worker();
         let calls = 250;
         let mut slowest = Duration::ZERO;
@@ -150,7 +158,7 @@ fn with_the_worker_paused_queue_full_is_exactly_the_overflow_and_no_call_blocks(
         // Not a performance assertion: a blocked call would wait for the worker, i.e. forever.
         assert!(slowest < Duration::from_secs(1), "a call blocked for {slowest:?}");
         // State changes use reserved capacity: identify still gets in.
-        c.capture(Identify::new().id("registered", "jane")).expect("identify uses reserved slots");
+        c.identify_customer(Identify::new().id("registered", "jane")).expect("identify uses reserved slots");
         c.resume_worker();
         c.flush(Duration::from_secs(5)).expect("flush");
         assert_eq!(dest.received().len(), capacity + 1);
@@ -170,6 +178,138 @@ fn async_flush_inside_a_current_thread_runtime_returns() {
             c.persisted_async(Duration::from_secs(5)).await.expect("persisted");
             c.shutdown_async(Duration::from_secs(5)).await.expect("shutdown");
         });
+    });
+}
+
+/// A client whose worker is paused with the ring and its reserved slots full: the next control
+/// request has to wait for room until the worker resumes.
+fn client_with_a_full_queue(dest: &InMemoryDestination) -> trackway::Client {
+    let capacity = 16;
+    let reserved = 8;
+    let c = fast_builder()
+        .queue_capacity(capacity)
+        .reserved_capacity(reserved)
+        .destination(dest.clone())
+        .build()
+        .expect("client");
+    c.pause_worker();
+    for i in 0..capacity {
+        c.track("u", "e", props! { "i" => i }).expect("room in the ring");
+    }
+    assert_eq!(c.track("u", "e", props! {}), Err(Error::QueueFull), "the ring is full");
+    for i in 0..reserved {
+        c.checkpoint(&format!("k{i}"), "v").expect("room in the reserved slots");
+    }
+    c
+}
+
+/// Runs `call` on a client with a full queue inside a current-thread runtime while a timer task
+/// ticks every 5 ms; the worker resumes after 300 ms. Returns how often the timer ticked while
+/// the call waited, and how long it waited.
+fn ticks_while_waiting<F, Fut>(name: &str, call: F) -> (u64, Duration)
+where
+    F: FnOnce(trackway::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dest = InMemoryDestination::new("m");
+    let c = client_with_a_full_queue(&dest);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    rt.block_on(async {
+        let ticks = Arc::new(AtomicU64::new(0));
+        let counter = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        // Let the ticker start before the call can hog the thread.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let resumer = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                c.resume_worker();
+            })
+        };
+        let before = ticks.load(Ordering::Relaxed);
+        let started = Instant::now();
+        call(c).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let waited = started.elapsed();
+        let during = ticks.load(Ordering::Relaxed) - before;
+        ticker.abort();
+        resumer.join().expect("resumer");
+        (during, waited)
+    })
+}
+
+#[test]
+fn async_calls_wait_for_room_without_blocking_a_current_thread_runtime() {
+    fn send<T: Send>(t: T) -> T {
+        t
+    }
+    watchdog(Duration::from_secs(60), || {
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        let calls: Vec<(&str, u64, Duration)> = vec![
+            {
+                let (n, w) = ticks_while_waiting("flush_async", |c| async move {
+                    send(c.flush_async(Duration::from_secs(10))).await.map(drop).map_err(|e| err(&e))
+                });
+                ("flush_async", n, w)
+            },
+            {
+                let (n, w) = ticks_while_waiting("persisted_async", |c| async move {
+                    send(c.persisted_async(Duration::from_secs(10))).await.map_err(|e| err(&e))
+                });
+                ("persisted_async", n, w)
+            },
+            {
+                let (n, w) = ticks_while_waiting("shutdown_async", |c| async move {
+                    send(c.shutdown_async(Duration::from_secs(10))).await.map(drop).map_err(|e| err(&e))
+                });
+                ("shutdown_async", n, w)
+            },
+            {
+                let (n, w) = ticks_while_waiting("dead_letters_async", |c| async move {
+                    send(c.dead_letters_async(10)).await.map(drop).map_err(|e| err(&e))
+                });
+                ("dead_letters_async", n, w)
+            },
+            {
+                let (n, w) = ticks_while_waiting("requeue_dead_letters_async", |c| async move {
+                    send(c.requeue_dead_letters_async(None, 10)).await.map(drop).map_err(|e| err(&e))
+                });
+                ("requeue_dead_letters_async", n, w)
+            },
+            {
+                let (n, w) = ticks_while_waiting("purge_queued_async", |c| async move {
+                    send(c.purge_queued_async()).await.map(drop).map_err(|e| err(&e))
+                });
+                ("purge_queued_async", n, w)
+            },
+            {
+                let (n, w) = ticks_while_waiting("erase_user_async", |c| async move {
+                    send(c.erase_user_async("u")).await.map(drop).map_err(|e| err(&e))
+                });
+                ("erase_user_async", n, w)
+            },
+            {
+                let (n, w) = ticks_while_waiting("checkpoint_async", |c| async move {
+                    send(c.checkpoint_async("import", "42")).await.map_err(|e| err(&e))?;
+                    assert_eq!(c.checkpoint_value("import").as_deref(), Some(&b"42"[..]));
+                    Ok(())
+                });
+                ("checkpoint_async", n, w)
+            },
+        ];
+        for (name, ticks, waited) in calls {
+            // The call had to wait for the worker to resume (300 ms after the timer started)...
+            assert!(waited >= Duration::from_millis(200), "{name} did not wait for room: {waited:?}");
+            // ...and the timer kept ticking meanwhile (every 5 ms; a blocked thread gives 0).
+            assert!(ticks >= 10, "{name} blocked the runtime: the timer ticked {ticks} times in {waited:?}");
+        }
     });
 }
 
@@ -264,7 +404,7 @@ fn before_send_may_change_or_drop_events() {
 fn app_mode_stamps_the_current_user_and_server_mode_leaves_it_alone() {
     watchdog(LIMIT, || {
         let dest = InMemoryDestination::new("m");
-        let c = memory_client(&dest);
+        let c = app_client(&dest);
         c.capture(Screen::new("Home")).expect("screen");
         let anon = c.current_identity().anonymous_id.expect("anonymous id created on first use");
         assert_eq!(anon, anon.to_lowercase());
@@ -281,6 +421,53 @@ fn app_mode_stamps_the_current_user_and_server_mode_leaves_it_alone() {
         assert_eq!(r[3].event.identity.user_id.as_deref(), Some("jane@example.com"));
         assert_eq!(r[3].event.identity.primary.as_deref(), Some("registered"));
         assert_eq!(r[3].event.identity.anonymous_id.as_deref(), Some(anon.as_str()));
+    });
+}
+
+#[test]
+fn without_app_mode_a_message_that_names_no_user_is_an_error_not_a_shared_anonymous_id() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = memory_client(&dest);
+        assert_eq!(c.capture(Track::new("checkout")), Err(Error::NoUser));
+        assert_eq!(c.capture(Screen::new("Home")), Err(Error::NoUser));
+        assert_eq!(c.identify_customer(Identify::new().id("registered", "jane")), Err(Error::NoUser));
+        assert_eq!(c.track_payment(trackway::Payment::new(1.0, "EUR")), Err(Error::NoUser));
+        let text = Error::NoUser.to_string();
+        assert!(text.contains(".user(") && text.contains(".app_mode()"), "says what to do: {text}");
+        assert_eq!(c.current_identity().user_id, None);
+        // Server-mode calls are untouched.
+        c.capture(Track::new("checkout").user("u1")).expect("names its user");
+        c.identify("u1", props! { "plan" => "pro" }).expect("server-mode identify");
+        c.flush(Duration::from_secs(5)).expect("flush");
+        let r = dest.received();
+        assert_eq!(r.len(), 2, "nothing without a user was queued");
+        assert!(
+            r.iter()
+                .all(|e| e.event.identity.user_id.as_deref() == Some("u1") && e.event.identity.anonymous_id.is_none())
+        );
+    });
+}
+
+#[test]
+fn an_app_mode_client_takes_server_mode_calls_and_identify_customer_is_the_app_identify() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = app_client(&dest);
+        c.identify("server-user", props! { "plan" => "team" }).expect("server-mode identify on an app client");
+        assert_eq!(c.current_identity().user_id, None, "the server-mode identify leaves the app's user alone");
+        assert_eq!(
+            c.identify_customer(Identify::new().user("someone")),
+            Err(Error::UserInAppIdentify),
+            "a named user is a server-mode identify"
+        );
+        c.identify_customer(Identify::new().id("registered", "jane@example.com")).expect("app identify");
+        assert_eq!(c.current_identity().user_id.as_deref(), Some("jane@example.com"));
+        c.capture(Track::new("after")).expect("app-mode track");
+        c.flush(Duration::from_secs(5)).expect("flush");
+        let r = dest.received();
+        assert_eq!(r[0].event.identity.user_id.as_deref(), Some("server-user"));
+        assert_eq!(r[2].event.identity.user_id.as_deref(), Some("jane@example.com"));
     });
 }
 
@@ -404,6 +591,7 @@ fn a_before_send_hook_may_itself_track_in_app_mode() {
         let inner: std::sync::Arc<std::sync::OnceLock<trackway::Client>> = std::sync::Arc::default();
         let hook_client = inner.clone();
         let c = fast_builder()
+            .app_mode()
             .before_send(move |e| {
                 // An audit event about the event: the hook tracks, in app mode, from inside a call.
                 if e.name.as_deref() == Some("outer")

@@ -18,8 +18,10 @@ const LIMIT: Duration = Duration::from_secs(30);
 const T0: i64 = 1_700_000_000_000;
 const FLUSH: Duration = Duration::from_secs(5);
 
+/// An app-mode builder (manual sessions unless the test adds a lifecycle).
 fn app_builder(clock: Clock) -> ClientBuilder {
     Client::builder()
+        .app_mode()
         .app("notes", "1.0.0")
         .clock(clock)
         .store(MemoryStore::new())
@@ -330,6 +332,7 @@ fn set_default_properties_survive_a_restart_unless_the_builder_sets_some() {
         let path = dir.path().join("outbox.db");
         let build = |defaults: Option<trackway::Properties>| {
             let b = Client::builder()
+                .app_mode()
                 .app("notes", "1")
                 .store(SqliteStore::new(&path))
                 .destination(InMemoryDestination::new("m"));

@@ -83,12 +83,12 @@ fn app_identity_survives_a_restart() {
         let path = store_path(&dir);
         let collector = Collector::start().expect("collector");
         let first = {
-            let client = store_at(&path, &collector).build().expect("client");
-            client.capture(trackway::Identify::new().id("registered", "jane@example.com")).expect("identify");
+            let client = store_at(&path, &collector).app_mode().build().expect("client");
+            client.identify_customer(trackway::Identify::new().id("registered", "jane@example.com")).expect("identify");
             client.flush(Duration::from_secs(5)).expect("flush");
             client.current_identity()
         };
-        let client = store_at(&path, &collector).build().expect("client");
+        let client = store_at(&path, &collector).app_mode().build().expect("client");
         assert_eq!(client.current_identity(), first);
         assert_eq!(first.user_id.as_deref(), Some("jane@example.com"));
     });

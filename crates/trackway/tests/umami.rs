@@ -55,7 +55,7 @@ fn payloads(requests: &[RecordedRequest]) -> Vec<Value> {
 fn each_call_arrives_as_the_spec_examples() {
     watchdog(LIMIT, || {
         let collector = Collector::start().expect("collector");
-        let client = fast_builder().destination(umami(&collector)).build().expect("client");
+        let client = fast_builder().app_mode().destination(umami(&collector)).build().expect("client");
         client.capture(Page::new("/settings").title("Settings").referrer("")).expect("page");
         client
             .capture(Track::new("purchase").properties(props! {
@@ -105,7 +105,7 @@ fn each_call_arrives_as_the_spec_examples() {
 fn utf16_limits_are_errors_at_the_call() {
     watchdog(LIMIT, || {
         let collector = Collector::start().expect("collector");
-        let client = fast_builder().destination(umami(&collector)).build().expect("client");
+        let client = fast_builder().app_mode().destination(umami(&collector)).build().expect("client");
         client.track("u1", &"😀".repeat(25), props! {}).expect("25 emoji are 50 UTF-16 units");
         let err = client.track("u1", &"😀".repeat(26), props! {}).expect_err("26 emoji are 52");
         assert!(
@@ -133,7 +133,7 @@ fn a_bot_user_agent_is_refused_at_build() {
 fn cache_tokens_follow_the_identity_including_identify_between_queued_events() {
     watchdog(LIMIT, || {
         let collector = Collector::start().expect("collector");
-        let client = fast_builder().destination(umami(&collector)).build().expect("client");
+        let client = fast_builder().app_mode().destination(umami(&collector)).build().expect("client");
         // App mode: anonymous first; the server hands back a token for the anonymous session.
         client.capture(Track::new("opened")).expect("track");
         client.flush(Duration::from_secs(10)).expect("flush");
@@ -422,6 +422,7 @@ fn a_user_id_stored_before_umami_was_added_is_dead_lettered_there_not_an_error_e
         let long = "x".repeat(60);
         let memory = trackway::destination::InMemoryDestination::new("memory");
         let first = trackway::Client::builder()
+            .app_mode()
             .store(trackway::store::SqliteStore::new(&path))
             .destination(memory.clone())
             .build()
@@ -432,6 +433,7 @@ fn a_user_id_stored_before_umami_was_added_is_dead_lettered_there_not_an_error_e
         let collector = Collector::start().expect("collector");
         let memory = trackway::destination::InMemoryDestination::new("memory");
         let client = trackway::Client::builder()
+            .app_mode()
             .store(trackway::store::SqliteStore::new(&path))
             .destination(memory.clone())
             .destination(umami(&collector))

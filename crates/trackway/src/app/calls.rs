@@ -7,16 +7,16 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use trackway_wire::{MessageId, Properties, Timestamp};
 
 use super::push::{self, PushState};
 use super::session::{OnForeground, SessionState, on_foreground};
 use super::{AppIdentity, AppState, CONSENT_KEY, DEFAULTS_KEY, Launch, Payment, PushToken, write};
-use crate::client::{Options, lock, push_control};
+use crate::client::{Await, Block, Options, Wait, blocking, check_len, lock, push, retry_until_room};
 use crate::destination::AppEvent;
 use crate::error::{Error, FlushError};
+use crate::policy::CONTROL_TIMEOUT;
 use crate::queue::Control;
 use crate::{Client, Track};
 
@@ -59,15 +59,12 @@ impl Anonymize {
     }
 }
 
-/// How long a state change without an event may wait for room in the queue.
-const STATE_PUSH_TIMEOUT: Duration = Duration::from_secs(5);
-
 impl Client {
     /// Run once by `build()`: the first run's `installation`, and the session of an app that
     /// starts in the foreground. Failures are logged: the client itself works.
     pub(crate) fn launch(&self) {
         let shared = &self.inner.shared;
-        if !shared.enabled.load(Ordering::Acquire) {
+        if !shared.pipe.enabled.load(Ordering::Acquire) {
             return;
         }
         let mut launch = lock(&shared.launch);
@@ -91,7 +88,7 @@ impl Client {
     /// timeout or longer, is ended at its last-seen time (a fresher one may still be continued).
     fn close_stale_session(&self) -> Result<(), Error> {
         if let Some(open) = self.session() {
-            let now = self.inner.shared.clock.now();
+            let now = self.inner.shared.pipe.clock.now();
             let end = self.end_time(&open, now);
             if end != now {
                 self.end_session(&open, end)?;
@@ -141,7 +138,7 @@ impl Client {
         let shared = &self.inner.shared;
         let mut launch = lock(&shared.launch);
         launch.in_front = false;
-        let now = shared.clock.now();
+        let now = shared.pipe.clock.now();
         let ms = now.unix_millis();
         self.update_app_state(&|app: &mut AppState| {
             if let Some(s) = app.session.as_mut() {
@@ -159,12 +156,12 @@ impl Client {
     /// passed (both re-checked here, under the lifecycle lock: the app may have come back).
     pub(crate) fn end_idle_session(&self) -> Result<(), Error> {
         let shared = &self.inner.shared;
-        if !shared.enabled.load(Ordering::Acquire) || shared.closed.load(Ordering::Acquire) {
+        if !shared.pipe.enabled.load(Ordering::Acquire) || shared.closed.load(Ordering::Acquire) {
             return Ok(());
         }
         let launch = lock(&shared.launch);
         let Some(session) = self.session() else { return Ok(()) };
-        let now = shared.clock.now().unix_millis();
+        let now = shared.pipe.clock.now().unix_millis();
         if launch.in_front || !session.background || !session.timed_out(now, shared.lifecycle.timeout_ms()) {
             return Ok(());
         }
@@ -177,15 +174,15 @@ impl Client {
     /// the session id.
     ///
     /// # Errors
-    /// `AutomaticSessions` when the client tracks sessions by itself; `Disabled`, `ShutDown`,
-    /// `QueueFull`.
+    /// `AutomaticSessions` when the client tracks sessions by itself; `NoUser` on a client not
+    /// in app mode; `Disabled`, `ShutDown`, `QueueFull`.
     pub fn session_start(&self) -> Result<MessageId, Error> {
         self.check_open()?;
         if self.inner.shared.lifecycle.automatic_sessions {
             return Err(Error::AutomaticSessions);
         }
         let _launch = lock(&self.inner.shared.launch);
-        let now = self.inner.shared.clock.now();
+        let now = self.inner.shared.pipe.clock.now();
         if let Some(open) = self.session() {
             self.end_session(&open, self.end_time(&open, now))?;
         }
@@ -203,7 +200,7 @@ impl Client {
         }
         let _launch = lock(&self.inner.shared.launch);
         let open = self.session().ok_or(Error::NoSession)?;
-        self.end_session(&open, self.inner.shared.clock.now())
+        self.end_session(&open, self.inner.shared.pipe.clock.now())
     }
 
     /// The id of the open session, if any (carried by every app-mode event).
@@ -218,7 +215,7 @@ impl Client {
     fn foreground(&self, launch: &mut Launch) -> Result<(), Error> {
         let shared = &self.inner.shared;
         shared.session_timer.disarm();
-        let now = shared.clock.now();
+        let now = shared.pipe.clock.now();
         let timeout = shared.lifecycle.timeout_ms();
         let session = self.session();
         match on_foreground(session.as_ref(), now.unix_millis(), timeout, launch.in_front) {
@@ -309,7 +306,7 @@ impl Client {
             return Err(Error::UnknownDestination(unknown.clone()));
         }
         let mut launch = lock(&shared.launch);
-        let now = shared.clock.now();
+        let now = shared.pipe.clock.now();
         let old = lock(&shared.app).clone();
         if let Some(session) = &old.session {
             self.end_session(session, self.end_time(session, now))?;
@@ -365,13 +362,14 @@ impl Client {
     /// `None` when nothing was due. `anonymize` moves the token to the new user.
     ///
     /// # Errors
-    /// `EmptyPushToken`, `Disabled`, `ShutDown`, `QueueFull`.
+    /// `EmptyPushToken`, `NoUser` on a client not in app mode, `Disabled`, `ShutDown`,
+    /// `QueueFull`.
     pub fn track_push_token(&self, token: PushToken) -> Result<Option<MessageId>, Error> {
         self.check_open()?;
         if token.token.trim().is_empty() {
             return Err(Error::EmptyPushToken);
         }
-        crate::client::check_len("push token", &token.token)?;
+        check_len("push token", &token.token)?;
         let mut launch = lock(&self.inner.shared.launch);
         self.push_token(&token, &mut launch)
     }
@@ -388,8 +386,8 @@ impl Client {
 
     fn push_token(&self, token: &PushToken, launch: &mut Launch) -> Result<Option<MessageId>, Error> {
         let shared = &self.inner.shared;
-        let now = shared.clock.now();
-        let app_version = shared.context.app_version.clone();
+        let now = shared.pipe.clock.now();
+        let app_version = shared.pipe.context.app_version.clone();
         let last = lock(&shared.app).push.clone();
         let due = push::is_due(
             token,
@@ -431,13 +429,14 @@ impl Client {
     ///
     /// ```
     /// # use trackway::{Client, Payment, destination::InMemoryDestination, store::MemoryStore};
-    /// # let client = Client::builder().destination(InMemoryDestination::new("memory")).store(MemoryStore::new()).build()?;
+    /// # let client = Client::builder().app_mode().destination(InMemoryDestination::new("memory")).store(MemoryStore::new()).build()?;
     /// client.track_payment(Payment::new(0.99, "EUR").product_id("sword").product_title("Silver sword"))?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
     /// # Errors
-    /// `InvalidPayment` (a NaN or infinite value, an empty currency); as [`track`](Self::track).
+    /// `InvalidPayment` (a NaN or infinite value, an empty currency); `NoUser` on a client not
+    /// in app mode; as [`track`](Self::track).
     pub fn track_payment(&self, payment: Payment) -> Result<MessageId, Error> {
         let properties = payment.into_properties()?;
         self.enqueue(
@@ -471,7 +470,7 @@ impl Client {
             shared.has_defaults.store(!properties.is_empty(), Ordering::Relaxed);
             *defaults = Arc::new(properties);
         }
-        if push_control(shared, Control::State(vec![change]), STATE_PUSH_TIMEOUT) {
+        if blocking(push::<Block>(&shared.pipe.queue, Control::State(vec![change]), CONTROL_TIMEOUT)) {
             Ok(())
         } else {
             Err(Error::QueueFull)
@@ -503,9 +502,9 @@ impl Client {
         let was_enabled = {
             // Held across the push: concurrent calls reach the store in the order they apply here.
             let _serial = lock(&shared.launch);
-            let was = shared.enabled.swap(enabled, Ordering::AcqRel);
+            let was = shared.pipe.enabled.swap(enabled, Ordering::AcqRel);
             let change = write(CONSENT_KEY, Some(&enabled));
-            if !push_control(shared, Control::State(vec![change]), STATE_PUSH_TIMEOUT) {
+            if !blocking(push::<Block>(&shared.pipe.queue, Control::State(vec![change]), CONTROL_TIMEOUT)) {
                 return Err(Error::QueueFull);
             }
             was
@@ -519,7 +518,7 @@ impl Client {
 
     /// Whether tracking is on (see [`set_enabled`](Self::set_enabled)).
     pub fn is_enabled(&self) -> bool {
-        self.inner.shared.enabled.load(Ordering::Acquire)
+        self.inner.shared.pipe.enabled.load(Ordering::Acquire)
     }
 
     /// Removes every event still waiting in the outbox (for any destination) and returns how
@@ -528,7 +527,15 @@ impl Client {
     /// # Errors
     /// `AlreadyShutdown`; `Timeout` if the worker does not answer in 5 s.
     pub fn purge_queued(&self) -> Result<u64, FlushError> {
-        self.purge(None)
+        blocking(self.purge::<Block>(None))
+    }
+
+    /// Async [`purge_queued`](Self::purge_queued).
+    ///
+    /// # Errors
+    /// As [`purge_queued`](Self::purge_queued).
+    pub async fn purge_queued_async(&self) -> Result<u64, FlushError> {
+        self.purge::<Await>(None).await
     }
 
     /// Erases one person's events from the outbox: the queued events and the dead letters whose
@@ -538,20 +545,19 @@ impl Client {
     /// # Errors
     /// `AlreadyShutdown`; `Timeout` if the worker does not answer in 5 s.
     pub fn erase_user(&self, id: &str) -> Result<u64, FlushError> {
-        self.purge(Some(id.to_owned()))
+        blocking(self.purge::<Block>(Some(id.to_owned())))
     }
 
-    fn purge(&self, user: Option<String>) -> Result<u64, FlushError> {
-        let shared = &self.inner.shared;
-        if shared.closed.load(Ordering::Acquire) {
-            return Err(FlushError::AlreadyShutdown);
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let timeout = Duration::from_secs(5);
-        if !push_control(shared, Control::Purge { user, reply: tx }, timeout) {
-            return Err(FlushError::Timeout { waited: timeout, pending: Vec::new() });
-        }
-        rx.recv_timeout(timeout).map_err(|_| FlushError::Timeout { waited: timeout, pending: Vec::new() })
+    /// Async [`erase_user`](Self::erase_user).
+    ///
+    /// # Errors
+    /// As [`erase_user`](Self::erase_user).
+    pub async fn erase_user_async(&self, id: &str) -> Result<u64, FlushError> {
+        self.purge::<Await>(Some(id.to_owned())).await
+    }
+
+    async fn purge<W: Wait>(&self, user: Option<String>) -> Result<u64, FlushError> {
+        self.ask::<W, _>(|reply| Control::Purge { user, reply }).await
     }
 
     // === helpers ===
@@ -561,7 +567,7 @@ impl Client {
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
-        if !shared.enabled.load(Ordering::Acquire) {
+        if !shared.pipe.enabled.load(Ordering::Acquire) {
             return Err(Error::Disabled);
         }
         Ok(())
@@ -571,23 +577,19 @@ impl Client {
     /// events queued before it) and applied to the live state under the same lock.
     pub(crate) fn update_app_state(&self, update: &dyn Fn(&mut AppState)) -> Result<(), Error> {
         let shared = &self.inner.shared;
-        let started = std::time::Instant::now();
-        loop {
+        // The app lock is released between attempts while the reserved slots are full (a flood),
+        // so app-mode calls on other threads go on.
+        let applied = blocking(retry_until_room::<Block>(CONTROL_TIMEOUT, || {
             let mut app = lock(&shared.app);
             let mut next = app.clone();
             update(&mut next);
             let changes = app.changes_to(&mut next);
-            if changes.is_empty() || shared.queue.push_control(Control::State(changes)).is_ok() {
+            let queued = changes.is_empty() || shared.pipe.queue.push_control(Control::State(changes)).is_ok();
+            if queued {
                 *app = next;
-                return Ok(());
             }
-            // The reserved slots are full (a flood): wait for room without holding the lock,
-            // so app-mode calls on other threads go on.
-            drop(app);
-            if started.elapsed() >= STATE_PUSH_TIMEOUT {
-                return Err(Error::QueueFull);
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+            queued
+        }));
+        if applied { Ok(()) } else { Err(Error::QueueFull) }
     }
 }

@@ -69,7 +69,7 @@ impl Default for AppLifecycle {
         AppLifecycle {
             installation: true,
             automatic_sessions: true,
-            session_timeout: Duration::from_secs(60),
+            session_timeout: crate::policy::SESSION_TIMEOUT,
             token_frequency: TokenFrequency::OnChange,
             require_push_permission: false,
         }

@@ -12,9 +12,7 @@ use std::time::Duration;
 use trackway_wire::Timestamp;
 
 use crate::client::{Inner, Shared, lock};
-
-/// How often a manual clock (tests) is looked at; a system clock is slept on exactly.
-const MANUAL_CLOCK_POLL: Duration = Duration::from_millis(10);
+use crate::policy::MANUAL_CLOCK_POLL;
 
 /// The deadline and the thread that waits for it.
 #[derive(Debug, Default)]
@@ -69,7 +67,7 @@ fn run(shared: &Arc<Shared>, client: &Weak<Inner>) {
             state = timer.wake.wait(state).unwrap_or_else(|e| e.into_inner());
             continue;
         };
-        let now = shared.clock.now();
+        let now = shared.pipe.clock.now();
         if now >= deadline {
             state.deadline = None;
             drop(state);
@@ -87,7 +85,7 @@ fn run(shared: &Arc<Shared>, client: &Weak<Inner>) {
             state = lock(&timer.state);
             continue;
         }
-        let wait = match shared.clock.real_wait(Duration::ZERO) {
+        let wait = match shared.pipe.clock.real_wait(Duration::ZERO) {
             Some(_) => deadline.saturating_duration_since(now),
             None => MANUAL_CLOCK_POLL,
         };

@@ -34,13 +34,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::client::Shared;
+use tokio::sync::oneshot;
+
 use crate::config::RetryPolicy;
 use crate::store::{Recovered, Store};
 
 mod backoff;
 mod lane;
+mod shared;
 mod worker;
+
+pub(crate) use shared::Shared;
 
 /// Worker settings taken from the builder.
 #[derive(Debug)]
@@ -51,6 +55,16 @@ pub(crate) struct Settings {
     pub(crate) max_event_age: Duration,
 }
 
+/// The running worker thread.
+#[derive(Debug)]
+pub(crate) struct WorkerThread {
+    pub(crate) thread: JoinHandle<()>,
+    /// Resolves once the worker has stopped and dropped its runtime (also if it panicked: the
+    /// sender is dropped then), so an async caller can wait for the end without `join`, which
+    /// blocks.
+    pub(crate) exited: oneshot::Receiver<()>,
+}
+
 /// Starts the worker thread with its own current-thread runtime.
 pub(crate) fn spawn(
     shared: Arc<Shared>,
@@ -58,11 +72,16 @@ pub(crate) fn spawn(
     recovered: Recovered,
     http: Vec<reqwest::Client>,
     settings: Settings,
-) -> std::io::Result<JoinHandle<()>> {
+) -> std::io::Result<WorkerThread> {
     // Built here, not in the thread, so a failure is a build() error rather than a silent worker.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("trackway-worker".into()).spawn(move || {
+    let (exit, exited) = oneshot::channel();
+    let thread = std::thread::Builder::new().name("trackway-worker".into()).spawn(move || {
         let worker = worker::Worker::new(shared, store, recovered, http, settings);
         runtime.block_on(worker.run());
-    })
+        // The runtime's own teardown (its I/O driver, connection pools) is part of stopping.
+        drop(runtime);
+        let _ = exit.send(());
+    })?;
+    Ok(WorkerThread { thread, exited })
 }

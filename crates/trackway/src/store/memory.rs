@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 use trackway_wire::{EventKind, MessageId, Timestamp};
 
-use super::{Appended, DeadLetter, DeadLetterReason, NewEvent, Recovered, StateChange, Store, StoreError, routes};
+use super::{Appended, DeadLetter, DeadLetterReason, NewEvent, Outbox, Recovered, StateChange, StoreError, routes};
 use crate::destination::EventRecord;
 
 /// Dead letters kept in memory; the oldest are dropped beyond this (they are still counted in stats).
@@ -256,7 +256,7 @@ pub(crate) struct HotEvent {
     pub(crate) pending: u64,
 }
 
-impl Store for MemoryStore {
+impl Outbox for MemoryStore {
     fn open(&mut self, destinations: &[String]) -> Result<Recovered, StoreError> {
         self.destinations = destinations.to_vec();
         self.pending.resize(destinations.len(), 0);

@@ -4,7 +4,7 @@
 //! # Design
 //!
 //! - The worker thread is the only writer. It appends whatever the channel holds in **one**
-//!   [`Store::append`] call (one transaction in a durable store: group commit), together with any
+//!   append call (one transaction in a durable store: group commit), together with any
 //!   client-state change carried by those events, so a state change and the events it causes are
 //!   committed together.
 //! - Each event gets a sequence number (`seq`), increasing in enqueue order, and a set of routes
@@ -15,13 +15,13 @@
 //! - Dead letters keep the event bytes, the destination, the reason and the server's answer.
 //! - Key/value state (identity, session, destination tokens) lives beside the events.
 //!
-//! [`MemoryStore`] implements this in memory; the SQLite store implements the same trait.
+//! [`MemoryStore`] implements this in memory, [`SqliteStore`] in a file (the default); the
+//! [`Store`] trait they share is sealed.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use bytes::Bytes;
-use trackway_wire::{EventKind, MessageId, Timestamp};
+use trackway_wire::{MessageId, Timestamp};
 
 use crate::destination::EventRecord;
 
@@ -29,42 +29,12 @@ mod memory;
 mod sqlite;
 
 pub use memory::MemoryStore;
+pub(crate) use sealed::{Appended, Committed, Evicted, NewEvent, Outbox, Recovered, StateChange};
 pub use sqlite::{Inspection, SCHEMA_VERSION, SqliteStore, Synchronous};
 
-/// An event to append.
-#[derive(Clone, Debug)]
-pub struct NewEvent {
-    /// Sequence number assigned by the worker (increasing).
-    pub seq: u64,
-    /// Message id.
-    pub id: MessageId,
-    /// Event kind.
-    pub kind: EventKind,
-    /// When the event happened.
-    pub timestamp: Timestamp,
-    /// When it was enqueued (differs from `timestamp` for imports); `max_event_age` counts from here.
-    pub queued_at: Timestamp,
-    /// The destinations it is routed to: bit `i` set means destination `i` (at most 64).
-    pub routes: u64,
-    /// The event's compact JSON: its head if `context` is set, else the complete event.
-    pub bytes: Bytes,
-    /// The context JSON that completes `bytes` (shared between the events of a client; stores
-    /// keep each distinct context once).
-    pub context: Option<Bytes>,
-}
-
 /// The destination indices in a route bitmask, lowest first.
-pub fn routes(mask: u64) -> impl Iterator<Item = usize> {
+pub(crate) fn routes(mask: u64) -> impl Iterator<Item = usize> {
     (0..64).filter(move |i| mask & (1 << i) != 0)
-}
-
-/// A change to the key/value state: `None` deletes the key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StateChange {
-    /// Key, e.g. `identity` or `dest/umami/cache`.
-    pub key: String,
-    /// New value.
-    pub value: Option<Vec<u8>>,
 }
 
 /// Why an event was dead-lettered.
@@ -118,56 +88,6 @@ pub struct DeadLetter {
     pub event: Bytes,
 }
 
-/// What a store holds when it is opened.
-#[derive(Clone, Debug, Default)]
-#[non_exhaustive]
-pub struct Recovered {
-    /// The next sequence number to assign.
-    pub next_seq: u64,
-    /// Key/value client state.
-    pub state: BTreeMap<String, Vec<u8>>,
-    /// Per destination index: number of pending events and their total bytes.
-    pub pending: Vec<(u64, u64)>,
-    /// Set when the file was not a valid store and was moved aside: what happened.
-    pub reset: Option<String>,
-    /// Events dropped because only destinations no longer configured still needed them.
-    pub released_unconfigured: u64,
-}
-
-/// What an append did besides storing the events.
-#[derive(Clone, Debug, Default)]
-#[non_exhaustive]
-pub struct Appended {
-    /// Events dropped to keep the store under its size bound (oldest first).
-    pub evicted: Vec<Evicted>,
-}
-
-/// What a [`Store::commit`] did.
-#[derive(Debug, Default)]
-#[non_exhaustive]
-pub struct Committed {
-    /// Events dropped to keep the store under its size bound (oldest first).
-    pub evicted: Vec<Evicted>,
-    /// Events that could not be written (the write failed) and were dropped.
-    pub lost: Vec<Evicted>,
-    /// Why the write failed, when it did.
-    pub error: Option<StoreError>,
-    /// The lowest seq still staged after this commit (`None`: everything is written).
-    pub staged_from: Option<u64>,
-}
-
-/// An event dropped to keep the store under its size bound.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Evicted {
-    /// Its outbox position.
-    pub seq: u64,
-    /// The destinations that had not delivered it (client route mask).
-    pub routes: u64,
-    /// Its size in bytes.
-    pub bytes: u64,
-}
-
 /// An error from the store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -188,105 +108,208 @@ pub enum StoreError {
     Backend(String),
 }
 
-/// The outbox interface. The worker thread owns the store; no method is called concurrently.
-pub trait Store: Send + fmt::Debug + 'static {
-    /// Opens the store for these destinations (index = position; names are the stable keys) and
-    /// returns what it holds. Called once, before anything else.
-    ///
-    /// # Errors
-    /// When the store cannot be opened.
-    fn open(&mut self, destinations: &[String]) -> Result<Recovered, StoreError>;
+/// A store a client can use: [`MemoryStore`] or [`SqliteStore`], chosen with
+/// [`ClientBuilder::store`](crate::ClientBuilder::store).
+///
+/// Sealed: it cannot be implemented outside trackway. Its methods (how the worker appends,
+/// stages, commits and acknowledges) are internals that change with the pipeline; the delivery
+/// engine itself (lanes, backoff, health) does not depend on them.
+pub trait Store: sealed::Outbox {}
 
-    /// Appends events and applies state changes, atomically. A store with a size bound may drop
-    /// its oldest events to make room and reports them.
-    ///
-    /// # Errors
-    /// When nothing could be written; then nothing was.
-    fn append(&mut self, events: &[NewEvent], state: &[StateChange]) -> Result<Appended, StoreError>;
+impl Store for MemoryStore {}
+impl Store for SqliteStore {}
 
-    /// Up to `max_events` pending events of `destination` with `seq >= from`, in seq order, stopping
-    /// before `max_bytes` would be exceeded (at least one event is returned if any is pending).
-    ///
-    /// # Errors
-    /// Backend failures.
-    fn read(
-        &mut self,
-        destination: usize,
-        from: u64,
-        max_events: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<EventRecord>, StoreError>;
+/// The methods behind [`Store`], out of reach of other crates (the sealed-trait pattern).
+pub(crate) mod sealed {
+    use std::collections::BTreeMap;
 
-    /// The pending events of `destination` among `seqs` (others are skipped).
-    ///
-    /// # Errors
-    /// Backend failures.
-    fn read_seqs(&mut self, destination: usize, seqs: &[u64]) -> Result<Vec<EventRecord>, StoreError>;
+    use bytes::Bytes;
+    use trackway_wire::{EventKind, MessageId};
 
-    /// Marks events delivered to `destination`; returns how many were pending (an event dropped
-    /// meanwhile, e.g. evicted, is not counted).
-    ///
-    /// # Errors
-    /// Backend failures.
-    fn ack(&mut self, destination: usize, seqs: &[u64]) -> Result<u64, StoreError>;
+    use super::{DeadLetter, DeadLetterReason, EventRecord, StoreError, Timestamp, fmt};
 
-    /// Moves events of `destination` to the dead letters; returns how many were pending.
-    ///
-    /// # Errors
-    /// Backend failures.
-    fn dead_letter(
-        &mut self,
-        destination: usize,
-        letters: &[(u64, DeadLetterReason, String)],
-        at: Timestamp,
-    ) -> Result<u64, StoreError>;
-
-    /// The lowest pending seq of `destination` (its cursor), if any.
-    ///
-    /// # Errors
-    /// Backend failures.
-    fn lowest_pending(&mut self, destination: usize) -> Result<Option<u64>, StoreError>;
-
-    /// Applies state changes alone (e.g. a destination's token after a response).
-    ///
-    /// # Errors
-    /// Backend failures.
-    fn set_state(&mut self, changes: &[StateChange]) -> Result<(), StoreError>;
-
-    /// The dead letters, oldest first, at most `limit`.
-    ///
-    /// # Errors
-    /// Backend failures.
-    fn dead_letters(&mut self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
-
-    /// Commits what earlier calls staged, oldest first, at most `max_events` events in one
-    /// transaction (so the caller can get back to other work between calls). A write-behind
-    /// store ([`SqliteStore`]) keeps appended events in memory, serves reads from there, and
-    /// writes them here, skipping those delivered meanwhile; a store that commits in `append`
-    /// has nothing to do (the default).
-    fn commit(&mut self, max_events: usize) -> Committed {
-        let _ = max_events;
-        Committed::default()
+    /// An event to append.
+    #[derive(Clone, Debug)]
+    pub struct NewEvent {
+        /// Sequence number assigned by the worker (increasing).
+        pub seq: u64,
+        /// Message id.
+        pub id: MessageId,
+        /// Event kind.
+        pub kind: EventKind,
+        /// When the event happened.
+        pub timestamp: Timestamp,
+        /// When it was enqueued (differs from `timestamp` for imports); `max_event_age` counts from here.
+        pub queued_at: Timestamp,
+        /// The destinations it is routed to: bit `i` set means destination `i` (at most 64).
+        pub routes: u64,
+        /// The event's compact JSON: its head if `context` is set, else the complete event.
+        pub bytes: Bytes,
+        /// The context JSON that completes `bytes` (shared between the events of a client; stores
+        /// keep each distinct context once).
+        pub context: Option<Bytes>,
     }
 
-    /// Makes the acks and dead letters recorded since the last call durable, in one transaction.
-    /// The worker calls it after handling the answers that were ready together, before sending
-    /// anything new. A store that records them at once has nothing to do (the default).
-    ///
-    /// # Errors
-    /// Backend failures (the acks stay recorded in memory and are written with the next call).
-    fn sync(&mut self) -> Result<(), StoreError> {
-        Ok(())
+    /// A change to the key/value state: `None` deletes the key.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct StateChange {
+        /// Key, e.g. `identity` or `dest/umami/cache`.
+        pub key: String,
+        /// New value.
+        pub value: Option<Vec<u8>>,
     }
 
-    /// Whether `append` only stages (see [`commit`](Self::commit)).
-    fn writes_behind(&self) -> bool {
-        false
+    /// What a store holds when it is opened.
+    #[derive(Clone, Debug, Default)]
+    #[non_exhaustive]
+    pub struct Recovered {
+        /// The next sequence number to assign.
+        pub next_seq: u64,
+        /// Key/value client state.
+        pub state: BTreeMap<String, Vec<u8>>,
+        /// Per destination index: number of pending events and their total bytes.
+        pub pending: Vec<(u64, u64)>,
+        /// Set when the file was not a valid store and was moved aside: what happened.
+        pub reset: Option<String>,
+        /// Events dropped because only destinations no longer configured still needed them.
+        pub released_unconfigured: u64,
     }
 
-    /// Removes the dead letters with these keys and returns them (to be queued again).
-    ///
-    /// # Errors
-    /// Backend failures.
-    fn take_dead_letters(&mut self, keys: &[u64]) -> Result<Vec<DeadLetter>, StoreError>;
+    /// What an append did besides storing the events.
+    #[derive(Clone, Debug, Default)]
+    #[non_exhaustive]
+    pub struct Appended {
+        /// Events dropped to keep the store under its size bound (oldest first).
+        pub evicted: Vec<Evicted>,
+    }
+
+    /// What a [`Store::commit`] did.
+    #[derive(Debug, Default)]
+    #[non_exhaustive]
+    pub struct Committed {
+        /// Events dropped to keep the store under its size bound (oldest first).
+        pub evicted: Vec<Evicted>,
+        /// Events that could not be written (the write failed) and were dropped.
+        pub lost: Vec<Evicted>,
+        /// Why the write failed, when it did.
+        pub error: Option<StoreError>,
+        /// The lowest seq still staged after this commit (`None`: everything is written).
+        pub staged_from: Option<u64>,
+    }
+
+    /// An event dropped to keep the store under its size bound.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub struct Evicted {
+        /// Its outbox position.
+        pub seq: u64,
+        /// The destinations that had not delivered it (client route mask).
+        pub routes: u64,
+        /// Its size in bytes.
+        pub bytes: u64,
+    }
+
+    /// The outbox interface the worker drives. The worker thread owns the store; no method is
+    /// called concurrently.
+    pub trait Outbox: Send + fmt::Debug + 'static {
+        /// Opens the store for these destinations (index = position; names are the stable keys) and
+        /// returns what it holds. Called once, before anything else.
+        ///
+        /// # Errors
+        /// When the store cannot be opened.
+        fn open(&mut self, destinations: &[String]) -> Result<Recovered, StoreError>;
+
+        /// Appends events and applies state changes, atomically. A store with a size bound may drop
+        /// its oldest events to make room and reports them.
+        ///
+        /// # Errors
+        /// When nothing could be written; then nothing was.
+        fn append(&mut self, events: &[NewEvent], state: &[StateChange]) -> Result<Appended, StoreError>;
+
+        /// Up to `max_events` pending events of `destination` with `seq >= from`, in seq order, stopping
+        /// before `max_bytes` would be exceeded (at least one event is returned if any is pending).
+        ///
+        /// # Errors
+        /// Backend failures.
+        fn read(
+            &mut self,
+            destination: usize,
+            from: u64,
+            max_events: usize,
+            max_bytes: usize,
+        ) -> Result<Vec<EventRecord>, StoreError>;
+
+        /// The pending events of `destination` among `seqs` (others are skipped).
+        ///
+        /// # Errors
+        /// Backend failures.
+        fn read_seqs(&mut self, destination: usize, seqs: &[u64]) -> Result<Vec<EventRecord>, StoreError>;
+
+        /// Marks events delivered to `destination`; returns how many were pending (an event dropped
+        /// meanwhile, e.g. evicted, is not counted).
+        ///
+        /// # Errors
+        /// Backend failures.
+        fn ack(&mut self, destination: usize, seqs: &[u64]) -> Result<u64, StoreError>;
+
+        /// Moves events of `destination` to the dead letters; returns how many were pending.
+        ///
+        /// # Errors
+        /// Backend failures.
+        fn dead_letter(
+            &mut self,
+            destination: usize,
+            letters: &[(u64, DeadLetterReason, String)],
+            at: Timestamp,
+        ) -> Result<u64, StoreError>;
+
+        /// The lowest pending seq of `destination` (its cursor), if any.
+        ///
+        /// # Errors
+        /// Backend failures.
+        fn lowest_pending(&mut self, destination: usize) -> Result<Option<u64>, StoreError>;
+
+        /// Applies state changes alone (e.g. a destination's token after a response).
+        ///
+        /// # Errors
+        /// Backend failures.
+        fn set_state(&mut self, changes: &[StateChange]) -> Result<(), StoreError>;
+
+        /// The dead letters, oldest first, at most `limit`.
+        ///
+        /// # Errors
+        /// Backend failures.
+        fn dead_letters(&mut self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+
+        /// Commits what earlier calls staged, oldest first, at most `max_events` events in one
+        /// transaction (so the caller can get back to other work between calls). A write-behind
+        /// store ([`SqliteStore`](super::SqliteStore)) keeps appended events in memory, serves reads from there, and
+        /// writes them here, skipping those delivered meanwhile; a store that commits in `append`
+        /// has nothing to do (the default).
+        fn commit(&mut self, max_events: usize) -> Committed {
+            let _ = max_events;
+            Committed::default()
+        }
+
+        /// Makes the acks and dead letters recorded since the last call durable, in one transaction.
+        /// The worker calls it after handling the answers that were ready together, before sending
+        /// anything new. A store that records them at once has nothing to do (the default).
+        ///
+        /// # Errors
+        /// Backend failures (the acks stay recorded in memory and are written with the next call).
+        fn sync(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        /// Whether `append` only stages (see [`commit`](Self::commit)).
+        fn writes_behind(&self) -> bool {
+            false
+        }
+
+        /// Removes the dead letters with these keys and returns them (to be queued again).
+        ///
+        /// # Errors
+        /// Backend failures.
+        fn take_dead_letters(&mut self, keys: &[u64]) -> Result<Vec<DeadLetter>, StoreError>;
+    }
 }

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use tokio::task::Id;
 use trackway_wire::Timestamp;
 
-use super::{Answer, COMMIT_PART, Dropped, STORE_ERROR_PAUSE, Worker, state_prefix};
+use super::{Answer, Dropped, Worker, state_prefix};
 use crate::destination::Outcome;
 use crate::pipeline::backoff::full_jitter;
 use crate::pipeline::lane::Group;
+use crate::policy::{COMMIT_PART, STORE_ERROR_PAUSE};
 use crate::stats::bump;
 use crate::store::{DeadLetterReason, Evicted, StateChange, StoreError, routes};
 

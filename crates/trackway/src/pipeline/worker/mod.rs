@@ -10,17 +10,15 @@ use tokio::task::{Id, JoinSet};
 
 use super::Settings;
 use super::lane::{Group, Lane, Next};
-use crate::client::Shared;
 use crate::destination::{DestinationState, EventRecord, Request, Response};
+use crate::pipeline::Shared;
+use crate::policy::{DRAIN_DELAY, MAX_RESPONSE_BODY, STORE_ERROR_PAUSE};
 use crate::queue::{Control, Item, Reply, Taken};
 use crate::stats::bump;
 use crate::store::{DeadLetterReason, NewEvent, Recovered, Store, StoreError, routes};
 
 mod answers;
 mod purge;
-
-/// Response bodies are read up to this size; dead letters keep an excerpt.
-const MAX_RESPONSE_BODY: usize = 1 << 20;
 
 /// One request in flight: what the worker needs when its answer comes back.
 struct InFlight {
@@ -390,21 +388,21 @@ impl Worker {
                     tracing::warn!(error = %e, "trackway: could not requeue dead letters");
                     0
                 });
-                let _ = reply.try_send(n);
+                reply.answer(n);
             }
             Control::DeadLetters { limit, reply } => {
                 let letters = self.store.dead_letters(limit).unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "trackway: could not read dead letters");
                     Vec::new()
                 });
-                let _ = reply.try_send(letters);
+                reply.answer(letters);
             }
             Control::Purge { user, reply } => {
                 let n = self.purge(user.as_deref()).unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "trackway: could not purge the outbox");
                     0
                 });
-                let _ = reply.try_send(n);
+                reply.answer(n);
             }
             // Taken in `drain`; reached only if a caller bypasses it.
             Control::State(changes) => {
@@ -446,7 +444,7 @@ impl Worker {
 
     /// Tracking is off (`set_enabled(false)`): events are kept in the store and not sent.
     fn held(&self) -> bool {
-        !self.shared.enabled.load(Ordering::Acquire)
+        !self.shared.is_enabled()
     }
 
     /// Starts every request that may go now.
@@ -589,17 +587,6 @@ impl Worker {
 fn shared_context_len(shared: &Shared) -> usize {
     shared.context_json.len() + trackway_wire::CONTEXT_KEY.len() + 1
 }
-
-/// How long events gather in the channel after a caller wakes the worker (the wake threshold
-/// cuts it short under load): one drain and one wake-up cover many events.
-const DRAIN_DELAY: Duration = Duration::from_millis(2);
-
-/// Most events a write-behind store writes in one commit: the worker drains and dispatches
-/// between parts, so a burst never leaves the channel unattended for long.
-const COMMIT_PART: usize = 1024;
-
-/// How long a destination waits after the store failed to read or record its events.
-const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 /// Why the store dropped events (which counter they go under).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

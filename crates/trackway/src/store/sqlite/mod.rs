@@ -16,8 +16,8 @@
 //! # Write-behind
 //!
 //! The events of this process are also kept in memory (a [`MemoryStore`]), which serves every
-//! read: the file is for durability and for the next process. [`Store::append`] only stages;
-//! [`Store::commit`], which the worker calls at most `commit_delay` later (at once for a persist
+//! read: the file is for durability and for the next process. `append` only stages;
+//! `commit`, which the worker calls at most `commit_delay` later (at once for a persist
 //! barrier), writes in one transaction what is still pending, together with the state changes
 //! of those events. Events delivered in the meantime are never written. Acks and dead letters
 //! touch the file only for events already written, and only their chunk's small state row.
@@ -55,7 +55,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use trackway_wire::Timestamp;
 
 use super::{
-    Appended, Committed, DeadLetter, DeadLetterReason, Evicted, MemoryStore, NewEvent, Recovered, StateChange, Store,
+    Appended, Committed, DeadLetter, DeadLetterReason, Evicted, MemoryStore, NewEvent, Outbox, Recovered, StateChange,
     StoreError, routes,
 };
 use crate::destination::EventRecord;
@@ -264,6 +264,16 @@ impl SqliteStore {
         Ok(Inspection { events, pending, dead_letters: dead as u64, file_bytes })
     }
 
+    /// Whether a process could open the store at `path` for writing now: takes its
+    /// single-writer lock and lets it go at once. Creates the lock file if there is none.
+    ///
+    /// # Errors
+    /// [`StoreError::Locked`] (with the holder's pid when the lock file records it) while
+    /// another process holds the store; `Backend` when the lock file cannot be opened.
+    pub fn check_unlocked(path: impl AsRef<Path>) -> Result<(), StoreError> {
+        lock(path.as_ref()).map(drop)
+    }
+
     /// Reads the dead letters of a store without taking its lock (oldest first, at most `limit`).
     ///
     /// # Errors
@@ -448,7 +458,7 @@ impl Open {
     }
 }
 
-impl Store for SqliteStore {
+impl Outbox for SqliteStore {
     fn open(&mut self, destinations: &[String]) -> Result<Recovered, StoreError> {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)

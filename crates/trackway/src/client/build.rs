@@ -1,0 +1,191 @@
+//! `ClientBuilder::build`: checks the settings and destinations, opens the store, recovers the
+//! client state and starts the worker.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use trackway_wire::{Context, EventKind};
+
+use super::{CHECKPOINT_PREFIX, Client, Inner, Shared};
+use crate::app::{AppLifecycle, AppState};
+use crate::config::ClientBuilder;
+use crate::destination::AppEvent;
+use crate::error::BuildError;
+use crate::pipeline;
+use crate::policy::{MAX_DESTINATIONS, WAKE_THRESHOLD};
+use crate::queue::Queue;
+use crate::stats::{Counters, bump};
+
+impl ClientBuilder {
+    /// Builds the client: checks every setting and destination, opens the store and starts the
+    /// worker thread.
+    ///
+    /// # Errors
+    /// The first invalid setting, a destination with an invalid configuration, duplicate
+    /// destination names, a store that cannot be opened.
+    pub fn build(self) -> Result<Client, BuildError> {
+        Client::from_builder(self)
+    }
+}
+
+/// Where each event kind goes: bit i of `routes[kind]` set means destination i takes it.
+pub(super) fn kind_index(kind: EventKind) -> usize {
+    match kind {
+        EventKind::Track => 0,
+        EventKind::Page => 1,
+        EventKind::Screen => 2,
+        EventKind::Identify => 3,
+    }
+}
+
+impl Client {
+    pub(crate) fn from_builder(b: ClientBuilder) -> Result<Client, BuildError> {
+        if let Some(e) = b.error {
+            return Err(e);
+        }
+        if b.destinations.is_empty() {
+            return Err(BuildError::NoDestination);
+        }
+        if b.destinations.len() > MAX_DESTINATIONS {
+            return Err(BuildError::InvalidSetting {
+                setting: "destination",
+                message: format!("at most {MAX_DESTINATIONS} destinations"),
+            });
+        }
+        let mut names: Vec<String> = Vec::new();
+        let mut http_clients = Vec::new();
+        for (d, http) in &b.destinations {
+            let name = d.name().to_owned();
+            if names.contains(&name) {
+                return Err(BuildError::DuplicateDestination(name));
+            }
+            d.check_config().map_err(|message| BuildError::Destination { destination: name.clone(), message })?;
+            http_clients
+                .push(http.build_client().map_err(|message| BuildError::Http { destination: name.clone(), message })?);
+            names.push(name);
+        }
+        let mut store: Box<dyn crate::store::Store> = match b.store {
+            Some(store) => store,
+            None => {
+                // The durable store is the default; its file lives under the application's name
+                // so two applications (or parallel tests) never share one.
+                let app_name = b.app_name.as_deref().ok_or_else(|| {
+                    BuildError::Store(
+                        "the default durable store needs the application name: call .app(name, version), \
+                         or choose a store with .store(SqliteStore::new(path)) or .store(MemoryStore::new())"
+                            .into(),
+                    )
+                })?;
+                let path = crate::store::SqliteStore::default_path(app_name).map_err(BuildError::Store)?;
+                Box::new(crate::store::SqliteStore::new(path))
+            }
+        };
+        let recovered = store.open(&names).map_err(|e| BuildError::Store(e.to_string()))?;
+        let mut app = AppState::recover(&recovered.state);
+        if app.identity.anonymous_id.is_none() {
+            // Created now, so concurrent first calls cannot mint two; stored with the first
+            // app-mode event (the OS generator: an anonymous id should not be guessable).
+            app.identity.anonymous_id = Some(crate::app::new_anonymous_id());
+            app.unsaved = true;
+        }
+        let enabled = recovered.state.get(crate::app::CONSENT_KEY).is_none_or(|v| v.as_slice() != b"false");
+        // Defaults from the builder are the code's current word; without them, the ones set at
+        // run time in an earlier run come back.
+        let defaults = match b.default_properties {
+            Some(d) => d,
+            None => recovered
+                .state
+                .get(crate::app::DEFAULTS_KEY)
+                .and_then(|v| serde_json::from_slice(v).ok())
+                .unwrap_or_default(),
+        };
+
+        let mut routes = [0u64; 4];
+        for (i, (d, _)) in b.destinations.iter().enumerate() {
+            for &kind in EventKind::ALL {
+                if d.accepts(kind) {
+                    routes[kind_index(kind)] |= 1 << i;
+                }
+            }
+        }
+        let mut app_routes = [0u64; 5];
+        for (i, (d, _)) in b.destinations.iter().enumerate() {
+            for event in AppEvent::ALL {
+                if d.accepts_app_event(event) {
+                    app_routes[event.index()] |= 1 << i;
+                }
+            }
+        }
+        let context = Context {
+            library: "trackway".into(),
+            library_version: env!("CARGO_PKG_VERSION").into(),
+            os: Some(std::env::consts::OS.into()),
+            locale: b.locale.or_else(locale_from_env),
+            app_name: b.app_name,
+            app_version: b.app_version,
+        };
+        let counters = Counters::new(names.iter().cloned());
+        if recovered.reset.is_some() {
+            bump(&counters.store_reset, 1);
+        }
+        for (i, (count, _)) in recovered.pending.iter().enumerate() {
+            if let Some(d) = counters.destinations.get(i) {
+                bump(&d.pending, *count);
+            }
+        }
+        let pipe = Arc::new(pipeline::Shared::new(
+            Queue::new(b.queue_capacity, b.reserved_capacity, b.queue_max_bytes, WAKE_THRESHOLD),
+            counters,
+            b.destinations.iter().map(|(d, _)| d.clone()).collect(),
+            b.clock,
+            context,
+            enabled,
+        ));
+        let shared = Arc::new(Shared {
+            pipe: pipe.clone(),
+            routes,
+            app_routes,
+            before_send: b.before_send,
+            app: Mutex::new(app),
+            app_mode: b.app_mode,
+            lifecycle: b.lifecycle.clone().unwrap_or_else(AppLifecycle::none),
+            launch: Mutex::new(crate::app::Launch::default()),
+            session_timer: crate::app::SessionTimer::default(),
+            primary_id: b.primary_id,
+            names: names.clone(),
+            has_defaults: AtomicBool::new(!defaults.is_empty()),
+            defaults: Mutex::new(Arc::new(defaults)),
+            checkpoints: Mutex::new(
+                recovered
+                    .state
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.strip_prefix(CHECKPOINT_PREFIX)?.to_owned(), v.clone())))
+                    .collect(),
+            ),
+            closed: AtomicBool::new(false),
+            warned_queue_full: AtomicBool::new(false),
+        });
+        let settings = pipeline::Settings {
+            batch_interval: b.batch_interval,
+            commit_delay: b.commit_delay,
+            retry: b.retry,
+            max_event_age: b.max_event_age,
+        };
+        let worker = pipeline::spawn(pipe, store, recovered, http_clients, settings)
+            .map_err(|e| BuildError::Thread(e.to_string()))?;
+        let client = Client {
+            inner: Arc::new(Inner { shared, worker: Mutex::new(Some(worker)), shutdown_timeout: b.shutdown_timeout }),
+        };
+        // The first run's `installation`, and the session of an app that starts in front.
+        client.launch();
+        Ok(client)
+    }
+}
+
+fn locale_from_env() -> Option<String> {
+    ["LC_ALL", "LANG"].iter().find_map(|k| {
+        let v = std::env::var(k).ok()?;
+        let tag = v.split('.').next()?.replace('_', "-");
+        (!tag.is_empty() && tag != "C" && tag != "POSIX").then_some(tag)
+    })
+}
