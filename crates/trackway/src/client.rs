@@ -174,7 +174,10 @@ impl Client {
             if names.contains(&name) {
                 return Err(BuildError::DuplicateDestination(name));
             }
-            d.check_config().map_err(|message| BuildError::Destination { destination: name.clone(), message })?;
+            // A panic in destination code is a build error, not a panic of `build()`.
+            crate::pipeline::health::catch(|| d.check_config())
+                .unwrap_or_else(|panic| Err(format!("check_config panicked: {panic}")))
+                .map_err(|message| BuildError::Destination { destination: name.clone(), message })?;
             http_clients
                 .push(http.build_client().map_err(|message| BuildError::Http { destination: name.clone(), message })?);
             names.push(name);
@@ -385,6 +388,10 @@ impl Client {
             bump(&shared.counters.shutdown, 1);
             return Err(Error::ShutDown);
         }
+        if shared.queue.worker_gone() {
+            bump(&shared.counters.worker_stopped, 1);
+            return Err(Error::WorkerStopped);
+        }
         if !shared.enabled.load(Ordering::Acquire) {
             bump(&shared.counters.disabled, 1);
             return Err(Error::Disabled);
@@ -475,7 +482,8 @@ impl Client {
         }
         for (i, d) in shared.destinations.iter().enumerate() {
             if routes & (1 << i) != 0 {
-                d.validate(&event)
+                crate::pipeline::health::catch(|| d.validate(&event))
+                    .map_err(|message| Error::DestinationPanicked { destination: d.name().to_owned(), message })?
                     .map_err(|e| Error::DestinationLimit { destination: d.name().to_owned(), message: e.message })?;
             }
         }
@@ -574,6 +582,9 @@ impl Client {
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
+        if shared.queue.worker_gone() {
+            return Err(Error::WorkerStopped);
+        }
         // Held across the push: concurrent checkpoints of a key reach the store in the order the
         // map sees them, so the value read back is the one the store keeps.
         let change = StateChange { key: format!("{CHECKPOINT_PREFIX}{key}"), value: Some(value.clone()) };
@@ -661,6 +672,9 @@ impl Client {
             return Err(ShutdownError::AlreadyShutdown);
         }
         shared.session_timer.wake();
+        if shared.queue.worker_gone() {
+            return Err(ShutdownError::WorkerStopped);
+        }
         let started = Instant::now();
         push_control(shared, Control::Shutdown { budget, done: Reply::Async(tx) }, budget);
         let answered =
@@ -674,12 +688,18 @@ impl Client {
             return Err(ShutdownError::AlreadyShutdown);
         }
         shared.session_timer.wake();
+        if shared.queue.worker_gone() {
+            return Err(ShutdownError::WorkerStopped);
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         push_control(shared, Control::Shutdown { budget, done: Reply::Sync(tx) }, budget);
         Ok(rx)
     }
 
     fn finish_shutdown(&self, budget: Duration, answered: bool) -> Result<FlushReport, ShutdownError> {
+        if self.inner.shared.queue.worker_gone() {
+            return Err(ShutdownError::WorkerStopped);
+        }
         if answered {
             // The worker has answered and is returning; joining is quick. A panic inside it is
             // not re-raised: Drop must never panic.
@@ -711,11 +731,14 @@ impl Client {
         if self.inner.shared.closed.load(Ordering::Acquire) {
             return Err(FlushError::AlreadyShutdown);
         }
+        if self.inner.shared.queue.worker_gone() {
+            return Err(FlushError::WorkerStopped);
+        }
         let timeout = Duration::from_secs(5);
         if !push_control(&self.inner.shared, Control::DeadLetters { limit, reply: tx }, timeout) {
             return Err(FlushError::Timeout { waited: timeout, pending: Vec::new() });
         }
-        rx.recv_timeout(timeout).map_err(|_| FlushError::Timeout { waited: timeout, pending: Vec::new() })
+        rx.recv_timeout(timeout).map_err(|_| self.no_answer(timeout))
     }
 
     /// Queues dead letters again, each for the destination that gave up on it (at most `limit`;
@@ -729,12 +752,24 @@ impl Client {
         if self.inner.shared.closed.load(Ordering::Acquire) {
             return Err(FlushError::AlreadyShutdown);
         }
+        if self.inner.shared.queue.worker_gone() {
+            return Err(FlushError::WorkerStopped);
+        }
         let timeout = Duration::from_secs(5);
         let control = Control::Requeue { destination: destination.map(str::to_owned), limit, reply: tx };
         if !push_control(&self.inner.shared, control, timeout) {
             return Err(FlushError::Timeout { waited: timeout, pending: Vec::new() });
         }
-        rx.recv_timeout(timeout).map_err(|_| FlushError::Timeout { waited: timeout, pending: Vec::new() })
+        rx.recv_timeout(timeout).map_err(|_| self.no_answer(timeout))
+    }
+
+    /// The worker did not answer: it stopped (its reply channel was dropped), or time ran out.
+    pub(crate) fn no_answer(&self, waited: Duration) -> FlushError {
+        if self.inner.shared.queue.worker_gone() {
+            FlushError::WorkerStopped
+        } else {
+            FlushError::Timeout { waited, pending: Vec::new() }
+        }
     }
 
     fn report(&self, _elapsed: Duration) -> FlushReport {
@@ -747,11 +782,15 @@ impl Client {
         if shared.closed.load(Ordering::Acquire) {
             return Err(FlushError::AlreadyShutdown);
         }
+        if shared.queue.worker_gone() {
+            return Err(FlushError::WorkerStopped);
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         if !push_control(shared, make(Reply::Sync(tx)), timeout) {
             return Err(self.timeout_error(started.elapsed(), make));
         }
         match rx.recv_timeout(timeout.saturating_sub(started.elapsed())) {
+            _ if shared.queue.worker_gone() => Err(FlushError::WorkerStopped),
             Ok(Ok(())) => Ok(()),
             Ok(Err(why)) => Err(FlushError::NotCommitted(why)),
             Err(_) => Err(self.timeout_error(started.elapsed(), make)),
@@ -764,6 +803,9 @@ impl Client {
         if shared.closed.load(Ordering::Acquire) {
             return Err(FlushError::AlreadyShutdown);
         }
+        if shared.queue.worker_gone() {
+            return Err(FlushError::WorkerStopped);
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut control = make(Reply::Async(tx));
         // The channel is full only under a flood; wait for room without blocking the runtime.
@@ -775,6 +817,7 @@ impl Client {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), rx).await {
+            _ if shared.queue.worker_gone() => Err(FlushError::WorkerStopped),
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(why))) => Err(FlushError::NotCommitted(why)),
             _ => Err(self.timeout_error(started.elapsed(), make)),
@@ -802,6 +845,14 @@ impl Client {
     #[cfg(feature = "testing")]
     pub fn resume_worker(&self) {
         self.inner.shared.queue.set_paused(false);
+    }
+
+    /// Test hook: the worker panics when it takes this request out of the channel (what was
+    /// queued after it stays there), to test what callers see when the worker dies.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn panic_worker_for_test(&self) {
+        push_control(&self.inner.shared, Control::PanicForTest, Duration::from_secs(5));
     }
 
     /// The current app-mode identity (anonymous id, user id, hard ids).

@@ -174,6 +174,8 @@ pub use clock::{Clock, ManualClock};
 pub use config::{ClientBuilder, HttpOptions, RetryPolicy};
 pub use error::{BuildError, Error, FlushError, FlushReport, ShutdownError};
 pub use message::{Identify, Message, Page, Screen, Track};
+pub use pipeline::health;
+pub use pipeline::health::{Health, HealthState, LastError};
 pub use stats::{DestinationStats, Dropped, Stats};
 pub use trackway_wire::{
     Event, EventKind, Identity, MessageId, PageInfo, Properties, PropertyError, Timestamp, Value, props,

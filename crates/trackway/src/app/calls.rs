@@ -463,6 +463,9 @@ impl Client {
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
+        if shared.queue.worker_gone() {
+            return Err(Error::WorkerStopped);
+        }
         let change = write(DEFAULTS_KEY, Some(&properties));
         // Held across the push: concurrent calls reach the store in the order they apply here.
         let _serial = lock(&shared.launch);
@@ -499,6 +502,9 @@ impl Client {
         let shared = &self.inner.shared;
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
+        }
+        if shared.queue.worker_gone() {
+            return Err(Error::WorkerStopped);
         }
         let was_enabled = {
             // Held across the push: concurrent calls reach the store in the order they apply here.
@@ -546,12 +552,15 @@ impl Client {
         if shared.closed.load(Ordering::Acquire) {
             return Err(FlushError::AlreadyShutdown);
         }
+        if shared.queue.worker_gone() {
+            return Err(FlushError::WorkerStopped);
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let timeout = Duration::from_secs(5);
         if !push_control(shared, Control::Purge { user, reply: tx }, timeout) {
             return Err(FlushError::Timeout { waited: timeout, pending: Vec::new() });
         }
-        rx.recv_timeout(timeout).map_err(|_| FlushError::Timeout { waited: timeout, pending: Vec::new() })
+        rx.recv_timeout(timeout).map_err(|_| self.no_answer(timeout))
     }
 
     // === helpers ===
@@ -560,6 +569,9 @@ impl Client {
         let shared = &self.inner.shared;
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
+        }
+        if shared.queue.worker_gone() {
+            return Err(Error::WorkerStopped);
         }
         if !shared.enabled.load(Ordering::Acquire) {
             return Err(Error::Disabled);
@@ -571,6 +583,9 @@ impl Client {
     /// events queued before it) and applied to the live state under the same lock.
     pub(crate) fn update_app_state(&self, update: &dyn Fn(&mut AppState)) -> Result<(), Error> {
         let shared = &self.inner.shared;
+        if shared.queue.worker_gone() {
+            return Err(Error::WorkerStopped);
+        }
         let started = std::time::Instant::now();
         loop {
             let mut app = lock(&shared.app);

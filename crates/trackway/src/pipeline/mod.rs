@@ -27,6 +27,10 @@
 //!   `max_attempts` strikes it is dead-lettered as `retries_exhausted`.
 //! - Deadlines (batch interval, backoff, pauses) are read from the injected [`Clock`]; a manual
 //!   clock wakes the worker when advanced.
+//! - Each lane has one health state machine ([`health`]): a misconfigured destination holds its
+//!   events and probes at a growing interval; destination code that panics is caught (the batch
+//!   is split like a poison batch, a single event dead-lettered) and stops only its destination.
+//!   A panic of the worker itself leaves a thread that refuses and counts every later call.
 //!
 //! [`Clock`]: crate::Clock
 
@@ -39,7 +43,9 @@ use crate::config::RetryPolicy;
 use crate::store::{Recovered, Store};
 
 mod backoff;
+pub mod health;
 mod lane;
+mod stopped;
 mod worker;
 
 /// Worker settings taken from the builder.
@@ -61,8 +67,17 @@ pub(crate) fn spawn(
 ) -> std::io::Result<JoinHandle<()>> {
     // Built here, not in the thread, so a failure is a build() error rather than a silent worker.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Healthy from now on, before the first `stats()` can look.
+    let now = shared.clock.now();
+    for d in shared.counters.destinations.iter() {
+        *crate::client::lock(&d.health) = health::Health::healthy_since(now);
+    }
     std::thread::Builder::new().name("trackway-worker".into()).spawn(move || {
-        let worker = worker::Worker::new(shared, store, recovered, http, settings);
-        runtime.block_on(worker.run());
+        let worker = worker::Worker::new(shared.clone(), store, recovered, http, settings);
+        // A panic of the worker (a bug, or a store that panics) must not leave callers talking
+        // to a channel nobody reads: the thread stays to refuse and count what comes.
+        if let Err(message) = health::catch(|| runtime.block_on(worker.run())) {
+            stopped::run(&shared, &message);
+        }
     })
 }
