@@ -74,18 +74,27 @@ impl fmt::Display for TransportError {
 
 impl std::error::Error for TransportError {}
 
-/// The error and its causes, joined: reqwest's own text ("error sending request") says nothing
-/// about what failed, its sources do ("Connection refused"). The URL was taken out before.
+/// What failed, in a few words: reqwest's own text ("error sending request") and hyper's
+/// ("client error (Connect)") say little; the innermost cause says what happened ("Connection
+/// refused (os error 111)", "end of file before message length reached"). The stage is added
+/// where the cause does not say it. The URL was taken out before.
 fn describe(error: &reqwest::Error) -> String {
-    let mut parts = vec![error.to_string()];
+    let mut innermost = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(e) = source {
-        let text = e.to_string();
-        // hyper and hyper-util repeat their inner error in their own text: keep new words only.
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
+        innermost = e.to_string();
         source = e.source();
     }
-    parts.join(": ")
+    let stage = if error.is_connect() {
+        "could not connect"
+    } else if error.is_timeout() {
+        "timed out"
+    } else if error.is_body() || error.is_decode() {
+        "reading the answer"
+    } else if error.is_builder() {
+        "invalid request"
+    } else {
+        return innermost;
+    };
+    if innermost.contains(stage) { innermost } else { format!("{stage}: {innermost}") }
 }

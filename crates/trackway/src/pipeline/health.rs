@@ -265,10 +265,13 @@ impl Tracker {
         match self.health.state {
             HealthState::Healthy | HealthState::Stopped => return,
             HealthState::Misconfigured => {
-                tracing::info!(destination = %name, "trackway: destination `{name}` answers again; delivering its held events");
+                tracing::info!(
+                    destination = name.as_str(),
+                    "trackway: destination answers again; delivering its held events"
+                );
             }
             HealthState::Failing | HealthState::Unreachable => {
-                tracing::info!(destination = %name, "trackway: destination `{name}` recovered");
+                tracing::info!(destination = name.as_str(), "trackway: destination recovered");
             }
         }
         self.enter(HealthState::Healthy, at);
@@ -291,21 +294,21 @@ impl Tracker {
             // Still misconfigured until an answer works; stopped stays stopped.
             HealthState::Misconfigured | HealthState::Stopped => {}
             HealthState::Healthy => {
-                tracing::warn!(destination = %name, error = %error,
-                    "trackway: requests to destination `{name}` fail ({error}); retrying with backoff, one request at a time (logged once until it recovers)");
+                tracing::warn!(destination = name.as_str(), error = %error,
+                    "trackway: destination failing; retrying with backoff, one request at a time (logged once until it recovers)");
                 self.enter(HealthState::Failing, at);
             }
             HealthState::Failing => {
                 if self.not_sent_since.is_some_and(|t| now.saturating_sub(t) >= UNREACHABLE_AFTER) {
-                    tracing::warn!(destination = %name, error = %error,
-                        "trackway: destination `{name}` is unreachable: nothing could be sent for {UNREACHABLE_AFTER:?} ({error}); its events are held and retried");
+                    tracing::warn!(destination = name.as_str(), error = %error,
+                        "trackway: destination unreachable: nothing could be sent for {UNREACHABLE_AFTER:?}; its events are held and retried");
                     self.enter(HealthState::Unreachable, at);
                 }
             }
             HealthState::Unreachable => {
                 if !not_sent {
-                    tracing::info!(destination = %name, error = %error,
-                        "trackway: destination `{name}` is reachable again but still failing ({error})");
+                    tracing::info!(destination = name.as_str(), error = %error,
+                        "trackway: destination reachable again, still failing");
                     self.enter(HealthState::Failing, at);
                 }
             }
@@ -328,9 +331,9 @@ impl Tracker {
                 }
             }
             _ => {
-                tracing::error!(destination = %name, answer = %error,
-                    "trackway: destination `{name}` is misconfigured, the server answered: {error}. Its events are held, not dead-lettered, \
-                     and it is probed every {MISCONFIGURED_PROBE_FIRST:?} to {MISCONFIGURED_PROBE_MAX:?} until an answer works; fix its configuration");
+                tracing::error!(destination = name.as_str(), answer = %error,
+                    "trackway: destination misconfigured (the server's answer says so): fix its configuration. Its events are held, \
+                     not dead-lettered, and it is probed every {MISCONFIGURED_PROBE_FIRST:?} (doubling up to {MISCONFIGURED_PROBE_MAX:?}) until an answer works");
                 self.enter(HealthState::Misconfigured, error.at);
                 self.misconfigured_at = now;
                 self.probes = 1;
@@ -349,8 +352,8 @@ impl Tracker {
             self.single_panics >= STOP_AFTER_PANICS
         };
         if stops {
-            tracing::error!(destination = %name, error = %error,
-                "trackway: destination `{name}` stopped: its code panicked on {STOP_AFTER_PANICS} events in a row ({error}); \
+            tracing::error!(destination = name.as_str(), error = %error,
+                "trackway: destination stopped: its code panicked on {STOP_AFTER_PANICS} events in a row; \
                  its events are held in the store until the client is built again");
             self.enter(HealthState::Stopped, error.at);
         }

@@ -25,7 +25,7 @@ pub(crate) fn run(shared: &Shared, message: &str) {
     shared.queue.set_worker_gone();
     tracing::error!(
         panic = %message,
-        "trackway: the delivery worker panicked ({message}); every later call returns an error, queued events are dropped and counted as worker_stopped"
+        "trackway: the delivery worker panicked; every later call returns an error, queued events are dropped and counted as worker_stopped"
     );
     let at = shared.clock.now();
     for d in shared.counters.destinations.iter() {
