@@ -16,6 +16,9 @@ const BARE_429_PAUSE: Duration = Duration::from_secs(30);
 /// | 429 without | `Throttled(30 s)` |
 /// | 408, 5xx | `Retry` |
 /// | other 4xx, 3xx, 1xx | `Reject("<status>: <body>")` |
+///
+/// [`classify_default`], what destinations use unless they classify themselves, differs only in
+/// holding the events on 401, 403 and 404.
 pub fn classify_status(response: &Response) -> Outcome {
     let status = response.status;
     let retry_after = response

@@ -47,7 +47,7 @@ impl TransportError {
         self.kind
     }
 
-    /// What went wrong, without the URL (e.g. "tcp connect error: Connection refused (os error 111)").
+    /// What went wrong, without the URL (e.g. `could not connect: Connection refused (os error 111)`).
     pub fn message(&self) -> &str {
         &self.message
     }

@@ -124,8 +124,9 @@ pub struct LastError {
     pub kind: LastErrorKind,
     /// The HTTP status, when the server answered.
     pub status: Option<u16>,
-    /// What happened, e.g. "connection refused (…) to 127.0.0.1:9" or "503 Service Unavailable:
-    /// <first body line>". Never carries a URL's credentials or path.
+    /// What happened, e.g. `could not connect: Connection refused (os error 111) to 127.0.0.1:9`
+    /// or `503 Service Unavailable: <first line of the body>`. Never carries a URL's credentials
+    /// or path.
     pub message: String,
     /// When it happened.
     pub at: Timestamp,
@@ -281,7 +282,6 @@ impl Tracker {
     /// `now`. The first failure, and the run of "nothing was sent" errors reaching
     /// [`UNREACHABLE_AFTER`], change the state.
     pub(crate) fn failed(&mut self, error: LastError, now: Duration) {
-        self.single_panics = 0;
         let at = error.at;
         let not_sent = error.kind == LastErrorKind::NotSent;
         if not_sent {
@@ -319,7 +319,6 @@ impl Tracker {
     /// The destination classified an answer as misconfiguration, for a request sent at clock
     /// time `sent_at`; returns how long to hold everything before the next probe.
     pub(crate) fn misconfigured(&mut self, error: LastError, sent_at: Duration, now: Duration) -> Duration {
-        self.single_panics = 0;
         self.not_sent_since = None;
         let name = &self.name;
         match self.health.state {

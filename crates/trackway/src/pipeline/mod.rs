@@ -11,6 +11,7 @@
 //!                                              Reject    ─▶ dead letter (status + body)
 //!                                              Retry     ─▶ group, backoff with full jitter
 //!                                              Throttled ─▶ pause the lane (Retry-After)
+//!                                              Misconfigured ─▶ hold, probe at a growing interval
 //! ```
 //!
 //! Invariants:
