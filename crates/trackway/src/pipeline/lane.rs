@@ -380,6 +380,30 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_lane_sends_nothing_and_counts_as_idle() {
+        use crate::pipeline::health::{LastError, LastErrorKind};
+        let mut l = lane(Delivery::Parallel { max_in_flight: 4 });
+        for _ in 0..10 {
+            l.on_appended(10, Duration::ZERO);
+        }
+        l.groups.push(Group { seqs: vec![1], due: Duration::ZERO, failures: 1, epoch: 0 });
+        assert!(!l.is_idle());
+        let panic = || LastError {
+            kind: LastErrorKind::Panicked,
+            status: None,
+            message: "boom".into(),
+            at: Timestamp::from_unix_millis(0),
+        };
+        for _ in 0..3 {
+            l.health.panicked(panic(), true);
+        }
+        assert_eq!(l.health.state(), HealthState::Stopped);
+        assert!(l.next(10 * S, S).is_none());
+        assert_eq!(l.next_deadline(S), None, "no wake-ups for a lane that never sends");
+        assert!(l.is_idle(), "shutdown does not wait for it");
+    }
+
+    #[test]
     fn a_pause_blocks_everything_until_it_ends() {
         let mut l = lane(Delivery::Parallel { max_in_flight: 4 });
         l.paused_until = Some(2 * S);
