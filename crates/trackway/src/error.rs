@@ -108,6 +108,21 @@ pub enum Error {
     /// A payment that cannot be sent.
     #[error("invalid payment: {0}")]
     InvalidPayment(String),
+    /// A destination's `validate` panicked on this event (a bug in the destination); nothing
+    /// was queued for any destination.
+    #[error("destination `{destination}` panicked in validate: {message}")]
+    DestinationPanicked {
+        /// The destination's name.
+        destination: String,
+        /// The panic's message.
+        message: String,
+    },
+    /// The delivery worker stopped unexpectedly (it panicked; the log says why): nothing more
+    /// is queued, stored or sent by this client. Counted as `worker_stopped`.
+    #[error(
+        "the delivery worker stopped unexpectedly (it panicked; see the log); nothing was queued (counted as worker_stopped)"
+    )]
+    WorkerStopped,
 }
 
 /// Why [`ClientBuilder::build`](crate::ClientBuilder::build) failed.
@@ -171,6 +186,10 @@ pub enum FlushError {
     /// they were dropped and counted in `Stats::dropped`.
     #[error("not everything queued could be committed: {0}")]
     NotCommitted(String),
+    /// The delivery worker stopped unexpectedly (it panicked; the log says why): nothing more
+    /// will be stored or delivered by this client.
+    #[error("the delivery worker stopped unexpectedly (it panicked; see the log)")]
+    WorkerStopped,
 }
 
 impl FlushError {
@@ -178,7 +197,7 @@ impl FlushError {
     pub fn pending_for(&self, name: &str) -> u64 {
         match self {
             FlushError::Timeout { pending, .. } => pending.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c),
-            FlushError::AlreadyShutdown | FlushError::NotCommitted(_) => 0,
+            FlushError::AlreadyShutdown | FlushError::NotCommitted(_) | FlushError::WorkerStopped => 0,
         }
     }
 }
@@ -194,6 +213,10 @@ pub enum ShutdownError {
     /// The client was already shut down (by another call or clone).
     #[error("the client is already shut down")]
     AlreadyShutdown,
+    /// The delivery worker had stopped unexpectedly (it panicked; the log says why): what it
+    /// had stored stays in the store (a durable store delivers it on the next start).
+    #[error("the delivery worker stopped unexpectedly (it panicked; see the log)")]
+    WorkerStopped,
     /// The budget ran out with events still pending; they stay in the store (a durable store
     /// delivers them on the next start).
     #[error("shutdown budget of {budget:?} ran out; still pending: {}", pending_list(.pending))]

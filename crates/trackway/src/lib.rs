@@ -146,6 +146,16 @@
 //! - Nothing is dropped silently: every event not delivered is counted in [`Client::stats`] under
 //!   a reason, and events a destination gave up on are kept as [dead letters](Client::dead_letters)
 //!   with the server's answer.
+//! - Each destination has a [`health`] state in [`Client::stats`]: healthy, failing,
+//!   unreachable (only "nothing was sent" errors for 5 minutes), misconfigured (the server says
+//!   the configuration is wrong: its events are **held**, never dead-lettered for it, and it is
+//!   probed at a growing interval), or stopped (its code panicked on 3 events in a row), with
+//!   since when and the last error; every change is logged once. Dead letters are for what an
+//!   event did, not for what the configuration did.
+//! - A panic in a destination's code never takes the client down: it is an error of the call
+//!   (`validate`), of `build()` (`check_config`), or handled like a poison event on the worker.
+//!   If the worker thread itself dies, every later call returns
+//!   [`Error::WorkerStopped`] and what was still queued is counted.
 //! - Dropping the last clone commits the channel and tries delivery for `shutdown_timeout`
 //!   (default 2 s); it never panics and never prints. **`std::process::exit` skips `Drop`, and a
 //!   client in a `static` is never dropped**: call [`Client::shutdown`] before exiting.
@@ -185,6 +195,8 @@ pub use clock::ManualClock;
 pub use config::{ClientBuilder, HttpOptions, RetryPolicy};
 pub use error::{BuildError, Error, FlushError, FlushReport, ShutdownError};
 pub use message::{Identify, Message, Page, Screen, Track};
+pub use pipeline::health;
+pub use pipeline::health::{Health, HealthState, LastError};
 pub use policy::{MAX_EVENT_BYTES, MAX_NAME_BYTES};
 pub use stats::{DestinationStats, Dropped, Stats};
 pub use trackway_wire::{

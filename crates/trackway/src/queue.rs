@@ -133,6 +133,9 @@ pub(crate) enum Control {
     State(Vec<crate::store::StateChange>),
     /// Remove the queued events (of one user, when given); answers how many.
     Purge { user: Option<String>, reply: Reply<u64> },
+    /// Test hook: the worker panics when it takes this out of the queue.
+    #[cfg(feature = "testing")]
+    PanicForTest,
 }
 
 /// What the worker takes out of the queue.
@@ -235,6 +238,8 @@ pub(crate) struct Queue {
     /// Test hook: while set, the worker does not drain.
     paused: AtomicBool,
     resume: Notify,
+    /// The worker panicked: nothing is stored or sent any more (see `pipeline::stopped`).
+    worker_gone: AtomicBool,
 }
 
 fn lock(m: &Mutex<Payload>) -> MutexGuard<'_, Payload> {
@@ -258,6 +263,7 @@ impl Queue {
             notify: Notify::new(),
             paused: AtomicBool::new(false),
             resume: Notify::new(),
+            worker_gone: AtomicBool::new(false),
         }
     }
 
@@ -422,6 +428,16 @@ impl Queue {
 
     pub(crate) async fn resumed(&self) {
         self.resume.notified().await;
+    }
+
+    /// Marks the worker as gone (it panicked): callers check this before queuing anything.
+    pub(crate) fn set_worker_gone(&self) {
+        self.worker_gone.store(true, Ordering::Release);
+    }
+
+    /// Whether the worker panicked: what is queued now is refused and counted, never stored.
+    pub(crate) fn worker_gone(&self) -> bool {
+        self.worker_gone.load(Ordering::Acquire)
     }
 }
 

@@ -1,7 +1,10 @@
 //! Counters of everything the client did with the events it was given: nothing is dropped without
 //! being counted under a reason.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::pipeline::health::Health;
 
 /// A snapshot of a client's counters, from [`Client::stats`](crate::Client::stats).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,6 +43,9 @@ pub struct Dropped {
     pub disabled: u64,
     /// Queued events removed on request (`purge_queued`, `erase_user`).
     pub purged: u64,
+    /// Events lost because the worker thread stopped unexpectedly (a panic): those accepted
+    /// but still in the channel, and the calls refused afterwards.
+    pub worker_stopped: u64,
 }
 
 /// What happened to the events routed to one destination.
@@ -76,6 +82,8 @@ pub struct DestinationStats {
     /// Other values of delivered events the server does not store, one per field per event
     /// (e.g. Umami's `tag` before 2.11, its distinct `id` before 2.18).
     pub dropped_fields: u64,
+    /// Healthy, failing, unreachable, misconfigured or stopped; since when; the last error.
+    pub health: Health,
 }
 
 /// The live counters behind [`Stats`]; atomics so the caller's thread never takes a lock.
@@ -92,6 +100,7 @@ pub(crate) struct Counters {
     pub(crate) store_reset: AtomicU64,
     pub(crate) disabled: AtomicU64,
     pub(crate) purged: AtomicU64,
+    pub(crate) worker_stopped: AtomicU64,
     pub(crate) destinations: Box<[DestinationCounters]>,
 }
 
@@ -110,6 +119,8 @@ pub(crate) struct DestinationCounters {
     pub(crate) probes: AtomicU64,
     pub(crate) dropped_timestamps: AtomicU64,
     pub(crate) dropped_fields: AtomicU64,
+    /// Written by the worker on each change (rarely: failures and changes of state).
+    pub(crate) health: Mutex<Health>,
 }
 
 /// Relaxed is enough: counters are statistics, never used to synchronize data.
@@ -140,6 +151,7 @@ impl Counters {
                 store_reset: get(&self.store_reset),
                 disabled: get(&self.disabled),
                 purged: get(&self.purged),
+                worker_stopped: get(&self.worker_stopped),
             },
             destinations: self
                 .destinations
@@ -158,6 +170,7 @@ impl Counters {
                     probes: get(&d.probes),
                     dropped_timestamps: get(&d.dropped_timestamps),
                     dropped_fields: get(&d.dropped_fields),
+                    health: d.health.lock().unwrap_or_else(|e| e.into_inner()).clone(),
                 })
                 .collect(),
         }

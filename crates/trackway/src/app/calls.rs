@@ -462,6 +462,9 @@ impl Client {
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
+        if shared.pipe.queue.worker_gone() {
+            return Err(Error::WorkerStopped);
+        }
         let change = write(DEFAULTS_KEY, Some(&properties));
         // Held across the push: concurrent calls reach the store in the order they apply here.
         let _serial = lock(&shared.launch);
@@ -498,6 +501,9 @@ impl Client {
         let shared = &self.inner.shared;
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
+        }
+        if shared.pipe.queue.worker_gone() {
+            return Err(Error::WorkerStopped);
         }
         let was_enabled = {
             // Held across the push: concurrent calls reach the store in the order they apply here.
@@ -567,6 +573,9 @@ impl Client {
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
+        if shared.pipe.queue.worker_gone() {
+            return Err(Error::WorkerStopped);
+        }
         if !shared.pipe.enabled.load(Ordering::Acquire) {
             return Err(Error::Disabled);
         }
@@ -577,6 +586,9 @@ impl Client {
     /// events queued before it) and applied to the live state under the same lock.
     pub(crate) fn update_app_state(&self, update: &dyn Fn(&mut AppState)) -> Result<(), Error> {
         let shared = &self.inner.shared;
+        if shared.pipe.queue.worker_gone() {
+            return Err(Error::WorkerStopped);
+        }
         // The app lock is released between attempts while the reserved slots are full (a flood),
         // so app-mode calls on other threads go on.
         let applied = blocking(retry_until_room::<Block>(CONTROL_TIMEOUT, || {

@@ -59,7 +59,10 @@ impl Client {
             if names.contains(&name) {
                 return Err(BuildError::DuplicateDestination(name));
             }
-            d.check_config().map_err(|message| BuildError::Destination { destination: name.clone(), message })?;
+            // A panic in destination code is a build error, not a panic of `build()`.
+            crate::pipeline::health::catch(|| d.check_config())
+                .unwrap_or_else(|panic| Err(format!("check_config panicked: {panic}")))
+                .map_err(|message| BuildError::Destination { destination: name.clone(), message })?;
             http_clients
                 .push(http.build_client().map_err(|message| BuildError::Http { destination: name.clone(), message })?);
             names.push(name);

@@ -153,6 +153,8 @@ pub(crate) enum Unanswered {
     Closed,
     /// No room in the queue, or no answer, within the time given.
     Timeout,
+    /// The worker thread ended unexpectedly (a panic): nothing will answer.
+    WorkerStopped,
 }
 
 impl Inner {
@@ -174,15 +176,20 @@ impl Inner {
         if closed {
             return Err(Unanswered::Closed);
         }
+        if shared.pipe.queue.worker_gone() {
+            return Err(Unanswered::WorkerStopped);
+        }
         if gate == Gate::Close {
             // The session timer thread sees the client is closed and ends.
             shared.session_timer.wake();
         }
         let (reply, rx) = W::channel();
+        let gone = || if shared.pipe.queue.worker_gone() { Unanswered::WorkerStopped } else { Unanswered::Timeout };
         if !push::<W>(&shared.pipe.queue, make(reply), timeout).await {
-            return Err(Unanswered::Timeout);
+            return Err(gone());
         }
-        W::recv(rx, (timeout + margin).saturating_sub(started.elapsed())).await.ok_or(Unanswered::Timeout)
+        // A worker that died drops the reply channel: no answer, and `gone` says why.
+        W::recv(rx, (timeout + margin).saturating_sub(started.elapsed())).await.ok_or_else(gone)
     }
 
     /// Asks the worker to stop within `budget` and waits for it to end (the caller's shutdown, or
@@ -201,6 +208,7 @@ impl Inner {
                 Ok(())
             }
             Err(Unanswered::Closed) => Err(ShutdownError::AlreadyShutdown),
+            Err(Unanswered::WorkerStopped) => Err(ShutdownError::WorkerStopped),
             // What is pending says what did not happen.
             Err(Unanswered::Timeout) => Ok(()),
         }
@@ -222,6 +230,7 @@ impl Client {
             Ok(Ok(())) => Ok(()),
             Ok(Err(why)) => Err(FlushError::NotCommitted(why)),
             Err(Unanswered::Closed) => Err(FlushError::AlreadyShutdown),
+            Err(Unanswered::WorkerStopped) => Err(FlushError::WorkerStopped),
             Err(Unanswered::Timeout) => Err(self.timeout_error(started.elapsed(), make)),
         }
     }
@@ -233,6 +242,7 @@ impl Client {
     ) -> Result<T, FlushError> {
         self.inner.request::<W, T>(Gate::Open, CONTROL_TIMEOUT, Duration::ZERO, make).await.map_err(|e| match e {
             Unanswered::Closed => FlushError::AlreadyShutdown,
+            Unanswered::WorkerStopped => FlushError::WorkerStopped,
             Unanswered::Timeout => FlushError::Timeout { waited: CONTROL_TIMEOUT, pending: Vec::new() },
         })
     }
@@ -285,6 +295,9 @@ impl Client {
         let shared = &*self.inner.shared;
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
+        }
+        if shared.pipe.queue.worker_gone() {
+            return Err(Error::WorkerStopped);
         }
         let store_key = format!("{CHECKPOINT_PREFIX}{key}");
         // The map is locked across the push: concurrent checkpoints of a key reach the store in

@@ -53,6 +53,10 @@ impl Client {
             bump(&shared.pipe.counters.shutdown, 1);
             return Err(Error::ShutDown);
         }
+        if shared.pipe.queue.worker_gone() {
+            bump(&shared.pipe.counters.worker_stopped, 1);
+            return Err(Error::WorkerStopped);
+        }
         if !shared.pipe.enabled.load(Ordering::Acquire) {
             bump(&shared.pipe.counters.disabled, 1);
             return Err(Error::Disabled);
@@ -149,7 +153,8 @@ impl Client {
         }
         for (i, d) in shared.pipe.destinations.iter().enumerate() {
             if routes & (1 << i) != 0 {
-                d.validate(&event)
+                crate::pipeline::health::catch(|| d.validate(&event))
+                    .map_err(|message| Error::DestinationPanicked { destination: d.name().to_owned(), message })?
                     .map_err(|e| Error::DestinationLimit { destination: d.name().to_owned(), message: e.message })?;
             }
         }

@@ -9,7 +9,7 @@
 //! The worker sees only [`pipeline::Shared`]; everything else here is the caller side's.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use trackway_wire::{Identity, MessageId, Properties, Timestamp};
@@ -240,6 +240,18 @@ impl Client {
         self.inner.shared.pipe.queue.set_paused(false);
     }
 
+    /// Test hook: the worker panics when it takes this request out of the channel (what was
+    /// queued after it stays there), to test what callers see when the worker dies.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn panic_worker_for_test(&self) {
+        let _ = control::blocking(control::push::<control::Block>(
+            &self.inner.shared.pipe.queue,
+            crate::queue::Control::PanicForTest,
+            crate::policy::CONTROL_TIMEOUT,
+        ));
+    }
+
     /// The current app-mode identity (anonymous id, user id, hard ids).
     pub fn current_identity(&self) -> Identity {
         let app = lock(&self.inner.shared.app);
@@ -247,9 +259,7 @@ impl Client {
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::pipeline::lock;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -8,7 +8,11 @@
 //! 3. turns a batch of stored events into HTTP requests ([`Destination::encode`]), possibly several
 //!    (a batch may be split), using its [`DestinationState`] (e.g. a session token);
 //! 4. reads the server's answer into one [`Outcome`] per event ([`Destination::classify`]) plus an
-//!    optional state update.
+//!    optional state update, and a request that got no answer ([`Destination::classify_error`]).
+//!
+//! `encode`, `classify` and `classify_error` run on the worker thread; a panic in them is caught
+//! and handled like a poison event (see [`Outcome`]), a panic in `validate` is an error of the
+//! call, one in `check_config` a build error.
 //!
 //! Timeouts, retries, backoff, `Retry-After`, concurrency and dead letters belong to the pipeline.
 
@@ -25,6 +29,7 @@ mod json;
 #[cfg(feature = "testing")]
 mod memory;
 mod status;
+mod transport;
 #[cfg(feature = "umami")]
 pub mod umami;
 
@@ -32,7 +37,9 @@ pub mod umami;
 pub use json::JsonHttp;
 #[cfg(feature = "testing")]
 pub use memory::{InMemoryDestination, Received};
-pub use status::{classify_status, parse_retry_after};
+pub(crate) use status::status_and_first_line;
+pub use status::{classify_default, classify_status, parse_retry_after};
+pub use transport::{TransportError, TransportErrorKind};
 #[cfg(feature = "umami")]
 pub use umami::Umami;
 
@@ -107,10 +114,19 @@ pub trait Destination: Send + Sync + fmt::Debug + 'static {
     fn encode(&self, events: &[EventRecord], state: &DestinationState, now: Timestamp) -> Encoded;
 
     /// Classifies the server's answer to `request`: one outcome per entry of `request.items`, in
-    /// the same order. Default: the status code decides for the whole request ([`classify_status`]).
+    /// the same order. Default: the status code decides for the whole request
+    /// ([`classify_default`]: 401, 403 and 404 say the configuration is wrong).
     fn classify(&self, request: &Request, response: &Response) -> Classified {
-        let outcome = classify_status(response);
+        let outcome = classify_default(response);
         Classified::new(vec![outcome; request.items.len()])
+    }
+
+    /// Classifies a request that got no answer at all (refused, reset, timed out); the outcome
+    /// applies to every event of `request`. [`TransportError::kind`] says whether the server may
+    /// have the request. Default: [`Outcome::Retry`] (events are retried whatever the kind).
+    fn classify_error(&self, request: &Request, error: &TransportError) -> Outcome {
+        let _ = (request, error);
+        Outcome::Retry
     }
 
     /// Checks the destination's configuration when the client is built (e.g. that its URL parses).
@@ -417,6 +433,12 @@ pub enum Outcome {
     Throttled(Duration),
     /// The server will never take it: dead-letter it with this reason (status and body).
     Reject(String),
+    /// The server says the destination's configuration is wrong (bad credentials, an unknown
+    /// website or project, a wrong endpoint), with the server's answer. It applies to the whole
+    /// request: its events are **held**, never dead-lettered for it, the destination shows as
+    /// misconfigured in [`Stats`](crate::Stats) and probes with one request at a growing interval
+    /// until an answer works again. A 400 about one event's content is a [`Reject`](Self::Reject).
+    Misconfigured(String),
 }
 
 /// The result of [`Destination::classify`].

@@ -16,6 +16,9 @@ const BARE_429_PAUSE: Duration = Duration::from_secs(30);
 /// | 429 without | `Throttled(30 s)` |
 /// | 408, 5xx | `Retry` |
 /// | other 4xx, 3xx, 1xx | `Reject("<status>: <body>")` |
+///
+/// [`classify_default`], what destinations use unless they classify themselves, differs only in
+/// holding the events on 401, 403 and 404.
 pub fn classify_status(response: &Response) -> Outcome {
     let status = response.status;
     let retry_after = response
@@ -29,6 +32,32 @@ pub fn classify_status(response: &Response) -> Outcome {
         503 => retry_after.map_or(Outcome::Retry, Outcome::Throttled),
         408 | 500..=599 => Outcome::Retry,
         _ => Outcome::Reject(format!("{status}: {}", response.body_excerpt())),
+    }
+}
+
+/// [`classify_status`], except that 401, 403 and 404 say the destination's configuration is wrong
+/// ([`Outcome::Misconfigured`]: bad credentials, a URL that names nothing), so its events are
+/// held instead of dead-lettered. What [`Destination::classify`](super::Destination::classify)
+/// does by default; other 4xx stay per-request rejections.
+///
+/// | status | outcome |
+/// |---|---|
+/// | 401, 403, 404 | `Misconfigured("<status>: <first line of the body>")` |
+/// | others | as [`classify_status`] |
+pub fn classify_default(response: &Response) -> Outcome {
+    match response.status.as_u16() {
+        401 | 403 | 404 => Outcome::Misconfigured(status_and_first_line(response)),
+        _ => classify_status(response),
+    }
+}
+
+/// "401 Unauthorized: <first line of the body>" (just the status when the body is empty): a log
+/// line names the answer without carrying a whole HTML error page.
+pub(crate) fn status_and_first_line(response: &Response) -> String {
+    let excerpt = response.body_excerpt();
+    match excerpt.lines().map(str::trim).find(|l| !l.is_empty()) {
+        Some(line) => format!("{}: {line}", response.status),
+        None => response.status.to_string(),
     }
 }
 
@@ -74,6 +103,22 @@ mod tests {
             classify_status(&Response::new(400, "bad name")),
             Outcome::Reject("400 Bad Request: bad name".into())
         );
+    }
+
+    #[test]
+    fn default_table_holds_events_on_configuration_errors() {
+        assert_eq!(
+            classify_default(&Response::new(401, "\n  bad token\nmore")),
+            Outcome::Misconfigured("401 Unauthorized: bad token".into())
+        );
+        assert_eq!(classify_default(&Response::new(403, "")), Outcome::Misconfigured("403 Forbidden".into()));
+        assert!(matches!(classify_default(&Response::new(404, "<html>")), Outcome::Misconfigured(_)));
+        assert_eq!(classify_default(&Response::new(400, "x")), Outcome::Reject("400 Bad Request: x".into()));
+        assert_eq!(classify_default(&Response::new(422, "")), Outcome::Reject("422 Unprocessable Entity: ".into()));
+        assert_eq!(classify_default(&Response::new(200, "")), Outcome::Delivered);
+        assert_eq!(classify_default(&Response::new(503, "")), Outcome::Retry);
+        // classify_status itself (Umami's fallback) still rejects them per request.
+        assert!(matches!(classify_status(&Response::new(404, "")), Outcome::Reject(_)));
     }
 
     #[test]

@@ -7,6 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use trackway_wire::Timestamp;
+
+use super::health::{HealthState, Tracker};
 use crate::destination::{BatchLimits, Delivery, Destination, DestinationState};
 
 /// Events that failed together and will be retried together (until split).
@@ -63,6 +66,8 @@ pub(crate) struct Lane {
     pub(crate) delivered: u64,
     /// Send partial batches at once up to this seq (flush, shutdown).
     pub(crate) flush_upto: Option<u64>,
+    /// Healthy, failing, unreachable, misconfigured or stopped.
+    pub(crate) health: Tracker,
 }
 
 impl std::fmt::Debug for Lane {
@@ -73,17 +78,25 @@ impl std::fmt::Debug for Lane {
             .field("groups", &self.groups.len())
             .field("in_flight", &self.in_flight)
             .field("failures", &self.failures)
+            .field("health", &self.health.state())
             .finish_non_exhaustive()
     }
 }
 
 impl Lane {
-    pub(crate) fn new(dest: Arc<dyn Destination>, http: reqwest::Client, state: DestinationState) -> Self {
+    /// A lane healthy since `now`.
+    pub(crate) fn new(
+        dest: Arc<dyn Destination>,
+        http: reqwest::Client,
+        state: DestinationState,
+        now: Timestamp,
+    ) -> Self {
         let (ordered, max_in_flight) = match dest.delivery() {
             Delivery::Ordered => (true, 1),
             Delivery::Parallel { max_in_flight } => (false, max_in_flight.max(1)),
         };
         Lane {
+            health: Tracker::new(dest.name(), now),
             limits: dest.batch_limits(),
             dest,
             http,
@@ -109,9 +122,13 @@ impl Lane {
         self.ordered && !self.groups.is_empty()
     }
 
-    /// Requests allowed at once now: one while unhealthy or ordered.
+    /// Requests allowed at once now: one while unhealthy or ordered, none once stopped.
     fn capacity(&self) -> usize {
-        if self.ordered || self.failures > 0 { 1 } else { self.max_in_flight }
+        match self.health.state() {
+            HealthState::Stopped => 0,
+            HealthState::Healthy if !self.ordered && self.failures == 0 => self.max_in_flight,
+            _ => 1,
+        }
     }
 
     /// An event routed here was appended.
@@ -217,6 +234,7 @@ impl Lane {
     /// at its in-flight limit: a completion wakes the worker then, and a deadline already in the
     /// past would make it spin.
     pub(crate) fn next_deadline(&self, interval: Duration) -> Option<Duration> {
+        // A stopped lane never sends again: no deadline (0 >= 0).
         if self.in_flight >= self.capacity() {
             return None;
         }
@@ -244,9 +262,11 @@ impl Lane {
         }
     }
 
-    /// True when nothing is queued, waiting or in flight here.
+    /// True when nothing is queued, waiting or in flight here, or nothing will ever be sent
+    /// (stopped: its events stay in the store, and shutdown need not wait for them).
     pub(crate) fn is_idle(&self) -> bool {
-        self.fresh == 0 && self.groups.is_empty() && self.in_flight == 0
+        self.in_flight == 0
+            && ((self.fresh == 0 && self.groups.is_empty()) || self.health.state() == HealthState::Stopped)
     }
 }
 
@@ -274,7 +294,12 @@ mod tests {
     }
 
     fn lane(delivery: Delivery) -> Lane {
-        Lane::new(Arc::new(Fake(delivery)), reqwest::Client::new(), DestinationState::default())
+        Lane::new(
+            Arc::new(Fake(delivery)),
+            reqwest::Client::new(),
+            DestinationState::default(),
+            Timestamp::from_unix_millis(0),
+        )
     }
 
     const S: Duration = Duration::from_secs(1);
@@ -352,6 +377,30 @@ mod tests {
         assert_eq!(l.next_deadline(S), Some(S));
         l.in_flight = 2;
         assert_eq!(l.next_deadline(S), None, "a completion will wake the worker");
+    }
+
+    #[test]
+    fn a_stopped_lane_sends_nothing_and_counts_as_idle() {
+        use crate::pipeline::health::{LastError, LastErrorKind};
+        let mut l = lane(Delivery::Parallel { max_in_flight: 4 });
+        for _ in 0..10 {
+            l.on_appended(10, Duration::ZERO);
+        }
+        l.groups.push(Group { seqs: vec![1], due: Duration::ZERO, failures: 1, epoch: 0 });
+        assert!(!l.is_idle());
+        let panic = || LastError {
+            kind: LastErrorKind::Panicked,
+            status: None,
+            message: "boom".into(),
+            at: Timestamp::from_unix_millis(0),
+        };
+        for _ in 0..3 {
+            l.health.panicked(panic(), true);
+        }
+        assert_eq!(l.health.state(), HealthState::Stopped);
+        assert!(l.next(10 * S, S).is_none());
+        assert_eq!(l.next_deadline(S), None, "no wake-ups for a lane that never sends");
+        assert!(l.is_idle(), "shutdown does not wait for it");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!                                              Reject    ─▶ dead letter (status + body)
 //!                                              Retry     ─▶ group, backoff with full jitter
 //!                                              Throttled ─▶ pause the lane (Retry-After)
+//!                                              Misconfigured ─▶ hold, probe at a growing interval
 //! ```
 //!
 //! Invariants:
@@ -27,6 +28,10 @@
 //!   `max_attempts` strikes it is dead-lettered as `retries_exhausted`.
 //! - Deadlines (batch interval, backoff, pauses) are read from the injected [`Clock`]; a manual
 //!   clock wakes the worker when advanced.
+//! - Each lane has one health state machine ([`health`]): a misconfigured destination holds its
+//!   events and probes at a growing interval; destination code that panics is caught (the batch
+//!   is split like a poison batch, a single event dead-lettered) and stops only its destination.
+//!   A panic of the worker itself leaves a thread that refuses and counts every later call.
 //!
 //! [`Clock`]: crate::Clock
 
@@ -40,8 +45,10 @@ use crate::config::RetryPolicy;
 use crate::store::{Recovered, Store};
 
 mod backoff;
+pub mod health;
 mod lane;
 mod shared;
+mod stopped;
 mod worker;
 
 pub(crate) use shared::Shared;
@@ -65,6 +72,12 @@ pub(crate) struct WorkerThread {
     pub(crate) exited: oneshot::Receiver<()>,
 }
 
+/// Locks `m`, ignoring poisoning: the data behind these locks stays consistent when a holder
+/// panics (each critical section makes one change).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Starts the worker thread with its own current-thread runtime.
 pub(crate) fn spawn(
     shared: Arc<Shared>,
@@ -76,9 +89,18 @@ pub(crate) fn spawn(
     // Built here, not in the thread, so a failure is a build() error rather than a silent worker.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (exit, exited) = oneshot::channel();
+    // Healthy from now on, before the first `stats()` can look.
+    let now = shared.clock.now();
+    for d in shared.counters.destinations.iter() {
+        *lock(&d.health) = health::Health::healthy_since(now);
+    }
     let thread = std::thread::Builder::new().name("trackway-worker".into()).spawn(move || {
-        let worker = worker::Worker::new(shared, store, recovered, http, settings);
-        runtime.block_on(worker.run());
+        let worker = worker::Worker::new(shared.clone(), store, recovered, http, settings);
+        // A panic of the worker (a bug, or a store that panics) must not leave callers talking
+        // to a channel nobody reads: the thread stays to refuse and count what comes.
+        if let Err(message) = health::catch(|| runtime.block_on(worker.run())) {
+            stopped::run(&shared, &message);
+        }
         // The runtime's own teardown (its I/O driver, connection pools) is part of stopping.
         drop(runtime);
         let _ = exit.send(());

@@ -8,9 +8,11 @@ use tokio::task::Id;
 use trackway_wire::Timestamp;
 
 use super::{Answer, Dropped, Worker, state_prefix};
-use crate::destination::Outcome;
+use crate::destination::{Classified, Outcome, TransportError, TransportErrorKind};
 use crate::pipeline::backoff::full_jitter;
+use crate::pipeline::health::{LastError, catch, panic_message};
 use crate::pipeline::lane::Group;
+use crate::pipeline::lock;
 use crate::policy::{COMMIT_PART, STORE_ERROR_PAUSE};
 use crate::stats::bump;
 use crate::store::{DeadLetterReason, Evicted, StateChange, StoreError, routes};
@@ -109,8 +111,14 @@ impl Worker {
         match joined {
             Ok((id, answer)) => self.complete(id, answer),
             Err(e) => {
+                // The task ran the request: the server may have it.
                 let id = e.id();
-                self.complete(id, Err(format!("request task failed: {e}")));
+                let why = if e.is_panic() {
+                    format!("the request task panicked: {}", panic_message(&*e.into_panic()))
+                } else {
+                    "the request task was cancelled".to_owned()
+                };
+                self.complete(id, Err(TransportError::new(TransportErrorKind::MaybeSent, why)));
             }
         }
     }
@@ -123,33 +131,38 @@ impl Worker {
         let now_ts = self.shared.clock.now();
         self.lanes[i].in_flight = self.lanes[i].in_flight.saturating_sub(1);
         let n = flight.seqs.len();
-        let mut probe = false;
-        let mut outcomes = match &answer {
-            Ok(response) => {
-                let classified = self.lanes[i].dest.classify(&flight.request, response);
-                probe = classified.probe;
-                let counters = &self.shared.counters.destinations[i];
-                bump(&counters.dropped_timestamps, classified.dropped_timestamps);
-                bump(&counters.dropped_fields, classified.dropped_fields);
-                if !classified.state.is_empty() {
-                    self.lanes[i].state.apply(&classified.state);
-                    let prefix = state_prefix(self.lanes[i].dest.name());
-                    let changes: Vec<StateChange> = classified
-                        .state
-                        .iter()
-                        .map(|(k, v)| StateChange { key: format!("{prefix}{k}"), value: v.clone() })
-                        .collect();
-                    if let Err(e) = self.store.set_state(&changes) {
-                        tracing::warn!(error = %e, "trackway: could not store destination state");
-                    }
-                    if self.store.writes_behind() {
-                        self.commit_at.get_or_insert(Instant::now() + self.settings.commit_delay);
-                    }
-                }
-                classified.outcomes
-            }
-            Err(_) => Vec::new(),
+        let dest = self.lanes[i].dest.clone();
+        let classified = match &answer {
+            Ok(response) => catch(|| dest.classify(&flight.request, response)),
+            // A request without an answer: one outcome for all its events.
+            Err(error) => catch(|| dest.classify_error(&flight.request, error)).map(|o| Classified::new(vec![o; n])),
         };
+        let classified = match classified {
+            Ok(classified) => classified,
+            Err(message) => {
+                let what = if answer.is_ok() { "classify" } else { "classify_error" };
+                self.destination_panicked(i, flight.seqs, flight.failures, what, &message);
+                return;
+            }
+        };
+        let probe = classified.probe;
+        let counters = &self.shared.counters.destinations[i];
+        bump(&counters.dropped_timestamps, classified.dropped_timestamps);
+        bump(&counters.dropped_fields, classified.dropped_fields);
+        let (mut outcomes, state) = (classified.outcomes, classified.state);
+        self.lanes[i].health.classified();
+        if !state.is_empty() {
+            self.lanes[i].state.apply(&state);
+            let prefix = state_prefix(self.lanes[i].dest.name());
+            let changes: Vec<StateChange> =
+                state.iter().map(|(k, v)| StateChange { key: format!("{prefix}{k}"), value: v.clone() }).collect();
+            if let Err(e) = self.store.set_state(&changes) {
+                tracing::warn!(error = %e, "trackway: could not store destination state");
+            }
+            if self.store.writes_behind() {
+                self.commit_at.get_or_insert(Instant::now() + self.settings.commit_delay);
+            }
+        }
         // A classifier that returns too few outcomes leaves the rest to be retried.
         outcomes.resize(n, Outcome::Retry);
 
@@ -158,6 +171,9 @@ impl Worker {
         let mut delivered = Vec::new();
         let mut letters = Vec::new();
         let mut retry = Vec::new();
+        // Held for a configuration error: not the events' fault, so no strike, no dead letter.
+        let mut held = Vec::new();
+        let mut misconfigured: Option<String> = None;
         let mut pause: Option<Duration> = None;
         for (&seq, outcome) in flight.seqs.iter().zip(outcomes) {
             match outcome {
@@ -168,10 +184,17 @@ impl Worker {
                     pause = Some(pause.map_or(d, |p| p.max(d)));
                     retry.push(seq);
                 }
+                Outcome::Misconfigured(why) => {
+                    misconfigured.get_or_insert(why);
+                    held.push(seq);
+                }
             }
         }
-        let server_answered_ok = !delivered.is_empty() || !letters.is_empty();
-        if probe && !server_answered_ok && pause.is_none() {
+        // The server took or judged events: the destination works. Not for a transport error
+        // (whatever its classification) nor an answer that says the configuration is wrong.
+        let server_answered_ok =
+            answer.is_ok() && misconfigured.is_none() && (!delivered.is_empty() || !letters.is_empty());
+        if probe && !server_answered_ok && pause.is_none() && misconfigured.is_none() {
             // The answer told the destination how to send these events instead (e.g. Umami's
             // /api/send after a 404 on /api/batch): no failure, no backoff, no strike.
             bump(&counters.probes, 1);
@@ -202,9 +225,30 @@ impl Worker {
         }
         if !letters.is_empty() {
             if let Err(e) = &answer {
-                tracing::debug!(error = %e, "unexpected rejection without a response");
+                tracing::debug!(error = %e, "rejection without a response (classify_error)");
             }
             self.dead_letter(i, letters, now_ts);
+        }
+        let lane = &mut self.lanes[i];
+        match (&misconfigured, &answer) {
+            (Some(why), answer) => {
+                let error = LastError::misconfigured(answer.as_ref().ok(), why.clone(), now_ts);
+                let wait = lane.health.misconfigured(error, flight.sent_at, now);
+                // Nothing goes out before the probe is due: one request per interval.
+                let probe_at = lane.paused_until.map_or(now + wait, |p| p.max(now + wait));
+                lane.paused_until = Some(probe_at);
+                if !held.is_empty() {
+                    // The group's failures stay as they were: a held group is not split.
+                    let epoch = lane.delivered;
+                    lane.groups.push(Group { seqs: held, due: probe_at, failures: flight.failures, epoch });
+                }
+            }
+            (None, _) if server_answered_ok => lane.health.worked(now_ts),
+            (None, Ok(response)) => lane.health.failed(LastError::answer(response, now_ts), now),
+            (None, Err(error)) => lane.health.failed(LastError::transport(error, &flight.request, now_ts), now),
+        }
+        if let Some(health) = lane.health.take_changed() {
+            *lock(&counters.health) = health;
         }
         let lane = &mut self.lanes[i];
         if server_answered_ok {
@@ -260,6 +304,47 @@ impl Worker {
         }
         if !exhausted.is_empty() {
             self.dead_letter(i, exhausted, now_ts);
+        }
+    }
+
+    /// Destination code (`what`) panicked on the events `seqs` (`failures`: of their group so
+    /// far). Handled like a poison batch: several events are split in halves and tried again at
+    /// once; a single event is dead-lettered, and after `STOP_AFTER_PANICS` of those in a row
+    /// the destination stops (its events stay pending). Other destinations go on.
+    pub(super) fn destination_panicked(
+        &mut self,
+        i: usize,
+        mut seqs: Vec<u64>,
+        failures: u32,
+        what: &str,
+        message: &str,
+    ) {
+        let now = self.shared.clock.elapsed();
+        let now_ts = self.shared.clock.now();
+        let lane = &mut self.lanes[i];
+        let alone = seqs.len() == 1;
+        lane.health.panicked(LastError::panicked(what, message, now_ts), alone);
+        if let Some(health) = lane.health.take_changed() {
+            *lock(&self.shared.counters.destinations[i].health) = health;
+        }
+        if alone {
+            let letters = seqs
+                .into_iter()
+                .map(|seq| (seq, DeadLetterReason::Rejected, format!("destination panicked: {message}")));
+            self.dead_letter(i, letters.collect(), now_ts);
+            return;
+        }
+        tracing::debug!(
+            destination = lane.dest.name(),
+            events = seqs.len(),
+            "trackway: {what} panicked on a batch; splitting it"
+        );
+        let epoch = lane.delivered;
+        let second = seqs.split_off(seqs.len() / 2);
+        for half in [seqs, second] {
+            if !half.is_empty() {
+                lane.groups.push(Group { seqs: half, due: now, failures, epoch });
+            }
         }
     }
 

@@ -10,8 +10,9 @@ use tokio::task::{Id, JoinSet};
 
 use super::Settings;
 use super::lane::{Group, Lane, Next};
-use crate::destination::{DestinationState, EventRecord, Request, Response};
+use crate::destination::{DestinationState, EventRecord, Request, Response, TransportError};
 use crate::pipeline::Shared;
+use crate::pipeline::health::catch;
 use crate::policy::{DRAIN_DELAY, MAX_RESPONSE_BODY, STORE_ERROR_PAUSE};
 use crate::queue::{Control, Item, Reply, Taken};
 use crate::stats::bump;
@@ -27,9 +28,12 @@ struct InFlight {
     request: Request,
     /// Failures of the group it retries (0 for a first attempt).
     failures: u32,
+    /// Clock time (elapsed) when it was sent.
+    sent_at: Duration,
 }
 
-type Answer = Result<Response, String>;
+/// The server's answer, or why there is none (classified: nothing sent, or maybe sent).
+type Answer = Result<Response, TransportError>;
 
 pub(crate) struct Worker {
     shared: Arc<Shared>,
@@ -87,6 +91,7 @@ impl Worker {
         settings: Settings,
     ) -> Self {
         let now = shared.clock.elapsed();
+        let now_ts = shared.clock.now();
         let lanes = shared
             .destinations
             .iter()
@@ -99,7 +104,7 @@ impl Worker {
                     .iter()
                     .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_owned(), v.clone())))
                     .collect();
-                let mut lane = Lane::new(dest.clone(), http, DestinationState::from_map(state));
+                let mut lane = Lane::new(dest.clone(), http, DestinationState::from_map(state), now_ts);
                 // Everything pending from an earlier run is a first attempt for this process.
                 if let Some(&(count, bytes)) = recovered.pending.get(i)
                     && count > 0
@@ -259,6 +264,9 @@ impl Worker {
                 // waits until this drain's append.
                 // A checkpoint goes into this drain's append, atomically with the events before it.
                 Item::Control(Control::State(changes)) => state.extend(changes),
+                // At once, not after the append: what was queued behind it stays in the channel.
+                #[cfg(feature = "testing")]
+                Item::Control(Control::PanicForTest) => panic!("worker panic requested by panic_worker_for_test"),
                 Item::Control(c) => controls.push((self.next_seq, c)),
             }
         }
@@ -404,6 +412,9 @@ impl Worker {
                 });
                 reply.answer(n);
             }
+            // Taken in `drain`.
+            #[cfg(feature = "testing")]
+            Control::PanicForTest => panic!("worker panic requested by panic_worker_for_test"),
             // Taken in `drain`; reached only if a caller bypasses it.
             Control::State(changes) => {
                 if let Err(e) = self.store.set_state(&changes) {
@@ -521,7 +532,14 @@ impl Worker {
             return;
         }
         let lane = &self.lanes[i];
-        let encoded = lane.dest.encode(&records, &lane.state, now_ts);
+        let encoded = match catch(|| lane.dest.encode(&records, &lane.state, now_ts)) {
+            Ok(encoded) => encoded,
+            Err(message) => {
+                let seqs = records.iter().map(EventRecord::seq).collect();
+                self.destination_panicked(i, seqs, failures, "encode", &message);
+                return;
+            }
+        };
         // Retries and deferred requests encode the same events again: count truncations once,
         // when the events are first encoded.
         if first_attempt && encoded.truncated > 0 {
@@ -580,7 +598,8 @@ impl Worker {
             }
             execute(&http, req).await
         });
-        self.in_flight.insert(handle.id(), InFlight { lane: i, seqs, request, failures });
+        let sent_at = self.shared.clock.elapsed();
+        self.in_flight.insert(handle.id(), InFlight { lane: i, seqs, request, failures, sent_at });
     }
 }
 
@@ -630,13 +649,14 @@ async fn execute(http: &reqwest::Client, request: Request) -> Answer {
         .body(request.body)
         .send()
         .await
-        // without_url: a URL may carry credentials, and errors end up in logs.
-        .map_err(|e| e.without_url().to_string())?;
+        // Classified, without the URL (it may carry credentials, and errors end up in logs).
+        .map_err(TransportError::from_reqwest)?;
     let status = response.status();
     let headers = response.headers().clone();
     let mut body = Vec::new();
     let mut response = response;
-    while let Some(chunk) = response.chunk().await.map_err(|e| e.without_url().to_string())? {
+    // The request reached the server: an error from here on is always "maybe sent".
+    while let Some(chunk) = response.chunk().await.map_err(TransportError::from_reqwest)? {
         let room = MAX_RESPONSE_BODY.saturating_sub(body.len());
         body.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if room <= chunk.len() {
