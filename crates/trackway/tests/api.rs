@@ -437,3 +437,37 @@ fn an_event_over_the_size_cap_is_an_error_at_the_call() {
         assert_eq!(c.stats().enqueued, 0);
     });
 }
+
+#[test]
+fn persisted_counts_each_event_once_through_shutdown() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = memory_client(&dest);
+        for i in 0..1000 {
+            c.track("u", "e", props! { "i" => i }).expect("track");
+        }
+        c.persisted(Duration::from_secs(5)).expect("persisted");
+        assert_eq!(c.stats().persisted, 1000);
+        c.shutdown(Duration::from_secs(5)).expect("shutdown");
+        assert_eq!(c.stats().persisted, 1000, "the shutdown commit must not count them again");
+    });
+}
+
+#[test]
+fn requeued_dead_letters_count_as_persisted_with_the_memory_store_too() {
+    watchdog(LIMIT, || {
+        let collector = Collector::builder()
+            .script([trackway_collector::Reply::status(400).body("refused once")])
+            .start()
+            .expect("collector");
+        let c = fast_builder().destination(json("a", collector.url("/e"))).build().expect("client");
+        c.track("u", "e", props! {}).expect("track");
+        c.flush(Duration::from_secs(5)).expect("flush");
+        assert_eq!(c.stats().persisted, 1);
+        assert_eq!(c.requeue_dead_letters(Some("a"), 10).expect("requeue"), 1);
+        c.flush(Duration::from_secs(5)).expect("flush");
+        assert_eq!(c.stats().persisted, 2, "written to the store again, as the durable store counts it");
+        c.shutdown(Duration::from_secs(5)).expect("shutdown");
+        assert_eq!(c.stats().persisted, 2);
+    });
+}

@@ -28,6 +28,12 @@ impl Worker {
     /// Commits (part of) what a write-behind store staged, then answers the barriers it covers.
     pub(super) fn commit(&mut self) {
         self.commit_at = None;
+        if !self.store.writes_behind() {
+            // `append` committed and counted these already: counting `next_seq - committed_below`
+            // here would count every event twice (the shutdown commit did).
+            self.committed_below = self.next_seq;
+            return;
+        }
         let committed = self.store.commit(COMMIT_PART);
         let lost = committed.lost.len() as u64;
         let below = committed.staged_from.unwrap_or(self.next_seq).max(self.committed_below);

@@ -360,6 +360,9 @@ impl Worker {
             // Taken out of the dead letters already: written back soon, not whenever next.
             if self.store.writes_behind() {
                 self.commit_at.get_or_insert(Instant::now() + self.settings.commit_delay);
+            } else {
+                // Counted as the write-behind store's commit counts them.
+                bump(&self.shared.counters.persisted, n as u64);
             }
         }
         Ok(n)
