@@ -13,7 +13,7 @@ use crate::app::{AppLifecycle, AppState};
 use crate::clock::Clock;
 use crate::config::{BeforeSend, ClientBuilder};
 use crate::destination::Destination;
-use crate::error::{BuildError, Error, FlushError, FlushReport, ShutdownError};
+use crate::error::{BuildError, Error, FlushError, FlushReport, PersistError, ShutdownError};
 use crate::message::{Message, Page, Track};
 use crate::pipeline;
 use crate::queue::{Control, EventMeta, Priority, Queue, Reply};
@@ -618,17 +618,18 @@ impl Client {
     /// store (with the durable store: safe from a process crash).
     ///
     /// # Errors
-    /// `Timeout` (pending is the count not yet persisted); `AlreadyShutdown`.
-    pub fn persisted(&self, timeout: Duration) -> Result<(), FlushError> {
-        self.control(timeout, Control::Persisted)
+    /// [`PersistError`]: `Timeout` with the count not yet committed; `NotCommitted` when the
+    /// store failed; `AlreadyShutdown`.
+    pub fn persisted(&self, timeout: Duration) -> Result<(), PersistError> {
+        self.control(timeout, Control::Persisted).map_err(|e| PersistError::from_barrier(e, &self.stats()))
     }
 
     /// Async [`persisted`](Self::persisted).
     ///
     /// # Errors
     /// As [`persisted`](Self::persisted).
-    pub async fn persisted_async(&self, timeout: Duration) -> Result<(), FlushError> {
-        self.control_async(timeout, Control::Persisted).await
+    pub async fn persisted_async(&self, timeout: Duration) -> Result<(), PersistError> {
+        self.control_async(timeout, Control::Persisted).await.map_err(|e| PersistError::from_barrier(e, &self.stats()))
     }
 
     /// Commits what is queued, then tries to deliver it within `budget`, then stops the worker.
@@ -749,12 +750,12 @@ impl Client {
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         if !push_control(shared, make(Reply::Sync(tx)), timeout) {
-            return Err(self.timeout_error(started.elapsed(), make));
+            return Err(self.timeout_error(started.elapsed()));
         }
         match rx.recv_timeout(timeout.saturating_sub(started.elapsed())) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(why)) => Err(FlushError::NotCommitted(why)),
-            Err(_) => Err(self.timeout_error(started.elapsed(), make)),
+            Err(_) => Err(self.timeout_error(started.elapsed())),
         }
     }
 
@@ -769,7 +770,7 @@ impl Client {
         // The channel is full only under a flood; wait for room without blocking the runtime.
         while let Err(back) = shared.queue.push_control(control) {
             if started.elapsed() >= timeout {
-                return Err(self.timeout_error(started.elapsed(), make));
+                return Err(self.timeout_error(started.elapsed()));
             }
             control = back;
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -777,19 +778,13 @@ impl Client {
         match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(why))) => Err(FlushError::NotCommitted(why)),
-            _ => Err(self.timeout_error(started.elapsed(), make)),
+            _ => Err(self.timeout_error(started.elapsed())),
         }
     }
 
-    fn timeout_error(&self, waited: Duration, make: fn(Reply) -> Control) -> FlushError {
-        let stats = self.stats();
-        let is_persist = matches!(make(Reply::Discard), Control::Persisted(_));
-        let pending = if is_persist {
-            vec![("store".to_owned(), stats.enqueued.saturating_sub(stats.persisted))]
-        } else {
-            pending_of(&stats.destinations)
-        };
-        FlushError::Timeout { waited, pending }
+    /// `persisted` turns this into its own error, with the uncommitted count.
+    fn timeout_error(&self, waited: Duration) -> FlushError {
+        FlushError::Timeout { waited, pending: pending_of(&self.stats().destinations) }
     }
 
     /// Test hook: stops the worker from draining the channel until [`resume_worker`](Self::resume_worker).

@@ -172,7 +172,7 @@ pub use app::{Anonymize, AppLifecycle, Payment, PushPlatform, PushToken, TokenFr
 pub use client::{Client, MAX_EVENT_BYTES, MAX_NAME_BYTES};
 pub use clock::{Clock, ManualClock};
 pub use config::{ClientBuilder, HttpOptions, RetryPolicy};
-pub use error::{BuildError, Error, FlushError, FlushReport, ShutdownError};
+pub use error::{BuildError, Error, FlushError, FlushReport, PersistError, ShutdownError};
 pub use message::{Identify, Message, Page, Screen, Track};
 pub use stats::{DestinationStats, Dropped, Stats};
 pub use trackway_wire::{

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use support::{fast_builder, json, watchdog};
 use trackway::destination::{Destination, InMemoryDestination, LimitError};
 use trackway::{
-    BuildError, Clock, Error, Event, EventKind, FlushError, HttpOptions, Identify, MessageId, Page, Screen,
+    BuildError, Clock, Error, Event, EventKind, FlushError, HttpOptions, Identify, MessageId, Page, PersistError, Screen,
     ShutdownError, Timestamp, Track, props,
 };
 use trackway_collector::Collector;
@@ -469,5 +469,27 @@ fn requeued_dead_letters_count_as_persisted_with_the_memory_store_too() {
         assert_eq!(c.stats().persisted, 2, "written to the store again, as the durable store counts it");
         c.shutdown(Duration::from_secs(5)).expect("shutdown");
         assert_eq!(c.stats().persisted, 2);
+    });
+}
+
+#[test]
+fn a_persist_barrier_that_times_out_says_what_is_not_committed() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = memory_client(&dest);
+        c.pause_worker();
+        for _ in 0..3 {
+            c.track("u", "e", props! {}).expect("track");
+        }
+        let err = c.persisted(Duration::from_millis(50)).unwrap_err();
+        assert!(
+            matches!(err, PersistError::Timeout { uncommitted: 3, .. }),
+            "the barrier's own error, with the count: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.starts_with("events not yet committed to the store within 50"), "{text}");
+        assert!(!text.contains("flush") && !text.contains("store:"), "no flush wording, no fake destination: {text}");
+        c.resume_worker();
+        c.persisted(Duration::from_secs(5)).expect("committed once the worker runs");
     });
 }
