@@ -336,6 +336,26 @@ fn build_errors_say_what_to_fix() {
 }
 
 #[test]
+fn a_url_with_an_empty_port_is_refused_at_build_instead_of_dialing_port_80() {
+    let err = fast_builder().destination(json("j", "http://127.0.0.1:/events".into())).build().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "destination `j`: URL has an empty port after `127.0.0.1:`, which would dial port 80 (http's default): \
+         write the port (`127.0.0.1:8080`) or remove the `:`"
+    );
+    let err = fast_builder().destination(json("j", "https://user:hunter2@[::1]:/e".into())).build().unwrap_err();
+    assert!(err.to_string().contains("empty port after `[::1]:`") && !err.to_string().contains("hunter2"), "{err}");
+    // A colon elsewhere is not a port.
+    fast_builder().destination(json("j", "http://127.0.0.1:8080/a:b?c=d:".into())).build().expect("a port");
+    #[cfg(feature = "umami")]
+    {
+        let umami = trackway::destination::Umami::new("6f2a9c1e-7b3d-4e8a-9f10-2c4d5e6f7a8b");
+        let err = fast_builder().destination(umami.base_url("http://umami.local:")).build().unwrap_err();
+        assert!(err.to_string().contains("base URL has an empty port after `umami.local:`"), "{err}");
+    }
+}
+
+#[test]
 fn events_older_than_max_event_age_expire_by_the_injected_clock() {
     watchdog(LIMIT, || {
         let down =
