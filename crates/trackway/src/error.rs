@@ -166,9 +166,7 @@ pub enum FlushError {
 pub enum PersistError {
     /// Time ran out before the store committed everything queued before the call. The events are
     /// not lost: they are committed later (within `commit_delay` once the worker gets to them).
-    #[error(
-        "events not yet committed to the store within {waited:?}: {uncommitted} accepted event(s) still to commit"
-    )]
+    #[error("events not yet committed to the store within {waited:?}: {uncommitted} accepted event(s) still to commit")]
     Timeout {
         /// How long the call waited.
         waited: Duration,

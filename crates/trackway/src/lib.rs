@@ -174,7 +174,7 @@ pub use clock::{Clock, ManualClock};
 pub use config::{ClientBuilder, HttpOptions, RetryPolicy};
 pub use error::{BuildError, Error, FlushError, FlushReport, PersistError, ShutdownError};
 pub use message::{Identify, Message, Page, Screen, Track};
-pub use stats::{DestinationStats, Dropped, Stats};
+pub use stats::{DestinationStats, Dropped, FailureKind, LastError, Stats};
 pub use trackway_wire::{
     Event, EventKind, Identity, MessageId, PageInfo, Properties, PropertyError, Timestamp, Value, props,
 };

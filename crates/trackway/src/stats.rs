@@ -1,7 +1,11 @@
 //! Counters of everything the client did with the events it was given: nothing is dropped without
 //! being counted under a reason.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use trackway_wire::Timestamp;
 
 /// A snapshot of a client's counters, from [`Client::stats`](crate::Client::stats).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -67,9 +71,50 @@ pub struct DestinationStats {
     /// Values shortened to fit the server's limits (counted once per event, on its first
     /// attempt); the event itself was sent.
     pub truncated: u64,
+    /// The most recent request that failed as a whole (one of `failed_requests`): why events
+    /// are still pending. Kept after later successes; compare its time with when you look.
+    pub last_error: Option<LastError>,
 }
 
-/// The live counters behind [`Stats`]; atomics so the caller's thread never takes a lock.
+/// Why a request to a destination failed as a whole, in [`DestinationStats::last_error`].
+///
+/// Displays as its message: `connection refused to 127.0.0.1:9`, or
+/// `503 Service Unavailable: <the first line of the body>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LastError {
+    /// What kind of failure it was.
+    pub kind: FailureKind,
+    /// The HTTP status, when the server answered.
+    pub status: Option<u16>,
+    /// What happened, for people (never the URL's path or credentials).
+    pub message: String,
+    /// When the answer (or the failure) came, by the client's clock.
+    pub at: Timestamp,
+}
+
+/// The kind of a [`LastError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// No connection could be made (refused, no route, the host name did not resolve).
+    Connect,
+    /// The request timed out (`HttpOptions::timeout`).
+    Timeout,
+    /// The connection failed otherwise (reset, TLS, a broken answer).
+    Transport,
+    /// The server answered with a status that failed the request (5xx, 429, 408, …).
+    Status,
+}
+
+impl fmt::Display for LastError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The live counters behind [`Stats`]; atomics so the caller's thread never takes a lock (only
+/// `stats()` reads the last errors, behind a lock the worker takes when a request fails).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) enqueued: AtomicU64,
@@ -98,6 +143,14 @@ pub(crate) struct DestinationCounters {
     pub(crate) retries_exhausted: AtomicU64,
     pub(crate) expired: AtomicU64,
     pub(crate) truncated: AtomicU64,
+    /// Written by the worker only when a request fails; read by `stats()`.
+    pub(crate) last_error: Mutex<Option<LastError>>,
+}
+
+impl DestinationCounters {
+    pub(crate) fn set_last_error(&self, error: LastError) {
+        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+    }
 }
 
 /// Relaxed is enough: counters are statistics, never used to synchronize data.
@@ -143,6 +196,7 @@ impl Counters {
                     retries_exhausted: get(&d.retries_exhausted),
                     expired: get(&d.expired),
                     truncated: get(&d.truncated),
+                    last_error: d.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone(),
                 })
                 .collect(),
         }

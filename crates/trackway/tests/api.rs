@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use support::{fast_builder, json, watchdog};
 use trackway::destination::{Destination, InMemoryDestination, LimitError};
 use trackway::{
-    BuildError, Clock, Error, Event, EventKind, FlushError, HttpOptions, Identify, MessageId, Page, PersistError, Screen,
-    ShutdownError, Timestamp, Track, props,
+    BuildError, Clock, Error, Event, EventKind, FlushError, HttpOptions, Identify, MessageId, Page, PersistError,
+    Screen, ShutdownError, Timestamp, Track, props,
 };
 use trackway_collector::Collector;
 

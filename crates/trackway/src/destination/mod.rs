@@ -526,4 +526,3 @@ fn empty_port(url: &str) -> Option<&str> {
     let host_port = authority.rsplit('@').next().unwrap_or(authority);
     host_port.strip_suffix(':')
 }
-

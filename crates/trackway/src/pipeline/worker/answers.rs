@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::task::Id;
 use trackway_wire::Timestamp;
 
-use super::{Answer, COMMIT_PART, Dropped, STORE_ERROR_PAUSE, Worker, state_prefix};
+use super::{Answer, COMMIT_PART, Dropped, Failure, STORE_ERROR_PAUSE, Worker, failure, state_prefix};
 use crate::destination::Outcome;
 use crate::pipeline::backoff::full_jitter;
 use crate::pipeline::lane::Group;
@@ -115,7 +115,7 @@ impl Worker {
             Ok((id, answer)) => self.complete(id, answer),
             Err(e) => {
                 let id = e.id();
-                self.complete(id, Err(format!("request task failed: {e}")));
+                self.complete(id, Err(Failure::other(format!("request task failed: {e}"))));
             }
         }
     }
@@ -203,9 +203,13 @@ impl Worker {
         } else {
             lane.failures = lane.failures.saturating_add(1);
             bump(&counters.failed_requests, 1);
-            if let Err(e) = &answer {
-                tracing::debug!(destination = lane.dest.name(), error = %e, "trackway: request failed");
-            }
+            counters.set_last_error(match &answer {
+                Ok(response) => failure::status_error(response, now_ts),
+                Err(e) => {
+                    tracing::debug!(destination = lane.dest.name(), error = %e, "trackway: request failed");
+                    e.at(now_ts)
+                }
+            });
         }
         if let Some(d) = pause {
             let d = d.min(self.settings.retry.max_retry_after);

@@ -17,7 +17,10 @@ use crate::stats::bump;
 use crate::store::{DeadLetterReason, NewEvent, Recovered, Store, StoreError, routes};
 
 mod answers;
+mod failure;
 mod purge;
+
+use failure::Failure;
 
 /// Response bodies are read up to this size; dead letters keep an excerpt.
 const MAX_RESPONSE_BODY: usize = 1 << 20;
@@ -31,7 +34,8 @@ struct InFlight {
     failures: u32,
 }
 
-type Answer = Result<Response, String>;
+/// A server's answer, or why there was none.
+type Answer = Result<Response, Failure>;
 
 pub(crate) struct Worker {
     shared: Arc<Shared>,
@@ -640,19 +644,19 @@ async fn sleep_opt(d: Option<Duration>) {
 
 /// Sends one request and reads the answer (up to [`MAX_RESPONSE_BODY`]).
 async fn execute(http: &reqwest::Client, request: Request) -> Answer {
+    let url = request.url;
     let response = http
-        .request(request.method, &request.url)
+        .request(request.method, &url)
         .headers(request.headers)
         .body(request.body)
         .send()
         .await
-        // without_url: a URL may carry credentials, and errors end up in logs.
-        .map_err(|e| e.without_url().to_string())?;
+        .map_err(|e| Failure::from_reqwest(e, &url))?;
     let status = response.status();
     let headers = response.headers().clone();
     let mut body = Vec::new();
     let mut response = response;
-    while let Some(chunk) = response.chunk().await.map_err(|e| e.without_url().to_string())? {
+    while let Some(chunk) = response.chunk().await.map_err(|e| Failure::from_reqwest(e, &url))? {
         let room = MAX_RESPONSE_BODY.saturating_sub(body.len());
         body.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if room <= chunk.len() {
