@@ -632,8 +632,9 @@ impl Client {
         self.control_async(timeout, Control::Persisted).await.map_err(|e| PersistError::from_barrier(e, &self.stats()))
     }
 
-    /// Commits what is queued, then tries to deliver it within `budget`, then stops the worker.
-    /// Idempotent: later calls (from any clone) return `AlreadyShutdown`. Afterwards every call
+    /// Tries to deliver everything queued within `budget` (events are committed on their usual
+    /// `commit_delay` meanwhile), then commits whatever is still uncommitted, delivered or not,
+    /// and stops the worker: what was not delivered stays in the store. Idempotent: later calls (from any clone) return `AlreadyShutdown`. Afterwards every call
     /// returns `Error::ShutDown` and is counted.
     ///
     /// Dropping the last clone does the same with the builder's `shutdown_timeout` (default 2 s).

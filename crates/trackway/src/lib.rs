@@ -12,6 +12,8 @@
 //! # let dir = std::env::temp_dir().join(format!("trackway-doc-{}", std::process::id()));
 //! let client = Client::builder()
 //!     .destination(JsonHttp::new(url))
+//!     // Name and version, sent in every event's context. The default store needs the name (its
+//!     // file is under it): without `.app` or `.store`, build() fails. No version? Pass "".
 //!     .app("shop", "2.4.0")
 //!     // Without this, the outbox is <user data dir>/shop/trackway/outbox.db.
 //!     .store(SqliteStore::new(dir.join("outbox.db")))

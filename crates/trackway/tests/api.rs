@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use support::{fast_builder, json, watchdog};
 use trackway::destination::{Destination, InMemoryDestination, LimitError};
 use trackway::{
-    BuildError, Clock, Error, Event, EventKind, FlushError, HttpOptions, Identify, MessageId, Page, PersistError,
-    Screen, ShutdownError, Timestamp, Track, props,
+    BuildError, Client, Clock, Error, Event, EventKind, FlushError, HttpOptions, Identify, MessageId, Page,
+    PersistError, Screen, ShutdownError, Timestamp, Track, props,
 };
 use trackway_collector::Collector;
 
@@ -512,4 +512,22 @@ fn a_persist_barrier_that_times_out_says_what_is_not_committed() {
         c.resume_worker();
         c.persisted(Duration::from_secs(5)).expect("committed once the worker runs");
     });
+}
+
+#[test]
+fn an_app_without_a_version_passes_an_empty_one_and_events_carry_none() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = fast_builder().app("tool", "").destination(dest.clone()).build().expect("client");
+        c.track("u", "e", props! {}).expect("track");
+        c.flush(Duration::from_secs(5)).expect("flush");
+        let context = &dest.received()[0].event.context;
+        assert_eq!((context.app_name.as_deref(), context.app_version.as_deref()), (Some("tool"), None));
+    });
+}
+
+#[test]
+fn the_default_store_without_an_app_name_says_to_call_app() {
+    let err = Client::builder().destination(InMemoryDestination::new("m")).build().unwrap_err();
+    assert!(err.to_string().contains("call .app(name, version)"), "{err}");
 }
