@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 
 use crate::backends::UmamiMode;
-use crate::faults::Faults;
+use crate::faults::{FaultClock, Faults};
 use crate::reply::{Reply, Rule};
 use crate::server::{self, RunningCollector};
 use crate::url_for;
@@ -21,6 +21,7 @@ pub struct CollectorBuilder {
     pub(crate) rules: Vec<Rule>,
     pub(crate) listen: SocketAddr,
     pub(crate) faults: Faults,
+    pub(crate) fault_clock: FaultClock,
     pub(crate) store: Option<PathBuf>,
     pub(crate) umami_mode: UmamiMode,
 }
@@ -34,6 +35,7 @@ impl Default for CollectorBuilder {
             rules: Vec::new(),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             faults: Faults::default(),
+            fault_clock: FaultClock::system(),
             store: None,
             umami_mode: UmamiMode::V3,
         }
@@ -74,6 +76,13 @@ impl CollectorBuilder {
     /// `InvalidInput` if [`Faults::validate`] refuses them.
     pub fn faults(mut self, faults: Faults) -> Self {
         self.faults = faults;
+        self
+    }
+
+    /// The clock the fault windows (`fail_for_ms`, `rate_limit`) are measured by. Default:
+    /// [`FaultClock::system`]; a test passes [`FaultClock::manual`] and moves it by hand.
+    pub fn fault_clock(mut self, clock: FaultClock) -> Self {
+        self.fault_clock = clock;
         self
     }
 

@@ -64,7 +64,7 @@ mod sink;
 
 pub use backends::UmamiMode;
 pub use builder::{CollectorBuilder, ReservedCollector};
-pub use faults::{Faults, InvalidFaults};
+pub use faults::{FaultClock, Faults, InvalidFaults, ManualFaultClock};
 pub use recorder::{RecordedRequest, SinkStats};
 pub use reply::{Reply, Rule};
 pub use server::RunningCollector;

@@ -50,9 +50,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// Replaces the faults and restarts their counters and windows.
     pub(crate) fn set_faults(&self, faults: Faults) -> Result<(), InvalidFaults> {
-        let state = FaultState::new(faults, Instant::now())?;
-        *lock(&self.faults) = state;
-        Ok(())
+        lock(&self.faults).replace(faults)
     }
 
     /// The current faults.
@@ -158,7 +156,7 @@ impl RunningCollector {
 
     /// Stops injecting faults; the same as `set_faults(Faults::default())`.
     pub fn clear_faults(&self) {
-        *lock(&self.shared.faults) = FaultState::cleared(Instant::now());
+        lock(&self.shared.faults).clear();
     }
 
     /// Requests, events, bytes and JSON errors counted so far (in both modes).
@@ -200,7 +198,8 @@ impl Drop for RunningCollector {
 /// Starts the server thread and waits until it has bound its listener (or failed to).
 pub(crate) fn spawn(config: CollectorBuilder) -> io::Result<RunningCollector> {
     let started = Instant::now();
-    let faults = FaultState::new(config.faults, started).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let faults = FaultState::new(config.faults, config.fault_clock)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let started_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -353,7 +352,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     }
 
     // Faults come first: a faulted request consumes no script entry.
-    let decision = lock(&shared.faults).decide(received_at);
+    let decision = lock(&shared.faults).decide();
     let injected = decision.reply();
 
     let reply = if shared.sink {
