@@ -1,5 +1,5 @@
 //! Why a request failed, in words a user can act on: the [`LastError`] a destination keeps in
-//! its stats ("connection refused to 127.0.0.1:9", "503 Service Unavailable: <first line>").
+//! its stats ("connection refused to 127.0.0.1:9", "503 Service Unavailable: maintenance").
 
 use std::error::Error as _;
 use std::fmt;
