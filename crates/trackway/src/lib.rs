@@ -116,8 +116,8 @@
 //!   after the call, or delivered before that (then it is never written at all). A crash loses
 //!   the accepted events not yet committed or delivered (under a burst the commits can fall
 //!   behind `commit_delay`); [`Client::persisted`] commits at once and returns once everything
-//!   queued before it is safe (it fails if it could not be), and [`Stats::persisted`] counts
-//!   what is.
+//!   queued before it is safe (a [`PersistError`] if it could not be, or not within its
+//!   timeout), and [`Stats::persisted`] counts what is.
 //! - **Crash vs power loss.** With `synchronous = NORMAL` (the default) a commit survives a crash
 //!   of the process; a power loss may lose the last commits, never corrupt the file. With
 //!   [`store::Synchronous::Full`] every commit is fsynced and survives power loss too.

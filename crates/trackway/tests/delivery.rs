@@ -196,5 +196,19 @@ fn the_last_failed_request_says_why_in_stats() {
         let error = stats.destinations[0].last_error.as_ref().expect("kept after the later success");
         assert_eq!((error.kind, error.status), (trackway::FailureKind::Status, Some(503)));
         assert_eq!(error.to_string(), "503 Service Unavailable: maintenance until 14:00");
+
+        // No answer within the request timeout.
+        let slow = Collector::builder()
+            .faults(trackway_collector::Faults { latency_ms: Some(2_000), ..Default::default() })
+            .start()
+            .expect("collector");
+        let http = trackway::HttpOptions::default().timeout(Duration::from_millis(100));
+        let client = fast_builder().destination_with(json("slow", slow.url("/e")), http).build().expect("client");
+        client.track("u1", "e", props! {}).expect("track");
+        assert!(wait_until(Duration::from_secs(10), || client.stats().destinations[0].last_error.is_some()));
+        let error = client.stats().destinations[0].last_error.clone().expect("timed out");
+        assert_eq!(error.kind, trackway::FailureKind::Timeout, "{error:?}");
+        let authority = slow.url("").trim_start_matches("http://").to_owned();
+        assert_eq!(error.to_string(), format!("timed out waiting for {authority}"));
     });
 }
