@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
-use trackway::destination::{JsonHttp, Umami};
+use trackway::destination::{Destination as _, JsonHttp, Umami};
 use trackway::{ClientBuilder, HttpOptions};
 
 /// The parsed configuration file.
@@ -223,6 +223,14 @@ impl Config {
             if d.batch_size == Some(0) {
                 bail!("{}: `batch_size` must be at least 1", what());
             }
+            // What `build()` would refuse (a URL with an empty port, say), said here with the file.
+            let checked = match d.kind.as_str() {
+                "json" => JsonHttp::new(d.url.clone().unwrap_or_default()).check_config(),
+                _ => d.umami().check_config(),
+            };
+            if let Err(why) = checked {
+                bail!("{}: {why}", what());
+            }
             for (header, secret) in &d.headers {
                 if secret.env.trim().is_empty() {
                     bail!("{}: header `{header}` names an empty environment variable", what());
@@ -356,6 +364,19 @@ mod tests {
         let err = parse("[[destination]]\nname = \"j\"\ntype = \"json\"\nurl = \"http://x/\"\nwebsite_id = \"x\"\n")
             .expect_err("umami field on json");
         assert!(format!("{err:#}").contains("website_id"), "{err:#}");
+    }
+
+    #[test]
+    fn a_url_with_an_empty_port_is_refused_when_the_file_is_read() {
+        let err = parse("[[destination]]\nname = \"w\"\ntype = \"json\"\nurl = \"http://127.0.0.1:/events\"\n")
+            .expect_err("empty port");
+        let text = format!("{err:#}");
+        assert!(text.contains("destination #1 (`w`): URL has an empty port after `127.0.0.1:`"), "{text}");
+        let err = parse(
+            "[[destination]]\nname = \"u\"\ntype = \"umami\"\nwebsite_id = \"b59e9c65-ae32-47f1-8400-119fcf4861c4\"\nbase_url = \"https://umami.local:\"\n",
+        )
+        .expect_err("empty port");
+        assert!(format!("{err:#}").contains("base URL has an empty port after `umami.local:`"), "{err:#}");
     }
 
     #[test]

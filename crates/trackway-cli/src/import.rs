@@ -248,13 +248,26 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
             0 => writeln!(out)?,
             n => writeln!(out, " (counting {n} events left in the store by an earlier run)")?,
         }
+        if d.pending > 0 {
+            // Why they are still pending: the destination's last failed request, if any.
+            match &d.health.last_error {
+                Some(e) => {
+                    writeln!(out, "  last error ({} failed request(s), the last at {}): {e}", d.failed_requests, e.at)?
+                }
+                None => writeln!(out, "  no request failed: the rest was still being sent")?,
+            }
+        }
         failed |= dead > 0 || d.pending > 0;
     }
     for l in letters.iter().take(100) {
         writeln!(out, "  dead letter {} ({}): {}: {}", l.id, l.destination, l.reason, l.detail)?;
     }
-    if let Err(e) = flushed {
-        writeln!(out, "not everything was delivered within {}s: {e}; the rest stays in the store", args.timeout)?;
+    if flushed.is_err() {
+        writeln!(
+            out,
+            "not everything was delivered within {}s (--timeout); the rest stays in the store and is sent by the next run",
+            args.timeout
+        )?;
         failed = true;
     }
     out.flush()?;

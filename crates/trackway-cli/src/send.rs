@@ -136,11 +136,11 @@ fn report(
         if let Some(letter) = letters.iter().find(|l| l.id == id && l.destination == *name) {
             writeln!(out, "{name}: not delivered: {} ({})", letter.reason, letter.detail)?;
         } else if timed_out || d.pending > 0 {
-            writeln!(
-                out,
-                "{name}: not delivered within {timeout:?}: {} failed request(s); the server is unreachable or failing",
-                d.failed_requests
-            )?;
+            let why = match &d.health.last_error {
+                Some(e) => format!("the last: {e}"),
+                None => "no answer yet".to_owned(),
+            };
+            writeln!(out, "{name}: not delivered within {timeout:?}: {} failed request(s), {why}", d.failed_requests)?;
         } else {
             writeln!(out, "{name}: not delivered")?;
         }

@@ -250,7 +250,7 @@ fn send_delivers_to_the_collector_and_reports_failures() {
         let out = run(&["send", "--config", down.config(), "--user", "u1", "--event", "e", "--timeout", "1.5"]);
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         assert!(out.stdout.contains("not delivered within"), "{out:?}");
-        assert!(out.stdout.contains("unreachable"), "{out:?}");
+        assert!(out.stdout.contains("failed request(s), the last: connection refused to 127.0.0.1:9\n"), "{out:?}");
         assert_no_secret(&out);
 
         let out = run(&["send", "--config", setup.config(), "--user", "", "--event", "e"]);
@@ -324,6 +324,37 @@ fn import_reports_the_malformed_line_and_delivers_the_rest() {
         assert!(out.status.success(), "{out:?}");
         assert_eq!(number_after(&out.stdout, "skipped:"), 10_000, "{out:?}");
         assert_eq!(number_after(&out.stdout, "enqueued:"), 0, "{out:?}");
+    });
+}
+
+#[test]
+fn an_import_left_pending_says_why_from_the_last_error() {
+    watchdog(LIMIT, || {
+        // A closed port: bound once to learn a free one, then released.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let down = Setup::new(&format!("http://127.0.0.1:{closed}/events"));
+        let (text, _) = jsonl(3, None);
+        let file = down.file("events.jsonl", &text);
+        let out = run(&["import", "--config", down.config(), "--timeout", "1", file.to_str().expect("path")]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(out.stdout.contains("warehouse: delivered 0, dead-lettered 0, pending 3\n"), "{out:?}");
+        let why = out.stdout.lines().find(|l| l.starts_with("  last error (")).unwrap_or_else(|| panic!("{out:?}"));
+        assert!(why.ends_with(&format!("): connection refused to 127.0.0.1:{closed}")), "{why}");
+        assert!(!out.stdout.contains("flush timed out"), "the flush's own wording is not the reason: {out:?}");
+
+        // A server that answers 503 with a reason: its status and the body's first line.
+        let collector = Collector::builder()
+            .default_reply(trackway_collector::Reply::status(503).body("read-only mode\nsee status page"))
+            .start()
+            .expect("collector");
+        let failing = Setup::new(&collector.url("/events"));
+        let file = failing.file("events.jsonl", &text);
+        let out = run(&["import", "--config", failing.config(), "--timeout", "1", file.to_str().expect("path")]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(out.stdout.contains("): 503 Service Unavailable: read-only mode\n"), "{out:?}");
+        let out = run(&["send", "--config", failing.config(), "--user", "u1", "--event", "e", "--timeout", "1"]);
+        assert!(out.stdout.contains("the last: 503 Service Unavailable: read-only mode\n"), "{out:?}");
+        assert_no_secret(&out);
     });
 }
 

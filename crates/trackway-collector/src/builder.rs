@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::backends::{Backend, UmamiMode};
-use crate::faults::Faults;
+use crate::faults::{FaultClock, Faults};
 use crate::reply::{Reply, Rule};
 use crate::server::{self, RunningCollector};
 use crate::state::Config;
@@ -57,6 +57,13 @@ impl CollectorBuilder {
     /// `InvalidInput` if [`Faults::validate`] refuses them.
     pub fn faults(mut self, faults: Faults) -> Self {
         self.config.faults = faults;
+        self
+    }
+
+    /// The clock the fault windows (`fail_for_ms`, `rate_limit`) are measured by. Default:
+    /// [`FaultClock::system`]; a test passes [`FaultClock::manual`] and moves it by hand.
+    pub fn fault_clock(mut self, clock: FaultClock) -> Self {
+        self.config.fault_clock = clock;
         self
     }
 

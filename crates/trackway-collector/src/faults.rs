@@ -6,8 +6,13 @@
 //! ([`CollectorBuilder::faults`](crate::CollectorBuilder::faults)), while running
 //! ([`RunningCollector::set_faults`](crate::RunningCollector::set_faults)), or over HTTP with
 //! `PUT /_trackway/api/faults`.
+//!
+//! The time windows (`fail_for_ms`, `rate_limit`) are measured by a [`FaultClock`]: the system's
+//! monotonic clock, or a manual one a test moves with [`ManualFaultClock::advance`], so a test of
+//! a window never depends on how fast its requests happen to run.
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, StatusCode};
@@ -154,9 +159,74 @@ impl Decision {
 
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 
+/// The clock the fault windows are measured by ([`CollectorBuilder::fault_clock`](crate::CollectorBuilder::fault_clock)).
+/// [`FaultClock::system`] by default; [`FaultClock::manual`] in tests.
+///
+/// ```
+/// use std::time::Duration;
+/// use trackway_collector::{Collector, FaultClock, Faults};
+///
+/// let (clock, time) = FaultClock::manual();
+/// let collector = Collector::builder()
+///     .faults(Faults { fail_for_ms: Some(1000), ..Faults::default() })
+///     .fault_clock(clock)
+///     .start()?;
+/// // ... requests now get 503s, however slowly they run ...
+/// time.advance(Duration::from_secs(1));
+/// // ... and from here on the outage is over.
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct FaultClock(Source);
+
+#[derive(Clone, Debug)]
+enum Source {
+    System,
+    Manual { origin: Instant, offset: Arc<Mutex<Duration>> },
+}
+
+/// Moves the [`FaultClock`] made with it by [`FaultClock::manual`].
+#[derive(Clone, Debug)]
+pub struct ManualFaultClock(Arc<Mutex<Duration>>);
+
+impl FaultClock {
+    /// The system's monotonic clock.
+    pub fn system() -> Self {
+        FaultClock(Source::System)
+    }
+
+    /// A clock that stands still until the returned handle [`advance`](ManualFaultClock::advance)s it.
+    pub fn manual() -> (FaultClock, ManualFaultClock) {
+        let offset = Arc::new(Mutex::new(Duration::ZERO));
+        (FaultClock(Source::Manual { origin: Instant::now(), offset: offset.clone() }), ManualFaultClock(offset))
+    }
+
+    /// Now, by this clock.
+    pub(crate) fn now(&self) -> Instant {
+        match &self.0 {
+            Source::System => Instant::now(),
+            Source::Manual { origin, offset } => *origin + *offset.lock().unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+}
+
+impl Default for FaultClock {
+    fn default() -> Self {
+        FaultClock::system()
+    }
+}
+
+impl ManualFaultClock {
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) += by;
+    }
+}
+
 /// The faults and their counters; one per collector, behind a mutex.
 #[derive(Debug)]
 pub(crate) struct FaultState {
+    clock: FaultClock,
     faults: Faults,
     /// Validated copies of `fail_status` and `retry_after`, so deciding never fails.
     status: StatusCode,
@@ -170,8 +240,30 @@ pub(crate) struct FaultState {
 }
 
 impl FaultState {
-    /// State for `faults`, set at `now`.
-    pub(crate) fn new(faults: Faults, now: Instant) -> Result<Self, InvalidFaults> {
+    /// State for `faults`, set now by `clock`.
+    pub(crate) fn new(faults: Faults, clock: FaultClock) -> Result<Self, InvalidFaults> {
+        let mut state = FaultState::cleared(clock);
+        state.replace(faults)?;
+        Ok(state)
+    }
+
+    /// No faults, set now by `clock` (cannot fail, unlike [`new`](Self::new)).
+    pub(crate) fn cleared(clock: FaultClock) -> Self {
+        FaultState {
+            set_at: clock.now(),
+            clock,
+            faults: Faults::default(),
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: None,
+            seen: 0,
+            window_start: None,
+            window_count: 0,
+        }
+    }
+
+    /// Replaces the faults and restarts their counters and windows; a refused value changes
+    /// nothing.
+    pub(crate) fn replace(&mut self, faults: Faults) -> Result<(), InvalidFaults> {
         faults.validate()?;
         let status = StatusCode::from_u16(faults.fail_status)
             .map_err(|_| InvalidFaults(format!("fail_status {} is not an HTTP status code", faults.fail_status)))?;
@@ -182,28 +274,35 @@ impl FaultState {
             ),
             None => None,
         };
-        Ok(FaultState { faults, status, retry_after, set_at: now, seen: 0, window_start: None, window_count: 0 })
-    }
-
-    /// No faults, set at `now` (cannot fail, unlike [`new`](Self::new)).
-    pub(crate) fn cleared(now: Instant) -> Self {
-        FaultState {
-            faults: Faults::default(),
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            retry_after: None,
-            set_at: now,
+        *self = FaultState {
+            set_at: self.clock.now(),
+            clock: self.clock.clone(),
+            faults,
+            status,
+            retry_after,
             seen: 0,
             window_start: None,
             window_count: 0,
-        }
+        };
+        Ok(())
+    }
+
+    /// Stops injecting faults (restarting the counters, as [`replace`](Self::replace) does).
+    pub(crate) fn clear(&mut self) {
+        *self = FaultState::cleared(self.clock.clone());
     }
 
     pub(crate) fn faults(&self) -> &Faults {
         &self.faults
     }
 
-    /// Counts one request arriving at `now` and decides its fate.
-    pub(crate) fn decide(&mut self, now: Instant) -> Decision {
+    /// Counts one request arriving now (by the fault clock) and decides its fate.
+    pub(crate) fn decide(&mut self) -> Decision {
+        let now = self.clock.now();
+        self.decide_at(now)
+    }
+
+    fn decide_at(&mut self, now: Instant) -> Decision {
         let f = &self.faults;
         let latency = Duration::from_millis(f.latency_ms.unwrap_or(0));
         if !f.is_active() {
@@ -247,8 +346,12 @@ impl FaultState {
 mod tests {
     use super::*;
 
-    fn state(faults: Faults, now: Instant) -> FaultState {
-        FaultState::new(faults, now).expect("valid faults")
+    /// State for `faults` on a manual clock that stands still, and the moment it was set: each
+    /// test passes its request times to `decide_at` as offsets from it.
+    fn state(faults: Faults) -> (FaultState, Instant) {
+        let s = FaultState::new(faults, FaultClock::manual().0).expect("valid faults");
+        let set_at = s.set_at;
+        (s, set_at)
     }
 
     fn status(d: &Decision) -> Option<u16> {
@@ -261,26 +364,24 @@ mod tests {
 
     #[test]
     fn no_faults_inject_nothing() {
-        let now = Instant::now();
-        let mut s = state(Faults::default(), now);
+        let (mut s, now) = state(Faults::default());
         for _ in 0..10 {
-            assert_eq!(s.decide(now), Decision { latency: Duration::ZERO, injected: None });
+            assert_eq!(s.decide_at(now), Decision { latency: Duration::ZERO, injected: None });
         }
     }
 
     #[test]
     fn fail_every_counts_from_when_set() {
-        let now = Instant::now();
         let faults =
             Faults { fail_every: Some(3), fail_status: 500, retry_after: Some("2".into()), ..Faults::default() };
-        let mut s = state(faults.clone(), now);
-        let got: Vec<_> = (0..7).map(|_| status(&s.decide(now))).collect();
+        let (mut s, now) = state(faults.clone());
+        let got: Vec<_> = (0..7).map(|_| status(&s.decide_at(now))).collect();
         assert_eq!(got, [None, None, Some(500), None, None, Some(500), None]);
         let d = {
-            let mut s = state(faults, now);
-            s.decide(now);
-            s.decide(now);
-            s.decide(now)
+            let (mut s, now) = state(faults);
+            s.decide_at(now);
+            s.decide_at(now);
+            s.decide_at(now)
         };
         assert_eq!(
             d.injected,
@@ -290,54 +391,70 @@ mod tests {
 
     #[test]
     fn close_every_wins_over_fail_every() {
-        let now = Instant::now();
-        let mut s = state(Faults { fail_every: Some(2), close_every: Some(4), ..Faults::default() }, now);
-        let got: Vec<_> = (0..8).map(|_| status(&s.decide(now))).collect();
+        let (mut s, now) = state(Faults { fail_every: Some(2), close_every: Some(4), ..Faults::default() });
+        let got: Vec<_> = (0..8).map(|_| status(&s.decide_at(now))).collect();
         assert_eq!(got, [None, Some(503), None, Some(0), None, Some(503), None, Some(0)]);
     }
 
     #[test]
     fn fail_for_ms_is_a_window_from_when_set() {
-        let t0 = Instant::now();
-        let mut s = state(Faults { fail_for_ms: Some(100), ..Faults::default() }, t0);
-        assert_eq!(status(&s.decide(t0)), Some(503));
-        assert_eq!(status(&s.decide(t0 + Duration::from_millis(99))), Some(503));
-        assert_eq!(status(&s.decide(t0 + Duration::from_millis(100))), None);
-        assert_eq!(status(&s.decide(t0 + Duration::from_secs(5))), None);
+        let (mut s, t0) = state(Faults { fail_for_ms: Some(100), ..Faults::default() });
+        assert_eq!(status(&s.decide_at(t0)), Some(503));
+        assert_eq!(status(&s.decide_at(t0 + Duration::from_millis(99))), Some(503));
+        assert_eq!(status(&s.decide_at(t0 + Duration::from_millis(100))), None);
+        assert_eq!(status(&s.decide_at(t0 + Duration::from_secs(5))), None);
     }
 
     #[test]
     fn rate_limit_per_one_second_window() {
-        let t0 = Instant::now();
-        let mut s = state(Faults { rate_limit: Some(2), ..Faults::default() }, t0);
+        let (mut s, t0) = state(Faults { rate_limit: Some(2), ..Faults::default() });
         let at = |ms| t0 + Duration::from_millis(ms);
-        assert_eq!(status(&s.decide(at(0))), None);
-        assert_eq!(status(&s.decide(at(10))), None);
-        let third = s.decide(at(20));
+        assert_eq!(status(&s.decide_at(at(0))), None);
+        assert_eq!(status(&s.decide_at(at(10))), None);
+        let third = s.decide_at(at(20));
         assert_eq!(
             third.injected,
             Some(Injected::Status(StatusCode::TOO_MANY_REQUESTS, Some(HeaderValue::from_static("1"))))
         );
-        assert_eq!(status(&s.decide(at(999))), Some(429));
+        assert_eq!(status(&s.decide_at(at(999))), Some(429));
         // A new window starts with the first request at least 1 s after the last one started.
-        assert_eq!(status(&s.decide(at(1000))), None);
-        assert_eq!(status(&s.decide(at(1500))), None);
-        assert_eq!(status(&s.decide(at(1600))), Some(429));
-        assert_eq!(status(&s.decide(at(2100))), None);
+        assert_eq!(status(&s.decide_at(at(1000))), None);
+        assert_eq!(status(&s.decide_at(at(1500))), None);
+        assert_eq!(status(&s.decide_at(at(1600))), Some(429));
+        assert_eq!(status(&s.decide_at(at(2100))), None);
 
-        let mut s = state(Faults { rate_limit: Some(0), retry_after: Some("9".into()), ..Faults::default() }, t0);
+        let (mut s, t0) = state(Faults { rate_limit: Some(0), retry_after: Some("9".into()), ..Faults::default() });
         assert_eq!(
-            s.decide(t0).injected,
+            s.decide_at(t0).injected,
             Some(Injected::Status(StatusCode::TOO_MANY_REQUESTS, Some(HeaderValue::from_static("9"))))
         );
     }
 
     #[test]
+    fn the_windows_follow_the_injected_clock_and_restart_when_replaced() {
+        let (clock, time) = FaultClock::manual();
+        let mut s = FaultState::new(Faults { fail_for_ms: Some(100), ..Faults::default() }, clock).expect("valid");
+        assert_eq!(status(&s.decide()), Some(503));
+        time.advance(Duration::from_millis(99));
+        assert_eq!(status(&s.decide()), Some(503), "the clock, not real time, says when the outage ends");
+        time.advance(Duration::from_millis(1));
+        assert_eq!(status(&s.decide()), None);
+        s.replace(Faults { rate_limit: Some(1), ..Faults::default() }).expect("valid");
+        assert_eq!(status(&s.decide()), None);
+        assert_eq!(status(&s.decide()), Some(429));
+        assert!(s.replace(Faults { fail_every: Some(0), ..Faults::default() }).is_err());
+        assert_eq!(status(&s.decide()), Some(429), "a refused value changes nothing");
+        time.advance(Duration::from_secs(1));
+        assert_eq!(status(&s.decide()), None, "a new window");
+        s.clear();
+        assert!(!s.faults().is_active());
+    }
+
+    #[test]
     fn latency_applies_to_every_request() {
-        let now = Instant::now();
-        let mut s = state(Faults { latency_ms: Some(30), fail_every: Some(2), ..Faults::default() }, now);
+        let (mut s, now) = state(Faults { latency_ms: Some(30), fail_every: Some(2), ..Faults::default() });
         for _ in 0..4 {
-            assert_eq!(s.decide(now).latency, Duration::from_millis(30));
+            assert_eq!(s.decide_at(now).latency, Duration::from_millis(30));
         }
     }
 
@@ -347,7 +464,7 @@ mod tests {
         assert!(Faults { close_every: Some(0), ..Faults::default() }.validate().is_err());
         assert!(Faults { fail_status: 1000, ..Faults::default() }.validate().is_err());
         assert!(Faults { retry_after: Some("a\nb".into()), ..Faults::default() }.validate().is_err());
-        assert!(FaultState::new(Faults { fail_status: 42, ..Faults::default() }, Instant::now()).is_err());
+        assert!(FaultState::new(Faults { fail_status: 42, ..Faults::default() }, FaultClock::system()).is_err());
         assert!(Faults::default().validate().is_ok());
 
         let parsed: Faults = serde_json::from_str("{}").expect("empty object");

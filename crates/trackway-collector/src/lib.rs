@@ -72,7 +72,7 @@ mod util;
 
 pub use backends::{Backend, BackendRequest, DecodedEvent, UmamiMode, UmamiRow};
 pub use builder::{CollectorBuilder, ReservedCollector};
-pub use faults::{Faults, InvalidFaults};
+pub use faults::{FaultClock, Faults, InvalidFaults, ManualFaultClock};
 pub use recorder::{RecordedRequest, SinkStats};
 pub use reply::{Reply, Rule};
 pub use server::RunningCollector;

@@ -262,7 +262,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     }
 
     // Faults come first: a faulted request consumes no script entry.
-    let decision = lock(&shared.faults).decide(received_at);
+    let decision = lock(&shared.faults).decide();
     let injected = decision.reply();
 
     // Asked once: the same backend answers, labels and (later) decodes the request.

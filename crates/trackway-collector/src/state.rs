@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::archive::{Archive, instant_before};
 use crate::backends::{Backend, BackendRequest, Backends, UmamiMode};
-use crate::faults::{FaultState, Faults, InvalidFaults};
+use crate::faults::{FaultClock, FaultState, Faults, InvalidFaults};
 use crate::recorder::Recorder;
 use crate::reply::{Reply, Rule};
 use crate::util::lock;
@@ -30,6 +30,8 @@ pub(crate) struct Config {
     pub(crate) faults: Faults,
     pub(crate) store: Option<PathBuf>,
     pub(crate) umami_mode: UmamiMode,
+    /// What the fault windows are measured by.
+    pub(crate) fault_clock: FaultClock,
     /// The Umami website ids the server knows (`None`: every one).
     pub(crate) umami_websites: Option<Vec<String>>,
     /// The user's own backends, asked before the built-in ones, in the order added.
@@ -47,6 +49,7 @@ impl Default for Config {
             faults: Faults::default(),
             store: None,
             umami_mode: UmamiMode::V3,
+            fault_clock: FaultClock::system(),
             umami_websites: None,
             backends: Vec::new(),
         }
@@ -84,8 +87,8 @@ impl Shared {
     pub(crate) fn new(config: Config) -> io::Result<Self> {
         let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
         let started = Instant::now();
-        let faults =
-            FaultState::new(config.faults, started).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let faults = FaultState::new(config.faults, config.fault_clock.clone())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let started_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -123,9 +126,7 @@ impl Shared {
 
     /// Replaces the faults and restarts their counters and windows.
     pub(crate) fn set_faults(&self, faults: Faults) -> Result<(), InvalidFaults> {
-        let state = FaultState::new(faults, Instant::now())?;
-        *lock(&self.faults) = state;
-        Ok(())
+        lock(&self.faults).replace(faults)
     }
 
     /// The current faults.
@@ -135,7 +136,7 @@ impl Shared {
 
     /// Stops injecting faults.
     pub(crate) fn clear_faults(&self) {
-        *lock(&self.faults) = FaultState::cleared(Instant::now());
+        lock(&self.faults).clear();
     }
 
     /// Appends a reply to the script.

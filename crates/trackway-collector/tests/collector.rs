@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 use support::{client, watchdog};
-use trackway_collector::{Collector, Faults, Reply, Rule, SinkStats};
+use trackway_collector::{Collector, FaultClock, Faults, Reply, Rule, SinkStats};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -418,18 +418,18 @@ fn invalid_faults_are_refused() {
 #[test]
 fn fail_for_ms_is_an_outage_that_ends_by_itself() {
     watchdog(LIMIT, || {
+        let (clock, time) = FaultClock::manual();
         let collector = Collector::builder()
             .faults(Faults { fail_for_ms: Some(1000), fail_status: 500, ..Faults::default() })
+            .fault_clock(clock)
             .start()
             .expect("start");
         let client = client();
         let url = collector.url("/v1/batch");
-        let start = Instant::now();
         assert_eq!(post(&client, &url, "[]"), 500);
-        assert_eq!(post(&client, &url, "[]"), 500);
-        while start.elapsed() < Duration::from_millis(1050) {
-            thread::sleep(Duration::from_millis(20));
-        }
+        time.advance(Duration::from_millis(999));
+        assert_eq!(post(&client, &url, "[]"), 500, "still inside the window, however long the requests took");
+        time.advance(Duration::from_millis(1));
         assert_eq!(post(&client, &url, "[]"), 200);
     });
 }
@@ -468,20 +468,23 @@ fn close_every_drops_the_connection_without_an_answer() {
 #[test]
 fn rate_limit_answers_429_beyond_n_per_second() {
     watchdog(LIMIT, || {
-        let collector =
-            Collector::builder().faults(Faults { rate_limit: Some(3), ..Faults::default() }).start().expect("start");
+        // The window is measured by a clock only this test moves: the five requests are in one
+        // window however slowly the machine runs them.
+        let (clock, time) = FaultClock::manual();
+        let collector = Collector::builder()
+            .faults(Faults { rate_limit: Some(3), ..Faults::default() })
+            .fault_clock(clock)
+            .start()
+            .expect("start");
         let client = client();
         let url = collector.url("/x");
-        let start = Instant::now();
         let statuses: Vec<u16> = (0..5).map(|_| post(&client, &url, "[]")).collect();
-        // Meaningful only if the five requests fit in one window (they take milliseconds).
-        if start.elapsed() < Duration::from_millis(900) {
-            assert_eq!(statuses, [200, 200, 200, 429, 429]);
-            let response = client.post(&url).body("[]").send().expect("request");
-            assert_eq!(response.status().as_u16(), 429);
-            assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
-        }
-        thread::sleep(Duration::from_millis(1100));
+        assert_eq!(statuses, [200, 200, 200, 429, 429]);
+        time.advance(Duration::from_millis(999));
+        let response = client.post(&url).body("[]").send().expect("request");
+        assert_eq!(response.status().as_u16(), 429, "999 ms later: the same window");
+        assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+        time.advance(Duration::from_millis(1));
         assert_eq!(post(&client, &url, "[]"), 200, "a new window");
     });
 }

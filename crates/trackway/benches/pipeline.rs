@@ -14,7 +14,7 @@
 //! directory `<temp dir>/trackway-bench-<pid>-<phase>` that is removed after the phase.
 //!
 //! Knobs: `--n N` or `TRACKWAY_BENCH_N` (default 200 000); `TRACKWAY_BENCH_QUEUE_CAPACITY` overrides
-//! the client's `queue_capacity` (default: the SDK default, 10 000); `TRACKWAY_BENCH_PHASES` picks
+//! the client's `queue_capacity` (default: the SDK default, 16 384); `TRACKWAY_BENCH_PHASES` picks
 //! phases for a quick run (comma-separated, default `memory,normal,full,baseline`).
 //!
 //! To profile the caller alone, start a sink (`TRACKWAY_BENCH_ROLE=sink`) and run the SDK phase

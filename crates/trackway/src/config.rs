@@ -104,7 +104,10 @@ impl ClientBuilder {
         self
     }
 
-    /// The outbox. Default: [`MemoryStore`](crate::store::MemoryStore).
+    /// The outbox. Default: the durable SQLite outbox ([`SqliteStore`](crate::store::SqliteStore))
+    /// at [`SqliteStore::default_path`](crate::store::SqliteStore::default_path) of the name given
+    /// to [`app`](Self::app), which the default therefore needs;
+    /// [`MemoryStore`](crate::store::MemoryStore) keeps everything in memory instead.
     pub fn store(mut self, store: impl Store) -> Self {
         self.store = Some(Box::new(store));
         self
@@ -116,7 +119,7 @@ impl ClientBuilder {
         self
     }
 
-    /// Most events waiting in the channel to the worker (default 10 000). Beyond it, events are
+    /// Most events waiting in the channel to the worker (default 16 384). Beyond it, events are
     /// dropped and counted as `queue_full`; the caller is never blocked.
     pub fn queue_capacity(mut self, events: usize) -> Self {
         if events == 0 || events > policy::MAX_QUEUE_CAPACITY {
@@ -204,9 +207,14 @@ impl ClientBuilder {
     }
 
     /// The application's name and version, sent in every event's context.
+    ///
+    /// The default store (the durable outbox) needs the name: its file lives under it, so
+    /// without `app` (or an explicit [`store`](Self::store)) `build()` fails. Pass `""` as the
+    /// version when the application has none (events then carry no version), or
+    /// `env!("CARGO_PKG_VERSION")` for the crate's own.
     pub fn app(mut self, name: impl Into<String>, version: impl Into<String>) -> Self {
         self.app_name = Some(name.into());
-        self.app_version = Some(version.into());
+        self.app_version = Some(version.into()).filter(|v: &String| !v.is_empty());
         self
     }
 

@@ -182,6 +182,35 @@ pub enum FlushError {
     /// The client was already shut down.
     #[error("the client is already shut down")]
     AlreadyShutdown,
+    /// Internal: how the persist barrier's failure reaches [`Client::persisted`](crate::Client::persisted),
+    /// which returns it as [`PersistError::NotCommitted`]; `flush` never returns it.
+    #[doc(hidden)]
+    #[error("not everything queued could be committed: {0}")]
+    NotCommitted(String),
+    /// The delivery worker stopped unexpectedly (it panicked; the log says why): nothing more
+    /// will be stored or delivered by this client.
+    #[error("the delivery worker stopped unexpectedly (it panicked; see the log)")]
+    WorkerStopped,
+}
+
+/// Why [`Client::persisted`](crate::Client::persisted) (the persist barrier) did not confirm that
+/// everything queued before it is committed to the store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PersistError {
+    /// Time ran out before the store committed everything queued before the call. The events are
+    /// not lost: they are committed later (within `commit_delay` once the worker gets to them).
+    #[error("events not yet committed to the store within {waited:?}: {uncommitted} accepted event(s) still to commit")]
+    Timeout {
+        /// How long the call waited.
+        waited: Duration,
+        /// Events accepted and not yet committed when the call gave up (from
+        /// [`Stats`](crate::Stats): enqueued, less persisted and those dropped before the store).
+        uncommitted: u64,
+    },
+    /// The client was already shut down.
+    #[error("the client is already shut down")]
+    AlreadyShutdown,
     /// Events queued before the barrier could not be committed to the store (a full disk, say);
     /// they were dropped and counted in `Stats::dropped`.
     #[error("not everything queued could be committed: {0}")]
@@ -190,6 +219,22 @@ pub enum FlushError {
     /// will be stored or delivered by this client.
     #[error("the delivery worker stopped unexpectedly (it panicked; see the log)")]
     WorkerStopped,
+}
+
+impl PersistError {
+    /// The barrier's error from the control channel's, with the uncommitted count from `stats`.
+    pub(crate) fn from_barrier(error: FlushError, stats: &crate::Stats) -> Self {
+        match error {
+            FlushError::Timeout { waited, .. } => {
+                let never_stored = stats.dropped.disk_full + stats.dropped.store_error;
+                let uncommitted = stats.enqueued.saturating_sub(stats.persisted + never_stored);
+                PersistError::Timeout { waited, uncommitted }
+            }
+            FlushError::AlreadyShutdown => PersistError::AlreadyShutdown,
+            FlushError::NotCommitted(why) => PersistError::NotCommitted(why),
+            FlushError::WorkerStopped => PersistError::WorkerStopped,
+        }
+    }
 }
 
 impl FlushError {
@@ -254,6 +299,7 @@ mod tests {
         check::<Error>();
         check::<BuildError>();
         check::<FlushError>();
+        check::<PersistError>();
         check::<ShutdownError>();
     }
 

@@ -12,6 +12,8 @@
 //! # let dir = std::env::temp_dir().join(format!("trackway-doc-{}", std::process::id()));
 //! let client = Client::builder()
 //!     .destination(JsonHttp::new(url))
+//!     // Name and version, sent in every event's context. The default store needs the name (its
+//!     // file is under it): without `.app` or `.store`, build() fails. No version? Pass "".
 //!     .app("shop", "2.4.0")
 //!     // Without this, the outbox is <user data dir>/shop/trackway/outbox.db.
 //!     .store(SqliteStore::new(dir.join("outbox.db")))
@@ -121,8 +123,8 @@
 //!   after the call, or delivered before that (then it is never written at all). A crash loses
 //!   the accepted events not yet committed or delivered (under a burst the commits can fall
 //!   behind `commit_delay`); [`Client::persisted`] commits at once and returns once everything
-//!   queued before it is safe (it fails if it could not be), and [`Stats::persisted`] counts
-//!   what is.
+//!   queued before it is safe (a [`PersistError`] if it could not be, or not within its
+//!   timeout), and [`Stats::persisted`] counts what is.
 //! - **Crash vs power loss.** With `synchronous = NORMAL` (the default) a commit survives a crash
 //!   of the process; a power loss may lose the last commits, never corrupt the file. With
 //!   [`store::Synchronous::Full`] every commit is fsynced and survives power loss too.
@@ -193,7 +195,7 @@ pub use clock::Clock;
 #[cfg(feature = "testing")]
 pub use clock::ManualClock;
 pub use config::{ClientBuilder, HttpOptions, RetryPolicy};
-pub use error::{BuildError, Error, FlushError, FlushReport, ShutdownError};
+pub use error::{BuildError, Error, FlushError, FlushReport, PersistError, ShutdownError};
 pub use message::{Identify, Message, Page, Screen, Track};
 pub use pipeline::health;
 pub use pipeline::health::{Health, HealthState, LastError};

@@ -86,7 +86,8 @@ pub struct DestinationStats {
     pub health: Health,
 }
 
-/// The live counters behind [`Stats`]; atomics so the caller's thread never takes a lock.
+/// The live counters behind [`Stats`]; atomics so the caller's thread never takes a lock (only
+/// `stats()` reads the health, behind a lock the worker takes when it changes).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) enqueued: AtomicU64,

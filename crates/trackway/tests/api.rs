@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use support::{fast_builder, json, watchdog};
 use trackway::destination::{Destination, InMemoryDestination, LimitError};
 use trackway::{
-    BuildError, Clock, Error, Event, EventKind, FlushError, HttpOptions, Identify, MessageId, Page, Screen,
-    ShutdownError, Timestamp, Track, props,
+    BuildError, Client, Clock, Error, Event, EventKind, FlushError, HttpOptions, Identify, MessageId, Page,
+    PersistError, Screen, ShutdownError, Timestamp, Track, props,
 };
 use trackway_collector::Collector;
 
@@ -502,9 +502,9 @@ fn secrets_never_appear_in_debug_or_errors() {
         json("a", "http://127.0.0.1:1/e".into()),
         HttpOptions::default().proxy("::not a url:pr0xy-pass"),
     );
-    if let Err(e) = bad.build() {
-        assert!(!e.to_string().contains("pr0xy-pass"), "{e}");
-    }
+    let e = bad.build().expect_err("an unparseable proxy URL is a build error");
+    assert!(matches!(e, BuildError::Http { .. }), "{e:?}");
+    assert!(!e.to_string().contains("pr0xy-pass"), "{e}");
     let client =
         fast_builder().destination_with(json("a", "http://127.0.0.1:1/e".into()), http).build().expect("client");
     assert!(!format!("{client:?}").contains("s3cr3t"));
@@ -520,6 +520,26 @@ fn build_errors_say_what_to_fix() {
     assert!(matches!(bad_url, BuildError::Destination { ref destination, .. } if destination == "j"), "{bad_url}");
     let zero = fast_builder().queue_capacity(0).destination(InMemoryDestination::new("x")).build().unwrap_err();
     assert!(matches!(zero, BuildError::InvalidSetting { setting: "queue_capacity", .. }));
+}
+
+#[test]
+fn a_url_with_an_empty_port_is_refused_at_build_instead_of_dialing_port_80() {
+    let err = fast_builder().destination(json("j", "http://127.0.0.1:/events".into())).build().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "destination `j`: URL has an empty port after `127.0.0.1:`, which would dial port 80 (http's default): \
+         write the port (`127.0.0.1:8080`) or remove the `:`"
+    );
+    let err = fast_builder().destination(json("j", "https://user:hunter2@[::1]:/e".into())).build().unwrap_err();
+    assert!(err.to_string().contains("empty port after `[::1]:`") && !err.to_string().contains("hunter2"), "{err}");
+    // A colon elsewhere is not a port.
+    fast_builder().destination(json("j", "http://127.0.0.1:8080/a:b?c=d:".into())).build().expect("a port");
+    #[cfg(feature = "umami")]
+    {
+        let umami = trackway::destination::Umami::new("6f2a9c1e-7b3d-4e8a-9f10-2c4d5e6f7a8b");
+        let err = fast_builder().destination(umami.base_url("http://umami.local:")).build().unwrap_err();
+        assert!(err.to_string().contains("base URL has an empty port after `umami.local:`"), "{err}");
+    }
 }
 
 #[test]
@@ -624,4 +644,78 @@ fn an_event_over_the_size_cap_is_an_error_at_the_call() {
         assert!(matches!(err, Error::TooLong { what: "serialized event", .. }), "{err}");
         assert_eq!(c.stats().enqueued, 0);
     });
+}
+
+#[test]
+fn persisted_counts_each_event_once_through_shutdown() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = memory_client(&dest);
+        for i in 0..1000 {
+            c.track("u", "e", props! { "i" => i }).expect("track");
+        }
+        c.persisted(Duration::from_secs(5)).expect("persisted");
+        assert_eq!(c.stats().persisted, 1000);
+        c.shutdown(Duration::from_secs(5)).expect("shutdown");
+        assert_eq!(c.stats().persisted, 1000, "the shutdown commit must not count them again");
+    });
+}
+
+#[test]
+fn requeued_dead_letters_count_as_persisted_with_the_memory_store_too() {
+    watchdog(LIMIT, || {
+        let collector = Collector::builder()
+            .script([trackway_collector::Reply::status(400).body("refused once")])
+            .start()
+            .expect("collector");
+        let c = fast_builder().destination(json("a", collector.url("/e"))).build().expect("client");
+        c.track("u", "e", props! {}).expect("track");
+        c.flush(Duration::from_secs(5)).expect("flush");
+        assert_eq!(c.stats().persisted, 1);
+        assert_eq!(c.requeue_dead_letters(Some("a"), 10).expect("requeue"), 1);
+        c.flush(Duration::from_secs(5)).expect("flush");
+        assert_eq!(c.stats().persisted, 2, "written to the store again, as the durable store counts it");
+        c.shutdown(Duration::from_secs(5)).expect("shutdown");
+        assert_eq!(c.stats().persisted, 2);
+    });
+}
+
+#[test]
+fn a_persist_barrier_that_times_out_says_what_is_not_committed() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = memory_client(&dest);
+        c.pause_worker();
+        for _ in 0..3 {
+            c.track("u", "e", props! {}).expect("track");
+        }
+        let err = c.persisted(Duration::from_millis(50)).unwrap_err();
+        assert!(
+            matches!(err, PersistError::Timeout { uncommitted: 3, .. }),
+            "the barrier's own error, with the count: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.starts_with("events not yet committed to the store within 50"), "{text}");
+        assert!(!text.contains("flush") && !text.contains("store:"), "no flush wording, no fake destination: {text}");
+        c.resume_worker();
+        c.persisted(Duration::from_secs(5)).expect("committed once the worker runs");
+    });
+}
+
+#[test]
+fn an_app_without_a_version_passes_an_empty_one_and_events_carry_none() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        let c = fast_builder().app("tool", "").destination(dest.clone()).build().expect("client");
+        c.track("u", "e", props! {}).expect("track");
+        c.flush(Duration::from_secs(5)).expect("flush");
+        let context = &dest.received()[0].event.context;
+        assert_eq!((context.app_name.as_deref(), context.app_version.as_deref()), (Some("tool"), None));
+    });
+}
+
+#[test]
+fn the_default_store_without_an_app_name_says_to_call_app() {
+    let err = Client::builder().destination(InMemoryDestination::new("m")).build().unwrap_err();
+    assert!(err.to_string().contains("call .app(name, version)"), "{err}");
 }

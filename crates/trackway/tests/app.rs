@@ -618,7 +618,11 @@ fn a_session_left_in_the_background_ends_when_the_timeout_passes_without_a_retur
         hand.advance(Duration::from_secs(3));
         c.app_background().expect("background");
         hand.advance(Duration::from_secs(59));
-        std::thread::sleep(Duration::from_millis(50)); // give the timer a chance to be wrong
+        // Wait until the timer has looked at the clock since it read 59 s, so a timer that ended
+        // the session too early would have done so by now.
+        let seen = c.session_timer_checks();
+        let looked = || c.session_timer_checks() >= seen + 2 || c.current_session().is_none();
+        assert!(support::wait_until(Duration::from_secs(5), looked), "the timer thread stopped checking");
         assert_eq!(c.current_session().as_deref(), Some(first.as_str()), "not yet timed out");
         hand.advance(Duration::from_secs(1));
         // The timer thread ends it by itself: no foreground, no restart.

@@ -169,3 +169,47 @@ fn a_closed_connection_is_retried() {
         assert_eq!(delivered_ids(&collector.requests()).get(&id.to_string()), Some(&1));
     });
 }
+
+#[test]
+fn the_last_failed_request_says_why_in_stats() {
+    watchdog(LIMIT, || {
+        // A closed port: bound once to learn a free one, then released.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let client =
+            fast_builder().destination(json("down", format!("http://127.0.0.1:{closed}/e"))).build().expect("client");
+        client.track("u1", "e", props! {}).expect("track");
+        assert!(wait_until(Duration::from_secs(10), || client.stats().destinations[0].failed_requests > 0));
+        let error =
+            client.stats().destinations[0].health.last_error.clone().expect("a failed request leaves its error");
+        assert_eq!(error.kind, trackway::health::LastErrorKind::NotSent, "{error:?}");
+        assert_eq!(error.status, None);
+        assert_eq!(error.to_string(), format!("connection refused to 127.0.0.1:{closed}"));
+
+        let collector = Collector::builder()
+            .script([Reply::status(503).body("maintenance until 14:00\nmore details"), Reply::ok()])
+            .start()
+            .expect("collector");
+        let client = fast_builder().destination(json("a", collector.url("/e"))).build().expect("client");
+        assert_eq!(client.stats().destinations[0].health.last_error, None, "nothing failed yet");
+        client.track("u1", "e", props! {}).expect("track");
+        client.flush(Duration::from_secs(10)).expect("delivered on the retry");
+        let stats = client.stats();
+        let error = stats.destinations[0].health.last_error.as_ref().expect("kept after the later success");
+        assert_eq!((error.kind, error.status), (trackway::health::LastErrorKind::Status, Some(503)));
+        assert_eq!(error.to_string(), "503 Service Unavailable: maintenance until 14:00");
+
+        // No answer within the request timeout.
+        let slow = Collector::builder()
+            .faults(trackway_collector::Faults { latency_ms: Some(2_000), ..Default::default() })
+            .start()
+            .expect("collector");
+        let http = trackway::HttpOptions::default().timeout(Duration::from_millis(100));
+        let client = fast_builder().destination_with(json("slow", slow.url("/e")), http).build().expect("client");
+        client.track("u1", "e", props! {}).expect("track");
+        assert!(wait_until(Duration::from_secs(10), || client.stats().destinations[0].health.last_error.is_some()));
+        let error = client.stats().destinations[0].health.last_error.clone().expect("timed out");
+        assert_eq!(error.kind, trackway::health::LastErrorKind::MaybeSent, "{error:?}");
+        let authority = slow.url("").trim_start_matches("http://").to_owned();
+        assert_eq!(error.to_string(), format!("timed out waiting for {authority}"));
+    });
+}

@@ -482,7 +482,7 @@ fn after_the_worker_panics_every_call_is_an_error_and_queued_events_are_counted(
         );
         let started = Instant::now();
         assert_eq!(client.flush(Duration::from_secs(10)).unwrap_err(), FlushError::WorkerStopped);
-        assert_eq!(client.persisted(Duration::from_secs(10)).unwrap_err(), FlushError::WorkerStopped);
+        assert_eq!(client.persisted(Duration::from_secs(10)).unwrap_err(), trackway::PersistError::WorkerStopped);
         assert_eq!(client.dead_letters(10).unwrap_err(), FlushError::WorkerStopped);
         assert_eq!(client.checkpoint("k", "v").unwrap_err(), Error::WorkerStopped);
         assert!(started.elapsed() < Duration::from_secs(1), "answered at once: {:?}", started.elapsed());

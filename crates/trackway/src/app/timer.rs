@@ -26,6 +26,9 @@ struct TimerState {
     /// When the backgrounded session times out.
     deadline: Option<Timestamp>,
     running: bool,
+    /// Times the thread has looked at the clock and acted on what it saw (the `testing` hook
+    /// [`Client::session_timer_checks`](crate::Client::session_timer_checks) reads it).
+    checks: u64,
 }
 
 impl SessionTimer {
@@ -83,12 +86,24 @@ fn run(shared: &Arc<Shared>, client: &Weak<Inner>) {
             // thread, which is not the worker: no deadlock).
             drop(client);
             state = lock(&timer.state);
+            state.checks += 1;
             continue;
         }
+        state.checks += 1;
         let wait = match shared.pipe.clock.real_wait(Duration::ZERO) {
             Some(_) => deadline.saturating_duration_since(now),
             None => MANUAL_CLOCK_POLL,
         };
         state = timer.wake.wait_timeout(state, wait).map_or_else(|e| e.into_inner().0, |(s, _)| s);
+    }
+}
+
+#[cfg(feature = "testing")]
+impl crate::Client {
+    /// Test hook: how many times the background session timer has read the clock and acted on
+    /// it. Once it has grown by two after a manual clock was advanced, the timer has seen the
+    /// new time (the first increment may be of a check that read the clock just before).
+    pub fn session_timer_checks(&self) -> u64 {
+        lock(&self.inner.shared.session_timer.state).checks
     }
 }

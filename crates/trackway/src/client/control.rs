@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::{CHECKPOINT_PREFIX, Client, Inner, check_len, lock};
-use crate::error::{Error, FlushError, FlushReport, ShutdownError};
+use crate::error::{Error, FlushError, FlushReport, PersistError, ShutdownError};
 use crate::pipeline::WorkerThread;
 use crate::policy::{CONTROL_TIMEOUT, MAX_EVENT_BYTES, ROOM_POLL, SHUTDOWN_MARGIN};
 use crate::queue::{Control, Done, Queue, Reply};
@@ -231,7 +231,7 @@ impl Client {
             Ok(Err(why)) => Err(FlushError::NotCommitted(why)),
             Err(Unanswered::Closed) => Err(FlushError::AlreadyShutdown),
             Err(Unanswered::WorkerStopped) => Err(FlushError::WorkerStopped),
-            Err(Unanswered::Timeout) => Err(self.timeout_error(started.elapsed(), make)),
+            Err(Unanswered::Timeout) => Err(self.timeout_error(started.elapsed())),
         }
     }
 
@@ -347,21 +347,26 @@ impl Client {
     /// store (with the durable store: safe from a process crash).
     ///
     /// # Errors
-    /// `Timeout` (pending is the count not yet persisted); `AlreadyShutdown`.
-    pub fn persisted(&self, timeout: Duration) -> Result<(), FlushError> {
+    /// [`PersistError`]: `Timeout` with the count not yet committed; `NotCommitted` when the
+    /// store failed; `AlreadyShutdown`; `WorkerStopped`.
+    pub fn persisted(&self, timeout: Duration) -> Result<(), PersistError> {
         blocking(self.barrier::<Block>(timeout, Control::Persisted))
+            .map_err(|e| PersistError::from_barrier(e, &self.stats()))
     }
 
     /// Async [`persisted`](Self::persisted).
     ///
     /// # Errors
     /// As [`persisted`](Self::persisted).
-    pub async fn persisted_async(&self, timeout: Duration) -> Result<(), FlushError> {
-        self.barrier::<Await>(timeout, Control::Persisted).await
+    pub async fn persisted_async(&self, timeout: Duration) -> Result<(), PersistError> {
+        self.barrier::<Await>(timeout, Control::Persisted)
+            .await
+            .map_err(|e| PersistError::from_barrier(e, &self.stats()))
     }
 
-    /// Commits what is queued, then tries to deliver it within `budget`, then stops the worker.
-    /// Idempotent: later calls (from any clone) return `AlreadyShutdown`. Afterwards every call
+    /// Tries to deliver everything queued within `budget` (events are committed on their usual
+    /// `commit_delay` meanwhile), then commits whatever is still uncommitted, delivered or not,
+    /// and stops the worker: what was not delivered stays in the store. Idempotent: later calls (from any clone) return `AlreadyShutdown`. Afterwards every call
     /// returns `Error::ShutDown` and is counted.
     ///
     /// Dropping the last clone does the same with the builder's `shutdown_timeout` (default 2 s).
@@ -446,15 +451,9 @@ impl Client {
         FlushReport { destinations: self.stats().destinations }
     }
 
-    fn timeout_error(&self, waited: Duration, make: fn(Reply) -> Control) -> FlushError {
-        let stats = self.stats();
-        let is_persist = matches!(make(Reply::Discard), Control::Persisted(_));
-        let pending = if is_persist {
-            vec![("store".to_owned(), stats.enqueued.saturating_sub(stats.persisted))]
-        } else {
-            pending_of(&stats.destinations)
-        };
-        FlushError::Timeout { waited, pending }
+    /// `persisted` turns this into its own error, with the uncommitted count.
+    fn timeout_error(&self, waited: Duration) -> FlushError {
+        FlushError::Timeout { waited, pending: pending_of(&self.stats().destinations) }
     }
 }
 

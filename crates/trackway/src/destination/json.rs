@@ -3,7 +3,7 @@
 use bytes::{BufMut, BytesMut};
 use trackway_wire::{EventKind, Timestamp};
 
-use super::{BatchLimits, Delivery, Destination, DestinationState, Encoded, EventRecord, Request, redact_url};
+use super::{BatchLimits, Delivery, Destination, DestinationState, Encoded, EventRecord, Request, parse_http_url};
 
 /// POSTs batches of trackway's own events, as a JSON array, to a URL.
 ///
@@ -98,12 +98,7 @@ impl Destination for JsonHttp {
     }
 
     fn check_config(&self) -> Result<(), String> {
-        let url =
-            reqwest::Url::parse(&self.url).map_err(|e| format!("URL {} is not valid: {e}", redact_url(&self.url)))?;
-        match url.scheme() {
-            "http" | "https" => Ok(()),
-            other => Err(format!("URL scheme must be http or https, not {other:?}")),
-        }
+        parse_http_url("URL", &self.url).map(drop)
     }
 
     fn encode(&self, events: &[EventRecord], _: &DestinationState, _: Timestamp) -> Encoded {
@@ -160,6 +155,6 @@ mod tests {
         assert!(JsonHttp::new("ftp://x/").check_config().is_err());
         let err = JsonHttp::new("http://user:hunter2@[::1/").check_config().expect_err("bad");
         assert!(!err.contains("hunter2"), "{err}");
-        assert_eq!(redact_url("http://user:hunter2@host/p"), "http://redacted@host/p");
+        assert_eq!(super::super::redact_url("http://user:hunter2@host/p"), "http://redacted@host/p");
     }
 }

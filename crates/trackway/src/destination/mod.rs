@@ -531,3 +531,30 @@ pub(crate) fn redact_url(url: &str) -> String {
         Err(_) => format!("<unparseable URL of {} bytes>", url.len()),
     }
 }
+
+/// Parses a destination's URL (`what` names it in messages: "URL", "base URL"), refusing what
+/// would send events somewhere other than meant: a scheme other than http or https, and an empty
+/// port (`http://host:/path`), which URL parsing accepts as the scheme's default port.
+pub(crate) fn parse_http_url(what: &str, url: &str) -> Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{what} {} is not valid: {e}", redact_url(url)))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("{what} scheme must be http or https, not {:?}", parsed.scheme()));
+    }
+    if let Some(host) = empty_port(url) {
+        let default = parsed.port_or_known_default().unwrap_or(80);
+        return Err(format!(
+            "{what} has an empty port after `{host}:`, which would dial port {default} ({}'s default): \
+             write the port (`{host}:8080`) or remove the `:`",
+            parsed.scheme()
+        ));
+    }
+    Ok(parsed)
+}
+
+/// The host of a URL whose authority ends in `:` with no port, without any user:password part.
+fn empty_port(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '\\', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    host_port.strip_suffix(':')
+}

@@ -97,7 +97,7 @@ use trackway_wire::{Event, EventKind, Properties, Timestamp, Value};
 
 use super::{
     AppEvent, BatchLimits, Classified, Delivery, Destination, DestinationState, Encoded, EventRecord, LimitError,
-    Request, Response, redact_url,
+    Request, Response, parse_http_url,
 };
 
 mod classify;
@@ -328,11 +328,7 @@ impl Destination for Umami {
                 self.website_given
             ));
         }
-        let url = reqwest::Url::parse(&self.base_url)
-            .map_err(|e| format!("base URL {} is not valid: {e}", redact_url(&self.base_url)))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("base URL scheme must be http or https, not {:?}", url.scheme()));
-        }
+        parse_http_url("base URL", &self.base_url)?;
         if let Some(h) = &self.hostname {
             if h.trim().is_empty() {
                 return Err("hostname is empty".into());

@@ -31,6 +31,12 @@ impl Worker {
     /// Commits (part of) what a write-behind store staged, then answers the barriers it covers.
     pub(super) fn commit(&mut self) {
         self.commit_at = None;
+        if !self.store.writes_behind() {
+            // `append` committed and counted these already: counting `next_seq - committed_below`
+            // here would count every event twice (the shutdown commit did).
+            self.committed_below = self.next_seq;
+            return;
+        }
         let committed = self.store.commit(COMMIT_PART);
         let lost = committed.lost.len() as u64;
         let below = committed.staged_from.unwrap_or(self.next_seq).max(self.committed_below);
@@ -245,7 +251,7 @@ impl Worker {
             }
             (None, _) if server_answered_ok => lane.health.worked(now_ts),
             (None, Ok(response)) => lane.health.failed(LastError::answer(response, now_ts), now),
-            (None, Err(error)) => lane.health.failed(LastError::transport(error, &flight.request, now_ts), now),
+            (None, Err(error)) => lane.health.failed(LastError::transport(error, now_ts), now),
         }
         if let Some(health) = lane.health.take_changed() {
             *lock(&counters.health) = health;

@@ -366,6 +366,9 @@ impl Worker {
             // Taken out of the dead letters already: written back soon, not whenever next.
             if self.store.writes_behind() {
                 self.commit_at.get_or_insert(Instant::now() + self.settings.commit_delay);
+            } else {
+                // Counted as the write-behind store's commit counts them.
+                bump(&self.shared.counters.persisted, n as u64);
             }
         }
         Ok(n)
@@ -643,20 +646,21 @@ async fn sleep_opt(d: Option<Duration>) {
 
 /// Sends one request and reads the answer (up to [`MAX_RESPONSE_BODY`]).
 async fn execute(http: &reqwest::Client, request: Request) -> Answer {
+    let url = request.url;
     let response = http
-        .request(request.method, &request.url)
+        .request(request.method, &url)
         .headers(request.headers)
         .body(request.body)
         .send()
         .await
         // Classified, without the URL (it may carry credentials, and errors end up in logs).
-        .map_err(TransportError::from_reqwest)?;
+        .map_err(|e| TransportError::from_reqwest(e, &url))?;
     let status = response.status();
     let headers = response.headers().clone();
     let mut body = Vec::new();
     let mut response = response;
     // The request reached the server: an error from here on is always "maybe sent".
-    while let Some(chunk) = response.chunk().await.map_err(TransportError::from_reqwest)? {
+    while let Some(chunk) = response.chunk().await.map_err(|e| TransportError::from_reqwest(e, &url))? {
         let room = MAX_RESPONSE_BODY.saturating_sub(body.len());
         body.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if room <= chunk.len() {
