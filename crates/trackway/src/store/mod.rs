@@ -30,6 +30,8 @@ mod sqlite;
 
 pub use memory::MemoryStore;
 pub use sqlite::{Inspection, SCHEMA_VERSION, SqliteStore, Synchronous};
+#[cfg(feature = "fuzzing")]
+pub(crate) use sqlite::chunk;
 
 /// An event to append.
 #[derive(Clone, Debug)]
