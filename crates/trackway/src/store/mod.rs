@@ -29,9 +29,9 @@ mod memory;
 mod sqlite;
 
 pub use memory::MemoryStore;
-pub use sqlite::{Inspection, SCHEMA_VERSION, SqliteStore, Synchronous};
 #[cfg(feature = "fuzzing")]
 pub(crate) use sqlite::chunk;
+pub use sqlite::{Inspection, SCHEMA_VERSION, SqliteStore, Synchronous};
 
 /// An event to append.
 #[derive(Clone, Debug)]

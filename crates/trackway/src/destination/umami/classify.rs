@@ -99,7 +99,9 @@ pub(super) fn classify(dest: &Umami, request: &Request, response: &Response) -> 
     let n = request.items.len();
     let mut out =
         if request.url.ends_with("/api/batch") { batch(n, response) } else { send(dest, request, n, response) };
-    if let Some(token) = out.1
+    // A token that is no valid header value could never be sent back (`encode` skips it):
+    // storing it would only replace, or evict, one that can.
+    if let Some(token) = out.1.filter(|t| http::HeaderValue::from_bytes(t.as_bytes()).is_ok())
         && let Some(key) = request_key(request)
     {
         let mut lru = dest.lru.lock().unwrap_or_else(|e| e.into_inner());
