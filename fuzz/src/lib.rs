@@ -170,24 +170,64 @@ impl Input {
             Input::NewtypeVariant(i, v) => !name(*i).is_empty() && v.keys_valid(),
             Input::Seq(items) | Input::Tuple(items) => items.iter().all(Input::keys_valid),
             Input::TupleVariant(i, items) => !name(*i).is_empty() && items.iter().all(Input::keys_valid),
-            Input::Map(entries) => entries.iter().all(|(k, v)| k.is_valid_key() && v.keys_valid()),
-            Input::Struct(fields) => fields.iter().all(|(k, v)| !name(*k).is_empty() && v.keys_valid()),
-            Input::StructVariant(i, fields) => {
-                !name(*i).is_empty() && fields.iter().all(|(k, v)| !name(*k).is_empty() && v.keys_valid())
-            }
+            // A key that is no scalar fails at once, even in a value a repeated key replaces later.
+            Input::Map(_) if self.has_non_scalar_key() => false,
+            Input::Map(entries) => last_values_valid(entries.iter().map(|(k, v)| (k.key().unwrap_or_default(), v))),
+            Input::Struct(fields) => struct_valid(fields),
+            Input::StructVariant(i, fields) => !name(*i).is_empty() && struct_valid(fields),
             _ => true,
         }
     }
 
-    fn is_valid_key(&self) -> bool {
-        match self.unwrapped() {
-            Input::Str(s) => !s.is_empty(),
-            Input::Char(_) | Input::Bool(_) | Input::I64(_) | Input::I8(_) | Input::U64(_) | Input::U32(_) => true,
-            Input::UnitVariant(i) => !name(*i).is_empty(),
+    /// Whether a map anywhere in this value has a key that is not a scalar.
+    pub fn has_non_scalar_key(&self) -> bool {
+        match self {
+            Input::Some(v) | Input::Newtype(v) | Input::NewtypeVariant(_, v) => v.has_non_scalar_key(),
+            Input::Seq(items) | Input::Tuple(items) | Input::TupleVariant(_, items) => {
+                items.iter().any(Input::has_non_scalar_key)
+            }
+            Input::Map(entries) => entries.iter().any(|(k, v)| k.key().is_none() || v.has_non_scalar_key()),
+            Input::Struct(fields) | Input::StructVariant(_, fields) => {
+                fields.iter().any(|(_, v)| v.has_non_scalar_key())
+            }
             _ => false,
         }
     }
 
+    /// The property name this value makes as a map key; `None` when it cannot be one.
+    fn key(&self) -> Option<String> {
+        Some(match self.unwrapped() {
+            Input::Str(s) => s.clone(),
+            Input::Char(c) => c.to_string(),
+            Input::Bool(b) => b.to_string(),
+            Input::I64(i) => i.to_string(),
+            Input::I8(i) => i.to_string(),
+            Input::U64(u) => u.to_string(),
+            Input::U32(u) => u.to_string(),
+            Input::UnitVariant(i) => name(*i).to_owned(),
+            _ => return None,
+        })
+    }
+}
+
+fn struct_valid(fields: &[(u8, Input)]) -> bool {
+    last_values_valid(fields.iter().map(|(k, v)| (name(*k).to_owned(), v)))
+}
+
+/// No key is empty, and the value each key keeps (a repeated key replaces the earlier value)
+/// has valid keys.
+fn last_values_valid<'a>(entries: impl Iterator<Item = (String, &'a Input)>) -> bool {
+    let mut last = std::collections::HashMap::new();
+    for (k, v) in entries {
+        if k.is_empty() {
+            return false;
+        }
+        last.insert(k, v);
+    }
+    last.values().all(|v| v.keys_valid())
+}
+
+impl Input {
     /// Whether the top level becomes an object (or nothing): what `from_serialize` takes.
     pub fn is_object_like(&self) -> bool {
         matches!(
