@@ -61,6 +61,9 @@ mod archive;
 mod backends;
 mod builder;
 mod faults;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod inspect;
 mod live;
 mod recorder;

@@ -66,8 +66,8 @@ impl Reply {
         self.header(RETRY_AFTER.as_str(), value)
     }
 
-    /// The body, for the backends' unit tests.
-    #[cfg(test)]
+    /// The body, for the backends' unit tests and the fuzzing entry points.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn body_bytes(&self) -> &[u8] {
         &self.body
     }

@@ -140,11 +140,69 @@ impl std::str::FromStr for Timestamp {
     type Err = ParseTimestampError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parsed = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-            .map_err(|_| ParseTimestampError { input: s.to_owned() })?;
+        let error = || ParseTimestampError { input: s.to_owned() };
+        let Ok(parsed) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) else {
+            // Outside years 0..=9999 a timestamp is written in the expanded form; it must read back
+            // (a stored or imported event carries it).
+            return parse_expanded(s).ok_or_else(error);
+        };
         let millis = parsed.unix_timestamp_nanos().div_euclid(1_000_000);
-        i64::try_from(millis).map(Timestamp).map_err(|_| ParseTimestampError { input: s.to_owned() })
+        i64::try_from(millis).map(Timestamp).map_err(|_| error())
     }
+}
+
+/// Parses the form [`Timestamp::format_into`] writes outside years 0..=9999 (ISO 8601's expanded
+/// years): `±YYYYYY-MM-DDTHH:MM:SS.mmmZ`, six digits or more, UTC only.
+fn parse_expanded(s: &str) -> Option<Timestamp> {
+    let b = s.as_bytes();
+    let sign: i128 = match b.first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let digits = b[1..].iter().take_while(|c| c.is_ascii_digit()).count();
+    // The rest has a fixed shape: `-MM-DDTHH:MM:SS.mmmZ`.
+    let rest = &b[1 + digits..];
+    if !(6..=18).contains(&digits) || rest.len() != 20 {
+        return None;
+    }
+    let number = |at: usize, len: usize| -> Option<i128> {
+        let field = &rest[at..at + len];
+        field.iter().all(u8::is_ascii_digit).then(|| field.iter().fold(0, |n, d| n * 10 + i128::from(d - b'0')))
+    };
+    let punctuation = [(0, b'-'), (3, b'-'), (6, b'T'), (9, b':'), (12, b':'), (15, b'.'), (19, b'Z')];
+    if punctuation.iter().any(|&(at, c)| rest[at] != c) {
+        return None;
+    }
+    let year = sign * b[1..1 + digits].iter().fold(0i128, |n, d| n * 10 + i128::from(d - b'0'));
+    let (month, day) = (number(1, 2)?, number(4, 2)?);
+    let (hour, minute, second, millis) = (number(7, 2)?, number(10, 2)?, number(13, 2)?, number(16, 3)?);
+    let leap = year.rem_euclid(4) == 0 && (year.rem_euclid(100) != 0 || year.rem_euclid(400) == 0);
+    let month_days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if !(1..=month_days).contains(&day) || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let total = ((days * 86_400 + hour * 3600 + minute * 60 + second) * 1000) + millis;
+    i64::try_from(total).ok().map(Timestamp)
+}
+
+/// Days since 1970-01-01 of a (year, month, day) civil date: the inverse of [`civil_from_days`]
+/// (Howard Hinnant's `days_from_civil`), in `i128` so no year can overflow it.
+fn days_from_civil(year: i128, month: i128, day: i128) -> i128 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 impl Serialize for Timestamp {
@@ -183,6 +241,33 @@ mod tests {
             assert_eq!(parsed.unix_millis(), ms, "{ours}");
             ms += 7_777_777_777;
         }
+    }
+
+    /// Checked by `fuzz/fuzz_targets/properties_value.rs` (stored events read back): an event
+    /// imported with a date after 9999 was stored in the expanded form and could not be read
+    /// back ("stored event is not valid").
+    #[test]
+    fn timestamps_outside_four_digit_years_read_back() {
+        for ms in [253_402_300_800_000, -62_167_219_200_001, -62_162_035_200_000, i64::MAX, i64::MIN, 1 << 60] {
+            let t = Timestamp::from_unix_millis(ms);
+            let text = t.to_string();
+            assert_eq!(text.parse::<Timestamp>().ok(), Some(t), "{text}");
+            let json = serde_json::to_string(&t).expect("serializes");
+            assert_eq!(serde_json::from_str::<Timestamp>(&json).ok(), Some(t), "{json}");
+        }
+        assert_eq!(Timestamp::from_unix_millis(253_402_300_800_000).to_string(), "+010000-01-01T00:00:00.000Z");
+        for bad in [
+            "+010000-02-30T00:00:00.000Z",
+            "+010001-02-29T00:00:00.000Z",
+            "+01000-01-01T00:00:00.000Z",
+            "+010000-01-01T24:00:00.000Z",
+            "+010000-01-01T00:00:00.000+01:00",
+            "+999999999999999999-01-01T00:00:00.000Z",
+            "+0100é0-01-01T00:00:00.000Z",
+        ] {
+            assert!(bad.parse::<Timestamp>().is_err(), "{bad}");
+        }
+        assert!("+010004-02-29T00:00:00.000Z".parse::<Timestamp>().is_ok(), "a leap day");
     }
 
     #[test]

@@ -512,6 +512,17 @@ mod tests {
         assert_eq!(serde_json::to_string(&p).expect("json"), r#"{"b":3,"a":2}"#);
     }
 
+    /// Found by `fuzz/fuzz_targets/properties_value.rs`: serde_json's default float parser read
+    /// this (an `f32` widened) back one unit in the last place off, so a stored event changed.
+    #[test]
+    fn json_round_trip_keeps_every_float_bit() {
+        for f in [8.828180325246348e-44, f64::from(f32::MIN_POSITIVE) / 3.0, 1e-300, 0.1 + 0.2] {
+            let p = props! { "x" => f };
+            let back: Properties = serde_json::from_str(&serde_json::to_string(&p).expect("json")).expect("parse");
+            assert_eq!(back.get("x").and_then(Value::as_f64).map(f64::to_bits), Some(f.to_bits()), "{f:e}");
+        }
+    }
+
     #[test]
     fn json_round_trip_keeps_native_types() {
         let p = props! { "i" => -3, "u" => u64::MAX, "f" => 0.5, "s" => "x", "n" => Value::Null, "b" => true };

@@ -182,6 +182,9 @@ mod clock;
 mod config;
 pub mod destination;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod message;
 mod pipeline;
 mod policy;

@@ -242,7 +242,13 @@ impl Backends {
 
     /// The backend of a `method` request to `path`.
     pub(crate) fn find(&self, method: &str, path: &str) -> &Arc<dyn Backend> {
-        self.claiming.iter().find(|b| b.claims(method, path)).unwrap_or(&self.rest)
+        self.claiming(method, path).unwrap_or(&self.rest)
+    }
+
+    /// The backend that claims a `method` request to `path`, if one does (the JSON destination,
+    /// which takes the rest, claims nothing).
+    pub(crate) fn claiming(&self, method: &str, path: &str) -> Option<&Arc<dyn Backend>> {
+        self.claiming.iter().find(|b| b.claims(method, path))
     }
 }
 

@@ -30,6 +30,8 @@ mod sqlite;
 
 pub use memory::MemoryStore;
 pub(crate) use sealed::{Appended, Committed, Evicted, NewEvent, Outbox, Recovered, StateChange};
+#[cfg(feature = "fuzzing")]
+pub(crate) use sqlite::chunk;
 pub use sqlite::{Inspection, SCHEMA_VERSION, SqliteStore, Synchronous};
 
 /// The destination indices in a route bitmask, lowest first.

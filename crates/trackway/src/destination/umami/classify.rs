@@ -122,7 +122,9 @@ pub(super) fn classify(dest: &Umami, request: &Request, response: &Response) -> 
         dest.seen.lock().unwrap_or_else(|e| e.into_inner()).fact = Some(fact);
     }
     count_dropped(dest, request, &mut out, learned.or(seen.fact));
-    if let Some(token) = token
+    // A token that is no valid header value could never be sent back (`encode` skips it):
+    // storing it would only replace, or evict, one that can.
+    if let Some(token) = token.filter(|t| http::HeaderValue::from_bytes(t.as_bytes()).is_ok())
         && let Some(key) = request_key(request)
     {
         let mut lru = dest.lru.lock().unwrap_or_else(|e| e.into_inner());

@@ -406,3 +406,28 @@ fn the_token_lru_is_bounded() {
     assert_eq!(tokens.len(), 2, "{tokens:?}");
     assert!(state.get(&cache_key(SITE, Some("a"), None, UA)).is_none(), "the least recently used went");
 }
+
+/// Checked by `fuzz/fuzz_targets/umami_classify.rs` (stored tokens are valid headers): a cache
+/// token with a control character was stored, replacing the good one, though no request can
+/// carry it as a header.
+#[test]
+fn a_token_that_cannot_be_a_header_is_not_stored() {
+    let dest = umami();
+    let mut state = DestinationState::default();
+    let req = request(&dest, &[purchase()], &state);
+    state.apply(&dest.classify(&req, &Response::new(200, r#"{"cache":"good"}"#)).state);
+    let c = dest.classify(&req, &Response::new(200, r#"{"cache":"bad\ntoken"}"#));
+    assert_eq!(c.outcomes, vec![Outcome::Delivered], "the events were taken all the same");
+    assert!(!c.state.iter().any(|(k, _)| k.starts_with("cache/")), "{:?}", c.state);
+    state.apply(&c.state);
+    let next = request(&dest, &[purchase()], &state);
+    assert_eq!(next.headers.get("x-umami-cache").map(|v| v.as_bytes()), Some(&b"good"[..]));
+
+    // A server without /api/batch answers /api/send with a plain-text token.
+    // (A fresh state: the one above has learned that its server has /api/batch.)
+    let old = umami().server_version("2.15");
+    let send = request(&old, &[purchase()], &DestinationState::default());
+    assert!(send.url.ends_with("/api/send"), "{}", send.url);
+    let c = old.classify(&send, &Response::new(200, "\u{1}token"));
+    assert!(!c.state.iter().any(|(k, _)| k.starts_with("cache/")), "plain-text token: {:?}", c.state);
+}

@@ -60,7 +60,8 @@ use super::{
 };
 use crate::destination::EventRecord;
 
-mod chunk;
+// `pub(crate)` for the `fuzzing` feature's entry points (crate::fuzzing) only.
+pub(crate) mod chunk;
 mod file;
 mod write;
 
