@@ -164,6 +164,7 @@ pub mod destination;
 mod error;
 mod message;
 mod pipeline;
+mod policy;
 mod queue;
 mod stats;
 pub mod store;

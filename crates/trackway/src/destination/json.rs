@@ -97,6 +97,10 @@ impl Destination for JsonHttp {
         self.delivery
     }
 
+    fn base_url(&self) -> Option<&str> {
+        Some(&self.url)
+    }
+
     fn check_config(&self) -> Result<(), String> {
         let url =
             reqwest::Url::parse(&self.url).map_err(|e| format!("URL {} is not valid: {e}", redact_url(&self.url)))?;

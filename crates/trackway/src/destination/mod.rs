@@ -121,6 +121,20 @@ pub trait Destination: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
+    /// The base URL every request of this destination starts with, if it has one: what
+    /// [`HttpOptions::fallback_base_urls`](crate::HttpOptions::fallback_base_urls) replaces when
+    /// failing over. Default: `None` (no failover).
+    fn base_url(&self) -> Option<&str> {
+        None
+    }
+
+    /// Host suffixes (such as `.customer.io`) that a redirect may lead to with this destination's
+    /// credentials. A redirect to the request's own host keeps them too; any other host gets the
+    /// request without `Authorization`, cookies or the configured headers. Default: none.
+    fn trusted_redirect_suffixes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Answers a request in-process instead of over HTTP. Only in-process destinations (such as
     /// the testing feature's `InMemoryDestination`) override it; real destinations leave `None`.
     #[doc(hidden)]
@@ -484,6 +498,20 @@ impl DestinationState {
     pub(crate) fn from_map(values: BTreeMap<String, Vec<u8>>) -> Self {
         DestinationState { values }
     }
+}
+
+/// Checks that `url` is an absolute http(s) URL with a host and, if a port is written, a port
+/// number (`http://host:/x` would silently dial port 80).
+pub(crate) fn check_http_url(what: &str, url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{what} {} is not valid: {e}", redact_url(url)))?;
+    match parsed.scheme() {
+        "http" | "https" => {}
+        other => return Err(format!("{what} scheme must be http or https, not {other:?}")),
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{what} {} has no host", redact_url(url)));
+    }
+    Ok(())
 }
 
 /// A URL with any user:password part replaced, for messages. A string that does not parse is not

@@ -40,14 +40,26 @@ use crate::store::{Recovered, Store};
 
 mod backoff;
 mod lane;
+mod transport;
 mod worker;
+
+pub(crate) use transport::Transport;
+
+/// How one destination's requests go out: its HTTP side and its own policies.
+#[derive(Debug)]
+pub(crate) struct LaneSetup {
+    pub(crate) transport: Transport,
+    /// The destination's retry policy (the client's unless its `HttpOptions` set one).
+    pub(crate) retry: RetryPolicy,
+    /// A cap on requests per second, if any.
+    pub(crate) max_requests_per_second: Option<f64>,
+}
 
 /// Worker settings taken from the builder.
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub(crate) batch_interval: Duration,
     pub(crate) commit_delay: Duration,
-    pub(crate) retry: RetryPolicy,
     pub(crate) max_event_age: Duration,
 }
 
@@ -56,13 +68,13 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     store: Box<dyn Store>,
     recovered: Recovered,
-    http: Vec<reqwest::Client>,
+    lanes: Vec<LaneSetup>,
     settings: Settings,
 ) -> std::io::Result<JoinHandle<()>> {
     // Built here, not in the thread, so a failure is a build() error rather than a silent worker.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new().name("trackway-worker".into()).spawn(move || {
-        let worker = worker::Worker::new(shared, store, recovered, http, settings);
+        let worker = worker::Worker::new(shared, store, recovered, lanes, settings);
         runtime.block_on(worker.run());
     })
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::task::{Id, JoinSet};
 
-use super::Settings;
 use super::lane::{Group, Lane, Next};
+use super::{LaneSetup, Settings};
 use crate::client::Shared;
 use crate::destination::{DestinationState, EventRecord, Request, Response};
 use crate::queue::{Control, Item, Reply, Taken};
@@ -18,9 +18,6 @@ use crate::store::{DeadLetterReason, NewEvent, Recovered, Store, StoreError, rou
 
 mod answers;
 mod purge;
-
-/// Response bodies are read up to this size; dead letters keep an excerpt.
-const MAX_RESPONSE_BODY: usize = 1 << 20;
 
 /// One request in flight: what the worker needs when its answer comes back.
 struct InFlight {
@@ -31,7 +28,7 @@ struct InFlight {
     failures: u32,
 }
 
-type Answer = Result<Response, String>;
+type Answer = Result<Response, super::transport::SendError>;
 
 pub(crate) struct Worker {
     shared: Arc<Shared>,
@@ -85,23 +82,26 @@ impl Worker {
         shared: Arc<Shared>,
         store: Box<dyn Store>,
         recovered: Recovered,
-        http: Vec<reqwest::Client>,
+        setups: Vec<LaneSetup>,
         settings: Settings,
     ) -> Self {
         let now = shared.clock.elapsed();
         let lanes = shared
             .destinations
             .iter()
-            .zip(http)
+            .zip(setups)
             .enumerate()
-            .map(|(i, (dest, http))| {
+            .map(|(i, (dest, setup))| {
                 let prefix = state_prefix(dest.name());
                 let state = recovered
                     .state
                     .iter()
                     .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_owned(), v.clone())))
                     .collect();
-                let mut lane = Lane::new(dest.clone(), http, DestinationState::from_map(state));
+                let mut lane = Lane::new(dest.clone(), setup.transport, setup.retry, DestinationState::from_map(state));
+                if let Some(rate) = setup.max_requests_per_second {
+                    lane.set_rate_cap(rate);
+                }
                 // Everything pending from an earlier run is a first attempt for this process.
                 if let Some(&(count, bytes)) = recovered.pending.get(i)
                     && count > 0
@@ -183,7 +183,10 @@ impl Worker {
     async fn wait(&mut self) {
         let clock = self.shared.clock.clone();
         let interval = self.settings.batch_interval;
-        let deadline = self.lanes.iter().filter_map(|l| l.next_deadline(interval)).min();
+        // With tracking off nothing is sent, so no lane deadline can be met: sleeping until one
+        // would spin. Turning tracking on queues a control, which wakes the worker.
+        let deadline =
+            if self.held() { None } else { self.lanes.iter().filter_map(|l| l.next_deadline(interval)).min() };
         let sleep_for = deadline.and_then(|d| clock.real_wait(d));
         let now = Instant::now();
         let drain_in =
@@ -570,8 +573,10 @@ impl Worker {
     }
 
     fn start(&mut self, i: usize, request: Request, seqs: Vec<u64>, failures: u32) {
+        let now = self.shared.clock.elapsed();
         let lane = &mut self.lanes[i];
         lane.in_flight += 1;
+        lane.on_request(now);
         bump(&self.shared.counters.destinations[i].requests, 1);
         let dest = lane.dest.clone();
         let http = lane.http.clone();
@@ -580,7 +585,7 @@ impl Worker {
             if let Some(local) = dest.respond_locally(&req) {
                 return Ok(local);
             }
-            execute(&http, req).await
+            http.send(req).await
         });
         self.in_flight.insert(handle.id(), InFlight { lane: i, seqs, request, failures });
     }
@@ -633,32 +638,6 @@ async fn sleep_opt(d: Option<Duration>) {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// Sends one request and reads the answer (up to [`MAX_RESPONSE_BODY`]).
-async fn execute(http: &reqwest::Client, request: Request) -> Answer {
-    let response = http
-        .request(request.method, &request.url)
-        .headers(request.headers)
-        .body(request.body)
-        .send()
-        .await
-        // without_url: a URL may carry credentials, and errors end up in logs.
-        .map_err(|e| e.without_url().to_string())?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let mut body = Vec::new();
-    let mut response = response;
-    while let Some(chunk) = response.chunk().await.map_err(|e| e.without_url().to_string())? {
-        let room = MAX_RESPONSE_BODY.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if room <= chunk.len() {
-            break;
-        }
-    }
-    let mut out = Response::new(status.as_u16(), Bytes::from(body));
-    out.headers = headers;
-    Ok(out)
 }
 
 #[cfg(test)]
