@@ -376,6 +376,11 @@ pub struct HttpOptions {
     pub(crate) proxy: Option<String>,
     pub(crate) ca_certs_pem: Vec<Vec<u8>>,
     pub(crate) user_agent: Option<String>,
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) max_requests_per_second: Option<f64>,
+    pub(crate) fallback_base_urls: Vec<String>,
+    /// Host names resolved to fixed addresses (tests only, through `resolve`).
+    pub(crate) resolve: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl Default for HttpOptions {
@@ -387,6 +392,10 @@ impl Default for HttpOptions {
             proxy: None,
             ca_certs_pem: Vec::new(),
             user_agent: None,
+            retry: None,
+            max_requests_per_second: None,
+            fallback_base_urls: Vec::new(),
+            resolve: Vec::new(),
         }
     }
 }
@@ -432,12 +441,89 @@ impl HttpOptions {
         self
     }
 
-    /// Builds the reqwest client these options describe.
-    pub(crate) fn build_client(&self) -> Result<reqwest::Client, String> {
+    /// This destination's own retry policy (attempts, backoff range, `Retry-After` cap) instead
+    /// of the client's ([`ClientBuilder::retry_policy`]).
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// Sends at most `per_second` requests per second to this destination, evenly spaced (default:
+    /// no cap). Customer.io budgets about 100 requests/s per workspace, Bloomreach 100 per IP.
+    /// Values that are not positive and finite are refused at `build()`.
+    pub fn max_requests_per_second(mut self, per_second: f64) -> Self {
+        self.max_requests_per_second = Some(per_second);
+        self
+    }
+
+    /// Base URLs to fail over to, in order, when the destination's own base URL sends nothing
+    /// (connection refused, DNS, TLS), times out or answers 5xx; never on a 4xx, which says the
+    /// request itself is wrong. After a failover the primary is tried again after 5 minutes.
+    ///
+    /// Only for destinations that name their base URL ([`Destination::base_url`]): a request URL
+    /// that starts with it has that prefix replaced. Default: none.
+    ///
+    /// [`Destination::base_url`]: crate::destination::Destination::base_url
+    pub fn fallback_base_urls<S: Into<String>>(mut self, urls: impl IntoIterator<Item = S>) -> Self {
+        self.fallback_base_urls = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Resolves `host` to `addr` instead of asking DNS, and treats it as loopback (plain http
+    /// redirects between such hosts keep credentials). For tests that need host names on
+    /// `127.0.0.1`; the port comes from the URL.
+    #[cfg(feature = "testing")]
+    pub fn resolve(mut self, host: impl Into<String>, addr: std::net::SocketAddr) -> Self {
+        self.resolve.push((host.into(), addr));
+        self
+    }
+
+    /// The lane setup these options describe for `destination`: its HTTP client and transport,
+    /// its retry policy (`default_retry` unless set here) and its rate cap.
+    pub(crate) fn lane_setup(
+        &self,
+        destination: &dyn crate::destination::Destination,
+        default_retry: &RetryPolicy,
+        clock: &crate::Clock,
+    ) -> Result<crate::pipeline::LaneSetup, String> {
+        if let Some(rate) = self.max_requests_per_second
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            return Err(format!("max_requests_per_second must be a positive number, not {rate}"));
+        }
+        let (client, secrets) = self.build_client()?;
+        let loopback_hosts = self.resolve.iter().map(|(h, _)| h.clone()).collect();
+        let mut transport =
+            crate::pipeline::Transport::new(client, secrets, destination.trusted_redirect_suffixes(), loopback_hosts);
+        if !self.fallback_base_urls.is_empty() {
+            let Some(primary) = destination.base_url() else {
+                return Err("fallback base URLs are set, but this destination does not name its base URL".into());
+            };
+            for url in &self.fallback_base_urls {
+                crate::destination::parse_http_url("fallback base URL", url)?;
+            }
+            let fallbacks = self.fallback_base_urls.iter().map(|u| u.trim_end_matches('/').to_owned()).collect();
+            transport = transport.with_fallbacks(primary.trim_end_matches('/').to_owned(), fallbacks, clock.clone());
+        }
+        Ok(crate::pipeline::LaneSetup {
+            transport,
+            retry: self.retry.clone().unwrap_or_else(|| default_retry.clone()),
+            max_requests_per_second: self.max_requests_per_second,
+        })
+    }
+
+    /// Builds the reqwest client these options describe, and the secret headers that go on each
+    /// request (not as default headers: a redirect to a foreign host must be able to drop them).
+    fn build_client(&self) -> Result<(reqwest::Client, http::HeaderMap), String> {
         let mut b = reqwest::Client::builder()
             .timeout(self.timeout)
             .connect_timeout(self.connect_timeout)
+            // Redirects are followed by the pipeline, which keeps the method, body and secrets right.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(self.user_agent.clone().unwrap_or_else(|| format!("trackway/{}", env!("CARGO_PKG_VERSION"))));
+        for (host, addr) in &self.resolve {
+            b = b.resolve(host, *addr);
+        }
         let mut headers = http::HeaderMap::new();
         for (name, value) in &self.headers {
             let name = http::HeaderName::from_bytes(name.as_bytes())
@@ -447,7 +533,6 @@ impl HttpOptions {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        b = b.default_headers(headers);
         match &self.proxy {
             Some(url) => {
                 let proxy = reqwest::Proxy::all(url)
@@ -463,7 +548,7 @@ impl HttpOptions {
                 reqwest::Certificate::from_pem(pem).map_err(|e| format!("CA certificate is not valid PEM: {e}"))?;
             b = b.add_root_certificate(cert);
         }
-        b.build().map_err(|e| e.to_string())
+        Ok((b.build().map_err(|e| e.to_string())?, headers))
     }
 }
 
@@ -477,6 +562,12 @@ impl fmt::Debug for HttpOptions {
             .field("proxy", &self.proxy.as_deref().map(crate::destination::redact_url))
             .field("ca_certs", &self.ca_certs_pem.len())
             .field("user_agent", &self.user_agent)
+            .field("retry", &self.retry)
+            .field("max_requests_per_second", &self.max_requests_per_second)
+            .field(
+                "fallback_base_urls",
+                &self.fallback_base_urls.iter().map(|u| crate::destination::redact_url(u)).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

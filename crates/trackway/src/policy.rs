@@ -88,3 +88,12 @@ pub(crate) const MAX_RESPONSE_BODY: usize = 1 << 20;
 /// How often the session timer looks at a manual clock (tests); a system clock is slept on
 /// exactly.
 pub(crate) const MANUAL_CLOCK_POLL: Duration = Duration::from_millis(10);
+
+// === HTTP ===
+
+/// Redirects followed for one request (as browsers and reqwest's default policy allow, minus the
+/// method change).
+pub(crate) const MAX_REDIRECTS: usize = 5;
+
+/// After failing over to a fallback base URL, how long before the primary is tried again.
+pub(crate) const FALLBACK_PRIMARY_RETRY: Duration = Duration::from_secs(300);

@@ -63,8 +63,10 @@ impl Client {
             crate::pipeline::health::catch(|| d.check_config())
                 .unwrap_or_else(|panic| Err(format!("check_config panicked: {panic}")))
                 .map_err(|message| BuildError::Destination { destination: name.clone(), message })?;
-            http_clients
-                .push(http.build_client().map_err(|message| BuildError::Http { destination: name.clone(), message })?);
+            http_clients.push(
+                http.lane_setup(d.as_ref(), &b.retry, &b.clock)
+                    .map_err(|message| BuildError::Http { destination: name.clone(), message })?,
+            );
             names.push(name);
         }
         let mut store: Box<dyn crate::store::Store> = match b.store {
@@ -171,7 +173,6 @@ impl Client {
         let settings = pipeline::Settings {
             batch_interval: b.batch_interval,
             commit_delay: b.commit_delay,
-            retry: b.retry,
             max_event_age: b.max_event_age,
         };
         let worker = pipeline::spawn(pipe, store, recovered, http_clients, settings)

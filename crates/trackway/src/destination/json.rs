@@ -97,6 +97,10 @@ impl Destination for JsonHttp {
         self.delivery
     }
 
+    fn base_url(&self) -> Option<&str> {
+        Some(&self.url)
+    }
+
     fn check_config(&self) -> Result<(), String> {
         parse_http_url("URL", &self.url).map(drop)
     }

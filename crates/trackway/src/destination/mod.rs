@@ -137,6 +137,20 @@ pub trait Destination: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
+    /// The base URL every request of this destination starts with, if it has one: what
+    /// [`HttpOptions::fallback_base_urls`](crate::HttpOptions::fallback_base_urls) replaces when
+    /// failing over. Default: `None` (no failover).
+    fn base_url(&self) -> Option<&str> {
+        None
+    }
+
+    /// Host suffixes (such as `.customer.io`) that a redirect may lead to with this destination's
+    /// credentials. A redirect to the request's own host keeps them too; any other host gets the
+    /// request without `Authorization`, cookies or the configured headers. Default: none.
+    fn trusted_redirect_suffixes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Answers a request in-process instead of over HTTP. Only in-process destinations (such as
     /// the testing feature's `InMemoryDestination`) override it; real destinations leave `None`.
     #[doc(hidden)]

@@ -10,6 +10,8 @@ use std::time::Duration;
 use trackway_wire::Timestamp;
 
 use super::health::{HealthState, Tracker};
+use super::transport::Transport;
+use crate::config::RetryPolicy;
 use crate::destination::{BatchLimits, Delivery, Destination, DestinationState};
 
 /// Events that failed together and will be retried together (until split).
@@ -44,7 +46,13 @@ pub(crate) enum Next {
 
 pub(crate) struct Lane {
     pub(crate) dest: Arc<dyn Destination>,
-    pub(crate) http: reqwest::Client,
+    pub(crate) http: Transport,
+    /// This destination's retry policy (the client's unless its `HttpOptions` set one).
+    pub(crate) retry: RetryPolicy,
+    /// Least time between two requests (a request-rate cap), if any.
+    pub(crate) min_spacing: Option<Duration>,
+    /// When the rate cap lets the next request go (clock elapsed).
+    pub(crate) rate_next: Duration,
     pub(crate) limits: BatchLimits,
     pub(crate) ordered: bool,
     pub(crate) max_in_flight: usize,
@@ -87,7 +95,8 @@ impl Lane {
     /// A lane healthy since `now`.
     pub(crate) fn new(
         dest: Arc<dyn Destination>,
-        http: reqwest::Client,
+        http: Transport,
+        retry: RetryPolicy,
         state: DestinationState,
         now: Timestamp,
     ) -> Self {
@@ -100,6 +109,9 @@ impl Lane {
             limits: dest.batch_limits(),
             dest,
             http,
+            retry,
+            min_spacing: None,
+            rate_next: Duration::ZERO,
             ordered,
             max_in_flight,
             state,
@@ -151,7 +163,7 @@ impl Lane {
 
     /// Decides the next request, if one may go now. Takes the group out of `groups`.
     pub(crate) fn next(&mut self, now: Duration, interval: Duration) -> Option<Next> {
-        if self.in_flight >= self.capacity() || self.paused_until.is_some_and(|t| t > now) {
+        if self.in_flight >= self.capacity() || self.paused_until.is_some_and(|t| t > now) || self.rate_next > now {
             return None;
         }
         // Retries first, lowest seq first: it is the oldest data. An ordered destination takes
@@ -189,6 +201,18 @@ impl Lane {
             .filter(|(_, g)| eligible(g))
             .min_by_key(|(_, g)| g.seqs.first().copied().unwrap_or(u64::MAX))
             .map(|(i, _)| i)
+    }
+
+    /// Caps this lane at `per_second` requests per second (spaced evenly: no burst above it).
+    pub(crate) fn set_rate_cap(&mut self, per_second: f64) {
+        self.min_spacing = Some(Duration::from_secs_f64(1.0 / per_second));
+    }
+
+    /// A request is starting now: the rate cap's next slot moves on.
+    pub(crate) fn on_request(&mut self, now: Duration) {
+        if let Some(spacing) = self.min_spacing {
+            self.rate_next = self.rate_next.max(now) + spacing;
+        }
     }
 
     /// A first-attempt batch of `count` events ending at `last_seq` was read.
@@ -253,13 +277,15 @@ impl Lane {
             && !self.holds_fresh()
             && let Some(since) = self.fresh_since
         {
-            consider(since + interval);
+            // A full batch (or a flush) is due at once: only a pause or the rate cap holds it.
+            let full = self.fresh >= self.limits.max_events as u64
+                || self.fresh_bytes >= self.limits.max_bytes as u64
+                || self.flush_upto.is_some_and(|upto| upto >= self.next_fresh);
+            consider(if full { Duration::ZERO } else { since + interval });
         }
-        // Nothing goes out before a pause ends.
-        match (best, self.paused_until) {
-            (Some(b), Some(p)) => Some(b.max(p)),
-            (b, _) => b,
-        }
+        // Nothing goes out before a pause ends, nor before the rate cap allows.
+        let not_before = self.paused_until.unwrap_or_default().max(self.rate_next);
+        best.map(|b| b.max(not_before))
     }
 
     /// True when nothing is queued, waiting or in flight here, or nothing will ever be sent
@@ -294,9 +320,11 @@ mod tests {
     }
 
     fn lane(delivery: Delivery) -> Lane {
+        let http = Transport::new(reqwest::Client::new(), http::HeaderMap::new(), Vec::new(), Vec::new());
         Lane::new(
             Arc::new(Fake(delivery)),
-            reqwest::Client::new(),
+            http,
+            RetryPolicy::default(),
             DestinationState::default(),
             Timestamp::from_unix_millis(0),
         )
@@ -371,7 +399,7 @@ mod tests {
     #[test]
     fn a_lane_at_its_in_flight_limit_has_no_deadline() {
         let mut l = lane(Delivery::Parallel { max_in_flight: 2 });
-        for _ in 0..30 {
+        for _ in 0..5 {
             l.on_appended(10, Duration::ZERO);
         }
         assert_eq!(l.next_deadline(S), Some(S));
@@ -401,6 +429,34 @@ mod tests {
         assert!(l.next(10 * S, S).is_none());
         assert_eq!(l.next_deadline(S), None, "no wake-ups for a lane that never sends");
         assert!(l.is_idle(), "shutdown does not wait for it");
+    }
+
+    #[test]
+    fn a_full_batch_is_due_at_once_unless_paused() {
+        let mut l = lane(Delivery::Parallel { max_in_flight: 2 });
+        for _ in 0..10 {
+            l.on_appended(10, Duration::ZERO);
+        }
+        assert_eq!(l.next_deadline(S), Some(Duration::ZERO));
+        l.paused_until = Some(2 * S);
+        assert_eq!(l.next_deadline(S), Some(2 * S));
+    }
+
+    #[test]
+    fn a_rate_cap_spaces_requests_evenly() {
+        let mut l = lane(Delivery::Parallel { max_in_flight: 4 });
+        l.set_rate_cap(4.0);
+        for _ in 0..40 {
+            l.on_appended(10, Duration::ZERO);
+        }
+        let quarter = Duration::from_millis(250);
+        assert!(l.next(Duration::ZERO, S).is_some());
+        l.on_request(Duration::ZERO);
+        assert!(l.next(Duration::from_millis(249), S).is_none(), "the next slot is 250 ms later");
+        assert_eq!(l.next_deadline(S), Some(quarter));
+        assert!(l.next(quarter, S).is_some());
+        l.on_request(quarter);
+        assert_eq!(l.rate_next, 2 * quarter);
     }
 
     #[test]

@@ -49,16 +49,27 @@ pub mod health;
 mod lane;
 mod shared;
 mod stopped;
+mod transport;
 mod worker;
 
 pub(crate) use shared::Shared;
+pub(crate) use transport::Transport;
+
+/// How one destination's requests go out: its HTTP side and its own policies.
+#[derive(Debug)]
+pub(crate) struct LaneSetup {
+    pub(crate) transport: Transport,
+    /// The destination's retry policy (the client's unless its `HttpOptions` set one).
+    pub(crate) retry: RetryPolicy,
+    /// A cap on requests per second, if any.
+    pub(crate) max_requests_per_second: Option<f64>,
+}
 
 /// Worker settings taken from the builder.
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub(crate) batch_interval: Duration,
     pub(crate) commit_delay: Duration,
-    pub(crate) retry: RetryPolicy,
     pub(crate) max_event_age: Duration,
 }
 
@@ -83,7 +94,7 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     store: Box<dyn Store>,
     recovered: Recovered,
-    http: Vec<reqwest::Client>,
+    lanes: Vec<LaneSetup>,
     settings: Settings,
 ) -> std::io::Result<WorkerThread> {
     // Built here, not in the thread, so a failure is a build() error rather than a silent worker.
@@ -95,7 +106,7 @@ pub(crate) fn spawn(
         *lock(&d.health) = health::Health::healthy_since(now);
     }
     let thread = std::thread::Builder::new().name("trackway-worker".into()).spawn(move || {
-        let worker = worker::Worker::new(shared.clone(), store, recovered, http, settings);
+        let worker = worker::Worker::new(shared.clone(), store, recovered, lanes, settings);
         // A panic of the worker (a bug, or a store that panics) must not leave callers talking
         // to a channel nobody reads: the thread stays to refuse and count what comes.
         if let Err(message) = health::catch(|| runtime.block_on(worker.run())) {

@@ -267,7 +267,7 @@ impl Worker {
             }
         }
         if let Some(d) = pause {
-            let d = d.min(self.settings.retry.max_retry_after);
+            let d = d.min(lane.retry.max_retry_after);
             lane.paused_until = Some(lane.paused_until.map_or(now + d, |p| p.max(now + d)));
         }
         if retry.is_empty() {
@@ -277,7 +277,7 @@ impl Worker {
 
         // Poison detection: a strike for each event that failed while the destination worked,
         // either in this very response or since the event's previous failure.
-        let max_attempts = self.settings.retry.max_attempts;
+        let max_attempts = lane.retry.max_attempts;
         let mut exhausted = Vec::new();
         let mut keep = Vec::with_capacity(retry.len());
         for seq in retry {
@@ -303,7 +303,7 @@ impl Worker {
         }
         if !keep.is_empty() {
             let failures = flight.failures + 1;
-            let retry_policy = &self.settings.retry;
+            let retry_policy = &lane.retry;
             let backoff = full_jitter(retry_policy.base_backoff, retry_policy.max_backoff, failures.max(lane.failures));
             let due = lane.paused_until.filter(|p| *p > now).unwrap_or(now + backoff);
             lane.groups.push(Group { seqs: keep, due, failures, epoch: lane.delivered });

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::task::{Id, JoinSet};
 
-use super::Settings;
 use super::lane::{Group, Lane, Next};
+use super::{LaneSetup, Settings};
 use crate::destination::{DestinationState, EventRecord, Request, Response, TransportError};
 use crate::pipeline::Shared;
 use crate::pipeline::health::catch;
-use crate::policy::{DRAIN_DELAY, MAX_RESPONSE_BODY, STORE_ERROR_PAUSE};
+use crate::policy::{DRAIN_DELAY, STORE_ERROR_PAUSE};
 use crate::queue::{Control, Item, Reply, Taken};
 use crate::stats::bump;
 use crate::store::{DeadLetterReason, NewEvent, Recovered, Store, StoreError, routes};
@@ -87,7 +87,7 @@ impl Worker {
         shared: Arc<Shared>,
         store: Box<dyn Store>,
         recovered: Recovered,
-        http: Vec<reqwest::Client>,
+        setups: Vec<LaneSetup>,
         settings: Settings,
     ) -> Self {
         let now = shared.clock.elapsed();
@@ -95,16 +95,20 @@ impl Worker {
         let lanes = shared
             .destinations
             .iter()
-            .zip(http)
+            .zip(setups)
             .enumerate()
-            .map(|(i, (dest, http))| {
+            .map(|(i, (dest, setup))| {
                 let prefix = state_prefix(dest.name());
                 let state = recovered
                     .state
                     .iter()
                     .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_owned(), v.clone())))
                     .collect();
-                let mut lane = Lane::new(dest.clone(), http, DestinationState::from_map(state), now_ts);
+                let mut lane =
+                    Lane::new(dest.clone(), setup.transport, setup.retry, DestinationState::from_map(state), now_ts);
+                if let Some(rate) = setup.max_requests_per_second {
+                    lane.set_rate_cap(rate);
+                }
                 // Everything pending from an earlier run is a first attempt for this process.
                 if let Some(&(count, bytes)) = recovered.pending.get(i)
                     && count > 0
@@ -186,7 +190,10 @@ impl Worker {
     async fn wait(&mut self) {
         let clock = self.shared.clock.clone();
         let interval = self.settings.batch_interval;
-        let deadline = self.lanes.iter().filter_map(|l| l.next_deadline(interval)).min();
+        // With tracking off nothing is sent, so no lane deadline can be met: sleeping until one
+        // would spin. Turning tracking on queues a control, which wakes the worker.
+        let deadline =
+            if self.held() { None } else { self.lanes.iter().filter_map(|l| l.next_deadline(interval)).min() };
         let sleep_for = deadline.and_then(|d| clock.real_wait(d));
         let now = Instant::now();
         let drain_in =
@@ -589,8 +596,10 @@ impl Worker {
     }
 
     fn start(&mut self, i: usize, request: Request, seqs: Vec<u64>, failures: u32) {
+        let now = self.shared.clock.elapsed();
         let lane = &mut self.lanes[i];
         lane.in_flight += 1;
+        lane.on_request(now);
         bump(&self.shared.counters.destinations[i].requests, 1);
         let dest = lane.dest.clone();
         let http = lane.http.clone();
@@ -599,7 +608,7 @@ impl Worker {
             if let Some(local) = dest.respond_locally(&req) {
                 return Ok(local);
             }
-            execute(&http, req).await
+            http.send(req).await
         });
         let sent_at = self.shared.clock.elapsed();
         self.in_flight.insert(handle.id(), InFlight { lane: i, seqs, request, failures, sent_at });
@@ -642,34 +651,6 @@ async fn sleep_opt(d: Option<Duration>) {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// Sends one request and reads the answer (up to [`MAX_RESPONSE_BODY`]).
-async fn execute(http: &reqwest::Client, request: Request) -> Answer {
-    let url = request.url;
-    let response = http
-        .request(request.method, &url)
-        .headers(request.headers)
-        .body(request.body)
-        .send()
-        .await
-        // Classified, without the URL (it may carry credentials, and errors end up in logs).
-        .map_err(|e| TransportError::from_reqwest(e, &url))?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let mut body = Vec::new();
-    let mut response = response;
-    // The request reached the server: an error from here on is always "maybe sent".
-    while let Some(chunk) = response.chunk().await.map_err(|e| TransportError::from_reqwest(e, &url))? {
-        let room = MAX_RESPONSE_BODY.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if room <= chunk.len() {
-            break;
-        }
-    }
-    let mut out = Response::new(status.as_u16(), Bytes::from(body));
-    out.headers = headers;
-    Ok(out)
 }
 
 #[cfg(test)]
