@@ -102,6 +102,15 @@ pub enum Error {
     /// A destination name the client does not have.
     #[error("no destination is called `{0}`")]
     UnknownDestination(String),
+    /// [`Client::direct`](crate::Client::direct) asked for a destination type (with the name, if
+    /// given) the client does not have.
+    #[error("the client has no destination of type `{kind}`{}", named(.name))]
+    NoDestinationOfType {
+        /// The type asked for.
+        kind: &'static str,
+        /// The name asked for, if any.
+        name: Option<String>,
+    },
     /// A push token that is empty.
     #[error("Push token cannot be empty")]
     EmptyPushToken,
@@ -245,6 +254,10 @@ impl FlushError {
             FlushError::AlreadyShutdown | FlushError::NotCommitted(_) | FlushError::WorkerStopped => 0,
         }
     }
+}
+
+fn named(name: &Option<String>) -> String {
+    name.as_deref().map(|n| format!(" named `{n}`")).unwrap_or_default()
 }
 
 fn pending_list(pending: &[(String, u64)]) -> String {

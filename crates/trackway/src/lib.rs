@@ -181,6 +181,7 @@ mod client;
 mod clock;
 mod config;
 pub mod destination;
+pub mod direct;
 mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -203,7 +204,7 @@ pub use message::{Identify, Message, Page, Screen, Track};
 pub use pipeline::health;
 pub use pipeline::health::{Health, HealthState, LastError};
 pub use policy::{MAX_EVENT_BYTES, MAX_NAME_BYTES};
-pub use stats::{DestinationStats, Dropped, Stats};
+pub use stats::{DestinationStats, DirectStats, Dropped, Stats};
 pub use trackway_wire::{
     Event, EventKind, Identity, MessageId, PageInfo, Properties, PropertyError, Timestamp, Value, props,
 };

@@ -84,6 +84,21 @@ pub struct DestinationStats {
     pub dropped_fields: u64,
     /// Healthy, failing, unreachable, misconfigured or stopped; since when; the last error.
     pub health: Health,
+    /// [Direct calls](crate::direct) to this destination (not events: not in the counts above).
+    pub direct: DirectStats,
+}
+
+/// What became of one destination's [direct calls](crate::direct).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DirectStats {
+    /// Calls answered with success.
+    pub ok: u64,
+    /// Calls that may have reached the server and did not succeed (an error status, a broken
+    /// connection, no answer in time).
+    pub failed: u64,
+    /// Calls that never reached the server (refused before sending, or nothing could be sent).
+    pub not_sent: u64,
 }
 
 /// The live counters behind [`Stats`]; atomics so the caller's thread never takes a lock (only
@@ -122,6 +137,9 @@ pub(crate) struct DestinationCounters {
     pub(crate) dropped_fields: AtomicU64,
     /// Written by the worker on each change (rarely: failures and changes of state).
     pub(crate) health: Mutex<Health>,
+    pub(crate) direct_ok: AtomicU64,
+    pub(crate) direct_failed: AtomicU64,
+    pub(crate) direct_not_sent: AtomicU64,
 }
 
 /// Relaxed is enough: counters are statistics, never used to synchronize data.
@@ -172,6 +190,11 @@ impl Counters {
                     dropped_timestamps: get(&d.dropped_timestamps),
                     dropped_fields: get(&d.dropped_fields),
                     health: d.health.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                    direct: DirectStats {
+                        ok: get(&d.direct_ok),
+                        failed: get(&d.direct_failed),
+                        not_sent: get(&d.direct_not_sent),
+                    },
                 })
                 .collect(),
         }

@@ -54,6 +54,7 @@ impl Client {
         }
         let mut names: Vec<String> = Vec::new();
         let mut http_clients = Vec::new();
+        let mut direct = Vec::new();
         for (d, http) in &b.destinations {
             let name = d.name().to_owned();
             if names.contains(&name) {
@@ -63,10 +64,15 @@ impl Client {
             crate::pipeline::health::catch(|| d.check_config())
                 .unwrap_or_else(|panic| Err(format!("check_config panicked: {panic}")))
                 .map_err(|message| BuildError::Destination { destination: name.clone(), message })?;
-            http_clients.push(
-                http.lane_setup(d.as_ref(), &b.retry, &b.clock)
-                    .map_err(|message| BuildError::Http { destination: name.clone(), message })?,
-            );
+            let setup = http
+                .lane_setup(d.as_ref(), &b.retry, &b.clock)
+                .map_err(|message| BuildError::Http { destination: name.clone(), message })?;
+            direct.push(crate::direct::DirectSetup {
+                transport: setup.transport.clone(),
+                timeout: http.timeout,
+                slots: Arc::new(tokio::sync::Semaphore::new(d.direct_concurrency().max(1))),
+            });
+            http_clients.push(setup);
             names.push(name);
         }
         let mut store: Box<dyn crate::store::Store> = match b.store {
@@ -178,7 +184,13 @@ impl Client {
         let worker = pipeline::spawn(pipe, store, recovered, http_clients, settings)
             .map_err(|e| BuildError::Thread(e.to_string()))?;
         let client = Client {
-            inner: Arc::new(Inner { shared, worker: Mutex::new(Some(worker)), shutdown_timeout: b.shutdown_timeout }),
+            inner: Arc::new(Inner {
+                shared,
+                runtime: worker.runtime.clone(),
+                worker: Mutex::new(Some(worker)),
+                shutdown_timeout: b.shutdown_timeout,
+                direct,
+            }),
         };
         // The first run's `installation`, and the session of an app that starts in front.
         client.launch();

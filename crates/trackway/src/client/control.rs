@@ -85,7 +85,7 @@ impl Wait for Await {
     async fn join(worker: WorkerThread, timeout: Duration) {
         // `exited` resolves once the thread has nothing left to do; the handle is then dropped
         // (detached) rather than joined, since `join` blocks.
-        let WorkerThread { thread, exited } = worker;
+        let WorkerThread { thread, exited, .. } = worker;
         let _ = tokio::time::timeout(timeout, exited).await;
         drop(thread);
     }

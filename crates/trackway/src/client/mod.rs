@@ -63,6 +63,10 @@ pub(crate) struct Inner {
     /// Taken by the shutdown that joins it.
     worker: Mutex<Option<WorkerThread>>,
     shutdown_timeout: Duration,
+    /// The worker's runtime: direct calls run there, so they work from any caller.
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// Per destination, in order: what its direct calls go out with.
+    pub(crate) direct: Vec<crate::direct::DirectSetup>,
 }
 
 /// What the clones of a client share: the caller side's state, and the part the worker sees.

@@ -70,7 +70,7 @@ pub use umami::Umami;
 ///     }
 /// }
 /// ```
-pub trait Destination: Send + Sync + fmt::Debug + 'static {
+pub trait Destination: std::any::Any + Send + Sync + fmt::Debug + 'static {
     /// A short, stable name: used in stats, errors and as the key of its delivery state in the store.
     fn name(&self) -> &str;
 
@@ -135,6 +135,12 @@ pub trait Destination: Send + Sync + fmt::Debug + 'static {
     /// A message saying what to fix; `build()` returns it as a [`BuildError`](crate::BuildError).
     fn check_config(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    /// How many of this destination's [direct calls](crate::direct) may be in flight at once
+    /// (they never take the event lane's slots). Default: 4.
+    fn direct_concurrency(&self) -> usize {
+        4
     }
 
     /// The base URL every request of this destination starts with, if it has one: what
@@ -396,6 +402,17 @@ impl Request {
             headers: http::HeaderMap::new(),
             body: body.into(),
             items,
+        }
+    }
+
+    /// A GET of `url` without a body (a direct call such as a ping; it carries no events).
+    pub fn get(url: &str) -> Self {
+        Request {
+            method: http::Method::GET,
+            url: url.to_owned(),
+            headers: http::HeaderMap::new(),
+            body: Bytes::new(),
+            items: Vec::new(),
         }
     }
 

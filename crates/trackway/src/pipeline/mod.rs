@@ -81,6 +81,8 @@ pub(crate) struct WorkerThread {
     /// sender is dropped then), so an async caller can wait for the end without `join`, which
     /// blocks.
     pub(crate) exited: oneshot::Receiver<()>,
+    /// The worker's runtime, where direct calls run.
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 /// Locks `m`, ignoring poisoning: the data behind these locks stays consistent when a holder
@@ -100,6 +102,7 @@ pub(crate) fn spawn(
     // Built here, not in the thread, so a failure is a build() error rather than a silent worker.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (exit, exited) = oneshot::channel();
+    let handle = runtime.handle().clone();
     // Healthy from now on, before the first `stats()` can look.
     let now = shared.clock.now();
     for d in shared.counters.destinations.iter() {
@@ -116,5 +119,5 @@ pub(crate) fn spawn(
         drop(runtime);
         let _ = exit.send(());
     })?;
-    Ok(WorkerThread { thread, exited })
+    Ok(WorkerThread { thread, exited, runtime: handle })
 }

@@ -96,6 +96,28 @@ impl Transport {
         last.unwrap_or_else(|| Err(TransportError::new(TransportErrorKind::NotSent, "no base URL to send to")))
     }
 
+    /// Sends a direct call's `request` once: on the base in use, and on the next ones only while
+    /// nothing was sent (a call that may have reached a server is never sent again).
+    pub(crate) async fn send_direct(&self, request: Request) -> Result<Response, SendError> {
+        let Some(failover) = &self.failover else { return self.send_following(request).await };
+        let first = failover.current();
+        let n = failover.bases.len();
+        let mut last = None;
+        for step in 0..n {
+            let base = (first + step) % n;
+            let Some(url) = failover.rebase(&request.url, base) else {
+                return self.send_following(request).await;
+            };
+            let mut attempt = request.clone();
+            attempt.url = url;
+            match self.send_following(attempt).await {
+                Err(e) if e.kind() == TransportErrorKind::NotSent => last = Some(Err(e)),
+                answer => return answer,
+            }
+        }
+        last.unwrap_or_else(|| Err(TransportError::new(TransportErrorKind::NotSent, "no base URL to send to")))
+    }
+
     /// Sends `request` and follows up to [`MAX_REDIRECTS`] redirects (301, 302, 307, 308) with the
     /// same method and body. Secrets go along only while the scheme stays https (or plain http to
     /// loopback, in tests) and the host is the original one or ends with a trusted suffix.
