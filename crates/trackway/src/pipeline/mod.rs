@@ -49,9 +49,11 @@ pub mod health;
 mod lane;
 mod shared;
 mod stopped;
+mod table;
 mod worker;
 
 pub(crate) use shared::Shared;
+pub(crate) use table::DestinationTable;
 
 /// Worker settings taken from the builder.
 #[derive(Debug)]
@@ -60,6 +62,9 @@ pub(crate) struct Settings {
     pub(crate) commit_delay: Duration,
     pub(crate) retry: RetryPolicy,
     pub(crate) max_event_age: Duration,
+    /// Lanes (by index) of run-time destinations that could not be re-created, with why: they
+    /// start stopped, holding their events.
+    pub(crate) held: Vec<(usize, String)>,
 }
 
 /// The running worker thread.
@@ -91,7 +96,7 @@ pub(crate) fn spawn(
     let (exit, exited) = oneshot::channel();
     // Healthy from now on, before the first `stats()` can look.
     let now = shared.clock.now();
-    for d in shared.counters.destinations.iter() {
+    for d in shared.counters.active() {
         *lock(&d.health) = health::Health::healthy_since(now);
     }
     let thread = std::thread::Builder::new().name("trackway-worker".into()).spawn(move || {
