@@ -104,7 +104,9 @@ pub enum Error {
     UnknownDestination(String),
     /// [`Client::add_destination`](crate::Client::add_destination) with a kind that has no
     /// factory on this client.
-    #[error("no factory for run-time destinations of kind `{0}`: register one with ClientBuilder::runtime_destinations")]
+    #[error(
+        "no factory for run-time destinations of kind `{0}`: register one with ClientBuilder::runtime_destinations"
+    )]
     UnknownDestinationKind(String),
     /// A destination added at run time could not be made: the factory refused its
     /// configuration, its name is invalid, its `check_config` or HTTP options failed.

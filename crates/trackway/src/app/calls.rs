@@ -332,7 +332,8 @@ impl Client {
         self.check_open()?;
         let shared = &self.inner.shared;
         let table = &shared.pipe.destinations;
-        let named = options.destinations.iter().flatten().chain(options.mapping.iter().flat_map(|m| m.values().flatten()));
+        let named =
+            options.destinations.iter().flatten().chain(options.mapping.iter().flat_map(|m| m.values().flatten()));
         if let Some(unknown) = named.into_iter().find(|n| table.index_of(n).is_none()) {
             return Err(Error::UnknownDestination(unknown.clone()));
         }

@@ -211,7 +211,11 @@ pub(crate) fn new_anonymous_id() -> String {
 /// The destinations app-mode events of type `t` may go to: those `anonymize` chose (every
 /// destination configured at `build()` unless it chose), plus those its mapping adds for `t`.
 /// A destination added at run time gets app-mode events only when named.
-pub(crate) fn routes_mask(app: &AppState, t: crate::destination::EventType, table: &crate::pipeline::DestinationTable) -> u64 {
+pub(crate) fn routes_mask(
+    app: &AppState,
+    t: crate::destination::EventType,
+    table: &crate::pipeline::DestinationTable,
+) -> u64 {
     let main = match &app.destinations {
         None => table.configured_mask(),
         Some(chosen) => table.mask_of(chosen),

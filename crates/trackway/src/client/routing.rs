@@ -151,7 +151,10 @@ impl Client {
         let shared = &*self.inner.shared;
         self.check_open()?;
         let factory = shared.runtime.factory(kind).ok_or_else(|| Error::UnknownDestinationKind(kind.to_owned()))?;
-        let bad = |destination: &str, message: String| Error::DestinationConfig { destination: destination.to_owned(), message };
+        let bad = |destination: &str, message: String| Error::DestinationConfig {
+            destination: destination.to_owned(),
+            message,
+        };
         let (dest, http) = catch(|| factory.create(&config))
             .unwrap_or_else(|panic| Err(format!("the factory panicked: {panic}")))
             .map_err(|m| bad(kind, m))?;

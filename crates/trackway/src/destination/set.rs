@@ -101,7 +101,12 @@ impl Destination for Unavailable {
     fn name(&self) -> &str {
         &self.name
     }
-    fn encode(&self, _: &[super::EventRecord], _: &super::DestinationState, _: trackway_wire::Timestamp) -> super::Encoded {
+    fn encode(
+        &self,
+        _: &[super::EventRecord],
+        _: &super::DestinationState,
+        _: trackway_wire::Timestamp,
+    ) -> super::Encoded {
         // Never called: its lane is stopped from the start, and a stopped lane sends nothing.
         super::Encoded::default()
     }

@@ -98,6 +98,15 @@ impl Health {
     pub(crate) fn healthy_since(since: Timestamp) -> Self {
         Health { since, ..Health::default() }
     }
+
+    /// Stopped since `since`: a run-time destination that could not be re-created.
+    pub(crate) fn unavailable(reason: &str, since: Timestamp) -> Self {
+        Health {
+            state: HealthState::Stopped,
+            since,
+            last_error: Some(LastError::unavailable(reason.to_owned(), since)),
+        }
+    }
 }
 
 /// What kind of failure a [`LastError`] was.
@@ -174,6 +183,11 @@ impl LastError {
             message: reason,
             at,
         }
+    }
+
+    /// A run-time destination could not be re-created, because of `reason`.
+    pub(crate) fn unavailable(reason: String, at: Timestamp) -> Self {
+        LastError { kind: LastErrorKind::Unavailable, status: None, message: reason, at }
     }
 
     /// Destination code (`what`: encode, classify, …) panicked with `message`.
@@ -370,7 +384,7 @@ impl Tracker {
         tracing::error!(destination = self.name.as_str(), reason = %reason,
             "trackway: run-time destination not re-created; its pending events are held and counted");
         self.enter(HealthState::Stopped, at);
-        self.record(LastError { kind: LastErrorKind::Unavailable, status: None, message: reason, at });
+        self.record(LastError::unavailable(reason, at));
     }
 
     /// A request was classified without a panic: the destination's code works.

@@ -99,6 +99,12 @@ pub(crate) fn spawn(
     for d in shared.counters.active() {
         *lock(&d.health) = health::Health::healthy_since(now);
     }
+    // Also before the first `stats()`: a destination that could not be re-created is stopped.
+    for (i, reason) in &settings.held {
+        if let Some(d) = shared.counters.destinations.get(*i) {
+            *lock(&d.health) = health::Health::unavailable(reason, now);
+        }
+    }
     let thread = std::thread::Builder::new().name("trackway-worker".into()).spawn(move || {
         let worker = worker::Worker::new(shared.clone(), store, recovered, http, settings);
         // A panic of the worker (a bug, or a store that panics) must not leave callers talking

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use trackway_wire::Context;
 
-use crate::clock::Clock;
 use super::DestinationTable;
+use crate::clock::Clock;
 use crate::queue::Queue;
 use crate::stats::Counters;
 

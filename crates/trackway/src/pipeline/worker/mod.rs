@@ -117,11 +117,10 @@ impl Worker {
             .collect();
         // Run-time destinations that could not be re-created hold their events, stopped.
         for (i, reason) in std::mem::take(&mut settings.held) {
+            // Its stats say so already (`spawn`); this is the lane's own state machine, and the log.
             if let Some(lane) = lanes.get_mut(i) {
                 lane.health.unavailable(reason, now_ts);
-                if let (Some(health), Some(c)) = (lane.health.take_changed(), shared.counters.destinations.get(i)) {
-                    *crate::pipeline::lock(&c.health) = health;
-                }
+                let _ = lane.health.take_changed();
             }
         }
         let context_len = shared_context_len(&shared);
@@ -436,9 +435,9 @@ impl Worker {
             Control::PanicForTest => panic!("worker panic requested by panic_worker_for_test"),
             // Taken in `drain`; reached only if a caller bypasses it.
             Control::AddDestination { index, destination, http, spec, reply } => {
-                let added = self.add_lane(index, destination, http).and_then(|()| {
-                    self.store.set_state(&[spec]).map_err(|e| e.to_string())
-                });
+                let added = self
+                    .add_lane(index, destination, http)
+                    .and_then(|()| self.store.set_state(&[spec]).map_err(|e| e.to_string()));
                 reply.answer(added);
             }
             Control::State(changes) => {

@@ -573,20 +573,15 @@ impl Outbox for SqliteStore {
         open.hot.open(&names)?;
         open.hot_start = next_seq;
         self.open = Some(open);
-        Ok(Recovered {
-            next_seq,
-            state,
-            pending,
-            reset,
-            released_unconfigured: released,
-            runtime,
-        })
+        Ok(Recovered { next_seq, state, pending, reset, released_unconfigured: released, runtime })
     }
 
     fn add_destination(&mut self, name: &str) -> Result<(), StoreError> {
         let open = self.inner()?;
         let used: u64 = open.bits.iter().fold(0, |m, b| m | b);
-        let free = (0..64).find(|b| used & (1 << b) == 0).ok_or_else(|| StoreError::Backend("more than 64 destinations".into()))?;
+        let free = (0..64)
+            .find(|b| used & (1 << b) == 0)
+            .ok_or_else(|| StoreError::Backend("more than 64 destinations".into()))?;
         // Every bit not in use was cleared from the stored masks when the store was opened, so
         // the new destination starts with nothing pending.
         open.conn
