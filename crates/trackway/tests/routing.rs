@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::{json, wait_until, watchdog};
-use trackway::destination::{Destination, DestinationSet, EventType, JsonHttp};
+use trackway::destination::{Destination, DestinationFactory, DestinationSet, EventType, JsonHttp};
 use trackway::health::LastErrorKind;
 use trackway::store::{MemoryStore, SqliteStore};
 use trackway::{
@@ -192,9 +192,7 @@ fn queued_events_keep_the_route_they_were_given_when_anonymize_switches_projects
 
 /// A factory of JSON destinations for project names, with the project's URL taken from the
 /// app (here `urls`), as a factory takes credentials: the store keeps only the name.
-fn projects(
-    urls: BTreeMap<&'static str, String>,
-) -> impl Fn(&[u8]) -> Result<(Arc<dyn Destination>, HttpOptions), String> {
+fn projects(urls: BTreeMap<&'static str, String>) -> impl DestinationFactory + Clone {
     move |config: &[u8]| {
         let project = std::str::from_utf8(config).map_err(|e| e.to_string())?;
         let url = urls.get(project).ok_or_else(|| format!("no URL for project `{project}`"))?;

@@ -22,7 +22,7 @@ enum NextApp {
     /// Only the open session's last-seen time moved (the common case).
     Seen(crate::app::SessionState),
     /// Anything else: the whole new state.
-    Whole(AppState),
+    Whole(Box<AppState>),
 }
 
 /// How an internal call differs from a plain one.
@@ -186,7 +186,7 @@ impl Client {
                 update(&mut next);
             }
             state.extend(current.changes_to(&mut next));
-            Some(NextApp::Whole(next))
+            Some(NextApp::Whole(Box::new(next)))
         });
         let priority =
             if (is_identify && !server_mode) || opts.update.is_some() { Priority::Reserved } else { Priority::Normal };
@@ -203,7 +203,7 @@ impl Client {
         }
         bump(&shared.pipe.counters.enqueued, 1);
         match (app.as_mut(), next) {
-            (Some(current), Some(NextApp::Whole(next))) => **current = next,
+            (Some(current), Some(NextApp::Whole(next))) => **current = *next,
             (Some(current), Some(NextApp::Seen(seen))) => current.session = Some(seen),
             _ => {}
         }
