@@ -205,17 +205,23 @@ fn durable(path: &Path, collector: &RunningCollector) -> ClientBuilder {
     app().store(SqliteStore::new(path)).destination(json("a", collector.url("/a")))
 }
 
+/// An app-mode client on a memory store with destination `a` and the `project` factory for
+/// the projects at these collector paths.
+fn in_memory<const N: usize>(collector: &RunningCollector, projects_at: [(&'static str, &str); N]) -> Client {
+    let urls = projects_at.into_iter().map(|(p, path)| (p, collector.url(path))).collect();
+    app()
+        .destination(json("a", collector.url("/a")))
+        .runtime_destinations("project", projects(urls))
+        .store(MemoryStore::new())
+        .build()
+        .expect("client")
+}
+
 #[test]
 fn a_destination_added_at_run_time_gets_its_own_lane_and_app_events_once_anonymize_routes_to_it() {
     watchdog(LIMIT, || {
         let collector = Collector::start().expect("collector");
-        let urls = BTreeMap::from([("new", collector.url("/new")), ("bad/name", collector.url("/x"))]);
-        let client = app()
-            .destination(json("a", collector.url("/a")))
-            .runtime_destinations("project", projects(urls))
-            .store(MemoryStore::new())
-            .build()
-            .expect("client");
+        let client = in_memory(&collector, [("new", "/new"), ("bad/name", "/x")]);
         assert_eq!(
             client.anonymize(Anonymize::new().destinations(["project:new"])),
             Err(Error::UnknownDestination("project:new".into())),
@@ -241,13 +247,7 @@ fn a_destination_added_at_run_time_gets_its_own_lane_and_app_events_once_anonymi
 #[tokio::test(flavor = "current_thread")]
 async fn add_destination_async_works_on_a_current_thread_runtime() {
     let collector = Collector::start().expect("collector");
-    let urls = BTreeMap::from([("new", collector.url("/new"))]);
-    let client = app()
-        .destination(json("a", collector.url("/a")))
-        .runtime_destinations("project", projects(urls))
-        .store(MemoryStore::new())
-        .build()
-        .expect("client");
+    let client = in_memory(&collector, [("new", "/new")]);
     let added = tokio::time::timeout(Duration::from_secs(10), client.add_destination_async("project", "new")).await;
     assert_eq!(added.expect("no deadlock").expect("add"), "project:new");
     client.track("server-user", "server_event", trackway::props! {}).expect("server mode goes everywhere");
@@ -258,23 +258,28 @@ async fn add_destination_async_works_on_a_current_thread_runtime() {
     assert_eq!(names_at(&collector, "/new"), ["server_event"]);
 }
 
+/// A run that adds the project `new` (down), switches app events to it, tracks `events` and
+/// shuts down with them pending in the store at `path`.
+fn leave_pending_for_new_project(path: &Path, up: &RunningCollector, events: &[&str]) {
+    let down = Collector::builder().default_reply(Reply::status(503)).start().expect("down");
+    let factory = projects(BTreeMap::from([("new", down.url("/new"))]));
+    let client = durable(path, up).runtime_destinations("project", factory).build().expect("client");
+    let name = client.add_destination("project", "new").expect("add");
+    client.anonymize(Anonymize::new().destinations([name])).expect("switch");
+    for e in events {
+        client.capture(Track::new(*e)).expect("track");
+    }
+    client.persisted(FLUSH).expect("persisted");
+    assert!(client.shutdown(Duration::from_millis(200)).is_err(), "the project is down");
+}
+
 #[test]
 fn a_restart_re_creates_a_run_time_destination_from_its_factory_and_delivers_what_it_holds() {
     watchdog(LIMIT, || {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("outbox.db");
         let up = Collector::start().expect("collector");
-        let down = Collector::builder().default_reply(Reply::status(503)).start().expect("down");
-        {
-            let factory = projects(BTreeMap::from([("new", down.url("/new"))]));
-            let client = durable(&path, &up).runtime_destinations("project", factory).build().expect("client");
-            let name = client.add_destination("project", "new").expect("add");
-            client.anonymize(Anonymize::new().destinations([name])).expect("switch");
-            client.capture(Track::new("pending_1")).expect("track");
-            client.capture(Track::new("pending_2")).expect("track");
-            client.persisted(FLUSH).expect("persisted");
-            assert!(client.shutdown(Duration::from_millis(200)).is_err(), "the project is down");
-        }
+        leave_pending_for_new_project(&path, &up, &["pending_1", "pending_2"]);
         // The factory now knows the project is reachable at `up` (the app's own configuration).
         let factory = projects(BTreeMap::from([("new", up.url("/new"))]));
         let client = durable(&path, &up).runtime_destinations("project", factory).build().expect("rebuilt");
@@ -294,16 +299,7 @@ fn without_its_factory_a_run_time_destination_holds_its_events_until_a_build_has
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("outbox.db");
         let up = Collector::start().expect("collector");
-        let down = Collector::builder().default_reply(Reply::status(503)).start().expect("down");
-        {
-            let factory = projects(BTreeMap::from([("new", down.url("/new"))]));
-            let client = durable(&path, &up).runtime_destinations("project", factory).build().expect("client");
-            let name = client.add_destination("project", "new").expect("add");
-            client.anonymize(Anonymize::new().destinations([name])).expect("switch");
-            client.capture(Track::new("held")).expect("track");
-            client.persisted(FLUSH).expect("persisted");
-            assert!(client.shutdown(Duration::from_millis(200)).is_err());
-        }
+        leave_pending_for_new_project(&path, &up, &["held"]);
         {
             let client = durable(&path, &up).build().expect("built without the factory");
             let stats = client.stats();
