@@ -55,6 +55,8 @@ pub struct ClientBuilder {
     pub(crate) app_mode: bool,
     pub(crate) default_properties: Option<trackway_wire::Properties>,
     pub(crate) primary_id: Option<String>,
+    /// Factories of run-time destinations, by kind.
+    pub(crate) factories: Vec<(String, Arc<dyn crate::destination::DestinationFactory>)>,
     pub(crate) error: Option<BuildError>,
 }
 
@@ -80,6 +82,7 @@ impl Default for ClientBuilder {
             app_mode: false,
             default_properties: None,
             primary_id: None,
+            factories: Vec::new(),
             error: None,
         }
     }
@@ -101,6 +104,35 @@ impl ClientBuilder {
     /// Adds a destination with its own HTTP options (timeouts, extra headers, proxy, CA).
     pub fn destination_with(mut self, destination: impl Destination, http: HttpOptions) -> Self {
         self.destinations.push((Arc::new(destination), http));
+        self
+    }
+
+    /// Adds every destination of a set (e.g. a main project and the projects its mapping sends
+    /// chosen event types to), each its own lane with its own cursor. Names must be distinct,
+    /// contain no `/` and be derived from what each destination delivers to, not its position
+    /// (see [`DestinationSet`](crate::destination::DestinationSet)).
+    pub fn destinations(mut self, set: impl crate::destination::DestinationSet) -> Self {
+        self.destinations.extend(set.expand());
+        self
+    }
+
+    /// Registers the factory of run-time destinations of `kind`:
+    /// [`Client::add_destination`](crate::Client::add_destination) makes them with it, and
+    /// `build()` re-creates with it those the store still holds (events pending, or still named by
+    /// the app's routing) before any of their events is sent. A stored destination whose kind has
+    /// no factory is kept **stopped**: its events are held and counted, never sent elsewhere or
+    /// dropped, until a build registers the factory.
+    pub fn runtime_destinations(
+        mut self,
+        kind: impl Into<String>,
+        factory: impl crate::destination::DestinationFactory,
+    ) -> Self {
+        let kind = kind.into();
+        if kind.is_empty() {
+            return self.invalid("runtime_destinations", "the kind cannot be empty");
+        }
+        self.factories.retain(|(k, _)| *k != kind);
+        self.factories.push((kind, Arc::new(factory)));
         self
     }
 

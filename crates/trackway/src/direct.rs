@@ -207,10 +207,10 @@ impl Client {
     }
 
     fn find_direct<D: Destination>(&self, name: Option<&str>) -> Result<Direct<D>, Error> {
-        let destinations = &self.inner.shared.pipe.destinations;
-        let found = destinations.iter().enumerate().find(|(_, d)| {
+        // Destinations configured at `build()` offer direct calls; run-time ones do not (yet).
+        let found = self.inner.shared.pipe.destinations.iter().find(|(i, d)| {
             let any: &dyn Any = d.as_ref();
-            any.is::<D>() && name.is_none_or(|n| d.name() == n)
+            *i < self.inner.direct.len() && any.is::<D>() && name.is_none_or(|n| d.name() == n)
         });
         let Some((index, destination)) = found else {
             return Err(Error::NoDestinationOfType { kind: std::any::type_name::<D>(), name: name.map(str::to_owned) });

@@ -111,6 +111,26 @@ pub enum Error {
         /// The name asked for, if any.
         name: Option<String>,
     },
+    /// [`Client::add_destination`](crate::Client::add_destination) with a kind that has no
+    /// factory on this client.
+    #[error(
+        "no factory for run-time destinations of kind `{0}`: register one with ClientBuilder::runtime_destinations"
+    )]
+    UnknownDestinationKind(String),
+    /// A destination added at run time could not be made: the factory refused its
+    /// configuration, its name is invalid, its `check_config` or HTTP options failed.
+    #[error("run-time destination `{destination}`: {message}")]
+    DestinationConfig {
+        /// The destination's name (or its kind, when the factory made none).
+        destination: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A client has at most 64 destinations, configured and added at run time together (routes
+    /// are bits of a `u64`); run-time destinations that are no longer routed to and have nothing
+    /// pending are forgotten at the next `build()`.
+    #[error("a client has at most 64 destinations (configured and added at run time)")]
+    TooManyDestinations,
     /// A push token that is empty.
     #[error("Push token cannot be empty")]
     EmptyPushToken,

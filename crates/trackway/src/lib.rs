@@ -44,7 +44,20 @@
 //!   client in app mode still takes server-mode calls; a client not in app mode refuses a
 //!   message without a user ([`Error::NoUser`]) rather than guess whose it is.
 //! - **[`Destination`](destination::Destination)**: a backend. Destinations are pure (encode a
-//!   batch, classify the answer per event); the pipeline owns all I/O.
+//!   batch, classify the answer per event); the pipeline owns all I/O. Each has its own lane and
+//!   cursor. One configuration may stand for several
+//!   ([`DestinationSet`](destination::DestinationSet), [`ClientBuilder::destinations`]: a main
+//!   project and mapped ones), and destinations may be added at run time
+//!   ([`Client::add_destination`], made by a [`DestinationFactory`](destination::DestinationFactory)
+//!   registered with [`ClientBuilder::runtime_destinations`]; the store keeps their spec, no
+//!   secrets, so the next `build()` re-creates them before their pending events are sent, holds
+//!   those events stopped when the factory is missing, and forgets a run-time destination that is
+//!   no longer routed to and has nothing pending).
+//! - **Routing** is by [`EventType`](destination::EventType) (installation, session start and
+//!   end, custom, page, screen, customer update, payment, push token), fixed into each event at
+//!   enqueue: [`Destination::accepts_event_type`](destination::Destination::accepts_event_type),
+//!   and in app mode what [`Client::anonymize`] chose ([`Anonymize::destinations`] and the
+//!   per-type mapping [`Anonymize::route`]). A later change of routing never moves a queued event.
 //! - **Store**: the outbox ([`store`]). Every accepted event is appended there by the worker and
 //!   kept until each destination it was routed to has delivered or dead-lettered it.
 //!
@@ -66,7 +79,8 @@
 //!   [`Client::session_end`]. Every app-mode event in between carries the session id.
 //! - **`installation`** on the first run, **push tokens** ([`Client::track_push_token`], with a
 //!   [`TokenFrequency`]), **payments** ([`Client::track_payment`]), **[`Client::anonymize`]**
-//!   (sign-out: a new anonymous user, the push token moved over, optionally other destinations).
+//!   (sign-out: a new anonymous user, the push token moved over, optionally other destinations
+//!   and a per-event-type mapping, as Bloomreach's project switch does).
 //! - **Default properties** ([`ClientBuilder::default_properties`],
 //!   [`Client::set_default_properties`]): copied into each event at enqueue; the event's own
 //!   properties win over them, and fields trackway sets win over both.

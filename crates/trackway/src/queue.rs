@@ -133,6 +133,16 @@ pub(crate) enum Control {
     State(Vec<crate::store::StateChange>),
     /// Remove the queued events (of one user, when given); answers how many.
     Purge { user: Option<String>, reply: Reply<u64> },
+    /// Open a lane (and a store cursor) for a destination added at run time, at `index`, and
+    /// store its spec with the events queued before it. Taken at once in the drain, so every
+    /// event queued after it finds the lane.
+    AddDestination {
+        index: usize,
+        destination: std::sync::Arc<dyn crate::destination::Destination>,
+        setup: Box<crate::pipeline::LaneSetup>,
+        spec: crate::store::StateChange,
+        reply: Reply<Result<(), String>>,
+    },
     /// Test hook: the worker panics when it takes this out of the queue.
     #[cfg(feature = "testing")]
     PanicForTest,

@@ -1,8 +1,8 @@
 //! Counters of everything the client did with the events it was given: nothing is dropped without
 //! being counted under a reason.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use crate::pipeline::health::Health;
 
@@ -117,12 +117,16 @@ pub(crate) struct Counters {
     pub(crate) disabled: AtomicU64,
     pub(crate) purged: AtomicU64,
     pub(crate) worker_stopped: AtomicU64,
+    /// One per possible destination index (destinations added at run time take the next), so
+    /// the worker and callers index them without a lock; the first `active` are in use.
     pub(crate) destinations: Box<[DestinationCounters]>,
+    active: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct DestinationCounters {
-    pub(crate) name: String,
+    /// Set once, when the destination takes this index.
+    pub(crate) name: OnceLock<String>,
     pub(crate) delivered: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) requests: AtomicU64,
@@ -149,10 +153,29 @@ pub(crate) fn bump(c: &AtomicU64, n: u64) {
 
 impl Counters {
     pub(crate) fn new(names: impl IntoIterator<Item = String>) -> Self {
-        Counters {
-            destinations: names.into_iter().map(|name| DestinationCounters { name, ..Default::default() }).collect(),
+        let counters = Counters {
+            destinations: (0..crate::policy::MAX_DESTINATIONS).map(|_| DestinationCounters::default()).collect(),
             ..Default::default()
+        };
+        for name in names {
+            counters.add(name);
         }
+        counters
+    }
+
+    /// Counters for the next destination index, called `name`; its index.
+    pub(crate) fn add(&self, name: String) -> usize {
+        let index = self.active.load(Ordering::Acquire);
+        if let Some(d) = self.destinations.get(index) {
+            let _ = d.name.set(name);
+            self.active.store(index + 1, Ordering::Release);
+        }
+        index
+    }
+
+    /// The counters of the destinations in use.
+    pub(crate) fn active(&self) -> &[DestinationCounters] {
+        &self.destinations[..self.active.load(Ordering::Acquire).min(self.destinations.len())]
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -173,10 +196,10 @@ impl Counters {
                 worker_stopped: get(&self.worker_stopped),
             },
             destinations: self
-                .destinations
+                .active()
                 .iter()
                 .map(|d| DestinationStats {
-                    name: d.name.clone(),
+                    name: d.name.get().cloned().unwrap_or_default(),
                     delivered: get(&d.delivered),
                     retried: get(&d.retried),
                     requests: get(&d.requests),

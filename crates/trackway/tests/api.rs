@@ -695,7 +695,9 @@ fn a_persist_barrier_that_times_out_says_what_is_not_committed() {
             "the barrier's own error, with the count: {err:?}"
         );
         let text = err.to_string();
-        assert!(text.starts_with("events not yet committed to the store within 50"), "{text}");
+        // "within 50.1ms" or more: the time it waited, which a loaded machine stretches.
+        assert!(text.starts_with("events not yet committed to the store within "), "{text}");
+        assert!(text.ends_with(": 3 accepted event(s) still to commit"), "{text}");
         assert!(!text.contains("flush") && !text.contains("store:"), "no flush wording, no fake destination: {text}");
         c.resume_worker();
         c.persisted(Duration::from_secs(5)).expect("committed once the worker runs");

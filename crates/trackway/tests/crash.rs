@@ -145,11 +145,14 @@ fn check_other_process_holds_the_store(dir: &Path, pid: u32) {
         .build()
         .expect_err("another process holds the store");
     assert!(second.to_string().contains(&format!("store {} in use by pid {pid}", path.display())), "{second}");
-    // The writer may still be creating the schema: a reader sees an empty store until then.
+    // The writer takes the lock before it creates the file, and may still be creating the
+    // schema: a reader sees no file, then an empty store, until then.
     loop {
-        let seen = SqliteStore::inspect(&path).expect("a reader needs no lock");
-        if seen.pending.len() == 1 {
-            break;
+        if path.exists() {
+            let seen = SqliteStore::inspect(&path).expect("a reader needs no lock");
+            if seen.pending.len() == 1 {
+                break;
+            }
         }
         assert!(started.elapsed() < Duration::from_secs(20), "watchdog: the helper never mapped its destination");
         std::thread::sleep(Duration::from_millis(2));

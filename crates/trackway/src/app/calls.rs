@@ -5,6 +5,7 @@
 //! lock throughout, so two transitions never interleave; each event still commits its own
 //! state change together with itself.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -14,10 +15,11 @@ use super::push::{self, PushState};
 use super::session::{OnForeground, SessionState, on_foreground};
 use super::{AppIdentity, AppState, CONSENT_KEY, DEFAULTS_KEY, Launch, Payment, PushToken, write};
 use crate::client::{Await, Block, Options, Wait, blocking, check_len, lock, push, retry_until_room};
-use crate::destination::AppEvent;
+use crate::destination::{AppEvent, EventType};
 use crate::error::{Error, FlushError};
 use crate::policy::CONTROL_TIMEOUT;
 use crate::queue::Control;
+use crate::store::destinations::{StoredSpec, spec_change};
 use crate::{Client, Track};
 
 /// Options of [`Client::anonymize`].
@@ -31,6 +33,7 @@ use crate::{Client, Track};
 #[must_use]
 pub struct Anonymize {
     destinations: Option<Vec<String>>,
+    mapping: Option<BTreeMap<EventType, Vec<String>>>,
 }
 
 impl Anonymize {
@@ -39,8 +42,10 @@ impl Anonymize {
         Anonymize::default()
     }
 
-    /// Switch app-mode events to these destinations (by name; all must be configured on the
-    /// client), e.g. another Bloomreach project. Server-mode calls keep going everywhere. The
+    /// Switch app-mode events to these destinations (by name; each configured or added at run
+    /// time with [`Client::add_destination`], e.g. a Bloomreach project that was not configured
+    /// at `build()`). Server-mode calls keep going everywhere. Events already queued keep the
+    /// route they were given when queued. The
     /// choice is stored: a later run whose client lacks all of them gets `NoRoute` for app-mode
     /// events (never a silent switch back to the others) until `anonymize` chooses again.
     pub fn destinations<I, S>(mut self, names: I) -> Self
@@ -52,9 +57,35 @@ impl Anonymize {
         self
     }
 
-    /// Switch app-mode events back to every configured destination.
+    /// Switch app-mode events back to every destination configured at `build()`.
     pub fn all_destinations(mut self) -> Self {
         self.destinations = Some(Vec::new());
+        self
+    }
+
+    /// Also send app-mode events of `event_type` to these destinations (by name, configured or
+    /// added at run time): Bloomreach's project mapping, e.g. payments to a project of their
+    /// own. Calls add up; the mapping given **replaces** the stored one (an `Anonymize` without
+    /// any `route` keeps it, as Android does; [`clear_mapping`](Self::clear_mapping) removes
+    /// it). For Bloomreach's `trackEvent` key, route every type of [`EventType::CUSTOM_EVENTS`].
+    ///
+    /// ```
+    /// use trackway::{Anonymize, destination::EventType};
+    /// let options = Anonymize::new().destinations(["bloomreach:new-project"]).route(EventType::Payment, ["bloomreach:payments"]);
+    /// ```
+    pub fn route<I, S>(mut self, event_type: EventType, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let entry = self.mapping.get_or_insert_with(BTreeMap::new).entry(event_type).or_default();
+        entry.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Remove the stored mapping: app-mode events go only to the chosen destinations.
+    pub fn clear_mapping(mut self) -> Self {
+        self.mapping = Some(BTreeMap::new());
         self
     }
 }
@@ -300,9 +331,10 @@ impl Client {
     pub fn anonymize(&self, options: Anonymize) -> Result<(), Error> {
         self.check_open()?;
         let shared = &self.inner.shared;
-        if let Some(names) = &options.destinations
-            && let Some(unknown) = names.iter().find(|n| !shared.names.contains(n))
-        {
+        let table = &shared.pipe.destinations;
+        let named =
+            options.destinations.iter().flatten().chain(options.mapping.iter().flat_map(|m| m.values().flatten()));
+        if let Some(unknown) = named.into_iter().find(|n| table.index_of(n).is_none()) {
             return Err(Error::UnknownDestination(unknown.clone()));
         }
         let mut launch = lock(&shared.launch);
@@ -329,14 +361,20 @@ impl Client {
         }
         let anonymous_id = super::new_anonymous_id();
         let destinations = options.destinations.map(|d| (!d.is_empty()).then_some(d));
-        self.update_app_state(&|app: &mut AppState| {
+        let update = |app: &mut AppState| {
             app.identity = AppIdentity { anonymous_id: Some(anonymous_id.clone()), ..AppIdentity::default() };
             app.session = None;
             app.installed = false;
             if let Some(d) = &destinations {
                 app.destinations.clone_from(d);
             }
-        })?;
+            if let Some(m) = &options.mapping {
+                app.mapping.clone_from(m);
+            }
+        };
+        // The run-time destinations the new routing names (or no longer names) learn it in the
+        // same commit.
+        self.update_app_state_and(&update, &|next| shared.runtime.current_updates(next))?;
         launch.in_front = false;
         if shared.lifecycle.installation {
             self.track_installation()?;
@@ -568,7 +606,7 @@ impl Client {
 
     // === helpers ===
 
-    fn check_open(&self) -> Result<(), Error> {
+    pub(crate) fn check_open(&self) -> Result<(), Error> {
         let shared = &self.inner.shared;
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
@@ -585,6 +623,16 @@ impl Client {
     /// Changes the app state without an event: the change is queued (committed after the
     /// events queued before it) and applied to the live state under the same lock.
     pub(crate) fn update_app_state(&self, update: &dyn Fn(&mut AppState)) -> Result<(), Error> {
+        self.update_app_state_and(update, &|_| Vec::new())
+    }
+
+    /// [`update_app_state`](Self::update_app_state), with the spec changes of run-time
+    /// destinations that `specs` works out from the new state committed in the same change.
+    pub(crate) fn update_app_state_and(
+        &self,
+        update: &dyn Fn(&mut AppState),
+        specs: &dyn Fn(&AppState) -> Vec<(String, StoredSpec)>,
+    ) -> Result<(), Error> {
         let shared = &self.inner.shared;
         if shared.pipe.queue.worker_gone() {
             return Err(Error::WorkerStopped);
@@ -595,10 +643,13 @@ impl Client {
             let mut app = lock(&shared.app);
             let mut next = app.clone();
             update(&mut next);
-            let changes = app.changes_to(&mut next);
+            let mut changes = app.changes_to(&mut next);
+            let updates = specs(&next);
+            changes.extend(updates.iter().map(|(name, spec)| spec_change(name, Some(spec))));
             let queued = changes.is_empty() || shared.pipe.queue.push_control(Control::State(changes)).is_ok();
             if queued {
                 *app = next;
+                shared.runtime.apply(updates);
             }
             queued
         }));

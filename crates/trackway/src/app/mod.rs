@@ -33,6 +33,7 @@ const PUSH_KEY: &str = "push";
 const INSTALLED_KEY: &str = "installed";
 pub(crate) const CONSENT_KEY: &str = "consent";
 const ROUTES_KEY: &str = "app_destinations";
+const MAPPING_KEY: &str = "app_mapping";
 pub(crate) const DEFAULTS_KEY: &str = "default_properties";
 
 /// What an app does automatically: the `installation` event on the first run and sessions that
@@ -144,6 +145,9 @@ pub(crate) struct AppState {
     pub(crate) installed: bool,
     /// The destinations app-mode events go to (by name), when `anonymize` chose a subset.
     pub(crate) destinations: Option<Vec<String>>,
+    /// Extra destinations per event type for app-mode events (Bloomreach's project mapping), as
+    /// `anonymize` set it; empty when none.
+    pub(crate) mapping: BTreeMap<crate::destination::EventType, Vec<String>>,
     /// The identity was made in this run and is not in the store yet: it is written with the
     /// first app-mode event or state change (a server-mode client never writes one).
     pub(crate) unsaved: bool,
@@ -158,6 +162,7 @@ impl AppState {
             push: read(state, PUSH_KEY),
             installed: read(state, INSTALLED_KEY).unwrap_or(false),
             destinations: read(state, ROUTES_KEY),
+            mapping: read(state, MAPPING_KEY).unwrap_or_default(),
             unsaved: false,
         }
     }
@@ -182,6 +187,9 @@ impl AppState {
         if self.destinations != next.destinations {
             out.push(write(ROUTES_KEY, next.destinations.as_ref()));
         }
+        if self.mapping != next.mapping {
+            out.push(write(MAPPING_KEY, (!next.mapping.is_empty()).then_some(&next.mapping)));
+        }
         out
     }
 }
@@ -200,14 +208,26 @@ pub(crate) fn new_anonymous_id() -> String {
     uuid::Uuid::new_v4().hyphenated().to_string()
 }
 
-/// The destinations app-mode events may go to (all, unless `anonymize` chose some).
-pub(crate) fn routes_mask(app: &AppState, names: &[String]) -> u64 {
-    match &app.destinations {
-        None => u64::MAX,
-        Some(chosen) => {
-            names.iter().enumerate().filter(|(_, n)| chosen.contains(n)).fold(0, |mask, (i, _)| mask | (1 << i))
-        }
-    }
+/// The destinations app-mode events of type `t` may go to: those `anonymize` chose (every
+/// destination configured at `build()` unless it chose), plus those its mapping adds for `t`.
+/// A destination added at run time gets app-mode events only when named.
+pub(crate) fn routes_mask(
+    app: &AppState,
+    t: crate::destination::EventType,
+    table: &crate::pipeline::DestinationTable,
+) -> u64 {
+    let main = match &app.destinations {
+        None => table.configured_mask(),
+        Some(chosen) => table.mask_of(chosen),
+    };
+    let mapped = app.mapping.get(&t).map_or(0, |names| table.mask_of(names));
+    main | mapped
+}
+
+/// Whether `app`'s routing names the destination called `name`.
+pub(crate) fn names_destination(app: &AppState, name: &str) -> bool {
+    let named = |names: &Vec<String>| names.iter().any(|n| n == name);
+    app.destinations.as_ref().is_some_and(named) || app.mapping.values().any(named)
 }
 
 /// Applies an app-mode identify: the hard ids given **replace** the stored ones (as the Android

@@ -4,14 +4,18 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use trackway_wire::{Context, EventKind};
+use std::collections::BTreeMap;
 
+use trackway_wire::Context;
+
+use super::routing::{Routing, Runtime};
 use super::{CHECKPOINT_PREFIX, Client, Inner, Shared};
 use crate::app::{AppLifecycle, AppState};
 use crate::config::ClientBuilder;
-use crate::destination::AppEvent;
+use crate::destination::{Destination, DestinationFactory, Unavailable, check_name};
 use crate::error::BuildError;
 use crate::pipeline;
+use crate::pipeline::DestinationTable;
 use crate::policy::{MAX_DESTINATIONS, WAKE_THRESHOLD};
 use crate::queue::Queue;
 use crate::stats::{Counters, bump};
@@ -25,16 +29,6 @@ impl ClientBuilder {
     /// destination names, a store that cannot be opened.
     pub fn build(self) -> Result<Client, BuildError> {
         Client::from_builder(self)
-    }
-}
-
-/// Where each event kind goes: bit i of `routes[kind]` set means destination i takes it.
-pub(super) fn kind_index(kind: EventKind) -> usize {
-    match kind {
-        EventKind::Track => 0,
-        EventKind::Page => 1,
-        EventKind::Screen => 2,
-        EventKind::Identify => 3,
     }
 }
 
@@ -57,6 +51,8 @@ impl Client {
         let mut direct = Vec::new();
         for (d, http) in &b.destinations {
             let name = d.name().to_owned();
+            // The store keys a destination's state as `dest/{name}/…`: a `/` would read another's.
+            check_name(&name).map_err(|message| BuildError::Destination { destination: name.clone(), message })?;
             if names.contains(&name) {
                 return Err(BuildError::DuplicateDestination(name));
             }
@@ -92,6 +88,32 @@ impl Client {
             }
         };
         let recovered = store.open(&names).map_err(|e| BuildError::Store(e.to_string()))?;
+        let configured = names.len();
+        let mut destinations: Vec<Arc<dyn Destination>> = b.destinations.iter().map(|(d, _)| d.clone()).collect();
+        // Run-time destinations of earlier runs take the next indexes, in the store's order,
+        // before the worker starts: their pending events go nowhere else.
+        let mut held = Vec::new();
+        let mut specs = BTreeMap::new();
+        for r in &recovered.runtime {
+            match recreate(&b.factories, &r.name, &r.spec.kind, &r.spec.config, &b.retry, &b.clock) {
+                Ok((d, http)) => {
+                    destinations.push(d);
+                    http_clients.push(http);
+                }
+                Err(reason) => {
+                    held.push((destinations.len(), reason));
+                    let unavailable = Unavailable { name: r.name.clone() };
+                    // Never sends (the lane starts stopped); default options always build.
+                    let setup = crate::HttpOptions::default()
+                        .lane_setup(&unavailable, &b.retry, &b.clock)
+                        .map_err(|message| BuildError::Http { destination: r.name.clone(), message })?;
+                    destinations.push(Arc::new(unavailable));
+                    http_clients.push(setup);
+                }
+            }
+            names.push(r.name.clone());
+            specs.insert(r.name.clone(), r.spec.clone());
+        }
         let mut app = AppState::recover(&recovered.state);
         if app.identity.anonymous_id.is_none() {
             // Created now, so concurrent first calls cannot mint two; stored with the first
@@ -111,21 +133,9 @@ impl Client {
                 .unwrap_or_default(),
         };
 
-        let mut routes = [0u64; 4];
-        for (i, (d, _)) in b.destinations.iter().enumerate() {
-            for &kind in EventKind::ALL {
-                if d.accepts(kind) {
-                    routes[kind_index(kind)] |= 1 << i;
-                }
-            }
-        }
-        let mut app_routes = [0u64; 5];
-        for (i, (d, _)) in b.destinations.iter().enumerate() {
-            for event in AppEvent::ALL {
-                if d.accepts_app_event(event) {
-                    app_routes[event.index()] |= 1 << i;
-                }
-            }
+        let routing = Routing::default();
+        for (i, d) in destinations.iter().enumerate() {
+            routing.add(i, &**d);
         }
         let context = Context {
             library: "trackway".into(),
@@ -147,15 +157,15 @@ impl Client {
         let pipe = Arc::new(pipeline::Shared::new(
             Queue::new(b.queue_capacity, b.reserved_capacity, b.queue_max_bytes, WAKE_THRESHOLD),
             counters,
-            b.destinations.iter().map(|(d, _)| d.clone()).collect(),
+            DestinationTable::new(destinations, configured),
             b.clock,
             context,
             enabled,
         ));
         let shared = Arc::new(Shared {
             pipe: pipe.clone(),
-            routes,
-            app_routes,
+            routing,
+            runtime: Runtime::new(b.factories, specs, b.retry.clone()),
             before_send: b.before_send,
             app: Mutex::new(app),
             app_mode: b.app_mode,
@@ -163,7 +173,6 @@ impl Client {
             launch: Mutex::new(crate::app::Launch::default()),
             session_timer: crate::app::SessionTimer::default(),
             primary_id: b.primary_id,
-            names: names.clone(),
             has_defaults: AtomicBool::new(!defaults.is_empty()),
             defaults: Mutex::new(Arc::new(defaults)),
             checkpoints: Mutex::new(
@@ -180,6 +189,7 @@ impl Client {
             batch_interval: b.batch_interval,
             commit_delay: b.commit_delay,
             max_event_age: b.max_event_age,
+            held,
         };
         let worker = pipeline::spawn(pipe, store, recovered, http_clients, settings)
             .map_err(|e| BuildError::Thread(e.to_string()))?;
@@ -196,6 +206,38 @@ impl Client {
         client.launch();
         Ok(client)
     }
+}
+
+/// Re-creates the run-time destination `name` of `kind` from its stored `config`, or says why it
+/// cannot be (its events are then held).
+fn recreate(
+    factories: &[(String, Arc<dyn DestinationFactory>)],
+    name: &str,
+    kind: &str,
+    config: &[u8],
+    retry: &crate::RetryPolicy,
+    clock: &crate::Clock,
+) -> Result<(Arc<dyn Destination>, crate::pipeline::LaneSetup), String> {
+    let factory = factories.iter().find(|(k, _)| k == kind).map(|(_, f)| f).ok_or_else(|| {
+        format!(
+            "no factory for run-time destinations of kind `{kind}`: register one with \
+             ClientBuilder::runtime_destinations; its events are held"
+        )
+    })?;
+    let (d, http) = crate::pipeline::health::catch(|| factory.create(config))
+        .unwrap_or_else(|panic| Err(format!("the factory panicked: {panic}")))
+        .map_err(|e| format!("the `{kind}` factory could not re-create it: {e}; its events are held"))?;
+    if d.name() != name {
+        return Err(format!(
+            "the `{kind}` factory made `{}` from the configuration stored for `{name}`; its events are held",
+            d.name()
+        ));
+    }
+    crate::pipeline::health::catch(|| d.check_config())
+        .unwrap_or_else(|panic| Err(format!("check_config panicked: {panic}")))
+        .map_err(|e| format!("{e}; its events are held"))?;
+    let setup = http.lane_setup(d.as_ref(), retry, clock).map_err(|e| format!("{e}; its events are held"))?;
+    Ok((d, setup))
 }
 
 fn locale_from_env() -> Option<String> {

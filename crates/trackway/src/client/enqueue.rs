@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 
 use trackway_wire::{Event, EventKind, Identity, MessageId, Timestamp};
 
-use super::build::kind_index;
 use super::{CHECKPOINT_PREFIX, Client, Shared, lock};
 use crate::app::AppState;
+use crate::destination::EventType;
 use crate::error::Error;
 use crate::message::Message;
 use crate::policy::{MAX_EVENT_BYTES, MAX_NAME_BYTES};
@@ -22,7 +22,7 @@ enum NextApp {
     /// Only the open session's last-seen time moved (the common case).
     Seen(crate::app::SessionState),
     /// Anything else: the whole new state.
-    Whole(AppState),
+    Whole(Box<AppState>),
 }
 
 /// How an internal call differs from a plain one.
@@ -69,7 +69,9 @@ impl Client {
             return Err(Error::NoUser);
         }
         validate_message(&m)?;
-        let mut routes = shared.routes[kind_index(m.kind)];
+        // Routed by event type, fixed into the event here: a later change of routing never moves it.
+        let event_type = opts.app_event.map_or_else(|| EventType::of_kind(m.kind), EventType::from);
+        let mut routes = shared.routing.mask(event_type);
         let is_identify = m.kind == EventKind::Identify;
         let (ids, primary) = (std::mem::take(&mut m.ids), m.primary.take());
 
@@ -88,7 +90,7 @@ impl Client {
         } else {
             let app = lock(&shared.app);
             // App-mode events go only where `anonymize` pointed them.
-            routes &= crate::app::routes_mask(&app, &shared.names);
+            routes &= crate::app::routes_mask(&app, event_type, &shared.pipe.destinations);
             let mut who = app.identity.clone();
             if is_identify {
                 crate::app::apply_identify(&mut who, &ids, primary.as_deref(), shared.primary_id.as_deref());
@@ -100,15 +102,12 @@ impl Client {
             drop(app);
             (who.into_event_identity(m.ip.take(), m.user_agent.take()), session_id)
         };
-        if let Some(event) = opts.app_event {
-            routes &= shared.app_routes[event.index()];
-            if routes == 0 {
-                // No destination takes it: the session, token or flag still changes.
-                if let Some(update) = opts.update {
-                    self.update_app_state(update)?;
-                }
-                return Ok(MessageId::new_v7(shared.pipe.clock.now()));
+        if opts.app_event.is_some() && routes == 0 {
+            // No destination takes it: the session, token or flag still changes.
+            if let Some(update) = opts.update {
+                self.update_app_state(update)?;
             }
+            return Ok(MessageId::new_v7(shared.pipe.clock.now()));
         }
         if routes == 0 {
             return Err(Error::NoRoute { kind: m.kind.as_str() });
@@ -151,7 +150,7 @@ impl Client {
             }
             return Ok(id);
         }
-        for (i, d) in shared.pipe.destinations.iter().enumerate() {
+        for (i, d) in shared.pipe.destinations.iter() {
             if routes & (1 << i) != 0 {
                 crate::pipeline::health::catch(|| d.validate(&event))
                     .map_err(|message| Error::DestinationPanicked { destination: d.name().to_owned(), message })?
@@ -187,7 +186,7 @@ impl Client {
                 update(&mut next);
             }
             state.extend(current.changes_to(&mut next));
-            Some(NextApp::Whole(next))
+            Some(NextApp::Whole(Box::new(next)))
         });
         let priority =
             if (is_identify && !server_mode) || opts.update.is_some() { Priority::Reserved } else { Priority::Normal };
@@ -204,7 +203,7 @@ impl Client {
         }
         bump(&shared.pipe.counters.enqueued, 1);
         match (app.as_mut(), next) {
-            (Some(current), Some(NextApp::Whole(next))) => **current = next,
+            (Some(current), Some(NextApp::Whole(next))) => **current = *next,
             (Some(current), Some(NextApp::Seen(seen))) => current.session = Some(seen),
             _ => {}
         }

@@ -23,6 +23,7 @@ use crate::pipeline::{self, WorkerThread};
 mod build;
 mod control;
 mod enqueue;
+mod routing;
 
 pub(crate) use control::{Await, Block, Wait, blocking, push, retry_until_room};
 pub(crate) use enqueue::{Options, check_len};
@@ -73,10 +74,10 @@ pub(crate) struct Inner {
 pub(crate) struct Shared {
     /// What the worker shares (queue, counters, destinations, clock, context, consent).
     pub(crate) pipe: Arc<pipeline::Shared>,
-    /// Bit i of `routes[kind]`: destination i takes that kind.
-    routes: [u64; 4],
-    /// Bit i of `app_routes[event]`: destination i takes that app event.
-    app_routes: [u64; 5],
+    /// Which destinations take each event type.
+    pub(crate) routing: routing::Routing,
+    /// Factories and specs of the destinations added at run time.
+    pub(crate) runtime: routing::Runtime,
     before_send: Option<BeforeSend>,
     /// App-mode state. Locked briefly to snapshot it, and again around the push of an event that
     /// changes it, so a change is applied exactly when its event is queued.
@@ -92,8 +93,6 @@ pub(crate) struct Shared {
     pub(crate) session_timer: crate::app::SessionTimer,
     /// Which hard id is the primary user id when an identify does not say.
     pub(crate) primary_id: Option<String>,
-    /// Destination names, by index.
-    pub(crate) names: Vec<String>,
     /// Default properties, copied into each event at enqueue (`has_defaults` spares the lock
     /// when there are none).
     pub(crate) defaults: Mutex<Arc<Properties>>,
@@ -267,7 +266,7 @@ pub(crate) use crate::pipeline::lock;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.inner.shared.pipe.destinations.iter().map(|d| d.name()).collect();
+        let names: Vec<&str> = self.inner.shared.pipe.destinations.iter().map(|(_, d)| d.name()).collect();
         f.debug_struct("Client").field("destinations", &names).finish_non_exhaustive()
     }
 }

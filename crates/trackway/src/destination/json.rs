@@ -22,6 +22,7 @@ pub struct JsonHttp {
     limits: BatchLimits,
     delivery: Delivery,
     kinds: Option<Vec<EventKind>>,
+    event_types: Option<Vec<super::EventType>>,
 }
 
 impl JsonHttp {
@@ -34,6 +35,7 @@ impl JsonHttp {
             limits: BatchLimits::default(),
             delivery: Delivery::Parallel { max_in_flight: 4 },
             kinds: None,
+            event_types: None,
         }
     }
 
@@ -78,6 +80,14 @@ impl JsonHttp {
         self.kinds = Some(kinds.to_vec());
         self
     }
+
+    /// Takes only these event types (default: all), e.g. a mapped project that takes only
+    /// payments.
+    #[must_use]
+    pub fn event_types(mut self, types: &[super::EventType]) -> Self {
+        self.event_types = Some(types.to_vec());
+        self
+    }
 }
 
 impl Destination for JsonHttp {
@@ -87,6 +97,10 @@ impl Destination for JsonHttp {
 
     fn accepts(&self, kind: EventKind) -> bool {
         self.kinds.as_ref().is_none_or(|k| k.contains(&kind))
+    }
+
+    fn accepts_event_type(&self, event_type: super::EventType) -> bool {
+        self.accepts(event_type.kind()) && self.event_types.as_ref().is_none_or(|t| t.contains(&event_type))
     }
 
     fn batch_limits(&self) -> BatchLimits {

@@ -23,6 +23,7 @@ pub struct InMemoryDestination {
     limits: BatchLimits,
     delivery: Delivery,
     kinds: Option<Vec<EventKind>>,
+    event_types: Option<Vec<super::EventType>>,
     shared: Arc<Mutex<Shared>>,
 }
 
@@ -49,6 +50,7 @@ impl InMemoryDestination {
             limits: BatchLimits::default(),
             delivery: Delivery::Parallel { max_in_flight: 4 },
             kinds: None,
+            event_types: None,
             shared: Arc::default(),
         }
     }
@@ -64,6 +66,14 @@ impl InMemoryDestination {
     #[must_use]
     pub fn kinds(mut self, kinds: &[EventKind]) -> Self {
         self.kinds = Some(kinds.to_vec());
+        self
+    }
+
+    /// Takes only these event types (default: all), e.g. a mapped project that takes only
+    /// payments.
+    #[must_use]
+    pub fn event_types(mut self, types: &[super::EventType]) -> Self {
+        self.event_types = Some(types.to_vec());
         self
     }
 
@@ -95,6 +105,9 @@ impl Destination for InMemoryDestination {
     }
     fn accepts(&self, kind: EventKind) -> bool {
         self.kinds.as_ref().is_none_or(|k| k.contains(&kind))
+    }
+    fn accepts_event_type(&self, event_type: super::EventType) -> bool {
+        self.accepts(event_type.kind()) && self.event_types.as_ref().is_none_or(|t| t.contains(&event_type))
     }
     fn batch_limits(&self) -> BatchLimits {
         self.limits

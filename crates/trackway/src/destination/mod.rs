@@ -1,8 +1,9 @@
 //! The destination contract: destinations are pure, the pipeline owns all I/O.
 //!
 //! A destination
-//! 1. says which [`EventKind`]s it takes ([`Destination::accepts`]): events are routed at enqueue,
-//!    so the others never see them;
+//! 1. says which [`EventType`]s it takes ([`Destination::accepts_event_type`], by default from
+//!    [`Destination::accepts`] and [`Destination::accepts_app_event`]): events are routed at
+//!    enqueue, so the others never see them;
 //! 2. checks its server's limits on the caller's thread ([`Destination::validate`]), so a
 //!    violation is an error at the call, not a 400 later;
 //! 3. turns a batch of stored events into HTTP requests ([`Destination::encode`]), possibly several
@@ -24,19 +25,24 @@ use std::time::Duration;
 use bytes::Bytes;
 use trackway_wire::{Event, EventKind, MessageId, Timestamp};
 
+mod event_type;
 #[cfg(feature = "json")]
 mod json;
 #[cfg(feature = "testing")]
 mod memory;
+mod set;
 mod status;
 mod transport;
 #[cfg(feature = "umami")]
 pub mod umami;
 
+pub use event_type::EventType;
 #[cfg(feature = "json")]
 pub use json::JsonHttp;
 #[cfg(feature = "testing")]
 pub use memory::{InMemoryDestination, Received};
+pub use set::{DestinationFactory, DestinationSet};
+pub(crate) use set::{Unavailable, check_name};
 pub(crate) use status::status_and_first_line;
 pub use status::{classify_default, classify_status, parse_retry_after};
 pub use transport::{TransportError, TransportErrorKind};
@@ -87,6 +93,14 @@ pub trait Destination: std::any::Any + Send + Sync + fmt::Debug + 'static {
     fn accepts_app_event(&self, event: AppEvent) -> bool {
         let _ = event;
         true
+    }
+
+    /// Whether this destination takes events of type `event_type` (the unit of routing: a
+    /// destination that stands for a mapped project takes only the types mapped to it).
+    /// Default: [`accepts`](Self::accepts) the type's kind and, for the events app mode tracks
+    /// by itself, [`accepts_app_event`](Self::accepts_app_event).
+    fn accepts_event_type(&self, event_type: EventType) -> bool {
+        self.accepts(event_type.kind()) && event_type.app_event().is_none_or(|e| self.accepts_app_event(e))
     }
 
     /// How many events (and bytes of stored events) one `encode` call may receive.
@@ -186,16 +200,6 @@ impl AppEvent {
     /// Every app event.
     pub const ALL: [AppEvent; 5] =
         [AppEvent::Installation, AppEvent::SessionStart, AppEvent::SessionEnd, AppEvent::PushToken, AppEvent::Payment];
-
-    pub(crate) fn index(self) -> usize {
-        match self {
-            AppEvent::Installation => 0,
-            AppEvent::SessionStart => 1,
-            AppEvent::SessionEnd => 2,
-            AppEvent::PushToken => 3,
-            AppEvent::Payment => 4,
-        }
-    }
 }
 
 /// Batch size limits of a destination.

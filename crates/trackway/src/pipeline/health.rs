@@ -55,8 +55,9 @@ pub enum HealthState {
     /// wrong endpoint): events are held and the destination is probed at a growing interval
     /// ([`MISCONFIGURED_PROBE_FIRST`] doubling to [`MISCONFIGURED_PROBE_MAX`]) until it answers.
     Misconfigured,
-    /// The destination's code panicked ([`STOP_AFTER_PANICS`] single events in a row), or the
-    /// worker itself stopped: nothing more is sent until the client is built again; its
+    /// The destination's code panicked ([`STOP_AFTER_PANICS`] single events in a row), the
+    /// worker itself stopped, or a run-time destination could not be re-created at `build()`
+    /// (no factory for its kind): nothing more is sent until the client is built again; its
     /// events stay pending in the store.
     Stopped,
 }
@@ -97,6 +98,15 @@ impl Health {
     pub(crate) fn healthy_since(since: Timestamp) -> Self {
         Health { since, ..Health::default() }
     }
+
+    /// Stopped since `since`: a run-time destination that could not be re-created.
+    pub(crate) fn unavailable(reason: &str, since: Timestamp) -> Self {
+        Health {
+            state: HealthState::Stopped,
+            since,
+            last_error: Some(LastError::unavailable(reason.to_owned(), since)),
+        }
+    }
 }
 
 /// What kind of failure a [`LastError`] was.
@@ -113,6 +123,9 @@ pub enum LastErrorKind {
     Misconfigured,
     /// The destination's code panicked (or the worker did).
     Panicked,
+    /// A run-time destination the store holds events for could not be re-created at
+    /// `build()` (no factory registered for its kind, or the factory failed).
+    Unavailable,
 }
 
 /// The last failure of a destination, for people ([`Display`](fmt::Display)) and programs (the
@@ -166,6 +179,11 @@ impl LastError {
             message: reason,
             at,
         }
+    }
+
+    /// A run-time destination could not be re-created, because of `reason`.
+    pub(crate) fn unavailable(reason: String, at: Timestamp) -> Self {
+        LastError { kind: LastErrorKind::Unavailable, status: None, message: reason, at }
     }
 
     /// Destination code (`what`: encode, classify, …) panicked with `message`.
@@ -344,6 +362,15 @@ impl Tracker {
         }
         self.record(error);
         stops
+    }
+
+    /// The destination could not be made (a run-time destination without its factory): stopped
+    /// from the start, its events held, logged once.
+    pub(crate) fn unavailable(&mut self, reason: String, at: Timestamp) {
+        tracing::error!(destination = self.name.as_str(), reason = %reason,
+            "trackway: run-time destination not re-created; its pending events are held and counted");
+        self.enter(HealthState::Stopped, at);
+        self.record(LastError::unavailable(reason, at));
     }
 
     /// A request was classified without a panic: the destination's code works.

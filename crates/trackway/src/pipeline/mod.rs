@@ -49,10 +49,12 @@ pub mod health;
 mod lane;
 mod shared;
 mod stopped;
+mod table;
 mod transport;
 mod worker;
 
 pub(crate) use shared::Shared;
+pub(crate) use table::DestinationTable;
 pub(crate) use transport::Transport;
 
 /// How one destination's requests go out: its HTTP side and its own policies.
@@ -71,6 +73,9 @@ pub(crate) struct Settings {
     pub(crate) batch_interval: Duration,
     pub(crate) commit_delay: Duration,
     pub(crate) max_event_age: Duration,
+    /// Lanes (by index) of run-time destinations that could not be re-created, with why: they
+    /// start stopped, holding their events.
+    pub(crate) held: Vec<(usize, String)>,
 }
 
 /// The running worker thread.
@@ -105,8 +110,14 @@ pub(crate) fn spawn(
     let handle = runtime.handle().clone();
     // Healthy from now on, before the first `stats()` can look.
     let now = shared.clock.now();
-    for d in shared.counters.destinations.iter() {
+    for d in shared.counters.active() {
         *lock(&d.health) = health::Health::healthy_since(now);
+    }
+    // Also before the first `stats()`: a destination that could not be re-created is stopped.
+    for (i, reason) in &settings.held {
+        if let Some(d) = shared.counters.destinations.get(*i) {
+            *lock(&d.health) = health::Health::unavailable(reason, now);
+        }
     }
     let thread = std::thread::Builder::new().name("trackway-worker".into()).spawn(move || {
         let worker = worker::Worker::new(shared.clone(), store, recovered, lanes, settings);

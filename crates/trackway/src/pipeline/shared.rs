@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use trackway_wire::Context;
 
+use super::DestinationTable;
 use crate::clock::Clock;
-use crate::destination::Destination;
 use crate::queue::Queue;
 use crate::stats::Counters;
 
@@ -18,8 +18,8 @@ pub(crate) struct Shared {
     /// The bounded channel from callers to the worker.
     pub(crate) queue: Queue,
     pub(crate) counters: Counters,
-    /// By index: a route bit `i` is `destinations[i]`.
-    pub(crate) destinations: Vec<Arc<dyn Destination>>,
+    /// By index: a route bit `i` is `destinations.get(i)`; run-time destinations are appended.
+    pub(crate) destinations: DestinationTable,
     pub(crate) clock: Clock,
     pub(crate) context: Arc<Context>,
     /// `context` serialized once: it is the same in every event, and stores keep it once.
@@ -32,7 +32,7 @@ impl Shared {
     pub(crate) fn new(
         queue: Queue,
         counters: Counters,
-        destinations: Vec<Arc<dyn Destination>>,
+        destinations: DestinationTable,
         clock: Clock,
         context: Context,
         enabled: bool,

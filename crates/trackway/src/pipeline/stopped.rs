@@ -28,7 +28,7 @@ pub(crate) fn run(shared: &Arc<Shared>, message: &str) {
         "trackway: the delivery worker panicked; every later call returns an error, queued events are dropped and counted as worker_stopped"
     );
     let at = shared.clock.now();
-    for d in shared.counters.destinations.iter() {
+    for d in shared.counters.active() {
         let mut health = lock(&d.health);
         health.state = HealthState::Stopped;
         health.since = at;

@@ -277,7 +277,19 @@ impl Outbox for MemoryStore {
             pending,
             reset: None,
             released_unconfigured: 0,
+            // A memory store starts empty in each run: no run-time destination of an earlier one.
+            runtime: Vec::new(),
         })
+    }
+
+    fn add_destination(&mut self, name: &str) -> Result<(), StoreError> {
+        if self.destinations.len() >= 64 {
+            return Err(StoreError::Backend("more than 64 destinations".into()));
+        }
+        self.destinations.push(name.to_owned());
+        self.pending.push(0);
+        self.cursor.push(0);
+        Ok(())
     }
 
     fn append(&mut self, events: &[NewEvent], state: &[StateChange]) -> Result<Appended, StoreError> {

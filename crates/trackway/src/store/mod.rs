@@ -25,6 +25,7 @@ use trackway_wire::{MessageId, Timestamp};
 
 use crate::destination::EventRecord;
 
+pub(crate) mod destinations;
 mod memory;
 mod sqlite;
 
@@ -175,6 +176,9 @@ pub(crate) mod sealed {
         pub reset: Option<String>,
         /// Events dropped because only destinations no longer configured still needed them.
         pub released_unconfigured: u64,
+        /// Destinations added at run time in an earlier run that are kept (current, or with
+        /// events pending), at the indexes after the configured ones, in this order.
+        pub(crate) runtime: Vec<super::destinations::RecoveredDestination>,
     }
 
     /// What an append did besides storing the events.
@@ -215,11 +219,19 @@ pub(crate) mod sealed {
     /// called concurrently.
     pub trait Outbox: Send + fmt::Debug + 'static {
         /// Opens the store for these destinations (index = position; names are the stable keys) and
-        /// returns what it holds. Called once, before anything else.
+        /// returns what it holds. Called once, before anything else. A durable store also keeps
+        /// the run-time destinations its state names (see [`destinations`](super::destinations)):
+        /// they take the indexes after these, in the order of [`Recovered::runtime`].
         ///
         /// # Errors
         /// When the store cannot be opened.
         fn open(&mut self, destinations: &[String]) -> Result<Recovered, StoreError>;
+
+        /// Adds a destination (added at run time) at the next index, with nothing pending.
+        ///
+        /// # Errors
+        /// When the store already has 64 destinations, or cannot record it.
+        fn add_destination(&mut self, name: &str) -> Result<(), StoreError>;
 
         /// Appends events and applies state changes, atomically. A store with a size bound may drop
         /// its oldest events to make room and reports them.

@@ -88,16 +88,15 @@ impl Worker {
         store: Box<dyn Store>,
         recovered: Recovered,
         setups: Vec<LaneSetup>,
-        settings: Settings,
+        mut settings: Settings,
     ) -> Self {
         let now = shared.clock.elapsed();
         let now_ts = shared.clock.now();
-        let lanes = shared
+        let mut lanes: Vec<Lane> = shared
             .destinations
             .iter()
             .zip(setups)
-            .enumerate()
-            .map(|(i, (dest, setup))| {
+            .map(|((i, dest), setup)| {
                 let prefix = state_prefix(dest.name());
                 let state = recovered
                     .state
@@ -120,6 +119,14 @@ impl Worker {
                 lane
             })
             .collect();
+        // Run-time destinations that could not be re-created hold their events, stopped.
+        for (i, reason) in std::mem::take(&mut settings.held) {
+            // Its stats say so already (`spawn`); this is the lane's own state machine, and the log.
+            if let Some(lane) = lanes.get_mut(i) {
+                lane.health.unavailable(reason, now_ts);
+                let _ = lane.health.take_changed();
+            }
+        }
         let context_len = shared_context_len(&shared);
         Worker {
             shared,
@@ -271,6 +278,17 @@ impl Worker {
                 // waits until this drain's append.
                 // A checkpoint goes into this drain's append, atomically with the events before it.
                 Item::Control(Control::State(changes)) => state.extend(changes),
+                // At once: the events queued after it are routed to its lane. Its spec is stored
+                // with this drain's append.
+                Item::Control(Control::AddDestination { index, destination, setup, spec, reply }) => {
+                    match self.add_lane(index, destination, *setup) {
+                        Ok(()) => {
+                            state.push(spec);
+                            reply.answer(Ok(()));
+                        }
+                        Err(why) => reply.answer(Err(why)),
+                    }
+                }
                 // At once, not after the append: what was queued behind it stays in the channel.
                 #[cfg(feature = "testing")]
                 Item::Control(Control::PanicForTest) => panic!("worker panic requested by panic_worker_for_test"),
@@ -426,12 +444,40 @@ impl Worker {
             #[cfg(feature = "testing")]
             Control::PanicForTest => panic!("worker panic requested by panic_worker_for_test"),
             // Taken in `drain`; reached only if a caller bypasses it.
+            Control::AddDestination { index, destination, setup, spec, reply } => {
+                let added = self
+                    .add_lane(index, destination, *setup)
+                    .and_then(|()| self.store.set_state(&[spec]).map_err(|e| e.to_string()));
+                reply.answer(added);
+            }
             Control::State(changes) => {
                 if let Err(e) = self.store.set_state(&changes) {
                     tracing::warn!(error = %e, "trackway: could not store a checkpoint");
                 }
             }
         }
+    }
+
+    /// Opens the lane (and the store's cursor) of a destination added at run time.
+    fn add_lane(
+        &mut self,
+        index: usize,
+        destination: Arc<dyn crate::destination::Destination>,
+        setup: LaneSetup,
+    ) -> Result<(), String> {
+        if index != self.lanes.len() {
+            return Err(format!("expected destination index {}, got {index}", self.lanes.len()));
+        }
+        self.store.add_destination(destination.name()).map_err(|e| e.to_string())?;
+        let mut lane =
+            Lane::new(destination, setup.transport, setup.retry, DestinationState::default(), self.shared.clock.now());
+        if let Some(rate) = setup.max_requests_per_second {
+            lane.set_rate_cap(rate);
+        }
+        // A flush or shutdown in progress covers what is queued before it, none of it this lane's.
+        lane.flush_upto = self.lanes.first().and_then(|l| l.flush_upto);
+        self.lanes.push(lane);
+        Ok(())
     }
 
     /// Answers flushes whose events are all delivered or dead-lettered.

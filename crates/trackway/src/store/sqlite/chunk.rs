@@ -164,6 +164,18 @@ pub(crate) struct ChunkIndex {
 }
 
 impl ChunkIndex {
+    /// How many events `bit` has pending, and about how many bytes (chunks know only their
+    /// total size).
+    pub(crate) fn pending_of(&self, bit: u64) -> (u64, u64) {
+        let (mut n, mut b) = (0u64, 0u64);
+        for chunk in self.chunks.values() {
+            let here = chunk.pending.iter().filter(|m| **m & bit != 0).count() as u64;
+            n += here;
+            b += chunk.bytes * here / chunk.seqs.len().max(1) as u64;
+        }
+        (n, b)
+    }
+
     /// The first seq of the chunk holding `seq`, if any.
     pub(crate) fn chunk_of(&self, seq: u64) -> Option<u64> {
         let (first, chunk) = self.chunks.range(..=seq).next_back()?;

@@ -59,6 +59,7 @@ use super::{
     StoreError, routes,
 };
 use crate::destination::EventRecord;
+use crate::store::destinations;
 
 // `pub(crate)` for the `fuzzing` feature's entry points (crate::fuzzing) only.
 pub(crate) mod chunk;
@@ -67,7 +68,7 @@ mod write;
 
 use chunk::{Chunk, ChunkIndex, StoredEvent};
 use file::{backend, lock, migrate, move_aside, open_checked, open_read_only, sidecar};
-use write::{commit_tx, dead_letter_row, dirty_written, evict, query_dead_letters, write_dirty};
+use write::{commit_tx, dead_letter_row, dirty_written, evict, query_dead_letters, write_dirty, write_state};
 
 /// The schema version this code writes; files with a higher one are from a newer trackway.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -373,6 +374,15 @@ impl Open {
         Ok(released)
     }
 
+    /// Events pending per stored destination name, from the chunk index (before mapping).
+    fn pending_by_name(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT bit, name FROM destinations").map_err(backend)?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))).map_err(backend)?;
+        rows.map(|row| row.map(|(bit, name)| (name, self.index.pending_of(1 << bit).0)))
+            .collect::<Result<_, _>>()
+            .map_err(backend)
+    }
+
     fn bit(&self, destination: usize) -> Result<u64, StoreError> {
         self.bits
             .get(destination)
@@ -521,8 +531,37 @@ impl Outbox for SqliteStore {
                 open.index.chunks.insert(first as u64, chunk);
             }
         }
+        let mut state = {
+            let mut stmt = open.conn.prepare("SELECT key, value FROM state").map_err(backend)?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))).map_err(backend)?;
+            rows.collect::<Result<BTreeMap<_, _>, _>>().map_err(backend)?
+        };
+        // Run-time destinations the state names are kept with the configured ones, so their
+        // pending events are not released; one that is not current and has nothing pending is
+        // forgotten here, before any bit is mapped.
+        let stored = destinations::stored(&state, destinations);
+        let stored_pending = open.pending_by_name()?;
+        let (runtime, forget) = destinations::keep_or_forget(stored, |name| {
+            stored_pending.iter().find(|(n, _)| n == name).map_or(0, |(_, count)| *count)
+        });
+        let mut names = destinations.to_vec();
+        names.extend(runtime.iter().map(|d| d.name.clone()));
+        if !forget.is_empty() {
+            let changes: Vec<StateChange> =
+                forget.iter().flat_map(|d| destinations::forget_changes(&d.name, &state)).collect();
+            let tx = open.conn.transaction().map_err(backend)?;
+            write_state(&tx, &changes)?;
+            tx.commit().map_err(backend)?;
+            for c in &changes {
+                state.remove(&c.key);
+            }
+            for d in forget {
+                tracing::info!(destination = %d.name, "trackway: run-time destination no longer routed to and idle; forgotten");
+            }
+        }
         // Destinations removed from the configuration no longer hold events back.
-        let released = open.map_destinations(destinations)?;
+        let released = open.map_destinations(&names)?;
         let stored_next: Option<i64> = open
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| r.get(0))
@@ -530,27 +569,30 @@ impl Outbox for SqliteStore {
             .map_err(backend)?;
         let max_seq = open.index.chunks.values().map(Chunk::last).max();
         open.next_seq = (stored_next.unwrap_or(0) as u64).max(max_seq.map_or(0, |m| m + 1));
-        let mut pending = Vec::with_capacity(destinations.len());
-        for &bit in &open.bits {
-            let (mut n, mut b) = (0u64, 0u64);
-            for chunk in open.index.chunks.values() {
-                let here = chunk.pending.iter().filter(|m| **m & bit != 0).count() as u64;
-                n += here;
-                b += chunk.bytes * here / chunk.seqs.len().max(1) as u64;
-            }
-            pending.push((n, b));
-        }
-        let state = {
-            let mut stmt = open.conn.prepare("SELECT key, value FROM state").map_err(backend)?;
-            let rows =
-                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))).map_err(backend)?;
-            rows.collect::<Result<BTreeMap<_, _>, _>>().map_err(backend)?
-        };
+        let pending = open.bits.iter().map(|&bit| open.index.pending_of(bit)).collect();
         let next_seq = open.next_seq;
-        open.hot.open(destinations)?;
+        open.hot.open(&names)?;
         open.hot_start = next_seq;
         self.open = Some(open);
-        Ok(Recovered { next_seq, state, pending, reset, released_unconfigured: released })
+        Ok(Recovered { next_seq, state, pending, reset, released_unconfigured: released, runtime })
+    }
+
+    fn add_destination(&mut self, name: &str) -> Result<(), StoreError> {
+        let open = self.inner()?;
+        let used: u64 = open.bits.iter().fold(0, |m, b| m | b);
+        let free = (0..64)
+            .find(|b| used & (1 << b) == 0)
+            .ok_or_else(|| StoreError::Backend("more than 64 destinations".into()))?;
+        // Every bit not in use was cleared from the stored masks when the store was opened, so
+        // the new destination starts with nothing pending.
+        open.conn
+            .execute("INSERT OR REPLACE INTO destinations (bit, name) VALUES (?1, ?2)", params![free, name])
+            .map_err(backend)?;
+        open.hot.add_destination(name)?;
+        open.bits.push(1 << free);
+        open.names.push(name.to_owned());
+        open.cursors.push(open.hot_start);
+        Ok(())
     }
 
     fn append(&mut self, events: &[NewEvent], state: &[StateChange]) -> Result<Appended, StoreError> {
