@@ -176,7 +176,7 @@ fuzz_target!(|case: Case| {
     let body = case.body.bytes();
     check_decoding(path, &body);
 
-    let mode = if case.legacy { UmamiMode::V2Legacy } else { UmamiMode::V3 };
+    let mode = if case.legacy { UmamiMode::V2_15 } else { UmamiMode::V3 };
     let mut headers = http::HeaderMap::new();
     if let Some(ua) = case.user_agent.as_deref().and_then(|ua| http::HeaderValue::from_str(ua).ok()) {
         headers.insert(http::header::USER_AGENT, ua);
@@ -188,7 +188,7 @@ fuzz_target!(|case: Case| {
     assert!(path == "/api/send" || path == "/api/batch", "a backend claimed {path}");
     let batch = path == "/api/batch";
     match (mode, batch) {
-        (UmamiMode::V2Legacy, true) => assert_eq!(status, 404),
+        (UmamiMode::V2_15, true) => assert_eq!(status, 404),
         _ => assert!(status == 200 || status == 400, "status {status}"),
     }
     let answer_json = serde_json::from_slice::<Value>(&answer);
