@@ -6,10 +6,10 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{delivered_ids, fast_builder, json, wait_until, watchdog};
+use support::{delivered_ids, fast_builder, json, log_lines, logs, wait_until, watchdog};
 use trackway::destination::{
     Classified, Destination, DestinationState, Encoded, EventRecord, JsonHttp, LimitError, Outcome, Request, Response,
     TransportError, TransportErrorKind,
@@ -20,39 +20,6 @@ use trackway::{BuildError, Client, Clock, Error, Event, FlushError, ShutdownErro
 use trackway_collector::{Collector, Reply};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-// === log capture ===
-
-/// Everything logged in this test binary (the worker logs from its own thread, so the
-/// subscriber is global; each test looks only at lines naming its own destination).
-fn logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        struct Capture;
-        impl Write for Capture {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                logs().lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(|| Capture)
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-        Mutex::new(Vec::new())
-    })
-}
-
-/// Log lines that contain every one of `needles`.
-fn log_lines(needles: &[&str]) -> Vec<String> {
-    let text = String::from_utf8_lossy(&logs().lock().unwrap_or_else(|e| e.into_inner())).into_owned();
-    text.lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(str::to_owned).collect()
-}
 
 // === destinations for the tests ===
 

@@ -6,8 +6,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{fast_builder, watchdog};
+use support::{fast_builder, log_lines, logs, wait_until, watchdog};
 use trackway::destination::Umami;
+use trackway::health::{HealthState, LastErrorKind, MISCONFIGURED_PROBE_FIRST};
 use trackway::store::DeadLetterReason;
 use trackway::{BuildError, Clock, Error, Identify, Page, Timestamp, Track, props};
 use trackway_collector::{Collector, RecordedRequest, Reply, Rule, RunningCollector, UmamiMode};
@@ -524,16 +525,43 @@ fn a_current_server_stores_every_field_and_nothing_is_counted() {
     });
 }
 
+/// A client on the SQLite outbox at `path` with a manual clock, sending to `dest`.
+fn durable(path: &std::path::Path, dest: Umami) -> (trackway::Client, trackway::ManualClock) {
+    let (clock, hand) = Clock::manual(Timestamp::from_unix_millis(1_700_000_000_000));
+    let client = fast_builder()
+        .clock(clock)
+        .store(trackway::store::SqliteStore::new(path))
+        .destination(dest)
+        .build()
+        .expect("client");
+    (client, hand)
+}
+
+fn stats_of(client: &trackway::Client, name: &str) -> trackway::DestinationStats {
+    client.stats().destination(name).cloned().expect("destination stats")
+}
+
+/// Advances the manual clock by `by` and waits (up to 10 s) for the collector to have seen
+/// `requests` requests.
+fn advance_until(hand: &trackway::ManualClock, by: Duration, collector: &RunningCollector, requests: usize) -> bool {
+    hand.advance(by);
+    wait_until(Duration::from_secs(10), || collector.request_count() >= requests)
+}
+
+/// Overturned on purpose (issue 13 part 5): the events of a wrong base URL were dead-lettered
+/// ("the base URL is wrong"); now they are held until the URL is fixed.
 #[test]
 fn a_wrong_base_url_fixed_later_uses_batch_again_on_the_same_store() {
+    logs();
     watchdog(LIMIT, || {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("outbox.db");
         let collector = Collector::builder()
             .rule(Rule::path("/wrong/api/batch", Reply::status(404)))
-            .rule(Rule::path("/wrong/api/send", Reply::status(404)))
+            .rule(Rule::path("/wrong/api/send", Reply::status(404).body("Not Found")))
             .start()
             .expect("collector");
+        let name = "umami-wrong-url";
         let with = |base: String| {
             fast_builder()
                 .store(trackway::store::SqliteStore::new(&path))
@@ -541,19 +569,46 @@ fn a_wrong_base_url_fixed_later_uses_batch_again_on_the_same_store() {
                 .build()
                 .expect("client")
         };
-        let wrong = with(collector.url("/wrong"));
-        wrong.track("u1", "lost", props! {}).expect("track");
-        wrong.flush(Duration::from_secs(10)).expect("flush");
-        let letters = wrong.dead_letters(10).expect("dead letters");
-        assert!(letters[0].detail.contains("base URL is wrong"), "{}", letters[0].detail);
-        wrong.shutdown(Duration::from_secs(5)).expect("shutdown");
 
-        let fixed = with(collector.url(""));
-        fixed.track("u1", "found", props! {}).expect("track");
-        fixed.flush(Duration::from_secs(10)).expect("flush");
-        let last = collector.requests().pop().expect("request");
-        assert_eq!((last.path.as_str(), last.status), ("/api/batch", 200));
+        let (wrong, hand) = durable(&path, umami(&collector).name(name).base_url(collector.url("/wrong")));
+        for n in ["a", "b", "c"] {
+            wrong.track("u1", n, props! {}).expect("track");
+        }
+        let err = wrong.flush(Duration::from_millis(500)).expect_err("held, not delivered");
+        assert_eq!(err.pending_for(name), 3, "{err:?}");
+        let stats = stats_of(&wrong, name);
+        assert_eq!(stats.health.state, HealthState::Misconfigured, "{stats:?}");
+        let last = stats.health.last_error.clone().expect("last error");
+        assert_eq!((last.kind, last.status), (LastErrorKind::Misconfigured, Some(404)));
+        assert!(last.message.contains("base URL is wrong"), "{last}");
+        assert_eq!((stats.pending, stats.rejected, stats.retries_exhausted), (3, 0, 0), "{stats:?}");
+        assert!(wrong.dead_letters(10).expect("dead letters").is_empty());
+        let paths = |c: &RunningCollector| c.requests().iter().map(|r| r.path.clone()).collect::<Vec<_>>();
+        assert_eq!(paths(&collector), ["/wrong/api/batch", "/wrong/api/send"]);
+        // The probe: one request, to /api/send alone.
+        assert!(advance_until(&hand, MISCONFIGURED_PROBE_FIRST, &collector, 3), "the first probe");
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(paths(&collector)[2..], ["/wrong/api/send"]);
+        let errors = log_lines(&["ERROR", "destination misconfigured", &format!("destination=\"{name}\"")]);
+        assert_eq!(errors.len(), 1, "one error line: {errors:#?}");
+        assert!(errors[0].contains("base URL is wrong"), "{}", errors[0]);
+        let _ = wrong.shutdown(Duration::from_millis(200));
+        drop(wrong);
+
+        // Fixed on the same store: every held event goes through /api/batch, none dead-lettered.
+        let (fixed, _) = durable(&path, umami(&collector).name(name));
+        fixed.track("u1", "d", props! {}).expect("track");
+        fixed.flush(Duration::from_secs(10)).expect("delivered after the fix");
+        let after: Vec<RecordedRequest> = collector.requests().into_iter().skip(3).collect();
+        assert!(after.iter().all(|r| r.path == "/api/batch" && r.status == 200), "{after:?}");
+        let names: Vec<String> = payloads(&after).iter().map(|p| p["name"].as_str().unwrap_or("").to_owned()).collect();
+        assert_eq!(names, ["a", "b", "c", "d"], "every event once, in order");
+        let stats = stats_of(&fixed, name);
+        assert_eq!((stats.delivered, stats.rejected, stats.retries_exhausted, stats.pending), (4, 0, 0, 0));
+        assert_eq!(stats.health.state, HealthState::Healthy);
+        assert!(fixed.dead_letters(10).expect("dead letters").is_empty());
         fixed.shutdown(Duration::from_secs(5)).expect("shutdown");
+        drop(fixed);
 
         // What a 2.10 server taught is kept for its base URL only.
         let old = Collector::builder().umami_mode(UmamiMode::V2_10).start().expect("old collector");
@@ -624,5 +679,124 @@ fn the_default_user_agent_gets_a_browser_recorded_and_passes_the_bot_check() {
         assert!(ua.ends_with(") myapp/1.2.3"), "learned from the batch token: {ua}");
         let rows = collector.umami_stored();
         assert!(rows.iter().all(|r| r.browser.as_deref() == Some("myapp") && r.device.as_deref() == Some("desktop")));
+    });
+}
+
+/// The website the collector knows in the unknown-website tests.
+const KNOWN: &str = "c0ffee00-ae32-47f1-8400-119fcf4861c4";
+
+/// An unknown website on `mode` (each release answers it its own way: 403 on 2.10, 404 on 2.15,
+/// "Website not found." in `/api/batch` details on 3.x): the events are held, one error line,
+/// one request per probe; then the website id is fixed on the same store and they are delivered.
+fn unknown_website_is_held_then_delivered(mode: UmamiMode, name: &str, first: &[&str], says: &str) {
+    logs();
+    let name = name.to_owned();
+    let (first, says): (Vec<String>, String) = (first.iter().map(|p| (*p).to_owned()).collect(), says.to_owned());
+    watchdog(LIMIT, move || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("outbox.db");
+        let collector = Collector::builder().umami_mode(mode).umami_websites([KNOWN]).start().expect("collector");
+        let (client, hand) = durable(&path, umami(&collector).name(&name));
+        for n in ["a", "b", "c"] {
+            client.track("u1", n, props! {}).expect("track");
+        }
+        let err = client.flush(Duration::from_millis(500)).expect_err("held, not delivered");
+        assert_eq!(err.pending_for(&name), 3, "{err:?}");
+        let stats = stats_of(&client, &name);
+        assert_eq!(stats.health.state, HealthState::Misconfigured, "{stats:?}");
+        assert_eq!(stats.health.since, Timestamp::from_unix_millis(1_700_000_000_000));
+        let last = stats.health.last_error.clone().expect("last error");
+        assert_eq!(last.kind, LastErrorKind::Misconfigured);
+        assert!(last.message.contains(&says), "{last}");
+        assert_eq!((stats.pending, stats.rejected, stats.retries_exhausted), (3, 0, 0), "{stats:?}");
+        assert!(client.dead_letters(10).expect("dead letters").is_empty());
+        let paths = || collector.requests().iter().map(|r| r.path.clone()).collect::<Vec<_>>();
+        assert_eq!(paths(), first, "one request for the three events (after the batch probe on an old server)");
+
+        // Probes: one request each, at a growing interval (5 s, then 10 s), over the manual clock.
+        let n = first.len();
+        let probe_path = first.last().cloned().expect("a path");
+        assert!(advance_until(&hand, MISCONFIGURED_PROBE_FIRST, &collector, n + 1), "the first probe");
+        hand.advance(MISCONFIGURED_PROBE_FIRST);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(collector.request_count(), n + 1, "the interval doubled");
+        assert!(advance_until(&hand, MISCONFIGURED_PROBE_FIRST, &collector, n + 2), "the second probe");
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(paths()[n..], [probe_path.clone(), probe_path], "one request per probe");
+        assert_eq!(stats_of(&client, &name).pending, 3);
+        assert!(client.dead_letters(10).expect("dead letters").is_empty());
+        let errors = log_lines(&["ERROR", &format!("destination=\"{name}\"")]);
+        assert_eq!(errors.len(), 1, "one error line: {errors:#?}");
+        assert!(errors[0].contains("destination misconfigured") && errors[0].contains(&says), "{}", errors[0]);
+        assert!(log_lines(&["WARN", &format!("destination=\"{name}\"")]).is_empty(), "no line per event");
+        let _ = client.shutdown(Duration::from_millis(200));
+        drop(client);
+
+        // The website id fixed, on the same store: every held event delivered, none dead-lettered.
+        let (fixed, _) = durable(&path, Umami::new(KNOWN).base_url(collector.url("")).user_agent(UA).name(&name));
+        fixed.flush(Duration::from_secs(10)).expect("delivered after the fix");
+        let stats = stats_of(&fixed, &name);
+        assert_eq!((stats.delivered, stats.rejected, stats.retries_exhausted, stats.pending), (3, 0, 0, 0));
+        assert!(fixed.dead_letters(10).expect("dead letters").is_empty());
+        let rows = collector.umami_stored();
+        assert_eq!(
+            rows.iter().map(|r| (r.website.as_str(), r.name.as_deref())).collect::<Vec<_>>(),
+            [(KNOWN, Some("a")), (KNOWN, Some("b")), (KNOWN, Some("c"))]
+        );
+    });
+}
+
+#[test]
+fn an_unknown_website_on_2_10_is_held_not_dead_lettered() {
+    // 2.10 answers 403 "Forbidden" (no visitor ip of its own in the request).
+    unknown_website_is_held_then_delivered(
+        UmamiMode::V2_10,
+        "umami-2.10",
+        &["/api/batch", "/api/send"],
+        "403 on /api/send",
+    );
+}
+
+#[test]
+fn an_unknown_website_on_2_15_is_held_not_dead_lettered() {
+    // 2.15 answers a bare 404 on /api/send, as a wrong base URL does.
+    unknown_website_is_held_then_delivered(
+        UmamiMode::V2_15,
+        "umami-2.15",
+        &["/api/batch", "/api/send"],
+        "website id b59e9c65-ae32-47f1-8400-119fcf4861c4 is unknown",
+    );
+}
+
+#[test]
+fn an_unknown_website_on_3_is_held_not_dead_lettered() {
+    unknown_website_is_held_then_delivered(UmamiMode::V3, "umami-3", &["/api/batch"], "Website not found.");
+}
+
+#[test]
+fn a_403_for_a_visitors_own_ip_dead_letters_that_event_and_delivers_the_others() {
+    watchdog(LIMIT, || {
+        // Umami's IGNORE_IP lists 203.0.113.66; /api/batch runs the send handler per item, so
+        // the refusal comes in `details` (as 3.x answers).
+        let ignored = json!({"size": 1, "processed": 0, "errors": 1, "details": [
+            {"index": 0, "response": {"error": {"message": "Forbidden", "code": "forbidden", "status": 403}}}]});
+        let collector = Collector::builder()
+            .rule(Rule::body_contains("203.0.113.66", Reply::status(200).json(ignored)))
+            .start()
+            .expect("collector");
+        let client = fast_builder().destination(umami(&collector)).build().expect("client");
+        client.capture(Track::new("ignored").user("u1").ip("203.0.113.66")).expect("track");
+        client.capture(Track::new("kept").user("u2").ip("203.0.113.7")).expect("track");
+        client.capture(Track::new("also kept").user("u3")).expect("track");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        let letters = client.dead_letters(10).expect("dead letters");
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        assert_eq!(letters[0].reason, DeadLetterReason::Rejected);
+        assert!(letters[0].detail.contains("IGNORE_IP"), "{}", letters[0].detail);
+        let stats = stats_of(&client, "umami");
+        assert_eq!((stats.delivered, stats.rejected), (2, 1), "{stats:?}");
+        assert_eq!(stats.health.state, HealthState::Healthy, "a visitor's rejection is no misconfiguration");
+        let names: Vec<String> = collector.umami_stored().iter().filter_map(|r| r.name.clone()).collect();
+        assert_eq!(names, ["kept", "also kept"]);
     });
 }

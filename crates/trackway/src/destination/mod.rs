@@ -44,7 +44,7 @@ pub use memory::{InMemoryDestination, Received};
 pub use set::{DestinationFactory, DestinationSet};
 pub(crate) use set::{Unavailable, check_name};
 pub(crate) use status::status_and_first_line;
-pub use status::{classify_default, classify_status, parse_retry_after};
+pub use status::{classify_status, parse_retry_after};
 pub use transport::{TransportError, TransportErrorKind};
 #[cfg(feature = "umami")]
 pub use umami::Umami;
@@ -129,9 +129,9 @@ pub trait Destination: std::any::Any + Send + Sync + fmt::Debug + 'static {
 
     /// Classifies the server's answer to `request`: one outcome per entry of `request.items`, in
     /// the same order. Default: the status code decides for the whole request
-    /// ([`classify_default`]: 401, 403 and 404 say the configuration is wrong).
+    /// ([`classify_status`]: 401, 403 and 404 say the configuration is wrong).
     fn classify(&self, request: &Request, response: &Response) -> Classified {
-        let outcome = classify_default(response);
+        let outcome = classify_status(response);
         Classified::new(vec![outcome; request.items.len()])
     }
 

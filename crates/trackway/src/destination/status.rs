@@ -7,7 +7,9 @@ use super::{Outcome, Response};
 /// How long to pause after a 429 that carries no `Retry-After` (Sentry and Amplitude use 60 and 30).
 const BARE_429_PAUSE: Duration = Duration::from_secs(30);
 
-/// Classifies a whole response by its status code:
+/// Classifies a whole response by its status code: what
+/// [`Destination::classify`](super::Destination::classify) does by default, and the fallback of
+/// destinations that read more of the answer (Umami's).
 ///
 /// | status | outcome |
 /// |---|---|
@@ -15,10 +17,13 @@ const BARE_429_PAUSE: Duration = Duration::from_secs(30);
 /// | 429, 503 with `Retry-After` | `Throttled(after)` |
 /// | 429 without | `Throttled(30 s)` |
 /// | 408, 5xx | `Retry` |
+/// | 401, 403, 404 | `Misconfigured("<status>: <first line of the body>")` |
 /// | other 4xx, 3xx, 1xx | `Reject("<status>: <body>")` |
 ///
-/// [`classify_default`], what destinations use unless they classify themselves, differs only in
-/// holding the events on 401, 403 and 404.
+/// 401, 403 and 404 say the destination's configuration is wrong (bad credentials, a URL that
+/// names nothing), so its events are held ([`Outcome::Misconfigured`]) instead of dead-lettered;
+/// other 4xx stay per-request rejections. A destination whose server answers 403 or 404 about
+/// one event's content matches those statuses itself before falling back here.
 pub fn classify_status(response: &Response) -> Outcome {
     let status = response.status;
     let retry_after = response
@@ -31,23 +36,8 @@ pub fn classify_status(response: &Response) -> Outcome {
         429 => Outcome::Throttled(retry_after.unwrap_or(BARE_429_PAUSE)),
         503 => retry_after.map_or(Outcome::Retry, Outcome::Throttled),
         408 | 500..=599 => Outcome::Retry,
-        _ => Outcome::Reject(format!("{status}: {}", response.body_excerpt())),
-    }
-}
-
-/// [`classify_status`], except that 401, 403 and 404 say the destination's configuration is wrong
-/// ([`Outcome::Misconfigured`]: bad credentials, a URL that names nothing), so its events are
-/// held instead of dead-lettered. What [`Destination::classify`](super::Destination::classify)
-/// does by default; other 4xx stay per-request rejections.
-///
-/// | status | outcome |
-/// |---|---|
-/// | 401, 403, 404 | `Misconfigured("<status>: <first line of the body>")` |
-/// | others | as [`classify_status`] |
-pub fn classify_default(response: &Response) -> Outcome {
-    match response.status.as_u16() {
         401 | 403 | 404 => Outcome::Misconfigured(status_and_first_line(response)),
-        _ => classify_status(response),
+        _ => Outcome::Reject(format!("{status}: {}", response.body_excerpt())),
     }
 }
 
@@ -106,19 +96,15 @@ mod tests {
     }
 
     #[test]
-    fn default_table_holds_events_on_configuration_errors() {
+    fn configuration_errors_hold_the_events() {
         assert_eq!(
-            classify_default(&Response::new(401, "\n  bad token\nmore")),
+            classify_status(&Response::new(401, "\n  bad token\nmore")),
             Outcome::Misconfigured("401 Unauthorized: bad token".into())
         );
-        assert_eq!(classify_default(&Response::new(403, "")), Outcome::Misconfigured("403 Forbidden".into()));
-        assert!(matches!(classify_default(&Response::new(404, "<html>")), Outcome::Misconfigured(_)));
-        assert_eq!(classify_default(&Response::new(400, "x")), Outcome::Reject("400 Bad Request: x".into()));
-        assert_eq!(classify_default(&Response::new(422, "")), Outcome::Reject("422 Unprocessable Entity: ".into()));
-        assert_eq!(classify_default(&Response::new(200, "")), Outcome::Delivered);
-        assert_eq!(classify_default(&Response::new(503, "")), Outcome::Retry);
-        // classify_status itself (Umami's fallback) still rejects them per request.
-        assert!(matches!(classify_status(&Response::new(404, "")), Outcome::Reject(_)));
+        assert_eq!(classify_status(&Response::new(403, "")), Outcome::Misconfigured("403 Forbidden".into()));
+        assert!(matches!(classify_status(&Response::new(404, "<html>")), Outcome::Misconfigured(_)));
+        assert_eq!(classify_status(&Response::new(422, "")), Outcome::Reject("422 Unprocessable Entity: ".into()));
+        assert!(matches!(classify_status(&Response::new(302, "")), Outcome::Reject(_)));
     }
 
     #[test]

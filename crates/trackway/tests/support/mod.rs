@@ -2,7 +2,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::io::Write;
+use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use trackway::destination::JsonHttp;
@@ -73,4 +74,35 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
     cond()
+}
+
+/// Everything logged in this test binary (the worker logs from its own thread, so the
+/// subscriber is global; each test looks only at lines naming its own destination).
+pub fn logs() -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        struct Capture;
+        impl Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                logs().lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(|| Capture)
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        Mutex::new(Vec::new())
+    })
+}
+
+/// Log lines that contain every one of `needles`.
+pub fn log_lines(needles: &[&str]) -> Vec<String> {
+    let text = String::from_utf8_lossy(&logs().lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    text.lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(str::to_owned).collect()
 }

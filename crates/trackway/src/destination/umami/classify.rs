@@ -1,5 +1,6 @@
 //! Umami's answers: per-item outcomes from `/api/batch` `details`, cache tokens (JSON `cache` or
-//! a v2 ≤ 2.15 `text/plain` token), the bot reply, and the switch to `/api/send`.
+//! a v2 ≤ 2.15 `text/plain` token), the bot reply, the switch to `/api/send`, and the answers
+//! that say the configuration is wrong (see the module docs' table).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -17,11 +18,50 @@ use crate::destination::{Classified, DestinationState, Outcome, Request, Respons
 pub(super) struct Seen {
     /// The stored lesson about this base URL's server, if still fresh.
     pub(super) fact: Option<Fact>,
-    /// The `/api/batch` status that started a probe through `/api/send`, if one is pending.
-    pub(super) probing: Option<u16>,
+    /// The probe through `/api/send` in progress, if any.
+    pub(super) probing: Option<Probe>,
     /// The client's clock at that encode, Unix seconds: when a lesson is learned.
     pub(super) now_secs: i64,
 }
+
+/// Why the events go through `/api/send` until an answer ends it (stored under the probe key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Probe {
+    /// `/api/batch` answered this status (404 or 405: no route; 500: a broken one): a success on
+    /// `/api/send` tells which.
+    Batch(u16),
+    /// `/api/send` said the configuration is wrong while probing: the destination's probes go
+    /// there (one request each, not a 404 on `/api/batch` first), and the first answer that works
+    /// teaches nothing of the release (the batch 404 may have been the same mistake).
+    Held,
+}
+
+/// The stored value of [`Probe::Held`].
+const HELD: &str = "misconfigured";
+
+impl Probe {
+    /// The stored value (a status, or [`HELD`]).
+    fn encode(self) -> Vec<u8> {
+        match self {
+            Probe::Batch(status) => status.to_string().into_bytes(),
+            Probe::Held => HELD.as_bytes().to_vec(),
+        }
+    }
+
+    /// Reads a stored value; anything unreadable counts as a 404 on `/api/batch` (a probe was
+    /// pending, and a 404 is what most often starts one).
+    pub(super) fn decode(value: &[u8]) -> Probe {
+        match std::str::from_utf8(value) {
+            Ok(HELD) => Probe::Held,
+            Ok(s) => Probe::Batch(s.parse().unwrap_or(404)),
+            Err(_) => Probe::Batch(404),
+        }
+    }
+}
+
+/// What every Umami release answers about a website id it does not know (2.16 and newer as
+/// JSON, in `/api/batch` `details` too; 2.15 and 2.10 answer a bare 404 or 403 instead).
+const WEBSITE_NOT_FOUND: &str = "Website not found.";
 
 /// The header carrying the token of the previous answer.
 pub(super) const CACHE_HEADER: &str = "x-umami-cache";
@@ -94,13 +134,22 @@ struct KeyPayload {
     ip: Option<String>,
 }
 
+/// The first item of a request (all its items share one identity: website, id, IP, agent).
+fn first_item(request: &Request) -> Option<KeyItem> {
+    if is_batch(request) {
+        serde_json::from_slice::<Vec<KeyItem>>(&request.body).ok()?.into_iter().next()
+    } else {
+        serde_json::from_slice(&request.body).ok()
+    }
+}
+
+fn is_batch(request: &Request) -> bool {
+    request.url.ends_with("/api/batch")
+}
+
 /// The cache key of the identity a request was sent for (all its items share it).
 fn request_key(request: &Request) -> Option<String> {
-    let first: KeyItem = if request.url.ends_with("/api/batch") {
-        serde_json::from_slice::<Vec<KeyItem>>(&request.body).ok()?.into_iter().next()?
-    } else {
-        serde_json::from_slice(&request.body).ok()?
-    };
+    let first = first_item(request)?;
     let ua = request.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
     Some(cache_key(&first.payload.website, first.payload.id.as_deref(), first.payload.ip.as_deref(), ua))
 }
@@ -109,10 +158,11 @@ pub(super) fn classify(dest: &Umami, request: &Request, response: &Response) -> 
     let n = request.items.len();
     let (server_key, probe_key) = dest.server_keys();
     let seen = *dest.seen.lock().unwrap_or_else(|e| e.into_inner());
-    let (mut out, token, learned) = if request.url.ends_with("/api/batch") {
-        batch(n, response, &probe_key)
+    let own_ip = carries_own_ip(dest, request);
+    let (mut out, token, learned) = if is_batch(request) {
+        batch(dest, own_ip, n, response, &probe_key)
     } else {
-        send(dest, request, n, response, seen.probing, &probe_key)
+        send(dest, request, own_ip, n, response, seen.probing, &probe_key)
     };
     if let Some(fact) = learned
         && seen.fact != Some(fact)
@@ -199,7 +249,16 @@ fn all(n: usize, outcome: Outcome) -> Vec<Outcome> {
 
 /// `/api/batch`: per-item results from `details`, a token in `cache` (v3.0.2+), and what the
 /// answer says of the server.
-fn batch(n: usize, response: &Response, probe_key: &str) -> (Classified, Option<String>, Option<Fact>) {
+fn batch(
+    dest: &Umami,
+    own_ip: bool,
+    n: usize,
+    response: &Response,
+    probe_key: &str,
+) -> (Classified, Option<String>, Option<Fact>) {
+    if let Some(outcome) = whole_refusal(dest, own_ip, "/api/batch", response) {
+        return (Classified::new(all(n, outcome)), None, None);
+    }
     match response.status.as_u16() {
         200..=299 => {
             let body: Json = serde_json::from_slice(&response.body).unwrap_or(Json::Null);
@@ -209,7 +268,7 @@ fn batch(n: usize, response: &Response, probe_key: &str) -> (Classified, Option<
                     continue;
                 };
                 if let Some(slot) = outcomes.get_mut(i) {
-                    *slot = item_outcome(detail.get("response").unwrap_or(&Json::Null));
+                    *slot = item_outcome(dest, own_ip, detail.get("response").unwrap_or(&Json::Null));
                 }
             }
             let token = body.get("cache").and_then(Json::as_str).filter(|t| !t.is_empty()).map(str::to_owned);
@@ -224,10 +283,10 @@ fn batch(n: usize, response: &Response, probe_key: &str) -> (Classified, Option<
         }
         // No batch route (before v2.17, or a wrong base URL), or a broken one (v2.17 to v3.0.1)
         // or a failing server: the same events go through /api/send at once, and its answer
-        // tells which. A probe, not a failure.
+        // tells which (a 404 there too: the base URL is wrong). A probe, not a failure.
         status @ (404 | 405 | 500) => {
             let mut c = Classified::new(all(n, Outcome::Retry));
-            c.state.push((probe_key.to_owned(), Some(status.to_string().into_bytes())));
+            c.state.push((probe_key.to_owned(), Some(Probe::Batch(status).encode())));
             c.probe = true;
             (c, None, None)
         }
@@ -236,14 +295,66 @@ fn batch(n: usize, response: &Response, probe_key: &str) -> (Classified, Option<
 }
 
 /// One `details[].response`: the error body the send handler gave that item.
-fn item_outcome(response: &Json) -> Outcome {
+fn item_outcome(dest: &Umami, own_ip: bool, response: &Json) -> Outcome {
     let status =
         response.pointer("/error/status").or_else(|| response.get("status")).and_then(Json::as_u64).unwrap_or(400);
-    if (500..600).contains(&status) {
+    let status = u16::try_from(status).unwrap_or(400);
+    if let Some(outcome) = refused(dest, own_ip, "/api/batch details", status, &response.to_string()) {
+        outcome
+    } else if (500..600).contains(&status) {
         Outcome::Retry
     } else {
         Outcome::Reject(format!("{status} in /api/batch details: {response}"))
     }
+}
+
+/// Whether the request's events carry their own `ip` (server mode's `.ip(..)`), not the
+/// destination's: then a 403 is Umami's `IGNORE_IP` refusing that visitor, not this sender.
+fn carries_own_ip(dest: &Umami, request: &Request) -> bool {
+    first_item(request).and_then(|item| item.payload.ip).is_some_and(|ip| dest.ip.as_deref() != Some(ip.as_str()))
+}
+
+/// The answers Umami gives a sender it refuses as a whole, from any endpoint: "Website not
+/// found." in any status (every release from 2.16, and `/api/batch` details), and a 403 for a
+/// request that carries no visitor's own ip (an unknown website before 2024-05, as 2.10 answers,
+/// or the server's `IGNORE_IP` listing this sender's address). A 403 for a visitor's own ip is
+/// that event's rejection. `None`: the answer says something else.
+fn refused(dest: &Umami, own_ip: bool, endpoint: &str, status: u16, body: &str) -> Option<Outcome> {
+    if body.contains(WEBSITE_NOT_FOUND) {
+        return Some(Outcome::Misconfigured(format!(
+            "{status} on {endpoint}, \"{WEBSITE_NOT_FOUND}\": this Umami server has no website {} (copy the id from \
+             Umami's website settings)",
+            dest.website
+        )));
+    }
+    match status {
+        403 if own_ip => Some(Outcome::Reject(format!(
+            "403 on {endpoint} for an event carrying its own ip: the server ignores that address (Umami's \
+             IGNORE_IP): {}",
+            first_line(body)
+        ))),
+        403 => Some(Outcome::Misconfigured(format!(
+            "403 on {endpoint}: Umami refuses this sender: the website id {} is unknown (Umami before 2024-05, \
+             e.g. 2.10), or the server's IGNORE_IP lists this sender's address or the configured ip",
+            dest.website
+        ))),
+        _ => None,
+    }
+}
+
+/// [`refused`] for a whole answer that failed (a success's body is no refusal: a batch's
+/// `details` are read item by item).
+fn whole_refusal(dest: &Umami, own_ip: bool, endpoint: &str, response: &Response) -> Option<Outcome> {
+    let status = response.status.as_u16();
+    if response.status.is_success() {
+        return None;
+    }
+    refused(dest, own_ip, endpoint, status, &response.body_excerpt())
+}
+
+/// The first non-empty line of a body, for a message that must not carry a whole HTML page.
+fn first_line(body: &str) -> &str {
+    body.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("")
 }
 
 /// `/api/send`: a JSON `{cache,…}` or a plain-text token on success, `{"beep":"boop"}` for a
@@ -251,14 +362,17 @@ fn item_outcome(response: &Json) -> Outcome {
 fn send(
     dest: &Umami,
     request: &Request,
+    own_ip: bool,
     n: usize,
     response: &Response,
-    probing: Option<u16>,
+    probing: Option<Probe>,
     probe_key: &str,
 ) -> (Classified, Option<String>, Option<Fact>) {
     let status = response.status.as_u16();
-    let (mut c, token, fact) = match status {
-        200..=299 => {
+    let refusal = whole_refusal(dest, own_ip, "/api/send", response);
+    let (mut c, token, fact) = match (status, refusal) {
+        (_, Some(outcome)) => (Classified::new(all(n, outcome)), None, None),
+        (200..=299, None) => {
             let mut c = Classified::new(all(n, Outcome::Delivered));
             let token = match serde_json::from_slice::<Json>(&response.body) {
                 Ok(body @ Json::Object(_)) => {
@@ -292,26 +406,35 @@ fn send(
             };
             // /api/send works where /api/batch did not: the probe is answered.
             let fact = match probing {
-                Some(404 | 405) => Some(Fact::Before2_17),
-                Some(_) => Some(Fact::BatchBroken),
-                None => None,
+                Some(Probe::Batch(404 | 405)) => Some(Fact::Before2_17),
+                Some(Probe::Batch(_)) => Some(Fact::BatchBroken),
+                Some(Probe::Held) | None => None,
             };
             (c, token, fact)
         }
-        404 => {
-            let why = if probing.is_some() {
-                "404 on /api/batch and on /api/send: the base URL is wrong (or, on Umami ≤ 2.15, the website id is unknown)"
-            } else {
-                "404 on /api/send (wrong base URL, or an unknown website on Umami ≤ 2.15)"
-            };
-            (Classified::new(all(n, Outcome::Reject(format!("{why}: {}", response.body_excerpt())))), None, None)
+        // Every release has /api/send: nothing answers there.
+        (404, None) => {
+            let why = format!(
+                "404 on /api/send: the base URL is wrong (no Umami answers there; behind a BASE_PATH, include it), \
+                 or on Umami ≤ 2.15 the website id {} is unknown: {}",
+                dest.website,
+                crate::destination::status_and_first_line(response)
+            );
+            (Classified::new(all(n, Outcome::Misconfigured(why))), None, None)
         }
-        _ => (Classified::new(all(n, classify_status(response))), None, None),
+        (_, None) => (Classified::new(all(n, classify_status(response))), None, None),
     };
-    // Whatever /api/send answered, the probe is over: a wrong base URL or a failing server
-    // learns nothing, and the next events try /api/batch again.
     if probing.is_some() {
-        c.state.push((probe_key.to_owned(), None));
+        if c.outcomes.iter().any(|o| matches!(o, Outcome::Misconfigured(_))) {
+            // Held: the probes stay on /api/send, one request each.
+            if probing != Some(Probe::Held) {
+                c.state.push((probe_key.to_owned(), Some(Probe::Held.encode())));
+            }
+        } else {
+            // Any other answer ends the probe: a failing server learns nothing, and the next
+            // events try /api/batch again.
+            c.state.push((probe_key.to_owned(), None));
+        }
     }
     (c, token, fact)
 }

@@ -10,7 +10,7 @@ use serde::{Serialize, Serializer};
 use trackway_wire::umami::{TEXT_MAX, is_bot_user_agent, is_umami_date, truncate_utf16, utf16_len};
 use trackway_wire::{Context, Event, EventKind, Properties, Timestamp, Value};
 
-use super::classify::{CACHE_HEADER, Seen, cache_key};
+use super::classify::{CACHE_HEADER, Probe, Seen, cache_key};
 use super::server::{self, BATCH_SINCE, CLIENT_INFO_SINCE, Fact};
 use super::{TAG_PROPERTY, URL_PROPERTY, Umami};
 use crate::destination::{DestinationState, Encoded, EventRecord, Request};
@@ -274,8 +274,7 @@ pub(super) fn encode(dest: &Umami, events: &[EventRecord], state: &DestinationSt
     let (server_key, probe_key) = dest.server_keys();
     let now_secs = now.unix_seconds();
     let fact = server::fresh_fact(state, &server_key, now_secs);
-    let probing =
-        state.get(&probe_key).map(|v| std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).unwrap_or(404));
+    let probing = state.get(&probe_key).map(Probe::decode);
     *dest.seen.lock().unwrap_or_else(|e| e.into_inner()) = Seen { fact, probing, now_secs };
     let range = server::range(dest.server_version, fact);
     let single = probing.is_some() || range.before(BATCH_SINCE) || fact == Some(Fact::BatchBroken);

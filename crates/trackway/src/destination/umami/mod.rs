@@ -54,8 +54,8 @@
 //! The destination learns what it can from the answers, and [`Umami::server_version`] tells it
 //! the rest:
 //! - A 404 (or 405) on `/api/batch` followed by a success on `/api/send` at the same base URL
-//!   means a server older than 2.17 (a wrong base URL answers 404 on both, and the events are
-//!   dead-lettered saying so). A 500 on `/api/batch` while `/api/send` works means a batch route
+//!   means a server older than 2.17 (a wrong base URL answers 404 on both: see
+//!   [Answers](#answers)). A 500 on `/api/batch` while `/api/send` works means a batch route
 //!   that fails (2.17 to 3.0.1). Either way the events go one by one through `/api/send`, one at
 //!   a time, in order, each carrying the token the previous answer handed out.
 //! - A batch answer with a `cache` token means 3.0.2 or newer; one without, 2.17 to 3.0.1.
@@ -72,6 +72,39 @@
 //! The first time, a warning says so: "imports land at delivery time on this server". Only what
 //! is known is counted: without a configured version, a server older than 2.17 counts its
 //! dropped timestamps and ids, not its tags (2.11 is not visible in its answers).
+//!
+//! # Answers
+//!
+//! What each answer means. "Misconfigured" is [`Outcome::Misconfigured`](crate::destination::Outcome::Misconfigured):
+//! the events are **held** (pending, never dead-lettered for it), the destination shows as
+//! misconfigured in [`DestinationStats::health`](crate::DestinationStats::health) with the answer,
+//! one error line names it, and it is probed with one request at a growing interval (5 s doubling
+//! to 5 min) until an answer works; events still expire by `max_event_age`.
+//!
+//! | answer | meaning | events |
+//! |---|---|---|
+//! | 2xx on `/api/send`, `{"cache":…}` or a text token | delivered | delivered, token kept |
+//! | 200 `{"beep":"boop"}` | the bot check discarded it | dead-lettered, one warning |
+//! | 200 on `/api/batch` | per item: delivered, or its `details` entry decides (rows below) | per item |
+//! | 404 or 405 on `/api/batch` | no batch route (before 2.17), or a wrong base URL | the same events go through `/api/send` at once (a probe) |
+//! | 500 on `/api/batch` | a broken batch route (2.17 to 3.0.1), or a failing server | through `/api/send` at once (a probe) |
+//! | 404 on `/api/send` | every release has it: the base URL is wrong (or, on ≤ 2.15, the website id is unknown) | misconfigured |
+//! | "Website not found." in any status, or in a `details` entry | the website id is unknown (2.16 and newer: 400) | misconfigured |
+//! | 403, the request's events carry their own `ip` (server mode's `.ip(..)`) | the server's `IGNORE_IP` lists that visitor | dead-lettered |
+//! | 403 otherwise (status or `details`) | an unknown website before 2024-05 (2.10 answers 403 `Forbidden`), or `IGNORE_IP` lists this sender or the configured [`Umami::ip`] | misconfigured |
+//! | 401 | a proxy in front wants credentials | misconfigured |
+//! | 400 (status or `details`), other 4xx | that event's content | dead-lettered |
+//! | 5xx (status or `details`), 408 | the server failed | retried with backoff |
+//! | 429, 503 with `Retry-After` | the server asks to wait | retried after the wait |
+//!
+//! While misconfigured after a `/api/batch` probe, the probes go to `/api/send` alone (one
+//! request each); the first answer that works there teaches nothing of the release (the batch
+//! 404 may have been the same mistake), so the next events try `/api/batch` again. A fixed base
+//! URL or website id starts afresh (what is learned is keyed to both), so a server that has
+//! `/api/batch` gets the held events through it.
+//!
+//! A 403 for an event with its own `ip` on a 2.10 server whose website id is wrong cannot be told
+//! from `IGNORE_IP` and is dead-lettered.
 //!
 //! # User agent
 //!

@@ -9,7 +9,7 @@ use trackway_wire::{Context, Event, EventKind, Identity, MessageId, PageInfo, Pr
 use super::classify::cache_key;
 use super::server::{Fact, encode_fact, keys};
 use super::*;
-use crate::destination::{DestinationState, Outcome, Response};
+use crate::destination::{Classified, DestinationState, Outcome, Request, Response};
 
 const SITE: &str = "b59e9c65-ae32-47f1-8400-119fcf4861c4";
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) myapp/1.2.3";
@@ -300,21 +300,124 @@ fn fallback_states_and_send_answers() {
     let beep = dest.classify(&send, &Response::new(200, r#"{"beep":"boop"}"#));
     assert!(matches!(&beep.outcomes[0], Outcome::Reject(r) if r.contains("bot check")));
     assert!(!beep.state.iter().any(|(k, _)| k.starts_with("cache/")), "a bot reply leaves the token alone");
-    assert!(matches!(dest.classify(&send, &Response::new(404, "")).outcomes[0], Outcome::Reject(_)));
+    // Overturned on purpose (issue 13 part 5): a 404 on /api/send held the events as a
+    // rejection before; every release has that route, so it says the configuration is wrong.
+    assert!(matches!(dest.classify(&send, &Response::new(404, "")).outcomes[0], Outcome::Misconfigured(_)));
     assert_eq!(dest.classify(&send, &Response::new(503, "")).outcomes[0], Outcome::Retry);
 }
 
 #[test]
-fn a_404_on_both_endpoints_learns_nothing() {
+fn a_404_on_both_endpoints_holds_the_events_probes_send_alone_and_learns_nothing() {
     let dest = umami();
+    let (server_key, probe_key) = keys("http://umami.test", SITE);
     let mut state = DestinationState::default();
     let batch = request(&dest, &[purchase()], &state);
     answered(&dest, &mut state, &batch, 404, "");
     let send = request(&dest, &[purchase()], &state);
-    let c = answered(&dest, &mut state, &send, 404, "Not Found");
-    assert!(matches!(&c.outcomes[0], Outcome::Reject(r) if r.contains("base URL is wrong")), "{:?}", c.outcomes);
-    assert!(state.keys().all(|k| k.starts_with("cache/")), "nothing stored: {:?}", state.keys().collect::<Vec<_>>());
-    assert!(request(&dest, &[purchase()], &state).url.ends_with("/api/batch"), "the next events try batch again");
+    let c = answered(&dest, &mut state, &send, 404, "Not Found\n<html>");
+    assert!(
+        matches!(&c.outcomes[0], Outcome::Misconfigured(r) if r.contains("base URL is wrong") && r.ends_with("404 Not Found: Not Found")),
+        "{:?}",
+        c.outcomes
+    );
+    assert!(state.get(&server_key).is_none(), "nothing learned of the release");
+    assert_eq!(state.get(&probe_key), Some(&b"misconfigured"[..]));
+    // The probes go to /api/send alone (one request each), and stay there while it says so.
+    let probe = request(&dest, &[purchase()], &state);
+    assert!(probe.url.ends_with("/api/send"), "{}", probe.url);
+    let c = answered(&dest, &mut state, &probe, 404, "");
+    assert!(matches!(c.outcomes[0], Outcome::Misconfigured(_)));
+    assert!(c.state.is_empty(), "nothing changes: {:?}", c.state);
+    // Fixed at the same URL: the answer that works teaches nothing (the batch 404 may have been
+    // the same mistake), and the next events try /api/batch again.
+    let c = answered(&dest, &mut state, &probe, 200, r#"{"cache":"t"}"#);
+    assert_eq!(c.outcomes, [Outcome::Delivered]);
+    assert!(
+        state.get(&server_key).is_none() && state.get(&probe_key).is_none(),
+        "{:?}",
+        state.keys().collect::<Vec<_>>()
+    );
+    assert!(request(&dest, &[purchase()], &state).url.ends_with("/api/batch"));
+}
+
+/// The module docs' table of answers, in the order it lists them.
+#[test]
+fn the_answers_table() {
+    let dest = umami();
+    let state = DestinationState::default();
+    let batch = request(&dest, &[purchase(), purchase()], &state);
+    let send = request(&umami().server_version("2.10"), &[purchase()], &state);
+    assert!(batch.url.ends_with("/api/batch") && send.url.ends_with("/api/send"));
+    let outcomes = |req: &Request, status: u16, body: &str| dest.classify(req, &Response::new(status, body.to_owned()));
+    let misconfigured = |c: &Classified, what: &str| {
+        c.outcomes.iter().all(|o| matches!(o, Outcome::Misconfigured(r) if r.contains(what)))
+    };
+
+    // 404 on /api/batch: a probe (tested above). 404 on /api/send: the base URL.
+    assert!(misconfigured(&outcomes(&send, 404, "Not Found"), "base URL is wrong"));
+    // "Website not found." in any status, as each release says it.
+    let v3 = r#"{"error":{"message":"Website not found.","code":"bad-request","status":400}}"#;
+    let v2 = r#"{"error":"Website not found."}"#;
+    for (status, body) in [(400, v3), (400, v2), (404, v2), (403, v2), (500, v2)] {
+        let c = outcomes(&send, status, body);
+        assert!(
+            misconfigured(&c, "has no website b59e9c65-ae32-47f1-8400-119fcf4861c4"),
+            "{status} {body}: {:?}",
+            c.outcomes
+        );
+        assert!(misconfigured(&outcomes(&batch, status, body), "Website not found."), "{status} on /api/batch");
+    }
+    // Inside /api/batch details (2.17 and 3.x), item by item.
+    let details =
+        format!(r#"{{"size":2,"processed":1,"errors":1,"details":[{{"index":1,"response":{v3}}}],"cache":"t"}}"#);
+    let c = outcomes(&batch, 200, &details);
+    assert_eq!(c.outcomes[0], Outcome::Delivered);
+    assert!(
+        matches!(&c.outcomes[1], Outcome::Misconfigured(r) if r.contains("/api/batch details")),
+        "{:?}",
+        c.outcomes
+    );
+    let c = outcomes(
+        &batch,
+        200,
+        &format!(r#"{{"details":[{{"index":0,"response":{v2}}},{{"index":1,"response":{v2}}}]}}"#),
+    );
+    assert!(misconfigured(&c, "Website not found."), "{:?}", c.outcomes);
+    // A bare 403 (2.10's unknown website, or IGNORE_IP listing this sender) holds them too.
+    assert!(misconfigured(&outcomes(&send, 403, "Forbidden"), "IGNORE_IP"));
+    // 401 from a proxy in front: the default table's misconfiguration.
+    assert!(misconfigured(&outcomes(&send, 401, "no"), "401 Unauthorized: no"));
+    assert!(misconfigured(&outcomes(&batch, 401, ""), "401"));
+    // A 400 about the content stays a rejection, a 5xx a retry.
+    assert!(matches!(&outcomes(&send, 400, "Bad Request").outcomes[0], Outcome::Reject(_)));
+    assert_eq!(outcomes(&send, 502, "").outcomes[0], Outcome::Retry);
+}
+
+#[test]
+fn a_403_for_an_events_own_ip_is_that_events_rejection() {
+    let dest = umami().ip("10.0.0.1");
+    let state = DestinationState::default();
+    let mut visitor = purchase();
+    visitor.identity.ip = Some("203.0.113.9".into());
+    let own = request(&dest, &[visitor.clone()], &state);
+    let configured = request(&dest, &[purchase()], &state);
+    let forbidden = r#"{"error":{"message":"Forbidden","code":"forbidden","status":403}}"#;
+    let c = dest.classify(&own, &Response::new(403, forbidden));
+    assert!(
+        matches!(&c.outcomes[0], Outcome::Reject(r) if r.contains("IGNORE_IP") && r.contains("Forbidden")),
+        "{:?}",
+        c.outcomes
+    );
+    // The destination's own ip refused: every event would be; that is the configuration.
+    let c = dest.classify(&configured, &Response::new(403, forbidden));
+    assert!(matches!(&c.outcomes[0], Outcome::Misconfigured(_)), "{:?}", c.outcomes);
+    // In /api/batch details (the batch calls the send handler per item).
+    let details = format!(r#"{{"size":1,"processed":0,"errors":1,"details":[{{"index":0,"response":{forbidden}}}]}}"#);
+    assert!(matches!(&dest.classify(&own, &Response::new(200, details.clone())).outcomes[0], Outcome::Reject(_)));
+    assert!(matches!(&dest.classify(&configured, &Response::new(200, details)).outcomes[0], Outcome::Misconfigured(_)));
+    // Not the website: "Website not found." holds them whatever the ip.
+    let c = dest.classify(&own, &Response::new(403, r#"{"error":"Website not found."}"#));
+    assert!(matches!(&c.outcomes[0], Outcome::Misconfigured(_)), "{:?}", c.outcomes);
 }
 
 #[test]
