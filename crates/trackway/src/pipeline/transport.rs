@@ -67,6 +67,27 @@ impl Transport {
     /// Sends `request`, on the base in use and then on each next one while the answer says the
     /// server is down (nothing sent, a transport error, a 5xx), never after a 4xx.
     pub(crate) async fn send(&self, request: Request) -> Result<Response, SendError> {
+        self.send_failing_over(request, |answer| match answer {
+            Ok(response) => response.status.is_server_error(),
+            Err(_) => true,
+        })
+        .await
+    }
+
+    /// Sends a direct call's `request` once: on the base in use, and on the next ones only while
+    /// nothing was sent (a call that may have reached a server is never sent again).
+    pub(crate) async fn send_direct(&self, request: Request) -> Result<Response, SendError> {
+        self.send_failing_over(request, |answer| matches!(answer, Err(e) if e.kind() == TransportErrorKind::NotSent))
+            .await
+    }
+
+    /// Sends `request` on the base in use, then on each next one while `down` says the answer
+    /// calls for another base; the base that answered is used from then on.
+    async fn send_failing_over(
+        &self,
+        request: Request,
+        down: impl Fn(&Result<Response, SendError>) -> bool,
+    ) -> Result<Response, SendError> {
         let Some(failover) = &self.failover else { return self.send_following(request).await };
         let first = failover.current();
         let n = failover.bases.len();
@@ -80,11 +101,7 @@ impl Transport {
             let mut attempt = request.clone();
             attempt.url = url;
             let answer = self.send_following(attempt).await;
-            let down = match &answer {
-                Ok(response) => response.status.is_server_error(),
-                Err(_) => true,
-            };
-            if !down {
+            if !down(&answer) {
                 failover.settle(base);
                 return answer;
             }
@@ -92,28 +109,6 @@ impl Transport {
                 tracing::debug!(base = step, "trackway: base URL failed; trying the next fallback");
             }
             last = Some(answer);
-        }
-        last.unwrap_or_else(|| Err(TransportError::new(TransportErrorKind::NotSent, "no base URL to send to")))
-    }
-
-    /// Sends a direct call's `request` once: on the base in use, and on the next ones only while
-    /// nothing was sent (a call that may have reached a server is never sent again).
-    pub(crate) async fn send_direct(&self, request: Request) -> Result<Response, SendError> {
-        let Some(failover) = &self.failover else { return self.send_following(request).await };
-        let first = failover.current();
-        let n = failover.bases.len();
-        let mut last = None;
-        for step in 0..n {
-            let base = (first + step) % n;
-            let Some(url) = failover.rebase(&request.url, base) else {
-                return self.send_following(request).await;
-            };
-            let mut attempt = request.clone();
-            attempt.url = url;
-            match self.send_following(attempt).await {
-                Err(e) if e.kind() == TransportErrorKind::NotSent => last = Some(Err(e)),
-                answer => return answer,
-            }
         }
         last.unwrap_or_else(|| Err(TransportError::new(TransportErrorKind::NotSent, "no base URL to send to")))
     }
