@@ -28,7 +28,9 @@ fuzz_target!(|case: Case| {
             p
         }
         Err(e) => {
-            assert!(!expected_ok, "refused {:?}: {e}", case.value);
+            // The depth limit (MAX_PROPERTY_DEPTH) is not modelled by the oracle: a refusal for
+            // depth is right whenever it says so; the round trip below checks what passes.
+            assert!(!expected_ok || e.reason.starts_with("nests deeper than"), "refused {:?}: {e}", case.value);
             assert!(!e.reason.is_empty());
             return;
         }

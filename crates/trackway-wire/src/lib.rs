@@ -18,7 +18,7 @@ mod value;
 pub use encode::{CONTEXT_KEY, encode_event, encode_event_head, finish_event};
 pub use event::{Context, Event, EventKind, Identity, MessageId, PageInfo};
 pub use timestamp::{ParseTimestampError, Timestamp};
-pub use value::{Properties, PropertyError, Value};
+pub use value::{MAX_PROPERTY_DEPTH, Properties, PropertyError, Value};
 
 /// The string type of names, user ids and string values: up to 24 bytes inline, no allocation.
 pub use compact_str::CompactString;

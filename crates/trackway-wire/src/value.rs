@@ -135,13 +135,14 @@ impl Properties {
         }
     }
 
-    /// Checks that every number is finite and every key non-empty.
+    /// Checks that every number is finite, every key non-empty, and that values nest at most
+    /// [`MAX_PROPERTY_DEPTH`] levels deep.
     ///
     /// # Errors
     /// The first offending value, with its path.
     pub fn validate(&self) -> Result<(), PropertyError> {
         let mut path = String::new();
-        validate_object(self, &mut path)
+        validate_object(self, &mut path, 1)
     }
 
     /// Converts any serializable value (a struct or a map) into properties, rejecting NaN and
@@ -214,7 +215,19 @@ impl Value {
     }
 }
 
-fn validate_object(props: &Properties, path: &mut String) -> Result<(), PropertyError> {
+/// How deep properties may nest (objects and arrays, the properties themselves being level 1).
+/// Deeper values would pass the call and then fail to parse back from the store (serde_json stops
+/// at 128 levels, and the event around the properties adds its own), so the event could never be
+/// delivered: they are refused at the call instead.
+pub const MAX_PROPERTY_DEPTH: usize = 32;
+
+fn validate_object(props: &Properties, path: &mut String, depth: usize) -> Result<(), PropertyError> {
+    if depth > MAX_PROPERTY_DEPTH {
+        return Err(PropertyError {
+            path: path.clone(),
+            reason: format!("nests deeper than {MAX_PROPERTY_DEPTH} levels; flatten it"),
+        });
+    }
     for (key, value) in &props.entries {
         let len = path.len();
         if !path.is_empty() {
@@ -224,13 +237,14 @@ fn validate_object(props: &Properties, path: &mut String) -> Result<(), Property
         if key.is_empty() {
             return Err(PropertyError { path: path.clone(), reason: "has an empty name".into() });
         }
-        validate_value(value, path)?;
+        validate_value(value, path, depth)?;
         path.truncate(len);
     }
     Ok(())
 }
 
-fn validate_value(value: &Value, path: &mut String) -> Result<(), PropertyError> {
+/// `depth`: the level of the object or array holding `value`.
+fn validate_value(value: &Value, path: &mut String, depth: usize) -> Result<(), PropertyError> {
     match value {
         Value::Float(f) if f.is_nan() => {
             Err(PropertyError { path: path.clone(), reason: "is NaN; only finite numbers can be sent".into() })
@@ -239,15 +253,21 @@ fn validate_value(value: &Value, path: &mut String) -> Result<(), PropertyError>
             Err(PropertyError { path: path.clone(), reason: "is infinite; only finite numbers can be sent".into() })
         }
         Value::Array(items) => {
+            if depth + 1 > MAX_PROPERTY_DEPTH {
+                return Err(PropertyError {
+                    path: path.clone(),
+                    reason: format!("nests deeper than {MAX_PROPERTY_DEPTH} levels; flatten it"),
+                });
+            }
             for (i, item) in items.iter().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                validate_value(item, path)?;
+                validate_value(item, path, depth + 1)?;
                 path.truncate(len);
             }
             Ok(())
         }
-        Value::Object(inner) => validate_object(inner, path),
+        Value::Object(inner) => validate_object(inner, path, depth + 1),
         _ => Ok(()),
     }
 }
@@ -484,6 +504,29 @@ impl<'de> Deserialize<'de> for Properties {
 
 #[cfg(test)]
 mod tests {
+    /// Found by `fuzz/fuzz_targets/properties_value.rs`: properties nested past serde_json's
+    /// recursion limit were accepted, then their stored JSON could not be parsed back.
+    #[test]
+    fn properties_nested_too_deep_are_refused_and_what_passes_parses_back() {
+        let nest = |levels: usize| {
+            let mut v = Value::Int(1);
+            for _ in 0..levels {
+                v = Value::Array(vec![v]);
+            }
+            let mut p = Properties::new();
+            p.insert("deep", v);
+            p
+        };
+        let err = nest(200).validate().expect_err("too deep");
+        assert!(err.reason.contains("nests deeper than 32 levels"), "{err}");
+        let ok = nest(MAX_PROPERTY_DEPTH - 1);
+        ok.validate().expect("at the limit");
+        let json = serde_json::to_vec(&ok).expect("serialize");
+        let back: Properties = serde_json::from_slice(&json).expect("parses back");
+        assert_eq!(back, ok);
+        assert!(nest(MAX_PROPERTY_DEPTH).validate().is_err(), "one level more");
+    }
+
     use super::*;
 
     #[test]
