@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use trackway_collector::{Collector, Faults};
+use trackway_collector::{Collector, CollectorBuilder, Faults};
 
 /// The HTTP API of a running collector, shown by `trackway collector --help`.
 pub(crate) const COLLECTOR_API_HELP: &str = "\
@@ -17,14 +17,15 @@ Open the printed URL in a browser for the live page: requests as they arrive, co
 
 HTTP API (never recorded, never faulted):
   GET    /_trackway/api/stats     counters, events per path, requests per status
-  GET    /_trackway/api/requests  the recorded requests
+  GET    /_trackway/api/requests  the recorded requests kept in memory, credentials redacted; paged:
+                                  ?cursor=SEQ&limit=N (default 1000), next page in x-trackway-next-cursor
   GET    /_trackway/api/events    events received; filters: ?user=ID&name=N&type=T&path=P&status=CODE&destination=D&limit=L
   GET    /_trackway/api/faults    the current faults, as JSON
   PUT    /_trackway/api/faults    replace the faults, e.g. '{\"fail_every\":2,\"retry_after\":\"1\"}' (400 on bad JSON)
   DELETE /_trackway/api/faults    clear the faults
 
 Fault fields in JSON have the names of the flags with '_' for '-' (fail_every, fail_status,
-fail_for_ms, retry_after, latency_ms, close_every, rate_limit).";
+fail_for_ms, retry_after, latency_ms, close_every, rate_limit), and echo_request for --fail-echo.";
 
 /// `trackway collector` options.
 #[derive(Debug, Args)]
@@ -46,7 +47,26 @@ pub(crate) struct CollectorArgs {
     #[arg(long, value_name = "VERSION", default_value = "3.1")]
     umami_version: trackway_collector::UmamiMode,
     #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
     faults: FaultArgs,
+}
+
+/// What one client can make the collector hold.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits")]
+pub(crate) struct LimitArgs {
+    /// Answer 413 to a request body over this many bytes (default 8 MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = trackway_collector::DEFAULT_MAX_BODY_BYTES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_body_bytes: usize,
+    /// Keep at most this many bytes of request bodies in memory; the oldest requests are evicted
+    /// (and counted) beyond it (default 128 MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = trackway_collector::DEFAULT_MAX_KEPT_BYTES)]
+    max_kept_bytes: usize,
+    /// Answer 408 to a request whose body has not fully arrived after this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout_ms: u64,
 }
 
 /// Faults to inject from the start; they can be changed at run time over the HTTP API.
@@ -74,6 +94,10 @@ pub(crate) struct FaultArgs {
     /// Answer 429 to requests beyond N within a 1-second window.
     #[arg(long, value_name = "N")]
     rate_limit: Option<u32>,
+    /// Injected failures carry the whole request in their body, credentials included (a
+    /// careless server's error page), for checking that a client keeps them out of its output.
+    #[arg(long)]
+    fail_echo: bool,
 }
 
 impl FaultArgs {
@@ -86,6 +110,7 @@ impl FaultArgs {
             latency_ms: self.latency_ms,
             close_every: self.close_every,
             rate_limit: self.rate_limit,
+            echo_request: self.fail_echo,
         };
         faults.validate()?;
         Ok(faults)
@@ -95,7 +120,18 @@ impl FaultArgs {
 /// Runs `trackway collector` until interrupted.
 pub(crate) fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let faults = args.faults.into_faults()?;
-    run_collector(&args.listen, args.sink, args.store, faults, args.umami_version)
+    let addr = parse_listen(&args.listen)?;
+    let mut builder = Collector::builder()
+        .listen(addr)
+        .sink(args.sink)
+        .umami_mode(args.umami_version)
+        .max_body_bytes(args.limits.max_body_bytes)
+        .max_kept_bytes(args.limits.max_kept_bytes)
+        .body_timeout(Duration::from_millis(args.limits.body_timeout_ms));
+    if let Some(path) = &args.store {
+        builder = builder.store(path);
+    }
+    run_collector(builder, addr, args.sink, args.store, faults)
 }
 
 /// `--listen`: a socket address, or a host name and port resolved to its first address.
@@ -108,19 +144,14 @@ fn parse_listen(listen: &str) -> anyhow::Result<SocketAddr> {
 }
 
 fn run_collector(
-    listen: &str,
+    builder: CollectorBuilder,
+    addr: SocketAddr,
     sink: bool,
     store: Option<PathBuf>,
     faults: Faults,
-    umami: trackway_collector::UmamiMode,
 ) -> anyhow::Result<()> {
-    let addr = parse_listen(listen)?;
     let active = faults.is_active();
-    let mut builder = Collector::builder().listen(addr).sink(sink).faults(faults).umami_mode(umami);
-    if let Some(path) = &store {
-        builder = builder.store(path);
-    }
-    let collector = builder.start().with_context(|| match &store {
+    let collector = builder.faults(faults).start().with_context(|| match &store {
         Some(path) => format!("cannot start on {addr} with the store {}", path.display()),
         None => format!("cannot listen on {addr}"),
     })?;
@@ -135,9 +166,9 @@ fn run_collector(
         writeln!(out, "injecting faults: {}", serde_json::to_string(&collector.faults())?)?;
     }
     // Requests of earlier runs read back from the store are counted, not printed again.
-    let mut shown = collector.requests().len();
+    let mut next = collector.sink_stats().requests;
     if let Some(path) = &store {
-        writeln!(out, "keeping requests in {} ({shown} from earlier runs)", path.display())?;
+        writeln!(out, "keeping requests in {} ({next} from earlier runs)", path.display())?;
     }
     out.flush()?;
     while !interrupted.load(Ordering::Relaxed) {
@@ -145,8 +176,13 @@ fn run_collector(
         if sink {
             continue;
         }
-        let requests = collector.requests();
-        for r in requests.iter().skip(shown) {
+        // Only what arrived since the last look (not a copy of everything kept).
+        let requests = collector.requests_since(next);
+        for r in &requests {
+            if r.seq > next {
+                writeln!(out, "({} requests evicted from memory before they were printed)", r.seq - next)?;
+            }
+            next = r.seq + 1;
             let events = match r.json() {
                 Some(serde_json::Value::Array(a)) => a.len(),
                 Some(_) => 1,
@@ -163,7 +199,6 @@ fn run_collector(
                 r.destination
             )?;
         }
-        shown = requests.len();
         out.flush()?;
     }
     drop(out);

@@ -2,7 +2,8 @@
 //!
 //! ```toml
 //! [store]                      # optional
-//! path = "trackway-outbox.db"  # relative paths are relative to the configuration file
+//! path = "trackway-outbox.db"  # relative paths are relative to the configuration file; a
+//!                              # leading `~/` is the home directory (`~user/` is refused)
 //!
 //! [[destination]]
 //! name = "warehouse"
@@ -171,6 +172,13 @@ impl Destination {
     pub(crate) fn name(&self) -> &str {
         &self.name
     }
+
+    /// The same destination with each request limited to `timeout` (the configuration file has
+    /// no timeout of its own).
+    pub(crate) fn with_request_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.http = self.http.timeout(timeout);
+        self
+    }
 }
 
 impl fmt::Debug for Destination {
@@ -188,6 +196,10 @@ impl Config {
             std::fs::read_to_string(path).with_context(|| format!("cannot read configuration {}", path.display()))?;
         let mut config: Config = toml::from_str(&text).map_err(|e| syntax_error(path, &text, &e))?;
         config.file = path.to_path_buf();
+        if let Some(store) = &mut config.store {
+            store.path = expand_home(&store.path, dirs::home_dir)
+                .with_context(|| format!("{}: [store] path {}", path.display(), store.path.display()))?;
+        }
         let mut names: Vec<&str> = Vec::new();
         for (i, d) in config.destinations.iter().enumerate() {
             let what = || format!("{}: destination #{} (`{}`)", path.display(), i + 1, d.name);
@@ -309,6 +321,27 @@ pub(crate) fn with_destinations(mut builder: ClientBuilder, destinations: Vec<De
     builder
 }
 
+/// `path` with a leading `~` or `~/` replaced by the home directory (from `home`), as a shell
+/// would: written in a file, it would otherwise create a directory named `~`.
+///
+/// # Errors
+/// `~user/...` (another user's home is not looked up), or no home directory known.
+fn expand_home(path: &Path, home: impl FnOnce() -> Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let mut components = path.components();
+    let Some(std::path::Component::Normal(first)) = components.next() else { return Ok(path.to_path_buf()) };
+    let Some(first) = first.to_str() else { return Ok(path.to_path_buf()) };
+    if first == "~" {
+        let Some(home) = home().filter(|h| h.is_absolute()) else {
+            bail!("starts with `~`, but the home directory is not known (HOME is not set): write the full path");
+        };
+        return Ok(home.join(components.as_path()));
+    }
+    if first.starts_with('~') {
+        bail!("`{first}` (another user's home directory) is not expanded: write the full path");
+    }
+    Ok(path.to_path_buf())
+}
+
 /// Loads `--config`, or fails saying it is needed for `what`.
 pub(crate) fn require(config: Option<&Path>, what: &str) -> anyhow::Result<Config> {
     match config {
@@ -377,6 +410,22 @@ mod tests {
         )
         .expect_err("empty port");
         assert!(format!("{err:#}").contains("base URL has an empty port after `umami.local:`"), "{err:#}");
+    }
+
+    #[test]
+    fn a_home_relative_store_path_is_expanded_or_refused() {
+        let home = || Some(PathBuf::from("/home/jane"));
+        assert_eq!(expand_home(Path::new("~/outbox.db"), home).expect("expanded"), Path::new("/home/jane/outbox.db"));
+        assert_eq!(expand_home(Path::new("~"), home).expect("expanded"), Path::new("/home/jane"));
+        assert_eq!(expand_home(Path::new("a/~/b.db"), home).expect("kept"), Path::new("a/~/b.db"));
+        assert_eq!(expand_home(Path::new("/x/~y"), home).expect("kept"), Path::new("/x/~y"));
+        let err = expand_home(Path::new("~bob/outbox.db"), home).expect_err("other user");
+        assert!(err.to_string().contains("`~bob`"), "{err}");
+        let err = expand_home(Path::new("~/outbox.db"), || None).expect_err("no home");
+        assert!(err.to_string().contains("home directory is not known"), "{err}");
+        let config = parse("[store]\npath = \"~/tw/outbox.db\"\n").expect("config");
+        let expected = dirs::home_dir().expect("a home directory").join("tw/outbox.db");
+        assert_eq!(config.store_path(), Some(expected));
     }
 
     #[test]

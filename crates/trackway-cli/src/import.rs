@@ -71,7 +71,7 @@ struct Line {
 
 /// A line turned into what `Client::import` takes.
 fn parse_line(text: &str) -> Result<(Message, MessageId, Timestamp), String> {
-    let line: Line = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let line: Line = serde_json::from_str(text).map_err(|e| crate::jsonl::explain(text, &e))?;
     let id: MessageId = line.id.parse().map_err(|e| format!("`id` {:?} is not a UUID: {e}", line.id))?;
     let timestamp: Timestamp = line.timestamp.parse().map_err(|e| format!("`timestamp`: {e}"))?;
     if line.user.is_none() && line.anonymous_id.is_none() {

@@ -10,6 +10,7 @@ mod collector;
 mod config;
 mod demo;
 mod import;
+mod jsonl;
 mod outbox;
 mod send;
 
@@ -50,7 +51,31 @@ pub(crate) enum Outcome {
     Failed,
 }
 
+/// Sends the SDK's and the collector's `tracing` lines to stderr, filtered by `RUST_LOG` (e.g.
+/// `RUST_LOG=trackway=debug`, `RUST_LOG=trace`); without it, or with a filter that does not
+/// parse, nothing is logged, so the commands' own output stays all there is. An invalid filter
+/// is said once, on stderr, rather than ignored silently.
+fn init_logging() {
+    let filter = match std::env::var("RUST_LOG") {
+        Err(_) => return,
+        Ok(text) if text.trim().is_empty() => return,
+        Ok(text) => match tracing_subscriber::EnvFilter::try_new(&text) {
+            Ok(filter) => filter,
+            Err(e) => {
+                #[allow(clippy::print_stderr, reason = "the only way to say the filter is wrong")]
+                {
+                    eprintln!("warning: RUST_LOG={text:?} is not a valid filter ({e}); logging stays off");
+                }
+                return;
+            }
+        },
+    };
+    // Err only if a subscriber is already set, which nothing here does.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
 fn main() -> ExitCode {
+    init_logging();
     let cli = Cli::parse();
     let config = cli.config.as_deref();
     let result = match cli.command {

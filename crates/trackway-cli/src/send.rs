@@ -1,4 +1,10 @@
 //! `trackway send`: one event from the command line, delivered (or not) before the command ends.
+//!
+//! `send` keeps nothing: the event goes through an in-memory store, so an event not delivered
+//! within `--timeout` (or rejected) is gone when the command exits, and the output says so. That
+//! is the choice for a one-shot command: it never competes with a running `import` for the
+//! durable store, and it never leaves an event behind that some later command would send
+//! unexpectedly. `trackway import` is the way to queue events durably.
 
 use std::io::Write;
 use std::path::Path;
@@ -31,7 +37,8 @@ pub(crate) struct SendArgs {
     /// Properties as a JSON object (--prop values are added to it).
     #[arg(long, value_name = "JSON")]
     properties: Option<String>,
-    /// How long to wait for delivery, in seconds.
+    /// How long to wait for delivery, in seconds. Each request gets at most half of it, so a
+    /// server that does not answer is reported as a timeout. The event is not kept after that.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     timeout: f64,
 }
@@ -87,6 +94,10 @@ pub(crate) fn run(config: Option<&Path>, args: SendArgs) -> anyhow::Result<Outco
         .context("--timeout must be a positive number of seconds")?;
     let properties = properties(args.properties.as_deref(), &args.props)?;
     let names: Vec<String> = destinations.iter().map(|d| d.name().to_owned()).collect();
+    // Half the budget per request: a server that accepts the connection and never answers
+    // fails the first request with a timeout the report can name, instead of "no answer yet".
+    let request_timeout = (timeout / 2).max(Duration::from_millis(100));
+    let destinations = destinations.into_iter().map(|d| d.with_request_timeout(request_timeout)).collect();
     // An in-memory store: a one-shot command must not compete for the durable store's lock with
     // a running import; an event not delivered within --timeout is reported, not kept.
     let client = config::with_destinations(Client::builder().store(MemoryStore::new()), destinations)
@@ -138,12 +149,19 @@ fn report(
         } else if timed_out || d.pending > 0 {
             let why = match &d.health.last_error {
                 Some(e) => format!("the last: {e}"),
-                None => "no answer yet".to_owned(),
+                None => "the request was still waiting for an answer".to_owned(),
             };
             writeln!(out, "{name}: not delivered within {timeout:?}: {} failed request(s), {why}", d.failed_requests)?;
         } else {
             writeln!(out, "{name}: not delivered")?;
         }
+    }
+    if !ok {
+        writeln!(
+            out,
+            "the event was not kept: `trackway send` stores nothing, so it is not sent again \
+             (`trackway import` queues events in the durable store)"
+        )?;
     }
     out.flush()?;
     Ok(if ok { Outcome::Ok } else { Outcome::Failed })

@@ -138,11 +138,7 @@ fn write(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         for Row { request, received_at_ms } in rows {
-            let headers: Vec<(&str, &str)> = request
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), if is_credential(n) { REDACTED } else { v.as_str() }))
-                .collect();
+            let headers = redacted(&request.headers);
             insert_request.execute(params![
                 *received_at_ms as i64,
                 request.method,
@@ -192,6 +188,8 @@ fn load(conn: &Connection, backends: &Backends) -> rusqlite::Result<Vec<(Recorde
         let backend = Arc::clone(backends.find(&method, &path));
         Ok((
             RecordedRequest {
+                // Numbered when the recorder counts it.
+                seq: 0,
                 method,
                 path,
                 query: row.get(3)?,
@@ -221,6 +219,12 @@ fn add_answer_columns(conn: &Connection) -> rusqlite::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `headers` with the values of credentials replaced by [`REDACTED`]: what the live page, the
+/// API and the file show.
+pub(crate) fn redacted(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers.iter().map(|(n, v)| (n.as_str(), if is_credential(n) { REDACTED } else { v.as_str() })).collect()
 }
 
 /// Whether a header carries a credential, by its (lower-case) name.
@@ -285,6 +289,13 @@ mod tests {
         assert_eq!(earlier[0].0.answer_body, Bytes::from_static(b"{}"));
         assert_eq!(earlier[0].0.answer_headers, [("content-type".to_owned(), "application/json".to_owned())]);
         archive.close();
+    }
+
+    #[test]
+    fn credentials_are_redacted() {
+        let headers =
+            vec![("authorization".to_owned(), "Bearer s".to_owned()), ("accept".to_owned(), "*/*".to_owned())];
+        assert_eq!(redacted(&headers), [("authorization", REDACTED), ("accept", "*/*")]);
     }
 
     #[test]

@@ -101,6 +101,38 @@ impl CollectorBuilder {
         self
     }
 
+    /// The largest request body accepted, in bytes. Default:
+    /// [`DEFAULT_MAX_BODY_BYTES`](crate::DEFAULT_MAX_BODY_BYTES) (8 MiB). A bigger one is answered
+    /// `413 Payload Too Large` (at once when its `Content-Length` says so, else as soon as that
+    /// many bytes arrived) without keeping any of it, and counted in
+    /// [`LimitStats::too_large`](crate::LimitStats::too_large); the request is recorded with an
+    /// empty body. Applies in sink mode and to the collector's own API too.
+    /// [`start`](Self::start) fails with `InvalidInput` for 0.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.config.limits.max_body_bytes = bytes;
+        self
+    }
+
+    /// How many bytes of request and answer bodies the recorded requests may hold in memory.
+    /// Default: [`DEFAULT_MAX_KEPT_BYTES`](crate::DEFAULT_MAX_KEPT_BYTES) (128 MiB). Beyond it the
+    /// oldest requests are evicted (from [`requests`](RunningCollector::requests), the API, the
+    /// events and the live page's replay; not from a [`store`](Self::store) file) and counted in
+    /// [`LimitStats`](crate::LimitStats); every counter still includes them.
+    pub fn max_kept_bytes(mut self, bytes: usize) -> Self {
+        self.config.limits.max_kept_bytes = bytes;
+        self
+    }
+
+    /// How long a request body may take to arrive, from the end of its head. Default:
+    /// [`DEFAULT_BODY_TIMEOUT`](crate::DEFAULT_BODY_TIMEOUT) (30 s). A body not complete by then
+    /// (one byte a second, say) is answered `408 Request Timeout`, its connection closed, and
+    /// counted in [`LimitStats::timed_out`](crate::LimitStats::timed_out).
+    /// [`start`](Self::start) fails with `InvalidInput` for zero.
+    pub fn body_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.config.limits.body_timeout = timeout;
+        self
+    }
+
     /// The address to listen on. Default: `127.0.0.1:0` (a free port chosen by the OS).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.config.listen = addr;

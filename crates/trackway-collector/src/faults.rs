@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use crate::backends::BackendRequest;
 use crate::reply::Reply;
 
 /// Faults the collector injects into the requests it receives, all off by default.
@@ -65,6 +66,12 @@ pub struct Faults {
     /// `Retry-After` ([`retry_after`](Self::retry_after), else `1`). A window starts with the
     /// first request after the previous one ended.
     pub rate_limit: Option<u32>,
+    /// Injected failures ([`fail_every`](Self::fail_every), [`fail_for_ms`](Self::fail_for_ms))
+    /// carry the whole request in their body, credentials included, as one line of JSON
+    /// (`{"error":"...","method":..,"path":..,"headers":[[name,value],..],"body":".."}`): what a
+    /// careless or hostile server's error page does. For testing that a client keeps the
+    /// secrets it sent out of what it logs, prints and stores. Injects nothing by itself.
+    pub echo_request: bool,
 }
 
 impl Default for Faults {
@@ -77,6 +84,7 @@ impl Default for Faults {
             latency_ms: None,
             close_every: None,
             rate_limit: None,
+            echo_request: false,
         }
     }
 }
@@ -143,18 +151,40 @@ pub(crate) enum Injected {
 pub(crate) struct Decision {
     pub(crate) latency: Duration,
     pub(crate) injected: Option<Injected>,
+    /// An injected failure echoes the request ([`Faults::echo_request`]).
+    pub(crate) echo: bool,
 }
 
 impl Decision {
     /// The reply to send instead of the normal one, if a fault fired (without the latency,
-    /// which the caller adds to whichever reply it sends).
-    pub(crate) fn reply(&self) -> Option<Reply> {
+    /// which the caller adds to whichever reply it sends); an echoing failure carries `request`.
+    pub(crate) fn reply(&self, request: &BackendRequest<'_>) -> Option<Reply> {
         match &self.injected {
             None => None,
             Some(Injected::Close) => Some(Reply::close_connection()),
-            Some(Injected::Status(status, retry_after)) => Some(Reply::injected(*status, retry_after.clone())),
+            Some(Injected::Status(status, retry_after)) => {
+                let reply = Reply::injected(*status, retry_after.clone());
+                // A rate-limit 429 is the collector's own answer, not the failing server's page.
+                let echo = self.echo && *status != StatusCode::TOO_MANY_REQUESTS;
+                Some(if echo { reply.json_text(echo_body(request)) } else { reply })
+            }
         }
     }
+}
+
+/// The request as one line of JSON, headers first so that they are in any excerpt of it.
+fn echo_body(request: &BackendRequest<'_>) -> String {
+    let text = |v: &str| serde_json::Value::from(v).to_string();
+    let map = request.headers();
+    let headers: Vec<(&str, String)> =
+        map.iter().map(|(n, v)| (n.as_str(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+    format!(
+        "{{\"error\":\"echo of the request (Faults::echo_request)\",\"method\":{},\"path\":{},\"headers\":{},\"body\":{}}}",
+        text(request.method()),
+        text(request.path()),
+        serde_json::to_string(&headers).unwrap_or_default(),
+        text(&String::from_utf8_lossy(request.body())),
+    )
 }
 
 const RATE_WINDOW: Duration = Duration::from_secs(1);
@@ -306,7 +336,7 @@ impl FaultState {
         let f = &self.faults;
         let latency = Duration::from_millis(f.latency_ms.unwrap_or(0));
         if !f.is_active() {
-            return Decision { latency, injected: None };
+            return Decision { latency, injected: None, echo: false };
         }
         self.seen += 1;
         let nth = |every: Option<u64>| every.is_some_and(|n| n > 0 && self.seen.is_multiple_of(n));
@@ -338,7 +368,7 @@ impl FaultState {
         } else {
             None
         };
-        Decision { latency, injected }
+        Decision { latency, injected, echo: f.echo_request }
     }
 }
 
@@ -366,7 +396,7 @@ mod tests {
     fn no_faults_inject_nothing() {
         let (mut s, now) = state(Faults::default());
         for _ in 0..10 {
-            assert_eq!(s.decide_at(now), Decision { latency: Duration::ZERO, injected: None });
+            assert_eq!(s.decide_at(now), Decision { latency: Duration::ZERO, injected: None, echo: false });
         }
     }
 
@@ -459,6 +489,23 @@ mod tests {
     }
 
     #[test]
+    fn an_echoing_failure_carries_the_request_headers_first() {
+        let (mut s, now) =
+            state(Faults { fail_every: Some(1), fail_status: 400, echo_request: true, ..Faults::default() });
+        let headers = vec![("authorization".to_owned(), "Bearer s3".to_owned())];
+        let request = BackendRequest::new("POST", "/events", b"[{\"a\":\"x\ny\"}]").with_headers(&headers);
+        let reply = s.decide_at(now).reply(&request).expect("a failure");
+        let body = String::from_utf8(reply.body_bytes().to_vec()).expect("utf-8");
+        assert!(!body.contains('\n'), "one line: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(json["headers"], serde_json::json!([["authorization", "Bearer s3"]]));
+        assert_eq!(json["body"], "[{\"a\":\"x\ny\"}]");
+        assert!(body.find("Bearer s3") < body.find("\"body\""), "headers before the body: {body}");
+        let (mut s, now) = state(Faults { fail_every: Some(1), ..Faults::default() });
+        assert!(s.decide_at(now).reply(&request).expect("a failure").body_bytes().is_empty());
+    }
+
+    #[test]
     fn validation_and_json() {
         assert!(Faults { fail_every: Some(0), ..Faults::default() }.validate().is_err());
         assert!(Faults { close_every: Some(0), ..Faults::default() }.validate().is_err());
@@ -478,6 +525,7 @@ mod tests {
             latency_ms: Some(3),
             close_every: Some(7),
             rate_limit: Some(10),
+            echo_request: true,
         };
         let json = serde_json::to_string(&full).expect("serialize");
         assert_eq!(serde_json::from_str::<Faults>(&json).expect("round trip"), full);

@@ -5,11 +5,19 @@
 //! The prefix cannot collide with a destination's path, and requests under it are neither
 //! recorded nor counted, do not consume the script, and are never faulted.
 //!
-//! - `GET /_trackway/api/stats`: the counters, plus `events_by_path` and `statuses` (requests
-//!   per answered status; 0 is a connection closed without an answer).
-//! - `GET /_trackway/api/requests`: the recorded requests, each with its `destination` (the
-//!   label of the backend that claimed it: `umami` for Umami's paths, `json` for what none
-//!   claims) and the collector's `answer` (status, headers, body).
+//! - `GET /_trackway/api/stats`: the counters, plus `events_by_path`, `statuses` (requests
+//!   per answered status; 0 is a connection closed without an answer) and `limits` (the
+//!   [`LimitStats`](crate::LimitStats): kept and evicted requests and bytes, bodies refused as
+//!   too large or too slow).
+//! - `GET /_trackway/api/requests?cursor=SEQ&limit=N`: the recorded requests kept in memory,
+//!   oldest first, one page at a time: at most `limit` (default 1000, at most 10 000) from
+//!   sequence number `cursor` on (default 0), and at most 8 MiB of bodies per page (one request
+//!   at least). Each has its `seq`, its `destination` (the label of the backend that claimed
+//!   it: `umami` for Umami's paths, `json` for what none claims), its headers with credentials
+//!   redacted (as on the live page and in the `--store` file) and the collector's `answer`
+//!   (status, headers, body). When more follow, the answer has an `x-trackway-next-cursor`
+//!   header and a `link: <...>; rel="next"`; `x-trackway-evicted` counts the requests evicted
+//!   from memory so far (a `cursor` below the oldest kept one starts at that one).
 //! - `GET /_trackway/api/events?user=&name=&type=&path=&status=&destination=&limit=`: the events
 //!   decoded from the recorded request bodies by their backends, oldest first, each with the
 //!   `destination` its request was for. Umami events are shown as
@@ -22,6 +30,7 @@ use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
 
+use crate::archive::redacted;
 use crate::faults::Faults;
 use crate::recorder::RecordedRequest;
 use crate::state::Shared;
@@ -33,6 +42,12 @@ const EVENTS: &str = "/_trackway/api/events";
 const FAULTS: &str = "/_trackway/api/faults";
 /// Events answered by `GET /_trackway/api/events` when no `limit` is given.
 const DEFAULT_EVENT_LIMIT: usize = 1000;
+/// Requests per page of `GET /_trackway/api/requests` when no `limit` is given, and at most.
+const DEFAULT_REQUEST_LIMIT: usize = 1000;
+const MAX_REQUEST_LIMIT: usize = 10_000;
+/// Bytes of bodies per page of `GET /_trackway/api/requests` (one request at least): the answer
+/// stays a few MiB whatever the collector holds.
+const PAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Whether `path` belongs to the inspection API rather than to the simulated destination.
 pub(crate) fn is_inspection(path: &str) -> bool {
@@ -51,10 +66,10 @@ pub(crate) fn answer(
     match path {
         STATS | REQUESTS | EVENTS if !read_only => method_not_allowed(),
         STATS => stats(shared),
-        REQUESTS => {
-            let requests: Vec<Value> = shared.recorder.requests().iter().map(request_json).collect();
-            respond(StatusCode::OK, &Value::Array(requests))
-        }
+        REQUESTS => match Page::parse(query.unwrap_or("")) {
+            Ok(page) => requests(shared, &page),
+            Err(message) => error(StatusCode::BAD_REQUEST, &message),
+        },
         EVENTS => match EventFilter::parse(query.unwrap_or("")) {
             Ok(filter) => respond(StatusCode::OK, &Value::Array(events(shared, &filter))),
             Err(message) => error(StatusCode::BAD_REQUEST, &message),
@@ -76,8 +91,74 @@ fn stats(shared: &Shared) -> Response<Full<Bytes>> {
             "json_errors": stats.json_errors,
             "events_by_path": breakdown.events_by_path,
             "statuses": breakdown.statuses,
+            "limits": limits_json(shared),
         }),
     )
+}
+
+/// The [`LimitStats`](crate::LimitStats) and the limits themselves, for the stats and the live page.
+pub(crate) fn limits_json(shared: &Shared) -> Value {
+    let (too_large, timed_out) = shared.refused.counts();
+    let l = shared.recorder.limit_stats(too_large, timed_out);
+    json!({
+        "kept_requests": l.kept_requests,
+        "kept_bytes": l.kept_bytes,
+        "evicted_requests": l.evicted_requests,
+        "evicted_bytes": l.evicted_bytes,
+        "too_large": l.too_large,
+        "timed_out": l.timed_out,
+        "max_kept_bytes": shared.limits.max_kept_bytes,
+        "max_body_bytes": shared.limits.max_body_bytes,
+        "body_timeout_ms": u64::try_from(shared.limits.body_timeout.as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+/// The query of `GET /_trackway/api/requests`.
+#[derive(Debug, PartialEq, Eq)]
+struct Page {
+    cursor: u64,
+    limit: usize,
+}
+
+impl Page {
+    fn parse(query: &str) -> Result<Self, String> {
+        let mut page = Page { cursor: 0, limit: DEFAULT_REQUEST_LIMIT };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "cursor" => {
+                    page.cursor = value.parse().map_err(|_| format!("cursor: {value:?} is not a sequence number"))?;
+                }
+                "limit" => {
+                    page.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_REQUEST_LIMIT).contains(n))
+                        .ok_or_else(|| format!("limit: {value:?} is not a count from 1 to {MAX_REQUEST_LIMIT}"))?;
+                }
+                other => return Err(format!("unknown parameter {other:?} (known: cursor, limit)")),
+            }
+        }
+        Ok(page)
+    }
+}
+
+/// One page of the kept requests, with the cursor of the next one in the headers.
+fn requests(shared: &Shared, page: &Page) -> Response<Full<Bytes>> {
+    let (requests, next) = shared.recorder.page(page.cursor, page.limit, PAGE_BYTES);
+    let items: Vec<Value> = requests.iter().map(request_json).collect();
+    let mut response = respond(StatusCode::OK, &Value::Array(items));
+    let headers = response.headers_mut();
+    let evicted = shared.recorder.limit_stats(0, 0).evicted_requests;
+    headers.insert("x-trackway-evicted", HeaderValue::from(evicted));
+    if let Some(next) = next {
+        headers.insert("x-trackway-next-cursor", HeaderValue::from(next));
+        let link = format!("<{REQUESTS}?cursor={next}&limit={}>; rel=\"next\"", page.limit);
+        if let Ok(link) = HeaderValue::from_str(&link) {
+            headers.insert(http::header::LINK, link);
+        }
+    }
+    response
 }
 
 fn faults(shared: &Shared, method: &Method, body: &[u8]) -> Response<Full<Bytes>> {
@@ -232,12 +313,15 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 
 fn request_json(request: &RecordedRequest) -> Value {
     json!({
+        "seq": request.seq,
         "method": request.method,
         "path": request.path,
         "destination": request.destination,
         "query": request.query,
         "status": request.status,
-        "headers": request.headers,
+        // Redacted as on the live page and in the store: the API is as easy to reach (curl, a
+        // browser tab) and its answers end up in logs.
+        "headers": redacted(&request.headers),
         "body": request.body_str(),
         "answer": {
             "status": request.status,
@@ -286,6 +370,16 @@ mod tests {
         assert_eq!(EventFilter::parse("").expect("empty").limit, DEFAULT_EVENT_LIMIT);
         assert!(EventFilter::parse("limit=x").is_err());
         assert!(EventFilter::parse("nme=x").is_err());
+    }
+
+    #[test]
+    fn page_parsing() {
+        assert_eq!(Page::parse("").expect("empty"), Page { cursor: 0, limit: DEFAULT_REQUEST_LIMIT });
+        assert_eq!(Page::parse("cursor=7&limit=2").expect("valid"), Page { cursor: 7, limit: 2 });
+        assert!(Page::parse("limit=0").is_err());
+        assert!(Page::parse(&format!("limit={}", MAX_REQUEST_LIMIT + 1)).is_err());
+        assert!(Page::parse("cursor=-1").is_err());
+        assert!(Page::parse("after=3").is_err());
     }
 
     #[test]

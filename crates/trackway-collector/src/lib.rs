@@ -65,6 +65,7 @@ mod faults;
 #[doc(hidden)]
 pub mod fuzzing;
 mod inspect;
+mod limits;
 mod live;
 mod recorder;
 mod reply;
@@ -76,7 +77,8 @@ mod util;
 pub use backends::{Backend, BackendRequest, DecodedEvent, UmamiMode, UmamiRow};
 pub use builder::{CollectorBuilder, ReservedCollector};
 pub use faults::{FaultClock, Faults, InvalidFaults, ManualFaultClock};
-pub use recorder::{RecordedRequest, SinkStats};
+pub use limits::{DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_KEPT_BYTES};
+pub use recorder::{LimitStats, RecordedRequest, SinkStats};
 pub use reply::{Reply, Rule};
 pub use server::RunningCollector;
 

@@ -34,8 +34,9 @@ use hyper::body::{Body, Frame, Incoming};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::archive::{REDACTED, is_credential};
-use crate::recorder::RecordedRequest;
+use crate::archive::redacted;
+use crate::inspect;
+use crate::recorder::{DestinationCounter, Evicted, RecordedRequest};
 use crate::reply::CloseConnection;
 use crate::state::Shared;
 
@@ -110,42 +111,54 @@ fn stream(shared: Arc<Shared>) -> Response<LiveBody> {
 }
 
 /// Sends the `hello`, the replay and then every new request to one page, until the page goes
-/// away (a send fails) or the collector stops (its runtime drops this task).
+/// away (a send fails) or the collector stops (its runtime drops this task). A page that fell so
+/// far behind that requests it had not been sent were evicted starts over with a new `hello`,
+/// so its counters stay right.
 async fn feed(shared: Arc<Shared>, tx: mpsc::Sender<Bytes>) {
-    // Subscribed before the first read: a request recorded after that read wakes the loop.
-    let mut kept = shared.recorder.watch_kept();
-    let all = shared.recorder.requests_since(0);
-    let replay_from = all.len().saturating_sub(REPLAY);
-    let stats = shared.recorder.stats();
-    let hello = json!({
-        "sink": shared.sink,
-        "faults": shared.faults(),
-        "counters": counters(&all[..replay_from]),
-        "not_replayed": replay_from,
-        "totals": { "requests": stats.requests, "events": stats.events },
-    });
-    if tx.send(frame("hello", &hello)).await.is_err() {
-        return;
-    }
-    let mut next = replay_from;
-    let mut pending = all.into_iter().skip(replay_from).collect::<Vec<_>>();
-    loop {
-        for request in pending.drain(..) {
-            let entry = entry_json(&shared, next, &request);
-            if tx.send(frame("request", &entry)).await.is_err() {
-                return;
-            }
-            next += 1;
+    'hello: loop {
+        // Subscribed before the first read: a request recorded after that read wakes the loop.
+        let mut kept = shared.recorder.watch_kept();
+        let since = shared.recorder.requests_since(0);
+        let all = since.requests;
+        let replay_from = all.len().saturating_sub(REPLAY);
+        let stats = shared.recorder.stats();
+        let hello = json!({
+            "sink": shared.sink,
+            "faults": shared.faults(),
+            "counters": counters(&all[..replay_from], &since.evicted),
+            "not_replayed": since.evicted.requests + replay_from as u64,
+            "totals": { "requests": stats.requests, "events": stats.events },
+            "limits": inspect::limits_json(&shared),
+        });
+        if tx.send(frame("hello", &hello)).await.is_err() {
+            return;
         }
-        tokio::select! {
-            changed = kept.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(KEEPALIVE) => {
-                if tx.send(Bytes::from_static(b": keepalive\n\n")).await.is_err() {
+        let mut next = all.get(replay_from).map_or(since.next, |r| r.seq);
+        let mut evicted = since.evicted.requests;
+        let mut pending = all.into_iter().skip(replay_from).collect::<Vec<_>>();
+        loop {
+            if pending.first().is_some_and(|r| r.seq > next) {
+                continue 'hello;
+            }
+            for request in pending.drain(..) {
+                let entry = entry_json(&shared, &request, evicted);
+                if tx.send(frame("request", &entry)).await.is_err() {
                     return;
                 }
+                next = request.seq + 1;
             }
+            tokio::select! {
+                changed = kept.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(KEEPALIVE) => {
+                    if tx.send(Bytes::from_static(b": keepalive\n\n")).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let since = shared.recorder.requests_since(next);
+            pending = since.requests;
+            evicted = since.evicted.requests;
         }
-        pending = shared.recorder.requests_since(next);
     }
 }
 
@@ -154,31 +167,24 @@ fn frame(event: &str, data: &Value) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
 
-/// Requests, events and requests per answered status, per destination.
-fn counters(requests: &[RecordedRequest]) -> Value {
-    #[derive(Default)]
-    struct Counter {
-        requests: u64,
-        events: u64,
-        statuses: BTreeMap<u16, u64>,
-    }
-    let mut by_destination: BTreeMap<&str, Counter> = BTreeMap::new();
+/// Requests, events and requests per answered status, per destination: of `requests` and of
+/// the `evicted` ones.
+fn counters(requests: &[RecordedRequest], evicted: &Evicted) -> Value {
+    let mut by_destination: BTreeMap<String, DestinationCounter> = evicted.by_destination.clone();
     for request in requests {
-        let counter = by_destination.entry(request.destination.as_str()).or_default();
-        counter.requests += 1;
-        counter.events += request.decoded().len() as u64;
-        *counter.statuses.entry(request.status).or_default() += 1;
+        let counter = by_destination.entry(request.destination.clone()).or_default();
+        counter.add(request.status, request.decoded().len() as u64);
     }
     by_destination
         .into_iter()
-        .map(|(name, c)| (name.to_owned(), json!({"requests": c.requests, "events": c.events, "statuses": c.statuses})))
+        .map(|(name, c)| (name, json!({"requests": c.requests, "events": c.events, "statuses": c.statuses})))
         .collect::<serde_json::Map<_, _>>()
         .into()
 }
 
 /// What the page shows of one request: the request as received (credentials redacted, JSON
 /// bodies indented), the collector's answer, and a summary of each event in the body.
-fn entry_json(shared: &Shared, seq: usize, request: &RecordedRequest) -> Value {
+fn entry_json(shared: &Shared, request: &RecordedRequest, evicted: u64) -> Value {
     let body = request.body_str();
     // Summarized from the event as its backend decoded it (so Umami's items say `pageview`, as
     // in the events API), shown as sent.
@@ -206,7 +212,8 @@ fn entry_json(shared: &Shared, seq: usize, request: &RecordedRequest) -> Value {
     let is_json = serde_json::from_str::<serde::de::IgnoredAny>(&body).is_ok();
     let answer_body = String::from_utf8_lossy(&request.answer_body);
     json!({
-        "seq": seq,
+        "seq": request.seq,
+        "evicted": evicted,
         "at_ms": shared.unix_ms(request.received_at),
         "destination": request.destination,
         "method": request.method,
@@ -227,10 +234,6 @@ fn entry_json(shared: &Shared, seq: usize, request: &RecordedRequest) -> Value {
         },
         "events": events,
     })
-}
-
-fn redacted(headers: &[(String, String)]) -> Vec<(&str, &str)> {
-    headers.iter().map(|(n, v)| (n.as_str(), if is_credential(n) { REDACTED } else { v.as_str() })).collect()
 }
 
 fn first_text(event: &Value, pointers: &[&str]) -> Option<String> {
@@ -327,25 +330,29 @@ mod tests {
     fn counters_per_destination() {
         let request =
             |path: &str, status: u16, body: &'static [u8]| RecordedRequest { status, ..test_request(path, body) };
-        let got = counters(&[
-            request("/events", 200, b"[{},{}]"),
-            request("/events", 503, b"[{}]"),
-            request("/api/send", 200, br#"{"type":"event","payload":{}}"#),
-            request("/api/batch", 0, b"[]"),
-        ]);
+        let got = counters(
+            &[
+                request("/events", 200, b"[{},{}]"),
+                request("/events", 503, b"[{}]"),
+                request("/api/send", 200, br#"{"type":"event","payload":{}}"#),
+                request("/api/batch", 0, b"[]"),
+            ],
+            &Evicted {
+                requests: 1,
+                bytes: 9,
+                by_destination: [(
+                    "json".to_owned(),
+                    DestinationCounter { requests: 1, events: 4, statuses: [(200, 1)].into() },
+                )]
+                .into(),
+            },
+        );
         assert_eq!(
             got,
             json!({
-                "json": {"requests": 2, "events": 3, "statuses": {"200": 1, "503": 1}},
+                "json": {"requests": 3, "events": 7, "statuses": {"200": 2, "503": 1}},
                 "umami": {"requests": 2, "events": 1, "statuses": {"0": 1, "200": 1}},
             })
         );
-    }
-
-    #[test]
-    fn credentials_are_redacted() {
-        let headers =
-            vec![("authorization".to_owned(), "Bearer s".to_owned()), ("accept".to_owned(), "*/*".to_owned())];
-        assert_eq!(redacted(&headers), [("authorization", REDACTED), ("accept", "*/*")]);
     }
 }

@@ -3,7 +3,7 @@
 //! blocks on.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +18,11 @@ use crate::util::lock;
 /// One request as the collector received it, and what it answered.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
+    /// Its sequence number: 0 for the first request the collector counted (requests of earlier
+    /// runs read back from `--store` included), one more for each next one, never reused. The
+    /// cursor of [`RunningCollector::requests_since`](crate::RunningCollector::requests_since)
+    /// and of `GET /_trackway/api/requests?cursor=`.
+    pub seq: u64,
     /// The method, e.g. `POST`.
     pub method: String,
     /// The path, without the query string.
@@ -26,7 +31,10 @@ pub struct RecordedRequest {
     pub query: Option<String>,
     /// The headers in the order received, names lower-case, values decoded lossily as UTF-8.
     pub headers: Vec<(String, String)>,
-    /// The whole body.
+    /// The whole body (empty when it was refused unread: answered 413 because it was over
+    /// [`CollectorBuilder::max_body_bytes`](crate::CollectorBuilder::max_body_bytes), or 408
+    /// because it did not arrive within
+    /// [`CollectorBuilder::body_timeout`](crate::CollectorBuilder::body_timeout)).
     pub body: Bytes,
     /// When the full request (head and body) had arrived.
     pub received_at: Instant,
@@ -96,8 +104,11 @@ pub struct SinkStats {
 #[derive(Debug)]
 pub(crate) struct Recorder {
     /// The request count lives under the same lock as the requests, so a waiter woken for `n`
-    /// requests always finds `n` of them in `requests()`.
+    /// requests always finds `n` of them in `requests()` (or counted as evicted).
     log: Mutex<Log>,
+    /// Bytes of bodies (request and answer) kept in memory at most; the oldest requests are
+    /// evicted beyond it.
+    max_kept_bytes: usize,
     arrived: Condvar,
     /// The number of kept requests, for async watchers (the live page's stream): a watch
     /// rather than a broadcast of the requests, because a watcher that falls behind then
@@ -113,11 +124,72 @@ pub(crate) struct Recorder {
 #[derive(Debug, Default)]
 struct Log {
     count: u64,
-    requests: Vec<RecordedRequest>,
+    /// The kept requests, oldest first, with consecutive sequence numbers.
+    requests: VecDeque<RecordedRequest>,
+    /// Body bytes (request and answer) of `requests`.
+    kept_bytes: usize,
+    /// What was evicted to stay within `max_kept_bytes`.
+    evicted: Evicted,
     /// Events per request path (bounded by the number of distinct paths, kept in both modes).
     events_by_path: BTreeMap<String, u64>,
     /// Requests per answered status (0: connection closed without an answer).
     statuses: BTreeMap<u16, u64>,
+}
+
+/// The requests evicted from memory, counted per destination so the live page's counters
+/// still include them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Evicted {
+    pub(crate) requests: u64,
+    pub(crate) bytes: u64,
+    pub(crate) by_destination: BTreeMap<String, DestinationCounter>,
+}
+
+/// What [`Recorder::requests_since`] found, read under one lock.
+#[derive(Debug)]
+pub(crate) struct Since {
+    pub(crate) requests: Vec<RecordedRequest>,
+    pub(crate) evicted: Evicted,
+    /// The sequence number of the next request to be counted.
+    pub(crate) next: u64,
+}
+
+/// Requests, events and requests per answered status of one destination (the live page's card).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DestinationCounter {
+    pub(crate) requests: u64,
+    pub(crate) events: u64,
+    pub(crate) statuses: BTreeMap<u16, u64>,
+}
+
+impl DestinationCounter {
+    pub(crate) fn add(&mut self, status: u16, events: u64) {
+        self.requests += 1;
+        self.events += events;
+        *self.statuses.entry(status).or_default() += 1;
+    }
+}
+
+/// What the collector's memory bound did, for [`RunningCollector::limit_stats`](crate::RunningCollector::limit_stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LimitStats {
+    /// Requests kept in memory now (what [`requests`](crate::RunningCollector::requests) returns).
+    pub kept_requests: u64,
+    /// Bytes of their bodies and answer bodies.
+    pub kept_bytes: u64,
+    /// Requests evicted, oldest first, to keep at most
+    /// [`max_kept_bytes`](crate::CollectorBuilder::max_kept_bytes) (still counted everywhere
+    /// else: [`SinkStats`], per path, per status).
+    pub evicted_requests: u64,
+    /// Bytes of bodies and answer bodies evicted.
+    pub evicted_bytes: u64,
+    /// Requests answered 413 because their body was over
+    /// [`max_body_bytes`](crate::CollectorBuilder::max_body_bytes).
+    pub too_large: u64,
+    /// Requests answered 408 because their body did not arrive within
+    /// [`body_timeout`](crate::CollectorBuilder::body_timeout).
+    pub timed_out: u64,
 }
 
 /// Per-path event counts and per-status request counts, for `GET /_trackway/api/stats`.
@@ -128,9 +200,18 @@ pub(crate) struct Breakdown {
 }
 
 impl Default for Recorder {
+    /// A recorder without a memory bound.
     fn default() -> Self {
+        Recorder::new(usize::MAX)
+    }
+}
+
+impl Recorder {
+    /// A recorder keeping at most `max_kept_bytes` of bodies in memory.
+    pub(crate) fn new(max_kept_bytes: usize) -> Self {
         Recorder {
             log: Mutex::default(),
+            max_kept_bytes,
             arrived: Condvar::new(),
             kept: watch::Sender::new(0),
             events: AtomicU64::default(),
@@ -138,9 +219,7 @@ impl Default for Recorder {
             json_errors: AtomicU64::default(),
         }
     }
-}
 
-impl Recorder {
     /// Counts one request to `path` with this body, answered `status` (0: closed), keeps
     /// `request` if given, and wakes the waiters.
     pub(crate) fn observe(&self, path: &str, status: u16, body: &[u8], request: Option<RecordedRequest>) {
@@ -162,27 +241,86 @@ impl Recorder {
                 }
             }
             *log.statuses.entry(status).or_insert(0) += 1;
-            if let Some(request) = request {
-                log.requests.push(request);
+            let seq = log.count - 1;
+            if let Some(mut request) = request {
+                request.seq = seq;
+                log.kept_bytes += kept_size(&request);
+                log.requests.push_back(request);
+                self.evict(&mut log);
                 // Under the lock, so watchers see the counts in the order the requests arrived.
-                self.kept.send_replace(log.requests.len() as u64);
+                self.kept.send_replace(log.count);
             }
         }
         self.arrived.notify_all();
     }
 
-    /// The kept requests from index `from` on (a request's index is its sequence number).
-    pub(crate) fn requests_since(&self, from: usize) -> Vec<RecordedRequest> {
-        lock(&self.log).requests.get(from..).map(<[_]>::to_vec).unwrap_or_default()
+    /// Drops the oldest requests until the kept bodies fit `max_kept_bytes` (the newest too, if
+    /// it alone is over: the bound is never exceeded), counting what goes.
+    fn evict(&self, log: &mut Log) {
+        while log.kept_bytes > self.max_kept_bytes {
+            let Some(oldest) = log.requests.pop_front() else { break };
+            let size = kept_size(&oldest);
+            log.kept_bytes -= size;
+            log.evicted.requests += 1;
+            log.evicted.bytes += size as u64;
+            // The cheap count the stats use: decoding every evicted body would cost more.
+            let events = count_events(&oldest.body).unwrap_or(0);
+            log.evicted.by_destination.entry(oldest.destination.clone()).or_default().add(oldest.status, events);
+        }
     }
 
-    /// A receiver woken whenever a request is kept; its value is the number of kept requests.
+    /// The kept requests with a sequence number of `from` or more, oldest first, with what was
+    /// evicted so far and the sequence number the next request will get. A reader that finds
+    /// the first one past `from` missed the ones between (evicted before it read them).
+    pub(crate) fn requests_since(&self, from: u64) -> Since {
+        let log = lock(&self.log);
+        let start = log.requests.partition_point(|r| r.seq < from);
+        Since {
+            requests: log.requests.range(start..).cloned().collect(),
+            evicted: log.evicted.clone(),
+            next: log.count,
+        }
+    }
+
+    /// At most `limit` kept requests from sequence number `from` on, stopping early once their
+    /// bodies pass `max_bytes` (the first one is always included), and the sequence number
+    /// of the next kept request if there is one after the page.
+    pub(crate) fn page(&self, from: u64, limit: usize, max_bytes: usize) -> (Vec<RecordedRequest>, Option<u64>) {
+        let log = lock(&self.log);
+        let start = log.requests.partition_point(|r| r.seq < from);
+        let mut page = Vec::new();
+        let mut bytes = 0usize;
+        let mut rest = log.requests.range(start..);
+        for request in rest.by_ref() {
+            if page.len() >= limit || (!page.is_empty() && bytes + kept_size(request) > max_bytes) {
+                return (page, Some(request.seq));
+            }
+            bytes += kept_size(request);
+            page.push(request.clone());
+        }
+        (page, None)
+    }
+
+    /// A receiver woken whenever a request is kept; its value is the number of requests counted.
     pub(crate) fn watch_kept(&self) -> watch::Receiver<u64> {
         self.kept.subscribe()
     }
 
     pub(crate) fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.log).requests.clone()
+        lock(&self.log).requests.iter().cloned().collect()
+    }
+
+    /// The memory bound's counters; `too_large` and `timed_out` are the server's, passed in.
+    pub(crate) fn limit_stats(&self, too_large: u64, timed_out: u64) -> LimitStats {
+        let log = lock(&self.log);
+        LimitStats {
+            kept_requests: log.requests.len() as u64,
+            kept_bytes: log.kept_bytes as u64,
+            evicted_requests: log.evicted.requests,
+            evicted_bytes: log.evicted.bytes,
+            too_large,
+            timed_out,
+        }
     }
 
     pub(crate) fn breakdown(&self) -> Breakdown {
@@ -212,12 +350,19 @@ impl Recorder {
     }
 }
 
+/// The bytes a kept request holds that count against the memory bound: its body and the body
+/// of the answer (headers and the rest are small and bounded by the HTTP parser).
+fn kept_size(request: &RecordedRequest) -> usize {
+    request.body.len() + request.answer_body.len()
+}
+
 /// A recorded `POST` to `path` with this body, answered 200 `{}`, labelled and decoded by the
 /// backend a default collector picks for it; for the unit tests of the modules reading requests.
 #[cfg(test)]
 pub(crate) fn test_request(path: &str, body: &'static [u8]) -> RecordedRequest {
     let backend = Arc::clone(crate::backends::Backends::default().find("POST", path));
     RecordedRequest {
+        seq: 0,
         method: "POST".into(),
         path: path.into(),
         query: None,
@@ -249,6 +394,47 @@ mod tests {
         assert!(recorder.requests().is_empty());
         assert!(recorder.wait_for(3, Duration::ZERO));
         assert!(!recorder.wait_for(4, Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn the_oldest_requests_are_evicted_beyond_the_bound_and_counted() {
+        // Each request holds 10 body bytes and 2 answer bytes (`{}`).
+        let recorder = Recorder::new(40);
+        for i in 0..10u8 {
+            let body: &'static [u8] = if i % 2 == 0 { b"[1,2,3,4,5]" } else { b"[1,2,3,4,]" };
+            let request = RecordedRequest { status: 200 + u16::from(i), ..test_request("/events", body) };
+            recorder.observe("/events", request.status, &request.body.clone(), Some(request));
+        }
+        let kept = recorder.requests();
+        assert_eq!(kept.iter().map(|r| r.seq).collect::<Vec<_>>(), [7, 8, 9], "newest first kept, by seq");
+        let stats = recorder.limit_stats(0, 0);
+        assert_eq!((stats.kept_requests, stats.evicted_requests), (3, 7));
+        assert!(stats.kept_bytes <= 40, "{stats:?}");
+        assert_eq!(stats.kept_bytes + stats.evicted_bytes, 10 * 2 + 11 * 5 + 10 * 5);
+        assert_eq!(recorder.stats().requests, 10, "evicted requests are still counted");
+        let since = recorder.requests_since(2);
+        assert_eq!(since.requests.first().map(|r| r.seq), Some(7), "a reader behind the eviction skips ahead");
+        assert_eq!(since.next, 10);
+        let counter = &since.evicted.by_destination["json"];
+        assert_eq!((counter.requests, counter.events), (7, 5 * 4), "invalid JSON bodies count no event");
+        assert_eq!(counter.statuses.len(), 7);
+
+        let (page, next) = recorder.page(0, 2, usize::MAX);
+        assert_eq!((page.iter().map(|r| r.seq).collect::<Vec<_>>(), next), (vec![7, 8], Some(9)));
+        let (page, next) = recorder.page(9, 2, usize::MAX);
+        assert_eq!((page.len(), next), (1, None));
+        let (page, next) = recorder.page(0, 10, 1);
+        assert_eq!((page.len(), next), (1, Some(8)), "the byte budget ends a page, after one request at least");
+    }
+
+    #[test]
+    fn a_request_alone_over_the_bound_is_not_kept() {
+        let recorder = Recorder::new(4);
+        let request = test_request("/events", b"[1,2,3]");
+        recorder.observe("/events", 200, b"[1,2,3]", Some(request));
+        assert!(recorder.requests().is_empty());
+        assert_eq!(recorder.limit_stats(0, 0).evicted_requests, 1);
+        assert_eq!(recorder.stats().events, 3);
     }
 
     #[test]

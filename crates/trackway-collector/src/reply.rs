@@ -85,6 +85,13 @@ impl Reply {
         self
     }
 
+    /// Sets the body to `text`, which is JSON already, and `content-type: application/json`.
+    pub(crate) fn json_text(mut self, text: String) -> Self {
+        self.body = Bytes::from(text);
+        self.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self
+    }
+
     /// Waits this long before answering (or before closing, for
     /// [`close_connection`](Self::close_connection)). The wait is an async sleep: other
     /// requests are served meanwhile.

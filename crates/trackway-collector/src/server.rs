@@ -8,8 +8,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use crate::backends::BackendRequest;
 use crate::faults::{Faults, InvalidFaults};
 use crate::inspect;
+use crate::limits::{self, BodyRead};
 use crate::live;
 use crate::recorder::{RecordedRequest, SinkStats};
 use crate::reply::{CloseConnection, Reply};
@@ -62,10 +63,28 @@ impl RunningCollector {
         url_for(self.addr, path)
     }
 
-    /// Every request received so far, in arrival order (always empty in sink mode). Requests to
-    /// the inspection API under `/_trackway/` are not included.
+    /// The requests kept in memory, in arrival order: every one received so far, unless the
+    /// oldest were evicted to stay within
+    /// [`max_kept_bytes`](crate::CollectorBuilder::max_kept_bytes) (see
+    /// [`limit_stats`](Self::limit_stats)). Always empty in sink mode. Requests to the
+    /// inspection API under `/_trackway/` are not included.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.recorder.requests()
+    }
+
+    /// The kept requests whose [`seq`](RecordedRequest::seq) is `seq` or more, in arrival order:
+    /// what arrived since a reader last looked, without copying the earlier ones. A reader that
+    /// fell behind the eviction gets the oldest kept request first (its `seq` tells how many it
+    /// missed).
+    pub fn requests_since(&self, seq: u64) -> Vec<RecordedRequest> {
+        self.shared.recorder.requests_since(seq).requests
+    }
+
+    /// What the limits did so far: requests and bytes kept in memory and evicted, bodies refused
+    /// as too large (413) or too slow (408).
+    pub fn limit_stats(&self) -> crate::LimitStats {
+        let (too_large, timed_out) = self.shared.refused.counts();
+        self.shared.recorder.limit_stats(too_large, timed_out)
     }
 
     /// How many requests were received so far, in both modes.
@@ -247,9 +266,13 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
 /// Answers one request. An `Err` makes hyper drop the connection without writing a response.
 async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, CloseConnection> {
     let (parts, body) = request.into_parts();
-    let body = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
+    let read = limits::read_body(body, &parts.headers, shared.limits).await;
+    shared.refused.count(&read);
+    let (body, refused) = match read {
+        BodyRead::Complete(body) => (body, None),
+        BodyRead::TooLarge => (Bytes::new(), Some(limits_reply(&shared, StatusCode::PAYLOAD_TOO_LARGE))),
+        BodyRead::TimedOut => (Bytes::new(), Some(limits_reply(&shared, StatusCode::REQUEST_TIMEOUT))),
+        BodyRead::Failed(e) => {
             tracing::debug!(error = %e, "trackway-collector: could not read a request body");
             return Err(CloseConnection);
         }
@@ -258,16 +281,19 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     let path = parts.uri.path();
 
     if inspect::is_inspection(path) {
+        if let Some(reply) = refused {
+            return reply.respond().await;
+        }
         return Ok(inspect::answer(&shared, &parts.method, path, parts.uri.query(), &body));
     }
 
-    // Faults come first: a faulted request consumes no script entry.
+    // A refused body comes first (there is nothing to answer about), then the faults: a
+    // faulted request consumes no script entry.
     let decision = lock(&shared.faults).decide();
-    let injected = decision.reply();
-
     // Asked once: the same backend answers, labels and (later) decodes the request.
     let backend = shared.backends.find(parts.method.as_str(), path);
     let request = BackendRequest::from_http(&parts.method, path, parts.uri.query(), &parts.headers, &body);
+    let injected = refused.or_else(|| decision.reply(&request));
     let reply = if shared.sink {
         // Benchmark path: count and forget; no script, no rules.
         let reply = injected.unwrap_or_else(|| shared.sink_answer(backend.as_ref(), &request));
@@ -276,6 +302,8 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     } else {
         let reply = injected.unwrap_or_else(|| shared.choose(backend.as_ref(), &request));
         let recorded = RecordedRequest {
+            // Numbered by the recorder.
+            seq: 0,
             method: parts.method.as_str().to_owned(),
             path: path.to_owned(),
             query: parts.uri.query().map(str::to_owned),
@@ -304,4 +332,15 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
         reply
     };
     reply.add_delay(decision.latency).respond().await
+}
+
+/// The answer to a body refused by a limit: the status, a JSON body naming the limit, and
+/// `Connection: close` (the rest of the body is never read, so the connection cannot be reused).
+fn limits_reply(shared: &Shared, status: StatusCode) -> Reply {
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("request body over {} bytes, the collector's limit (max_body_bytes)", shared.limits.max_body_bytes)
+    } else {
+        format!("request body not complete within {:?} (body_timeout)", shared.limits.body_timeout)
+    };
+    Reply::status(status.as_u16()).json(serde_json::json!({ "error": message })).header("connection", "close")
 }

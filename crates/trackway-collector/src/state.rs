@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::archive::{Archive, instant_before};
 use crate::backends::{Backend, BackendRequest, Backends, UmamiMode};
 use crate::faults::{FaultClock, FaultState, Faults, InvalidFaults};
+use crate::limits::{Limits, Refused};
 use crate::recorder::Recorder;
 use crate::reply::{Reply, Rule};
 use crate::util::lock;
@@ -36,6 +37,8 @@ pub(crate) struct Config {
     pub(crate) umami_websites: Option<Vec<String>>,
     /// The user's own backends, asked before the built-in ones, in the order added.
     pub(crate) backends: Vec<Arc<dyn Backend>>,
+    /// Body size, body time and memory bounds.
+    pub(crate) limits: Limits,
 }
 
 impl Default for Config {
@@ -52,6 +55,7 @@ impl Default for Config {
             fault_clock: FaultClock::system(),
             umami_websites: None,
             backends: Vec::new(),
+            limits: Limits::default(),
         }
     }
 }
@@ -71,6 +75,10 @@ pub(crate) struct Shared {
     pub(crate) backends: Backends,
     /// The `--store` file, if any.
     pub(crate) archive: Option<Archive>,
+    /// Body size, body time and memory bounds.
+    pub(crate) limits: Limits,
+    /// Requests refused by a limit.
+    pub(crate) refused: Refused,
     /// The same moment as an `Instant` and as milliseconds since the Unix epoch, to turn a
     /// request's `received_at` into wall-clock time for the inspection API.
     started: Instant,
@@ -83,9 +91,17 @@ impl Shared {
     ///
     /// # Errors
     ///
-    /// `InvalidInput` for invalid faults, a store in sink mode, or a store that cannot be opened.
+    /// `InvalidInput` for invalid faults, a zero limit, a store in sink mode, or a store that
+    /// cannot be opened.
     pub(crate) fn new(config: Config) -> io::Result<Self> {
         let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
+        let limits = config.limits;
+        if limits.max_body_bytes == 0 {
+            return Err(invalid("max_body_bytes must be at least 1".into()));
+        }
+        if limits.body_timeout.is_zero() {
+            return Err(invalid("body_timeout must be longer than zero".into()));
+        }
         let started = Instant::now();
         let faults = FaultState::new(config.faults, config.fault_clock.clone())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -102,7 +118,7 @@ impl Shared {
             }
             None => (None, Vec::new()),
         };
-        let recorder = Recorder::default();
+        let recorder = Recorder::new(limits.max_kept_bytes);
         for (mut request, received_at_ms) in earlier {
             request.received_at =
                 instant_before(started, Duration::from_millis(started_unix_ms.saturating_sub(received_at_ms)));
@@ -119,6 +135,8 @@ impl Shared {
             recorder,
             backends,
             archive,
+            limits,
+            refused: Refused::default(),
             started,
             started_unix_ms,
         })

@@ -44,6 +44,9 @@ const state = {
   queue: [],
   flushTimer: 0,
   faults: null,
+  /** The collector's limits (from `hello`) and the requests it evicted from memory so far. */
+  limits: null,
+  evicted: 0,
 };
 
 // ---- incoming data --------------------------------------------------------------------------
@@ -68,11 +71,25 @@ function onHello(hello) {
   state.counters = hello.counters || {};
   $('sink-note').hidden = !hello.sink;
   showFaults(hello.faults);
+  state.limits = hello.limits || null;
+  showEvicted(state.limits ? state.limits.evicted_requests : 0);
   renderCounters();
   renderRows();
 }
 
+/** Says how many requests the collector no longer holds (they still count in the cards). */
+function showEvicted(evicted) {
+  state.evicted = evicted || 0;
+  const note = $('evicted-note');
+  note.hidden = state.evicted === 0;
+  if (state.evicted === 0) return;
+  const mib = state.limits ? Math.round(state.limits.max_kept_bytes / 1048576) + ' MiB' : 'its limit';
+  note.textContent = state.evicted + ' older request(s) were evicted from the collector\'s memory (it keeps ' +
+    mib + ' of bodies at most): they are counted above but cannot be shown.';
+}
+
 function onRequest(request) {
+  if (request.evicted !== undefined && request.evicted !== state.evicted) showEvicted(request.evicted);
   state.queue.push(request);
   // Batched, so a replay of thousands of requests or a burst costs one render.
   if (!state.flushTimer) state.flushTimer = setTimeout(flush, 40);
@@ -316,6 +333,7 @@ function faultChips(f) {
   if (f.close_every != null) chips.push('close every ' + (f.close_every === 1 ? '' : ordinal(f.close_every) + ' ') + 'connection');
   if (f.rate_limit != null) chips.push('rate limit ' + f.rate_limit + ' / s → 429');
   if (f.latency_ms != null) chips.push('+' + f.latency_ms + ' ms latency');
+  if (f.echo_request && (f.fail_every != null || f.fail_for_ms != null)) chips.push('failures echo the request');
   if (f.retry_after != null && chips.length) chips.push('Retry-After: ' + f.retry_after);
   return chips;
 }
@@ -341,6 +359,7 @@ function fillForm(faults) {
     const value = faults[name];
     form.elements[name].value = value == null || (name === 'fail_status' && value === 503) ? '' : value;
   }
+  form.elements.echo_request.checked = !!faults.echo_request;
 }
 
 async function sendFaults(method, body) {
@@ -369,6 +388,7 @@ $('faults-form').addEventListener('submit', (event) => {
     if (raw === '') continue;
     faults[name] = name === 'retry_after' ? raw : Number(raw);
   }
+  if (form.elements.echo_request.checked) faults.echo_request = true;
   sendFaults('PUT', JSON.stringify(faults));
 });
 $('faults-clear').addEventListener('click', () => sendFaults('DELETE'));

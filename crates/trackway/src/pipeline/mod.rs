@@ -47,6 +47,7 @@ use crate::store::{Recovered, Store};
 mod backoff;
 pub mod health;
 mod lane;
+mod redact;
 mod shared;
 mod stopped;
 mod table;

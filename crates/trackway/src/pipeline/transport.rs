@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
 
+use super::redact::Redactor;
 use crate::Clock;
 use crate::destination::{Request, Response, TransportError, TransportErrorKind};
 use crate::policy::{FALLBACK_PRIMARY_RETRY, MAX_REDIRECTS, MAX_RESPONSE_BODY};
@@ -30,6 +31,8 @@ pub(crate) struct Transport {
     /// Host names a test resolves to loopback: plain http to them counts as loopback.
     loopback_hosts: Vec<String>,
     failover: Option<Arc<Failover>>,
+    /// Replaces the secrets in the answers (a server that echoes the request).
+    redactor: Redactor,
 }
 
 /// The primary base URL and its fallbacks, and which one is in use.
@@ -50,7 +53,8 @@ impl Transport {
         trusted_suffixes: Vec<String>,
         loopback_hosts: Vec<String>,
     ) -> Self {
-        Transport { client, secrets, trusted_suffixes, loopback_hosts, failover: None }
+        let redactor = Redactor::new(&secrets);
+        Transport { client, secrets, trusted_suffixes, loopback_hosts, failover: None, redactor }
     }
 
     /// Fails over from `primary` to `fallbacks`, in order (a request URL starting with `primary`
@@ -67,18 +71,34 @@ impl Transport {
     /// Sends `request`, on the base in use and then on each next one while the answer says the
     /// server is down (nothing sent, a transport error, a 5xx), never after a 4xx.
     pub(crate) async fn send(&self, request: Request) -> Result<Response, SendError> {
-        self.send_failing_over(request, |answer| match answer {
-            Ok(response) => response.status.is_server_error(),
-            Err(_) => true,
-        })
-        .await
+        let own = self.redactor.with_request(&request.headers);
+        let answer = self
+            .send_failing_over(request, |answer| match answer {
+                Ok(response) => response.status.is_server_error(),
+                Err(_) => true,
+            })
+            .await;
+        self.redacted(answer, own.as_ref())
     }
 
     /// Sends a direct call's `request` once: on the base in use, and on the next ones only while
     /// nothing was sent (a call that may have reached a server is never sent again).
     pub(crate) async fn send_direct(&self, request: Request) -> Result<Response, SendError> {
-        self.send_failing_over(request, |answer| matches!(answer, Err(e) if e.kind() == TransportErrorKind::NotSent))
-            .await
+        let own = self.redactor.with_request(&request.headers);
+        let answer = self
+            .send_failing_over(request, |answer| matches!(answer, Err(e) if e.kind() == TransportErrorKind::NotSent))
+            .await;
+        self.redacted(answer, own.as_ref())
+    }
+
+    /// The answer with the request's secrets replaced in its body (see [`super::redact`]), before
+    /// the destination classifies it and anything stores, logs or prints it.
+    fn redacted(&self, answer: Result<Response, SendError>, own: Option<&Redactor>) -> Result<Response, SendError> {
+        let redactor = own.unwrap_or(&self.redactor);
+        answer.map(|mut response| {
+            response.body = redactor.apply(std::mem::take(&mut response.body));
+            response
+        })
     }
 
     /// Sends `request` on the base in use, then on each next one while `down` says the answer
