@@ -27,7 +27,8 @@ pub(crate) fn explain(text: &str, error: &serde_json::Error) -> String {
             return format!("each line must be one JSON object (one event), not {found}: write one event per line");
         }
     }
-    if let Some((word, column)) = bare_word(text)
+    if error.is_syntax()
+        && let Some((word, column)) = word_at(text, error.column())
         && matches!(word.to_ascii_lowercase().as_str(), "nan" | "infinity" | "-infinity" | "inf" | "-inf")
     {
         return format!(
@@ -38,47 +39,36 @@ pub(crate) fn explain(text: &str, error: &serde_json::Error) -> String {
     format!("invalid JSON: {error}")
 }
 
-/// The first word outside a string that is not `true`, `false` or `null`, with its column
-/// (1-based, in characters): a value JSON does not have.
-fn bare_word(text: &str) -> Option<(&str, usize)> {
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut chars = text.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        if in_string {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        let starts_word = c.is_alphabetic() || (c == '-' && chars.peek().is_some_and(|(_, next)| next.is_alphabetic()));
-        if c == '"' {
-            in_string = true;
-        } else if starts_word {
-            let end = text[i + c.len_utf8()..]
-                .find(|c: char| !c.is_alphanumeric())
-                .map_or(text.len(), |n| i + c.len_utf8() + n);
-            let word = &text[i..end];
-            if !matches!(word, "true" | "false" | "null") {
-                return Some((word, text[..i].chars().count() + 1));
-            }
-            while chars.peek().is_some_and(|(j, _)| *j < end) {
-                chars.next();
-            }
-        }
+/// The word (letters, digits, a leading `-`) around byte column `column` (1-based) of `text`,
+/// where serde stopped on a value JSON does not have, and the column it starts at. `None` off a
+/// character boundary.
+fn word_at(text: &str, column: usize) -> Option<(&str, usize)> {
+    let at = column.checked_sub(1)?;
+    let bytes = text.as_bytes();
+    let is_word = |b: u8| b.is_ascii_alphanumeric();
+    let mut start = at.min(bytes.len());
+    while start > 0 && is_word(bytes[start - 1]) {
+        start -= 1;
     }
-    None
+    if start > 0 && bytes[start - 1] == b'-' {
+        start -= 1;
+    }
+    let end = at + bytes.get(at..)?.iter().take_while(|b| is_word(**b)).count();
+    text.get(start..end).filter(|w| !w.is_empty()).map(|w| (w, start + 1))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The message for `text`, with the error serde gives for it as an event (any struct).
     fn message(text: &str) -> String {
-        let error = serde_json::from_str::<serde::de::IgnoredAny>("{").expect_err("an error to pass");
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code, reason = "only parsed, to get serde's error")]
+        struct Event {
+            id: String,
+        }
+        let error = serde_json::from_str::<Event>(text).expect_err("not an event");
         explain(text, &error)
     }
 
@@ -90,13 +80,16 @@ mod tests {
         let bom = message("\u{feff}{\"id\":\"x\"}");
         assert!(bom.contains("byte order mark") && bom.contains("the rest of the line is a valid"), "{bom}");
         assert!(!message("\u{feff}oops").contains("the rest"), "{}", message("\u{feff}oops"));
+        assert!(message(r#"{"note":"NaN here is text","v":oops}"#).starts_with("invalid JSON"));
         let nan = message(r#"{"properties":{"price":NaN}}"#);
         assert_eq!(
             nan,
             "`NaN` at column 24 is not valid JSON: JSON numbers are finite (write null, or the value as a string)"
         );
         assert!(message(r#"{"a":[1,-Infinity]}"#).starts_with("`-Infinity` at column 9"));
-        assert!(message(r#"{"note":"NaN here is text","v":true,"w":null}"#).starts_with("invalid JSON"));
+        assert!(message(r#"{"a":nan}"#).starts_with("`nan` at column 6"));
+        // A valid object that is not an event keeps serde's own words.
+        assert!(message(r#"{"note":"NaN here is text","v":true}"#).starts_with("invalid JSON: "));
         assert!(message("{\"id\": oops").starts_with("invalid JSON: "));
     }
 }

@@ -225,3 +225,40 @@ fn store_keeps_the_requests_of_a_run_stopped_with_ctrl_c() {
         assert_eq!(requests[0].json(), Some(body));
     });
 }
+
+#[test]
+fn limit_flags_cap_bodies_and_memory_and_the_echo_fault_is_a_flag() {
+    watchdog(LIMIT, || {
+        let (_collector, base) = spawn_collector(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--max-body-bytes",
+            "100",
+            "--max-kept-bytes",
+            "20",
+            "--body-timeout-ms",
+            "2000",
+            "--fail-every",
+            "3",
+            "--fail-status",
+            "400",
+            "--fail-echo",
+        ]);
+        let http = http();
+        let post = |body: String| http.post(format!("{base}/events")).header("x-api-key", "k-123").body(body).send();
+        assert_eq!(post("[1]".into()).expect("post").status().as_u16(), 200);
+        assert_eq!(post("x".repeat(101)).expect("post").status().as_u16(), 413);
+        let echoed = post("[2]".into()).expect("post");
+        assert_eq!(echoed.status().as_u16(), 400);
+        assert!(echoed.text().expect("body").contains(r#"["x-api-key","k-123"]"#), "the request is echoed");
+
+        let (_, stats) = json_response(http.get(format!("{base}/_trackway/api/stats")).send().expect("stats"));
+        assert_eq!(stats["limits"]["too_large"], 1, "{stats}");
+        assert_eq!(stats["limits"]["max_body_bytes"], 100, "{stats}");
+        assert_eq!(stats["limits"]["body_timeout_ms"], 2000, "{stats}");
+        assert!(stats["limits"]["kept_bytes"].as_u64().expect("kept") <= 20, "{stats}");
+        assert!(stats["limits"]["evicted_requests"].as_u64().expect("evicted") >= 1, "{stats}");
+        let (_, faults) = json_response(http.get(format!("{base}/_trackway/api/faults")).send().expect("faults"));
+        assert_eq!(faults["echo_request"], true, "{faults}");
+    });
+}
