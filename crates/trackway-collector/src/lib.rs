@@ -35,9 +35,16 @@
 //! events also go to a SQLite file, credentials redacted, so a run can be inspected afterwards;
 //! a collector started on the same file serves the earlier requests too.
 //!
+//! **Limits**, in front of every backend and in sink mode too: a body over
+//! [`CollectorBuilder::max_body_bytes`] (8 MiB) is answered 413 without being kept, one not
+//! complete within [`CollectorBuilder::body_timeout`] (30 s) 408, and the recorded requests keep
+//! at most [`CollectorBuilder::max_kept_bytes`] (128 MiB) of bodies in memory, the oldest
+//! evicted; [`RunningCollector::limit_stats`] counts all three.
+//!
 //! Paths under `/_trackway/` are reserved for the collector's own API and are never recorded
 //! nor faulted: `GET /_trackway/api/stats` answers the [`SinkStats`] as JSON (plus events per
-//! path and requests per status), `GET /_trackway/api/requests` the recorded requests,
+//! path, requests per status and the limits), `GET /_trackway/api/requests?cursor=&limit=` the
+//! recorded requests (paged, credentials redacted),
 //! `GET /_trackway/api/events?user=&name=&type=&path=&status=&destination=&limit=` the events
 //! decoded from their bodies, and `GET`/`PUT`/`DELETE /_trackway/api/faults` read, replace and clear the
 //! faults.

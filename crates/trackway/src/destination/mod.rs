@@ -130,6 +130,13 @@ pub trait Destination: std::any::Any + Send + Sync + fmt::Debug + 'static {
     /// Classifies the server's answer to `request`: one outcome per entry of `request.items`, in
     /// the same order. Default: the status code decides for the whole request
     /// ([`classify_status`]: 401, 403 and 404 say the configuration is wrong).
+    ///
+    /// The body it gets has the request's secrets replaced by `<redacted>` (a server may echo the
+    /// request into its error page): the values of the headers set with
+    /// [`HttpOptions::header`](crate::HttpOptions::header), and of the destination's own headers
+    /// that carry credentials by name (`authorization`, `x-api-key`, any name with `key`, `token`,
+    /// `secret` or `auth`) or are marked sensitive, with a `Bearer`/`Basic` credential alone and
+    /// decoded. A secret carried elsewhere (in the URL or the body) is not searched for.
     fn classify(&self, request: &Request, response: &Response) -> Classified {
         let outcome = classify_status(response);
         Classified::new(vec![outcome; request.items.len()])
