@@ -3,7 +3,8 @@
 //! Sends N `bench_event` events (user `user-{i % 1000}`, properties `bench_seq`, `plan`, `path`,
 //! `amount`, `items`) in a tight loop through the generic JSON destination (batches of 100) to a
 //! `trackway-collector` in sink mode, and compares with a baseline that serializes the same events
-//! and POSTs them in batches of 100 from one thread, waiting for each answer.
+//! and POSTs them in batches of 100 with hyper's HTTP/1 client on one keep-alive connection, from one
+//! thread, waiting for each answer (the cheapest honest sender).
 //!
 //! Every phase runs in its own child process (this binary re-executed with `TRACKWAY_BENCH_ROLE`),
 //! so peak RSS is per phase, and each phase gets a fresh collector, also its own process
@@ -704,53 +705,81 @@ fn percentiles(sorted: &[u64]) -> (u64, u64, u64, u64) {
 }
 
 // ================================================================================================
-// Phase: the baseline (serialize + POST batches of 100 on one thread, one request at a time)
+// Phase: the baseline (serialize + POST batches of 100 with hyper HTTP/1, one connection, one thread)
 // ================================================================================================
 
 fn run_baseline_phase() -> anyhow::Result<()> {
     let url = std::env::var(URL_ENV).with_context(|| format!("{URL_ENV} is not set"))?;
-    let url = format!("{url}{EVENT_PATH}");
     let n = env_usize(N_ENV)?.unwrap_or(DEFAULT_N);
     let users = users();
     let context = WireContext::like_the_sdk();
-    let http = reqwest::blocking::Client::builder().no_proxy().build().context("building the HTTP client")?;
-
-    let mut requests = 0u64;
-    let mut failed = 0u64;
-    let mut body: Vec<u8> = Vec::new();
-    let started = Instant::now();
-    for first in (0..n).step_by(BATCH) {
-        body.clear();
-        body.push(b'[');
-        for i in first..(first + BATCH).min(n) {
-            if i > first {
-                body.push(b',');
+    // One thread: the runtime is current-thread and the connection task runs on it too.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("building the runtime")?;
+    runtime.block_on(async {
+        let mut conn = HyperConnection::open(&url).await?;
+        let mut requests = 0u64;
+        let mut failed = 0u64;
+        let mut body: Vec<u8> = Vec::new();
+        let started = Instant::now();
+        for first in (0..n).step_by(BATCH) {
+            body.clear();
+            body.push(b'[');
+            for i in first..(first + BATCH).min(n) {
+                if i > first {
+                    body.push(b',');
+                }
+                serde_json::to_writer(&mut body, &wire_event(i, &users, &context)).context("serializing")?;
             }
-            serde_json::to_writer(&mut body, &wire_event(i, &users, &context)).context("serializing")?;
+            body.push(b']');
+            requests += 1;
+            if !conn.post(EVENT_PATH, bytes::Bytes::copy_from_slice(&body)).await? {
+                failed += 1;
+            }
         }
-        body.push(b']');
-        requests += 1;
-        let ok = http
-            .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.clone())
-            .send()
-            .and_then(|r| {
-                let ok = r.status().is_success();
-                r.bytes().map(|_| ok)
-            })
-            .unwrap_or(false);
-        if !ok {
-            failed += 1;
-        }
+        let elapsed = started.elapsed();
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "RESULT elapsed_ns={}", nanos(elapsed))?;
+        writeln!(out, "RESULT requests={requests}")?;
+        writeln!(out, "RESULT failed_requests={failed}")?;
+        writeln!(out, "RESULT hwm={}", proc_status_bytes("VmHWM"))?;
+        Ok(())
+    })
+}
+
+/// hyper's HTTP/1 client on one keep-alive connection: the baseline's sender.
+struct HyperConnection {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    authority: String,
+}
+
+impl HyperConnection {
+    /// Connects to `url` (`http://host:port`, as the sink prints it).
+    async fn open(url: &str) -> anyhow::Result<Self> {
+        let authority = url.strip_prefix("http://").with_context(|| format!("not an http:// URL: {url}"))?.to_owned();
+        let stream =
+            tokio::net::TcpStream::connect(&authority).await.with_context(|| format!("connecting to {authority}"))?;
+        stream.set_nodelay(true).context("TCP_NODELAY")?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .context("HTTP/1 handshake")?;
+        tokio::spawn(connection);
+        Ok(HyperConnection { sender, authority })
     }
-    let elapsed = started.elapsed();
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "RESULT elapsed_ns={}", nanos(elapsed))?;
-    writeln!(out, "RESULT requests={requests}")?;
-    writeln!(out, "RESULT failed_requests={failed}")?;
-    writeln!(out, "RESULT hwm={}", proc_status_bytes("VmHWM"))?;
-    Ok(())
+
+    /// POSTs a JSON body, reads the whole answer; `true` on a 2xx.
+    async fn post(&mut self, path: &str, body: bytes::Bytes) -> anyhow::Result<bool> {
+        use http_body_util::BodyExt;
+        let request = http::Request::post(path)
+            .header(http::header::HOST, &self.authority)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(body))
+            .context("building the request")?;
+        self.sender.ready().await.context("the connection closed")?;
+        let Ok(response) = self.sender.send_request(request).await else { return Ok(false) };
+        let ok = response.status().is_success();
+        let read = response.into_body().collect().await.is_ok();
+        Ok(ok && read)
+    }
 }
 
 // ================================================================================================
@@ -872,7 +901,7 @@ fn print_table(
     );
     println!(
         "{:<40} {:>24} {:>24} {:>24} {:>20}   target",
-        "metric", "in-memory SDK", "durable NORMAL", "durable FULL", "baseline (1 thread)"
+        "metric", "in-memory SDK", "durable NORMAL", "durable FULL", "hyper baseline"
     );
     let row = |m: &str, [a, b, c]: [String; 3], d: String, t: &str| {
         let line = format!("{m:<40} {a:>24} {b:>24} {c:>24} {d:>20}   {t}");
