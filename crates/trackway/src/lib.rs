@@ -218,7 +218,7 @@ pub use message::{Identify, Message, Page, Screen, Track};
 pub use pipeline::health;
 pub use pipeline::health::{Health, HealthState, LastError};
 pub use policy::{MAX_EVENT_BYTES, MAX_NAME_BYTES};
-pub use stats::{DestinationStats, DirectStats, Dropped, Stats};
+pub use stats::{DestinationStats, DirectStats, Dropped, Stats, StoreReport};
 pub use trackway_wire::{
     Event, EventKind, Identity, MessageId, PageInfo, Properties, PropertyError, Timestamp, Value, props,
 };

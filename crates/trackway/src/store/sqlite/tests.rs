@@ -97,19 +97,19 @@ fn a_state_change_is_written_with_its_event_never_before_nor_after() {
 }
 
 #[test]
-fn a_bit_left_by_a_removed_destination_is_cleared_before_it_is_reused() {
+fn a_bit_left_without_its_destination_keeps_its_events_under_a_name_of_its_own() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("o.db");
     let (mut store, _) = opened(&path, &["a", "b"]);
     store.append(&[event(0, 0b10), event(1, 0b10), event(2, 0b01)], &[]).expect("append");
     assert!(store.commit(10_000).error.is_none());
     drop(store);
-    // As an interrupted earlier open could leave it: "b" forgotten, its bit still set.
+    // As damage could leave it: "b" forgotten, its bit still set.
     side(&path).execute("DELETE FROM destinations WHERE name = 'b'", []).expect("forget b");
     let (mut store, recovered) = opened(&path, &["a", "c"]);
     assert_eq!(recovered.pending, vec![(1, recovered.pending[0].1), (0, 0)], "c inherits nothing");
     assert!(store.read(1, 0, 10, usize::MAX).expect("read").is_empty());
-    assert_eq!(recovered.released_unconfigured, 2);
+    assert_eq!(recovered.orphaned, vec![("unnamed-1".to_owned(), 2)], "kept, and reported");
 }
 
 #[test]
