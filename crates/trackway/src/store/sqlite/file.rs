@@ -254,7 +254,9 @@ pub(super) fn open_checked(path: &Path, synchronous: Synchronous) -> Result<Resu
         }
         let quick: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if quick != "ok" {
-            return Ok(Err(format!("failed its integrity check: {quick}")));
+            // The first finding is enough to say why (the full list can run to pages).
+            let first = quick.lines().find(|l| !l.starts_with("***")).unwrap_or(&quick);
+            return Ok(Err(format!("failed its integrity check ({first})")));
         }
         let sync = match synchronous {
             Synchronous::Normal => "NORMAL",
@@ -293,6 +295,16 @@ pub(super) fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
 /// Creates or upgrades the schema. Every version migrates from the one before, each step in its
 /// own transaction.
 pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    migrate_to(conn, SCHEMA_VERSION)
+}
+
+/// Schema 1 alone, as an older trackway wrote it (for the upgrade test).
+#[cfg(test)]
+pub(super) fn migrate_to_1_for_test(conn: &Connection) -> rusqlite::Result<()> {
+    migrate_to(conn, 1)
+}
+
+fn migrate_to(conn: &Connection, target: i64) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version < 1 {
         conn.execute_batch(
@@ -310,7 +322,7 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              COMMIT;",
         )?;
     }
-    if version < 2 {
+    if version < 2 && target >= 2 {
         // Checksums per row (NULL on rows written by schema 1, which are read as before), and
         // the application id that tells a trackway store from any other SQLite file.
         conn.execute_batch(&format!(

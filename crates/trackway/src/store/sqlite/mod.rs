@@ -266,6 +266,7 @@ impl SqliteStore {
     /// When the file does not exist or cannot be read as a store.
     pub fn inspect(path: impl AsRef<Path>) -> Result<Inspection, StoreError> {
         let path = path.as_ref();
+        classify(path)?;
         let conn = open_read_only(path)?;
         let file_bytes = [path.to_path_buf(), sidecar(path, "-wal")]
             .iter()
@@ -320,6 +321,7 @@ impl SqliteStore {
     /// # Errors
     /// When the file does not exist or cannot be read as a store.
     pub fn read_dead_letters(path: impl AsRef<Path>, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        classify(path.as_ref())?;
         let conn = open_read_only(path.as_ref())?;
         query_dead_letters(&conn, limit)
     }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::chunk::{self, CHUNK_EVENTS, Chunk, StoredEvent};
-use super::file::{backend, open_read_only};
+use super::file::{backend, open_read_only, sidecar};
 use super::write::insert_chunk;
 use crate::store::StoreError;
 
@@ -84,8 +84,40 @@ fn rows<T>(conn: &Connection, table: &str, columns: &str, read: impl Fn(&rusqlit
         .collect()
 }
 
-/// Reads what can be read of the damaged store at `path` (read-only: the file is not changed).
+/// Reads what can be read of the damaged store at `path` (the file is not changed: a copy is
+/// read, see [`patched_copy`]).
 pub(super) fn read(path: &Path) -> Salvaged {
+    let copy = sidecar(path, ".salvage");
+    let out = patched_copy(path, &copy).map(|()| read_copy(&copy));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(sidecar(&copy, suffix));
+    }
+    out.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "trackway: could not copy the damaged store to salvage it");
+        Salvaged { lost_chunks: 1, ..Salvaged::default() }
+    })
+}
+
+/// Copies the store (and its WAL) to `copy` with the header's page count set to the pages the
+/// file really has: SQLite trusts that count, and a truncated file fails every query, even of
+/// the first page, until it matches.
+fn patched_copy(path: &Path, copy: &Path) -> std::io::Result<()> {
+    let mut bytes = std::fs::read(path)?;
+    if bytes.len() >= 100 {
+        let size = u16::from_be_bytes([bytes[16], bytes[17]]);
+        let page = if size == 1 { 65_536 } else { usize::from(size).max(512) };
+        let pages = u32::try_from(bytes.len() / page).unwrap_or(u32::MAX);
+        bytes[28..32].copy_from_slice(&pages.to_be_bytes());
+    }
+    std::fs::write(copy, bytes)?;
+    let wal = sidecar(path, "-wal");
+    if wal.exists() {
+        std::fs::copy(&wal, sidecar(copy, "-wal"))?;
+    }
+    Ok(())
+}
+
+fn read_copy(path: &Path) -> Salvaged {
     let mut out = Salvaged::default();
     let Ok(conn) = open_read_only(path) else {
         out.lost_chunks = 1;
