@@ -11,6 +11,7 @@ mod config;
 mod demo;
 mod import;
 mod outbox;
+mod report;
 mod send;
 
 /// trackway: customer-event tracking, one API, many destinations.

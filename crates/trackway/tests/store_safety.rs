@@ -29,7 +29,9 @@ fn store_with_pending(dir: &tempfile::TempDir, n: usize) -> (PathBuf, Vec<String
     let down = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
     let client = durable(SqliteStore::new(&path)).destination(json("a", down.url("/e"))).build().expect("client");
     let ids = (0..n)
-        .map(|i| client.track("u", "e", props! { "i" => i as i64, "pad" => "p".repeat(200) }).expect("track").to_string())
+        .map(|i| {
+            client.track("u", "e", props! { "i" => i as i64, "pad" => "p".repeat(200) }).expect("track").to_string()
+        })
         .collect();
     client.persisted(Duration::from_secs(30)).expect("persisted");
     let _ = client.shutdown(Duration::from_millis(100));
@@ -97,7 +99,7 @@ fn a_truncated_store_keeps_every_chunk_that_reads_back() {
         assert_eq!(stats.dropped.store_reset, 1);
         assert!(salvage.recovered > 1_000, "the first half reads back: {salvage}");
         assert_eq!(got.len() as u64, salvage.recovered, "{salvage}");
-        assert!(salvage.lost > 0 || salvage.lost_chunks > 0, "{salvage}");
+        assert!(salvage.lost > 0, "{salvage}");
         assert!(salvage.to_string().contains("moved to"), "{salvage}");
     });
 }
@@ -111,7 +113,11 @@ fn a_text_file_another_database_and_a_newer_store_are_refused_and_left_untouched
         std::fs::write(&text, "eggs, milk, bread\n").expect("write");
         let foreign = dir.path().join("app.db");
         rusqlite::Connection::open(&foreign)
-            .and_then(|c| c.execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users VALUES (1, 'jane');"))
+            .and_then(|c| {
+                c.execute_batch(
+                    "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users VALUES (1, 'jane');",
+                )
+            })
             .expect("another application's database");
         let (newer, _) = {
             let sub = tempfile::tempdir_in(dir.path()).expect("sub");
@@ -157,15 +163,19 @@ fn events_of_a_renamed_destination_are_kept_reported_and_moved_on_request() {
         let up = Collector::start().expect("collector");
         let down = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
         let old: Vec<String> = {
-            let client =
-                durable(SqliteStore::new(&path)).destination(json("warehouse", down.url("/e"))).build().expect("client");
-            let ids = (0..500).map(|i| client.track("u", "old", props! { "i" => i }).expect("track").to_string()).collect();
+            let client = durable(SqliteStore::new(&path))
+                .destination(json("warehouse", down.url("/e")))
+                .build()
+                .expect("client");
+            let ids =
+                (0..500).map(|i| client.track("u", "old", props! { "i" => i }).expect("track").to_string()).collect();
             client.persisted(Duration::from_secs(10)).expect("persisted");
             ids
         };
         // Renamed: the new name delivers new events; the 500 wait, reported.
         {
-            let client = durable(SqliteStore::new(&path)).destination(json("wh", up.url("/e"))).build().expect("client");
+            let client =
+                durable(SqliteStore::new(&path)).destination(json("wh", up.url("/e"))).build().expect("client");
             assert_eq!(client.stats().store.orphaned, vec![("warehouse".to_owned(), 500)]);
             client.track("u", "new", props! {}).expect("track");
             client.flush(Duration::from_secs(10)).expect("flush");
@@ -175,7 +185,12 @@ fn events_of_a_renamed_destination_are_kept_reported_and_moved_on_request() {
         assert!(inspected.pending.contains(&("warehouse".to_owned(), 500)), "{inspected:?}");
         assert_eq!(inspected.events, 500);
         // Moved to `wh`, they are delivered by the next client.
-        assert!(SqliteStore::move_pending(&path, "nope", "wh").expect_err("unknown").to_string().contains("stored: warehouse"));
+        assert!(
+            SqliteStore::move_pending(&path, "nope", "wh")
+                .expect_err("unknown")
+                .to_string()
+                .contains("stored: warehouse")
+        );
         assert_eq!(SqliteStore::move_pending(&path, "warehouse", "wh").expect("move"), 500);
         let client = durable(SqliteStore::new(&path)).destination(json("wh", up.url("/e"))).build().expect("client");
         assert!(client.stats().store.orphaned.is_empty());

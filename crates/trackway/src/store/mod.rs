@@ -103,9 +103,11 @@ pub struct Salvage {
     pub reason: String,
     /// Pending events read back intact and kept.
     pub recovered: u64,
-    /// Pending events lost (their chunk failed its checksum, or could not be read).
+    /// Pending events lost (their chunk failed its checksum, or could not be read). Exact,
+    /// except for the events of `lost_chunks`, counted by their range of sequence numbers: an
+    /// upper bound.
     pub lost: u64,
-    /// Chunks lost whose number of events is unknown too (each held at most 256 events).
+    /// Chunks lost with their delivery state, whose events are counted in `lost` by range.
     pub lost_chunks: u64,
 }
 
@@ -117,7 +119,7 @@ impl fmt::Display for Salvage {
             self.reason, self.recovered, self.lost
         )?;
         if self.lost_chunks > 0 {
-            write!(f, " (and {} unreadable chunks of up to 256 events each)", self.lost_chunks)?;
+            write!(f, " (at most: {} chunk(s) were unreadable, counted by their range)", self.lost_chunks)?;
         }
         write!(f, "; the damaged file was moved to {}", self.moved_to.display())
     }

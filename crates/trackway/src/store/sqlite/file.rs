@@ -97,7 +97,9 @@ pub(super) fn classify(path: &Path) -> Result<Found, StoreError> {
 
 fn newer_schema(version: i64) -> Option<String> {
     (version > SCHEMA_VERSION).then(|| {
-        format!("is a store of a newer trackway (schema {version}; this one reads up to {SCHEMA_VERSION}): use that version")
+        format!(
+            "is a store of a newer trackway (schema {version}; this one reads up to {SCHEMA_VERSION}): use that version"
+        )
     })
 }
 

@@ -348,8 +348,8 @@ fn load(conn: &Connection) -> Result<Result<Loaded, String>, StoreError> {
             rows.collect::<Result<_, _>>()?
         };
         let mut index = ChunkIndex::default();
-        let mut stmt =
-            conn.prepare("SELECT s.first, s.state, s.crc, length(c.data) FROM chunk_state s JOIN chunks c USING (first)")?;
+        let mut stmt = conn
+            .prepare("SELECT s.first, s.state, s.crc, length(c.data) FROM chunk_state s JOIN chunks c USING (first)")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let first: i64 = row.get(0)?;
@@ -640,7 +640,8 @@ impl Open {
 impl Outbox for SqliteStore {
     fn open(&mut self, destinations: &[String]) -> Result<Recovered, StoreError> {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| io_error(&self.path, &format!("cannot create {}", dir.display()), &e))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| io_error(&self.path, &format!("cannot create {}", dir.display()), &e))?;
         }
         // Before the lock file is made beside it: a file that is not a store is left alone.
         classify(&self.path)?;

@@ -29,9 +29,10 @@ pub(super) struct Salvaged {
     /// Recovered events, with the stored bits of the destinations still to deliver them.
     events: Vec<(StoredEvent, u64)>,
     /// Pending events lost (their chunk's data did not read back or failed its checksum, or
-    /// their context is gone).
+    /// their context is gone), with those of `lost_chunks` counted by their seq range.
     pub(super) lost: u64,
-    /// Chunks lost whose number of events is unknown (their state row is gone too).
+    /// Chunks lost whose state row is gone too: their events are counted by the chunk's range
+    /// of seqs (up to the next chunk), an upper bound.
     pub(super) lost_chunks: u64,
 }
 
@@ -74,14 +75,16 @@ fn scan_keys(conn: &Connection, table: &str, key: &str) -> BTreeSet<i64> {
 }
 
 /// Every row of `table` that reads back, by rowid, through `read`.
-fn rows<T>(conn: &Connection, table: &str, columns: &str, read: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>) -> Vec<T> {
+fn rows<T>(
+    conn: &Connection,
+    table: &str,
+    columns: &str,
+    read: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Vec<T> {
     let Ok(mut stmt) = conn.prepare(&format!("SELECT {columns} FROM {table} WHERE rowid = ?1")) else {
         return Vec::new();
     };
-    scan_keys(conn, table, "rowid")
-        .into_iter()
-        .filter_map(|rowid| stmt.query_row([rowid], &read).ok())
-        .collect()
+    scan_keys(conn, table, "rowid").into_iter().filter_map(|rowid| stmt.query_row([rowid], &read).ok()).collect()
 }
 
 /// Reads what can be read of the damaged store at `path` (the file is not changed: a copy is
@@ -94,7 +97,7 @@ pub(super) fn read(path: &Path) -> Salvaged {
     }
     out.unwrap_or_else(|e| {
         tracing::error!(error = %e, "trackway: could not copy the damaged store to salvage it");
-        Salvaged { lost_chunks: 1, ..Salvaged::default() }
+        Salvaged::default()
     })
 }
 
@@ -119,10 +122,8 @@ fn patched_copy(path: &Path, copy: &Path) -> std::io::Result<()> {
 
 fn read_copy(path: &Path) -> Salvaged {
     let mut out = Salvaged::default();
-    let Ok(conn) = open_read_only(path) else {
-        out.lost_chunks = 1;
-        return out;
-    };
+    // Nothing reads back: nothing can be counted either (the report says the file was lost).
+    let Ok(conn) = open_read_only(path) else { return out };
     out.destinations = rows(&conn, "destinations", "bit, name", |r| Ok((r.get(0)?, r.get(1)?)))
         .into_iter()
         .filter(|(bit, _): &(i64, String)| (0..64).contains(bit))
@@ -152,6 +153,8 @@ fn read_copy(path: &Path) -> Salvaged {
         conn.query_row(&sql, [first], |r| Ok((r.get(0)?, r.get(1)?))).ok()
     };
     let mut max_seq = None;
+    let mut unknown = Vec::new();
+    let all_keys: Vec<i64> = keys.iter().copied().collect();
     for first in keys {
         let state = one(format!("SELECT state, {crc} FROM chunk_state WHERE first = ?1"), first)
             .filter(|(state, crc)| chunk::checksum_ok(state, *crc))
@@ -162,7 +165,7 @@ fn read_copy(path: &Path) -> Salvaged {
         let Some(events) = events else {
             match state {
                 Some(state) => out.lost += state.live as u64,
-                None => out.lost_chunks += 1,
+                None => unknown.push(first),
             }
             continue;
         };
@@ -193,6 +196,12 @@ fn read_copy(path: &Path) -> Salvaged {
     }
     let dead_max = out.dead_letters.iter().map(|d| d.seq).max().map_or(0, |s| s as u64 + 1);
     out.next_seq = (stored_next.unwrap_or(0).max(0) as u64).max(max_seq.map_or(0, |m| m + 1)).max(dead_max);
+    // A chunk holds consecutive seqs, at most CHUNK_EVENTS, up to the next chunk's first.
+    for first in unknown {
+        let next = all_keys.iter().find(|k| **k > first).map_or(out.next_seq as i64, |k| *k);
+        out.lost += (next - first).clamp(1, CHUNK_EVENTS as i64) as u64;
+        out.lost_chunks += 1;
+    }
     out
 }
 
@@ -228,8 +237,7 @@ pub(super) fn write(conn: &mut Connection, salvaged: &Salvaged) -> Result<(), St
         for (event, _) in part {
             chunk::encode_event(&mut data, event);
         }
-        let state =
-            Chunk::new(part.iter().map(|(e, _)| e.seq).collect(), part.iter().map(|(_, m)| *m).collect(), 0);
+        let state = Chunk::new(part.iter().map(|(e, _)| e.seq).collect(), part.iter().map(|(_, m)| *m).collect(), 0);
         insert_chunk(&tx, part[0].0.seq, &data, &state.encode_state())?;
     }
     tx.commit().map_err(backend)

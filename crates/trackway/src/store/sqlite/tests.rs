@@ -177,4 +177,3 @@ fn a_schema_1_store_is_upgraded_and_its_chunks_without_checksum_read_as_before()
     let version: i64 = side(&path).query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
     assert_eq!(version, SCHEMA_VERSION);
 }
-
