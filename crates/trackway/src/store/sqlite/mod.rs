@@ -1,17 +1,20 @@
 //! The durable outbox: one SQLite file (WAL mode) holding the events, their delivery state per
 //! destination, the dead letters and the client's state.
 //!
-//! # Layout (schema version 1)
+//! # Layout (schema version 2)
 //!
 //! | table | what |
 //! |---|---|
-//! | `chunks(first, data)` | events, in chunks of up to 256 consecutive ones (see `chunk.rs`) |
-//! | `chunk_state(first, state)` | per event of a chunk: its seq and the mask of destinations still to deliver it |
+//! | `chunks(first, data, crc)` | events, in chunks of up to 256 consecutive ones (see `chunk.rs`), with the CRC-32 of `data` |
+//! | `chunk_state(first, state, crc)` | per event of a chunk: its seq and the mask of destinations still to deliver it, with its CRC-32 |
 //! | `destinations(bit, name)` | which mask bit belongs to which destination (by name, so reordering destinations is harmless) |
 //! | `contexts(id, json)` | each distinct context once (it completes an event's head) |
 //! | `dead_letters(key, seq, id, destination, reason, detail, at, event)` | what a destination gave up on, with the server's answer |
 //! | `state(key, value)` | client state: identity, session, destination tokens |
-//! | `meta(key, value)` | the next sequence number |
+//! | `meta(key, value)` | the next sequence number, the time of the last open (the write that proves the file writable) |
+//!
+//! The header's `application_id` is `TRKW` (since schema 2). Schema 1 stores are upgraded when
+//! opened; their rows have no checksum (`NULL`) and are read as before.
 //!
 //! # Write-behind
 //!
@@ -39,12 +42,33 @@
 //! records its pid; a second writer fails with "store in use by pid N". Readers
 //! ([`SqliteStore::inspect`], [`SqliteStore::read_dead_letters`]) need no lock.
 //!
-//! # Recovery
+//! # What is opened, and what is refused
 //!
-//! A file that is not a valid store (not SQLite, truncated, failing `quick_check`, or written by
-//! a newer schema) is renamed `<file>.bad-<unix time>` with its `-wal` and `-shm` files, a fresh
-//! store is created, and the loss is reported ([`Recovered::reset`]). A locked or busy file is
-//! never treated as corrupt.
+//! Before anything else (even the lock file), the file is looked at read-only: a file that is
+//! not a trackway store (text, another application's SQLite database, a store of a newer
+//! schema) is refused with [`StoreError::NotAStore`] and left exactly as it was. A store that
+//! cannot be written (a write-protected file, a read-only directory or file system) is refused
+//! with [`StoreError::ReadOnly`] when it is opened, before anything is sent: one committed write
+//! proves it. [`SqliteStore::inspect`] reads such a store all the same (as immutable, when its
+//! directory cannot take SQLite's shared-memory file).
+//!
+//! # Damage and salvage
+//!
+//! A store that fails `quick_check`, cannot be read, or has a chunk state that fails its
+//! checksum when opened is *salvaged* (see `salvage.rs`): every row that reads back with a valid
+//! checksum is copied into a fresh file, the damaged one is renamed `<file>.bad-<unix time>`
+//! (with its `-wal` and `-shm`), and what was recovered and lost is reported
+//! ([`Salvage`], in `Stats::store` and `dropped.store_reset` / `store_corrupt`). A chunk whose
+//! data fails its checksum later, when read back, is removed and its events counted as
+//! `store_corrupt`, with an error logged. A locked or busy file is never treated as damaged.
+//!
+//! # Destinations no longer configured
+//!
+//! A stored destination missing from the configuration keeps its bit and its pending events
+//! (an orphan, reported when the store is opened and in `Stats::store`); nothing is sent to
+//! another destination until [`SqliteStore::move_pending`] says so, and nothing is dropped
+//! until [`SqliteStore::drop_pending`] does (or the size bound, counted as `store_full`). A
+//! run-time destination that is forgotten is one with nothing pending.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
