@@ -8,19 +8,16 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::{delivered_ids, json, wait_until, watchdog};
+use support::{delivered_ids, fast_builder, json, wait_until, watchdog};
 use trackway::store::{SqliteStore, WhenFull};
-use trackway::{Client, ClientBuilder, Error, RetryPolicy, props};
+use trackway::{ClientBuilder, Error, props};
 use trackway_collector::{Collector, Reply};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
+/// The tests' fast timings, on a durable store.
 fn durable(store: SqliteStore) -> ClientBuilder {
-    Client::builder()
-        .store(store)
-        .batch_interval(Duration::from_millis(10))
-        .retry_policy(RetryPolicy::default().backoff(Duration::from_millis(5), Duration::from_millis(40)))
-        .shutdown_timeout(Duration::from_millis(200))
+    fast_builder().store(store)
 }
 
 /// A store at `dir/outbox.db` holding `n` events pending for `a` (the server was down).
