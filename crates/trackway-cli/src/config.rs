@@ -4,6 +4,7 @@
 //! [store]                      # optional
 //! path = "trackway-outbox.db"  # relative paths are relative to the configuration file; a
 //!                              # leading `~/` is the home directory (`~user/` is refused)
+//! max_bytes = 134217728        # optional: the store's size bound (default 128 MiB)
 //!
 //! [[destination]]
 //! name = "warehouse"
@@ -53,6 +54,9 @@ pub(crate) struct Config {
 #[serde(deny_unknown_fields)]
 struct StoreConfig {
     path: PathBuf,
+    /// The store's size bound in bytes (`SqliteStore::max_bytes`).
+    #[serde(default)]
+    max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,6 +264,11 @@ impl Config {
         }
         let dir = self.file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         Some(dir.join(path))
+    }
+
+    /// `[store] max_bytes`, when set.
+    pub(crate) fn store_max_bytes(&self) -> Option<u64> {
+        self.store.as_ref()?.max_bytes
     }
 
     /// The destination names, in order.

@@ -6,6 +6,15 @@
 //! store holds, and a rerun on the same store skips them. Every `--checkpoint-every` lines (and at
 //! the end) the position is also recorded on its own ([`Client::checkpoint`], covering malformed
 //! lines) and the command waits until it is committed, which keeps the channel from filling up.
+//!
+//! The position is kept per *content*, not per path: the file's size and a hash of all its bytes
+//! name it, so a new export written to a known path is imported (and said to be new), and a known
+//! file moved elsewhere resumes where it stopped.
+//!
+//! An import never drops a line: its store refuses new events at its size bound
+//! ([`WhenFull::Refuse`]) instead of dropping the oldest, the command then waits up to
+//! `--timeout` for deliveries to make room, and if none comes it stops, naming the line it
+//! stopped at; the rerun resumes there.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -17,13 +26,21 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Deserialize;
-use trackway::store::SqliteStore;
+use trackway::store::{SqliteStore, WhenFull};
 use trackway::{Client, Identify, Message, MessageId, Page, Properties, Screen, Timestamp, Track};
 
-use crate::Outcome;
 use crate::config;
+use crate::{Outcome, report};
+
+/// The store's size bound when `[store] max_bytes` is not set (the library's default).
+const DEFAULT_MAX_BYTES: u64 = 128 * 1024 * 1024;
 
 /// `trackway import` options.
+///
+/// Exit codes: 0 when every line was queued and delivered; 1 when something was not (malformed
+/// lines, dead letters, events still pending, events the store lost, or the import stopped at a
+/// full store: the output says which, and a rerun resumes after the last line stored); 2 when
+/// the import could not start (configuration, file, store).
 #[derive(Debug, Args)]
 pub(crate) struct ImportArgs {
     /// The JSON Lines file: one event per line, e.g.
@@ -43,7 +60,8 @@ pub(crate) struct ImportArgs {
     /// Queue at most this many lines per second (spares the destinations; default: no limit).
     #[arg(long, value_name = "LINES")]
     max_rate: Option<u32>,
-    /// How long to wait at the end for delivery, in seconds (undelivered events stay in the store).
+    /// How long to wait for delivery at the end, and for room when the store is full, in
+    /// seconds (undelivered events stay in the store).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     timeout: u64,
 }
@@ -131,10 +149,15 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
     };
     let file = File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
     let canonical = args.file.canonicalize().with_context(|| format!("cannot resolve {}", args.file.display()))?;
-    let key = format!("import:{}", canonical.display());
-    let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let identity = FileIdentity::of(&args.file)?;
+    let key = format!("import:{}", identity.key());
+    let path_key = format!("import-path:{}", canonical.display());
+    let total_bytes = identity.size;
+    let max_bytes = config.store_max_bytes().unwrap_or(DEFAULT_MAX_BYTES);
 
-    let client = config::with_destinations(Client::builder().store(SqliteStore::new(&store_path)), destinations)
+    // Refuse instead of dropping at the size bound: an importer waits for room, or stops.
+    let store = SqliteStore::new(&store_path).max_bytes(max_bytes).when_full(WhenFull::Refuse);
+    let client = config::with_destinations(Client::builder().store(store), destinations)
         .batch_interval(Duration::from_millis(100))
         // Every event is committed (with its line's position) before it is sent, so a kill
         // never leaves a delivered line unrecorded: a rerun queues no line twice.
@@ -150,8 +173,27 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
     };
     let mut out = std::io::stdout().lock();
     writeln!(out, "importing {} into {}", args.file.display(), store_path.display())?;
+    let mut failed = report::opened(&mut out, &backlog)?;
+    let seen = client.checkpoint_value(&path_key).and_then(|v| String::from_utf8(v).ok());
+    if let Some(old) = seen.filter(|old| *old != identity.key()) {
+        writeln!(
+            out,
+            "{} holds other content than when it was imported before ({}; now {} bytes): importing it as a new file",
+            args.file.display(),
+            FileIdentity::describe(&old),
+            identity.size
+        )?;
+    }
+    // An older trackway keyed the position by path alone: it does not say which content it was for.
+    if client.checkpoint_value(&format!("import:{}", canonical.display())).is_some() && resume_after == 0 {
+        writeln!(
+            out,
+            "a position an older trackway recorded for this path is ignored (it was not tied to the content)"
+        )?;
+    }
+    client.checkpoint(&path_key, identity.key()).context("cannot record the file's identity")?;
     if resume_after > 0 {
-        writeln!(out, "resuming after line {resume_after} (recorded by an earlier run)")?;
+        writeln!(out, "resuming after line {resume_after} (recorded by an earlier run for this content)")?;
     }
     out.flush()?;
 
@@ -170,6 +212,9 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
     let mut buf = Vec::new();
     let mut bytes_read = 0u64;
     let mut line_no = 0u64;
+    // The line the store had no room for, when the import stopped there.
+    let mut stopped_at: Option<u64> = None;
+    let room_wait = Duration::from_secs(args.timeout);
     loop {
         buf.clear();
         let n = reader.read_until(b'\n', &mut buf).with_context(|| format!("cannot read {}", args.file.display()))?;
@@ -187,13 +232,22 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
         } else {
             match text.map_err(|e| format!("not UTF-8: {e}")).and_then(parse_line) {
                 Err(reason) => summary.malformed.push((line_no, reason)),
-                Ok((message, id, timestamp)) => match queue(&client, message, id, timestamp, &key, line_no) {
-                    Ok(()) => {
-                        summary.enqueued += 1;
-                        ids.insert(id);
+                Ok((message, id, timestamp)) => {
+                    match queue(&client, message, id, timestamp, &key, line_no, room_wait) {
+                        Ok(()) => {
+                            summary.enqueued += 1;
+                            ids.insert(id);
+                        }
+                        Err(NotQueued::Invalid(reason)) => summary.malformed.push((line_no, reason)),
+                        Err(NotQueued::StoreFull) => {
+                            // Everything before this line is handled: the rerun starts here.
+                            commit_position(&client, &key, line_no - 1)?;
+                            stopped_at = Some(line_no);
+                            summary.read -= 1;
+                            break;
+                        }
                     }
-                    Err(reason) => summary.malformed.push((line_no, reason)),
-                },
+                }
             }
             if let Some(rate) = args.max_rate.filter(|r| *r > 0) {
                 let due = Duration::from_secs_f64((line_no - resume_after) as f64 / f64::from(rate));
@@ -210,12 +264,14 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
             progress.set_message(line_no.to_string());
         }
     }
-    if line_no > resume_after {
+    if line_no > resume_after && stopped_at.is_none() {
         commit_position(&client, &key, line_no)?;
     }
     progress.finish_and_clear();
 
-    let flushed = client.flush(Duration::from_secs(args.timeout));
+    // Stopped at a full store: nothing was delivered for `--timeout` already.
+    let flush_for = if stopped_at.is_some() { Duration::ZERO } else { Duration::from_secs(args.timeout) };
+    let flushed = client.flush(flush_for);
     let stats = client.stats();
     let letters: Vec<_> = client
         .dead_letters(10_000)
@@ -240,7 +296,7 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
     if summary.malformed.len() > 100 {
         writeln!(out, "  ... and {} more", summary.malformed.len() - 100)?;
     }
-    let mut failed = !summary.malformed.is_empty();
+    failed |= !summary.malformed.is_empty();
     for d in &stats.destinations {
         let dead = d.rejected + d.retries_exhausted + d.expired;
         write!(out, "{}: delivered {}, dead-lettered {dead}, pending {}", d.name, d.delivered, d.pending)?;
@@ -262,7 +318,18 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
     for l in letters.iter().take(100) {
         writeln!(out, "  dead letter {} ({}): {}: {}", l.id, l.destination, l.reason, l.detail)?;
     }
-    if flushed.is_err() {
+    failed |= report::losses(&mut out, &stats)?;
+    if let Some(line) = stopped_at {
+        writeln!(
+            out,
+            "stopped at line {line}: the store is full (its size bound, [store] max_bytes, is {max_bytes} bytes) \
+             and no delivery made room within {}s (--timeout); lines up to {} are stored and are sent when the \
+             destinations take them; run the same command again to go on from line {line}",
+            args.timeout,
+            line - 1
+        )?;
+        failed = true;
+    } else if flushed.is_err() {
         writeln!(
             out,
             "not everything was delivered within {}s (--timeout); the rest stays in the store and is sent by the next run",
@@ -274,8 +341,17 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
     Ok(if failed { Outcome::Failed } else { Outcome::Ok })
 }
 
-/// Queues the event of line `line`, carrying the position, waiting for room if the channel is
-/// full.
+/// Why a line was not queued.
+enum NotQueued {
+    /// The event was refused: the reason, reported with the line.
+    Invalid(String),
+    /// The store stayed full for the whole wait.
+    StoreFull,
+}
+
+/// Queues the event of line `line`, carrying the position: waits for room when the channel is
+/// full (the worker commits what is queued) or the store is at its bound (deliveries make room,
+/// for at most `room_wait`).
 fn queue(
     client: &Client,
     message: Message,
@@ -283,16 +359,70 @@ fn queue(
     timestamp: Timestamp,
     key: &str,
     line: u64,
-) -> Result<(), String> {
+    room_wait: Duration,
+) -> Result<(), NotQueued> {
     let position = line.to_string();
-    match client.import_with_checkpoint(message.clone(), id, timestamp, key, position.clone()) {
-        Ok(_) => Ok(()),
-        Err(trackway::Error::QueueFull) => {
-            // Let the worker commit what is queued, then try once more.
-            let _ = client.persisted(Duration::from_secs(30));
-            client.import_with_checkpoint(message, id, timestamp, key, position).map(|_| ()).map_err(|e| e.to_string())
+    let attempt = || client.import_with_checkpoint(message.clone(), id, timestamp, key, position.clone());
+    let mut waited_for_room = false;
+    let mut waited_for_queue = false;
+    loop {
+        match attempt() {
+            Ok(_) => return Ok(()),
+            Err(trackway::Error::QueueFull) if !waited_for_queue => {
+                waited_for_queue = true;
+                let _ = client.persisted(Duration::from_secs(30));
+            }
+            Err(trackway::Error::StoreFull) if !waited_for_room => {
+                waited_for_room = true;
+                if client.wait_for_store_room(room_wait).is_err() {
+                    return Err(NotQueued::StoreFull);
+                }
+            }
+            Err(trackway::Error::StoreFull) => return Err(NotQueued::StoreFull),
+            Err(e) => return Err(NotQueued::Invalid(e.to_string())),
         }
-        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// What names a file's content: its size and the 64-bit FNV-1a hash of all its bytes (read
+/// once before the import; a changed export of the same size differs in its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileIdentity {
+    size: u64,
+    hash: u64,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> anyhow::Result<FileIdentity> {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let (mut size, mut hash) = (0u64, 0xcbf2_9ce4_8422_2325u64);
+        loop {
+            let buf = reader.fill_buf().with_context(|| format!("cannot read {}", path.display()))?;
+            if buf.is_empty() {
+                break;
+            }
+            for &b in buf {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            let n = buf.len();
+            size += n as u64;
+            reader.consume(n);
+        }
+        Ok(FileIdentity { size, hash })
+    }
+
+    /// The key the position is stored under.
+    fn key(&self) -> String {
+        format!("{}:{:016x}", self.size, self.hash)
+    }
+
+    /// A stored key, for people.
+    fn describe(key: &str) -> String {
+        match key.split_once(':') {
+            Some((size, _)) => format!("{size} bytes then"),
+            None => "an earlier content".to_owned(),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ mod demo;
 mod import;
 mod jsonl;
 mod outbox;
+mod report;
 mod send;
 
 /// trackway: customer-event tracking, one API, many destinations.

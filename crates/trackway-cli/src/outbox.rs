@@ -1,5 +1,6 @@
-//! `trackway outbox stats|dead|requeue`: look into the durable store, read-only while another
-//! process uses it, and requeue its dead letters.
+//! `trackway outbox stats|dead|requeue|move|drop`: look into the durable store, read-only while
+//! another process uses it (and in a read-only directory), requeue its dead letters, and say
+//! what becomes of the events of a destination that is no longer configured.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,8 +30,8 @@ pub(crate) enum OutboxCommand {
         limit: usize,
     },
     /// Queues the dead letters again for the destination that gave up on them, and tries to
-    /// deliver them. Needs the store's lock and --config with the same destinations (a stored
-    /// destination missing from the configuration has its pending events released).
+    /// deliver them. Needs the store's lock and --config with the destinations (events of a
+    /// stored destination missing from the configuration are kept, and reported).
     Requeue {
         #[command(flatten)]
         store: StoreArgs,
@@ -43,6 +44,28 @@ pub(crate) enum OutboxCommand {
         /// How long to try delivering them, in seconds (undelivered ones stay in the store).
         #[arg(long, value_name = "SECS", default_value_t = 10)]
         timeout: u64,
+    },
+    /// Moves the pending events of a stored destination (one renamed or removed from the
+    /// configuration) to another destination, which delivers them on its next run. Needs the
+    /// store's lock.
+    Move {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The stored destination whose events move (e.g. its old name).
+        #[arg(long, value_name = "NAME")]
+        from: String,
+        /// The destination that takes them (e.g. its new name).
+        #[arg(long, value_name = "NAME")]
+        to: String,
+    },
+    /// Drops the pending events of a stored destination, and forgets it (events another
+    /// destination still has to deliver stay for that one). Needs the store's lock.
+    Drop {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The stored destination whose events are dropped.
+        #[arg(long, value_name = "NAME")]
+        destination: String,
     },
 }
 
@@ -78,7 +101,35 @@ pub(crate) fn run(config_path: Option<&Path>, command: OutboxCommand) -> anyhow:
             let config = config.context("trackway outbox requeue needs the destinations: pass --config FILE")?;
             requeue(&config, &path, store.json, destination.as_deref(), limit, Duration::from_secs(timeout))
         }
+        OutboxCommand::Move { store, from, to } => {
+            let path = store.path(config.as_ref())?;
+            check_lock(&path, "move events")?;
+            let moved = SqliteStore::move_pending(&path, &from, &to)
+                .with_context(|| format!("cannot move the events of `{from}` in {}", path.display()))?;
+            let value = json!({ "store": path.display().to_string(), "moved": moved, "from": from, "to": to });
+            print_done(store.json, &value, &format!("moved {moved} pending event(s) from `{from}` to `{to}`"))
+        }
+        OutboxCommand::Drop { store, destination } => {
+            let path = store.path(config.as_ref())?;
+            check_lock(&path, "drop events")?;
+            let dropped = SqliteStore::drop_pending(&path, &destination)
+                .with_context(|| format!("cannot drop the events of `{destination}` in {}", path.display()))?;
+            let value = json!({ "store": path.display().to_string(), "dropped": dropped, "destination": destination });
+            print_done(store.json, &value, &format!("dropped {dropped} pending event(s) of `{destination}`"))
+        }
     }
+}
+
+/// Prints the result of `move` / `drop`.
+fn print_done(json: bool, value: &serde_json::Value, text: &str) -> anyhow::Result<Outcome> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{value}")?;
+    } else {
+        writeln!(out, "{text}")?;
+    }
+    out.flush()?;
+    Ok(Outcome::Ok)
 }
 
 fn stats(path: &Path, json: bool) -> anyhow::Result<Outcome> {
@@ -154,14 +205,17 @@ fn event_summary(l: &DeadLetter) -> String {
 }
 
 /// Takes the store's lock for a moment to learn, typed, whether another process holds it.
-fn check_lock(path: &Path) -> anyhow::Result<()> {
+fn check_lock(path: &Path, what: &str) -> anyhow::Result<()> {
+    if !path.exists() {
+        bail!("no store at {}", path.display());
+    }
     match SqliteStore::check_unlocked(path) {
         Ok(_) => Ok(()),
         Err(StoreError::Locked { pid: Some(pid), .. }) => {
-            bail!("store {} is in use by pid {pid}: stop that process first, then requeue", path.display())
+            bail!("store {} is in use by pid {pid}: stop that process first, then {what}", path.display())
         }
         Err(StoreError::Locked { pid: None, .. }) => {
-            bail!("store {} is in use by another process: stop it first, then requeue", path.display())
+            bail!("store {} is in use by another process: stop it first, then {what}", path.display())
         }
         Err(e) => Err(e).with_context(|| format!("cannot open {}", path.display())),
     }
@@ -182,15 +236,18 @@ fn requeue(
     {
         bail!("--destination {d:?} is not in the configuration (configured: {})", names.join(", "));
     }
-    if !path.exists() {
-        bail!("no store at {}", path.display());
-    }
-    check_lock(path)?;
+    check_lock(path, "requeue")?;
     let client = config::with_destinations(Client::builder().store(SqliteStore::new(path)), destinations)
         .batch_interval(Duration::from_millis(50))
         .build()
         .with_context(|| format!("cannot open {}", path.display()))?;
     let before = client.stats();
+    let mut out = std::io::stdout().lock();
+    let mut failed = if json {
+        before.store.salvage.as_ref().is_some_and(|s| s.lost > 0)
+    } else {
+        crate::report::opened(&mut out, &before)?
+    };
     let requeued = client.requeue_dead_letters(destination, limit).context("requeue failed")?;
     let flushed = client.flush(timeout);
     let after = client.stats();
@@ -204,10 +261,16 @@ fn requeue(
         dead_again += (d.rejected + d.retries_exhausted + d.expired) - (b.rejected + b.retries_exhausted + b.expired);
         pending += d.pending;
     }
-    let mut out = std::io::stdout().lock();
     if json {
+        let d = &after.dropped;
+        let lost = d.store_full + d.store_corrupt + d.disk_full + d.store_error + d.worker_stopped;
+        failed |= lost > 0;
+        let orphaned: serde_json::Map<String, serde_json::Value> =
+            after.store.orphaned.iter().map(|(name, n)| (name.clone(), json!(n))).collect();
         let value = json!({
             "store": path.display().to_string(),
+            "lost": lost,
+            "orphaned": orphaned,
             "requeued": requeued,
             "delivered": delivered,
             "dead_lettered_again": dead_again,
@@ -223,7 +286,8 @@ fn requeue(
         if pending > 0 || flushed.is_err() {
             writeln!(out, "still pending: {pending} (kept in the store; delivered by the next process using it)")?;
         }
+        failed |= crate::report::losses(&mut out, &after)?;
     }
     out.flush()?;
-    Ok(if dead_again > 0 { Outcome::Failed } else { Outcome::Ok })
+    Ok(if dead_again > 0 || failed { Outcome::Failed } else { Outcome::Ok })
 }

@@ -84,6 +84,15 @@ pub enum Error {
     /// full too; their state change is then not applied.
     #[error("the event queue is full; the event was dropped (counted as queue_full)")]
     QueueFull,
+    /// The store is at its size bound and set to refuse new events
+    /// ([`WhenFull::Refuse`](crate::store::WhenFull::Refuse)): nothing was queued, nothing
+    /// stored was dropped. Counted as `store_refused`. Wait for room
+    /// ([`Client::wait_for_store_room`](crate::Client::wait_for_store_room)) and call again.
+    #[error(
+        "the store is full (at its max_bytes, set to refuse new events): nothing was queued (counted as \
+         store_refused); wait for deliveries to make room and call again"
+    )]
+    StoreFull,
     /// The client was shut down; the event was dropped and counted.
     #[error("the client is shut down")]
     ShutDown,

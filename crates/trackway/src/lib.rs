@@ -147,11 +147,20 @@
 //! - **One writer.** The process that opens the store holds a lock naming its pid; a second
 //!   writer fails with "store in use by pid N". [`store::SqliteStore::inspect`] and
 //!   [`store::SqliteStore::read_dead_letters`] read a store another process is using.
-//! - **Damaged files.** A file that is not a valid store (corrupt, truncated, from a newer
-//!   trackway) is renamed `outbox.db.bad-<time>`, a fresh store is created, and the loss is
-//!   logged and counted (`Stats::dropped.store_reset`); a busy file is never taken for damaged.
+//! - **Damaged files.** Every stored chunk carries a CRC-32. A damaged or truncated store is
+//!   salvaged: each chunk that reads back with a valid checksum goes into a fresh file, the
+//!   damaged one is kept as `outbox.db.bad-<time>`, and what was recovered and lost is logged as
+//!   an error and reported (`Stats::store.salvage`, `dropped.store_reset`,
+//!   `dropped.store_corrupt`). A file that is not a trackway store (text, another application's
+//!   database, a newer schema) is refused and left untouched; a busy file is never taken for
+//!   damaged; a store that cannot be written is refused when opened, before anything is sent.
+//! - **Destinations no longer configured** keep their pending events: logged, reported in
+//!   `Stats::store.orphaned`, never sent elsewhere, until
+//!   [`store::SqliteStore::move_pending`] or [`drop_pending`](store::SqliteStore::drop_pending).
 //! - **Bounds.** At most 128 MiB of events ([`store::SqliteStore::max_bytes`]): beyond it the
-//!   oldest are dropped and counted (`store_full`). Events older than `max_event_age` (7 days)
+//!   oldest are dropped and counted (`store_full`), or, with
+//!   [`WhenFull::Refuse`](store::WhenFull::Refuse), new events are refused at the call
+//!   ([`Error::StoreFull`]) until deliveries make room ([`Client::wait_for_store_room`]). Events older than `max_event_age` (7 days)
 //!   are dead-lettered as `expired`. A full disk drops the new events it refuses (`disk_full`);
 //!   what is stored stays intact, and writing resumes when space returns.
 //!
@@ -218,7 +227,7 @@ pub use message::{Identify, Message, Page, Screen, Track};
 pub use pipeline::health;
 pub use pipeline::health::{Health, HealthState, LastError};
 pub use policy::{MAX_EVENT_BYTES, MAX_NAME_BYTES};
-pub use stats::{DestinationStats, DirectStats, Dropped, Stats};
+pub use stats::{DestinationStats, DirectStats, Dropped, Stats, StoreReport};
 pub use trackway_wire::{
     Event, EventKind, Identity, MessageId, PageInfo, Properties, PropertyError, Timestamp, Value, props,
 };

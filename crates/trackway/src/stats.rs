@@ -18,6 +18,22 @@ pub struct Stats {
     pub dropped: Dropped,
     /// Per destination, in the order they were added.
     pub destinations: Vec<DestinationStats>,
+    /// What the client found in its store when it opened it.
+    pub store: StoreReport,
+}
+
+/// What a client found in its store when it opened it (fixed for the client's life).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreReport {
+    /// The store was damaged and salvaged into a fresh file: what was recovered and lost.
+    pub salvage: Option<crate::store::Salvage>,
+    /// Events waiting in the store for destinations that are not configured, by name: kept,
+    /// never sent elsewhere, until `trackway outbox move` or `drop` (or
+    /// [`SqliteStore::move_pending`](crate::store::SqliteStore::move_pending) /
+    /// [`drop_pending`](crate::store::SqliteStore::drop_pending)) says what to do with them, or
+    /// the destination is configured again. They count toward the store's size bound.
+    pub orphaned: Vec<(String, u64)>,
 }
 
 /// Events that never reached the store, by reason.
@@ -32,13 +48,20 @@ pub struct Dropped {
     pub shutdown: u64,
     /// The store was over its size bound: these, the oldest undelivered events, were dropped.
     pub store_full: u64,
+    /// Calls refused because the store was at its size bound and set to refuse new events
+    /// ([`WhenFull::Refuse`](crate::store::WhenFull::Refuse)): the caller got
+    /// [`Error::StoreFull`](crate::Error::StoreFull) and may call again (nothing stored was lost).
+    pub store_refused: u64,
     /// The disk was full when these were to be committed.
     pub disk_full: u64,
     /// The store failed for another reason when these were to be committed.
     pub store_error: u64,
-    /// Events lost because the store file was damaged and moved aside when it was opened
-    /// (counted once per reset; the number of events in the damaged file is unknown).
+    /// Times the store file was found damaged when it was opened, salvaged into a fresh file
+    /// and moved aside (what was recovered and lost: [`StoreReport::salvage`]).
     pub store_reset: u64,
+    /// Events lost to a damaged store: those of a salvage that did not read back, and those of
+    /// chunks that failed their checksum when read back later (each logged as an error).
+    pub store_corrupt: u64,
     /// Calls refused while tracking was off (`set_enabled(false)`).
     pub disabled: u64,
     /// Queued events removed on request (`purge_queued`, `erase_user`).
@@ -111,9 +134,11 @@ pub(crate) struct Counters {
     pub(crate) filtered: AtomicU64,
     pub(crate) shutdown: AtomicU64,
     pub(crate) store_full: AtomicU64,
+    pub(crate) store_refused: AtomicU64,
     pub(crate) disk_full: AtomicU64,
     pub(crate) store_error: AtomicU64,
     pub(crate) store_reset: AtomicU64,
+    pub(crate) store_corrupt: AtomicU64,
     pub(crate) disabled: AtomicU64,
     pub(crate) purged: AtomicU64,
     pub(crate) worker_stopped: AtomicU64,
@@ -121,6 +146,8 @@ pub(crate) struct Counters {
     /// the worker and callers index them without a lock; the first `active` are in use.
     pub(crate) destinations: Box<[DestinationCounters]>,
     active: AtomicUsize,
+    /// Set once, when the client is built.
+    pub(crate) store: OnceLock<StoreReport>,
 }
 
 #[derive(Debug, Default)]
@@ -188,9 +215,11 @@ impl Counters {
                 filtered: get(&self.filtered),
                 shutdown: get(&self.shutdown),
                 store_full: get(&self.store_full),
+                store_refused: get(&self.store_refused),
                 disk_full: get(&self.disk_full),
                 store_error: get(&self.store_error),
                 store_reset: get(&self.store_reset),
+                store_corrupt: get(&self.store_corrupt),
                 disabled: get(&self.disabled),
                 purged: get(&self.purged),
                 worker_stopped: get(&self.worker_stopped),
@@ -220,6 +249,7 @@ impl Counters {
                     },
                 })
                 .collect(),
+            store: self.store.get().cloned().unwrap_or_default(),
         }
     }
 }

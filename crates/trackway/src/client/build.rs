@@ -146,9 +146,14 @@ impl Client {
             app_version: b.app_version,
         };
         let counters = Counters::new(names.iter().cloned());
-        if recovered.reset.is_some() {
+        if let Some(salvage) = &recovered.salvage {
             bump(&counters.store_reset, 1);
+            bump(&counters.store_corrupt, salvage.lost);
         }
+        let _ = counters.store.set(crate::stats::StoreReport {
+            salvage: recovered.salvage.clone(),
+            orphaned: recovered.orphaned.clone(),
+        });
         for (i, (count, _)) in recovered.pending.iter().enumerate() {
             if let Some(d) = counters.destinations.get(i) {
                 bump(&d.pending, *count);

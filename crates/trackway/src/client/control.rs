@@ -364,6 +364,33 @@ impl Client {
             .map_err(|e| PersistError::from_barrier(e, &self.stats()))
     }
 
+    /// Blocks until the store has room for new events again, at most `timeout`: for a store
+    /// set to [`WhenFull::Refuse`](crate::store::WhenFull::Refuse), whose calls return
+    /// [`Error::StoreFull`] at its size bound. Returns at once when the store has room (or
+    /// never refuses). An importer queues until refused, waits here, and queues the refused
+    /// event again:
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # fn next(client: &trackway::Client) -> Result<(), trackway::Error> {
+    /// let event = || client.track("u1", "imported", trackway::props! {});
+    /// match event() {
+    ///     Err(trackway::Error::StoreFull) => {
+    ///         client.wait_for_store_room(Duration::from_secs(60))?;
+    ///         event().map(drop)
+    ///     }
+    ///     other => other.map(drop),
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::StoreFull`] when the store is still full after `timeout` (nothing was
+    /// delivered meanwhile: the destinations are down or slow).
+    pub fn wait_for_store_room(&self, timeout: Duration) -> Result<(), Error> {
+        if self.inner.shared.pipe.room.wait(timeout) { Ok(()) } else { Err(Error::StoreFull) }
+    }
+
     /// Tries to deliver everything queued within `budget` (events are committed on their usual
     /// `commit_delay` meanwhile), then commits whatever is still uncommitted, delivered or not,
     /// and stops the worker: what was not delivered stays in the store. Idempotent: later calls (from any clone) return `AlreadyShutdown`. Afterwards every call

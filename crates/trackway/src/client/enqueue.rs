@@ -69,6 +69,10 @@ impl Client {
             return Err(Error::NoUser);
         }
         validate_message(&m)?;
+        if shared.pipe.room.is_full() {
+            bump(&shared.pipe.counters.store_refused, 1);
+            return Err(Error::StoreFull);
+        }
         // Routed by event type, fixed into the event here: a later change of routing never moves it.
         let event_type = opts.app_event.map_or_else(|| EventType::of_kind(m.kind), EventType::from);
         let mut routes = shared.routing.mask(event_type);

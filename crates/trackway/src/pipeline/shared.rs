@@ -2,8 +2,9 @@
 //! destinations, the clock, the context and the consent flag. The worker needs nothing else of
 //! the client, so the pipeline does not depend on the client module.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use trackway_wire::Context;
@@ -26,6 +27,48 @@ pub(crate) struct Shared {
     pub(crate) context_json: Bytes,
     /// Consent: false after `set_enabled(false)`; nothing is queued or sent.
     pub(crate) enabled: AtomicBool,
+    /// Whether the store refuses new events for now (`WhenFull::Refuse` at its bound).
+    pub(crate) room: StoreRoom,
+}
+
+/// The store's "full, refusing new events" flag: read by callers on every event (one atomic
+/// load), set by the worker after commits and syncs, waited on by importers.
+#[derive(Debug, Default)]
+pub(crate) struct StoreRoom {
+    full: AtomicBool,
+    lock: Mutex<()>,
+    freed: Condvar,
+}
+
+impl StoreRoom {
+    pub(crate) fn is_full(&self) -> bool {
+        self.full.load(Ordering::Acquire)
+    }
+
+    /// Called by the worker; wakes the waiters when room comes back.
+    pub(crate) fn set(&self, full: bool) {
+        if self.full.swap(full, Ordering::AcqRel) && !full {
+            // Taken after the store: a waiter either saw `false` or is waiting and is woken.
+            let _guard = super::lock(&self.lock);
+            self.freed.notify_all();
+        }
+    }
+
+    /// Waits until the store has room, at most `timeout`; whether it has.
+    pub(crate) fn wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut guard = super::lock(&self.lock);
+        while self.is_full() {
+            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+                return false;
+            };
+            guard = match self.freed.wait_timeout(guard, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        true
+    }
 }
 
 impl Shared {
@@ -45,6 +88,7 @@ impl Shared {
             context_json: Bytes::from(serde_json::to_vec(&context).unwrap_or_default()),
             context: Arc::new(context),
             enabled: AtomicBool::new(enabled),
+            room: StoreRoom::default(),
         }
     }
 

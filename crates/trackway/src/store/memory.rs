@@ -276,7 +276,8 @@ impl Outbox for MemoryStore {
             state: self.state.clone(),
             pending,
             reset: None,
-            released_unconfigured: 0,
+            salvage: None,
+            orphaned: Vec::new(),
             // A memory store starts empty in each run: no run-time destination of an earlier one.
             runtime: Vec::new(),
         })

@@ -33,7 +33,7 @@ pub use memory::MemoryStore;
 pub(crate) use sealed::{Appended, Committed, Evicted, NewEvent, Outbox, Recovered, StateChange};
 #[cfg(feature = "fuzzing")]
 pub(crate) use sqlite::chunk;
-pub use sqlite::{Inspection, SCHEMA_VERSION, SqliteStore, Synchronous};
+pub use sqlite::{Inspection, SCHEMA_VERSION, SqliteStore, Synchronous, WhenFull};
 
 /// The destination indices in a route bitmask, lowest first.
 pub(crate) fn routes(mask: u64) -> impl Iterator<Item = usize> {
@@ -91,6 +91,40 @@ pub struct DeadLetter {
     pub event: Bytes,
 }
 
+/// What the salvage of a damaged store found: the file is moved aside (kept for inspection),
+/// every event that read back with a valid checksum is in the fresh file, and the rest is
+/// counted here (and in [`Dropped::store_corrupt`](crate::Dropped::store_corrupt)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Salvage {
+    /// Where the damaged file was moved.
+    pub moved_to: std::path::PathBuf,
+    /// What was wrong with it.
+    pub reason: String,
+    /// Pending events read back intact and kept.
+    pub recovered: u64,
+    /// Pending events lost (their chunk failed its checksum, or could not be read). Exact,
+    /// except for the events of `lost_chunks`, counted by their range of sequence numbers: an
+    /// upper bound.
+    pub lost: u64,
+    /// Chunks lost with their delivery state, whose events are counted in `lost` by range.
+    pub lost_chunks: u64,
+}
+
+impl fmt::Display for Salvage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the store {}; salvaged: {} pending events recovered, {} lost",
+            self.reason, self.recovered, self.lost
+        )?;
+        if self.lost_chunks > 0 {
+            write!(f, " (at most: {} chunk(s) were unreadable, counted by their range)", self.lost_chunks)?;
+        }
+        write!(f, "; the damaged file was moved to {}", self.moved_to.display())
+    }
+}
+
 /// An error from the store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -105,6 +139,29 @@ pub enum StoreError {
         path: std::path::PathBuf,
         /// The holder's pid, when the lock file records it.
         pid: Option<u32>,
+    },
+    /// The file is not a trackway store (a text file, another application's database, a store
+    /// from a newer trackway): it was left exactly as it was, neither renamed nor written to.
+    #[error("{} {why}; it was left untouched: pass another store path, or move it away yourself", .path.display())]
+    NotAStore {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What it is instead.
+        why: String,
+    },
+    /// The store cannot be written (a read-only file or directory, a read-only file system):
+    /// refused when it is opened, before anything is sent, since nothing delivered could be
+    /// recorded and every run would send the backlog again.
+    #[error(
+        "store {} is not writable ({why}): make the file and its directory writable, or use another store \
+         (read-only inspection, `trackway outbox stats`, works as it is)",
+        .path.display()
+    )]
+    ReadOnly {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What refused the write.
+        why: String,
     },
     /// Anything else the backend reports.
     #[error("store error: {0}")]
@@ -172,10 +229,13 @@ pub(crate) mod sealed {
         pub state: BTreeMap<String, Vec<u8>>,
         /// Per destination index: number of pending events and their total bytes.
         pub pending: Vec<(u64, u64)>,
-        /// Set when the file was not a valid store and was moved aside: what happened.
+        /// Set when the file was damaged and was salvaged into a fresh one: what happened.
         pub reset: Option<String>,
-        /// Events dropped because only destinations no longer configured still needed them.
-        pub released_unconfigured: u64,
+        /// The salvage of a damaged file, with its counts.
+        pub salvage: Option<super::Salvage>,
+        /// Stored destinations no longer configured that still have events pending (kept),
+        /// with how many.
+        pub orphaned: Vec<(String, u64)>,
         /// Destinations added at run time in an earlier run that are kept (current, or with
         /// events pending), at the indexes after the configured ones, in this order.
         pub(crate) runtime: Vec<super::destinations::RecoveredDestination>,
@@ -313,6 +373,18 @@ pub(crate) mod sealed {
         /// Backend failures (the acks stay recorded in memory and are written with the next call).
         fn sync(&mut self) -> Result<(), StoreError> {
             Ok(())
+        }
+
+        /// Whether new events must be refused at the call for now (the store is at its bound
+        /// and set to [`WhenFull::Refuse`](super::WhenFull::Refuse)). Asked after each commit and sync.
+        fn refuses_new(&self) -> bool {
+            false
+        }
+
+        /// Pending events found damaged since the last call (their chunk failed its checksum
+        /// when read back) and removed: the worker counts them as `store_corrupt`.
+        fn take_corrupt(&mut self) -> Vec<Evicted> {
+            Vec::new()
         }
 
         /// Whether `append` only stages (see [`commit`](Self::commit)).

@@ -38,6 +38,7 @@ impl Worker {
             return;
         }
         let committed = self.store.commit(COMMIT_PART);
+        self.shared.room.set(self.store.refuses_new());
         let lost = committed.lost.len() as u64;
         let below = committed.staged_from.unwrap_or(self.next_seq).max(self.committed_below);
         bump(&self.shared.counters.persisted, (below - self.committed_below).saturating_sub(lost));
@@ -89,6 +90,7 @@ impl Worker {
         let counter = match reason {
             Dropped::Purged => &counters.purged,
             Dropped::StoreFull => &counters.store_full,
+            Dropped::Corrupt => &counters.store_corrupt,
             Dropped::DiskFull => &counters.disk_full,
             Dropped::StoreError => &counters.store_error,
         };
@@ -110,6 +112,14 @@ impl Worker {
                 }
                 self.shared.counters.destinations[r].pending.fetch_sub(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Lets go of the events the store found damaged when reading them back (logged there).
+    pub(super) fn forget_corrupt(&mut self) {
+        let corrupt = self.store.take_corrupt();
+        if !corrupt.is_empty() {
+            self.forget_dropped(&corrupt, Dropped::Corrupt);
         }
     }
 

@@ -128,6 +128,8 @@ impl Worker {
             }
         }
         let context_len = shared_context_len(&shared);
+        // A backlog may hold the store at its bound already.
+        shared.room.set(store.refuses_new());
         Worker {
             shared,
             store,
@@ -221,6 +223,8 @@ impl Worker {
                 if let Err(e) = self.store.sync() {
                     tracing::warn!(error = %e, "trackway: could not record deliveries; will retry with the next ones");
                 }
+                // Deliveries may have made room in a store that refuses new events at its bound.
+                self.shared.room.set(self.store.refuses_new());
             }
             () = queue.notified() => {
                 // New items (or the threshold was passed, which drain_due sees by itself).
@@ -528,7 +532,10 @@ impl Worker {
                 let first_attempt = matches!(next, Next::Fresh);
                 let (records, failures) = match next {
                     Next::Retry { seqs, failures } => match self.store.read_seqs(i, &seqs) {
-                        Ok(records) => (Ok(records), failures),
+                        Ok(records) => {
+                            self.forget_corrupt();
+                            (Ok(records), failures)
+                        }
                         Err(e) => {
                             // Keep the events: put the group back and try again later.
                             self.retry_later(i, seqs, failures, now);
@@ -538,6 +545,8 @@ impl Worker {
                     Next::Fresh => {
                         let lane = &self.lanes[i];
                         let read = self.store.read(i, lane.next_fresh, lane.limits.max_events, lane.limits.max_bytes);
+                        // Before the lane moves past them: damaged events were never sent.
+                        self.forget_corrupt();
                         if let Ok(records) = &read {
                             let bytes = records.iter().map(|r| r.json_len() as u64).sum();
                             match records.last() {
@@ -670,6 +679,7 @@ fn shared_context_len(shared: &Shared) -> usize {
 enum Dropped {
     Purged,
     StoreFull,
+    Corrupt,
     DiskFull,
     StoreError,
 }

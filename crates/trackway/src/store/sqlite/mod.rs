@@ -1,17 +1,20 @@
 //! The durable outbox: one SQLite file (WAL mode) holding the events, their delivery state per
 //! destination, the dead letters and the client's state.
 //!
-//! # Layout (schema version 1)
+//! # Layout (schema version 2)
 //!
 //! | table | what |
 //! |---|---|
-//! | `chunks(first, data)` | events, in chunks of up to 256 consecutive ones (see `chunk.rs`) |
-//! | `chunk_state(first, state)` | per event of a chunk: its seq and the mask of destinations still to deliver it |
+//! | `chunks(first, data, crc)` | events, in chunks of up to 256 consecutive ones (see `chunk.rs`), with the CRC-32 of `data` |
+//! | `chunk_state(first, state, crc)` | per event of a chunk: its seq and the mask of destinations still to deliver it, with its CRC-32 |
 //! | `destinations(bit, name)` | which mask bit belongs to which destination (by name, so reordering destinations is harmless) |
 //! | `contexts(id, json)` | each distinct context once (it completes an event's head) |
 //! | `dead_letters(key, seq, id, destination, reason, detail, at, event)` | what a destination gave up on, with the server's answer |
 //! | `state(key, value)` | client state: identity, session, destination tokens |
-//! | `meta(key, value)` | the next sequence number |
+//! | `meta(key, value)` | the next sequence number, the time of the last open (the write that proves the file writable) |
+//!
+//! The header's `application_id` is `TRKW` (since schema 2). Schema 1 stores are upgraded when
+//! opened; their rows have no checksum (`NULL`) and are read as before.
 //!
 //! # Write-behind
 //!
@@ -39,12 +42,33 @@
 //! records its pid; a second writer fails with "store in use by pid N". Readers
 //! ([`SqliteStore::inspect`], [`SqliteStore::read_dead_letters`]) need no lock.
 //!
-//! # Recovery
+//! # What is opened, and what is refused
 //!
-//! A file that is not a valid store (not SQLite, truncated, failing `quick_check`, or written by
-//! a newer schema) is renamed `<file>.bad-<unix time>` with its `-wal` and `-shm` files, a fresh
-//! store is created, and the loss is reported ([`Recovered::reset`]). A locked or busy file is
-//! never treated as corrupt.
+//! Before anything else (even the lock file), the file is looked at read-only: a file that is
+//! not a trackway store (text, another application's SQLite database, a store of a newer
+//! schema) is refused with [`StoreError::NotAStore`] and left exactly as it was. A store that
+//! cannot be written (a write-protected file, a read-only directory or file system) is refused
+//! with [`StoreError::ReadOnly`] when it is opened, before anything is sent: one committed write
+//! proves it. [`SqliteStore::inspect`] reads such a store all the same (as immutable, when its
+//! directory cannot take SQLite's shared-memory file).
+//!
+//! # Damage and salvage
+//!
+//! A store that fails `quick_check`, cannot be read, or has a chunk state that fails its
+//! checksum when opened is *salvaged* (see `salvage.rs`): every row that reads back with a valid
+//! checksum is copied into a fresh file, the damaged one is renamed `<file>.bad-<unix time>`
+//! (with its `-wal` and `-shm`), and what was recovered and lost is reported
+//! ([`Salvage`], in `Stats::store` and `dropped.store_reset` / `store_corrupt`). A chunk whose
+//! data fails its checksum later, when read back, is removed and its events counted as
+//! `store_corrupt`, with an error logged. A locked or busy file is never treated as damaged.
+//!
+//! # Destinations no longer configured
+//!
+//! A stored destination missing from the configuration keeps its bit and its pending events
+//! (an orphan, reported when the store is opened and in `Stats::store`); nothing is sent to
+//! another destination until [`SqliteStore::move_pending`] says so, and nothing is dropped
+//! until [`SqliteStore::drop_pending`] does (or the size bound, counted as `store_full`). A
+//! run-time destination that is forgotten is one with nothing pending.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -55,8 +79,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use trackway_wire::Timestamp;
 
 use super::{
-    Appended, Committed, DeadLetter, DeadLetterReason, Evicted, MemoryStore, NewEvent, Outbox, Recovered, StateChange,
-    StoreError, routes,
+    Appended, Committed, DeadLetter, DeadLetterReason, Evicted, MemoryStore, NewEvent, Outbox, Recovered, Salvage,
+    StateChange, StoreError, routes,
 };
 use crate::destination::EventRecord;
 use crate::store::destinations;
@@ -64,14 +88,19 @@ use crate::store::destinations;
 // `pub(crate)` for the `fuzzing` feature's entry points (crate::fuzzing) only.
 pub(crate) mod chunk;
 mod file;
+mod manage;
+mod salvage;
 mod write;
 
 use chunk::{Chunk, ChunkIndex, StoredEvent};
-use file::{backend, lock, migrate, move_aside, open_checked, open_read_only, sidecar};
+use file::{
+    backend, classify, io_error, is_damage, lock, migrate, move_aside, open_checked, open_read_only, prove_writable,
+    sidecar, writing_error,
+};
 use write::{commit_tx, dead_letter_row, dirty_written, evict, query_dead_letters, write_dirty, write_state};
 
 /// The schema version this code writes; files with a higher one are from a newer trackway.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Dead letters kept; older ones are deleted beyond this (they stay counted in stats).
 const MAX_DEAD_LETTERS: i64 = 10_000;
@@ -91,6 +120,29 @@ pub enum Synchronous {
     Full,
 }
 
+/// What a [`SqliteStore`] does when it holds [`max_bytes`](SqliteStore::max_bytes) of events.
+///
+/// ```no_run
+/// use trackway::store::{SqliteStore, WhenFull};
+/// // An importer that must never lose a line: refuse, wait for room, go on.
+/// let store = SqliteStore::new("import.db").max_bytes(64 << 20).when_full(WhenFull::Refuse);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WhenFull {
+    /// Drop the oldest undelivered events to make room, counted as `store_full` (the default:
+    /// an app keeps tracking, its newest events kept).
+    #[default]
+    DropOldest,
+    /// Never drop a stored event: while the store holds `max_bytes` or more, new events are
+    /// refused at the call with [`Error::StoreFull`](crate::Error::StoreFull) (counted as
+    /// `store_refused`), until deliveries make room
+    /// ([`Client::wait_for_store_room`](crate::Client::wait_for_store_room) waits for it). The
+    /// size is checked after each commit, so events already accepted when the bound is reached
+    /// are still stored: the file can pass the bound by that much.
+    Refuse,
+}
+
 /// The durable outbox. Build one with [`SqliteStore::new`] and hand it to
 /// [`ClientBuilder::store`](crate::ClientBuilder::store), or let the client open the default one
 /// (see [`ClientBuilder::app`](crate::ClientBuilder::app)).
@@ -104,6 +156,7 @@ pub struct SqliteStore {
     path: PathBuf,
     synchronous: Synchronous,
     max_bytes: u64,
+    when_full: WhenFull,
     max_page_count: Option<u64>,
     memory_limit: u64,
     open: Option<Open>,
@@ -137,6 +190,8 @@ struct Open {
     staged_state: Vec<(u64, StateChange)>,
     /// Per destination: no event below this is pending in the file (below `hot_start`).
     cursors: Vec<u64>,
+    /// Pending events of chunks found damaged when read, not yet taken by the worker.
+    corrupt: Vec<Evicted>,
 }
 
 /// What a read-only look at a store found (see [`SqliteStore::inspect`]).
@@ -160,6 +215,7 @@ impl SqliteStore {
             path: path.into(),
             synchronous: Synchronous::Normal,
             max_bytes: 128 * 1024 * 1024,
+            when_full: WhenFull::DropOldest,
             max_page_count: None,
             memory_limit: DEFAULT_MEMORY_LIMIT,
             open: None,
@@ -192,10 +248,17 @@ impl SqliteStore {
     }
 
     /// The most bytes of events the file keeps (default 128 MiB). Beyond it the oldest events
-    /// are dropped and counted as `store_full`.
+    /// are dropped and counted as `store_full`, or new ones refused: see [`when_full`](Self::when_full).
     #[must_use]
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = bytes.max(1);
+        self
+    }
+
+    /// What to do at the size bound (default [`WhenFull::DropOldest`]).
+    #[must_use]
+    pub fn when_full(mut self, when_full: WhenFull) -> Self {
+        self.when_full = when_full;
         self
     }
 
@@ -227,6 +290,7 @@ impl SqliteStore {
     /// When the file does not exist or cannot be read as a store.
     pub fn inspect(path: impl AsRef<Path>) -> Result<Inspection, StoreError> {
         let path = path.as_ref();
+        classify(path)?;
         let conn = open_read_only(path)?;
         let file_bytes = [path.to_path_buf(), sidecar(path, "-wal")]
             .iter()
@@ -281,12 +345,102 @@ impl SqliteStore {
     /// # Errors
     /// When the file does not exist or cannot be read as a store.
     pub fn read_dead_letters(path: impl AsRef<Path>, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        classify(path.as_ref())?;
         let conn = open_read_only(path.as_ref())?;
         query_dead_letters(&conn, limit)
     }
 
     fn inner(&mut self) -> Result<&mut Open, StoreError> {
         self.open.as_mut().ok_or_else(|| StoreError::Backend("store used before open()".into()))
+    }
+}
+
+/// What `open` reads from a file that is not damaged.
+struct Loaded {
+    contexts: Vec<(i64, Bytes)>,
+    index: ChunkIndex,
+    state: BTreeMap<String, Vec<u8>>,
+}
+
+/// Reads the contexts, the chunk index (checking every state row's checksum) and the client
+/// state; `Ok(Err(reason))`: the file is damaged.
+fn load(conn: &Connection) -> Result<Result<Loaded, String>, StoreError> {
+    let run = || -> rusqlite::Result<Result<Loaded, String>> {
+        let contexts = {
+            let mut stmt = conn.prepare("SELECT id, json FROM contexts")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, Bytes::from(r.get::<_, Vec<u8>>(1)?))))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut index = ChunkIndex::default();
+        let mut stmt = conn
+            .prepare("SELECT s.first, s.state, s.crc, length(c.data) FROM chunk_state s JOIN chunks c USING (first)")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let first: i64 = row.get(0)?;
+            let state: Vec<u8> = row.get(1)?;
+            if !chunk::checksum_ok(&state, row.get(2)?) {
+                return Ok(Err(format!("has a damaged chunk (the state of chunk {first} fails its checksum)")));
+            }
+            let Some(chunk) = Chunk::decode_state(&state, row.get::<_, i64>(3)? as u64) else {
+                return Ok(Err(format!("has a damaged chunk (the state of chunk {first} does not decode)")));
+            };
+            index.chunks.insert(first as u64, chunk);
+        }
+        let state = {
+            let mut stmt = conn.prepare("SELECT key, value FROM state")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+            rows.collect::<Result<BTreeMap<_, _>, _>>()?
+        };
+        Ok(Ok(Loaded { contexts, index, state }))
+    };
+    match run() {
+        Ok(loaded) => Ok(loaded),
+        Err(e) if is_damage(&e) => Ok(Err(format!("could not be read: {e}"))),
+        Err(e) => Err(backend(e)),
+    }
+}
+
+impl SqliteStore {
+    /// Opens the file, upgrades its schema, proves it writable and loads it; `Ok(Err(reason))`:
+    /// it is damaged.
+    fn open_and_load(&self) -> Result<Result<(Connection, Loaded), String>, StoreError> {
+        let conn = match open_checked(&self.path, self.synchronous)? {
+            Ok(conn) => conn,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        match migrate(&conn) {
+            Ok(()) => {}
+            Err(e) if is_damage(&e) => return Ok(Err(format!("could not be upgraded: {e}"))),
+            Err(e) => return Err(writing_error(&self.path, e)),
+        }
+        prove_writable(&conn, &self.path)?;
+        Ok(load(&conn)?.map(|loaded| (conn, loaded)))
+    }
+
+    /// Salvages the damaged store: reads back every row that can be read, moves the file aside,
+    /// writes what was read into a fresh one and opens that.
+    fn salvage(&self, reason: &str) -> Result<((Connection, Loaded), Salvage), StoreError> {
+        let salvaged = salvage::read(&self.path);
+        let moved_to = move_aside(&self.path)?;
+        let fresh = || -> Result<(Connection, Loaded), StoreError> {
+            let mut conn = open_checked(&self.path, self.synchronous)?
+                .map_err(|reason| StoreError::Backend(format!("fresh store {reason}")))?;
+            migrate(&conn).map_err(|e| writing_error(&self.path, e))?;
+            prove_writable(&conn, &self.path)?;
+            salvage::write(&mut conn, &salvaged)?;
+            let loaded = load(&conn)?.map_err(|reason| StoreError::Backend(format!("salvaged store {reason}")))?;
+            Ok((conn, loaded))
+        };
+        let opened = fresh()?;
+        let report = Salvage {
+            moved_to,
+            reason: reason.to_owned(),
+            recovered: salvaged.recovered(),
+            lost: salvaged.lost,
+            lost_chunks: salvaged.lost_chunks,
+        };
+        tracing::error!("trackway: {report}");
+        Ok((opened, report))
     }
 }
 
@@ -315,49 +469,55 @@ fn to_routes(bits: &[u64], pending: u64) -> u64 {
 
 impl Open {
     /// Assigns each configured destination its bit (existing by name, else the lowest free one).
-    /// In the same transaction, and before any bit is given to a new destination, every mask bit
-    /// that belongs to no configured destination (a destination removed from the configuration,
-    /// or one an interrupted earlier open left behind) is cleared from the stored events.
-    /// Returns how many events that released entirely. The chunk index must be loaded.
-    fn map_destinations(&mut self, names: &[String]) -> Result<u64, StoreError> {
-        let Open { conn, index, dirty, cache, .. } = self;
+    /// A stored destination that is no longer configured keeps its bit and its events while any
+    /// is pending (an *orphan*: reported, moved or dropped only on request, see
+    /// [`SqliteStore::move_pending`]); one with nothing pending is forgotten. A bit set in the
+    /// stored masks that belongs to no stored destination (left by damage) gets one of its own,
+    /// `unnamed-{bit}`, so its events wait too. Returns the orphans with their pending counts.
+    /// The chunk index must be loaded.
+    fn map_destinations(&mut self, names: &[String]) -> Result<Vec<(String, u64)>, StoreError> {
+        let Open { conn, index, .. } = self;
         let tx = conn.transaction().map_err(backend)?;
-        let known: Vec<(i64, String)> = {
+        let mut known: Vec<(i64, String)> = {
             let mut stmt = tx.prepare("SELECT bit, name FROM destinations").map_err(backend)?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
             rows.collect::<Result<_, _>>().map_err(backend)?
         };
-        let kept: u64 = known.iter().filter(|(_, n)| names.contains(n)).fold(0, |m, (b, _)| m | (1 << b));
+        let in_use = index.chunks.values().flat_map(|c| c.pending.iter()).fold(0u64, |m, p| m | p);
+        let unnamed: Vec<i64> =
+            (0..64).filter(|b| in_use & (1 << b) != 0 && !known.iter().any(|(k, _)| k == b)).collect();
+        for bit in unnamed {
+            let name = format!("unnamed-{bit}");
+            tx.execute("INSERT OR REPLACE INTO destinations (bit, name) VALUES (?1, ?2)", params![bit, name])
+                .map_err(backend)?;
+            known.push((bit, name));
+        }
+        let mut orphaned = Vec::new();
         for (bit, name) in known.iter().filter(|(_, n)| !names.contains(n)) {
-            tx.execute("DELETE FROM destinations WHERE bit = ?1", [bit]).map_err(backend)?;
-            tracing::warn!(destination = %name, "trackway: destination no longer configured; its pending events are released");
-        }
-        let mut released = 0;
-        for (first, chunk) in &mut index.chunks {
-            let mut changed = false;
-            for mask in &mut chunk.pending {
-                if *mask & !kept != 0 {
-                    let was = *mask;
-                    *mask &= kept;
-                    changed = true;
-                    released += u64::from(was != 0 && *mask == 0);
+            match index.pending_of(1 << bit).0 {
+                0 => {
+                    tx.execute("DELETE FROM destinations WHERE bit = ?1", [bit]).map_err(backend)?;
                 }
-            }
-            if changed {
-                chunk.live = chunk.pending.iter().filter(|m| **m != 0).count();
-                dirty.insert(*first);
+                n => orphaned.push((*bit, name.clone(), n)),
             }
         }
-        write_dirty(&tx, index, dirty)?;
         let mut bits = Vec::with_capacity(names.len());
-        let mut used: Vec<i64> = known.iter().filter(|(_, n)| names.contains(n)).map(|(b, _)| *b).collect();
+        let mut used: Vec<i64> = known
+            .iter()
+            .filter(|(b, n)| names.contains(n) || orphaned.iter().any(|(o, _, _)| o == b))
+            .map(|(b, _)| *b)
+            .collect();
         for name in names {
             let bit = match known.iter().find(|(_, n)| n == name) {
                 Some((bit, _)) => *bit,
                 None => {
-                    let free = (0..64)
-                        .find(|b| !used.contains(b))
-                        .ok_or_else(|| StoreError::Backend("more than 64 destinations".into()))?;
+                    let free = (0..64).find(|b| !used.contains(b)).ok_or_else(|| {
+                        StoreError::Backend(format!(
+                            "more than 64 destinations ({} of them kept for destinations no longer configured, \
+                             with events pending: move or drop those with `trackway outbox move` / `drop`)",
+                            orphaned.len()
+                        ))
+                    })?;
                     tx.execute("INSERT INTO destinations (bit, name) VALUES (?1, ?2)", params![free, name])
                         .map_err(backend)?;
                     used.push(free);
@@ -367,11 +527,10 @@ impl Open {
             bits.push(1u64 << bit);
         }
         tx.commit().map_err(backend)?;
-        dirty_written(index, dirty, cache);
         self.bits = bits;
         self.names = names.to_vec();
         self.cursors = vec![0; names.len()];
-        Ok(released)
+        Ok(orphaned.into_iter().map(|(_, name, n)| (name, n)).collect())
     }
 
     /// Events pending per stored destination name, from the chunk index (before mapping).
@@ -404,19 +563,52 @@ impl Open {
     }
 
     /// The events of the chunk starting at `first`, read back from the file (cached: reads of one
-    /// chunk come together).
+    /// chunk come together). A chunk that fails its checksum or does not decode is damaged: it is
+    /// removed, its pending events are reported through [`Outbox::take_corrupt`] and none is
+    /// returned.
     fn chunk_events(&mut self, first: u64) -> Result<&[StoredEvent], StoreError> {
         if self.cache.as_ref().is_none_or(|(f, _)| *f != first) {
-            let data: Vec<u8> = self
+            let (data, crc): (Vec<u8>, Option<i64>) = self
                 .conn
-                .prepare_cached("SELECT data FROM chunks WHERE first = ?1")
-                .and_then(|mut s| s.query_row([first as i64], |r| r.get(0)))
+                .prepare_cached("SELECT data, crc FROM chunks WHERE first = ?1")
+                .and_then(|mut s| s.query_row([first as i64], |r| Ok((r.get(0)?, r.get(1)?))))
                 .map_err(backend)?;
-            let events = chunk::decode_events(&Bytes::from(data))
-                .ok_or_else(|| StoreError::Backend(format!("chunk {first} is damaged")))?;
-            self.cache = Some((first, events));
+            let events =
+                Some(data).filter(|d| chunk::checksum_ok(d, crc)).and_then(|d| chunk::decode_events(&Bytes::from(d)));
+            match events {
+                Some(events) => self.cache = Some((first, events)),
+                None => {
+                    self.drop_damaged(first)?;
+                    return Ok(&[]);
+                }
+            }
         }
         Ok(self.cache.as_ref().map_or(&[][..], |(_, e)| e.as_slice()))
+    }
+
+    /// Removes a chunk whose data is damaged, and keeps its pending events for `take_corrupt`.
+    fn drop_damaged(&mut self, first: u64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(backend)?;
+        tx.execute("DELETE FROM chunks WHERE first = ?1", [first as i64]).map_err(backend)?;
+        tx.execute("DELETE FROM chunk_state WHERE first = ?1", [first as i64]).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        let Some(chunk) = self.index.chunks.remove(&first) else { return Ok(()) };
+        self.dirty.remove(&first);
+        let per_event = chunk.bytes / chunk.seqs.len().max(1) as u64;
+        let lost: Vec<Evicted> = chunk
+            .seqs
+            .iter()
+            .zip(&chunk.pending)
+            .filter(|(_, m)| **m != 0)
+            .map(|(seq, mask)| Evicted { seq: *seq, routes: to_routes(&self.bits, *mask), bytes: per_event })
+            .collect();
+        tracing::error!(
+            chunk = first,
+            events = lost.len(),
+            "trackway: a chunk of the store is damaged (it fails its checksum); its events are lost (counted as store_corrupt)"
+        );
+        self.corrupt.extend(lost);
+        Ok(())
     }
 
     /// A cold event (in the file only) as a record.
@@ -473,33 +665,31 @@ impl Outbox for SqliteStore {
     fn open(&mut self, destinations: &[String]) -> Result<Recovered, StoreError> {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+                .map_err(|e| io_error(&self.path, &format!("cannot create {}", dir.display()), &e))?;
         }
+        // Before the lock file is made beside it: a file that is not a store is left alone.
+        classify(&self.path)?;
         let lock = lock(&self.path)?;
-        let mut reset = None;
-        let conn = match open_checked(&self.path, self.synchronous)? {
-            Ok(conn) => conn,
+        let mut salvage = None;
+        let (conn, loaded) = match self.open_and_load()? {
+            Ok(opened) => opened,
             Err(reason) => {
-                let moved = move_aside(&self.path)?;
-                let message =
-                    format!("store {} {reason}; moved to {} and started empty", self.path.display(), moved.display());
-                tracing::error!("trackway: {message}");
-                reset = Some(message);
-                open_checked(&self.path, self.synchronous)?
-                    .map_err(|reason| StoreError::Backend(format!("fresh store {reason}")))?
+                let (opened, report) = self.salvage(&reason)?;
+                salvage = Some(report);
+                opened
             }
         };
-        migrate(&conn).map_err(backend)?;
         if let Some(pages) = self.max_page_count {
             conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(())).map_err(backend)?;
         }
+        let Loaded { contexts, index, mut state } = loaded;
         let mut open = Open {
             conn,
             _lock: lock,
             bits: Vec::new(),
             names: Vec::new(),
-            contexts: Vec::new(),
-            index: ChunkIndex::default(),
+            contexts,
+            index,
             dirty: BTreeSet::new(),
             cache: None,
             next_seq: 0,
@@ -508,34 +698,7 @@ impl Outbox for SqliteStore {
             staged: BTreeSet::new(),
             staged_state: Vec::new(),
             cursors: Vec::new(),
-        };
-        let conn = &open.conn;
-        open.contexts = {
-            let mut stmt = conn.prepare("SELECT id, json FROM contexts").map_err(backend)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, i64>(0)?, Bytes::from(r.get::<_, Vec<u8>>(1)?))))
-                .map_err(backend)?;
-            rows.collect::<Result<_, _>>().map_err(backend)?
-        };
-        {
-            let mut stmt = conn
-                .prepare("SELECT s.first, s.state, length(c.data) FROM chunk_state s JOIN chunks c USING (first)")
-                .map_err(backend)?;
-            let mut rows = stmt.query([]).map_err(backend)?;
-            while let Some(row) = rows.next().map_err(backend)? {
-                let first: i64 = row.get(0).map_err(backend)?;
-                let state: Vec<u8> = row.get(1).map_err(backend)?;
-                let bytes: i64 = row.get(2).map_err(backend)?;
-                let chunk = Chunk::decode_state(&state, bytes as u64)
-                    .ok_or_else(|| StoreError::Backend(format!("chunk {first} has a damaged state")))?;
-                open.index.chunks.insert(first as u64, chunk);
-            }
-        }
-        let mut state = {
-            let mut stmt = open.conn.prepare("SELECT key, value FROM state").map_err(backend)?;
-            let rows =
-                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))).map_err(backend)?;
-            rows.collect::<Result<BTreeMap<_, _>, _>>().map_err(backend)?
+            corrupt: Vec::new(),
         };
         // Run-time destinations the state names are kept with the configured ones, so their
         // pending events are not released; one that is not current and has nothing pending is
@@ -560,8 +723,16 @@ impl Outbox for SqliteStore {
                 tracing::info!(destination = %d.name, "trackway: run-time destination no longer routed to and idle; forgotten");
             }
         }
-        // Destinations removed from the configuration no longer hold events back.
-        let released = open.map_destinations(&names)?;
+        // Destinations removed from the configuration keep their events, reported.
+        let orphaned = open.map_destinations(&names)?;
+        for (name, n) in &orphaned {
+            tracing::warn!(
+                destination = %name,
+                events = n,
+                "trackway: {n} events wait for destination `{name}`, which is not configured \
+                 (kept; `trackway outbox move` or `drop` them)"
+            );
+        }
         let stored_next: Option<i64> = open
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| r.get(0))
@@ -574,7 +745,8 @@ impl Outbox for SqliteStore {
         open.hot.open(&names)?;
         open.hot_start = next_seq;
         self.open = Some(open);
-        Ok(Recovered { next_seq, state, pending, reset, released_unconfigured: released, runtime })
+        let reset = salvage.as_ref().map(ToString::to_string);
+        Ok(Recovered { next_seq, state, pending, reset, salvage, orphaned, runtime })
     }
 
     fn add_destination(&mut self, name: &str) -> Result<(), StoreError> {
@@ -610,12 +782,20 @@ impl Outbox for SqliteStore {
         true
     }
 
+    fn refuses_new(&self) -> bool {
+        self.when_full == WhenFull::Refuse && self.open.as_ref().is_some_and(|o| o.index.bytes() >= self.max_bytes)
+    }
+
+    fn take_corrupt(&mut self) -> Vec<Evicted> {
+        self.open.as_mut().map(|o| std::mem::take(&mut o.corrupt)).unwrap_or_default()
+    }
+
     fn sync(&mut self) -> Result<(), StoreError> {
         self.inner()?.flush_dirty()
     }
 
     fn commit(&mut self, max_events: usize) -> Committed {
-        let max_bytes = self.max_bytes;
+        let (max_bytes, when_full) = (self.max_bytes, self.when_full);
         let memory_limit = self.memory_limit;
         let Ok(open) = self.inner() else { return Committed::default() };
         if open.staged.is_empty() && open.staged_state.is_empty() && open.dirty.is_empty() {
@@ -652,12 +832,13 @@ impl Outbox for SqliteStore {
             open.staged.remove(seq);
         }
         open.staged_state.retain(|(seq, _)| *seq >= state_below);
-        let evicted = match evict(open, max_bytes) {
-            Ok(evicted) => evicted,
-            Err(e) => {
+        // A store that refuses new events at its bound never drops a stored one.
+        let evicted = match when_full {
+            WhenFull::Refuse => Vec::new(),
+            _ => evict(open, max_bytes).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "trackway: could not drop old events to stay under the size bound");
                 Vec::new()
-            }
+            }),
         };
         if open.hot.live_bytes() > memory_limit {
             // Keep the newest in memory; what is written may be read back from the file, what is

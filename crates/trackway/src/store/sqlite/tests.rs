@@ -97,19 +97,19 @@ fn a_state_change_is_written_with_its_event_never_before_nor_after() {
 }
 
 #[test]
-fn a_bit_left_by_a_removed_destination_is_cleared_before_it_is_reused() {
+fn a_bit_left_without_its_destination_keeps_its_events_under_a_name_of_its_own() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("o.db");
     let (mut store, _) = opened(&path, &["a", "b"]);
     store.append(&[event(0, 0b10), event(1, 0b10), event(2, 0b01)], &[]).expect("append");
     assert!(store.commit(10_000).error.is_none());
     drop(store);
-    // As an interrupted earlier open could leave it: "b" forgotten, its bit still set.
+    // As damage could leave it: "b" forgotten, its bit still set.
     side(&path).execute("DELETE FROM destinations WHERE name = 'b'", []).expect("forget b");
     let (mut store, recovered) = opened(&path, &["a", "c"]);
     assert_eq!(recovered.pending, vec![(1, recovered.pending[0].1), (0, 0)], "c inherits nothing");
     assert!(store.read(1, 0, 10, usize::MAX).expect("read").is_empty());
-    assert_eq!(recovered.released_unconfigured, 2);
+    assert_eq!(recovered.orphaned, vec![("unnamed-1".to_owned(), 2)], "kept, and reported");
 }
 
 #[test]
@@ -120,4 +120,60 @@ fn the_default_path_is_per_application_and_refuses_unusable_names() {
     for bad in ["", "a/b", "..", r"a\b"] {
         assert!(SqliteStore::default_path(bad).is_err(), "{bad:?}");
     }
+}
+
+#[test]
+fn a_connection_sqlite_could_only_open_read_only_is_refused_before_anything_is_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    drop(opened(&path, &["a"]));
+    // What SQLite gives a process that may not write the file (even as root, who passes
+    // permission bits: the flag stands in for them).
+    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("ro");
+    for err in [file::refuse_read_only(&conn, &path), file::prove_writable(&conn, &path)] {
+        match err {
+            Err(StoreError::ReadOnly { why, .. }) => assert!(why.contains("write-protected"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let writable = Connection::open(&path).expect("rw");
+    file::prove_writable(&writable, &path).expect("a writable store passes");
+}
+
+#[test]
+fn a_schema_1_store_is_upgraded_and_its_chunks_without_checksum_read_as_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    {
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch("PRAGMA journal_mode = WAL;").expect("wal");
+        // Schema 1 exactly as it was written, then one chunk without a checksum.
+        file::migrate_to_1_for_test(&conn).expect("schema 1");
+        let mut data = Vec::new();
+        for seq in 0..3 {
+            let e = event(seq, 1);
+            chunk::encode_event(
+                &mut data,
+                &StoredEvent {
+                    seq,
+                    id: e.id,
+                    kind: e.kind,
+                    timestamp: e.timestamp,
+                    queued_at: e.queued_at,
+                    context: None,
+                    head: e.bytes,
+                },
+            );
+        }
+        let state = Chunk::new(vec![0, 1, 2], vec![1, 1, 0], 0).encode_state();
+        conn.execute("INSERT INTO chunks (first, data) VALUES (0, ?1)", [&data]).expect("chunk");
+        conn.execute("INSERT INTO chunk_state (first, state) VALUES (0, ?1)", [&state]).expect("state");
+        conn.execute("INSERT INTO destinations (bit, name) VALUES (0, 'a')", []).expect("destination");
+    }
+    let (mut store, recovered) = opened(&path, &["a"]);
+    assert!(recovered.salvage.is_none(), "{:?}", recovered.salvage);
+    assert_eq!(recovered.pending[0].0, 2);
+    assert_eq!(store.read(0, 0, 10, usize::MAX).expect("read").len(), 2, "read back without a checksum");
+    let version: i64 = side(&path).query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+    assert_eq!(version, SCHEMA_VERSION);
 }

@@ -27,12 +27,7 @@ pub(super) fn commit_tx(open: &mut Open, part: &[u64], state_below: u64) -> Resu
         |data: &mut Vec<u8>, seqs: &mut Vec<u64>, masks: &mut Vec<u64>| -> Result<Option<(u64, Chunk)>, StoreError> {
             let Some(&first) = seqs.first() else { return Ok(None) };
             let chunk = Chunk::new(std::mem::take(seqs), std::mem::take(masks), data.len() as u64);
-            tx.prepare_cached("INSERT INTO chunks (first, data) VALUES (?1, ?2)")
-                .and_then(|mut s| s.execute(params![first as i64, &data[..]]))
-                .map_err(backend)?;
-            tx.prepare_cached("INSERT INTO chunk_state (first, state) VALUES (?1, ?2)")
-                .and_then(|mut s| s.execute(params![first as i64, chunk.encode_state()]))
-                .map_err(backend)?;
+            insert_chunk(&tx, first, data, &chunk.encode_state())?;
             data.clear();
             Ok(Some((first, chunk)))
         };
@@ -69,6 +64,22 @@ pub(super) fn commit_tx(open: &mut Open, part: &[u64], state_below: u64) -> Resu
     tx.commit().map_err(backend)?;
     dirty_written(index, dirty, cache);
     Ok(written)
+}
+
+/// Inserts one chunk's data and state rows, each with its checksum.
+pub(super) fn insert_chunk(
+    tx: &rusqlite::Transaction<'_>,
+    first: u64,
+    data: &[u8],
+    state: &[u8],
+) -> Result<(), StoreError> {
+    tx.prepare_cached("INSERT INTO chunks (first, data, crc) VALUES (?1, ?2, ?3)")
+        .and_then(|mut s| s.execute(params![first as i64, data, chunk::crc32(data)]))
+        .map_err(backend)?;
+    tx.prepare_cached("INSERT INTO chunk_state (first, state, crc) VALUES (?1, ?2, ?3)")
+        .and_then(|mut s| s.execute(params![first as i64, state, chunk::crc32(state)]))
+        .map_err(backend)?;
+    Ok(())
 }
 
 /// Drops the oldest chunks while the file holds more than `max_bytes` of events (down to 90% of
@@ -130,8 +141,9 @@ pub(super) fn write_dirty(
                 .and_then(|mut s| s.execute([*first as i64]))
                 .map_err(backend)?;
         } else {
-            tx.prepare_cached("UPDATE chunk_state SET state = ?2 WHERE first = ?1")
-                .and_then(|mut s| s.execute(params![*first as i64, chunk.encode_state()]))
+            let state = chunk.encode_state();
+            tx.prepare_cached("UPDATE chunk_state SET state = ?2, crc = ?3 WHERE first = ?1")
+                .and_then(|mut s| s.execute(params![*first as i64, state, chunk::crc32(&state)]))
                 .map_err(backend)?;
         }
     }
