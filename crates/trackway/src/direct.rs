@@ -226,6 +226,16 @@ impl Client {
 }
 
 impl<D: Destination> Direct<D> {
+    /// The client this handle belongs to.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The destination's index (its bit in a routing mask).
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
     /// The destination, as configured.
     pub fn destination(&self) -> &D {
         let any: &dyn Any = self.destination.as_ref();
