@@ -227,11 +227,13 @@ impl Client {
 
 impl<D: Destination> Direct<D> {
     /// The client this handle belongs to.
+    #[cfg_attr(not(feature = "customerio"), allow(dead_code))]
     pub(crate) fn client(&self) -> &Client {
         &self.client
     }
 
     /// The destination's index (its bit in a routing mask).
+    #[cfg_attr(not(feature = "customerio"), allow(dead_code))]
     pub(crate) fn index(&self) -> usize {
         self.index
     }
