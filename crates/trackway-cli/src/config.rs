@@ -21,6 +21,15 @@
 //! base_url = "https://analytics.example.com"  # optional, default https://cloud.umami.is
 //! hostname = "myapp.example"                  # optional, like language, screen ("WxH"), ip,
 //! language = "en-US"                          # user_agent and late_after_secs
+//!
+//! [[destination]]
+//! name = "customerio"
+//! type = "customerio"
+//! site_id = "your-site-id"
+//! api_key = { env = "CUSTOMERIO_API_KEY" }
+//! region = "eu"                               # optional: "us" (default) or "eu"
+//! api = "v1"                                  # optional: "v2" (batches, default) or "v1"
+//! base_url = "http://127.0.0.1:4040"          # optional: replaces the region's host
 //! ```
 //!
 //! Secrets come only from environment variables; their values are never printed (errors name
@@ -32,6 +41,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
+use trackway::destination::customerio::{Api, CustomerIo, Region};
 use trackway::destination::{Destination as _, JsonHttp, Umami};
 use trackway::{ClientBuilder, HttpOptions};
 
@@ -79,9 +89,45 @@ struct DestinationConfig {
     ip: Option<String>,
     user_agent: Option<String>,
     late_after_secs: Option<u64>,
+    /// The fields of `type = "customerio"` (besides `base_url`).
+    site_id: Option<String>,
+    api_key: Option<SecretRef>,
+    region: Option<String>,
+    api: Option<String>,
 }
 
 impl DestinationConfig {
+    /// The names of the Customer.io fields that are set.
+    fn customerio_fields(&self) -> Vec<&'static str> {
+        let fields = [
+            ("site_id", self.site_id.is_some()),
+            ("api_key", self.api_key.is_some()),
+            ("region", self.region.is_some()),
+            ("api", self.api.is_some()),
+        ];
+        fields.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect()
+    }
+
+    /// The Customer.io destination, with `api_key` (read from the environment by the caller).
+    fn customerio(&self, api_key: &str) -> anyhow::Result<CustomerIo> {
+        let mut d = CustomerIo::new(self.site_id.clone().unwrap_or_default(), api_key).name(self.name.clone());
+        if let Some(region) = &self.region {
+            d = d.region(region.parse::<Region>().map_err(anyhow::Error::msg)?);
+        }
+        d = match self.api.as_deref() {
+            None | Some("v2") => d,
+            Some("v1") => d.api(Api::V1),
+            Some(other) => bail!("api {other:?} is not \"v1\" or \"v2\""),
+        };
+        if let Some(url) = &self.base_url {
+            d = d.base_url(url.clone());
+        }
+        if let Some(n) = self.batch_size {
+            d = d.batch_size(n);
+        }
+        Ok(d)
+    }
+
     /// The names of the Umami fields that are set.
     fn umami_fields(&self) -> Vec<&'static str> {
         let fields = [
@@ -134,6 +180,22 @@ struct SecretRef {
     env: String,
 }
 
+impl SecretRef {
+    /// The secret's value, from its environment variable; errors name the variable (as `what`
+    /// of `destination`), never a value.
+    fn read(&self, destination: &str, what: &str) -> anyhow::Result<String> {
+        match std::env::var(&self.env) {
+            Ok(v) => Ok(v),
+            Err(std::env::VarError::NotPresent) => {
+                bail!("destination `{destination}`: {what}: environment variable {} is not set", self.env)
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                bail!("destination `{destination}`: {what}: environment variable {} is not valid UTF-8", self.env)
+            }
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for SecretRef {
     /// Anything but `{ env = "NAME" }` is refused with a message that never quotes the value:
     /// serde's own "invalid type: string ..." would print a secret pasted into the file.
@@ -155,7 +217,7 @@ impl<'de> Deserialize<'de> for SecretRef {
 }
 
 /// The destination types this build knows.
-const KNOWN_TYPES: &str = "json, umami";
+const KNOWN_TYPES: &str = "json, umami, customerio";
 
 /// A destination ready to add to a client builder. Its `Debug` shows no header value.
 pub(crate) struct Destination {
@@ -169,6 +231,7 @@ enum Kind {
     Json(JsonHttp),
     // Boxed: an Umami destination carries its token LRU and is several times a JsonHttp.
     Umami(Box<Umami>),
+    CustomerIo(Box<CustomerIo>),
 }
 
 impl Destination {
@@ -222,6 +285,26 @@ impl Config {
                     if let Some(field) = d.umami_fields().first() {
                         bail!("{}: `{field}` is a field of type \"umami\", not \"json\"", what());
                     }
+                    if let Some(field) = d.customerio_fields().first() {
+                        bail!("{}: `{field}` is a field of type \"customerio\", not \"json\"", what());
+                    }
+                }
+                "customerio" => {
+                    if d.site_id.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                        bail!("{}: missing `site_id` (required for type \"customerio\")", what());
+                    }
+                    if d.api_key.is_none() {
+                        bail!(
+                            "{}: missing `api_key = {{ env = \"VARIABLE\" }}` (required for type \"customerio\")",
+                            what()
+                        );
+                    }
+                    if d.url.is_some() {
+                        bail!("{}: type \"customerio\" takes `base_url` (or `region`), not `url`", what());
+                    }
+                    if let Some(field) = d.umami_fields().into_iter().find(|f| *f != "base_url") {
+                        bail!("{}: `{field}` is a field of type \"umami\", not \"customerio\"", what());
+                    }
                 }
                 "umami" => {
                     if d.website_id.as_deref().is_none_or(|w| w.trim().is_empty()) {
@@ -229,6 +312,9 @@ impl Config {
                     }
                     if d.url.is_some() {
                         bail!("{}: type \"umami\" takes `base_url` (e.g. https://cloud.umami.is), not `url`", what());
+                    }
+                    if let Some(field) = d.customerio_fields().first() {
+                        bail!("{}: `{field}` is a field of type \"customerio\", not \"umami\"", what());
                     }
                 }
                 other => bail!(
@@ -242,6 +328,8 @@ impl Config {
             // What `build()` would refuse (a URL with an empty port, say), said here with the file.
             let checked = match d.kind.as_str() {
                 "json" => JsonHttp::new(d.url.clone().unwrap_or_default()).check_config(),
+                // The key is read later, from the environment: a stand-in checks the rest.
+                "customerio" => d.customerio("key").map_err(|e| e.to_string()).and_then(|c| c.check_config()),
                 _ => d.umami().check_config(),
             };
             if let Err(why) = checked {
@@ -289,23 +377,17 @@ impl Config {
         for d in &self.destinations {
             let mut http = HttpOptions::default();
             for (header, secret) in &d.headers {
-                let value = match std::env::var(&secret.env) {
-                    Ok(v) => v,
-                    Err(std::env::VarError::NotPresent) => bail!(
-                        "destination `{}`: header `{header}`: environment variable {} is not set",
-                        d.name,
-                        secret.env
-                    ),
-                    Err(std::env::VarError::NotUnicode(_)) => bail!(
-                        "destination `{}`: header `{header}`: environment variable {} is not valid UTF-8",
-                        d.name,
-                        secret.env
-                    ),
-                };
+                let value = secret.read(&d.name, &format!("header `{header}`"))?;
                 http = http.header(header.clone(), value);
             }
             let destination = if d.kind == "umami" {
                 Kind::Umami(Box::new(d.umami()))
+            } else if d.kind == "customerio" {
+                let key = match &d.api_key {
+                    Some(secret) => secret.read(&d.name, "`api_key`")?,
+                    None => String::new(),
+                };
+                Kind::CustomerIo(Box::new(d.customerio(&key).with_context(|| format!("destination `{}`", d.name))?))
             } else {
                 let mut json = JsonHttp::new(d.url.clone().unwrap_or_default()).name(d.name.clone());
                 if let Some(n) = d.batch_size {
@@ -325,6 +407,7 @@ pub(crate) fn with_destinations(mut builder: ClientBuilder, destinations: Vec<De
         builder = match d.destination {
             Kind::Json(json) => builder.destination_with(json, d.http),
             Kind::Umami(umami) => builder.destination_with(*umami, d.http),
+            Kind::CustomerIo(cio) => builder.destination_with(*cio, d.http),
         };
     }
     builder
@@ -383,6 +466,27 @@ mod tests {
         let path = dir.path().join("trackway.toml");
         std::fs::write(&path, text)?;
         Config::load(&path)
+    }
+
+    #[test]
+    fn customerio_destinations_are_configured_and_checked() {
+        let ok = "[[destination]]\nname = \"cio\"\ntype = \"customerio\"\nsite_id = \"site\"\n\
+                  api_key = { env = \"TRACKWAY_TEST_CIO_KEY_UNSET\" }\nregion = \"EU\"\napi = \"v1\"\n";
+        let config = parse(ok).expect("valid");
+        let err = config.destinations().expect_err("the key's variable is not set");
+        assert!(format!("{err:#}").contains("TRACKWAY_TEST_CIO_KEY_UNSET is not set"), "{err:#}");
+        let no_key = parse("[[destination]]\nname = \"c\"\ntype = \"customerio\"\nsite_id = \"s\"\n");
+        assert!(format!("{:#}", no_key.expect_err("no key")).contains("missing `api_key"));
+        let literal =
+            parse("[[destination]]\nname = \"c\"\ntype = \"customerio\"\nsite_id = \"s\"\napi_key = \"hunter2\"\n");
+        assert!(!format!("{:#}", literal.expect_err("literal key")).contains("hunter2"));
+        let region = parse(&ok.replace("\"EU\"", "\"mars\"")).expect_err("bad region");
+        assert!(format!("{region:#}").contains("not \"us\" or \"eu\""), "{region:#}");
+        let on_json = parse("[[destination]]\nname = \"j\"\ntype = \"json\"\nurl = \"http://x/\"\nsite_id = \"s\"\n");
+        assert!(
+            format!("{:#}", on_json.expect_err("field of another type"))
+                .contains("`site_id` is a field of type \"customerio\"")
+        );
     }
 
     #[test]

@@ -92,6 +92,10 @@ fn stats(shared: &Shared) -> Response<Full<Bytes>> {
             "events_by_path": breakdown.events_by_path,
             "statuses": breakdown.statuses,
             "limits": limits_json(shared),
+            "customerio": {
+                "stored": shared.backends.customerio.stored(),
+                "duplicates": shared.backends.customerio.duplicates(),
+            },
         }),
     )
 }

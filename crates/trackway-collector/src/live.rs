@@ -168,18 +168,34 @@ fn frame(event: &str, data: &Value) -> Bytes {
 }
 
 /// Requests, events and requests per answered status, per destination: of `requests` and of
-/// the `evicted` ones.
+/// the `evicted` ones (and Customer.io duplicates, when any).
 fn counters(requests: &[RecordedRequest], evicted: &Evicted) -> Value {
     let mut by_destination: BTreeMap<String, DestinationCounter> = evicted.by_destination.clone();
     for request in requests {
         let counter = by_destination.entry(request.destination.clone()).or_default();
-        counter.add(request.status, request.decoded().len() as u64);
+        counter.add(request.status, request.decoded().len() as u64, duplicates(request));
     }
     by_destination
         .into_iter()
-        .map(|(name, c)| (name, json!({"requests": c.requests, "events": c.events, "statuses": c.statuses})))
+        .map(|(name, c)| {
+            let mut counts = json!({"requests": c.requests, "events": c.events, "statuses": c.statuses});
+            if c.duplicates > 0 {
+                counts["duplicates"] = json!(c.duplicates);
+            }
+            (name, counts)
+        })
         .collect::<serde_json::Map<_, _>>()
         .into()
+}
+
+/// How many events of `request` the backend answered as duplicates (Customer.io's, by event id).
+pub(crate) fn duplicates(request: &RecordedRequest) -> u64 {
+    request
+        .answer_headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(crate::backends::customerio::DUPLICATES_HEADER))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// What the page shows of one request: the request as received (credentials redacted, JSON
@@ -224,6 +240,7 @@ fn entry_json(shared: &Shared, request: &RecordedRequest, evicted: u64) -> Value
         "body_json": is_json,
         "body_bytes": request.body.len(),
         "status": request.status,
+        "duplicates": duplicates(request),
         "answer": {
             "headers": request.answer_headers,
             "body": if serde_json::from_str::<serde::de::IgnoredAny>(&answer_body).is_ok() {
@@ -342,7 +359,7 @@ mod tests {
                 bytes: 9,
                 by_destination: [(
                     "json".to_owned(),
-                    DestinationCounter { requests: 1, events: 4, statuses: [(200, 1)].into() },
+                    DestinationCounter { requests: 1, events: 4, duplicates: 0, statuses: [(200, 1)].into() },
                 )]
                 .into(),
             },

@@ -159,13 +159,16 @@ pub(crate) struct Since {
 pub(crate) struct DestinationCounter {
     pub(crate) requests: u64,
     pub(crate) events: u64,
+    /// Events the backend answered as duplicates (Customer.io's, by event id).
+    pub(crate) duplicates: u64,
     pub(crate) statuses: BTreeMap<u16, u64>,
 }
 
 impl DestinationCounter {
-    pub(crate) fn add(&mut self, status: u16, events: u64) {
+    pub(crate) fn add(&mut self, status: u16, events: u64, duplicates: u64) {
         self.requests += 1;
         self.events += events;
+        self.duplicates += duplicates;
         *self.statuses.entry(status).or_default() += 1;
     }
 }
@@ -265,7 +268,11 @@ impl Recorder {
             log.evicted.bytes += size as u64;
             // The cheap count the stats use: decoding every evicted body would cost more.
             let events = count_events(&oldest.body).unwrap_or(0);
-            log.evicted.by_destination.entry(oldest.destination.clone()).or_default().add(oldest.status, events);
+            log.evicted.by_destination.entry(oldest.destination.clone()).or_default().add(
+                oldest.status,
+                events,
+                crate::live::duplicates(&oldest),
+            );
         }
     }
 
