@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::archive::{Archive, instant_before};
+use crate::backends::opencdp::OpenCdpSettings;
 use crate::backends::{Backend, BackendRequest, Backends, UmamiMode};
 use crate::faults::{FaultClock, FaultState, Faults, InvalidFaults};
 use crate::recorder::Recorder;
@@ -36,6 +37,8 @@ pub(crate) struct Config {
     pub(crate) umami_websites: Option<Vec<String>>,
     /// The user's own backends, asked before the built-in ones, in the order added.
     pub(crate) backends: Vec<Arc<dyn Backend>>,
+    /// What OpenCDP's gateway knows (keys, templates, rate limit).
+    pub(crate) opencdp: OpenCdpSettings,
 }
 
 impl Default for Config {
@@ -52,6 +55,7 @@ impl Default for Config {
             fault_clock: FaultClock::system(),
             umami_websites: None,
             backends: Vec::new(),
+            opencdp: OpenCdpSettings::default(),
         }
     }
 }
@@ -71,6 +75,8 @@ pub(crate) struct Shared {
     pub(crate) backends: Backends,
     /// The `--store` file, if any.
     pub(crate) archive: Option<Archive>,
+    /// Requests being answered now, and the most at once.
+    pub(crate) in_flight: InFlight,
     /// The same moment as an `Instant` and as milliseconds since the Unix epoch, to turn a
     /// request's `received_at` into wall-clock time for the inspection API.
     started: Instant,
@@ -93,7 +99,8 @@ impl Shared {
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
-        let backends = Backends::new(&config.backends, config.umami_mode, config.umami_websites.clone());
+        let backends = Backends::new(&config.backends, config.umami_mode, config.umami_websites.clone())
+            .with_opencdp(config.opencdp.clone());
         let (archive, earlier) = match &config.store {
             Some(_) if config.sink => return Err(invalid("a collector in sink mode keeps nothing to store".into())),
             Some(path) => {
@@ -117,6 +124,7 @@ impl Shared {
             default_reply: Mutex::new(config.default_reply),
             faults: Mutex::new(faults),
             recorder,
+            in_flight: InFlight::default(),
             backends,
             archive,
             started,
@@ -180,5 +188,37 @@ impl Shared {
 
     fn default_reply(&self) -> Reply {
         lock(&self.default_reply).clone()
+    }
+}
+
+/// Requests being answered at once: now, and the most so far.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    now: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+/// One request being answered; leaving it (dropped) ends it.
+#[derive(Debug)]
+pub(crate) struct Entered<'a>(&'a InFlight);
+
+impl InFlight {
+    /// A request starts being answered.
+    pub(crate) fn enter(&self) -> Entered<'_> {
+        use std::sync::atomic::Ordering;
+        let now = self.now.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak.fetch_max(now, Ordering::AcqRel);
+        Entered(self)
+    }
+
+    /// The most requests answered at once so far.
+    pub(crate) fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }

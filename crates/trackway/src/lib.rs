@@ -195,6 +195,7 @@ mod client;
 mod clock;
 mod config;
 pub mod destination;
+mod device;
 pub mod direct;
 mod error;
 #[cfg(feature = "fuzzing")]
@@ -213,6 +214,7 @@ pub use clock::Clock;
 #[cfg(feature = "testing")]
 pub use clock::ManualClock;
 pub use config::{ClientBuilder, HttpOptions, RetryPolicy};
+pub use device::{DEVICE_EVENT, Device, DevicePlatform};
 pub use error::{BuildError, Error, FlushError, FlushReport, PersistError, ShutdownError};
 pub use message::{Identify, Message, Page, Screen, Track};
 pub use pipeline::health;

@@ -69,6 +69,12 @@ impl Client {
             return Err(Error::NoUser);
         }
         validate_message(&m)?;
+        if m.kind == EventKind::Track
+            && m.name.as_deref() == Some(crate::device::DEVICE_EVENT)
+            && opts.app_event != Some(crate::destination::AppEvent::PushToken)
+        {
+            return Err(Error::ReservedEventName(crate::device::DEVICE_EVENT));
+        }
         // Routed by event type, fixed into the event here: a later change of routing never moves it.
         let event_type = opts.app_event.map_or_else(|| EventType::of_kind(m.kind), EventType::from);
         let mut routes = shared.routing.mask(event_type);

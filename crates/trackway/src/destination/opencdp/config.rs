@@ -1,0 +1,198 @@
+//! [`OpenCdpConfig`]: the SDK's constructor options, and the destinations they stand for.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::OpenCdp;
+use crate::config::HttpOptions;
+use crate::destination::{Destination, DestinationSet};
+
+/// The SDK's default endpoint (`cdpEndpoint`).
+pub const DEFAULT_ENDPOINT: &str = "https://api.opencdp.io/gateway/data-gateway";
+
+/// The fallback endpoints the SDK's `server-failover` branch uses by default. trackway uses none
+/// unless asked ([`OpenCdpConfig::fallback_endpoints`]): a fallback receives the API key, so
+/// which domains get it is the user's choice.
+pub const EXAMPLE_FALLBACK_ENDPOINTS: [&str; 2] =
+    ["https://api.opencdp.com/gateway/data-gateway", "https://api.opencdp.xyz/gateway/data-gateway"];
+
+/// Requests in flight at once by default (`maxConcurrentRequests`).
+pub const DEFAULT_CONCURRENCY: usize = 10;
+
+/// The most requests in flight at once; more is capped to this, with a warning (as the SDK does).
+pub const MAX_CONCURRENCY: usize = 30;
+
+/// The OpenCDP SDK's configuration (`CDPConfig`, spec §1.1), given to
+/// [`ClientBuilder::destinations`](crate::ClientBuilder::destinations). It makes the
+/// [`OpenCdp`] destination, named `opencdp` unless renamed.
+///
+/// | SDK option | here | default |
+/// |---|---|---|
+/// | `cdpApiKey` | [`new`](Self::new) | required; sent raw as `Authorization` |
+/// | `cdpEndpoint` | [`endpoint`](Self::endpoint) | [`DEFAULT_ENDPOINT`] |
+/// | `cdpFallbackEndpoints` | [`fallback_endpoints`](Self::fallback_endpoints) | none (opt-in; the SDK's list is [`EXAMPLE_FALLBACK_ENDPOINTS`]) |
+/// | `timeout` | [`timeout`](Self::timeout) | 10 s |
+/// | `maxConcurrentRequests` | [`max_concurrent_requests`](Self::max_concurrent_requests) | 10, at most 30 |
+/// | `debug`, `cdpLogger` | `tracing` (errors are always logged and counted) | |
+/// | `failOnException` | calls always return their errors | |
+///
+/// The API key never appears in `Debug` output, logs or errors:
+///
+/// ```
+/// use trackway::destination::opencdp::OpenCdpConfig;
+/// let config = OpenCdpConfig::new("s3cr3t-key").fallback_endpoints(["https://backup.example.com/gateway"]);
+/// assert!(!format!("{config:?}").contains("s3cr3t"));
+/// ```
+#[must_use]
+#[derive(Clone)]
+pub struct OpenCdpConfig {
+    name: String,
+    api_key: String,
+    endpoint: String,
+    fallbacks: Vec<String>,
+    timeout: Option<Duration>,
+    concurrency: usize,
+    http: HttpOptions,
+}
+
+impl fmt::Debug for OpenCdpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenCdpConfig")
+            .field("name", &self.name)
+            .field("api_key", &"[redacted]")
+            .field("endpoint", &crate::destination::redact_url(&self.endpoint))
+            .field("fallbacks", &self.fallbacks.iter().map(|u| crate::destination::redact_url(u)).collect::<Vec<_>>())
+            .field("timeout", &self.timeout)
+            .field("concurrency", &self.concurrency)
+            .field("http", &self.http)
+            .finish()
+    }
+}
+
+impl OpenCdpConfig {
+    /// A configuration with the API key (`cdpApiKey`) and the SDK's defaults.
+    pub fn new(api_key: impl Into<String>) -> Self {
+        OpenCdpConfig {
+            name: "opencdp".to_owned(),
+            api_key: api_key.into(),
+            endpoint: DEFAULT_ENDPOINT.to_owned(),
+            fallbacks: Vec::new(),
+            timeout: None,
+            concurrency: DEFAULT_CONCURRENCY,
+            http: HttpOptions::default(),
+        }
+    }
+
+    /// Renames the destination (default `opencdp`; names key its delivery state in the store).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The base URL of every call (`cdpEndpoint`; a trailing `/` is ignored). Default:
+    /// [`DEFAULT_ENDPOINT`].
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.endpoint = url.into();
+        self
+    }
+
+    /// Endpoints to fail over to, in order (`cdpFallbackEndpoints`): see the [module
+    /// docs](super#answers-and-failover) for when. Default: none. The SDK's own list is
+    /// [`EXAMPLE_FALLBACK_ENDPOINTS`]; pass it only if you want your key sent to those domains.
+    pub fn fallback_endpoints<S: Into<String>>(mut self, urls: impl IntoIterator<Item = S>) -> Self {
+        self.fallbacks = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The whole-request timeout of every call (`timeout`; default 10 s). A transactional
+    /// message whose request timed out is not sent again: it may have arrived.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout).filter(|t| !t.is_zero());
+        self
+    }
+
+    /// Most requests in flight at once (`maxConcurrentRequests`): events and, separately,
+    /// transactional messages each get this many. Default 10; 0 means the default, and more
+    /// than [`MAX_CONCURRENCY`] (30) is capped with a warning, as the SDK does.
+    pub fn max_concurrent_requests(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// Other HTTP settings (proxy, CA, user agent, retry policy, rate cap). The timeout and
+    /// fallbacks set here win over theirs.
+    pub fn http(mut self, http: HttpOptions) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// The concurrency the SDK's rule gives: 0 → the default, above the cap → the cap.
+    fn effective_concurrency(&self) -> usize {
+        match self.concurrency {
+            0 => DEFAULT_CONCURRENCY,
+            n if n > MAX_CONCURRENCY => {
+                tracing::warn!(
+                    "[CDP] maxConcurrentRequests ({n}) exceeds limit. Using capped value: {MAX_CONCURRENCY}"
+                );
+                MAX_CONCURRENCY
+            }
+            n => n,
+        }
+    }
+
+    /// The OpenCDP destination and its HTTP options.
+    pub(crate) fn opencdp(&self) -> (OpenCdp, HttpOptions) {
+        let authorization = if self.api_key.trim().is_empty() {
+            Err("the API key is empty".to_owned())
+        } else {
+            http::HeaderValue::from_str(&self.api_key)
+                .map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                })
+                // Never echo the key: say what is wrong with it.
+                .map_err(|_| "the API key contains characters a header cannot carry (e.g. a line break)".to_owned())
+        };
+        let destination = OpenCdp {
+            name: self.name.clone(),
+            base: self.endpoint.trim_end_matches('/').to_owned(),
+            authorization,
+            concurrency: self.effective_concurrency(),
+        };
+        (destination, OpenCdp::http_options(self.http.clone(), self.timeout, &self.fallbacks))
+    }
+}
+
+impl DestinationSet for OpenCdpConfig {
+    fn expand(self) -> Vec<(Arc<dyn Destination>, HttpOptions)> {
+        let (opencdp, http) = self.opencdp();
+        vec![(Arc::new(opencdp) as Arc<dyn Destination>, http)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrency_follows_the_sdks_rule() {
+        let c = |n| OpenCdpConfig::new("k").max_concurrent_requests(n).effective_concurrency();
+        assert_eq!((c(0), c(1), c(30), c(31), c(500)), (10, 1, 30, 30, 30));
+        assert_eq!(OpenCdpConfig::new("k").effective_concurrency(), DEFAULT_CONCURRENCY);
+    }
+
+    #[test]
+    fn the_key_is_checked_without_being_echoed() {
+        let (d, _) = OpenCdpConfig::new("  ").opencdp();
+        assert_eq!(d.check_config().unwrap_err(), "the API key is empty");
+        let (d, _) = OpenCdpConfig::new("bad\nkey-s3cr3t").opencdp();
+        let err = d.check_config().unwrap_err();
+        assert!(!err.contains("s3cr3t"), "{err}");
+        let (d, http) = OpenCdpConfig::new("k").endpoint("https://cdp.example.com/gw/").opencdp();
+        assert_eq!(d.base_url(), Some("https://cdp.example.com/gw"));
+        assert!(d.check_config().is_ok());
+        assert!(http.fallback_base_urls.is_empty(), "fallbacks are opt-in");
+        assert!(!format!("{d:?}").contains("k\""));
+    }
+}
