@@ -19,6 +19,14 @@
 //! base_url = "https://analytics.example.com"  # optional, default https://cloud.umami.is
 //! hostname = "myapp.example"                  # optional, like language, screen ("WxH"), ip,
 //! language = "en-US"                          # user_agent and late_after_secs
+//!
+//! [[destination]]
+//! name = "opencdp"
+//! type = "opencdp"
+//! api_key = { env = "CDP_API_KEY" }            # sent as Authorization
+//! endpoint = "https://api.opencdp.io/gateway/data-gateway"  # optional, the SDK's default
+//! fallback_endpoints = []                     # optional, default none (they receive the key)
+//! max_concurrent_requests = 10                # optional, default 10, at most 30
 //! ```
 //!
 //! Secrets come only from environment variables; their values are never printed (errors name
@@ -30,7 +38,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
-use trackway::destination::{Destination as _, JsonHttp, Umami};
+use trackway::destination::{Destination as _, JsonHttp, OpenCdpConfig, Umami};
 use trackway::{ClientBuilder, HttpOptions};
 
 /// The parsed configuration file.
@@ -74,6 +82,11 @@ struct DestinationConfig {
     ip: Option<String>,
     user_agent: Option<String>,
     late_after_secs: Option<u64>,
+    /// The fields of `type = "opencdp"` (refused on other types).
+    api_key: Option<SecretRef>,
+    endpoint: Option<String>,
+    fallback_endpoints: Option<Vec<String>>,
+    max_concurrent_requests: Option<usize>,
 }
 
 impl DestinationConfig {
@@ -90,6 +103,32 @@ impl DestinationConfig {
             ("late_after_secs", self.late_after_secs.is_some()),
         ];
         fields.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect()
+    }
+
+    /// The names of the OpenCDP fields that are set.
+    fn opencdp_fields(&self) -> Vec<&'static str> {
+        let fields = [
+            ("api_key", self.api_key.is_some()),
+            ("endpoint", self.endpoint.is_some()),
+            ("fallback_endpoints", self.fallback_endpoints.is_some()),
+            ("max_concurrent_requests", self.max_concurrent_requests.is_some()),
+        ];
+        fields.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect()
+    }
+
+    /// The OpenCDP configuration, with `api_key` as the key.
+    fn opencdp(&self, api_key: String) -> OpenCdpConfig {
+        let mut c = OpenCdpConfig::new(api_key).name(&self.name);
+        if let Some(v) = &self.endpoint {
+            c = c.endpoint(v.clone());
+        }
+        if let Some(v) = &self.fallback_endpoints {
+            c = c.fallback_endpoints(v.clone());
+        }
+        if let Some(n) = self.max_concurrent_requests {
+            c = c.max_concurrent_requests(n);
+        }
+        c
     }
 
     fn umami(&self) -> Umami {
@@ -129,6 +168,30 @@ struct SecretRef {
     env: String,
 }
 
+impl SecretRef {
+    /// The secret's value, from its environment variable; errors name the variable, never a value.
+    fn read(&self, destination: &str, what: &str) -> anyhow::Result<String> {
+        match std::env::var(&self.env) {
+            Ok(v) => Ok(v),
+            Err(std::env::VarError::NotPresent) => {
+                bail!("destination `{destination}`: {what}: environment variable {} is not set", self.env)
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                bail!("destination `{destination}`: {what}: environment variable {} is not valid UTF-8", self.env)
+            }
+        }
+    }
+}
+
+/// What `build()` would refuse of an OpenCDP configuration (its endpoints), said at load time.
+fn checked_opencdp(config: &OpenCdpConfig) -> Result<(), String> {
+    use trackway::destination::DestinationSet as _;
+    for (destination, _) in config.clone().expand() {
+        destination.check_config()?;
+    }
+    Ok(())
+}
+
 impl<'de> Deserialize<'de> for SecretRef {
     /// Anything but `{ env = "NAME" }` is refused with a message that never quotes the value:
     /// serde's own "invalid type: string ..." would print a secret pasted into the file.
@@ -150,7 +213,7 @@ impl<'de> Deserialize<'de> for SecretRef {
 }
 
 /// The destination types this build knows.
-const KNOWN_TYPES: &str = "json, umami";
+const KNOWN_TYPES: &str = "json, umami, opencdp";
 
 /// A destination ready to add to a client builder. Its `Debug` shows no header value.
 pub(crate) struct Destination {
@@ -164,6 +227,7 @@ enum Kind {
     Json(JsonHttp),
     // Boxed: an Umami destination carries its token LRU and is several times a JsonHttp.
     Umami(Box<Umami>),
+    OpenCdp(Box<OpenCdpConfig>),
 }
 
 impl Destination {
@@ -198,6 +262,11 @@ impl Config {
                 bail!("{}: two destinations are named `{}`; names must be unique", path.display(), d.name);
             }
             names.push(&d.name);
+            if matches!(d.kind.as_str(), "json" | "umami")
+                && let Some(field) = d.opencdp_fields().first()
+            {
+                bail!("{}: `{field}` is a field of type \"opencdp\", not {:?}", what(), d.kind);
+            }
             match d.kind.as_str() {
                 "json" => {
                     if d.url.as_deref().is_none_or(|u| u.trim().is_empty()) {
@@ -205,6 +274,23 @@ impl Config {
                     }
                     if let Some(field) = d.umami_fields().first() {
                         bail!("{}: `{field}` is a field of type \"umami\", not \"json\"", what());
+                    }
+                }
+                "opencdp" => {
+                    if d.api_key.is_none() {
+                        bail!(
+                            "{}: missing `api_key = {{ env = \"VARIABLE\" }}` (required for type \"opencdp\")",
+                            what()
+                        );
+                    }
+                    if d.url.is_some() || d.base_url.is_some() {
+                        bail!("{}: type \"opencdp\" takes `endpoint`, not `url` or `base_url`", what());
+                    }
+                    if let Some(field) = d.umami_fields().first() {
+                        bail!("{}: `{field}` is a field of type \"umami\", not \"opencdp\"", what());
+                    }
+                    if d.batch_size.is_some() {
+                        bail!("{}: type \"opencdp\" sends one event per request (its API has no batch)", what());
                     }
                 }
                 "umami" => {
@@ -226,10 +312,17 @@ impl Config {
             // What `build()` would refuse (a URL with an empty port, say), said here with the file.
             let checked = match d.kind.as_str() {
                 "json" => JsonHttp::new(d.url.clone().unwrap_or_default()).check_config(),
+                // The key is read later, from the environment: check the rest with a stand-in.
+                "opencdp" => checked_opencdp(&d.opencdp("key".into())),
                 _ => d.umami().check_config(),
             };
             if let Err(why) = checked {
                 bail!("{}: {why}", what());
+            }
+            if let Some(key) = &d.api_key
+                && key.env.trim().is_empty()
+            {
+                bail!("{}: `api_key` names an empty environment variable", what());
             }
             for (header, secret) in &d.headers {
                 if secret.env.trim().is_empty() {
@@ -268,23 +361,12 @@ impl Config {
         for d in &self.destinations {
             let mut http = HttpOptions::default();
             for (header, secret) in &d.headers {
-                let value = match std::env::var(&secret.env) {
-                    Ok(v) => v,
-                    Err(std::env::VarError::NotPresent) => bail!(
-                        "destination `{}`: header `{header}`: environment variable {} is not set",
-                        d.name,
-                        secret.env
-                    ),
-                    Err(std::env::VarError::NotUnicode(_)) => bail!(
-                        "destination `{}`: header `{header}`: environment variable {} is not valid UTF-8",
-                        d.name,
-                        secret.env
-                    ),
-                };
-                http = http.header(header.clone(), value);
+                http = http.header(header.clone(), secret.read(&d.name, &format!("header `{header}`"))?);
             }
             let destination = if d.kind == "umami" {
                 Kind::Umami(Box::new(d.umami()))
+            } else if let (Some(key), "opencdp") = (&d.api_key, d.kind.as_str()) {
+                Kind::OpenCdp(Box::new(d.opencdp(key.read(&d.name, "`api_key`")?)))
             } else {
                 let mut json = JsonHttp::new(d.url.clone().unwrap_or_default()).name(d.name.clone());
                 if let Some(n) = d.batch_size {
@@ -304,6 +386,7 @@ pub(crate) fn with_destinations(mut builder: ClientBuilder, destinations: Vec<De
         builder = match d.destination {
             Kind::Json(json) => builder.destination_with(json, d.http),
             Kind::Umami(umami) => builder.destination_with(*umami, d.http),
+            Kind::OpenCdp(opencdp) => builder.destinations(opencdp.http(d.http)),
         };
     }
     builder
@@ -377,6 +460,26 @@ mod tests {
         )
         .expect_err("empty port");
         assert!(format!("{err:#}").contains("base URL has an empty port after `umami.local:`"), "{err:#}");
+    }
+
+    #[test]
+    fn opencdp_destinations_take_their_key_from_the_environment() {
+        let text = "[[destination]]\nname = \"cdp\"\ntype = \"opencdp\"\napi_key = { env = \"TRACKWAY_TEST_CDP_KEY_UNSET\" }\nendpoint = \"http://127.0.0.1:9/gw\"\nmax_concurrent_requests = 5\n";
+        let config = parse(text).expect("config");
+        let err = config.destinations().expect_err("the variable is not set");
+        assert!(format!("{err:#}").contains("TRACKWAY_TEST_CDP_KEY_UNSET is not set"), "{err:#}");
+        let err = parse("[[destination]]\nname = \"cdp\"\ntype = \"opencdp\"\n").expect_err("no key");
+        assert!(format!("{err:#}").contains("api_key"), "{err:#}");
+        let err = parse("[[destination]]\nname = \"cdp\"\ntype = \"opencdp\"\napi_key = \"literal\"\n")
+            .expect_err("literal key");
+        assert!(!format!("{err:#}").contains("literal"), "{err:#}");
+        let err =
+            parse("[[destination]]\nname = \"j\"\ntype = \"json\"\nurl = \"http://x/\"\nendpoint = \"http://y/\"\n")
+                .expect_err("opencdp field on json");
+        assert!(format!("{err:#}").contains("`endpoint` is a field of type \"opencdp\""), "{err:#}");
+        let err = parse("[[destination]]\nname = \"c\"\ntype = \"opencdp\"\napi_key = { env = \"K\" }\nendpoint = \"http://h:/gw\"\n")
+            .expect_err("empty port");
+        assert!(format!("{err:#}").contains("endpoint has an empty port"), "{err:#}");
     }
 
     #[test]
