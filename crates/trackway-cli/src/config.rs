@@ -21,6 +21,15 @@
 //! language = "en-US"                          # user_agent and late_after_secs
 //!
 //! [[destination]]
+//! name = "customerio"
+//! type = "customerio"
+//! site_id = "your-site-id"
+//! api_key = { env = "CUSTOMERIO_API_KEY" }
+//! region = "eu"                               # optional: "us" (default) or "eu"
+//! api = "v1"                                  # optional: "v2" (batches, default) or "v1"
+//! base_url = "http://127.0.0.1:4040"          # optional: replaces the region's host
+//!
+//! [[destination]]
 //! name = "opencdp"
 //! type = "opencdp"
 //! api_key = { env = "CDP_API_KEY" }            # sent as Authorization
@@ -38,6 +47,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
+use trackway::destination::customerio::{Api, CustomerIo, Region};
 use trackway::destination::{Destination as _, JsonHttp, OpenCdpConfig, Umami};
 use trackway::{ClientBuilder, HttpOptions};
 
@@ -82,33 +92,32 @@ struct DestinationConfig {
     ip: Option<String>,
     user_agent: Option<String>,
     late_after_secs: Option<u64>,
-    /// The fields of `type = "opencdp"` (refused on other types).
+    /// The fields of `type = "customerio"` (besides `base_url`).
+    site_id: Option<String>,
     api_key: Option<SecretRef>,
+    region: Option<String>,
+    api: Option<String>,
+    /// The fields of `type = "opencdp"` (besides `api_key`).
     endpoint: Option<String>,
     fallback_endpoints: Option<Vec<String>>,
     max_concurrent_requests: Option<usize>,
 }
 
 impl DestinationConfig {
-    /// The names of the Umami fields that are set.
-    fn umami_fields(&self) -> Vec<&'static str> {
+    /// The names of the Customer.io fields that are set.
+    fn customerio_fields(&self) -> Vec<&'static str> {
         let fields = [
-            ("website_id", self.website_id.is_some()),
-            ("base_url", self.base_url.is_some()),
-            ("hostname", self.hostname.is_some()),
-            ("language", self.language.is_some()),
-            ("screen", self.screen.is_some()),
-            ("ip", self.ip.is_some()),
-            ("user_agent", self.user_agent.is_some()),
-            ("late_after_secs", self.late_after_secs.is_some()),
+            ("site_id", self.site_id.is_some()),
+            ("api_key", self.api_key.is_some()),
+            ("region", self.region.is_some()),
+            ("api", self.api.is_some()),
         ];
         fields.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect()
     }
 
-    /// The names of the OpenCDP fields that are set.
+    /// The names of the OpenCDP fields that are set (`api_key` is Customer.io's too).
     fn opencdp_fields(&self) -> Vec<&'static str> {
         let fields = [
-            ("api_key", self.api_key.is_some()),
             ("endpoint", self.endpoint.is_some()),
             ("fallback_endpoints", self.fallback_endpoints.is_some()),
             ("max_concurrent_requests", self.max_concurrent_requests.is_some()),
@@ -129,6 +138,41 @@ impl DestinationConfig {
             c = c.max_concurrent_requests(n);
         }
         c
+    }
+
+    /// The Customer.io destination, with `api_key` (read from the environment by the caller).
+    fn customerio(&self, api_key: &str) -> anyhow::Result<CustomerIo> {
+        let mut d = CustomerIo::new(self.site_id.clone().unwrap_or_default(), api_key).name(self.name.clone());
+        if let Some(region) = &self.region {
+            d = d.region(region.parse::<Region>().map_err(anyhow::Error::msg)?);
+        }
+        d = match self.api.as_deref() {
+            None | Some("v2") => d,
+            Some("v1") => d.api(Api::V1),
+            Some(other) => bail!("api {other:?} is not \"v1\" or \"v2\""),
+        };
+        if let Some(url) = &self.base_url {
+            d = d.base_url(url.clone());
+        }
+        if let Some(n) = self.batch_size {
+            d = d.batch_size(n);
+        }
+        Ok(d)
+    }
+
+    /// The names of the Umami fields that are set.
+    fn umami_fields(&self) -> Vec<&'static str> {
+        let fields = [
+            ("website_id", self.website_id.is_some()),
+            ("base_url", self.base_url.is_some()),
+            ("hostname", self.hostname.is_some()),
+            ("language", self.language.is_some()),
+            ("screen", self.screen.is_some()),
+            ("ip", self.ip.is_some()),
+            ("user_agent", self.user_agent.is_some()),
+            ("late_after_secs", self.late_after_secs.is_some()),
+        ];
+        fields.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect()
     }
 
     fn umami(&self) -> Umami {
@@ -169,7 +213,8 @@ struct SecretRef {
 }
 
 impl SecretRef {
-    /// The secret's value, from its environment variable; errors name the variable, never a value.
+    /// The secret's value, from its environment variable; errors name the variable (as `what`
+    /// of `destination`), never a value.
     fn read(&self, destination: &str, what: &str) -> anyhow::Result<String> {
         match std::env::var(&self.env) {
             Ok(v) => Ok(v),
@@ -181,15 +226,6 @@ impl SecretRef {
             }
         }
     }
-}
-
-/// What `build()` would refuse of an OpenCDP configuration (its endpoints), said at load time.
-fn checked_opencdp(config: &OpenCdpConfig) -> Result<(), String> {
-    use trackway::destination::DestinationSet as _;
-    for (destination, _) in config.clone().expand() {
-        destination.check_config()?;
-    }
-    Ok(())
 }
 
 impl<'de> Deserialize<'de> for SecretRef {
@@ -213,7 +249,7 @@ impl<'de> Deserialize<'de> for SecretRef {
 }
 
 /// The destination types this build knows.
-const KNOWN_TYPES: &str = "json, umami, opencdp";
+const KNOWN_TYPES: &str = "json, umami, customerio, opencdp";
 
 /// A destination ready to add to a client builder. Its `Debug` shows no header value.
 pub(crate) struct Destination {
@@ -227,6 +263,7 @@ enum Kind {
     Json(JsonHttp),
     // Boxed: an Umami destination carries its token LRU and is several times a JsonHttp.
     Umami(Box<Umami>),
+    CustomerIo(Box<CustomerIo>),
     OpenCdp(Box<OpenCdpConfig>),
 }
 
@@ -262,20 +299,12 @@ impl Config {
                 bail!("{}: two destinations are named `{}`; names must be unique", path.display(), d.name);
             }
             names.push(&d.name);
-            if matches!(d.kind.as_str(), "json" | "umami")
+            if matches!(d.kind.as_str(), "json" | "umami" | "customerio")
                 && let Some(field) = d.opencdp_fields().first()
             {
                 bail!("{}: `{field}` is a field of type \"opencdp\", not {:?}", what(), d.kind);
             }
             match d.kind.as_str() {
-                "json" => {
-                    if d.url.as_deref().is_none_or(|u| u.trim().is_empty()) {
-                        bail!("{}: missing `url` (required for type \"json\")", what());
-                    }
-                    if let Some(field) = d.umami_fields().first() {
-                        bail!("{}: `{field}` is a field of type \"umami\", not \"json\"", what());
-                    }
-                }
                 "opencdp" => {
                     if d.api_key.is_none() {
                         bail!(
@@ -289,8 +318,39 @@ impl Config {
                     if let Some(field) = d.umami_fields().first() {
                         bail!("{}: `{field}` is a field of type \"umami\", not \"opencdp\"", what());
                     }
+                    if let Some(field) = d.customerio_fields().into_iter().find(|f| *f != "api_key") {
+                        bail!("{}: `{field}` is a field of type \"customerio\", not \"opencdp\"", what());
+                    }
                     if d.batch_size.is_some() {
                         bail!("{}: type \"opencdp\" sends one event per request (its API has no batch)", what());
+                    }
+                }
+                "json" => {
+                    if d.url.as_deref().is_none_or(|u| u.trim().is_empty()) {
+                        bail!("{}: missing `url` (required for type \"json\")", what());
+                    }
+                    if let Some(field) = d.umami_fields().first() {
+                        bail!("{}: `{field}` is a field of type \"umami\", not \"json\"", what());
+                    }
+                    if let Some(field) = d.customerio_fields().first() {
+                        bail!("{}: `{field}` is a field of type \"customerio\", not \"json\"", what());
+                    }
+                }
+                "customerio" => {
+                    if d.site_id.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                        bail!("{}: missing `site_id` (required for type \"customerio\")", what());
+                    }
+                    if d.api_key.is_none() {
+                        bail!(
+                            "{}: missing `api_key = {{ env = \"VARIABLE\" }}` (required for type \"customerio\")",
+                            what()
+                        );
+                    }
+                    if d.url.is_some() {
+                        bail!("{}: type \"customerio\" takes `base_url` (or `region`), not `url`", what());
+                    }
+                    if let Some(field) = d.umami_fields().into_iter().find(|f| *f != "base_url") {
+                        bail!("{}: `{field}` is a field of type \"umami\", not \"customerio\"", what());
                     }
                 }
                 "umami" => {
@@ -299,6 +359,9 @@ impl Config {
                     }
                     if d.url.is_some() {
                         bail!("{}: type \"umami\" takes `base_url` (e.g. https://cloud.umami.is), not `url`", what());
+                    }
+                    if let Some(field) = d.customerio_fields().first() {
+                        bail!("{}: `{field}` is a field of type \"customerio\", not \"umami\"", what());
                     }
                 }
                 other => bail!(
@@ -312,17 +375,13 @@ impl Config {
             // What `build()` would refuse (a URL with an empty port, say), said here with the file.
             let checked = match d.kind.as_str() {
                 "json" => JsonHttp::new(d.url.clone().unwrap_or_default()).check_config(),
-                // The key is read later, from the environment: check the rest with a stand-in.
-                "opencdp" => checked_opencdp(&d.opencdp("key".into())),
+                // The key is read later, from the environment: a stand-in checks the rest.
+                "customerio" => d.customerio("key").map_err(|e| e.to_string()).and_then(|c| c.check_config()),
+                "opencdp" => d.opencdp("key".into()).check(),
                 _ => d.umami().check_config(),
             };
             if let Err(why) = checked {
                 bail!("{}: {why}", what());
-            }
-            if let Some(key) = &d.api_key
-                && key.env.trim().is_empty()
-            {
-                bail!("{}: `api_key` names an empty environment variable", what());
             }
             for (header, secret) in &d.headers {
                 if secret.env.trim().is_empty() {
@@ -361,12 +420,19 @@ impl Config {
         for d in &self.destinations {
             let mut http = HttpOptions::default();
             for (header, secret) in &d.headers {
-                http = http.header(header.clone(), secret.read(&d.name, &format!("header `{header}`"))?);
+                let value = secret.read(&d.name, &format!("header `{header}`"))?;
+                http = http.header(header.clone(), value);
             }
             let destination = if d.kind == "umami" {
                 Kind::Umami(Box::new(d.umami()))
             } else if let (Some(key), "opencdp") = (&d.api_key, d.kind.as_str()) {
                 Kind::OpenCdp(Box::new(d.opencdp(key.read(&d.name, "`api_key`")?)))
+            } else if d.kind == "customerio" {
+                let key = match &d.api_key {
+                    Some(secret) => secret.read(&d.name, "`api_key`")?,
+                    None => String::new(),
+                };
+                Kind::CustomerIo(Box::new(d.customerio(&key).with_context(|| format!("destination `{}`", d.name))?))
             } else {
                 let mut json = JsonHttp::new(d.url.clone().unwrap_or_default()).name(d.name.clone());
                 if let Some(n) = d.batch_size {
@@ -386,6 +452,7 @@ pub(crate) fn with_destinations(mut builder: ClientBuilder, destinations: Vec<De
         builder = match d.destination {
             Kind::Json(json) => builder.destination_with(json, d.http),
             Kind::Umami(umami) => builder.destination_with(*umami, d.http),
+            Kind::CustomerIo(cio) => builder.destination_with(*cio, d.http),
             Kind::OpenCdp(opencdp) => builder.destinations(opencdp.http(d.http)),
         };
     }
@@ -424,6 +491,27 @@ mod tests {
         let path = dir.path().join("trackway.toml");
         std::fs::write(&path, text)?;
         Config::load(&path)
+    }
+
+    #[test]
+    fn customerio_destinations_are_configured_and_checked() {
+        let ok = "[[destination]]\nname = \"cio\"\ntype = \"customerio\"\nsite_id = \"site\"\n\
+                  api_key = { env = \"TRACKWAY_TEST_CIO_KEY_UNSET\" }\nregion = \"EU\"\napi = \"v1\"\n";
+        let config = parse(ok).expect("valid");
+        let err = config.destinations().expect_err("the key's variable is not set");
+        assert!(format!("{err:#}").contains("TRACKWAY_TEST_CIO_KEY_UNSET is not set"), "{err:#}");
+        let no_key = parse("[[destination]]\nname = \"c\"\ntype = \"customerio\"\nsite_id = \"s\"\n");
+        assert!(format!("{:#}", no_key.expect_err("no key")).contains("missing `api_key"));
+        let literal =
+            parse("[[destination]]\nname = \"c\"\ntype = \"customerio\"\nsite_id = \"s\"\napi_key = \"hunter2\"\n");
+        assert!(!format!("{:#}", literal.expect_err("literal key")).contains("hunter2"));
+        let region = parse(&ok.replace("\"EU\"", "\"mars\"")).expect_err("bad region");
+        assert!(format!("{region:#}").contains("not \"us\" or \"eu\""), "{region:#}");
+        let on_json = parse("[[destination]]\nname = \"j\"\ntype = \"json\"\nurl = \"http://x/\"\nsite_id = \"s\"\n");
+        assert!(
+            format!("{:#}", on_json.expect_err("field of another type"))
+                .contains("`site_id` is a field of type \"customerio\"")
+        );
     }
 
     #[test]

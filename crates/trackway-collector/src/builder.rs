@@ -122,6 +122,14 @@ impl CollectorBuilder {
         self
     }
 
+    /// The only Customer.io site id and API key the Track API backend takes; other credentials
+    /// get `401 {"meta":{"error":"Unauthorized request"}}`. Default: any non-empty pair (a
+    /// request without Basic auth is still a 401).
+    pub fn customerio_credentials(mut self, site_id: impl Into<String>, api_key: impl Into<String>) -> Self {
+        self.config.customerio_credentials = Some((site_id.into(), api_key.into()));
+        self
+    }
+
     /// The address to listen on. Default: `127.0.0.1:0` (a free port chosen by the OS).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.config.listen = addr;

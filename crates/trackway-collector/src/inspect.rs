@@ -76,6 +76,10 @@ fn stats(shared: &Shared) -> Response<Full<Bytes>> {
             "json_errors": stats.json_errors,
             "events_by_path": breakdown.events_by_path,
             "statuses": breakdown.statuses,
+            "customerio": {
+                "stored": shared.backends.customerio.stored(),
+                "duplicates": shared.backends.customerio.duplicates(),
+            },
         }),
     )
 }

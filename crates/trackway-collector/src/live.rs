@@ -160,6 +160,7 @@ fn counters(requests: &[RecordedRequest]) -> Value {
     struct Counter {
         requests: u64,
         events: u64,
+        duplicates: u64,
         statuses: BTreeMap<u16, u64>,
     }
     let mut by_destination: BTreeMap<&str, Counter> = BTreeMap::new();
@@ -167,13 +168,30 @@ fn counters(requests: &[RecordedRequest]) -> Value {
         let counter = by_destination.entry(request.destination.as_str()).or_default();
         counter.requests += 1;
         counter.events += request.decoded().len() as u64;
+        counter.duplicates += duplicates(request);
         *counter.statuses.entry(request.status).or_default() += 1;
     }
     by_destination
         .into_iter()
-        .map(|(name, c)| (name.to_owned(), json!({"requests": c.requests, "events": c.events, "statuses": c.statuses})))
+        .map(|(name, c)| {
+            let mut counts = json!({"requests": c.requests, "events": c.events, "statuses": c.statuses});
+            if c.duplicates > 0 {
+                counts["duplicates"] = json!(c.duplicates);
+            }
+            (name.to_owned(), counts)
+        })
         .collect::<serde_json::Map<_, _>>()
         .into()
+}
+
+/// How many events of `request` the backend answered as duplicates (Customer.io's, by event id).
+fn duplicates(request: &RecordedRequest) -> u64 {
+    request
+        .answer_headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(crate::backends::customerio::DUPLICATES_HEADER))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// What the page shows of one request: the request as received (credentials redacted, JSON
@@ -217,6 +235,7 @@ fn entry_json(shared: &Shared, seq: usize, request: &RecordedRequest) -> Value {
         "body_json": is_json,
         "body_bytes": request.body.len(),
         "status": request.status,
+        "duplicates": duplicates(request),
         "answer": {
             "headers": request.answer_headers,
             "body": if serde_json::from_str::<serde::de::IgnoredAny>(&answer_body).is_ok() {

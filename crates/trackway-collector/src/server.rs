@@ -52,6 +52,18 @@ impl RunningCollector {
         self.shared.backends.umami.stored()
     }
 
+    /// Customer.io events answered as duplicates so far (their `id` was seen before: answered
+    /// 200 and not stored, as Customer.io does).
+    pub fn customerio_duplicates(&self) -> u64 {
+        self.shared.backends.customerio.duplicates()
+    }
+
+    /// Customer.io operations stored so far (people, events, devices, deletes), duplicates not
+    /// included.
+    pub fn customerio_stored(&self) -> u64 {
+        self.shared.backends.customerio.stored()
+    }
+
     /// The address the collector listens on (with the real port when `:0` was asked for).
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -35,6 +35,8 @@ pub(crate) struct Config {
     pub(crate) fault_clock: FaultClock,
     /// The Umami website ids the server knows (`None`: every one).
     pub(crate) umami_websites: Option<Vec<String>>,
+    /// The only Customer.io site id and API key accepted (`None`: any non-empty pair).
+    pub(crate) customerio_credentials: Option<(String, String)>,
     /// The user's own backends, asked before the built-in ones, in the order added.
     pub(crate) backends: Vec<Arc<dyn Backend>>,
     /// What OpenCDP's gateway knows (keys, templates, rate limit).
@@ -54,6 +56,7 @@ impl Default for Config {
             umami_mode: UmamiMode::V3,
             fault_clock: FaultClock::system(),
             umami_websites: None,
+            customerio_credentials: None,
             backends: Vec::new(),
             opencdp: OpenCdpSettings::default(),
         }
@@ -100,7 +103,8 @@ impl Shared {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
         let backends = Backends::new(&config.backends, config.umami_mode, config.umami_websites.clone())
-            .with_opencdp(config.opencdp.clone());
+            .with_opencdp(config.opencdp.clone())
+            .with_customerio_credentials(config.customerio_credentials.clone());
         let (archive, earlier) = match &config.store {
             Some(_) if config.sink => return Err(invalid("a collector in sink mode keeps nothing to store".into())),
             Some(path) => {

@@ -230,7 +230,8 @@ fn inspection_api_reports_stats_and_requests_without_being_recorded() {
         // Not recorded and not consuming the script.
         assert_eq!(
             get_json("/_trackway/api/stats"),
-            json!({"requests": 0, "events": 0, "bytes": 0, "json_errors": 0, "events_by_path": {}, "statuses": {}})
+            json!({"requests": 0, "events": 0, "bytes": 0, "json_errors": 0, "events_by_path": {}, "statuses": {},
+                "customerio": {"stored": 0, "duplicates": 0}})
         );
         assert_eq!(get_json("/_trackway/api/requests"), json!([]));
         let unknown = client.get(collector.url("/_trackway/nope")).send().expect("request");
@@ -243,6 +244,7 @@ fn inspection_api_reports_stats_and_requests_without_being_recorded() {
             json!({
                 "requests": 1, "events": 2, "bytes": 5, "json_errors": 0,
                 "events_by_path": {"/v1/batch": 2}, "statuses": {"503": 1},
+                "customerio": {"stored": 0, "duplicates": 0},
             })
         );
         let requests = get_json("/_trackway/api/requests");

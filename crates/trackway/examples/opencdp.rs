@@ -1,29 +1,35 @@
-//! Run with: `cargo run -p trackway --example opencdp`
+//! Run with: `cargo run -p trackway --features customerio --example opencdp`
 //!
 //! The OpenCDP Node SDK's `track()` page through trackway's OpenCDP destination: a purchase
-//! with nested items, feature usage, the validation errors, a device, a transactional email and
-//! a ping. A local collector stands in for the OpenCDP server and the example prints what
-//! arrived.
+//! with nested items, feature usage, the validation errors, a device, the dual-write to
+//! Customer.io, a transactional email and a ping. Local collectors stand in for the OpenCDP and
+//! Customer.io servers and the example prints what arrived.
 
 // An example shows its results on stdout.
 #![allow(clippy::print_stdout)]
 
 use std::time::Duration;
 
+use trackway::destination::customerio::CustomerIo;
 use trackway::destination::opencdp::{Identifiers, OpenCdp, OpenCdpConfig, SendEmail};
 use trackway::{Client, Device, DevicePlatform, Timestamp, Value, props, store::MemoryStore};
 use trackway_collector::Collector;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let collector = Collector::start()?;
-    println!("collector (as an OpenCDP server) listening on {}", collector.url("/"));
+    let customer_io = Collector::start()?;
+    println!("collectors: OpenCDP on {}, Customer.io on {}", collector.url("/"), customer_io.url("/"));
 
-    // new CDPClient({ cdpApiKey, cdpEndpoint, maxConcurrentRequests: 10 })
+    // new CDPClient({ cdpApiKey, cdpEndpoint, maxConcurrentRequests: 10,
+    //                 sendToCustomerIo: true, customerIo: { siteId, apiKey } })
     let client = Client::builder()
         .destinations(
             OpenCdpConfig::new("your-cdp-key")
                 .endpoint(collector.url("/gateway/data-gateway"))
-                .max_concurrent_requests(10),
+                .max_concurrent_requests(10)
+                // Dual-write: a second destination with its own cursor (an outage of one never
+                // holds the other back), reported separately in stats().
+                .customer_io(CustomerIo::new("your-site-id", "your-api-key").base_url(customer_io.url(""))),
         )
         .app("opencdp-example", env!("CARGO_PKG_VERSION"))
         .store(MemoryStore::new())
@@ -62,8 +68,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     client.track("user123", "page_viewed", props! {})?;
 
     // The validation the SDK throws, returned before anything is queued.
-    println!("track('', …): {}", client.track("", "purchase_completed", props! { "amount" => 99.99 }).unwrap_err());
-    println!("track(…, '', …): {}", client.track("user123", "", props! { "amount" => 99.99 }).unwrap_err());
+    if let Err(e) = client.track("", "purchase_completed", props! { "amount" => 99.99 }) {
+        println!("track('', …): {e}");
+    }
+    if let Err(e) = client.track("user123", "", props! { "amount" => 99.99 }) {
+        println!("track(…, '', …): {e}");
+    }
 
     // await client.registerDevice('user123', { deviceId, platform, fcmToken, … })
     client.register_device(
@@ -87,10 +97,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     println!("send_email: {} {}", sent.status, String::from_utf8_lossy(&sent.body));
 
-    for r in collector.requests() {
+    for r in collector.requests().iter().chain(&customer_io.requests()) {
         println!("{} {} {}", r.method, r.path, String::from_utf8_lossy(&r.body));
     }
-    println!("stats: {:?}", client.stats().destinations[0].delivered);
+    for d in client.stats().destinations {
+        println!("{}: {} delivered, {} pending", d.name, d.delivered, d.pending);
+    }
     client.shutdown(Duration::from_secs(5))?;
     Ok(())
 }

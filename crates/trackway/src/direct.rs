@@ -226,6 +226,18 @@ impl Client {
 }
 
 impl<D: Destination> Direct<D> {
+    /// The client this handle belongs to.
+    #[cfg_attr(not(feature = "customerio"), allow(dead_code))]
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The destination's index (its bit in a routing mask).
+    #[cfg_attr(not(feature = "customerio"), allow(dead_code))]
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
     /// The destination, as configured.
     pub fn destination(&self) -> &D {
         let any: &dyn Any = self.destination.as_ref();

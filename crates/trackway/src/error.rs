@@ -228,6 +228,10 @@ pub enum FlushError {
     /// will be stored or delivered by this client.
     #[error("the delivery worker stopped unexpectedly (it panicked; see the log)")]
     WorkerStopped,
+    /// [`Client::erase_user`](crate::Client::erase_user) erased the local events, but could not
+    /// queue the deletes for the destinations that erase people (why, e.g. the queue is full).
+    #[error("the local events are erased, but the destinations' deletes could not be queued: {0}")]
+    DeleteNotQueued(String),
 }
 
 /// Why [`Client::persisted`](crate::Client::persisted) (the persist barrier) did not confirm that
@@ -268,7 +272,7 @@ impl PersistError {
                 PersistError::Timeout { waited, uncommitted }
             }
             FlushError::AlreadyShutdown => PersistError::AlreadyShutdown,
-            FlushError::NotCommitted(why) => PersistError::NotCommitted(why),
+            FlushError::NotCommitted(why) | FlushError::DeleteNotQueued(why) => PersistError::NotCommitted(why),
             FlushError::WorkerStopped => PersistError::WorkerStopped,
         }
     }
@@ -279,7 +283,10 @@ impl FlushError {
     pub fn pending_for(&self, name: &str) -> u64 {
         match self {
             FlushError::Timeout { pending, .. } => pending.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c),
-            FlushError::AlreadyShutdown | FlushError::NotCommitted(_) | FlushError::WorkerStopped => 0,
+            FlushError::AlreadyShutdown
+            | FlushError::NotCommitted(_)
+            | FlushError::WorkerStopped
+            | FlushError::DeleteNotQueued(_) => 0,
         }
     }
 }

@@ -181,6 +181,8 @@
 //! - `json` (default): [`destination::JsonHttp`], the generic JSON-over-HTTP destination.
 //! - `umami` (default): [`destination::Umami`], page views, custom events and identify for Umami
 //!   v2.x and v3.x.
+//! - `customerio`: [`destination::customerio::CustomerIo`], Customer.io's Track API (v2 batch
+//!   or v1): people, events, page and screen views, devices, deletes and suppression.
 //! - `testing`: test helpers: [`destination::InMemoryDestination`], the manual clock
 //!   ([`Clock::manual`], [`ManualClock`]) and the worker pause hooks ([`Client::pause_worker`]).
 //!

@@ -82,6 +82,9 @@ pub struct DestinationStats {
     /// Other values of delivered events the server does not store, one per field per event
     /// (e.g. Umami's `tag` before 2.11, its distinct `id` before 2.18).
     pub dropped_fields: u64,
+    /// Events not sent because the server has nothing for them (e.g. a `web` push device at
+    /// Customer.io, whose platforms are ios and android); done, not dead-lettered.
+    pub skipped: u64,
     /// Healthy, failing, unreachable, misconfigured or stopped; since when; the last error.
     pub health: Health,
     /// [Direct calls](crate::direct) to this destination (not events: not in the counts above).
@@ -139,6 +142,7 @@ pub(crate) struct DestinationCounters {
     pub(crate) probes: AtomicU64,
     pub(crate) dropped_timestamps: AtomicU64,
     pub(crate) dropped_fields: AtomicU64,
+    pub(crate) skipped: AtomicU64,
     /// Written by the worker on each change (rarely: failures and changes of state).
     pub(crate) health: Mutex<Health>,
     pub(crate) direct_ok: AtomicU64,
@@ -212,6 +216,7 @@ impl Counters {
                     probes: get(&d.probes),
                     dropped_timestamps: get(&d.dropped_timestamps),
                     dropped_fields: get(&d.dropped_fields),
+                    skipped: get(&d.skipped),
                     health: d.health.lock().unwrap_or_else(|e| e.into_inner()).clone(),
                     direct: DirectStats {
                         ok: get(&d.direct_ok),

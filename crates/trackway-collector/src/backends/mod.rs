@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 
 use crate::reply::Reply;
 
+pub(crate) mod customerio;
 pub(crate) mod json;
 pub(crate) mod opencdp;
 pub(crate) mod umami;
@@ -228,18 +229,34 @@ pub(crate) struct Backends {
     rest: Arc<dyn Backend>,
     /// The built-in Umami server (also in `claiming`), for what it stored.
     pub(crate) umami: Arc<umami::UmamiServer>,
+    /// The built-in Customer.io Track API (also in `claiming`), for its counters.
+    pub(crate) customerio: Arc<customerio::CustomerIoServer>,
 }
 
 impl Backends {
     /// `added` first (a user's own servers, which may take over a built-in one's paths), then
-    /// Umami in `umami_mode`, then the JSON destination.
+    /// Umami in `umami_mode`, then Customer.io (any credentials), then the JSON destination.
     /// `umami_websites`: the only website ids the Umami server knows (`None`: every one).
     pub(crate) fn new(added: &[Arc<dyn Backend>], umami_mode: UmamiMode, umami_websites: Option<Vec<String>>) -> Self {
         let mut claiming = added.to_vec();
         let umami = Arc::new(umami::UmamiServer::new(umami_mode).with_websites(umami_websites));
         claiming.push(umami.clone());
         claiming.push(Arc::new(opencdp::OpenCdpServer::default()));
-        Backends { claiming, rest: Arc::new(json::Json), umami }
+        let customerio = Arc::new(customerio::CustomerIoServer::default());
+        claiming.push(customerio.clone());
+        Backends { claiming, rest: Arc::new(json::Json), umami, customerio }
+    }
+
+    /// The same backends, with a Customer.io server that takes only this site id and API key
+    /// (`None`: any non-empty pair).
+    pub(crate) fn with_customerio_credentials(mut self, credentials: Option<(String, String)>) -> Self {
+        let server = Arc::new(customerio::CustomerIoServer::new(credentials));
+        // `new` put it last.
+        if let Some(last) = self.claiming.last_mut() {
+            *last = server.clone();
+        }
+        self.customerio = server;
+        self
     }
 
     /// The same backends with OpenCDP's gateway knowing these keys, templates and rate limit.
@@ -310,6 +327,9 @@ mod tests {
         assert_eq!(label("POST", "/v1/batch"), "json");
         assert_eq!(label("POST", "/gateway/data-gateway/v1/persons/track"), "opencdp");
         assert_eq!(label("GET", "/v1/health/ping"), "opencdp");
+        assert_eq!(label("POST", "/api/v2/batch"), "customerio");
+        assert_eq!(label("PUT", "/api/v1/customers/u1"), "customerio");
+        assert_eq!(label("POST", "/api/v1/events"), "customerio");
     }
 
     #[test]

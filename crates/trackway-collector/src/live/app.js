@@ -55,9 +55,10 @@ function entriesOf(request) {
 
 function count(request) {
   const c = state.counters[request.destination] ||
-    (state.counters[request.destination] = { requests: 0, events: 0, statuses: {} });
+    (state.counters[request.destination] = { requests: 0, events: 0, duplicates: 0, statuses: {} });
   c.requests += 1;
   c.events += request.events.length;
+  c.duplicates = (c.duplicates || 0) + (request.duplicates || 0);
   c.statuses[request.status] = (c.statuses[request.status] || 0) + 1;
 }
 
@@ -282,7 +283,9 @@ function renderCounters() {
           el('div', { class: 'num' }, el('b', { text: c.requests }), el('span', { text: 'requests' })),
           el('div', { class: 'num' }, el('b', { text: c.events }), el('span', { text: 'events' })),
           el('div', { class: 'num' }, el('b', { text: failures.reduce((sum, [, n]) => sum + n, 0) }), el('span', { text: 'failed' }))),
-        el('div', { class: 'chips' }, ...chips));
+        el('div', { class: 'chips' }, ...chips,
+          // Customer.io drops events whose id it has seen; the collector counts them.
+          ...(c.duplicates ? [el('span', { class: 'chip warn', text: c.duplicates + ' duplicate' + (c.duplicates === 1 ? '' : 's') })] : [])));
     }));
   }
   // Keep the destination filter's choices in step with what was seen.

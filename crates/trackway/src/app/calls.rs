@@ -584,12 +584,24 @@ impl Client {
 
     /// Erases one person's events from the outbox: the queued events and the dead letters whose
     /// user id, anonymous id or any hard id equals `id`. Returns how many events were removed
-    /// (counted as `purged`). Events already delivered are the destinations' to erase.
+    /// (counted as `purged`).
+    ///
+    /// Destinations that [erase people](crate::destination::Destination::erases_people) also
+    /// get a delete of the person, queued after the purge (so it is not purged itself) and
+    /// delivered like an event: retried, counted in `stats()`, dead-lettered with the server's
+    /// reason if refused. Customer.io does (`DELETE /api/v1/customers/{id}`); OpenCDP,
+    /// Bloomreach and Umami have no delete in their APIs, so nothing is sent to them and what
+    /// they hold is theirs to erase. The delete is queued while tracking is off too. An id a
+    /// destination's limits refuse (over Customer.io's 150 bytes) names no person there:
+    /// nothing is queued for it.
     ///
     /// # Errors
-    /// `AlreadyShutdown`; `Timeout` if the worker does not answer in 5 s.
+    /// `AlreadyShutdown`; `Timeout` if the worker does not answer in 5 s; `DeleteNotQueued` if
+    /// the deletes could not be queued (the local events are erased all the same).
     pub fn erase_user(&self, id: &str) -> Result<u64, FlushError> {
-        blocking(self.purge::<Block>(Some(id.to_owned())))
+        let purged = blocking(self.purge::<Block>(Some(id.to_owned())))?;
+        self.queue_deletes(id)?;
+        Ok(purged)
     }
 
     /// Async [`erase_user`](Self::erase_user).
@@ -597,7 +609,40 @@ impl Client {
     /// # Errors
     /// As [`erase_user`](Self::erase_user).
     pub async fn erase_user_async(&self, id: &str) -> Result<u64, FlushError> {
-        self.purge::<Await>(Some(id.to_owned())).await
+        let purged = self.purge::<Await>(Some(id.to_owned())).await?;
+        self.queue_deletes(id)?;
+        Ok(purged)
+    }
+
+    /// Queues the delete of `id` for every destination that erases people (and takes the id).
+    fn queue_deletes(&self, id: &str) -> Result<(), FlushError> {
+        use crate::destination::ERASE_USER_EVENT;
+        let pipe = &self.inner.shared.pipe;
+        let probe = trackway_wire::Event {
+            id: trackway_wire::MessageId::new_v7(pipe.clock.now()),
+            kind: trackway_wire::EventKind::Identify,
+            name: None,
+            timestamp: pipe.clock.now(),
+            properties: trackway_wire::Properties::default(),
+            identity: trackway_wire::Identity::user(id),
+            session_id: None,
+            page: None,
+            imported: false,
+            context: pipe.context.clone(),
+        };
+        let mask = pipe.destinations.iter().fold(0u64, |mask, (i, d)| {
+            let erases = crate::pipeline::health::catch(|| d.erases_people() && d.validate(&probe).is_ok());
+            if erases.unwrap_or(false) { mask | 1 << i } else { mask }
+        });
+        if mask == 0 || id.trim().is_empty() {
+            return Ok(());
+        }
+        match self.enqueue_command(mask, ERASE_USER_EVENT, id) {
+            Ok(_) => Ok(()),
+            Err(Error::ShutDown) => Err(FlushError::AlreadyShutdown),
+            Err(Error::WorkerStopped) => Err(FlushError::WorkerStopped),
+            Err(e) => Err(FlushError::DeleteNotQueued(e.to_string())),
+        }
     }
 
     async fn purge<W: Wait>(&self, user: Option<String>) -> Result<u64, FlushError> {

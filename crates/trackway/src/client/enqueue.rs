@@ -44,9 +44,20 @@ pub(crate) struct Options<'a> {
     /// Which app event this is: it goes only to the destinations that take it, and when none
     /// does, its state change is still applied (without an event).
     pub(crate) app_event: Option<crate::destination::AppEvent>,
+    /// A command to the destinations of this mask (a delete, a suppression): routed there only,
+    /// queued while tracking is off too (it is not tracking), never given to `before_send` or
+    /// to the destinations' `validate` (the caller checked it), in the reserved slots.
+    pub(crate) command: Option<u64>,
 }
 
 impl Client {
+    /// Queues the command event `name` about the person `id` for the destinations in `mask`
+    /// only (see [`Options::command`]).
+    pub(crate) fn enqueue_command(&self, mask: u64, name: &str, id: &str) -> Result<MessageId, Error> {
+        let message = crate::Track::new(name).user(id).into();
+        self.enqueue(message, Options { command: Some(mask), no_defaults: true, ..Options::default() })
+    }
+
     pub(crate) fn enqueue(&self, mut m: Message, opts: Options<'_>) -> Result<MessageId, Error> {
         let shared = &*self.inner.shared;
         if shared.closed.load(Ordering::Acquire) {
@@ -57,7 +68,7 @@ impl Client {
             bump(&shared.pipe.counters.worker_stopped, 1);
             return Err(Error::WorkerStopped);
         }
-        if !shared.pipe.enabled.load(Ordering::Acquire) {
+        if opts.command.is_none() && !shared.pipe.enabled.load(Ordering::Acquire) {
             bump(&shared.pipe.counters.disabled, 1);
             return Err(Error::Disabled);
         }
@@ -77,7 +88,7 @@ impl Client {
         }
         // Routed by event type, fixed into the event here: a later change of routing never moves it.
         let event_type = opts.app_event.map_or_else(|| EventType::of_kind(m.kind), EventType::from);
-        let mut routes = shared.routing.mask(event_type);
+        let mut routes = opts.command.unwrap_or_else(|| shared.routing.mask(event_type));
         let is_identify = m.kind == EventKind::Identify;
         let (ids, primary) = (std::mem::take(&mut m.ids), m.primary.take());
 
@@ -144,6 +155,7 @@ impl Client {
             imported: opts.import.is_some(),
         };
         if let Some(hook) = &shared.before_send
+            && opts.command.is_none()
             && !hook(&mut event)
         {
             bump(&shared.pipe.counters.filtered, 1);
@@ -157,7 +169,7 @@ impl Client {
             return Ok(id);
         }
         for (i, d) in shared.pipe.destinations.iter() {
-            if routes & (1 << i) != 0 {
+            if routes & (1 << i) != 0 && opts.command.is_none() {
                 crate::pipeline::health::catch(|| d.validate(&event))
                     .map_err(|message| Error::DestinationPanicked { destination: d.name().to_owned(), message })?
                     .map_err(|e| Error::DestinationLimit { destination: d.name().to_owned(), message: e.message })?;
@@ -194,8 +206,11 @@ impl Client {
             state.extend(current.changes_to(&mut next));
             Some(NextApp::Whole(Box::new(next)))
         });
-        let priority =
-            if (is_identify && !server_mode) || opts.update.is_some() { Priority::Reserved } else { Priority::Normal };
+        let priority = if (is_identify && !server_mode) || opts.update.is_some() || opts.command.is_some() {
+            Priority::Reserved
+        } else {
+            Priority::Normal
+        };
         let meta = EventMeta { id, kind: event.kind, timestamp, queued_at, routes, head_only: true, state };
         if encode_and_push(&event, shared, meta, priority)?.is_err() {
             bump(&shared.pipe.counters.queue_full, 1);

@@ -132,7 +132,7 @@ impl Destination for JsonHttp {
         body.put_u8(b']');
         let request = Request::post(&self.url, body.freeze(), (0..events.len()).collect())
             .header(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-        Encoded { requests: vec![request], rejected: Vec::new(), truncated: 0 }
+        Encoded { requests: vec![request], ..Encoded::default() }
     }
 }
 

@@ -117,11 +117,7 @@ impl Destination for InMemoryDestination {
     }
     fn encode(&self, events: &[EventRecord], _: &DestinationState, _: Timestamp) -> Encoded {
         let body = serde_json::to_vec(&events.iter().map(|e| e.event().ok()).collect::<Vec<_>>()).unwrap_or_default();
-        Encoded {
-            requests: vec![Request::post("memory://", body, (0..events.len()).collect())],
-            rejected: Vec::new(),
-            truncated: 0,
-        }
+        Encoded { requests: vec![Request::post("memory://", body, (0..events.len()).collect())], ..Encoded::default() }
     }
     fn respond_locally(&self, request: &Request) -> Option<Response> {
         let mut shared = self.lock();

@@ -25,6 +25,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use trackway_wire::{Event, EventKind, MessageId, Timestamp};
 
+#[cfg(feature = "customerio")]
+pub mod customerio;
 mod event_type;
 #[cfg(feature = "json")]
 mod json;
@@ -38,6 +40,8 @@ mod transport;
 #[cfg(feature = "umami")]
 pub mod umami;
 
+#[cfg(feature = "customerio")]
+pub use customerio::CustomerIo;
 pub use event_type::EventType;
 #[cfg(feature = "json")]
 pub use json::JsonHttp;
@@ -147,6 +151,14 @@ pub trait Destination: std::any::Any + Send + Sync + fmt::Debug + 'static {
         Outcome::Retry
     }
 
+    /// Whether [`Client::erase_user`](crate::Client::erase_user) also deletes the person here:
+    /// it then queues, for this destination only, a `track` event named [`ERASE_USER_EVENT`]
+    /// carrying the id, which `encode` turns into the server's delete (Customer.io's `DELETE
+    /// /api/v1/customers/{id}`). Default: no (nothing is sent).
+    fn erases_people(&self) -> bool {
+        false
+    }
+
     /// Checks the destination's configuration when the client is built (e.g. that its URL parses).
     ///
     /// # Errors
@@ -183,6 +195,10 @@ pub trait Destination: std::any::Any + Send + Sync + fmt::Debug + 'static {
         None
     }
 }
+
+/// The name of the event [`Client::erase_user`](crate::Client::erase_user) queues for each
+/// destination that [erases people](Destination::erases_people).
+pub const ERASE_USER_EVENT: &str = "$erase_user";
 
 /// An event app mode tracks by itself, for [`Destination::accepts_app_event`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -518,6 +534,9 @@ pub struct Encoded {
     /// Values the destination shortened to fit its server's limits (e.g. an Umami title over 500
     /// UTF-16 units). Added to the destination's `truncated` stat on an event's first attempt.
     pub truncated: u64,
+    /// Events the server has nothing for (e.g. a `web` device at Customer.io), with the reason:
+    /// done without being sent, counted in the destination's `skipped` stat, never dead-lettered.
+    pub skipped: Vec<(usize, String)>,
 }
 
 /// A destination's stored state: small values kept in the store next to its delivery cursor, e.g. a

@@ -34,6 +34,7 @@ pub const MAX_CONCURRENCY: usize = 30;
 /// | `cdpFallbackEndpoints` | [`fallback_endpoints`](Self::fallback_endpoints) | none (opt-in; the SDK's list is [`EXAMPLE_FALLBACK_ENDPOINTS`]) |
 /// | `timeout` | [`timeout`](Self::timeout) | 10 s |
 /// | `maxConcurrentRequests` | [`max_concurrent_requests`](Self::max_concurrent_requests) | 10, at most 30 |
+/// | `sendToCustomerIo`, `customerIo` | [`customer_io`](Self::customer_io) (feature `customerio`) | off |
 /// | `debug`, `cdpLogger` | `tracing` (errors are always logged and counted) | |
 /// | `failOnException` | calls always return their errors | |
 ///
@@ -54,6 +55,8 @@ pub struct OpenCdpConfig {
     timeout: Option<Duration>,
     concurrency: usize,
     http: HttpOptions,
+    /// The dual-write's Customer.io destination and its HTTP options.
+    customer_io: Option<(Arc<dyn Destination>, HttpOptions)>,
 }
 
 impl fmt::Debug for OpenCdpConfig {
@@ -66,6 +69,7 @@ impl fmt::Debug for OpenCdpConfig {
             .field("timeout", &self.timeout)
             .field("concurrency", &self.concurrency)
             .field("http", &self.http)
+            .field("customer_io", &self.customer_io.as_ref().map(|(d, _)| d.name()))
             .finish()
     }
 }
@@ -81,6 +85,7 @@ impl OpenCdpConfig {
             timeout: None,
             concurrency: DEFAULT_CONCURRENCY,
             http: HttpOptions::default(),
+            customer_io: None,
         }
     }
 
@@ -127,6 +132,53 @@ impl OpenCdpConfig {
         self
     }
 
+    /// Dual-writes to Customer.io (`sendToCustomerIo` with `customerIo`): every identify, track
+    /// and device registration also goes to `cio`, a destination of its own with its own
+    /// cursor, retries and stats, so an outage of either never blocks, delays or drops the
+    /// other's writes (unlike the SDK with `failOnException`, which skips the OpenCDP write when
+    /// Customer.io fails). Transactional messages are never dual-written.
+    ///
+    /// The calls map as the SDK's (spec §1.6), without its hazards: identify → `PUT
+    /// /customers/{id}` (a `created_at` timestamp as Unix seconds), track → an event with its
+    /// own timestamp and the message id as a ULID (a retry is deduplicated), register_device →
+    /// a device whose id is the push token (`apnToken` on ios when given, else `fcmToken`); a
+    /// `web` device is not sent (Customer.io has no such platform) and counted as skipped.
+    ///
+    /// ```
+    /// use trackway::destination::customerio::{CustomerIo, Region};
+    /// use trackway::destination::opencdp::OpenCdpConfig;
+    /// let config = OpenCdpConfig::new("your-cdp-key")
+    ///     .customer_io(CustomerIo::new("your-site-id", "your-api-key").region(Region::Eu));
+    /// ```
+    #[cfg(feature = "customerio")]
+    pub fn customer_io(self, cio: crate::destination::customerio::CustomerIo) -> Self {
+        self.customer_io_with(cio, HttpOptions::default())
+    }
+
+    /// [`customer_io`](Self::customer_io) with the Customer.io destination's own HTTP options
+    /// (its timeout is its own, 10 s by default, as in the SDK).
+    #[cfg(feature = "customerio")]
+    pub fn customer_io_with(mut self, cio: crate::destination::customerio::CustomerIo, http: HttpOptions) -> Self {
+        // Customer.io reads this client's device registrations as devices.
+        let cio = cio.opencdp_device_event(Some(crate::device::DEVICE_EVENT));
+        self.customer_io = Some((Arc::new(cio), http));
+        self
+    }
+
+    /// Checks what `build()` would refuse of the OpenCDP side: the key, the endpoint and the
+    /// fallback endpoints (a configuration file can say so when it is read).
+    ///
+    /// # Errors
+    /// What to fix; the key is never quoted.
+    pub fn check(&self) -> Result<(), String> {
+        let (opencdp, _) = self.opencdp();
+        opencdp.check_config()?;
+        for url in &self.fallbacks {
+            crate::destination::parse_http_url("fallback endpoint", url)?;
+        }
+        Ok(())
+    }
+
     /// The concurrency the SDK's rule gives: 0 → the default, above the cap → the cap.
     fn effective_concurrency(&self) -> usize {
         match self.concurrency {
@@ -167,7 +219,9 @@ impl OpenCdpConfig {
 impl DestinationSet for OpenCdpConfig {
     fn expand(self) -> Vec<(Arc<dyn Destination>, HttpOptions)> {
         let (opencdp, http) = self.opencdp();
-        vec![(Arc::new(opencdp) as Arc<dyn Destination>, http)]
+        let mut set = vec![(Arc::new(opencdp) as Arc<dyn Destination>, http)];
+        set.extend(self.customer_io);
+        set
     }
 }
 

@@ -354,6 +354,27 @@ impl Worker {
         }
     }
 
+    /// Events the destination has nothing to send for: done (acked) without a request, counted
+    /// as `skipped`.
+    pub(super) fn skip(&mut self, i: usize, seqs: Vec<u64>) {
+        let counters = &self.shared.counters.destinations[i];
+        match self.store.ack(i, &seqs) {
+            Ok(released) => {
+                bump(&counters.skipped, released);
+                counters.pending.fetch_sub(released, Ordering::Relaxed);
+                let lane = &mut self.lanes[i];
+                for seq in &seqs {
+                    lane.items.remove(seq);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "trackway: could not record skipped events");
+                let now = self.shared.clock.elapsed();
+                self.retry_later(i, seqs, 0, now);
+            }
+        }
+    }
+
     pub(super) fn dead_letter(&mut self, i: usize, letters: Vec<(u64, DeadLetterReason, String)>, at: Timestamp) {
         let moved = match self.store.dead_letter(i, &letters, at) {
             Ok(moved) => moved,

@@ -602,6 +602,16 @@ impl Worker {
             bump(&self.shared.counters.destinations[i].truncated, encoded.truncated);
         }
         let mut covered = vec![false; records.len()];
+        let mut skipped = Vec::new();
+        for (idx, _) in &encoded.skipped {
+            if let Some(r) = records.get(*idx) {
+                covered[*idx] = true;
+                skipped.push(r.seq());
+            }
+        }
+        if !skipped.is_empty() {
+            self.skip(i, skipped);
+        }
         let mut rejected = Vec::new();
         for (idx, reason) in encoded.rejected {
             if let Some(r) = records.get(idx) {
