@@ -183,6 +183,9 @@
 //!   v2.x and v3.x.
 //! - `customerio`: [`destination::customerio::CustomerIo`], Customer.io's Track API (v2 batch
 //!   or v1): people, events, page and screen views, devices, deletes and suppression.
+//! - `opencdp` (default): [`destination::opencdp`], OpenCDP's identify, track and
+//!   registerDevice as events, transactional email, push and SMS as direct calls; with
+//!   `customerio` too, its dual-write to Customer.io.
 //! - `testing`: test helpers: [`destination::InMemoryDestination`], the manual clock
 //!   ([`Clock::manual`], [`ManualClock`]) and the worker pause hooks ([`Client::pause_worker`]).
 //!
