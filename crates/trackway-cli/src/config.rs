@@ -30,6 +30,14 @@
 //! region = "eu"                               # optional: "us" (default) or "eu"
 //! api = "v1"                                  # optional: "v2" (batches, default) or "v1"
 //! base_url = "http://127.0.0.1:4040"          # optional: replaces the region's host
+//!
+//! [[destination]]
+//! name = "opencdp"
+//! type = "opencdp"
+//! api_key = { env = "CDP_API_KEY" }            # sent as Authorization
+//! endpoint = "https://api.opencdp.io/gateway/data-gateway"  # optional, the SDK's default
+//! fallback_endpoints = []                     # optional, default none (they receive the key)
+//! max_concurrent_requests = 10                # optional, default 10, at most 30
 //! ```
 //!
 //! Secrets come only from environment variables; their values are never printed (errors name
@@ -42,7 +50,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 use trackway::destination::customerio::{Api, CustomerIo, Region};
-use trackway::destination::{Destination as _, JsonHttp, Umami};
+use trackway::destination::{Destination as _, JsonHttp, OpenCdpConfig, Umami};
 use trackway::{ClientBuilder, HttpOptions};
 
 /// The parsed configuration file.
@@ -94,6 +102,10 @@ struct DestinationConfig {
     api_key: Option<SecretRef>,
     region: Option<String>,
     api: Option<String>,
+    /// The fields of `type = "opencdp"` (besides `api_key`).
+    endpoint: Option<String>,
+    fallback_endpoints: Option<Vec<String>>,
+    max_concurrent_requests: Option<usize>,
 }
 
 impl DestinationConfig {
@@ -106,6 +118,31 @@ impl DestinationConfig {
             ("api", self.api.is_some()),
         ];
         fields.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect()
+    }
+
+    /// The names of the OpenCDP fields that are set (`api_key` is Customer.io's too).
+    fn opencdp_fields(&self) -> Vec<&'static str> {
+        let fields = [
+            ("endpoint", self.endpoint.is_some()),
+            ("fallback_endpoints", self.fallback_endpoints.is_some()),
+            ("max_concurrent_requests", self.max_concurrent_requests.is_some()),
+        ];
+        fields.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect()
+    }
+
+    /// The OpenCDP configuration, with `api_key` as the key.
+    fn opencdp(&self, api_key: String) -> OpenCdpConfig {
+        let mut c = OpenCdpConfig::new(api_key).name(&self.name);
+        if let Some(v) = &self.endpoint {
+            c = c.endpoint(v.clone());
+        }
+        if let Some(v) = &self.fallback_endpoints {
+            c = c.fallback_endpoints(v.clone());
+        }
+        if let Some(n) = self.max_concurrent_requests {
+            c = c.max_concurrent_requests(n);
+        }
+        c
     }
 
     /// The Customer.io destination, with `api_key` (read from the environment by the caller).
@@ -217,7 +254,7 @@ impl<'de> Deserialize<'de> for SecretRef {
 }
 
 /// The destination types this build knows.
-const KNOWN_TYPES: &str = "json, umami, customerio";
+const KNOWN_TYPES: &str = "json, umami, customerio, opencdp";
 
 /// A destination ready to add to a client builder. Its `Debug` shows no header value.
 pub(crate) struct Destination {
@@ -232,6 +269,7 @@ enum Kind {
     // Boxed: an Umami destination carries its token LRU and is several times a JsonHttp.
     Umami(Box<Umami>),
     CustomerIo(Box<CustomerIo>),
+    OpenCdp(Box<OpenCdpConfig>),
 }
 
 impl Destination {
@@ -277,7 +315,32 @@ impl Config {
                 bail!("{}: two destinations are named `{}`; names must be unique", path.display(), d.name);
             }
             names.push(&d.name);
+            if matches!(d.kind.as_str(), "json" | "umami" | "customerio")
+                && let Some(field) = d.opencdp_fields().first()
+            {
+                bail!("{}: `{field}` is a field of type \"opencdp\", not {:?}", what(), d.kind);
+            }
             match d.kind.as_str() {
+                "opencdp" => {
+                    if d.api_key.is_none() {
+                        bail!(
+                            "{}: missing `api_key = {{ env = \"VARIABLE\" }}` (required for type \"opencdp\")",
+                            what()
+                        );
+                    }
+                    if d.url.is_some() || d.base_url.is_some() {
+                        bail!("{}: type \"opencdp\" takes `endpoint`, not `url` or `base_url`", what());
+                    }
+                    if let Some(field) = d.umami_fields().first() {
+                        bail!("{}: `{field}` is a field of type \"umami\", not \"opencdp\"", what());
+                    }
+                    if let Some(field) = d.customerio_fields().into_iter().find(|f| *f != "api_key") {
+                        bail!("{}: `{field}` is a field of type \"customerio\", not \"opencdp\"", what());
+                    }
+                    if d.batch_size.is_some() {
+                        bail!("{}: type \"opencdp\" sends one event per request (its API has no batch)", what());
+                    }
+                }
                 "json" => {
                     if d.url.as_deref().is_none_or(|u| u.trim().is_empty()) {
                         bail!("{}: missing `url` (required for type \"json\")", what());
@@ -330,6 +393,7 @@ impl Config {
                 "json" => JsonHttp::new(d.url.clone().unwrap_or_default()).check_config(),
                 // The key is read later, from the environment: a stand-in checks the rest.
                 "customerio" => d.customerio("key").map_err(|e| e.to_string()).and_then(|c| c.check_config()),
+                "opencdp" => d.opencdp("key".into()).check(),
                 _ => d.umami().check_config(),
             };
             if let Err(why) = checked {
@@ -382,6 +446,8 @@ impl Config {
             }
             let destination = if d.kind == "umami" {
                 Kind::Umami(Box::new(d.umami()))
+            } else if let (Some(key), "opencdp") = (&d.api_key, d.kind.as_str()) {
+                Kind::OpenCdp(Box::new(d.opencdp(key.read(&d.name, "`api_key`")?)))
             } else if d.kind == "customerio" {
                 let key = match &d.api_key {
                     Some(secret) => secret.read(&d.name, "`api_key`")?,
@@ -408,6 +474,7 @@ pub(crate) fn with_destinations(mut builder: ClientBuilder, destinations: Vec<De
             Kind::Json(json) => builder.destination_with(json, d.http),
             Kind::Umami(umami) => builder.destination_with(*umami, d.http),
             Kind::CustomerIo(cio) => builder.destination_with(*cio, d.http),
+            Kind::OpenCdp(opencdp) => builder.destinations(opencdp.http(d.http)),
         };
     }
     builder
@@ -539,6 +606,26 @@ mod tests {
         let config = parse("[store]\npath = \"~/tw/outbox.db\"\n").expect("config");
         let expected = dirs::home_dir().expect("a home directory").join("tw/outbox.db");
         assert_eq!(config.store_path(), Some(expected));
+    }
+
+    #[test]
+    fn opencdp_destinations_take_their_key_from_the_environment() {
+        let text = "[[destination]]\nname = \"cdp\"\ntype = \"opencdp\"\napi_key = { env = \"TRACKWAY_TEST_CDP_KEY_UNSET\" }\nendpoint = \"http://127.0.0.1:9/gw\"\nmax_concurrent_requests = 5\n";
+        let config = parse(text).expect("config");
+        let err = config.destinations().expect_err("the variable is not set");
+        assert!(format!("{err:#}").contains("TRACKWAY_TEST_CDP_KEY_UNSET is not set"), "{err:#}");
+        let err = parse("[[destination]]\nname = \"cdp\"\ntype = \"opencdp\"\n").expect_err("no key");
+        assert!(format!("{err:#}").contains("api_key"), "{err:#}");
+        let err = parse("[[destination]]\nname = \"cdp\"\ntype = \"opencdp\"\napi_key = \"literal\"\n")
+            .expect_err("literal key");
+        assert!(!format!("{err:#}").contains("literal"), "{err:#}");
+        let err =
+            parse("[[destination]]\nname = \"j\"\ntype = \"json\"\nurl = \"http://x/\"\nendpoint = \"http://y/\"\n")
+                .expect_err("opencdp field on json");
+        assert!(format!("{err:#}").contains("`endpoint` is a field of type \"opencdp\""), "{err:#}");
+        let err = parse("[[destination]]\nname = \"c\"\ntype = \"opencdp\"\napi_key = { env = \"K\" }\nendpoint = \"http://h:/gw\"\n")
+            .expect_err("empty port");
+        assert!(format!("{err:#}").contains("endpoint has an empty port"), "{err:#}");
     }
 
     #[test]

@@ -133,6 +133,27 @@ impl CollectorBuilder {
         self
     }
 
+    /// The API keys OpenCDP's gateway takes in `Authorization`; another key is answered 401
+    /// (an assumed answer: OpenCDP documents none). Default: any non-empty key.
+    pub fn opencdp_api_keys<S: Into<String>>(mut self, keys: impl IntoIterator<Item = S>) -> Self {
+        self.config.opencdp.api_keys = Some(keys.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The transactional templates OpenCDP's gateway knows (`transactional_message_id`, numbers
+    /// as text); a send naming another is answered 404 (assumed). Default: every template.
+    pub fn opencdp_templates<S: Into<String>>(mut self, ids: impl IntoIterator<Item = S>) -> Self {
+        self.config.opencdp.templates = Some(ids.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Most OpenCDP requests per second; beyond it the gateway answers 429 with `Retry-After: 1`
+    /// (assumed). Default: no limit.
+    pub fn opencdp_rate_limit(mut self, per_second: u32) -> Self {
+        self.config.opencdp.rate_limit = Some(per_second);
+        self
+    }
+
     /// The only Customer.io site id and API key the Track API backend takes; other credentials
     /// get `401 {"meta":{"error":"Unauthorized request"}}`. Default: any non-empty pair (a
     /// request without Basic auth is still a 401).

@@ -17,11 +17,16 @@
 //! `POST /api/batch` as Umami v3.1 (validation, status codes, bodies, bot check, cache token),
 //! or as Umami 2.10, 2.15, 2.17 or 2.18 with [`CollectorBuilder::umami_mode`], down to the fields
 //! each release silently drops; [`RunningCollector::umami_stored`] shows what it stored (with the
-//! browser, OS and device Umami derives). Each such server is a [`Backend`]: it claims its
+//! browser, OS and device Umami derives). OpenCDP's gateway (`/v1/persons/…`, `/v1/send/…`,
+//! `/v1/health/ping` under any base path) answers 401 for a bad key, 404 for an unknown template,
+//! 429 over a rate and `200 {}` otherwise: **all assumed**, since OpenCDP documents none of its
+//! answers ([`CollectorBuilder::opencdp_api_keys`], [`CollectorBuilder::opencdp_templates`],
+//! [`CollectorBuilder::opencdp_rate_limit`]). Each such server is a [`Backend`]: it claims its
 //! requests by method and path, answers them (cheaply in sink mode), decodes their events and
 //! labels them; add your own with [`CollectorBuilder::backend`]. What no backend claims is
 //! trackway's own JSON destination. Every recorded request and decoded event carries the
-//! `destination` it was for (`umami`, `json`, or your backend's label).
+//! `destination` it was for (`umami`, `opencdp`, `json`, or your backend's label), and
+//! [`RunningCollector::peak_concurrent_requests`] says how many were in flight at once at most.
 //!
 //! The server runs on its own OS thread with its own tokio runtime, so a test that blocks (even
 //! inside `#[tokio::test]`) can never stall it. Dropping the [`RunningCollector`] stops it.

@@ -104,6 +104,13 @@ impl RunningCollector {
         usize::try_from(self.shared.recorder.count()).unwrap_or(usize::MAX)
     }
 
+    /// The most requests that were being answered at once so far (from the moment a request
+    /// has fully arrived until its response is written, [`Reply::delay`] and fault latency
+    /// included; not the inspection API's). A client's concurrency limit shows here.
+    pub fn peak_concurrent_requests(&self) -> usize {
+        self.shared.in_flight.peak()
+    }
+
     /// Appends a reply to the script while the collector runs.
     pub fn push_reply(&self, reply: Reply) {
         self.shared.push_reply(reply);
@@ -299,6 +306,8 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
         return Ok(inspect::answer(&shared, &parts.method, path, parts.uri.query(), &body));
     }
 
+    // Counted until the response is written (the delay included): what a client sees in flight.
+    let _in_flight = shared.in_flight.enter();
     // A refused body comes first (there is nothing to answer about), then the faults: a
     // faulted request consumes no script entry.
     let decision = lock(&shared.faults).decide();

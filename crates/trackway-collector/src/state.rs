@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::archive::{Archive, instant_before};
+use crate::backends::opencdp::OpenCdpSettings;
 use crate::backends::{Backend, BackendRequest, Backends, UmamiMode};
 use crate::faults::{FaultClock, FaultState, Faults, InvalidFaults};
 use crate::limits::{Limits, Refused};
@@ -41,6 +42,8 @@ pub(crate) struct Config {
     pub(crate) backends: Vec<Arc<dyn Backend>>,
     /// Body size, body time and memory bounds.
     pub(crate) limits: Limits,
+    /// What OpenCDP's gateway knows (keys, templates, rate limit).
+    pub(crate) opencdp: OpenCdpSettings,
 }
 
 impl Default for Config {
@@ -59,6 +62,7 @@ impl Default for Config {
             customerio_credentials: None,
             backends: Vec::new(),
             limits: Limits::default(),
+            opencdp: OpenCdpSettings::default(),
         }
     }
 }
@@ -82,6 +86,8 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     /// Requests refused by a limit.
     pub(crate) refused: Refused,
+    /// Requests being answered now, and the most at once.
+    pub(crate) in_flight: InFlight,
     /// The same moment as an `Instant` and as milliseconds since the Unix epoch, to turn a
     /// request's `received_at` into wall-clock time for the inspection API.
     started: Instant,
@@ -113,6 +119,7 @@ impl Shared {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
         let backends = Backends::new(&config.backends, config.umami_mode, config.umami_websites.clone())
+            .with_opencdp(config.opencdp.clone())
             .with_customerio_credentials(config.customerio_credentials.clone());
         let (archive, earlier) = match &config.store {
             Some(_) if config.sink => return Err(invalid("a collector in sink mode keeps nothing to store".into())),
@@ -137,6 +144,7 @@ impl Shared {
             default_reply: Mutex::new(config.default_reply),
             faults: Mutex::new(faults),
             recorder,
+            in_flight: InFlight::default(),
             backends,
             archive,
             limits,
@@ -202,5 +210,37 @@ impl Shared {
 
     fn default_reply(&self) -> Reply {
         lock(&self.default_reply).clone()
+    }
+}
+
+/// Requests being answered at once: now, and the most so far.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    now: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+/// One request being answered; leaving it (dropped) ends it.
+#[derive(Debug)]
+pub(crate) struct Entered<'a>(&'a InFlight);
+
+impl InFlight {
+    /// A request starts being answered.
+    pub(crate) fn enter(&self) -> Entered<'_> {
+        use std::sync::atomic::Ordering;
+        let now = self.now.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak.fetch_max(now, Ordering::AcqRel);
+        Entered(self)
+    }
+
+    /// The most requests answered at once so far.
+    pub(crate) fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }

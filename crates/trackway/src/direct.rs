@@ -31,13 +31,14 @@
 //!     }
 //! }
 //!
-//! /// `GET /v1/health/ping`: is the server there, and does it take our key?
+//! /// `GET /v1/status`: is the server there? (The OpenCDP destination's own calls are in
+//! /// `destination::opencdp`.)
 //! struct Ping;
 //!
 //! impl DirectCall<Cdp> for Ping {
 //!     type Output = u16;
 //!     fn request(&self, cdp: &Cdp) -> Result<Request, DirectError> {
-//!         Ok(Request::get(&format!("{}/v1/health/ping", cdp.base)))
+//!         Ok(Request::get(&format!("{}/v1/status", cdp.base)))
 //!     }
 //!     fn read(self, _: &Cdp, response: Response) -> Result<u16, DirectError> {
 //!         DirectError::check_status(&response)?;

@@ -146,6 +146,14 @@ pub enum Error {
     /// A payment that cannot be sent.
     #[error("invalid payment: {0}")]
     InvalidPayment(String),
+    /// A device given to [`Client::register_device`](crate::Client::register_device) lacks a
+    /// required field (`deviceId cannot be empty`, `fcmToken cannot be empty`).
+    #[error("{0}")]
+    InvalidDevice(String),
+    /// An event name trackway keeps for its own events (e.g. [`DEVICE_EVENT`](crate::DEVICE_EVENT),
+    /// which destinations read as a device registration).
+    #[error("event name `{0}` is reserved (use the call made for it, e.g. register_device)")]
+    ReservedEventName(&'static str),
     /// A destination's `validate` panicked on this event (a bug in the destination); nothing
     /// was queued for any destination.
     #[error("destination `{destination}` panicked in validate: {message}")]

@@ -192,6 +192,9 @@
 //!   v2.x and v3.x.
 //! - `customerio`: [`destination::customerio::CustomerIo`], Customer.io's Track API (v2 batch
 //!   or v1): people, events, page and screen views, devices, deletes and suppression.
+//! - `opencdp` (default): [`destination::opencdp`], OpenCDP's identify, track and
+//!   registerDevice as events, transactional email, push and SMS as direct calls; with
+//!   `customerio` too, its dual-write to Customer.io.
 //! - `testing`: test helpers: [`destination::InMemoryDestination`], the manual clock
 //!   ([`Clock::manual`], [`ManualClock`]) and the worker pause hooks ([`Client::pause_worker`]).
 //!
@@ -206,6 +209,7 @@ mod client;
 mod clock;
 mod config;
 pub mod destination;
+mod device;
 pub mod direct;
 mod error;
 #[cfg(feature = "fuzzing")]
@@ -224,6 +228,7 @@ pub use clock::Clock;
 #[cfg(feature = "testing")]
 pub use clock::ManualClock;
 pub use config::{ClientBuilder, HttpOptions, RetryPolicy};
+pub use device::{DEVICE_EVENT, Device, DevicePlatform};
 pub use error::{BuildError, Error, FlushError, FlushReport, PersistError, ShutdownError};
 pub use message::{Identify, Message, Page, Screen, Track};
 pub use pipeline::health;

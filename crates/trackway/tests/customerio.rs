@@ -13,7 +13,8 @@ use support::{fast_builder, wait_until, watchdog};
 use trackway::destination::customerio::{Api, CustomerIo};
 use trackway::store::SqliteStore;
 use trackway::{
-    Client, Error, HealthState, HttpOptions, Identify, MessageId, Page, PushToken, Timestamp, Track, props,
+    Client, Device, DevicePlatform, Error, HealthState, HttpOptions, Identify, MessageId, Page, PushToken, Timestamp,
+    Track, props,
 };
 use trackway_collector::{Collector, Faults, RecordedRequest, Reply, RunningCollector};
 use trackway_wire::customerio::{is_ulid, ulid_from_uuid};
@@ -369,10 +370,10 @@ fn web_devices_and_huawei_tokens_are_skipped_and_counted() {
         let client = fast_builder().app_mode().destination(cio(&collector)).build().expect("build");
         client.identify_customer(Identify::new().id("registered", "jane")).expect("identify");
         client.track_push_token(PushToken::hms("huawei-token")).expect("hms");
-        let web = props! { "deviceId" => "d1", "platform" => "web", "fcmToken" => "f1" };
-        client.track("jane", "register_device", web).expect("web device");
-        let ios = props! { "deviceId" => "d2", "platform" => "ios", "fcmToken" => "f2", "apnToken" => "apn-2" };
-        client.track("jane", "register_device", ios).expect("ios device");
+        let web = Device::new("d1", DevicePlatform::Web, "f1");
+        client.register_device("jane", web).expect("web device");
+        let ios = Device::new("d2", DevicePlatform::Ios, "f2").apn_token("apn-2");
+        client.register_device("jane", ios).expect("ios device");
         flush(&client);
         let stats = client.stats();
         let d = &stats.destinations[0];

@@ -16,7 +16,8 @@ use trackway_collector::{Collector, Reply, Rule};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// A destination with events on `/v1/events` (one request at a time) and direct calls.
+/// A destination with events on `/v1/events` (one request at a time) and direct calls (on paths
+/// of its own: the collector answers OpenCDP's real ones as OpenCDP, key required).
 #[derive(Debug)]
 struct Cdp {
     base: String,
@@ -40,13 +41,13 @@ impl Destination for Cdp {
     }
 }
 
-/// `GET /v1/health/ping`.
+/// `GET /direct/ping`.
 struct Ping;
 
 impl DirectCall<Cdp> for Ping {
     type Output = u16;
     fn request(&self, cdp: &Cdp) -> Result<Request, DirectError> {
-        Ok(Request::get(&format!("{}/v1/health/ping", cdp.base)))
+        Ok(Request::get(&format!("{}/direct/ping", cdp.base)))
     }
     fn read(self, _: &Cdp, response: Response) -> Result<u16, DirectError> {
         DirectError::check_status(&response)?;
@@ -54,7 +55,7 @@ impl DirectCall<Cdp> for Ping {
     }
 }
 
-/// `POST /v1/send/email`, answered with a delivery id.
+/// `POST /direct/email`, answered with a delivery id.
 struct SendEmail {
     to: String,
 }
@@ -66,7 +67,7 @@ impl DirectCall<Cdp> for SendEmail {
             return Err(DirectError::Invalid("`to` cannot be empty".into()));
         }
         let body = serde_json::json!({ "to": self.to, "transactional_message_id": "welcome" }).to_string();
-        Ok(Request::post(&format!("{}/v1/send/email", cdp.base), body, Vec::new()))
+        Ok(Request::post(&format!("{}/direct/email", cdp.base), body, Vec::new()))
     }
     fn read(self, _: &Cdp, response: Response) -> Result<String, DirectError> {
         DirectError::check_status(&response)?;
@@ -78,7 +79,7 @@ impl DirectCall<Cdp> for SendEmail {
 
 fn email_collector() -> trackway_collector::RunningCollector {
     Collector::builder()
-        .rule(Rule::path("/v1/send/email", Reply::status(200).json(serde_json::json!({ "delivery_id": "d-1" }))))
+        .rule(Rule::path("/direct/email", Reply::status(200).json(serde_json::json!({ "delivery_id": "d-1" }))))
         .start()
         .expect("collector")
 }
@@ -100,7 +101,7 @@ fn a_call_returns_the_servers_typed_answer_and_is_neither_queued_nor_stored() {
         assert_eq!(stats.destinations[0].direct.ok, 2);
         assert_eq!(stats.destinations[0].requests, 0, "the event lane sent nothing");
         let paths: Vec<String> = collector.requests().iter().map(|r| format!("{} {}", r.method, r.path)).collect();
-        assert_eq!(paths, ["GET /v1/health/ping", "POST /v1/send/email"]);
+        assert_eq!(paths, ["GET /direct/ping", "POST /direct/email"]);
         client.shutdown(Duration::from_secs(2)).expect("shutdown");
         assert_eq!(cdp.call_blocking(Ping), Err(DirectError::ShutDown));
     });

@@ -21,6 +21,7 @@ use crate::reply::Reply;
 
 pub(crate) mod customerio;
 pub(crate) mod json;
+pub(crate) mod opencdp;
 pub(crate) mod umami;
 
 pub use umami::{UmamiMode, UmamiRow};
@@ -240,6 +241,7 @@ impl Backends {
         let mut claiming = added.to_vec();
         let umami = Arc::new(umami::UmamiServer::new(umami_mode).with_websites(umami_websites));
         claiming.push(umami.clone());
+        claiming.push(Arc::new(opencdp::OpenCdpServer::default()));
         let customerio = Arc::new(customerio::CustomerIoServer::default());
         claiming.push(customerio.clone());
         Backends { claiming, rest: Arc::new(json::Json), umami, customerio }
@@ -254,6 +256,16 @@ impl Backends {
             *last = server.clone();
         }
         self.customerio = server;
+        self
+    }
+
+    /// The same backends with OpenCDP's gateway knowing these keys, templates and rate limit.
+    pub(crate) fn with_opencdp(mut self, settings: opencdp::OpenCdpSettings) -> Self {
+        let server: Arc<dyn Backend> = Arc::new(opencdp::OpenCdpServer::new(settings));
+        // Replaces the built-in one in place; a user's own backend with the label stays.
+        if let Some(slot) = self.claiming.iter_mut().rev().find(|b| b.label() == opencdp::LABEL) {
+            *slot = server;
+        }
         self
     }
 
@@ -313,6 +325,8 @@ mod tests {
         assert_eq!(label("GET", "/api/send"), "json");
         assert_eq!(label("POST", "/api/send/"), "json");
         assert_eq!(label("POST", "/v1/batch"), "json");
+        assert_eq!(label("POST", "/gateway/data-gateway/v1/persons/track"), "opencdp");
+        assert_eq!(label("GET", "/v1/health/ping"), "opencdp");
         assert_eq!(label("POST", "/api/v2/batch"), "customerio");
         assert_eq!(label("PUT", "/api/v1/customers/u1"), "customerio");
         assert_eq!(label("POST", "/api/v1/events"), "customerio");

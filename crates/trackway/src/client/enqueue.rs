@@ -80,6 +80,12 @@ impl Client {
             return Err(Error::NoUser);
         }
         validate_message(&m)?;
+        if m.kind == EventKind::Track
+            && m.name.as_deref() == Some(crate::device::DEVICE_EVENT)
+            && opts.app_event != Some(crate::destination::AppEvent::PushToken)
+        {
+            return Err(Error::ReservedEventName(crate::device::DEVICE_EVENT));
+        }
         if shared.pipe.room.is_full() {
             bump(&shared.pipe.counters.store_refused, 1);
             return Err(Error::StoreFull);

@@ -32,6 +32,8 @@ mod event_type;
 mod json;
 #[cfg(feature = "testing")]
 mod memory;
+#[cfg(feature = "opencdp")]
+pub mod opencdp;
 mod set;
 mod status;
 mod transport;
@@ -45,6 +47,8 @@ pub use event_type::EventType;
 pub use json::JsonHttp;
 #[cfg(feature = "testing")]
 pub use memory::{InMemoryDestination, Received};
+#[cfg(feature = "opencdp")]
+pub use opencdp::{OpenCdp, OpenCdpConfig};
 pub use set::{DestinationFactory, DestinationSet};
 pub(crate) use set::{Unavailable, check_name};
 pub(crate) use status::status_and_first_line;

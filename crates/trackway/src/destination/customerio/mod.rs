@@ -96,7 +96,8 @@ pub(crate) const UNSUPPRESS_EVENT: &str = "$customerio:unsuppress";
 
 /// The event name OpenCDP's `registerDevice` events carry unless
 /// [`CustomerIo::opencdp_device_event`] says another.
-pub const OPENCDP_DEVICE_EVENT: &str = "register_device";
+/// (`Client::register_device`'s events, [`DEVICE_EVENT`](crate::DEVICE_EVENT)).
+pub const OPENCDP_DEVICE_EVENT: &str = crate::DEVICE_EVENT;
 
 /// A Customer.io account's region: which host its data lives on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
