@@ -33,7 +33,13 @@ impl ClientBuilder {
 }
 
 impl Client {
-    pub(crate) fn from_builder(b: ClientBuilder) -> Result<Client, BuildError> {
+    pub(crate) fn from_builder(mut b: ClientBuilder) -> Result<Client, BuildError> {
+        #[cfg(feature = "bloomreach")]
+        for projects in std::mem::take(&mut b.bloomreach) {
+            use crate::destination::DestinationSet as _;
+            let app_mode = b.app_mode;
+            b.destinations.extend(projects.resolve_sending(app_mode).expand());
+        }
         if let Some(e) = b.error {
             return Err(e);
         }
@@ -137,6 +143,10 @@ impl Client {
         for (i, d) in destinations.iter().enumerate() {
             routing.add(i, &**d);
         }
+        // App mode: one device id per install, made once and kept in the store (Bloomreach's
+        // `device_id`); a server's events carry none (it is no device of theirs).
+        let stored_device = recovered.state.get(DEVICE_ID_KEY).and_then(|v| String::from_utf8(v.clone()).ok());
+        let new_device = (b.app_mode && stored_device.is_none()).then(|| uuid::Uuid::new_v4().hyphenated().to_string());
         let context = Context {
             library: "trackway".into(),
             library_version: env!("CARGO_PKG_VERSION").into(),
@@ -144,6 +154,11 @@ impl Client {
             locale: b.locale.or_else(locale_from_env),
             app_name: b.app_name,
             app_version: b.app_version,
+            os_name: Some(os_name().into()),
+            os_version: b.device.os_version.or_else(os_version),
+            device_model: b.device.model,
+            device_type: b.device.kind,
+            device_id: if b.app_mode { stored_device.or_else(|| new_device.clone()) } else { None },
         };
         let counters = Counters::new(names.iter().cloned());
         if recovered.reset.is_some() {
@@ -202,6 +217,15 @@ impl Client {
                 direct,
             }),
         };
+        if let Some(id) = new_device {
+            // Stored before any event is sent (the queue is FIFO), so a restart keeps the id.
+            let change = crate::store::StateChange { key: DEVICE_ID_KEY.into(), value: Some(id.into_bytes()) };
+            let queue = &client.inner.shared.pipe.queue;
+            let control = crate::queue::Control::State(vec![change]);
+            if !super::blocking(super::push::<super::Block>(queue, control, crate::policy::CONTROL_TIMEOUT)) {
+                tracing::warn!("trackway: could not store the device id; the next run makes another");
+            }
+        }
         // The first run's `installation`, and the session of an app that starts in front.
         client.launch();
         Ok(client)
@@ -238,6 +262,34 @@ fn recreate(
         .map_err(|e| format!("{e}; its events are held"))?;
     let setup = http.lane_setup(d.as_ref(), retry, clock).map_err(|e| format!("{e}; its events are held"))?;
     Ok((d, setup))
+}
+
+/// The store key of the install's device id.
+const DEVICE_ID_KEY: &str = "device_id";
+
+/// The operating system's name as people write it (Bloomreach's `os_name`).
+fn os_name() -> &'static str {
+    match std::env::consts::OS {
+        "linux" => "Linux",
+        "macos" => "macOS",
+        "windows" => "Windows",
+        "android" => "Android",
+        "ios" => "iOS",
+        "freebsd" => "FreeBSD",
+        other => other,
+    }
+}
+
+/// The operating system's version where the platform tells it without a system call of its own:
+/// the kernel release on Linux and Android. Elsewhere none (the app can set it).
+fn os_version() -> Option<String> {
+    if cfg!(any(target_os = "linux", target_os = "android")) {
+        let v = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+        let v = v.trim();
+        (!v.is_empty()).then(|| v.to_owned())
+    } else {
+        None
+    }
 }
 
 fn locale_from_env() -> Option<String> {

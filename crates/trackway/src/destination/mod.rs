@@ -25,6 +25,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use trackway_wire::{Event, EventKind, MessageId, Timestamp};
 
+#[cfg(feature = "bloomreach")]
+pub mod bloomreach;
 mod event_type;
 #[cfg(feature = "json")]
 mod json;
@@ -36,6 +38,8 @@ mod transport;
 #[cfg(feature = "umami")]
 pub mod umami;
 
+#[cfg(feature = "bloomreach")]
+pub use bloomreach::Bloomreach;
 pub use event_type::EventType;
 #[cfg(feature = "json")]
 pub use json::JsonHttp;
