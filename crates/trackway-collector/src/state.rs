@@ -36,6 +36,8 @@ pub(crate) struct Config {
     pub(crate) umami_websites: Option<Vec<String>>,
     /// The user's own backends, asked before the built-in ones, in the order added.
     pub(crate) backends: Vec<Arc<dyn Backend>>,
+    /// How the Bloomreach server behaves.
+    pub(crate) bloomreach: crate::BloomreachConfig,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             fault_clock: FaultClock::system(),
             umami_websites: None,
             backends: Vec::new(),
+            bloomreach: crate::BloomreachConfig::default(),
         }
     }
 }
@@ -93,7 +96,8 @@ impl Shared {
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
-        let backends = Backends::new(&config.backends, config.umami_mode, config.umami_websites.clone());
+        let backends = Backends::new(&config.backends, config.umami_mode, config.umami_websites.clone())
+            .with_bloomreach(config.bloomreach.clone());
         let (archive, earlier) = match &config.store {
             Some(_) if config.sink => return Err(invalid("a collector in sink mode keeps nothing to store".into())),
             Some(path) => {

@@ -19,9 +19,11 @@ use serde_json::value::RawValue;
 
 use crate::reply::Reply;
 
+pub(crate) mod bloomreach;
 pub(crate) mod json;
 pub(crate) mod umami;
 
+pub use bloomreach::{BloomreachConfig, BloomreachRow};
 pub use umami::{UmamiMode, UmamiRow};
 
 /// A server the collector imitates on its own paths, e.g. Umami's `POST /api/send`.
@@ -227,6 +229,8 @@ pub(crate) struct Backends {
     rest: Arc<dyn Backend>,
     /// The built-in Umami server (also in `claiming`), for what it stored.
     pub(crate) umami: Arc<umami::UmamiServer>,
+    /// The built-in Bloomreach server (also in `claiming`), for what it stored.
+    pub(crate) bloomreach: Arc<bloomreach::BloomreachServer>,
 }
 
 impl Backends {
@@ -237,7 +241,22 @@ impl Backends {
         let mut claiming = added.to_vec();
         let umami = Arc::new(umami::UmamiServer::new(umami_mode).with_websites(umami_websites));
         claiming.push(umami.clone());
-        Backends { claiming, rest: Arc::new(json::Json), umami }
+        let bloomreach = Arc::new(bloomreach::BloomreachServer::default());
+        claiming.push(bloomreach.clone());
+        Backends { claiming, rest: Arc::new(json::Json), umami, bloomreach }
+    }
+
+    /// The same backends with the Bloomreach server configured by `config`.
+    pub(crate) fn with_bloomreach(mut self, config: bloomreach::BloomreachConfig) -> Self {
+        let server = Arc::new(bloomreach::BloomreachServer::new(config));
+        let old: Arc<dyn Backend> = self.bloomreach.clone();
+        for b in &mut self.claiming {
+            if Arc::ptr_eq(b, &old) {
+                *b = server.clone();
+            }
+        }
+        self.bloomreach = server;
+        self
     }
 
     /// The backend of a `method` request to `path`.
@@ -296,6 +315,9 @@ mod tests {
         assert_eq!(label("GET", "/api/send"), "json");
         assert_eq!(label("POST", "/api/send/"), "json");
         assert_eq!(label("POST", "/v1/batch"), "json");
+        assert_eq!(label("POST", "/track/v2/projects/p/batch"), "bloomreach");
+        assert_eq!(label("GET", "/track/v2/projects/p/system/time"), "bloomreach");
+        assert_eq!(label("GET", "/track/v2/projects/p/batch"), "json");
     }
 
     #[test]
