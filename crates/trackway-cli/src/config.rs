@@ -19,6 +19,15 @@
 //! base_url = "https://analytics.example.com"  # optional, default https://cloud.umami.is
 //! hostname = "myapp.example"                  # optional, like language, screen ("WxH"), ip,
 //! language = "en-US"                          # user_agent and late_after_secs
+//!
+//! [[destination]]
+//! name = "bloomreach"
+//! type = "bloomreach"
+//! project_token = "0aef3a96-3e2b-11ef-9a4b-6a1f1c6e1b0f"
+//! base_url = "https://api-eu.exponea.com"     # optional, default https://api.exponea.com
+//! key_id = "private-key-id"                   # Basic auth (servers), or instead
+//! secret = { env = "BLOOMREACH_SECRET" }      #   public_key = { env = "BLOOMREACH_KEY" } (Token)
+//! application_id = "com.example.shop"        # optional; sending = "batch" | "per_event"
 //! ```
 //!
 //! Secrets come only from environment variables; their values are never printed (errors name
@@ -30,6 +39,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
+use trackway::destination::bloomreach::{Authorization, Bloomreach, Sending};
 use trackway::destination::{Destination as _, JsonHttp, Umami};
 use trackway::{ClientBuilder, HttpOptions};
 
@@ -74,6 +84,13 @@ struct DestinationConfig {
     ip: Option<String>,
     user_agent: Option<String>,
     late_after_secs: Option<u64>,
+    /// The fields of `type = "bloomreach"` (with `base_url`).
+    project_token: Option<String>,
+    public_key: Option<SecretRef>,
+    key_id: Option<String>,
+    secret: Option<SecretRef>,
+    application_id: Option<String>,
+    sending: Option<String>,
 }
 
 impl DestinationConfig {
@@ -90,6 +107,49 @@ impl DestinationConfig {
             ("late_after_secs", self.late_after_secs.is_some()),
         ];
         fields.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect()
+    }
+
+    /// The names of the Bloomreach-only fields that are set.
+    fn bloomreach_fields(&self) -> Vec<&'static str> {
+        let fields = [
+            ("project_token", self.project_token.is_some()),
+            ("public_key", self.public_key.is_some()),
+            ("key_id", self.key_id.is_some()),
+            ("secret", self.secret.is_some()),
+            ("application_id", self.application_id.is_some()),
+            ("sending", self.sending.is_some()),
+        ];
+        fields.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect()
+    }
+
+    /// The Bloomreach destination with `authorization` (read from the environment by the caller).
+    fn bloomreach(&self, authorization: Authorization) -> anyhow::Result<Bloomreach> {
+        let mut d = Bloomreach::new(self.project_token.clone().unwrap_or_default(), authorization).name(&self.name);
+        if let Some(v) = &self.base_url {
+            d = d.base_url(v.clone());
+        }
+        if let Some(v) = &self.application_id {
+            d = d.application_id(v.clone());
+        }
+        d = match self.sending.as_deref() {
+            None | Some("batch") => d.sending(Sending::Batch),
+            Some("per_event") => d.sending(Sending::PerEvent),
+            Some(other) => bail!("`sending` must be \"batch\" or \"per_event\", not {other:?}"),
+        };
+        Ok(d)
+    }
+
+    /// Checks the Bloomreach fields as far as the file tells (the secrets are read later).
+    fn check_bloomreach(&self) -> anyhow::Result<()> {
+        match (&self.public_key, &self.key_id, &self.secret) {
+            (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+            _ => bail!(
+                "type \"bloomreach\" takes either `public_key = {{ env = \"…\" }}` (Token) or `key_id` with \
+                 `secret = {{ env = \"…\" }}` (Basic)"
+            ),
+        }
+        let probe = self.bloomreach(Authorization::token("checked-later"))?;
+        probe.check_config().map_err(anyhow::Error::msg)
     }
 
     fn umami(&self) -> Umami {
@@ -150,7 +210,7 @@ impl<'de> Deserialize<'de> for SecretRef {
 }
 
 /// The destination types this build knows.
-const KNOWN_TYPES: &str = "json, umami";
+const KNOWN_TYPES: &str = "json, umami, bloomreach";
 
 /// A destination ready to add to a client builder. Its `Debug` shows no header value.
 pub(crate) struct Destination {
@@ -164,6 +224,7 @@ enum Kind {
     Json(JsonHttp),
     // Boxed: an Umami destination carries its token LRU and is several times a JsonHttp.
     Umami(Box<Umami>),
+    Bloomreach(Box<Bloomreach>),
 }
 
 impl Destination {
@@ -198,6 +259,11 @@ impl Config {
                 bail!("{}: two destinations are named `{}`; names must be unique", path.display(), d.name);
             }
             names.push(&d.name);
+            if d.kind != "bloomreach"
+                && let Some(field) = d.bloomreach_fields().first()
+            {
+                bail!("{}: `{field}` is a field of type \"bloomreach\"", what());
+            }
             match d.kind.as_str() {
                 "json" => {
                     if d.url.as_deref().is_none_or(|u| u.trim().is_empty()) {
@@ -206,6 +272,18 @@ impl Config {
                     if let Some(field) = d.umami_fields().first() {
                         bail!("{}: `{field}` is a field of type \"umami\", not \"json\"", what());
                     }
+                }
+                "bloomreach" => {
+                    if d.project_token.as_deref().is_none_or(|t| t.trim().is_empty()) {
+                        bail!("{}: missing `project_token` (required for type \"bloomreach\")", what());
+                    }
+                    if d.url.is_some() {
+                        bail!(
+                            "{}: type \"bloomreach\" takes `base_url` (e.g. https://api.exponea.com), not `url`",
+                            what()
+                        );
+                    }
+                    d.check_bloomreach().with_context(what)?;
                 }
                 "umami" => {
                     if d.website_id.as_deref().is_none_or(|w| w.trim().is_empty()) {
@@ -226,6 +304,7 @@ impl Config {
             // What `build()` would refuse (a URL with an empty port, say), said here with the file.
             let checked = match d.kind.as_str() {
                 "json" => JsonHttp::new(d.url.clone().unwrap_or_default()).check_config(),
+                "bloomreach" => Ok(()),
                 _ => d.umami().check_config(),
             };
             if let Err(why) = checked {
@@ -285,6 +364,15 @@ impl Config {
             }
             let destination = if d.kind == "umami" {
                 Kind::Umami(Box::new(d.umami()))
+            } else if d.kind == "bloomreach" {
+                let authorization = match (&d.public_key, &d.key_id, &d.secret) {
+                    (Some(key), _, _) => Authorization::token(read_env(&d.name, "public_key", &key.env)?),
+                    (None, Some(id), Some(secret)) => {
+                        Authorization::basic(id, read_env(&d.name, "secret", &secret.env)?)
+                    }
+                    _ => bail!("destination `{}`: no authorization", d.name),
+                };
+                Kind::Bloomreach(Box::new(d.bloomreach(authorization)?))
             } else {
                 let mut json = JsonHttp::new(d.url.clone().unwrap_or_default()).name(d.name.clone());
                 if let Some(n) = d.batch_size {
@@ -304,9 +392,24 @@ pub(crate) fn with_destinations(mut builder: ClientBuilder, destinations: Vec<De
         builder = match d.destination {
             Kind::Json(json) => builder.destination_with(json, d.http),
             Kind::Umami(umami) => builder.destination_with(*umami, d.http),
+            Kind::Bloomreach(b) => builder.destination_with(*b, d.http),
         };
     }
     builder
+}
+
+/// The value of the environment variable `env` that holds `field` of destination `name` (named
+/// in errors, its value never shown).
+fn read_env(name: &str, field: &str, env: &str) -> anyhow::Result<String> {
+    match std::env::var(env) {
+        Ok(v) => Ok(v),
+        Err(std::env::VarError::NotPresent) => {
+            bail!("destination `{name}`: `{field}`: environment variable {env} is not set")
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            bail!("destination `{name}`: `{field}`: environment variable {env} is not valid UTF-8")
+        }
+    }
 }
 
 /// Loads `--config`, or fails saying it is needed for `what`.
@@ -377,6 +480,20 @@ mod tests {
         )
         .expect_err("empty port");
         assert!(format!("{err:#}").contains("base URL has an empty port after `umami.local:`"), "{err:#}");
+    }
+
+    #[test]
+    fn bloomreach_destinations_take_their_key_from_the_environment() {
+        let text = "[[destination]]\nname = \"b\"\ntype = \"bloomreach\"\nproject_token = \"p-1\"\nkey_id = \"id\"\nsecret = { env = \"TRACKWAY_TEST_BR_SECRET_UNSET\" }\n";
+        let config = parse(text).expect("config");
+        let err = config.destinations().expect_err("the variable is not set");
+        assert!(format!("{err:#}").contains("TRACKWAY_TEST_BR_SECRET_UNSET"), "{err:#}");
+        let err = parse("[[destination]]\nname = \"b\"\ntype = \"bloomreach\"\nproject_token = \"bad token\"\npublic_key = { env = \"X\" }\n")
+            .expect_err("bad token");
+        assert!(format!("{err:#}").contains("project token"), "{err:#}");
+        let err =
+            parse("[[destination]]\nname = \"b\"\ntype = \"bloomreach\"\nproject_token = \"p\"\n").expect_err("no key");
+        assert!(format!("{err:#}").contains("public_key"), "{err:#}");
     }
 
     #[test]
