@@ -103,23 +103,26 @@ impl BloomreachServer {
     }
 
     /// What is answered before the body is read: the rate, the path, the auth, the project.
-    fn gate(&self, request: &BackendRequest<'_>) -> Result<(String, String), Reply> {
+    fn gate(&self, request: &BackendRequest<'_>) -> Result<(String, String), Box<Reply>> {
         if !self.admit() {
-            return Err(failure(429, "rate limit exceeded").header("retry-after", "1"));
+            return Err(Box::new(failure(429, "rate limit exceeded").header("retry-after", "1")));
         }
         let Some((token, command)) = split_path(request.path()) else {
-            return Err(failure(404, "not found"));
+            return Err(Box::new(failure(404, "not found")));
         };
         let auth = request.header("authorization").unwrap_or("");
         let scheme_ok =
             auth.strip_prefix("Token ").or_else(|| auth.strip_prefix("Basic ")).is_some_and(|k| !k.trim().is_empty());
         if !scheme_ok {
-            return Err(failure(401, "missing or invalid Authorization (`Token <key>` or `Basic <credentials>`)"));
+            return Err(Box::new(failure(
+                401,
+                "missing or invalid Authorization (`Token <key>` or `Basic <credentials>`)",
+            )));
         }
         if let Some(known) = &self.config.projects
             && !known.iter().any(|k| k == token)
         {
-            return Err(failure(404, "project not found"));
+            return Err(Box::new(failure(404, "project not found")));
         }
         Ok((token.to_owned(), command.to_owned()))
     }
@@ -127,7 +130,7 @@ impl BloomreachServer {
     fn answer(&self, request: &BackendRequest<'_>) -> Reply {
         let (token, command) = match self.gate(request) {
             Ok(p) => p,
-            Err(reply) => return reply,
+            Err(reply) => return *reply,
         };
         if command == "system/time" {
             return Reply::status(200).json(json!({ "success": true, "time": now_secs() }));
@@ -278,7 +281,7 @@ impl Backend for BloomreachServer {
             commands: Vec<serde::de::IgnoredAny>,
         }
         if let Err(reply) = self.gate(request) {
-            return Some(reply);
+            return Some(*reply);
         }
         if request.path().ends_with("/batch") {
             return Some(match serde_json::from_slice::<Commands>(request.body()) {

@@ -33,7 +33,9 @@ impl ClientBuilder {
 }
 
 impl Client {
-    pub(crate) fn from_builder(mut b: ClientBuilder) -> Result<Client, BuildError> {
+    pub(crate) fn from_builder(b: ClientBuilder) -> Result<Client, BuildError> {
+        #[cfg(feature = "bloomreach")]
+        let mut b = b;
         #[cfg(feature = "bloomreach")]
         for projects in std::mem::take(&mut b.bloomreach) {
             use crate::destination::DestinationSet as _;
