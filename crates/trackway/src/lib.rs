@@ -181,6 +181,8 @@
 //! - `json` (default): [`destination::JsonHttp`], the generic JSON-over-HTTP destination.
 //! - `umami` (default): [`destination::Umami`], page views, custom events and identify for Umami
 //!   v2.x and v3.x.
+//! - `bloomreach` (default): [`destination::Bloomreach`], Bloomreach Engagement's tracking API
+//!   with project mapping (see [`destination::bloomreach`]); reads gzip and Brotli answers.
 //! - `testing`: test helpers: [`destination::InMemoryDestination`], the manual clock
 //!   ([`Clock::manual`], [`ManualClock`]) and the worker pause hooks ([`Client::pause_worker`]).
 //!
