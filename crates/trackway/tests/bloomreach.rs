@@ -364,6 +364,12 @@ fn anonymize_with_a_project_switch_keeps_queued_events_on_the_old_project_after_
         assert!(!stored_types(&collector, "main-token").contains(&"after_restart".to_owned()));
         assert!(stored_types(&collector, "new-project").contains(&"after_restart".to_owned()));
         assert_eq!(stored_types(&collector, "new-payments"), ["payment", "payment"]);
+        let devices: std::collections::BTreeSet<String> = collector
+            .bloomreach_stored()
+            .iter()
+            .filter_map(|r| r.data["properties"]["device_id"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(devices.len(), 1, "one device id per install, across anonymize and restarts: {devices:?}");
         let stored = std::fs::read(&path).expect("store file");
         assert!(!String::from_utf8_lossy(&stored).contains("np-key"), "authorization not written without the opt-in");
     });

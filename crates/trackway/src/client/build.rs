@@ -129,6 +129,11 @@ impl Client {
             app.identity.anonymous_id = Some(crate::app::new_anonymous_id());
             app.unsaved = true;
         }
+        if b.app_mode && app.device_id.is_none() {
+            // One per install, stored with the first app-mode change (as the anonymous id).
+            app.device_id = Some(uuid::Uuid::new_v4().hyphenated().to_string());
+            app.unsaved = true;
+        }
         let enabled = recovered.state.get(crate::app::CONSENT_KEY).is_none_or(|v| v.as_slice() != b"false");
         // Defaults from the builder are the code's current word; without them, the ones set at
         // run time in an earlier run come back.
@@ -145,10 +150,6 @@ impl Client {
         for (i, d) in destinations.iter().enumerate() {
             routing.add(i, &**d);
         }
-        // App mode: one device id per install, made once and kept in the store (Bloomreach's
-        // `device_id`); a server's events carry none (it is no device of theirs).
-        let stored_device = recovered.state.get(DEVICE_ID_KEY).and_then(|v| String::from_utf8(v.clone()).ok());
-        let new_device = (b.app_mode && stored_device.is_none()).then(|| uuid::Uuid::new_v4().hyphenated().to_string());
         let context = Context {
             library: "trackway".into(),
             library_version: env!("CARGO_PKG_VERSION").into(),
@@ -160,7 +161,8 @@ impl Client {
             os_version: b.device.os_version.or_else(os_version),
             device_model: b.device.model,
             device_type: b.device.kind,
-            device_id: if b.app_mode { stored_device.or_else(|| new_device.clone()) } else { None },
+            // App mode's install id; a server's events carry none (it is no device of theirs).
+            device_id: if b.app_mode { app.device_id.clone() } else { None },
         };
         let counters = Counters::new(names.iter().cloned());
         if recovered.reset.is_some() {
@@ -219,15 +221,6 @@ impl Client {
                 direct,
             }),
         };
-        if let Some(id) = new_device {
-            // Stored before any event is sent (the queue is FIFO), so a restart keeps the id.
-            let change = crate::store::StateChange { key: DEVICE_ID_KEY.into(), value: Some(id.into_bytes()) };
-            let queue = &client.inner.shared.pipe.queue;
-            let control = crate::queue::Control::State(vec![change]);
-            if !super::blocking(super::push::<super::Block>(queue, control, crate::policy::CONTROL_TIMEOUT)) {
-                tracing::warn!("trackway: could not store the device id; the next run makes another");
-            }
-        }
         // The first run's `installation`, and the session of an app that starts in front.
         client.launch();
         Ok(client)
@@ -265,9 +258,6 @@ fn recreate(
     let setup = http.lane_setup(d.as_ref(), retry, clock).map_err(|e| format!("{e}; its events are held"))?;
     Ok((d, setup))
 }
-
-/// The store key of the install's device id.
-const DEVICE_ID_KEY: &str = "device_id";
 
 /// The operating system's name as people write it (Bloomreach's `os_name`).
 fn os_name() -> &'static str {
