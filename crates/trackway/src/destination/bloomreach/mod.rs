@@ -128,8 +128,8 @@ pub enum Sending {
 /// ```
 /// use trackway::destination::bloomreach::Authorization;
 /// let app = Authorization::token("abcd1234");           // Authorization: Token abcd1234
-/// let server = Authorization::basic("key-id", "secret"); // Authorization: Basic base64(key-id:secret)
-/// assert!(!format!("{server:?}").contains("secret"));
+/// let server = Authorization::basic("key-id", "s3cr3t-v4lue"); // Authorization: Basic base64(key-id:s3cr3t-v4lue)
+/// assert!(!format!("{server:?}").contains("s3cr3t-v4lue"));
 /// ```
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
