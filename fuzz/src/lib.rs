@@ -298,6 +298,7 @@ impl EventFields {
                 referrer: referrer.clone(),
             }),
             imported: self.imported,
+            default_keys: Vec::new(),
             context: Arc::new(Context {
                 library: "trackway".into(),
                 library_version: "0.1.0".into(),

@@ -38,6 +38,15 @@
 //! endpoint = "https://api.opencdp.io/gateway/data-gateway"  # optional, the SDK's default
 //! fallback_endpoints = []                     # optional, default none (they receive the key)
 //! max_concurrent_requests = 10                # optional, default 10, at most 30
+//!
+//! [[destination]]
+//! name = "bloomreach"
+//! type = "bloomreach"
+//! project_token = "0aef3a96-3e2b-11ef-9a4b-6a1f1c6e1b0f"
+//! base_url = "https://api-eu.exponea.com"     # optional, default https://api.exponea.com
+//! key_id = "private-key-id"                   # Basic auth (servers), or instead
+//! secret = { env = "BLOOMREACH_SECRET" }      #   public_key = { env = "BLOOMREACH_KEY" } (Token)
+//! application_id = "com.example.shop"        # optional; sending = "batch" | "per_event"
 //! ```
 //!
 //! Secrets come only from environment variables; their values are never printed (errors name
@@ -49,6 +58,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
+use trackway::destination::bloomreach::{Authorization, Bloomreach, Sending};
 use trackway::destination::customerio::{Api, CustomerIo, Region};
 use trackway::destination::{Destination as _, JsonHttp, OpenCdpConfig, Umami};
 use trackway::{ClientBuilder, HttpOptions};
@@ -106,6 +116,13 @@ struct DestinationConfig {
     endpoint: Option<String>,
     fallback_endpoints: Option<Vec<String>>,
     max_concurrent_requests: Option<usize>,
+    /// The fields of `type = "bloomreach"` (with `base_url`).
+    project_token: Option<String>,
+    public_key: Option<SecretRef>,
+    key_id: Option<String>,
+    secret: Option<SecretRef>,
+    application_id: Option<String>,
+    sending: Option<String>,
 }
 
 impl DestinationConfig {
@@ -178,6 +195,49 @@ impl DestinationConfig {
             ("late_after_secs", self.late_after_secs.is_some()),
         ];
         fields.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect()
+    }
+
+    /// The names of the Bloomreach-only fields that are set.
+    fn bloomreach_fields(&self) -> Vec<&'static str> {
+        let fields = [
+            ("project_token", self.project_token.is_some()),
+            ("public_key", self.public_key.is_some()),
+            ("key_id", self.key_id.is_some()),
+            ("secret", self.secret.is_some()),
+            ("application_id", self.application_id.is_some()),
+            ("sending", self.sending.is_some()),
+        ];
+        fields.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect()
+    }
+
+    /// The Bloomreach destination with `authorization` (read from the environment by the caller).
+    fn bloomreach(&self, authorization: Authorization) -> anyhow::Result<Bloomreach> {
+        let mut d = Bloomreach::new(self.project_token.clone().unwrap_or_default(), authorization).name(&self.name);
+        if let Some(v) = &self.base_url {
+            d = d.base_url(v.clone());
+        }
+        if let Some(v) = &self.application_id {
+            d = d.application_id(v.clone());
+        }
+        d = match self.sending.as_deref() {
+            None | Some("batch") => d.sending(Sending::Batch),
+            Some("per_event") => d.sending(Sending::PerEvent),
+            Some(other) => bail!("`sending` must be \"batch\" or \"per_event\", not {other:?}"),
+        };
+        Ok(d)
+    }
+
+    /// Checks the Bloomreach fields as far as the file tells (the secrets are read later).
+    fn check_bloomreach(&self) -> anyhow::Result<()> {
+        match (&self.public_key, &self.key_id, &self.secret) {
+            (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+            _ => bail!(
+                "type \"bloomreach\" takes either `public_key = {{ env = \"…\" }}` (Token) or `key_id` with \
+                 `secret = {{ env = \"…\" }}` (Basic)"
+            ),
+        }
+        let probe = self.bloomreach(Authorization::token("checked-later"))?;
+        probe.check_config().map_err(anyhow::Error::msg)
     }
 
     fn umami(&self) -> Umami {
@@ -254,7 +314,7 @@ impl<'de> Deserialize<'de> for SecretRef {
 }
 
 /// The destination types this build knows.
-const KNOWN_TYPES: &str = "json, umami, customerio, opencdp";
+const KNOWN_TYPES: &str = "json, umami, customerio, opencdp, bloomreach";
 
 /// A destination ready to add to a client builder. Its `Debug` shows no header value.
 pub(crate) struct Destination {
@@ -270,6 +330,7 @@ enum Kind {
     Umami(Box<Umami>),
     CustomerIo(Box<CustomerIo>),
     OpenCdp(Box<OpenCdpConfig>),
+    Bloomreach(Box<Bloomreach>),
 }
 
 impl Destination {
@@ -315,10 +376,15 @@ impl Config {
                 bail!("{}: two destinations are named `{}`; names must be unique", path.display(), d.name);
             }
             names.push(&d.name);
-            if matches!(d.kind.as_str(), "json" | "umami" | "customerio")
+            if matches!(d.kind.as_str(), "json" | "umami" | "customerio" | "bloomreach")
                 && let Some(field) = d.opencdp_fields().first()
             {
                 bail!("{}: `{field}` is a field of type \"opencdp\", not {:?}", what(), d.kind);
+            }
+            if d.kind != "bloomreach"
+                && let Some(field) = d.bloomreach_fields().first()
+            {
+                bail!("{}: `{field}` is a field of type \"bloomreach\"", what());
             }
             match d.kind.as_str() {
                 "opencdp" => {
@@ -369,6 +435,18 @@ impl Config {
                         bail!("{}: `{field}` is a field of type \"umami\", not \"customerio\"", what());
                     }
                 }
+                "bloomreach" => {
+                    if d.project_token.as_deref().is_none_or(|t| t.trim().is_empty()) {
+                        bail!("{}: missing `project_token` (required for type \"bloomreach\")", what());
+                    }
+                    if d.url.is_some() {
+                        bail!(
+                            "{}: type \"bloomreach\" takes `base_url` (e.g. https://api.exponea.com), not `url`",
+                            what()
+                        );
+                    }
+                    d.check_bloomreach().with_context(what)?;
+                }
                 "umami" => {
                     if d.website_id.as_deref().is_none_or(|w| w.trim().is_empty()) {
                         bail!("{}: missing `website_id` (required for type \"umami\")", what());
@@ -394,6 +472,7 @@ impl Config {
                 // The key is read later, from the environment: a stand-in checks the rest.
                 "customerio" => d.customerio("key").map_err(|e| e.to_string()).and_then(|c| c.check_config()),
                 "opencdp" => d.opencdp("key".into()).check(),
+                "bloomreach" => Ok(()),
                 _ => d.umami().check_config(),
             };
             if let Err(why) = checked {
@@ -454,6 +533,15 @@ impl Config {
                     None => String::new(),
                 };
                 Kind::CustomerIo(Box::new(d.customerio(&key).with_context(|| format!("destination `{}`", d.name))?))
+            } else if d.kind == "bloomreach" {
+                let authorization = match (&d.public_key, &d.key_id, &d.secret) {
+                    (Some(key), _, _) => Authorization::token(read_env(&d.name, "public_key", &key.env)?),
+                    (None, Some(id), Some(secret)) => {
+                        Authorization::basic(id, read_env(&d.name, "secret", &secret.env)?)
+                    }
+                    _ => bail!("destination `{}`: no authorization", d.name),
+                };
+                Kind::Bloomreach(Box::new(d.bloomreach(authorization)?))
             } else {
                 let mut json = JsonHttp::new(d.url.clone().unwrap_or_default()).name(d.name.clone());
                 if let Some(n) = d.batch_size {
@@ -475,6 +563,7 @@ pub(crate) fn with_destinations(mut builder: ClientBuilder, destinations: Vec<De
             Kind::Umami(umami) => builder.destination_with(*umami, d.http),
             Kind::CustomerIo(cio) => builder.destination_with(*cio, d.http),
             Kind::OpenCdp(opencdp) => builder.destinations(opencdp.http(d.http)),
+            Kind::Bloomreach(b) => builder.destination_with(*b, d.http),
         };
     }
     builder
@@ -499,6 +588,20 @@ fn expand_home(path: &Path, home: impl FnOnce() -> Option<PathBuf>) -> anyhow::R
         bail!("`{first}` (another user's home directory) is not expanded: write the full path");
     }
     Ok(path.to_path_buf())
+}
+
+/// The value of the environment variable `env` that holds `field` of destination `name` (named
+/// in errors, its value never shown).
+fn read_env(name: &str, field: &str, env: &str) -> anyhow::Result<String> {
+    match std::env::var(env) {
+        Ok(v) => Ok(v),
+        Err(std::env::VarError::NotPresent) => {
+            bail!("destination `{name}`: `{field}`: environment variable {env} is not set")
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            bail!("destination `{name}`: `{field}`: environment variable {env} is not valid UTF-8")
+        }
+    }
 }
 
 /// Loads `--config`, or fails saying it is needed for `what`.
@@ -626,6 +729,20 @@ mod tests {
         let err = parse("[[destination]]\nname = \"c\"\ntype = \"opencdp\"\napi_key = { env = \"K\" }\nendpoint = \"http://h:/gw\"\n")
             .expect_err("empty port");
         assert!(format!("{err:#}").contains("endpoint has an empty port"), "{err:#}");
+    }
+
+    #[test]
+    fn bloomreach_destinations_take_their_key_from_the_environment() {
+        let text = "[[destination]]\nname = \"b\"\ntype = \"bloomreach\"\nproject_token = \"p-1\"\nkey_id = \"id\"\nsecret = { env = \"TRACKWAY_TEST_BR_SECRET_UNSET\" }\n";
+        let config = parse(text).expect("config");
+        let err = config.destinations().expect_err("the variable is not set");
+        assert!(format!("{err:#}").contains("TRACKWAY_TEST_BR_SECRET_UNSET"), "{err:#}");
+        let err = parse("[[destination]]\nname = \"b\"\ntype = \"bloomreach\"\nproject_token = \"bad token\"\npublic_key = { env = \"X\" }\n")
+            .expect_err("bad token");
+        assert!(format!("{err:#}").contains("project token"), "{err:#}");
+        let err =
+            parse("[[destination]]\nname = \"b\"\ntype = \"bloomreach\"\nproject_token = \"p\"\n").expect_err("no key");
+        assert!(format!("{err:#}").contains("public_key"), "{err:#}");
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use serde_json::Value;
-use trackway::destination::{JsonHttp, Umami};
+use trackway::destination::bloomreach::{Authorization, Bloomreach, BloomreachProject};
+use trackway::destination::{EventType, JsonHttp, Umami};
 use trackway::store::SqliteStore;
 use trackway::{AppLifecycle, Client, Identify, Page, Payment, PushToken, RetryPolicy, Screen, Track, props};
 use trackway_collector::{Collector, RecordedRequest, Reply, RunningCollector};
@@ -33,11 +34,24 @@ struct DemoDestination {
     name: &'static str,
     /// The collector's `destination` label of its requests.
     label: &'static str,
+    /// What its request paths contain (Bloomreach's projects share a label; the path names the
+    /// project).
+    path: &'static str,
 }
 
-/// Every destination trackway has, each pointed at the collector.
-const DESTINATIONS: &[DemoDestination] =
-    &[DemoDestination { name: "json", label: "json" }, DemoDestination { name: "umami", label: "umami" }];
+/// Every destination trackway has, each pointed at the collector. The Bloomreach project
+/// mapped for payments is named after its token and the collector's address, so it is found by
+/// the start of its name.
+const DESTINATIONS: &[DemoDestination] = &[
+    DemoDestination { name: "json", label: "json", path: "" },
+    DemoDestination { name: "umami", label: "umami", path: "" },
+    DemoDestination { name: "bloomreach", label: "bloomreach", path: DEMO_BLOOMREACH_PROJECT },
+    DemoDestination { name: "bloomreach:demo-payments", label: "bloomreach", path: DEMO_BLOOMREACH_PAYMENTS },
+];
+
+/// The Bloomreach project the demo sends to, and the one its mapping sends payments to.
+const DEMO_BLOOMREACH_PROJECT: &str = "demo-project";
+const DEMO_BLOOMREACH_PAYMENTS: &str = "demo-payments";
 
 /// The website id the demo's Umami destination sends (any UUID: the collector takes all).
 const DEMO_WEBSITE_ID: &str = "5a0c9d3e-7c1b-4d8e-9f6a-2b3c4d5e6f70";
@@ -60,11 +74,13 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<crate::Outcome> {
     let requests = collector.requests();
     let mut all_delivered = true;
     for d in DESTINATIONS {
-        let stats = client_stats.destination(d.name);
+        let stats = client_stats
+            .destination(d.name)
+            .or_else(|| client_stats.destinations.iter().find(|s| s.name.starts_with(&format!("{}@", d.name))));
         let (delivered, retried) = stats.map_or((0, 0), |s| (s.delivered, s.retried));
         all_delivered &= stats.is_some_and(|s| s.pending == 0 && s.rejected == 0 && s.delivered > 0);
         writeln!(out, "== {}: {delivered} events delivered, {retried} retried", d.name)?;
-        for r in requests.iter().filter(|r| r.destination == d.label) {
+        for r in requests.iter().filter(|r| r.destination == d.label && r.path.contains(d.path)) {
             let events = summaries(r);
             if (200..300).contains(&r.status) {
                 writeln!(out, "  {} {} -> {}", r.method, r.path, r.status)?;
@@ -119,6 +135,17 @@ fn send_session(collector: &RunningCollector, dir: &std::path::Path) -> anyhow::
             "umami" => builder.destination(
                 Umami::new(DEMO_WEBSITE_ID).name(d.name).base_url(collector.url("")).hostname("demo.trackway.dev"),
             ),
+            "bloomreach" => builder.bloomreach(
+                Bloomreach::new(DEMO_BLOOMREACH_PROJECT, Authorization::token("demo-public-key"))
+                    .base_url(collector.url(""))
+                    .application_id("dev.trackway.demo")
+                    .map(
+                        EventType::Payment,
+                        BloomreachProject::new(DEMO_BLOOMREACH_PAYMENTS, Authorization::token("demo-payments-key")),
+                    ),
+            ),
+            // Made by the mapping above.
+            "bloomreach:demo-payments" => builder,
             _ => builder.destination(JsonHttp::new(collector.url("/v1/events")).name(d.name)),
         };
     }

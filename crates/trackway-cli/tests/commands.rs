@@ -172,8 +172,8 @@ fn bad_configurations_fail_clearly_without_printing_secrets() {
         let setup = Setup::new("http://127.0.0.1:9/events");
         let cases: &[(&str, &str)] = &[
             (
-                "[[destination]]\nname = \"a\"\ntype = \"bloomreach\"\nurl = \"http://x/\"\n",
-                "unknown destination type \"bloomreach\"",
+                "[[destination]]\nname = \"a\"\ntype = \"glean\"\nurl = \"http://x/\"\n",
+                "unknown destination type \"glean\"",
             ),
             ("[[destination]]\nname = \"a\"\ntype = \"json\"\n", "missing `url`"),
             (

@@ -162,6 +162,13 @@ impl CollectorBuilder {
         self
     }
 
+    /// How the Bloomreach server (`/track/v2/projects/{token}/…`) behaves: the project tokens
+    /// it knows and a rate past which it answers 429. Default: every token, no limit.
+    pub fn bloomreach(mut self, config: crate::BloomreachConfig) -> Self {
+        self.config.bloomreach = config;
+        self
+    }
+
     /// The address to listen on. Default: `127.0.0.1:0` (a free port chosen by the OS).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.config.listen = addr;

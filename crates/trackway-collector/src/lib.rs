@@ -86,7 +86,7 @@ mod sink;
 mod state;
 mod util;
 
-pub use backends::{Backend, BackendRequest, DecodedEvent, UmamiMode, UmamiRow};
+pub use backends::{Backend, BackendRequest, BloomreachConfig, BloomreachRow, DecodedEvent, UmamiMode, UmamiRow};
 pub use builder::{CollectorBuilder, ReservedCollector};
 pub use faults::{FaultClock, Faults, InvalidFaults, ManualFaultClock};
 pub use limits::{DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_KEPT_BYTES};

@@ -65,6 +65,12 @@ impl RunningCollector {
         self.shared.backends.customerio.stored()
     }
 
+    /// The commands the Bloomreach server accepted (events and customer updates, alone or in
+    /// batches), in the order received, with their project token.
+    pub fn bloomreach_stored(&self) -> Vec<crate::BloomreachRow> {
+        self.shared.backends.bloomreach.stored()
+    }
+
     /// The address the collector listens on (with the real port when `:0` was asked for).
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -44,6 +44,8 @@ pub(crate) struct Config {
     pub(crate) limits: Limits,
     /// What OpenCDP's gateway knows (keys, templates, rate limit).
     pub(crate) opencdp: OpenCdpSettings,
+    /// How the Bloomreach server behaves.
+    pub(crate) bloomreach: crate::BloomreachConfig,
 }
 
 impl Default for Config {
@@ -63,6 +65,7 @@ impl Default for Config {
             backends: Vec::new(),
             limits: Limits::default(),
             opencdp: OpenCdpSettings::default(),
+            bloomreach: crate::BloomreachConfig::default(),
         }
     }
 }
@@ -120,7 +123,8 @@ impl Shared {
             .unwrap_or(0);
         let backends = Backends::new(&config.backends, config.umami_mode, config.umami_websites.clone())
             .with_opencdp(config.opencdp.clone())
-            .with_customerio_credentials(config.customerio_credentials.clone());
+            .with_customerio_credentials(config.customerio_credentials.clone())
+            .with_bloomreach(config.bloomreach.clone());
         let (archive, earlier) = match &config.store {
             Some(_) if config.sink => return Err(invalid("a collector in sink mode keeps nothing to store".into())),
             Some(path) => {

@@ -28,7 +28,7 @@ use crate::{Event, EventKind, Identity, PageInfo, Properties, PropertyError, Val
 /// let event = Event {
 ///     id: MessageId::new_v7(at), kind: EventKind::Track, name: Some("signup".into()), timestamp: at,
 ///     properties: Properties::new(), identity: Identity::user("u1"), session_id: None, page: None,
-///     context: context.clone(), imported: false,
+///     context: context.clone(), imported: false, default_keys: Vec::new(),
 /// };
 /// let context_json = serde_json::to_vec(&*context).unwrap();
 /// let mut out = Vec::new();
@@ -95,6 +95,16 @@ pub fn encode_event_head(event: &Event, out: &mut Vec<u8>) -> Result<(), Propert
     }
     if event.imported {
         out.extend_from_slice(b",\"imported\":true");
+    }
+    if !event.default_keys.is_empty() {
+        out.extend_from_slice(b",\"default_keys\":[");
+        for (i, key) in event.default_keys.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, key);
+        }
+        out.push(b']');
     }
     Ok(())
 }
@@ -257,6 +267,7 @@ mod tests {
                 ..Context::default()
             }),
             imported: false,
+            default_keys: Vec::new(),
         }
     }
 
@@ -293,6 +304,7 @@ mod tests {
         e.session_id = Some("s-1".into());
         e.page = Some(PageInfo { url: "/p?q=\"1\"".into(), title: Some("T".into()), referrer: None });
         e.imported = true;
+        e.default_keys = vec!["int".into(), "k \"q\"".into()];
         e.context = Arc::new(Context {
             library: "trackway".into(),
             library_version: "0.1.0".into(),
@@ -300,6 +312,11 @@ mod tests {
             locale: Some("en-US".into()),
             app_name: Some("shop \"pro\"".into()),
             app_version: Some("2.4.0".into()),
+            os_name: Some("Linux".into()),
+            os_version: Some("6.1.0".into()),
+            device_model: Some("Pixel 8".into()),
+            device_type: Some("mobile".into()),
+            device_id: Some("0b1c".into()),
         });
         check(&e);
         e.page = Some(PageInfo { url: "/".into(), title: None, referrer: Some("https://r/".into()) });

@@ -156,6 +156,24 @@ pub struct Context {
     /// Application version, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_version: Option<String>,
+    /// The operating system's name as people write it (`Linux`, `macOS`, `Windows`, `Android`,
+    /// `iOS`): Bloomreach's `os_name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_name: Option<String>,
+    /// The operating system's version, where the platform tells it (the kernel release on Linux
+    /// and Android) or the application configured it; absent otherwise, never invented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+    /// The device model (e.g. `Pixel 8`), when the application configured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_model: Option<String>,
+    /// The device type (e.g. `mobile`, `tablet`, `desktop`), when the application configured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_type: Option<String>,
+    /// A random UUID made once per install and kept in the store (app mode only): Bloomreach's
+    /// `device_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
 }
 
 /// One event, as stamped at enqueue.
@@ -190,6 +208,11 @@ pub struct Event {
     /// normally let the server stamp time send the timestamp for these.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub imported: bool,
+    /// The keys of `properties` that came from the client's default properties (not from the
+    /// call), so a destination can leave them out where its server does not want them
+    /// (Bloomreach's customer updates without `allow_default_customer_properties`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub default_keys: Vec<CompactString>,
     /// The sending program. Shared between events of one client, hence the `Arc`. Serialized
     /// last, so stores can keep an event's *head* (everything before it) and the context once.
     pub context: Arc<Context>,
@@ -217,6 +240,7 @@ mod tests {
                 ..Context::default()
             }),
             imported: false,
+            default_keys: Vec::new(),
         }
     }
 

@@ -8,6 +8,7 @@
 //! - [`Timestamp`]: UTC milliseconds, serialized as RFC 3339.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod bloomreach;
 pub mod customerio;
 mod encode;
 mod event;

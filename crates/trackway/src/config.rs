@@ -50,11 +50,16 @@ pub struct ClientBuilder {
     pub(crate) app_name: Option<String>,
     pub(crate) app_version: Option<String>,
     pub(crate) locale: Option<String>,
+    /// What the application says of the device (model, type, OS version), for the context.
+    pub(crate) device: DeviceInfo,
     pub(crate) lifecycle: Option<crate::AppLifecycle>,
     /// Messages that name no user are the app's current user's (`app_mode`, `app_lifecycle`).
     pub(crate) app_mode: bool,
     pub(crate) default_properties: Option<trackway_wire::Properties>,
     pub(crate) primary_id: Option<String>,
+    /// Bloomreach projects whose way of sending follows the client's mode, expanded at `build()`.
+    #[cfg(feature = "bloomreach")]
+    pub(crate) bloomreach: Vec<crate::destination::bloomreach::BloomreachProjects>,
     /// Factories of run-time destinations, by kind.
     pub(crate) factories: Vec<(String, Arc<dyn crate::destination::DestinationFactory>)>,
     pub(crate) error: Option<BuildError>,
@@ -78,10 +83,13 @@ impl Default for ClientBuilder {
             app_name: None,
             app_version: None,
             locale: None,
+            device: DeviceInfo::default(),
             lifecycle: None,
             app_mode: false,
             default_properties: None,
             primary_id: None,
+            #[cfg(feature = "bloomreach")]
+            bloomreach: Vec::new(),
             factories: Vec::new(),
             error: None,
         }
@@ -113,6 +121,22 @@ impl ClientBuilder {
     /// (see [`DestinationSet`](crate::destination::DestinationSet)).
     pub fn destinations(mut self, set: impl crate::destination::DestinationSet) -> Self {
         self.destinations.extend(set.expand());
+        self
+    }
+
+    /// Adds a Bloomreach project (and the projects its mapping names) whose way of sending
+    /// follows the client's mode, whatever the order of the builder calls: one request per
+    /// event in app mode (as the mobile SDKs), batch commands otherwise, unless
+    /// [`Bloomreach::sending`](crate::destination::bloomreach::Bloomreach::sending) chose.
+    ///
+    /// ```
+    /// use trackway::{Client, destination::bloomreach::{Authorization, Bloomreach}};
+    /// let builder = Client::builder()
+    ///     .bloomreach(Bloomreach::new("0aef3a96-3e2b-11ef", Authorization::basic("key-id", "secret")));
+    /// ```
+    #[cfg(feature = "bloomreach")]
+    pub fn bloomreach(mut self, projects: impl Into<crate::destination::bloomreach::BloomreachProjects>) -> Self {
+        self.bloomreach.push(projects.into());
         self
     }
 
@@ -256,6 +280,28 @@ impl ClientBuilder {
         self
     }
 
+    /// The device model sent in every event's context (e.g. `Pixel 8`, `iPhone 15`), as
+    /// Bloomreach's `device_model`. Default: none (trackway cannot know it, and never guesses).
+    pub fn device_model(mut self, model: impl Into<String>) -> Self {
+        self.device.model = Some(model.into()).filter(|m: &String| !m.trim().is_empty());
+        self
+    }
+
+    /// The device type sent in every event's context (e.g. `mobile`, `tablet`, `desktop`), as
+    /// Bloomreach's `device_type`. Default: none.
+    pub fn device_type(mut self, device_type: impl Into<String>) -> Self {
+        self.device.kind = Some(device_type.into()).filter(|t: &String| !t.trim().is_empty());
+        self
+    }
+
+    /// The operating system's version sent in every event's context (`os_version`), for
+    /// platforms where trackway cannot read it (on Linux and Android it reads the kernel
+    /// release; elsewhere the default is none).
+    pub fn os_version(mut self, version: impl Into<String>) -> Self {
+        self.device.os_version = Some(version.into()).filter(|v: &String| !v.trim().is_empty());
+        self
+    }
+
     /// Makes this client an app's ([`app_mode`](Self::app_mode)) with a lifecycle:
     /// `installation` on the first run and sessions that follow
     /// [`Client::app_foreground`](crate::Client::app_foreground) /
@@ -329,6 +375,15 @@ impl fmt::Debug for ClientBuilder {
             .field("max_event_age", &self.max_event_age)
             .finish_non_exhaustive()
     }
+}
+
+/// What the application configured about the device ([`ClientBuilder::device_model`],
+/// [`ClientBuilder::device_type`], [`ClientBuilder::os_version`]).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DeviceInfo {
+    pub(crate) model: Option<String>,
+    pub(crate) kind: Option<String>,
+    pub(crate) os_version: Option<String>,
 }
 
 /// Backoff and give-up rules.

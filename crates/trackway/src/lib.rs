@@ -195,6 +195,8 @@
 //! - `opencdp` (default): [`destination::opencdp`], OpenCDP's identify, track and
 //!   registerDevice as events, transactional email, push and SMS as direct calls; with
 //!   `customerio` too, its dual-write to Customer.io.
+//! - `bloomreach` (default): [`destination::Bloomreach`], Bloomreach Engagement's tracking API
+//!   with project mapping (see [`destination::bloomreach`]); reads gzip and Brotli answers.
 //! - `testing`: test helpers: [`destination::InMemoryDestination`], the manual clock
 //!   ([`Clock::manual`], [`ManualClock`]) and the worker pause hooks ([`Client::pause_worker`]).
 //!

@@ -251,6 +251,22 @@ macro_rules! url_setter {
         }
     };
 }
+impl Track {
+    /// When the event happened, if not now (e.g. an event the app recorded while offline and
+    /// hands over later). Destinations that send a time send this one (Bloomreach always sends
+    /// `timestamp`); without it the time is taken when the event is queued, never when sent.
+    ///
+    /// ```
+    /// use trackway::{Timestamp, Track};
+    /// let t = Track::new("level_completed").timestamp(Timestamp::from_unix_millis(1_718_000_000_123));
+    /// ```
+    #[must_use]
+    pub fn timestamp(mut self, at: Timestamp) -> Self {
+        self.0.timestamp = Some(at);
+        self
+    }
+}
+
 tag_setter!(Track);
 tag_setter!(Page);
 tag_setter!(Screen);

@@ -19,11 +19,13 @@ use serde_json::value::RawValue;
 
 use crate::reply::Reply;
 
+pub(crate) mod bloomreach;
 pub(crate) mod customerio;
 pub(crate) mod json;
 pub(crate) mod opencdp;
 pub(crate) mod umami;
 
+pub use bloomreach::{BloomreachConfig, BloomreachRow};
 pub use umami::{UmamiMode, UmamiRow};
 
 /// A server the collector imitates on its own paths, e.g. Umami's `POST /api/send`.
@@ -231,6 +233,8 @@ pub(crate) struct Backends {
     pub(crate) umami: Arc<umami::UmamiServer>,
     /// The built-in Customer.io Track API (also in `claiming`), for its counters.
     pub(crate) customerio: Arc<customerio::CustomerIoServer>,
+    /// The built-in Bloomreach server (also in `claiming`), for what it stored.
+    pub(crate) bloomreach: Arc<bloomreach::BloomreachServer>,
 }
 
 impl Backends {
@@ -244,16 +248,20 @@ impl Backends {
         claiming.push(Arc::new(opencdp::OpenCdpServer::default()));
         let customerio = Arc::new(customerio::CustomerIoServer::default());
         claiming.push(customerio.clone());
-        Backends { claiming, rest: Arc::new(json::Json), umami, customerio }
+        let bloomreach = Arc::new(bloomreach::BloomreachServer::default());
+        claiming.push(bloomreach.clone());
+        Backends { claiming, rest: Arc::new(json::Json), umami, customerio, bloomreach }
     }
 
     /// The same backends, with a Customer.io server that takes only this site id and API key
     /// (`None`: any non-empty pair).
     pub(crate) fn with_customerio_credentials(mut self, credentials: Option<(String, String)>) -> Self {
         let server = Arc::new(customerio::CustomerIoServer::new(credentials));
-        // `new` put it last.
-        if let Some(last) = self.claiming.last_mut() {
-            *last = server.clone();
+        let old: Arc<dyn Backend> = self.customerio.clone();
+        for b in &mut self.claiming {
+            if Arc::ptr_eq(b, &old) {
+                *b = server.clone();
+            }
         }
         self.customerio = server;
         self
@@ -266,6 +274,19 @@ impl Backends {
         if let Some(slot) = self.claiming.iter_mut().rev().find(|b| b.label() == opencdp::LABEL) {
             *slot = server;
         }
+        self
+    }
+
+    /// The same backends with the Bloomreach server configured by `config`.
+    pub(crate) fn with_bloomreach(mut self, config: bloomreach::BloomreachConfig) -> Self {
+        let server = Arc::new(bloomreach::BloomreachServer::new(config));
+        let old: Arc<dyn Backend> = self.bloomreach.clone();
+        for b in &mut self.claiming {
+            if Arc::ptr_eq(b, &old) {
+                *b = server.clone();
+            }
+        }
+        self.bloomreach = server;
         self
     }
 
@@ -330,6 +351,9 @@ mod tests {
         assert_eq!(label("POST", "/api/v2/batch"), "customerio");
         assert_eq!(label("PUT", "/api/v1/customers/u1"), "customerio");
         assert_eq!(label("POST", "/api/v1/events"), "customerio");
+        assert_eq!(label("POST", "/track/v2/projects/p/batch"), "bloomreach");
+        assert_eq!(label("GET", "/track/v2/projects/p/system/time"), "bloomreach");
+        assert_eq!(label("GET", "/track/v2/projects/p/batch"), "json");
     }
 
     #[test]

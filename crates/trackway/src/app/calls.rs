@@ -208,16 +208,25 @@ impl Client {
     /// `AutomaticSessions` when the client tracks sessions by itself; `NoUser` on a client not
     /// in app mode; `Disabled`, `ShutDown`, `QueueFull`.
     pub fn session_start(&self) -> Result<MessageId, Error> {
+        self.session_start_at(self.inner.shared.pipe.clock.now())
+    }
+
+    /// [`session_start`](Self::session_start) at a time of the caller's (the seed's
+    /// `trackSessionStart(timestamp:)`): the session starts, and its `session_start` is
+    /// stamped, at `at`.
+    ///
+    /// # Errors
+    /// As [`session_start`](Self::session_start).
+    pub fn session_start_at(&self, at: Timestamp) -> Result<MessageId, Error> {
         self.check_open()?;
         if self.inner.shared.lifecycle.automatic_sessions {
             return Err(Error::AutomaticSessions);
         }
         let _launch = lock(&self.inner.shared.launch);
-        let now = self.inner.shared.pipe.clock.now();
         if let Some(open) = self.session() {
-            self.end_session(&open, self.end_time(&open, now))?;
+            self.end_session(&open, self.end_time(&open, at))?;
         }
-        self.start_session(now)
+        self.start_session(at)
     }
 
     /// Ends the session (manual sessions): tracks `session_end` with its `duration` in seconds.
@@ -225,13 +234,22 @@ impl Client {
     /// # Errors
     /// `NoSession` when none is open; `AutomaticSessions`, `Disabled`, `ShutDown`, `QueueFull`.
     pub fn session_end(&self) -> Result<MessageId, Error> {
+        self.session_end_at(self.inner.shared.pipe.clock.now())
+    }
+
+    /// [`session_end`](Self::session_end) at a time of the caller's (the seed's
+    /// `trackSessionEnd(timestamp:)`); `duration` is counted up to `at` (never below zero).
+    ///
+    /// # Errors
+    /// As [`session_end`](Self::session_end).
+    pub fn session_end_at(&self, at: Timestamp) -> Result<MessageId, Error> {
         self.check_open()?;
         if self.inner.shared.lifecycle.automatic_sessions {
             return Err(Error::AutomaticSessions);
         }
         let _launch = lock(&self.inner.shared.launch);
         let open = self.session().ok_or(Error::NoSession)?;
-        self.end_session(&open, self.inner.shared.pipe.clock.now())
+        self.end_session(&open, at)
     }
 
     /// The id of the open session, if any (carried by every app-mode event).
@@ -476,10 +494,11 @@ impl Client {
     /// `InvalidPayment` (a NaN or infinite value, an empty currency); `NoUser` on a client not
     /// in app mode; as [`track`](Self::track).
     pub fn track_payment(&self, payment: Payment) -> Result<MessageId, Error> {
+        let at = payment.at();
         let properties = payment.into_properties()?;
         self.enqueue(
             Track::new("payment").properties(properties).into(),
-            Options { app_event: Some(AppEvent::Payment), ..Options::default() },
+            Options { at, app_event: Some(AppEvent::Payment), ..Options::default() },
         )
     }
 
@@ -629,6 +648,7 @@ impl Client {
             page: None,
             imported: false,
             context: pipe.context.clone(),
+            default_keys: Vec::new(),
         };
         let mask = pipe.destinations.iter().fold(0u64, |mask, (i, d)| {
             let erases = crate::pipeline::health::catch(|| d.erases_people() && d.validate(&probe).is_ok());

@@ -35,6 +35,7 @@ pub(crate) const CONSENT_KEY: &str = "consent";
 const ROUTES_KEY: &str = "app_destinations";
 const MAPPING_KEY: &str = "app_mapping";
 pub(crate) const DEFAULTS_KEY: &str = "default_properties";
+const DEVICE_KEY: &str = "device_id";
 
 /// What an app does automatically: the `installation` event on the first run and sessions that
 /// follow the app's foreground and background ([`ClientBuilder::app_lifecycle`]).
@@ -148,6 +149,8 @@ pub(crate) struct AppState {
     /// Extra destinations per event type for app-mode events (Bloomreach's project mapping), as
     /// `anonymize` set it; empty when none.
     pub(crate) mapping: BTreeMap<crate::destination::EventType, Vec<String>>,
+    /// The install's device id (Bloomreach's `device_id`): made once, kept across `anonymize`.
+    pub(crate) device_id: Option<String>,
     /// The identity was made in this run and is not in the store yet: it is written with the
     /// first app-mode event or state change (a server-mode client never writes one).
     pub(crate) unsaved: bool,
@@ -163,6 +166,7 @@ impl AppState {
             installed: read(state, INSTALLED_KEY).unwrap_or(false),
             destinations: read(state, ROUTES_KEY),
             mapping: read(state, MAPPING_KEY).unwrap_or_default(),
+            device_id: read(state, DEVICE_KEY),
             unsaved: false,
         }
     }
@@ -171,6 +175,9 @@ impl AppState {
     /// identity if it was never saved). Marks `next` saved.
     pub(crate) fn changes_to(&self, next: &mut AppState) -> Vec<StateChange> {
         let mut out = Vec::new();
+        if self.device_id != next.device_id || (self.unsaved && next.device_id.is_some()) {
+            out.push(write(DEVICE_KEY, next.device_id.as_ref()));
+        }
         if self.identity != next.identity || self.unsaved {
             next.unsaved = false;
             out.push(write(IDENTITY_KEY, Some(&next.identity)));

@@ -1,6 +1,6 @@
 //! Payments: the Bloomreach SDK's `trackPaymentEvent(PurchasedItem)` as a `payment` event.
 
-use trackway_wire::Properties;
+use trackway_wire::{Properties, Timestamp};
 
 use crate::Error;
 
@@ -25,6 +25,7 @@ pub struct Payment {
     product_id: Option<String>,
     product_title: Option<String>,
     receipt: Option<String>,
+    timestamp: Option<Timestamp>,
 }
 
 impl Payment {
@@ -37,6 +38,7 @@ impl Payment {
             product_id: None,
             product_title: None,
             receipt: None,
+            timestamp: None,
         }
     }
 
@@ -62,6 +64,17 @@ impl Payment {
     pub fn receipt(mut self, receipt: impl Into<String>) -> Self {
         self.receipt = Some(receipt.into());
         self
+    }
+
+    /// When the payment happened, if not now (the seed's `trackPaymentEvent(item, timestamp:)`).
+    pub fn timestamp(mut self, at: Timestamp) -> Self {
+        self.timestamp = Some(at);
+        self
+    }
+
+    /// The time the caller gave, if any.
+    pub(crate) fn at(&self) -> Option<Timestamp> {
+        self.timestamp
     }
 
     /// Checks the payment and turns it into event properties.

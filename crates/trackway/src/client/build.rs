@@ -34,6 +34,14 @@ impl ClientBuilder {
 
 impl Client {
     pub(crate) fn from_builder(b: ClientBuilder) -> Result<Client, BuildError> {
+        #[cfg(feature = "bloomreach")]
+        let mut b = b;
+        #[cfg(feature = "bloomreach")]
+        for projects in std::mem::take(&mut b.bloomreach) {
+            use crate::destination::DestinationSet as _;
+            let app_mode = b.app_mode;
+            b.destinations.extend(projects.resolve_sending(app_mode).expand());
+        }
         if let Some(e) = b.error {
             return Err(e);
         }
@@ -121,6 +129,11 @@ impl Client {
             app.identity.anonymous_id = Some(crate::app::new_anonymous_id());
             app.unsaved = true;
         }
+        if b.app_mode && app.device_id.is_none() {
+            // One per install, stored with the first app-mode change (as the anonymous id).
+            app.device_id = Some(uuid::Uuid::new_v4().hyphenated().to_string());
+            app.unsaved = true;
+        }
         let enabled = recovered.state.get(crate::app::CONSENT_KEY).is_none_or(|v| v.as_slice() != b"false");
         // Defaults from the builder are the code's current word; without them, the ones set at
         // run time in an earlier run come back.
@@ -144,6 +157,12 @@ impl Client {
             locale: b.locale.or_else(locale_from_env),
             app_name: b.app_name,
             app_version: b.app_version,
+            os_name: Some(os_name().into()),
+            os_version: b.device.os_version.or_else(os_version),
+            device_model: b.device.model,
+            device_type: b.device.kind,
+            // App mode's install id; a server's events carry none (it is no device of theirs).
+            device_id: if b.app_mode { app.device_id.clone() } else { None },
         };
         let counters = Counters::new(names.iter().cloned());
         if let Some(salvage) = &recovered.salvage {
@@ -243,6 +262,31 @@ fn recreate(
         .map_err(|e| format!("{e}; its events are held"))?;
     let setup = http.lane_setup(d.as_ref(), retry, clock).map_err(|e| format!("{e}; its events are held"))?;
     Ok((d, setup))
+}
+
+/// The operating system's name as people write it (Bloomreach's `os_name`).
+fn os_name() -> &'static str {
+    match std::env::consts::OS {
+        "linux" => "Linux",
+        "macos" => "macOS",
+        "windows" => "Windows",
+        "android" => "Android",
+        "ios" => "iOS",
+        "freebsd" => "FreeBSD",
+        other => other,
+    }
+}
+
+/// The operating system's version where the platform tells it without a system call of its own:
+/// the kernel release on Linux and Android. Elsewhere none (the app can set it).
+fn os_version() -> Option<String> {
+    if cfg!(any(target_os = "linux", target_os = "android")) {
+        let v = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+        let v = v.trim();
+        (!v.is_empty()).then(|| v.to_owned())
+    } else {
+        None
+    }
 }
 
 fn locale_from_env() -> Option<String> {

@@ -134,16 +134,22 @@ impl Client {
             return Err(Error::NoRoute { kind: m.kind.as_str() });
         }
         let queued_at = shared.pipe.clock.now();
-        let (id, timestamp) = match (opts.import, opts.at) {
+        // The call's own time (`Track::timestamp`, a payment's, a manual session's), else now.
+        let (id, timestamp) = match (opts.import, opts.at.or(m.timestamp)) {
             (Some(import), _) => import,
             (None, Some(at)) => (MessageId::new_v7(at), at),
             (None, None) => (MessageId::new_v7(queued_at), queued_at),
         };
         let mut properties = m.properties;
+        let mut default_keys = Vec::new();
         if !opts.no_defaults && shared.has_defaults.load(Ordering::Relaxed) {
             // defaults < event properties (< fields trackway sets, which the calls that own them
             // put among the event's properties).
             let defaults = Arc::clone(&lock(&shared.defaults));
+            // Which keys come from the defaults: a destination may leave them out (Bloomreach's
+            // customer updates without `allow_default_customer_properties`).
+            default_keys =
+                defaults.iter().filter(|(k, _)| properties.get(k).is_none()).map(|(k, _)| k.into()).collect();
             properties.fill_missing_from(&defaults);
         }
         let mut event = Event {
@@ -157,6 +163,7 @@ impl Client {
             page: m.page,
             context: shared.pipe.context.clone(),
             imported: opts.import.is_some(),
+            default_keys,
         };
         if let Some(hook) = &shared.before_send
             && opts.command.is_none()

@@ -25,6 +25,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use trackway_wire::{Event, EventKind, MessageId, Timestamp};
 
+#[cfg(feature = "bloomreach")]
+pub mod bloomreach;
 #[cfg(feature = "customerio")]
 pub mod customerio;
 mod event_type;
@@ -40,6 +42,8 @@ mod transport;
 #[cfg(feature = "umami")]
 pub mod umami;
 
+#[cfg(feature = "bloomreach")]
+pub use bloomreach::Bloomreach;
 #[cfg(feature = "customerio")]
 pub use customerio::CustomerIo;
 pub use event_type::EventType;

@@ -22,6 +22,7 @@ fn event(kind: EventKind, name: Option<&str>, properties: Properties, identity: 
         page: None,
         imported: false,
         context: Arc::new(Context::default()),
+        default_keys: Vec::new(),
     }
 }
 

@@ -147,6 +147,7 @@ mod tests {
             page: None,
             context: Arc::default(),
             imported: false,
+            default_keys: Vec::new(),
         };
         EventRecord::from_event(0, &event).expect("record")
     }

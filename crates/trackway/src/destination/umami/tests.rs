@@ -36,6 +36,7 @@ fn event(kind: EventKind, name: Option<&str>, properties: Properties) -> Event {
         session_id: None,
         page: None,
         imported: false,
+        default_keys: Vec::new(),
         context: Arc::new(Context::default()),
     }
 }
