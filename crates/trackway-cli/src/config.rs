@@ -12,7 +12,7 @@
 //! url = "http://127.0.0.1:8080/events"
 //! batch_size = 100             # optional
 //! [destination.headers]        # values name environment variables holding the secrets
-//! Authorization = { env = "WAREHOUSE_TOKEN" }
+//! Authorization = { env = "WAREHOUSE_TOKEN" }  # or { file = "secrets/token" }: a file holding it
 //!
 //! [[destination]]
 //! name = "umami"
@@ -54,7 +54,8 @@
 //! application_id = "com.example.shop"        # optional; sending = "batch" | "per_event"
 //! ```
 //!
-//! Secrets come only from environment variables; their values are never printed (errors name
+//! Secrets come only from environment variables or files (`{ file = "PATH" }`, relative to the
+//! configuration file, one trailing line break dropped); their values are never printed (errors name
 //! the variable, `Debug` shows only header names).
 
 use std::collections::BTreeMap;
@@ -317,41 +318,76 @@ impl DestinationConfig {
     }
 }
 
-/// A header value: the name of the environment variable that holds it, never the value itself.
+/// Where a secret (a header value, an API key) is: the environment variable or the file that
+/// holds it, never the value itself.
 #[derive(Debug)]
-struct SecretRef {
-    env: String,
+enum SecretRef {
+    /// `{ env = "NAME" }`.
+    Env(String),
+    /// `{ file = "PATH" }` (a mounted secret); a relative path is resolved against the
+    /// configuration file's directory when the file is read.
+    File(PathBuf),
 }
 
 impl SecretRef {
-    /// The secret's value, from its environment variable; errors name the variable (as `what`
-    /// of `destination`), never a value.
+    /// The secret's value, from its environment variable or file (one trailing line break
+    /// dropped, as `echo` and secret stores write one); errors name the variable or the file (as
+    /// `what` of `destination`), never a value.
     fn read(&self, destination: &str, what: &str) -> anyhow::Result<String> {
-        match std::env::var(&self.env) {
-            Ok(v) => Ok(v),
-            Err(std::env::VarError::NotPresent) => {
-                bail!("destination `{destination}`: {what}: environment variable {} is not set", self.env)
+        match self {
+            SecretRef::Env(env) => match std::env::var(env) {
+                Ok(v) => Ok(v),
+                Err(std::env::VarError::NotPresent) => {
+                    bail!("destination `{destination}`: {what}: environment variable {env} is not set")
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    bail!("destination `{destination}`: {what}: environment variable {env} is not valid UTF-8")
+                }
+            },
+            SecretRef::File(path) => {
+                // The io error says why (missing, permissions, not UTF-8), never what is inside.
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("destination `{destination}`: {what}: cannot read file {}: {e}", path.display())
+                })?;
+                let value = text.strip_suffix('\n').map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+                Ok(value.to_owned())
             }
-            Err(std::env::VarError::NotUnicode(_)) => {
-                bail!("destination `{destination}`: {what}: environment variable {} is not valid UTF-8", self.env)
-            }
+        }
+    }
+
+    /// Whether it names no variable or no file.
+    fn names_nothing(&self) -> bool {
+        match self {
+            SecretRef::Env(env) => env.trim().is_empty(),
+            SecretRef::File(path) => path.as_os_str().is_empty(),
+        }
+    }
+
+    /// A relative file made relative to `dir` (the configuration file's directory).
+    fn resolve(&mut self, dir: &Path) {
+        if let SecretRef::File(path) = self
+            && path.is_relative()
+        {
+            *path = dir.join(&*path);
         }
     }
 }
 
 impl<'de> Deserialize<'de> for SecretRef {
-    /// Anything but `{ env = "NAME" }` is refused with a message that never quotes the value:
-    /// serde's own "invalid type: string ..." would print a secret pasted into the file.
+    /// Anything but `{ env = "NAME" }` or `{ file = "PATH" }` is refused with a message that
+    /// never quotes the value: serde's own "invalid type: string ..." would print a secret
+    /// pasted into the file.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let refused = || {
             serde::de::Error::custom(
-                "header values must be { env = \"VARIABLE\" }: secrets are read from the environment, \
-                 never written in the configuration",
+                "secret values must be { env = \"VARIABLE\" } or { file = \"PATH\" }: secrets are read from the \
+                 environment or a file, never written in the configuration",
             )
         };
         match toml::Value::deserialize(d).map_err(|_| refused())? {
-            toml::Value::Table(t) if t.len() == 1 => match t.get("env") {
-                Some(toml::Value::String(env)) => Ok(SecretRef { env: env.clone() }),
+            toml::Value::Table(t) if t.len() == 1 => match (t.get("env"), t.get("file")) {
+                (Some(toml::Value::String(env)), _) => Ok(SecretRef::Env(env.clone())),
+                (_, Some(toml::Value::String(file))) => Ok(SecretRef::File(PathBuf::from(file))),
                 _ => Err(refused()),
             },
             _ => Err(refused()),
@@ -419,6 +455,14 @@ impl Config {
             std::fs::read_to_string(path).with_context(|| format!("cannot read configuration {}", path.display()))?;
         let mut config: Config = toml::from_str(&text).map_err(|e| syntax_error(path, &text, &e))?;
         config.file = path.to_path_buf();
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        for d in &mut config.destinations {
+            let dual_write = d.customer_io.as_mut().map(|c| &mut c.api_key);
+            let secrets = d.headers.values_mut().chain(d.api_key.as_mut()).chain(d.public_key.as_mut());
+            for secret in secrets.chain(d.secret.as_mut()).chain(dual_write) {
+                secret.resolve(&dir);
+            }
+        }
         if let Some(store) = &mut config.store {
             store.path = expand_home(&store.path, dirs::home_dir)
                 .with_context(|| format!("{}: [store] path {}", path.display(), store.path.display()))?;
@@ -484,11 +528,8 @@ impl Config {
                         if cio.site_id.trim().is_empty() {
                             bail!("{}: [destination.customer_io] has an empty `site_id`", what());
                         }
-                        if cio.api_key.env.trim().is_empty() {
-                            bail!(
-                                "{}: [destination.customer_io] `api_key` names an empty environment variable",
-                                what()
-                            );
+                        if cio.api_key.names_nothing() {
+                            bail!("{}: [destination.customer_io] `api_key` names no variable or file", what());
                         }
                         // The key is read later, from the environment: a stand-in checks the rest.
                         let checked = cio.customerio("key").map_err(|e| e.to_string()).and_then(|c| c.check_config());
@@ -569,8 +610,8 @@ impl Config {
                 bail!("{}: {why}", what());
             }
             for (header, secret) in &d.headers {
-                if secret.env.trim().is_empty() {
-                    bail!("{}: header `{header}` names an empty environment variable", what());
+                if secret.names_nothing() {
+                    bail!("{}: header `{header}` names no environment variable or file", what());
                 }
             }
         }
@@ -636,10 +677,8 @@ impl Config {
                 Kind::CustomerIo(Box::new(d.customerio(&key).with_context(|| format!("destination `{}`", d.name))?))
             } else if d.kind == "bloomreach" {
                 let authorization = match (&d.public_key, &d.key_id, &d.secret) {
-                    (Some(key), _, _) => Authorization::token(read_env(&d.name, "public_key", &key.env)?),
-                    (None, Some(id), Some(secret)) => {
-                        Authorization::basic(id, read_env(&d.name, "secret", &secret.env)?)
-                    }
+                    (Some(key), _, _) => Authorization::token(key.read(&d.name, "`public_key`")?),
+                    (None, Some(id), Some(secret)) => Authorization::basic(id, secret.read(&d.name, "`secret`")?),
                     _ => bail!("destination `{}`: no authorization", d.name),
                 };
                 Kind::Bloomreach(Box::new(d.bloomreach(authorization)?))
@@ -695,20 +734,6 @@ fn expand_home(path: &Path, home: impl FnOnce() -> Option<PathBuf>) -> anyhow::R
         bail!("`{first}` (another user's home directory) is not expanded: write the full path");
     }
     Ok(path.to_path_buf())
-}
-
-/// The value of the environment variable `env` that holds `field` of destination `name` (named
-/// in errors, its value never shown).
-fn read_env(name: &str, field: &str, env: &str) -> anyhow::Result<String> {
-    match std::env::var(env) {
-        Ok(v) => Ok(v),
-        Err(std::env::VarError::NotPresent) => {
-            bail!("destination `{name}`: `{field}`: environment variable {env} is not set")
-        }
-        Err(std::env::VarError::NotUnicode(_)) => {
-            bail!("destination `{name}`: `{field}`: environment variable {env} is not valid UTF-8")
-        }
-    }
 }
 
 /// Loads `--config`, or fails saying it is needed for `what`.
@@ -883,6 +908,30 @@ mod tests {
         )
         .expect_err("dual-write on json");
         assert!(format!("{on_json:#}").contains("is a table of type \"opencdp\""), "{on_json:#}");
+    }
+
+    #[test]
+    fn secrets_are_read_from_files_relative_to_the_configuration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("secrets")).expect("mkdir");
+        std::fs::write(dir.path().join("secrets/cio"), "s3cr3t-from-file\n").expect("write secret");
+        let path = dir.path().join("trackway.toml");
+        let text = "[[destination]]\nname = \"cdp\"\ntype = \"opencdp\"\napi_key = { file = \"secrets/cio\" }\n\
+                    [destination.customer_io]\nsite_id = \"s\"\napi_key = { file = \"secrets/missing\" }\n";
+        std::fs::write(&path, text).expect("write config");
+        let err = Config::load(&path).expect("valid").destinations().expect_err("a missing file");
+        let message = format!("{err:#}");
+        assert!(message.contains("cannot read file") && message.contains("secrets/missing"), "{message}");
+        std::fs::write(&path, text.replace("secrets/missing", "secrets/cio")).expect("write config");
+        let built = Config::load(&path).expect("valid").destinations().expect("both keys read");
+        assert_eq!(built[0].names(), ["cdp", "customerio"]);
+        // The value (a line break dropped) is what is sent; it is never in Debug output.
+        let value = SecretRef::File(dir.path().join("secrets/cio")).read("d", "k").expect("read");
+        assert_eq!(value, "s3cr3t-from-file");
+        assert!(!format!("{:?}", built[0]).contains("s3cr3t"));
+        let err = parse("[[destination]]\nname = \"w\"\ntype = \"json\"\nurl = \"http://x/\"\n[destination.headers]\nA = { file = 7 }\n")
+            .expect_err("not a path");
+        assert!(format!("{err:#}").contains("{ file = \"PATH\" }"), "{err:#}");
     }
 
     #[test]

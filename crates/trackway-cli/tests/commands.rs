@@ -513,12 +513,14 @@ fn send_to_opencdp_dual_writes_to_customer_io_from_the_configuration() {
             format!(
                 "[[destination]]\nname = \"cdp\"\ntype = \"opencdp\"\napi_key = {{ env = \"{TOKEN_VAR}\" }}\n\
                  endpoint = \"{}\"\n[destination.customer_io]\nname = \"cio\"\nsite_id = \"site-7\"\n\
-                 api_key = {{ env = \"{TOKEN_VAR}\" }}\nbase_url = \"{}\"\napi = \"v1\"\n",
+                 api_key = {{ file = \"cio.key\" }}\nbase_url = \"{}\"\napi = \"v1\"\n",
                 collector.url("/gateway/data-gateway"),
                 collector.url(""),
             ),
         )
         .expect("write config");
+        // The dual-write's key from a file next to the configuration (a mounted secret).
+        std::fs::write(dir.path().join("cio.key"), format!("{SECRET}\n")).expect("write the key file");
         let config = config.to_str().expect("utf-8 path");
         let out = run(&["send", "--config", config, "--user", "u1", "--event", "purchase", "--prop", "amount=9.5"]);
         assert!(out.status.success(), "{out:?}");
@@ -539,7 +541,7 @@ fn send_to_opencdp_dual_writes_to_customer_io_from_the_configuration() {
         let event = cio.json().expect("json");
         assert_eq!((event["name"].as_str(), event["data"]["amount"].as_f64()), (Some("purchase"), Some(9.5)));
 
-        // The dual-write's key missing from the environment: named, and nothing is sent.
+        // OpenCDP's key missing from the environment: named, and nothing is sent.
         let out = command(&["send", "--config", config, "--user", "u1", "--event", "e"])
             .env_remove(TOKEN_VAR)
             .spawn()
