@@ -47,6 +47,9 @@ pub struct MemoryStore {
     next_dead_key: u64,
     /// Bytes of event bodies still held (released events free theirs at once).
     live_bytes: u64,
+    /// The slots of the last block dropped, empty, for the next block: a steady stream then
+    /// writes into memory that is already mapped instead of faulting in a fresh block each time.
+    spare: Option<Vec<Slot>>,
 }
 
 /// A slot whose bytes are a complete event (no context to add).
@@ -94,7 +97,12 @@ impl MemoryStore {
     /// Drops leading blocks that are full and have nothing pending.
     fn trim(&mut self) {
         while self.blocks.front().is_some_and(|b| b.live == 0 && b.slots.len() == BLOCK) {
-            self.blocks.pop_front();
+            if let Some(mut block) = self.blocks.pop_front()
+                && self.spare.is_none()
+            {
+                block.slots.clear();
+                self.spare = Some(block.slots);
+            }
             self.base += BLOCK as u64;
         }
         if self.blocks.len() == 1 && self.blocks[0].live == 0 {
@@ -110,7 +118,8 @@ impl MemoryStore {
 
     fn push_slot(&mut self, slot: Slot) {
         if self.blocks.back().is_none_or(|b| b.slots.len() == BLOCK) {
-            self.blocks.push_back(Block { slots: Vec::with_capacity(BLOCK), live: 0 });
+            let slots = self.spare.take().unwrap_or_else(|| Vec::with_capacity(BLOCK));
+            self.blocks.push_back(Block { slots, live: 0 });
         }
         self.live_bytes += slot.bytes.len() as u64;
         if let Some(block) = self.blocks.back_mut() {
@@ -296,16 +305,18 @@ impl Outbox for MemoryStore {
     fn append(&mut self, events: &[NewEvent], state: &[StateChange]) -> Result<Appended, StoreError> {
         let n = self.destinations.len();
         let known = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+        // Slots held, kept up to date here rather than summed over the blocks for each event.
+        let mut len = self.len();
         for e in events {
-            let end = self.base + self.len();
-            if e.seq < end {
+            if e.seq < self.base + len {
                 return Err(StoreError::Backend(format!("seq {} appended out of order", e.seq)));
             }
-            if self.len() == 0 {
+            if len == 0 {
                 self.base = e.seq;
             }
             // Seqs are consecutive in practice; a gap gets empty slots so indexing stays direct.
-            for _ in self.base + self.len()..e.seq {
+            for _ in self.base + len..e.seq {
+                len += 1;
                 self.push_slot(Slot {
                     id: e.id,
                     kind: e.kind,
@@ -330,6 +341,7 @@ impl Outbox for MemoryStore {
                 context,
                 pending: mask,
             });
+            len += 1;
             self.next_seq = self.next_seq.max(e.seq + 1);
         }
         self.trim();
