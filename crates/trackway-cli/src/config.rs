@@ -12,7 +12,7 @@
 //! url = "http://127.0.0.1:8080/events"
 //! batch_size = 100             # optional
 //! [destination.headers]        # values name environment variables holding the secrets
-//! Authorization = { env = "WAREHOUSE_TOKEN" }
+//! Authorization = { env = "WAREHOUSE_TOKEN" }  # or { file = "secrets/token" }: a file holding it
 //!
 //! [[destination]]
 //! name = "umami"
@@ -38,6 +38,11 @@
 //! endpoint = "https://api.opencdp.io/gateway/data-gateway"  # optional, the SDK's default
 //! fallback_endpoints = []                     # optional, default none (they receive the key)
 //! max_concurrent_requests = 10                # optional, default 10, at most 30
+//! [destination.customer_io]                   # optional: dual-write to Customer.io, a
+//! name = "customerio"                         #   destination of its own (default name
+//! site_id = "your-site-id"                    #   "customerio"), with its own cursor
+//! api_key = { env = "CUSTOMERIO_API_KEY" }
+//! region = "eu"                               # optional, like api and base_url above
 //!
 //! [[destination]]
 //! name = "bloomreach"
@@ -49,7 +54,8 @@
 //! application_id = "com.example.shop"        # optional; sending = "batch" | "per_event"
 //! ```
 //!
-//! Secrets come only from environment variables; their values are never printed (errors name
+//! Secrets come only from environment variables or files (`{ file = "PATH" }`, relative to the
+//! configuration file, one trailing line break dropped); their values are never printed (errors name
 //! the variable, `Debug` shows only header names).
 
 use std::collections::BTreeMap;
@@ -116,6 +122,8 @@ struct DestinationConfig {
     endpoint: Option<String>,
     fallback_endpoints: Option<Vec<String>>,
     max_concurrent_requests: Option<usize>,
+    /// `[destination.customer_io]` of `type = "opencdp"`: the dual-write to Customer.io.
+    customer_io: Option<DualWriteConfig>,
     /// The fields of `type = "bloomreach"` (with `base_url`).
     project_token: Option<String>,
     public_key: Option<SecretRef>,
@@ -123,6 +131,55 @@ struct DestinationConfig {
     secret: Option<SecretRef>,
     application_id: Option<String>,
     sending: Option<String>,
+}
+
+/// `[destination.customer_io]`: OpenCDP's dual-write to Customer.io (`sendToCustomerIo`), the
+/// fields of `type = "customerio"` less `batch_size`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DualWriteConfig {
+    /// The Customer.io destination's name (default `customerio`): stats and the store key its
+    /// cursor by it, so it must differ from every other destination's.
+    name: Option<String>,
+    site_id: String,
+    api_key: SecretRef,
+    region: Option<String>,
+    api: Option<String>,
+    base_url: Option<String>,
+}
+
+impl DualWriteConfig {
+    /// The destination's name.
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("customerio")
+    }
+
+    /// The Customer.io destination, with `api_key` (read from the environment by the caller).
+    fn customerio(&self, api_key: &str) -> anyhow::Result<CustomerIo> {
+        let d = CustomerIo::new(self.site_id.clone(), api_key).name(self.name());
+        customerio_options(d, self.region.as_deref(), self.api.as_deref(), self.base_url.as_deref())
+    }
+}
+
+/// `d` with the region, API version and base URL of a configuration (its own or a dual-write's).
+fn customerio_options(
+    mut d: CustomerIo,
+    region: Option<&str>,
+    api: Option<&str>,
+    base_url: Option<&str>,
+) -> anyhow::Result<CustomerIo> {
+    if let Some(region) = region {
+        d = d.region(region.parse::<Region>().map_err(anyhow::Error::msg)?);
+    }
+    d = match api {
+        None | Some("v2") => d,
+        Some("v1") => d.api(Api::V1),
+        Some(other) => bail!("api {other:?} is not \"v1\" or \"v2\""),
+    };
+    if let Some(url) = base_url {
+        d = d.base_url(url);
+    }
+    Ok(d)
 }
 
 impl DestinationConfig {
@@ -164,18 +221,8 @@ impl DestinationConfig {
 
     /// The Customer.io destination, with `api_key` (read from the environment by the caller).
     fn customerio(&self, api_key: &str) -> anyhow::Result<CustomerIo> {
-        let mut d = CustomerIo::new(self.site_id.clone().unwrap_or_default(), api_key).name(self.name.clone());
-        if let Some(region) = &self.region {
-            d = d.region(region.parse::<Region>().map_err(anyhow::Error::msg)?);
-        }
-        d = match self.api.as_deref() {
-            None | Some("v2") => d,
-            Some("v1") => d.api(Api::V1),
-            Some(other) => bail!("api {other:?} is not \"v1\" or \"v2\""),
-        };
-        if let Some(url) = &self.base_url {
-            d = d.base_url(url.clone());
-        }
+        let d = CustomerIo::new(self.site_id.clone().unwrap_or_default(), api_key).name(self.name.clone());
+        let mut d = customerio_options(d, self.region.as_deref(), self.api.as_deref(), self.base_url.as_deref())?;
         if let Some(n) = self.batch_size {
             d = d.batch_size(n);
         }
@@ -271,41 +318,76 @@ impl DestinationConfig {
     }
 }
 
-/// A header value: the name of the environment variable that holds it, never the value itself.
+/// Where a secret (a header value, an API key) is: the environment variable or the file that
+/// holds it, never the value itself.
 #[derive(Debug)]
-struct SecretRef {
-    env: String,
+enum SecretRef {
+    /// `{ env = "NAME" }`.
+    Env(String),
+    /// `{ file = "PATH" }` (a mounted secret); a relative path is resolved against the
+    /// configuration file's directory when the file is read.
+    File(PathBuf),
 }
 
 impl SecretRef {
-    /// The secret's value, from its environment variable; errors name the variable (as `what`
-    /// of `destination`), never a value.
+    /// The secret's value, from its environment variable or file (one trailing line break
+    /// dropped, as `echo` and secret stores write one); errors name the variable or the file (as
+    /// `what` of `destination`), never a value.
     fn read(&self, destination: &str, what: &str) -> anyhow::Result<String> {
-        match std::env::var(&self.env) {
-            Ok(v) => Ok(v),
-            Err(std::env::VarError::NotPresent) => {
-                bail!("destination `{destination}`: {what}: environment variable {} is not set", self.env)
+        match self {
+            SecretRef::Env(env) => match std::env::var(env) {
+                Ok(v) => Ok(v),
+                Err(std::env::VarError::NotPresent) => {
+                    bail!("destination `{destination}`: {what}: environment variable {env} is not set")
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    bail!("destination `{destination}`: {what}: environment variable {env} is not valid UTF-8")
+                }
+            },
+            SecretRef::File(path) => {
+                // The io error says why (missing, permissions, not UTF-8), never what is inside.
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("destination `{destination}`: {what}: cannot read file {}: {e}", path.display())
+                })?;
+                let value = text.strip_suffix('\n').map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+                Ok(value.to_owned())
             }
-            Err(std::env::VarError::NotUnicode(_)) => {
-                bail!("destination `{destination}`: {what}: environment variable {} is not valid UTF-8", self.env)
-            }
+        }
+    }
+
+    /// Whether it names no variable or no file.
+    fn names_nothing(&self) -> bool {
+        match self {
+            SecretRef::Env(env) => env.trim().is_empty(),
+            SecretRef::File(path) => path.as_os_str().is_empty(),
+        }
+    }
+
+    /// A relative file made relative to `dir` (the configuration file's directory).
+    fn resolve(&mut self, dir: &Path) {
+        if let SecretRef::File(path) = self
+            && path.is_relative()
+        {
+            *path = dir.join(&*path);
         }
     }
 }
 
 impl<'de> Deserialize<'de> for SecretRef {
-    /// Anything but `{ env = "NAME" }` is refused with a message that never quotes the value:
-    /// serde's own "invalid type: string ..." would print a secret pasted into the file.
+    /// Anything but `{ env = "NAME" }` or `{ file = "PATH" }` is refused with a message that
+    /// never quotes the value: serde's own "invalid type: string ..." would print a secret
+    /// pasted into the file.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let refused = || {
             serde::de::Error::custom(
-                "header values must be { env = \"VARIABLE\" }: secrets are read from the environment, \
-                 never written in the configuration",
+                "secret values must be { env = \"VARIABLE\" } or { file = \"PATH\" }: secrets are read from the \
+                 environment or a file, never written in the configuration",
             )
         };
         match toml::Value::deserialize(d).map_err(|_| refused())? {
-            toml::Value::Table(t) if t.len() == 1 => match t.get("env") {
-                Some(toml::Value::String(env)) => Ok(SecretRef { env: env.clone() }),
+            toml::Value::Table(t) if t.len() == 1 => match (t.get("env"), t.get("file")) {
+                (Some(toml::Value::String(env)), _) => Ok(SecretRef::Env(env.clone())),
+                (_, Some(toml::Value::String(file))) => Ok(SecretRef::File(PathBuf::from(file))),
                 _ => Err(refused()),
             },
             _ => Err(refused()),
@@ -329,20 +411,31 @@ enum Kind {
     // Boxed: an Umami destination carries its token LRU and is several times a JsonHttp.
     Umami(Box<Umami>),
     CustomerIo(Box<CustomerIo>),
-    OpenCdp(Box<OpenCdpConfig>),
+    /// OpenCDP, and its dual-write to Customer.io with that destination's own HTTP options.
+    OpenCdp {
+        config: Box<OpenCdpConfig>,
+        customer_io: Option<(Box<CustomerIo>, HttpOptions)>,
+    },
     Bloomreach(Box<Bloomreach>),
 }
 
 impl Destination {
-    /// The destination's name.
-    pub(crate) fn name(&self) -> &str {
-        &self.name
+    /// The names of the client destinations this one stands for: its own, then its dual-write's.
+    pub(crate) fn names(&self) -> Vec<&str> {
+        let mut names = vec![self.name.as_str()];
+        if let Kind::OpenCdp { customer_io: Some((cio, _)), .. } = &self.destination {
+            names.push(trackway::destination::Destination::name(cio.as_ref()));
+        }
+        names
     }
 
     /// The same destination with each request limited to `timeout` (the configuration file has
-    /// no timeout of its own).
+    /// no timeout of its own), its dual-write's requests too.
     pub(crate) fn with_request_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.http = self.http.timeout(timeout);
+        if let Kind::OpenCdp { customer_io: Some((_, http)), .. } = &mut self.destination {
+            *http = std::mem::take(http).timeout(timeout);
+        }
         self
     }
 }
@@ -362,6 +455,14 @@ impl Config {
             std::fs::read_to_string(path).with_context(|| format!("cannot read configuration {}", path.display()))?;
         let mut config: Config = toml::from_str(&text).map_err(|e| syntax_error(path, &text, &e))?;
         config.file = path.to_path_buf();
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        for d in &mut config.destinations {
+            let dual_write = d.customer_io.as_mut().map(|c| &mut c.api_key);
+            let secrets = d.headers.values_mut().chain(d.api_key.as_mut()).chain(d.public_key.as_mut());
+            for secret in secrets.chain(d.secret.as_mut()).chain(dual_write) {
+                secret.resolve(&dir);
+            }
+        }
         if let Some(store) = &mut config.store {
             store.path = expand_home(&store.path, dirs::home_dir)
                 .with_context(|| format!("{}: [store] path {}", path.display(), store.path.display()))?;
@@ -376,6 +477,20 @@ impl Config {
                 bail!("{}: two destinations are named `{}`; names must be unique", path.display(), d.name);
             }
             names.push(&d.name);
+            if let Some(cio) = &d.customer_io {
+                if d.kind != "opencdp" {
+                    bail!("{}: `customer_io` (the dual-write to Customer.io) is a table of type \"opencdp\"", what());
+                }
+                if names.contains(&cio.name()) {
+                    bail!(
+                        "{}: the dual-write's Customer.io destination is named `{}` like another destination; \
+                         give it its own `name` in [destination.customer_io]",
+                        what(),
+                        cio.name()
+                    );
+                }
+                names.push(cio.name());
+            }
             if matches!(d.kind.as_str(), "json" | "umami" | "customerio" | "bloomreach")
                 && let Some(field) = d.opencdp_fields().first()
             {
@@ -405,6 +520,22 @@ impl Config {
                     }
                     if d.batch_size.is_some() {
                         bail!("{}: type \"opencdp\" sends one event per request (its API has no batch)", what());
+                    }
+                    if let Some(cio) = &d.customer_io {
+                        if cio.name().trim().is_empty() {
+                            bail!("{}: [destination.customer_io] has an empty `name`", what());
+                        }
+                        if cio.site_id.trim().is_empty() {
+                            bail!("{}: [destination.customer_io] has an empty `site_id`", what());
+                        }
+                        if cio.api_key.names_nothing() {
+                            bail!("{}: [destination.customer_io] `api_key` names no variable or file", what());
+                        }
+                        // The key is read later, from the environment: a stand-in checks the rest.
+                        let checked = cio.customerio("key").map_err(|e| e.to_string()).and_then(|c| c.check_config());
+                        if let Err(why) = checked {
+                            bail!("{}: [destination.customer_io]: {why}", what());
+                        }
                     }
                 }
                 "json" => {
@@ -479,8 +610,8 @@ impl Config {
                 bail!("{}: {why}", what());
             }
             for (header, secret) in &d.headers {
-                if secret.env.trim().is_empty() {
-                    bail!("{}: header `{header}` names an empty environment variable", what());
+                if secret.names_nothing() {
+                    bail!("{}: header `{header}` names no environment variable or file", what());
                 }
             }
         }
@@ -502,9 +633,11 @@ impl Config {
         self.store.as_ref()?.max_bytes
     }
 
-    /// The destination names, in order.
+    /// The destination names, in order (an OpenCDP destination's dual-write to Customer.io
+    /// right after it).
     pub(crate) fn destination_names(&self) -> Vec<String> {
-        self.destinations.iter().map(|d| d.name.clone()).collect()
+        let dual_write = |d: &DestinationConfig| d.customer_io.as_ref().map(|c| c.name().to_owned());
+        self.destinations.iter().flat_map(|d| std::iter::once(d.name.clone()).chain(dual_write(d))).collect()
     }
 
     /// Builds the destinations, reading each header's secret from its environment variable.
@@ -526,7 +659,16 @@ impl Config {
             let destination = if d.kind == "umami" {
                 Kind::Umami(Box::new(d.umami()))
             } else if let (Some(key), "opencdp") = (&d.api_key, d.kind.as_str()) {
-                Kind::OpenCdp(Box::new(d.opencdp(key.read(&d.name, "`api_key`")?)))
+                let customer_io = match &d.customer_io {
+                    Some(cio) => {
+                        let key = cio.api_key.read(&d.name, "[destination.customer_io] `api_key`")?;
+                        let dest = cio.customerio(&key).with_context(|| format!("destination `{}`", d.name))?;
+                        // The dual-write's own options: the headers above are OpenCDP's.
+                        Some((Box::new(dest), HttpOptions::default()))
+                    }
+                    None => None,
+                };
+                Kind::OpenCdp { config: Box::new(d.opencdp(key.read(&d.name, "`api_key`")?)), customer_io }
             } else if d.kind == "customerio" {
                 let key = match &d.api_key {
                     Some(secret) => secret.read(&d.name, "`api_key`")?,
@@ -535,10 +677,8 @@ impl Config {
                 Kind::CustomerIo(Box::new(d.customerio(&key).with_context(|| format!("destination `{}`", d.name))?))
             } else if d.kind == "bloomreach" {
                 let authorization = match (&d.public_key, &d.key_id, &d.secret) {
-                    (Some(key), _, _) => Authorization::token(read_env(&d.name, "public_key", &key.env)?),
-                    (None, Some(id), Some(secret)) => {
-                        Authorization::basic(id, read_env(&d.name, "secret", &secret.env)?)
-                    }
+                    (Some(key), _, _) => Authorization::token(key.read(&d.name, "`public_key`")?),
+                    (None, Some(id), Some(secret)) => Authorization::basic(id, secret.read(&d.name, "`secret`")?),
                     _ => bail!("destination `{}`: no authorization", d.name),
                 };
                 Kind::Bloomreach(Box::new(d.bloomreach(authorization)?))
@@ -562,7 +702,13 @@ pub(crate) fn with_destinations(mut builder: ClientBuilder, destinations: Vec<De
             Kind::Json(json) => builder.destination_with(json, d.http),
             Kind::Umami(umami) => builder.destination_with(*umami, d.http),
             Kind::CustomerIo(cio) => builder.destination_with(*cio, d.http),
-            Kind::OpenCdp(opencdp) => builder.destinations(opencdp.http(d.http)),
+            Kind::OpenCdp { config, customer_io } => {
+                let config = config.http(d.http);
+                builder.destinations(match customer_io {
+                    Some((cio, http)) => config.customer_io_with(*cio, http),
+                    None => config,
+                })
+            }
             Kind::Bloomreach(b) => builder.destination_with(*b, d.http),
         };
     }
@@ -588,20 +734,6 @@ fn expand_home(path: &Path, home: impl FnOnce() -> Option<PathBuf>) -> anyhow::R
         bail!("`{first}` (another user's home directory) is not expanded: write the full path");
     }
     Ok(path.to_path_buf())
-}
-
-/// The value of the environment variable `env` that holds `field` of destination `name` (named
-/// in errors, its value never shown).
-fn read_env(name: &str, field: &str, env: &str) -> anyhow::Result<String> {
-    match std::env::var(env) {
-        Ok(v) => Ok(v),
-        Err(std::env::VarError::NotPresent) => {
-            bail!("destination `{name}`: `{field}`: environment variable {env} is not set")
-        }
-        Err(std::env::VarError::NotUnicode(_)) => {
-            bail!("destination `{name}`: `{field}`: environment variable {env} is not valid UTF-8")
-        }
-    }
 }
 
 /// Loads `--config`, or fails saying it is needed for `what`.
@@ -674,7 +806,7 @@ mod tests {
             "[[destination]]\nname = \"u\"\ntype = \"umami\"\nwebsite_id = \"b59e9c65-ae32-47f1-8400-119fcf4861c4\"\nhostname = \"myapp.example\"\nlate_after_secs = 30\n",
         )
         .expect("config");
-        assert_eq!(config.destinations().expect("destinations")[0].name(), "u");
+        assert_eq!(config.destinations().expect("destinations")[0].names(), ["u"]);
         let err = parse("[[destination]]\nname = \"u\"\ntype = \"umami\"\n").expect_err("no website");
         assert!(format!("{err:#}").contains("website_id"), "{err:#}");
         let err = parse("[[destination]]\nname = \"j\"\ntype = \"json\"\nurl = \"http://x/\"\nwebsite_id = \"x\"\n")
@@ -729,6 +861,77 @@ mod tests {
         let err = parse("[[destination]]\nname = \"c\"\ntype = \"opencdp\"\napi_key = { env = \"K\" }\nendpoint = \"http://h:/gw\"\n")
             .expect_err("empty port");
         assert!(format!("{err:#}").contains("endpoint has an empty port"), "{err:#}");
+    }
+
+    #[test]
+    fn opencdp_destinations_carry_the_customer_io_dual_write() {
+        let base = "[[destination]]\nname = \"cdp\"\ntype = \"opencdp\"\napi_key = { env = \"PATH\" }\n";
+        let dual = format!(
+            "{base}[destination.customer_io]\nsite_id = \"site\"\napi_key = {{ env = \"TRACKWAY_TEST_DUAL_KEY_UNSET\" }}\nregion = \"eu\"\napi = \"v1\"\n"
+        );
+        let config = parse(&dual).expect("valid");
+        assert_eq!(config.destination_names(), ["cdp", "customerio"], "two destinations, the dual-write named");
+        let err = config.destinations().expect_err("the dual-write key's variable is not set");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("[destination.customer_io] `api_key`: environment variable TRACKWAY_TEST_DUAL_KEY_UNSET"),
+            "{text}"
+        );
+
+        // Set: both destinations are built (PATH is always set; its value is never printed).
+        let set =
+            dual.replace("TRACKWAY_TEST_DUAL_KEY_UNSET", "PATH").replace("region = \"eu\"\n", "name = \"cio-eu\"\n");
+        let built = parse(&set).expect("valid").destinations().expect("destinations");
+        assert_eq!(built.len(), 1);
+        assert_eq!(built[0].names(), ["cdp", "cio-eu"]);
+
+        let literal = parse(&dual.replace("{ env = \"TRACKWAY_TEST_DUAL_KEY_UNSET\" }", "\"hunter2\""));
+        assert!(!format!("{:#}", literal.expect_err("a literal key")).contains("hunter2"));
+        let no_site = parse(&dual.replace("site_id = \"site\"\n", "")).expect_err("no site id");
+        assert!(format!("{no_site:#}").contains("site_id"), "{no_site:#}");
+        let region = parse(&dual.replace("\"eu\"", "\"mars\"")).expect_err("bad region");
+        assert!(
+            format!("{region:#}").contains("[destination.customer_io]: ") && format!("{region:#}").contains("mars"),
+            "{region:#}"
+        );
+        let port = parse(&format!("{dual}base_url = \"http://h:/x\"\n")).expect_err("empty port");
+        assert!(format!("{port:#}").contains("empty port"), "{port:#}");
+        let unknown = parse(&format!("{dual}batch = 3\n")).expect_err("unknown field");
+        assert!(format!("{unknown:#}").contains("batch"), "{unknown:#}");
+        let clash = parse(&format!(
+            "{dual}\n[[destination]]\nname = \"customerio\"\ntype = \"customerio\"\nsite_id = \"s\"\napi_key = {{ env = \"K\" }}\n"
+        ))
+        .expect_err("two destinations named customerio");
+        assert!(format!("{clash:#}").contains("two destinations are named `customerio`"), "{clash:#}");
+        let on_json = parse(
+            "[[destination]]\nname = \"j\"\ntype = \"json\"\nurl = \"http://x/\"\n[destination.customer_io]\nsite_id = \"s\"\napi_key = { env = \"K\" }\n",
+        )
+        .expect_err("dual-write on json");
+        assert!(format!("{on_json:#}").contains("is a table of type \"opencdp\""), "{on_json:#}");
+    }
+
+    #[test]
+    fn secrets_are_read_from_files_relative_to_the_configuration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("secrets")).expect("mkdir");
+        std::fs::write(dir.path().join("secrets/cio"), "s3cr3t-from-file\n").expect("write secret");
+        let path = dir.path().join("trackway.toml");
+        let text = "[[destination]]\nname = \"cdp\"\ntype = \"opencdp\"\napi_key = { file = \"secrets/cio\" }\n\
+                    [destination.customer_io]\nsite_id = \"s\"\napi_key = { file = \"secrets/missing\" }\n";
+        std::fs::write(&path, text).expect("write config");
+        let err = Config::load(&path).expect("valid").destinations().expect_err("a missing file");
+        let message = format!("{err:#}");
+        assert!(message.contains("cannot read file") && message.contains("secrets/missing"), "{message}");
+        std::fs::write(&path, text.replace("secrets/missing", "secrets/cio")).expect("write config");
+        let built = Config::load(&path).expect("valid").destinations().expect("both keys read");
+        assert_eq!(built[0].names(), ["cdp", "customerio"]);
+        // The value (a line break dropped) is what is sent; it is never in Debug output.
+        let value = SecretRef::File(dir.path().join("secrets/cio")).read("d", "k").expect("read");
+        assert_eq!(value, "s3cr3t-from-file");
+        assert!(!format!("{:?}", built[0]).contains("s3cr3t"));
+        let err = parse("[[destination]]\nname = \"w\"\ntype = \"json\"\nurl = \"http://x/\"\n[destination.headers]\nA = { file = 7 }\n")
+            .expect_err("not a path");
+        assert!(format!("{err:#}").contains("{ file = \"PATH\" }"), "{err:#}");
     }
 
     #[test]

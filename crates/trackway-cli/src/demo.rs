@@ -12,7 +12,8 @@ use anyhow::Context as _;
 use clap::Args;
 use serde_json::Value;
 use trackway::destination::bloomreach::{Authorization, Bloomreach, BloomreachProject};
-use trackway::destination::{EventType, JsonHttp, Umami};
+use trackway::destination::customerio::CustomerIo;
+use trackway::destination::{EventType, JsonHttp, OpenCdpConfig, Umami};
 use trackway::store::SqliteStore;
 use trackway::{AppLifecycle, Client, Identify, Page, Payment, PushToken, RetryPolicy, Screen, Track, props};
 use trackway_collector::{Collector, RecordedRequest, Reply, RunningCollector};
@@ -47,7 +48,12 @@ const DESTINATIONS: &[DemoDestination] = &[
     DemoDestination { name: "umami", label: "umami", path: "" },
     DemoDestination { name: "bloomreach", label: "bloomreach", path: DEMO_BLOOMREACH_PROJECT },
     DemoDestination { name: "bloomreach:demo-payments", label: "bloomreach", path: DEMO_BLOOMREACH_PAYMENTS },
+    DemoDestination { name: "opencdp", label: "opencdp", path: "" },
+    DemoDestination { name: "customerio", label: "customerio", path: "" },
 ];
+
+/// The base path of the demo's OpenCDP gateway (the SDK's default path, on the collector).
+const DEMO_OPENCDP_BASE: &str = "/gateway/data-gateway";
 
 /// The Bloomreach project the demo sends to, and the one its mapping sends payments to.
 const DEMO_BLOOMREACH_PROJECT: &str = "demo-project";
@@ -79,7 +85,13 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<crate::Outcome> {
             .or_else(|| client_stats.destinations.iter().find(|s| s.name.starts_with(&format!("{}@", d.name))));
         let (delivered, retried) = stats.map_or((0, 0), |s| (s.delivered, s.retried));
         all_delivered &= stats.is_some_and(|s| s.pending == 0 && s.rejected == 0 && s.delivered > 0);
-        writeln!(out, "== {}: {delivered} events delivered, {retried} retried", d.name)?;
+        write!(out, "== {}: {delivered} events delivered, {retried} retried", d.name)?;
+        if d.label == "customerio" {
+            // Customer.io drops an event whose id it has seen (a retry, a replay after a crash);
+            // the collector counts those, and so does the live page.
+            write!(out, ", {} duplicates dropped by id", collector.customerio_duplicates())?;
+        }
+        writeln!(out)?;
         for r in requests.iter().filter(|r| r.destination == d.label && r.path.contains(d.path)) {
             let events = summaries(r);
             if (200..300).contains(&r.status) {
@@ -146,6 +158,15 @@ fn send_session(collector: &RunningCollector, dir: &std::path::Path) -> anyhow::
             ),
             // Made by the mapping above.
             "bloomreach:demo-payments" => builder,
+            // OpenCDP with the Customer.io dual-write: two destinations, each with its own
+            // cursor, so the page shows both and either could be down without holding the other.
+            "opencdp" => builder.destinations(
+                OpenCdpConfig::new("demo-cdp-key")
+                    .endpoint(collector.url(DEMO_OPENCDP_BASE))
+                    .customer_io(CustomerIo::new("demo-site", "demo-cio-key").base_url(collector.url(""))),
+            ),
+            // Made by the dual-write above.
+            "customerio" => builder,
             _ => builder.destination(JsonHttp::new(collector.url("/v1/events")).name(d.name)),
         };
     }

@@ -93,7 +93,7 @@ pub(crate) fn run(config: Option<&Path>, args: SendArgs) -> anyhow::Result<Outco
         .filter(|t| !t.is_zero())
         .context("--timeout must be a positive number of seconds")?;
     let properties = properties(args.properties.as_deref(), &args.props)?;
-    let names: Vec<String> = destinations.iter().map(|d| d.name().to_owned()).collect();
+    let names: Vec<String> = destinations.iter().flat_map(|d| d.names()).map(str::to_owned).collect();
     // Half the budget per request: a server that accepts the connection and never answers
     // fails the first request with a timeout the report can name, instead of "no answer yet".
     let request_timeout = (timeout / 2).max(Duration::from_millis(100));

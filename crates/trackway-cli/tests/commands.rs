@@ -499,3 +499,55 @@ fn an_import_killed_midway_resumes_without_enqueueing_committed_lines_again() {
         assert!(twice.iter().all(|line| *line <= skipped), "lines after the checkpoint arrived twice: {twice:?}");
     });
 }
+
+#[test]
+fn send_to_opencdp_dual_writes_to_customer_io_from_the_configuration() {
+    watchdog(LIMIT, || {
+        // One collector answers both: OpenCDP's gateway path and Customer.io's Track API, the
+        // latter only with these credentials (so a key read wrongly is a 401, not a pass).
+        let collector = Collector::builder().customerio_credentials("site-7", SECRET).start().expect("collector");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("trackway.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[destination]]\nname = \"cdp\"\ntype = \"opencdp\"\napi_key = {{ env = \"{TOKEN_VAR}\" }}\n\
+                 endpoint = \"{}\"\n[destination.customer_io]\nname = \"cio\"\nsite_id = \"site-7\"\n\
+                 api_key = {{ file = \"cio.key\" }}\nbase_url = \"{}\"\napi = \"v1\"\n",
+                collector.url("/gateway/data-gateway"),
+                collector.url(""),
+            ),
+        )
+        .expect("write config");
+        // The dual-write's key from a file next to the configuration (a mounted secret).
+        std::fs::write(dir.path().join("cio.key"), format!("{SECRET}\n")).expect("write the key file");
+        let config = config.to_str().expect("utf-8 path");
+        let out = run(&["send", "--config", config, "--user", "u1", "--event", "purchase", "--prop", "amount=9.5"]);
+        assert!(out.status.success(), "{out:?}");
+        assert!(out.stdout.contains("cdp: delivered") && out.stdout.contains("cio: delivered"), "{out:?}");
+        assert_no_secret(&out);
+        let requests = collector.requests();
+        let cdp = requests
+            .iter()
+            .find(|r| r.path == "/gateway/data-gateway/v1/persons/track")
+            .unwrap_or_else(|| panic!("no OpenCDP track: {requests:?}"));
+        assert_eq!(cdp.header("authorization"), Some(SECRET), "OpenCDP's key, raw");
+        assert_eq!(cdp.json().expect("json")["eventName"], "purchase");
+        let cio = requests
+            .iter()
+            .find(|r| r.path == "/api/v1/customers/u1/events")
+            .unwrap_or_else(|| panic!("no Customer.io event: {requests:?}"));
+        assert_eq!(cio.status, 200, "the dual-write's credentials were read: {cio:?}");
+        let event = cio.json().expect("json");
+        assert_eq!((event["name"].as_str(), event["data"]["amount"].as_f64()), (Some("purchase"), Some(9.5)));
+
+        // OpenCDP's key missing from the environment: named, and nothing is sent.
+        let out = command(&["send", "--config", config, "--user", "u1", "--event", "e"])
+            .env_remove(TOKEN_VAR)
+            .spawn()
+            .expect("spawn");
+        let out = finish(KillOnDrop(out), Duration::from_secs(60));
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(out.stderr.contains(TOKEN_VAR), "{out:?}");
+    });
+}

@@ -1,4 +1,5 @@
-//! `trackway demo --exit`: the README's first command reports events at every destination.
+//! `trackway demo --exit`: the README's first command reports events at every destination,
+//! OpenCDP and its Customer.io dual-write included.
 
 mod support;
 
@@ -30,20 +31,46 @@ fn demo_exit_reports_the_session_at_every_destination() {
         for event in ["session_start", "session_end", "notification_state"] {
             assert!(json.contains(event), "json lacks {event}:\n{json}");
         }
+        // OpenCDP with its Customer.io dual-write: each a section of its own, with what it takes.
+        let opencdp = section(&text, "opencdp");
+        assert!(delivered(opencdp) >= 3, "OpenCDP: identify, purchase, push token:\n{opencdp}");
+        for expected in [
+            "/gateway/data-gateway/v1/persons/identify -> 200",
+            "/gateway/data-gateway/v1/persons/track -> 200",
+            "/gateway/data-gateway/v1/persons/registerDevice -> 200",
+            "purchase_completed",
+            "jane@example.com",
+        ] {
+            assert!(opencdp.contains(expected), "OpenCDP lacks {expected:?}:\n{opencdp}");
+        }
+        for absent in ["session_start", "installation", "screen"] {
+            assert!(!opencdp.contains(absent), "OpenCDP has no call for {absent}:\n{opencdp}");
+        }
+        let cio = section(&text, "customerio");
+        assert!(delivered(cio) >= 7, "Customer.io: screens, page, identify, purchase, payment, device:\n{cio}");
+        assert!(cio.contains(", 0 duplicates dropped by id"), "{cio}");
+        for expected in ["POST /api/v2/batch -> 200", "purchase_completed", "payment", "jane@example.com"] {
+            assert!(cio.contains(expected), "Customer.io lacks {expected:?}:\n{cio}");
+        }
         for name in DESTINATIONS {
-            let section = text
-                .split("== ")
-                .find(|s| s.starts_with(&format!("{name}:")))
-                .unwrap_or_else(|| panic!("no section for {name}:\n{text}"));
-            let delivered: u64 = section
-                .split_whitespace()
-                .nth(1)
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("no count for {name}: {section}"));
+            let section = section(&text, name);
+            let delivered = delivered(section);
             assert!(delivered >= 7, "{name} got {delivered} events:\n{section}");
             for event in ["installation", "purchase_completed", "payment", "jane@example.com"] {
                 assert!(section.contains(event), "{name} lacks {event}:\n{section}");
             }
         }
     });
+}
+
+/// The demo's report for destination `name` (from its `== name:` line to the next).
+fn section<'a>(text: &'a str, name: &str) -> &'a str {
+    text.split("== ")
+        .find(|s| s.starts_with(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no section for {name}:\n{text}"))
+}
+
+/// The delivered count of a section (`name: N events delivered, …`).
+fn delivered(section: &str) -> u64 {
+    section.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no count in {section}"))
 }

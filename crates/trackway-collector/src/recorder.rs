@@ -90,7 +90,8 @@ impl RecordedRequest {
 pub struct SinkStats {
     /// Requests received (the inspection API under `/_trackway/` is not counted).
     pub requests: u64,
-    /// Events in the bodies: an array's length, an object's `batch` array length, else 1.
+    /// Events in the bodies: an array's length, an object's `batch` (Customer.io) or `commands`
+    /// (Bloomreach) array length, else 1.
     pub events: u64,
     /// Body bytes received.
     pub bytes: u64,

@@ -11,8 +11,8 @@ use serde::de::{self, Deserialize, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// The number of events in a JSON body, or `None` if it is not valid JSON.
 ///
-/// An array counts its length, an object with an array field `batch` counts that array, any
-/// other JSON value counts 1. An empty (or all-whitespace) body counts 0 and is not an error:
+/// An array counts its length, an object with an array field `batch` (Customer.io's v2 batch)
+/// or `commands` (Bloomreach's batch) counts that array, any other JSON value counts 1. An empty (or all-whitespace) body counts 0 and is not an error:
 /// it is a `GET` or a health check, not a malformed batch.
 pub(crate) fn count_events(body: &[u8]) -> Option<u64> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -79,7 +79,8 @@ fn count_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<u64, A::Error> {
     Ok(n)
 }
 
-/// A map key, reduced to whether it is `"batch"` (so no key is ever copied).
+/// A map key, reduced to whether it names a batch's array, `"batch"` or `"commands"` (so no key
+/// is ever copied).
 struct IsBatch(bool);
 
 impl<'de> Deserialize<'de> for IsBatch {
@@ -91,14 +92,14 @@ impl<'de> Deserialize<'de> for IsBatch {
                 f.write_str("an object key")
             }
             fn visit_str<E>(self, v: &str) -> Result<IsBatch, E> {
-                Ok(IsBatch(v == "batch"))
+                Ok(IsBatch(v == "batch" || v == "commands"))
             }
         }
         d.deserialize_str(KeyVisitor)
     }
 }
 
-/// The value of a `batch` field: its length if it is an array, `None` (skipped) otherwise.
+/// The value of a `batch` or `commands` field: its length if it is an array, `None` (skipped) otherwise.
 struct BatchLen(Option<u64>);
 
 impl<'de> Deserialize<'de> for BatchLen {
@@ -149,6 +150,8 @@ mod tests {
         assert_eq!(count_events(b"[]"), Some(0));
         assert_eq!(count_events(br#"{"sentAt":"x","batch":[{},{}],"context":{"batch":[1]}}"#), Some(2));
         assert_eq!(count_events(br#"{"bat\u0063h":[1,2,3,4]}"#), Some(4));
+        // Bloomreach's batch.
+        assert_eq!(count_events(br#"{"commands":[{"name":"customers/events"},{}]}"#), Some(2));
         assert_eq!(count_events(br#"{"type":"track","event":"x"}"#), Some(1));
         assert_eq!(count_events(br#"{"batch":{"not":"an array"}}"#), Some(1));
         assert_eq!(count_events(br#"{"batch":null}"#), Some(1));

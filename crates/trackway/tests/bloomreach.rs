@@ -424,6 +424,60 @@ fn gzip_answers_are_read() {
     });
 }
 
+/// `body` compressed with `encoding` (`gzip` or `br`), as a server or a proxy in front of it may
+/// answer.
+fn compressed(encoding: &str, body: &[u8]) -> Vec<u8> {
+    match encoding {
+        "gzip" => {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(body).expect("gzip");
+            gz.finish().expect("gzip")
+        }
+        _ => {
+            let mut out = Vec::new();
+            {
+                let mut br = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+                br.write_all(body).expect("brotli");
+            }
+            out
+        }
+    }
+}
+
+#[test]
+fn compressed_batch_answers_are_decoded_and_classified_per_command() {
+    watchdog(LIMIT, || {
+        for encoding in ["br", "gzip"] {
+            let results = serde_json::json!({ "success": true, "results": [
+                { "success": true }, { "success": false, "errors": [format!("bad command ({encoding})")] } ] });
+            let reply = Reply::status(200)
+                .header("content-type", "application/json")
+                .header("content-encoding", encoding)
+                .body(compressed(encoding, results.to_string().as_bytes()));
+            let collector = Collector::builder().script([reply]).start().expect("collector");
+            let client =
+                fast_builder().bloomreach(main_project(&collector).sending(Sending::Batch)).build().expect("client");
+            client.pause_worker();
+            for name in ["a", "b"] {
+                client.track("u1", name, props! {}).expect("track");
+            }
+            client.resume_worker();
+            client.flush(FLUSH).expect("flush");
+            let requests = bloomreach_requests(&collector);
+            assert_eq!(requests.len(), 1, "{encoding}: one batch, answered compressed: {requests:?}");
+            assert_eq!(requests[0].json().expect("json")["commands"].as_array().map(Vec::len), Some(2));
+            let accepted = requests[0].header("accept-encoding").unwrap_or_default();
+            assert!(accepted.contains("gzip") && accepted.contains("br"), "the request offers both: {accepted:?}");
+            // The answer was decoded: the second command's error is the dead letter's detail.
+            let dead = client.dead_letters(10).expect("dead letters");
+            assert_eq!(dead.len(), 1, "{encoding}: {dead:?}");
+            assert!(dead[0].detail.contains(&format!("bad command ({encoding})")), "{encoding}: {dead:?}");
+            let s = client.stats();
+            assert_eq!(s.destination("bloomreach").map(|d| (d.delivered, d.rejected)), Some((1, 1)), "{encoding}");
+        }
+    });
+}
+
 #[test]
 fn a_bad_project_token_or_key_is_an_error_at_build() {
     let build = |d: Bloomreach| Client::builder().store(trackway::store::MemoryStore::new()).bloomreach(d).build();

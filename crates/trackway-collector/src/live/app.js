@@ -301,8 +301,11 @@ function renderCounters() {
           el('div', { class: 'num' }, el('b', { text: c.events }), el('span', { text: 'events' })),
           el('div', { class: 'num' }, el('b', { text: failures.reduce((sum, [, n]) => sum + n, 0) }), el('span', { text: 'failed' }))),
         el('div', { class: 'chips' }, ...chips,
-          // Customer.io drops events whose id it has seen; the collector counts them.
-          ...(c.duplicates ? [el('span', { class: 'chip warn', text: c.duplicates + ' duplicate' + (c.duplicates === 1 ? '' : 's') })] : [])));
+          // Customer.io drops events whose id it has seen; the collector counts them. Its card
+          // always shows the count (0 included), so a replay that was deduplicated is visible.
+          ...(c.duplicates || name === 'customerio'
+            ? [el('span', { class: 'chip ' + (c.duplicates ? 'warn' : 'ok'), text: (c.duplicates || 0) + ' duplicate' + (c.duplicates === 1 ? '' : 's') })]
+            : [])));
     }));
   }
   // Keep the destination filter's choices in step with what was seen.
