@@ -221,6 +221,7 @@ mod message;
 mod pipeline;
 mod policy;
 mod queue;
+pub mod receipts;
 mod stats;
 pub mod store;
 
