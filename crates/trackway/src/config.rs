@@ -108,7 +108,8 @@ impl ClientBuilder {
     /// with [`Client::outcomes`](crate::Client::outcomes) sees outcomes from then on.
     ///
     /// Subscribe only what you read: it costs the worker a little per outcome (nothing when no
-    /// stream and no receipt is open).
+    /// stream and no receipt is open). A stream never taken stays subscribed: it fills to its
+    /// capacity and then counts what it misses.
     pub fn outcomes(mut self, capacity: usize) -> Self {
         if capacity == 0 {
             return self.invalid("outcomes", "the capacity must be at least 1");

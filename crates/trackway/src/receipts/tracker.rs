@@ -16,13 +16,13 @@ pub(crate) struct Tracker {
     hub: Arc<Hub>,
     /// Seq → (message id, the routes without an outcome yet), for the events queued or read
     /// while someone listens. An entry goes when its last route has an outcome.
-    ids: HashMap<u64, (MessageId, u64)>,
+    ids: HashMap<u64, (MessageId, u64), SeqHash>,
     batch: Vec<(usize, OutcomeRecord)>,
 }
 
 impl Tracker {
     pub(crate) fn new(hub: Arc<Hub>) -> Self {
-        Tracker { hub, ids: HashMap::new(), batch: Vec::new() }
+        Tracker { hub, ids: HashMap::default(), batch: Vec::new() }
     }
 
     /// Whether anyone listens. When nobody does any more, what was noted is let go.
@@ -30,7 +30,7 @@ impl Tracker {
     pub(crate) fn on(&mut self) -> bool {
         let on = self.hub.is_active();
         if !on && !self.ids.is_empty() {
-            self.ids = HashMap::new();
+            self.ids = HashMap::default();
         }
         on
     }
@@ -80,5 +80,37 @@ impl Tracker {
         if !self.batch.is_empty() {
             self.hub.emit(std::mem::take(&mut self.batch));
         }
+    }
+}
+
+/// Seqs are dense and trusted (the worker makes them): a multiply spreads them over the table
+/// at a fraction of SipHash's cost, which this map pays twice per event while someone listens.
+#[derive(Clone, Copy, Debug, Default)]
+struct SeqHash;
+
+impl std::hash::BuildHasher for SeqHash {
+    type Hasher = SeqHasher;
+
+    fn build_hasher(&self) -> SeqHasher {
+        SeqHasher(0)
+    }
+}
+
+#[derive(Debug)]
+struct SeqHasher(u64);
+
+impl std::hash::Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
