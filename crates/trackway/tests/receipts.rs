@@ -312,3 +312,25 @@ fn an_awaited_receipt_resolves_on_any_runtime() {
         assert!(confirmations.iter().all(|c| c.is_delivered()));
     });
 }
+
+#[test]
+fn an_event_erased_by_erase_user_resolves_dropped_purged() {
+    watchdog(LIMIT, || {
+        let reserved = Collector::builder().reserve().expect("reserve");
+        let client = fast_builder().destination(json("a", reserved.url("/e"))).build().expect("client");
+        let mut stream = client.outcomes(16);
+        let erased = client.track_confirmed("u1", "e", props! {}).expect("track");
+        let kept = client.track_confirmed("u2", "e", props! {}).expect("track");
+        assert!(wait_until(Duration::from_secs(10), || client.stats().destinations[0].failed_requests >= 1));
+        assert_eq!(client.erase_user("u1").expect("erase"), 1);
+        let confirmation = erased.wait(Duration::from_secs(10)).expect("receipt");
+        assert_eq!(
+            confirmation.destinations[0].outcome(),
+            Some(&Outcome::Dropped(trackway::receipts::DropReason::Purged)),
+            "{confirmation:?}"
+        );
+        let record = outcome_for(&mut stream, erased.id(), Duration::from_secs(5));
+        assert_eq!(record.outcome, Outcome::Dropped(trackway::receipts::DropReason::Purged));
+        assert!(!kept.status().expect("status").is_complete(), "the other user's event is still pending");
+    });
+}
