@@ -34,6 +34,14 @@ fn outcome_for(stream: &mut trackway::receipts::OutcomeStream, id: MessageId, li
     }
 }
 
+/// A client whose destination `a` is down (its port reserved, nothing listening), and a stream.
+fn down_client() -> (trackway_collector::ReservedCollector, Client, trackway::receipts::OutcomeStream) {
+    let reserved = Collector::builder().reserve().expect("reserve");
+    let client = fast_builder().destination(json("a", reserved.url("/e"))).build().expect("client");
+    let stream = client.outcomes(64);
+    (reserved, client, stream)
+}
+
 #[test]
 fn a_confirmed_call_resolves_delivered_after_a_503_then_a_200() {
     watchdog(LIMIT, || {
@@ -74,9 +82,7 @@ fn a_confirmed_call_resolves_rejected_with_the_status_and_body_after_a_400() {
 #[test]
 fn pending_at_the_timeout_while_down_says_why_then_the_stream_reports_the_delivery() {
     watchdog(LIMIT, || {
-        let reserved = Collector::builder().reserve().expect("reserve");
-        let client = fast_builder().destination(json("a", reserved.url("/e"))).build().expect("client");
-        let mut stream = client.outcomes(64);
+        let (reserved, client, mut stream) = down_client();
         let receipt = client.track_confirmed("u1", "e", props! {}).expect("track");
         assert!(
             wait_until(Duration::from_secs(10), || client
@@ -316,9 +322,7 @@ fn an_awaited_receipt_resolves_on_any_runtime() {
 #[test]
 fn an_event_erased_by_erase_user_resolves_dropped_purged() {
     watchdog(LIMIT, || {
-        let reserved = Collector::builder().reserve().expect("reserve");
-        let client = fast_builder().destination(json("a", reserved.url("/e"))).build().expect("client");
-        let mut stream = client.outcomes(16);
+        let (_reserved, client, mut stream) = down_client();
         let erased = client.track_confirmed("u1", "e", props! {}).expect("track");
         let kept = client.track_confirmed("u2", "e", props! {}).expect("track");
         assert!(wait_until(Duration::from_secs(10), || client.stats().destinations[0].failed_requests >= 1));
