@@ -172,16 +172,24 @@ impl Hub {
         if records.is_empty() {
             return;
         }
-        {
-            let mut watches = lock(&self.watches);
-            if !watches.is_empty() {
-                for (lane, record) in &records {
-                    let done = watches.get(&record.id).is_some_and(|w| w.add(*lane, record.clone()));
-                    if done {
-                        watches.remove(&record.id);
-                        self.active.fetch_sub(1, Ordering::AcqRel);
-                    }
-                }
+        // Matched under the lock, woken outside it: callers registering watches wait for a
+        // lookup per outcome, not for the receipts' wake-ups.
+        let matched: Vec<(Arc<Watch>, usize, OutcomeRecord)> = {
+            let watches = lock(&self.watches);
+            if watches.is_empty() {
+                Vec::new()
+            } else {
+                records
+                    .iter()
+                    .filter_map(|(lane, r)| watches.get(&r.id).map(|w| (w.clone(), *lane, r.clone())))
+                    .collect()
+            }
+        };
+        for (watch, lane, record) in matched {
+            let id = record.id;
+            if watch.add(lane, record) {
+                // As `unwatch`: only the remover counts it off (a receipt dropped meanwhile did).
+                self.unwatch(id);
             }
         }
         let mut streams = lock(&self.streams);
