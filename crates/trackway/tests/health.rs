@@ -14,10 +14,10 @@ use trackway::destination::{
     Classified, Destination, DestinationState, Encoded, EventRecord, JsonHttp, LimitError, Outcome, Request, Response,
     TransportError, TransportErrorKind,
 };
-use trackway::health::{HealthState, LastErrorKind, MISCONFIGURED_PROBE_FIRST, UNREACHABLE_AFTER};
+use trackway::health::{FAILING_AFTER, HealthState, LastErrorKind, MISCONFIGURED_PROBE_FIRST, UNREACHABLE_AFTER};
 use trackway::store::DeadLetterReason;
 use trackway::{BuildError, Client, Clock, Error, Event, FlushError, ShutdownError, Timestamp, props};
-use trackway_collector::{Collector, Reply};
+use trackway_collector::{Collector, Faults, Reply};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -269,15 +269,16 @@ fn five_minutes_of_refused_connections_is_unreachable_logged_once() {
         hand.advance(Duration::from_millis(20));
         assert!(failed(1), "the first attempt");
         let health = stats_of(&client, "nowhere").health;
-        assert_eq!(health.state, HealthState::Failing);
-        assert_eq!(health.last_error.map(|e| e.kind), Some(LastErrorKind::NotSent));
+        assert_eq!(health.state, HealthState::Healthy, "one failure alone does not make it failing");
+        assert_eq!(health.last_error.map(|e| e.kind), Some(LastErrorKind::NotSent), "but it is reported");
 
         let step = Duration::from_secs(30);
         let steps = UNREACHABLE_AFTER.as_secs() / step.as_secs();
         for n in 1..steps {
             hand.advance(step);
             assert!(failed(1 + n), "retry {n}");
-            assert_eq!(stats_of(&client, "nowhere").health.state, HealthState::Failing, "after {n} steps");
+            let expected = if 1 + n >= u64::from(FAILING_AFTER) { HealthState::Failing } else { HealthState::Healthy };
+            assert_eq!(stats_of(&client, "nowhere").health.state, expected, "after {n} steps");
         }
         hand.advance(step);
         assert!(failed(1 + steps));
@@ -293,6 +294,33 @@ fn five_minutes_of_refused_connections_is_unreachable_logged_once() {
         client.flush(Duration::from_secs(10)).expect("delivered once the server is up");
         assert_eq!(delivered_ids(&collector.requests()).get(&id.to_string()), Some(&1));
         assert_eq!(stats_of(&client, "nowhere").health.state, HealthState::Healthy);
+    });
+}
+
+#[test]
+fn a_503_now_and_then_leaves_the_destination_healthy_at_full_concurrency_and_delivers_everything() {
+    logs();
+    watchdog(LIMIT, || {
+        // Every 5th request fails (never several in a row); a little latency so requests overlap.
+        let faults = Faults { fail_every: Some(5), latency_ms: Some(5), ..Faults::default() };
+        let collector = Collector::builder().faults(faults).start().expect("collector");
+        let client =
+            fast_builder().destination(json("flaky", collector.url("/e")).batch_size(10)).build().expect("client");
+        let ids: Vec<String> =
+            (0..400).map(|i| client.track("u1", "e", props! { "i" => i }).expect("track").to_string()).collect();
+        client.flush(Duration::from_secs(30)).expect("everything delivered");
+        let stats = stats_of(&client, "flaky");
+        assert!(stats.failed_requests > 0, "some requests failed: {stats:?}");
+        assert_eq!(stats.health.state, HealthState::Healthy, "a failure among successes is not an outage");
+        assert_eq!(stats.health.last_error.and_then(|e| e.status), Some(503), "but it is reported");
+        let delivered = delivered_ids(&collector.requests());
+        assert!(ids.iter().all(|id| delivered.contains_key(id)), "every event delivered");
+        assert!(
+            collector.peak_concurrent_requests() > 1,
+            "requests kept overlapping (peak {})",
+            collector.peak_concurrent_requests()
+        );
+        assert!(log_lines(&["destination failing", "destination=\"flaky\""]).is_empty(), "no failing state logged");
     });
 }
 

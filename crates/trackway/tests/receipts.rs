@@ -84,12 +84,13 @@ fn pending_at_the_timeout_while_down_says_why_then_the_stream_reports_the_delive
     watchdog(LIMIT, || {
         let (reserved, client, mut stream) = down_client();
         let receipt = client.track_confirmed("u1", "e", props! {}).expect("track");
+        // Failing after a few whole requests failed in a row (`health::FAILING_AFTER`).
         assert!(
             wait_until(Duration::from_secs(10), || client
                 .stats()
                 .destination("a")
-                .is_some_and(|a| a.failed_requests >= 1)),
-            "the destination must fail first"
+                .is_some_and(|a| a.health.state == HealthState::Failing)),
+            "the destination must be failing first"
         );
         let confirmation = receipt.wait(Duration::from_millis(300)).expect("receipt");
         assert!(!confirmation.is_complete(), "{confirmation:?}");
@@ -153,9 +154,11 @@ fn a_subscriber_that_never_reads_misses_outcomes_minus_capacity_and_flush_comple
         assert_eq!(missed, N - CAPACITY as u64);
         assert_eq!(stream.missed_total(), N - CAPACITY as u64);
         assert_eq!(records.len(), CAPACITY);
-        // The newest are kept, in order.
-        let kept: Vec<MessageId> = records.iter().map(|r| r.id).collect();
-        assert_eq!(kept, ids[ids.len() - CAPACITY..]);
+        // The newest outcomes are kept: distinct events of this run (requests go out in parallel,
+        // so outcomes need not come in enqueue order).
+        let kept: std::collections::HashSet<MessageId> = records.iter().map(|r| r.id).collect();
+        assert_eq!(kept.len(), CAPACITY);
+        assert!(kept.iter().all(|id| ids.contains(id)));
         assert!(records.iter().all(|r| r.outcome == Outcome::Delivered));
     });
 }

@@ -3,14 +3,16 @@
 //! of state, and publishes in [`Stats`](crate::Stats).
 //!
 //! ```text
-//! healthy ──(a whole request fails)──▶ failing ──(only "nothing was sent" for UNREACHABLE_AFTER)──▶ unreachable
+//! healthy ──(FAILING_AFTER whole requests fail in a row)──▶ failing ──(only "nothing was sent" for UNREACHABLE_AFTER)──▶ unreachable
 //! unreachable ──(any other failure)──▶ failing
 //! any state ──(the destination classifies an answer as misconfiguration)──▶ misconfigured
 //! failing, unreachable, misconfigured ──(an answer that works)──▶ healthy
 //! any state ──(STOP_AFTER_PANICS panics in a row on single events)──▶ stopped (until the next build)
 //! ```
 //!
-//! In every state but healthy the lane sends one request at a time; misconfigured sends nothing
+//! One failed request among many that work (a 503 now and then) leaves it healthy: its events are
+//! retried after their own backoff while the rest keep going at full concurrency. In every state
+//! but healthy the lane sends one request at a time; misconfigured sends nothing
 //! until its probe is due (a growing interval), and stopped sends nothing at all. Events are held
 //! (pending), never dead-lettered for the destination's fault.
 
@@ -35,6 +37,11 @@ pub const MISCONFIGURED_PROBE_FIRST: Duration = Duration::from_secs(5);
 /// The longest wait between two probes of a misconfigured destination.
 pub const MISCONFIGURED_PROBE_MAX: Duration = Duration::from_secs(5 * 60);
 
+/// A healthy destination becomes [`HealthState::Failing`] after this many whole requests failed in
+/// a row (with no request that worked in between). One failure alone says little: with several
+/// requests in flight, an occasional 503 must not drop a busy destination to one request at a time.
+pub const FAILING_AFTER: u32 = 3;
+
 /// A destination whose code panicked on this many single events in a row is stopped.
 pub const STOP_AFTER_PANICS: u32 = 3;
 
@@ -45,8 +52,8 @@ pub enum HealthState {
     /// Requests work (or none was sent yet).
     #[default]
     Healthy,
-    /// Whole requests fail (5xx, 429, timeouts, refused connections): retried with backoff, one
-    /// request at a time.
+    /// Whole requests fail (5xx, 429, timeouts, refused connections), [`FAILING_AFTER`] in a row:
+    /// retried with backoff, one request at a time.
     Failing,
     /// Only "nothing was sent" errors (DNS, refused, TLS, connect timeout) for
     /// [`UNREACHABLE_AFTER`]: the server cannot be reached at all. Still retried.
@@ -226,6 +233,8 @@ pub(crate) struct Tracker {
     probes: u32,
     /// Panics on single events since the last request classified without a panic.
     single_panics: u32,
+    /// Whole requests failed since the last one that worked.
+    failed_in_a_row: u32,
 }
 
 impl Tracker {
@@ -238,6 +247,7 @@ impl Tracker {
             misconfigured_at: Duration::ZERO,
             probes: 0,
             single_panics: 0,
+            failed_in_a_row: 0,
         }
     }
 
@@ -266,6 +276,7 @@ impl Tracker {
         self.not_sent_since = None;
         self.probes = 0;
         self.single_panics = 0;
+        self.failed_in_a_row = 0;
         let name = &self.name;
         match self.health.state {
             HealthState::Healthy | HealthState::Stopped => return,
@@ -283,10 +294,11 @@ impl Tracker {
     }
 
     /// A whole request failed (no answer, or an answer that failed every event) at clock time
-    /// `now`. The first failure, and the run of "nothing was sent" errors reaching
-    /// [`UNREACHABLE_AFTER`], change the state.
+    /// `now`. The [`FAILING_AFTER`]th failure in a row, and the run of "nothing was sent" errors
+    /// reaching [`UNREACHABLE_AFTER`], change the state; the error is recorded either way.
     pub(crate) fn failed(&mut self, error: LastError, now: Duration) {
         let at = error.at;
+        self.failed_in_a_row = self.failed_in_a_row.saturating_add(1);
         let not_sent = error.kind == LastErrorKind::NotSent;
         if not_sent {
             self.not_sent_since.get_or_insert(now);
@@ -297,6 +309,8 @@ impl Tracker {
         match self.health.state {
             // Still misconfigured until an answer works; stopped stays stopped.
             HealthState::Misconfigured | HealthState::Stopped => {}
+            // A failure among requests that work: retried with its own backoff, still healthy.
+            HealthState::Healthy if self.failed_in_a_row < FAILING_AFTER => {}
             HealthState::Healthy => {
                 tracing::warn!(destination = name.as_str(), error = %error,
                     "trackway: destination failing; retrying with backoff, one request at a time (logged once until it recovers)");
@@ -396,8 +410,11 @@ mod tests {
     #[test]
     fn refused_for_five_minutes_is_unreachable_and_a_503_is_merely_failing() {
         let mut t = Tracker::new("a", at(Duration::ZERO));
-        t.failed(error(LastErrorKind::NotSent, MIN), MIN);
-        assert_eq!(t.state(), HealthState::Failing);
+        for n in 1..=FAILING_AFTER {
+            t.failed(error(LastErrorKind::NotSent, MIN), MIN);
+            let expected = if n < FAILING_AFTER { HealthState::Healthy } else { HealthState::Failing };
+            assert_eq!(t.state(), expected, "after {n} failures in a row");
+        }
         assert_eq!(t.take_changed().map(|h| h.since), Some(at(MIN)));
         t.failed(error(LastErrorKind::NotSent, 5 * MIN), 5 * MIN);
         assert_eq!(t.state(), HealthState::Failing, "4 minutes of refusals");
@@ -415,6 +432,24 @@ mod tests {
         let h = t.take_changed().expect("changed");
         assert_eq!((h.state, h.since), (HealthState::Healthy, at(14 * MIN)));
         assert_eq!(h.last_error.map(|e| e.kind), Some(LastErrorKind::NotSent), "the last error is kept");
+    }
+
+    #[test]
+    fn failures_among_requests_that_work_leave_it_healthy_with_the_error_recorded() {
+        let mut t = Tracker::new("a", at(Duration::ZERO));
+        for m in 1..50 {
+            for _ in 1..FAILING_AFTER {
+                t.failed(error(LastErrorKind::Status, m * MIN), m * MIN);
+            }
+            t.worked(at(m * MIN));
+        }
+        assert_eq!(t.state(), HealthState::Healthy);
+        assert_eq!(t.health.last_error.as_ref().map(|e| e.kind), Some(LastErrorKind::Status), "still reported");
+        // Then they fail in a row.
+        for _ in 0..FAILING_AFTER {
+            t.failed(error(LastErrorKind::Status, 60 * MIN), 60 * MIN);
+        }
+        assert_eq!(t.state(), HealthState::Failing);
     }
 
     #[test]

@@ -68,7 +68,8 @@ pub(crate) struct Lane {
     pub(crate) items: HashMap<u64, ItemState>,
     pub(crate) in_flight: usize,
     pub(crate) paused_until: Option<Duration>,
-    /// Consecutive requests that failed as a whole; non-zero means unhealthy (probe mode).
+    /// Consecutive requests that failed as a whole (the backoff grows with it; the health state,
+    /// not this count, decides the concurrency).
     pub(crate) failures: u32,
     /// Events delivered so far (the epoch for poison detection).
     pub(crate) delivered: u64,
@@ -134,11 +135,13 @@ impl Lane {
         self.ordered && !self.groups.is_empty()
     }
 
-    /// Requests allowed at once now: one while unhealthy or ordered, none once stopped.
+    /// Requests allowed at once now: one while unhealthy or ordered, none once stopped. A healthy
+    /// lane keeps its full concurrency after a failed request (health turns failing only after
+    /// several in a row): the failed batch waits for its own backoff while the rest go on.
     fn capacity(&self) -> usize {
         match self.health.state() {
             HealthState::Stopped => 0,
-            HealthState::Healthy if !self.ordered && self.failures == 0 => self.max_in_flight,
+            HealthState::Healthy if !self.ordered => self.max_in_flight,
             _ => 1,
         }
     }
@@ -345,10 +348,45 @@ mod tests {
         assert!(matches!(l.next(Duration::ZERO, S), Some(Next::Fresh)));
     }
 
+    /// Fails `n` whole requests in a row on `l`'s health.
+    fn fail_requests(l: &mut Lane, n: u32) {
+        use crate::pipeline::health::{LastError, LastErrorKind};
+        for _ in 0..n {
+            let error = LastError {
+                kind: LastErrorKind::Status,
+                status: Some(503),
+                message: "503".into(),
+                at: Timestamp::from_unix_millis(0),
+            };
+            l.health.failed(error, Duration::ZERO);
+            l.failures += 1;
+        }
+    }
+
+    #[test]
+    fn one_failed_request_keeps_full_concurrency_and_its_retry_waits_for_its_own_backoff() {
+        let mut l = lane(Delivery::Parallel { max_in_flight: 4 });
+        fail_requests(&mut l, 1);
+        l.groups.push(Group { seqs: vec![1, 2], due: 2 * S, failures: 1, epoch: 0 });
+        for _ in 0..40 {
+            l.on_appended(10, Duration::ZERO);
+        }
+        l.in_flight = 2;
+        assert!(matches!(l.next(S, S), Some(Next::Fresh)), "fresh batches go while the retry backs off");
+        l.in_flight = 3;
+        assert!(matches!(l.next(S, S), Some(Next::Fresh)), "up to max_in_flight");
+        l.in_flight = 4;
+        assert!(l.next(S, S).is_none(), "at the limit");
+        l.in_flight = 3;
+        assert!(matches!(l.next(2 * S, S), Some(Next::Retry { ref seqs, .. }) if seqs == &[1, 2]), "then the retry");
+    }
+
     #[test]
     fn unhealthy_lane_probes_one_request_at_a_time_retries_first() {
+        use crate::pipeline::health::FAILING_AFTER;
         let mut l = lane(Delivery::Parallel { max_in_flight: 4 });
-        l.failures = 1;
+        fail_requests(&mut l, FAILING_AFTER);
+        assert_eq!(l.health.state(), HealthState::Failing);
         l.groups.push(Group { seqs: vec![1, 2], due: Duration::ZERO, failures: 1, epoch: 0 });
         for _ in 0..20 {
             l.on_appended(10, Duration::ZERO);

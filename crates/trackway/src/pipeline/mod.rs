@@ -20,8 +20,12 @@
 //! - First attempts go out in seq order; a destination's `fresh` cursor only moves forward.
 //!   Retried events wait in groups with a due time; parallel destinations may send them after
 //!   later events, ordered destinations send nothing later until the group is delivered.
-//! - A lane whose last request failed as a whole is *unhealthy* and sends one request at a time
-//!   (a probe), so an outage costs one request per backoff period, not a storm.
+//! - A lane whose last [`health::FAILING_AFTER`] requests failed as a whole is *unhealthy*
+//!   (failing) and sends one request at a time (a probe), so an outage costs one request per
+//!   backoff period, not a storm. A failure among requests that work leaves it healthy, at full
+//!   concurrency: the failed batch waits for its own backoff while the others go on.
+//! - A batch the server throttled (429 or 503 with `Retry-After`) waits for the pause and goes
+//!   out whole again: it is not split, and its events get no strike.
 //! - A failed group of several events is split in halves once the destination is known to work
 //!   (something was delivered since) or after two failures, so one poison event is isolated.
 //!   An event that fails alone while the destination delivers others gets a *strike*; after

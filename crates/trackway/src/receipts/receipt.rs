@@ -231,6 +231,11 @@ fn pending(shared: Option<&Shared>, lane: usize, state: &WatchState) -> Pending 
         "tracking is disabled (set_enabled(false)): the event is kept, not sent".to_owned()
     } else {
         match health.state {
+            // A failure since it became healthy: a request failed, but not enough in a row to
+            // call the destination failing; the event waits for its retry.
+            HealthState::Healthy if health.last_error.as_ref().is_some_and(|e| e.at >= health.since) => {
+                with_last("retrying after a failed request")
+            }
             HealthState::Healthy => "waiting for its batch or the server's answer".to_owned(),
             HealthState::Failing => with_last("the destination is failing; retrying with backoff"),
             HealthState::Unreachable => with_last("the destination is unreachable; retrying"),

@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 use trackway_wire::{EventKind, MessageId, Timestamp};
 
-use super::{Appended, DeadLetter, DeadLetterReason, NewEvent, Outbox, Recovered, StateChange, StoreError, routes};
+use super::{
+    Appended, DeadLetter, DeadLetterReason, Evicted, NewEvent, Outbox, Recovered, StateChange, StoreError, routes,
+};
 use crate::destination::EventRecord;
 
 /// Dead letters kept in memory; the oldest are dropped beyond this (they are still counted in stats).
@@ -29,9 +31,14 @@ struct Block {
     live: usize,
 }
 
-/// An outbox held in memory.
-#[derive(Debug, Default)]
+/// An outbox held in memory, bounded to [`DEFAULT_MAX_BYTES`](MemoryStore::DEFAULT_MAX_BYTES) of event bytes unless
+/// [`max_bytes`](MemoryStore::max_bytes) says otherwise: past the bound the oldest undelivered
+/// events are dropped and counted as `store_full` in [`Stats`](crate::Stats).
+#[derive(Debug)]
 pub struct MemoryStore {
+    /// Bytes of events held at most (`None`: unbounded, for the durable store's hot part, which
+    /// bounds itself).
+    max_bytes: Option<u64>,
     destinations: Vec<String>,
     /// The seq of the first slot of `blocks[0]`.
     base: u64,
@@ -47,6 +54,9 @@ pub struct MemoryStore {
     next_dead_key: u64,
     /// Bytes of event bodies still held (released events free theirs at once).
     live_bytes: u64,
+    /// The slots of the last block dropped, empty, for the next block: a steady stream then
+    /// writes into memory that is already mapped instead of faulting in a fresh block each time.
+    spare: Option<Vec<Slot>>,
 }
 
 /// A slot whose bytes are a complete event (no context to add).
@@ -65,10 +75,63 @@ struct Slot {
     pending: u64,
 }
 
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new()
+    }
+}
+
 impl MemoryStore {
-    /// An empty store.
+    /// The most bytes of events a [`MemoryStore::new`] holds by default (128 MiB, the durable
+    /// store's default bound too): past it the oldest undelivered events are dropped, counted as
+    /// `store_full`, so a destination that is down cannot take all the memory.
+    pub const DEFAULT_MAX_BYTES: u64 = 128 << 20;
+
+    /// An empty store, bounded to [`DEFAULT_MAX_BYTES`](Self::DEFAULT_MAX_BYTES) of events.
     pub fn new() -> Self {
-        MemoryStore::default()
+        MemoryStore { max_bytes: Some(Self::DEFAULT_MAX_BYTES), ..MemoryStore::unbounded() }
+    }
+
+    /// The most bytes of events (their serialized JSON) the store holds: past it the oldest
+    /// undelivered events are dropped to make room, counted as `store_full`. At least 1.
+    #[must_use]
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = Some(bytes.max(1));
+        self
+    }
+
+    /// A store without a bound (the durable store's events in memory, which it bounds itself).
+    pub(crate) fn unbounded() -> Self {
+        MemoryStore {
+            max_bytes: None,
+            destinations: Vec::new(),
+            base: 0,
+            blocks: VecDeque::new(),
+            pending: Vec::new(),
+            cursor: Vec::new(),
+            state: BTreeMap::new(),
+            dead: VecDeque::new(),
+            next_seq: 0,
+            contexts: Vec::new(),
+            next_dead_key: 0,
+            live_bytes: 0,
+            spare: None,
+        }
+    }
+
+    /// Drops the oldest undelivered events while more than `max_bytes` are held.
+    fn evict_over_bound(&mut self) -> Vec<Evicted> {
+        let mut evicted = Vec::new();
+        let Some(max) = self.max_bytes else { return evicted };
+        let mut seq = self.base;
+        while self.live_bytes > max && seq < self.next_seq {
+            if let Some((routes, bytes)) = self.release_all(seq) {
+                evicted.push(Evicted { seq, routes, bytes });
+            }
+            // Released slots at the front are trimmed away: go on from the new base.
+            seq = (seq + 1).max(self.base);
+        }
+        evicted
     }
 
     fn index(&self, seq: u64) -> Option<(usize, usize)> {
@@ -94,7 +157,12 @@ impl MemoryStore {
     /// Drops leading blocks that are full and have nothing pending.
     fn trim(&mut self) {
         while self.blocks.front().is_some_and(|b| b.live == 0 && b.slots.len() == BLOCK) {
-            self.blocks.pop_front();
+            if let Some(mut block) = self.blocks.pop_front()
+                && self.spare.is_none()
+            {
+                block.slots.clear();
+                self.spare = Some(block.slots);
+            }
             self.base += BLOCK as u64;
         }
         if self.blocks.len() == 1 && self.blocks[0].live == 0 {
@@ -110,7 +178,8 @@ impl MemoryStore {
 
     fn push_slot(&mut self, slot: Slot) {
         if self.blocks.back().is_none_or(|b| b.slots.len() == BLOCK) {
-            self.blocks.push_back(Block { slots: Vec::with_capacity(BLOCK), live: 0 });
+            let slots = self.spare.take().unwrap_or_else(|| Vec::with_capacity(BLOCK));
+            self.blocks.push_back(Block { slots, live: 0 });
         }
         self.live_bytes += slot.bytes.len() as u64;
         if let Some(block) = self.blocks.back_mut() {
@@ -296,16 +365,18 @@ impl Outbox for MemoryStore {
     fn append(&mut self, events: &[NewEvent], state: &[StateChange]) -> Result<Appended, StoreError> {
         let n = self.destinations.len();
         let known = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+        // Slots held, kept up to date here rather than summed over the blocks for each event.
+        let mut len = self.len();
         for e in events {
-            let end = self.base + self.len();
-            if e.seq < end {
+            if e.seq < self.base + len {
                 return Err(StoreError::Backend(format!("seq {} appended out of order", e.seq)));
             }
-            if self.len() == 0 {
+            if len == 0 {
                 self.base = e.seq;
             }
             // Seqs are consecutive in practice; a gap gets empty slots so indexing stays direct.
-            for _ in self.base + self.len()..e.seq {
+            for _ in self.base + len..e.seq {
+                len += 1;
                 self.push_slot(Slot {
                     id: e.id,
                     kind: e.kind,
@@ -330,11 +401,12 @@ impl Outbox for MemoryStore {
                 context,
                 pending: mask,
             });
+            len += 1;
             self.next_seq = self.next_seq.max(e.seq + 1);
         }
         self.trim();
         self.set_state(state)?;
-        Ok(Appended::default())
+        Ok(Appended { evicted: self.evict_over_bound() })
     }
 
     fn read(
@@ -457,6 +529,33 @@ mod tests {
             bytes: Bytes::from(format!("{{\"seq\":{seq}")),
             context: Some(Bytes::from_static(b"{}")),
         }
+    }
+
+    #[test]
+    fn past_its_bound_the_oldest_undelivered_events_are_dropped_and_reported() {
+        let mut m = MemoryStore::new().max_bytes(100);
+        m.open(&["a".into(), "b".into()]).expect("open");
+        let size = event(10, 0b11).bytes.len() as u64;
+        let batch: Vec<_> = (10..20).map(|s| event(s, 0b11)).collect();
+        let appended = m.append(&batch, &[]).expect("append");
+        let kept = (100 / size) as usize;
+        let evicted: Vec<u64> = appended.evicted.iter().map(|e| e.seq).collect();
+        assert_eq!(evicted, (10..20 - kept as u64).collect::<Vec<_>>(), "the oldest go first");
+        assert!(appended.evicted.iter().all(|e| e.routes == 0b11 && e.bytes == size));
+        assert!(m.live_bytes() <= 100);
+        // Delivered events make room: nothing more is dropped while under the bound.
+        let first_kept = 20 - kept as u64;
+        m.ack(0, &[first_kept]).expect("ack a");
+        m.ack(1, &[first_kept]).expect("ack b");
+        let appended = m.append(&[event(20, 0b01)], &[]).expect("append");
+        assert!(appended.evicted.is_empty(), "{:?}", appended.evicted);
+        assert_eq!(seqs(&m.read(1, 0, 100, usize::MAX).expect("read")).len(), kept - 1);
+        // The durable store's part in memory has no bound of its own.
+        let mut hot = MemoryStore::unbounded();
+        hot.open(&["a".into()]).expect("open");
+        let many: Vec<_> = (0..1000).map(|s| event(s, 0b1)).collect();
+        assert!(hot.append(&many, &[]).expect("append").evicted.is_empty());
+        assert_eq!(MemoryStore::default().max_bytes, Some(MemoryStore::DEFAULT_MAX_BYTES));
     }
 
     fn seqs(records: &[EventRecord]) -> Vec<u64> {

@@ -331,7 +331,9 @@ impl Worker {
             }
         }
         if !keep.is_empty() {
-            let failures = flight.failures + 1;
+            // A throttled batch (the server asked to wait) did nothing wrong: it goes out whole
+            // after the pause, not split in halves like a batch that may hold a poison event.
+            let failures = if pause.is_some() { flight.failures } else { flight.failures + 1 };
             let retry_policy = &lane.retry;
             let backoff = full_jitter(retry_policy.base_backoff, retry_policy.max_backoff, failures.max(lane.failures));
             let due = lane.paused_until.filter(|p| *p > now).unwrap_or(now + backoff);

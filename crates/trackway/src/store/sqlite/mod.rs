@@ -693,7 +693,7 @@ impl Outbox for SqliteStore {
             dirty: BTreeSet::new(),
             cache: None,
             next_seq: 0,
-            hot: MemoryStore::new(),
+            hot: MemoryStore::unbounded(),
             hot_start: 0,
             staged: BTreeSet::new(),
             staged_state: Vec::new(),
