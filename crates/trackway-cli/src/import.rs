@@ -64,6 +64,12 @@ pub(crate) struct ImportArgs {
     /// seconds (undelivered events stay in the store).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     timeout: u64,
+    /// Print one JSON line per imported line and destination on stdout (`line`, `id`,
+    /// `destination`, `outcome`: delivered, rejected, retries_exhausted, expired, dropped,
+    /// skipped, pending or unknown; `status`, `detail`, `reason` when known); the summary goes
+    /// to stderr.
+    #[arg(long)]
+    json: bool,
 }
 
 /// One line of the file.
@@ -162,16 +168,22 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
         // Every event is committed (with its line's position) before it is sent, so a kill
         // never leaves a delivered line unrecorded: a rerun queues no line twice.
         .commit_delay(Duration::ZERO)
+        // Subscribed before the worker starts: the backlog's deliveries are seen too.
+        .outcomes(crate::outcomes::CAPACITY)
         .build()
         .with_context(|| format!("cannot open the store {}", store_path.display()))?;
     // Events an earlier process left in the store are delivered by this one too.
     let backlog = client.stats();
+    let names = backlog.destinations.iter().map(|d| d.name.clone()).collect();
+    let gatherer = client.take_outcomes().map(|stream| crate::outcomes::gather(stream, names));
     let resume_after: u64 = if args.from_start {
         0
     } else {
         client.checkpoint_value(&key).and_then(|v| String::from_utf8(v).ok()?.parse().ok()).unwrap_or(0)
     };
-    let mut out = std::io::stdout().lock();
+    // With --json, stdout carries only the JSON lines; the summary goes to stderr.
+    let mut out: Box<dyn Write> =
+        if args.json { Box::new(std::io::stderr().lock()) } else { Box::new(std::io::stdout().lock()) };
     writeln!(out, "importing {} into {}", args.file.display(), store_path.display())?;
     let mut failed = report::opened(&mut out, &backlog)?;
     let seen = client.checkpoint_value(&path_key).and_then(|v| String::from_utf8(v).ok());
@@ -206,6 +218,8 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
 
     let mut summary = Summary::default();
     let mut ids: HashSet<MessageId> = HashSet::new();
+    // In file order, for the outcome lines.
+    let mut lines: Vec<(u64, MessageId)> = Vec::new();
     let started = Instant::now();
     let run_started = Timestamp::now();
     let mut reader = BufReader::new(file);
@@ -236,7 +250,9 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
                     match queue(&client, message, id, timestamp, &key, line_no, room_wait) {
                         Ok(()) => {
                             summary.enqueued += 1;
-                            ids.insert(id);
+                            if ids.insert(id) {
+                                lines.push((line_no, id));
+                            }
                         }
                         Err(NotQueued::Invalid(reason)) => summary.malformed.push((line_no, reason)),
                         Err(NotQueued::StoreFull) => {
@@ -280,6 +296,8 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
         .filter(|l| l.at >= run_started && ids.contains(&l.id))
         .collect();
     let _ = client.shutdown(Duration::from_secs(2));
+    // The worker has ended: the stream closes once read, and the thread returns.
+    let gathered = gatherer.and_then(|g| g.join().ok()).unwrap_or_default();
 
     writeln!(out, "lines read:   {}", summary.read)?;
     if summary.skipped > 0 {
@@ -317,6 +335,12 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
     }
     for l in letters.iter().take(100) {
         writeln!(out, "  dead letter {} ({}): {}: {}", l.id, l.destination, l.reason, l.detail)?;
+    }
+    let mut stdout = args.json.then(|| std::io::stdout().lock());
+    let json_out = stdout.as_mut().map(|s| s as &mut dyn Write);
+    failed |= crate::outcomes::report(&mut out, json_out, &lines, &gathered, &stats, &letters)?;
+    if let Some(stdout) = stdout.as_mut() {
+        stdout.flush()?;
     }
     failed |= report::losses(&mut out, &stats)?;
     if let Some(line) = stopped_at {

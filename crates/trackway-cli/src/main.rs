@@ -12,6 +12,7 @@ mod demo;
 mod import;
 mod jsonl;
 mod outbox;
+mod outcomes;
 mod report;
 mod send;
 

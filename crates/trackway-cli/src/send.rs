@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
+use trackway::receipts::{Confirmation, Outcome as Delivery, Resolution};
 use trackway::store::MemoryStore;
-use trackway::{Client, Identify, MessageId, Page, Properties, Screen, Stats};
+use trackway::{Client, Identify, Page, Properties, Screen, Stats};
 
 use crate::Outcome;
 use crate::config;
@@ -109,52 +110,49 @@ pub(crate) fn run(config: Option<&Path>, args: SendArgs) -> anyhow::Result<Outco
         (_, Some(event)) => event,
         (kind, None) => bail!("--event is required for --type {}", kind.name()),
     };
-    let id = match args.kind {
-        Kind::Track => client.track(&args.user, &event, properties),
-        Kind::Page => client.page(&args.user, Page::new(event).properties(properties)),
-        Kind::Screen => client.capture(Screen::new(event).user(&args.user).properties(properties)),
-        Kind::Identify => client.capture(Identify::new().user(&args.user).properties(properties)),
+    // A receipt: the event's own outcome at each destination, not the client's totals.
+    let receipt = match args.kind {
+        Kind::Track => client.track_confirmed(&args.user, &event, properties),
+        Kind::Page => client.capture_confirmed(Page::new(event).user(&args.user).properties(properties)),
+        Kind::Screen => client.capture_confirmed(Screen::new(event).user(&args.user).properties(properties)),
+        Kind::Identify => client.capture_confirmed(Identify::new().user(&args.user).properties(properties)),
     };
-    let id = match id {
-        Ok(id) => id,
+    let receipt = match receipt {
+        Ok(receipt) => receipt,
         Err(e) => bail!("event not sent: {e}"),
     };
-    let flushed = client.flush(timeout);
+    let confirmation = receipt.wait(timeout);
     let stats = client.stats();
-    let letters = client.dead_letters(16).unwrap_or_default();
+    drop(receipt);
     let _ = client.shutdown(Duration::ZERO);
-    report(id, &names, &stats, &letters, flushed.is_err(), timeout)
+    let confirmation = confirmation.context("no outcome")?;
+    report(&confirmation, &names, &stats, timeout)
 }
 
-fn report(
-    id: MessageId,
-    names: &[String],
-    stats: &Stats,
-    letters: &[trackway::store::DeadLetter],
-    timed_out: bool,
-    timeout: Duration,
-) -> anyhow::Result<Outcome> {
+fn report(confirmation: &Confirmation, names: &[String], stats: &Stats, timeout: Duration) -> anyhow::Result<Outcome> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "message id: {id}")?;
+    writeln!(out, "message id: {}", confirmation.id)?;
     let mut ok = true;
     for name in names {
-        let Some(d) = stats.destination(name) else { continue };
-        if d.delivered > 0 {
-            writeln!(out, "{name}: delivered")?;
-            continue;
+        // A destination the event was not routed to (its type) has no line.
+        let Some(line) = confirmation.destination(name) else { continue };
+        match &line.resolution {
+            Resolution::Done { outcome: Delivery::Delivered, .. } => {
+                writeln!(out, "{name}: delivered")?;
+                continue;
+            }
+            Resolution::Done { outcome, .. } => writeln!(out, "{name}: not delivered: {}", not_delivered(outcome))?,
+            Resolution::Pending(pending) => {
+                let failed = stats.destination(name).map_or(0, |d| d.failed_requests);
+                let why = match &pending.last_error {
+                    Some(e) => format!("the last: {e}"),
+                    None => "the request was still waiting for an answer".to_owned(),
+                };
+                writeln!(out, "{name}: not delivered within {timeout:?}: {failed} failed request(s), {why}")?;
+                writeln!(out, "  pending ({}): {}", pending.state, pending.reason)?;
+            }
         }
         ok = false;
-        if let Some(letter) = letters.iter().find(|l| l.id == id && l.destination == *name) {
-            writeln!(out, "{name}: not delivered: {} ({})", letter.reason, letter.detail)?;
-        } else if timed_out || d.pending > 0 {
-            let why = match &d.health.last_error {
-                Some(e) => format!("the last: {e}"),
-                None => "the request was still waiting for an answer".to_owned(),
-            };
-            writeln!(out, "{name}: not delivered within {timeout:?}: {} failed request(s), {why}", d.failed_requests)?;
-        } else {
-            writeln!(out, "{name}: not delivered")?;
-        }
     }
     if !ok {
         writeln!(
@@ -165,4 +163,15 @@ fn report(
     }
     out.flush()?;
     Ok(if ok { Outcome::Ok } else { Outcome::Failed })
+}
+
+/// An outcome other than delivered, as `send` and `import` print it: the dead letter's reason
+/// and the server's answer.
+pub(crate) fn not_delivered(outcome: &Delivery) -> String {
+    match outcome {
+        Delivery::Rejected { detail, .. } => format!("rejected ({detail})"),
+        Delivery::RetriesExhausted { detail } => format!("retries_exhausted ({detail})"),
+        Delivery::Expired { detail } => format!("expired ({detail})"),
+        other => other.to_string(),
+    }
 }

@@ -551,3 +551,70 @@ fn send_to_opencdp_dual_writes_to_customer_io_from_the_configuration() {
         assert!(out.stderr.contains(TOKEN_VAR), "{out:?}");
     });
 }
+
+#[test]
+fn import_reports_each_line_outcome_per_destination_and_json_lines() {
+    watchdog(LIMIT, || {
+        // Delivered: --json prints one line per event and destination on stdout.
+        let collector = collector();
+        let setup = Setup::new(&collector.url("/events"));
+        let (text, ids) = jsonl(20, None);
+        let file = setup.file("events.jsonl", &text);
+        let out = run(&["import", "--json", "--config", setup.config(), file.to_str().expect("path")]);
+        assert!(out.status.success(), "{out:?}");
+        let lines: Vec<Value> =
+            out.stdout.lines().map(|l| serde_json::from_str(l).expect("each stdout line is JSON")).collect();
+        assert_eq!(lines.len(), 20, "{out:?}");
+        for (n, (line, id)) in lines.iter().zip(&ids).enumerate() {
+            assert_eq!(line["line"], n as u64 + 1, "{line}");
+            assert_eq!(line["id"], id.as_str(), "{line}");
+            assert_eq!(line["destination"], "warehouse", "{line}");
+            assert_eq!(line["outcome"], "delivered", "{line}");
+        }
+        assert!(
+            out.stderr.contains("warehouse: this run's lines: delivered 20, not delivered 0, pending 0"),
+            "{out:?}"
+        );
+
+        // Rejected: each line with the server's answer.
+        let rejecting = Collector::builder()
+            .default_reply(trackway_collector::Reply::status(400).body("schema mismatch"))
+            .start()
+            .expect("collector");
+        let setup = Setup::new(&rejecting.url("/events"));
+        let (text, _) = jsonl(3, None);
+        let file = setup.file("events.jsonl", &text);
+        let out = run(&["import", "--config", setup.config(), file.to_str().expect("path")]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(out.stdout.contains("warehouse: this run's lines: delivered 0, not delivered 3, pending 0"), "{out:?}");
+        let line = out.stdout.lines().find(|l| l.starts_with("  line 2 (")).expect("line 2's outcome");
+        assert!(line.contains("at warehouse: rejected (400 Bad Request: schema mismatch"), "{out:?}");
+        let out = run(&["import", "--json", "--from-start", "--config", setup.config(), file.to_str().expect("path")]);
+        let first: Value = serde_json::from_str(out.stdout.lines().next().expect("a line")).expect("json");
+        assert_eq!((first["outcome"].as_str(), first["status"].as_u64()), (Some("rejected"), Some(400)), "{out:?}");
+        assert!(first["detail"].as_str().is_some_and(|d| d.contains("schema mismatch")), "{out:?}");
+
+        // Pending: the destination is down; the reason is its last error.
+        let down = Setup::new("http://127.0.0.1:9/events");
+        let (text, _) = jsonl(2, None);
+        let file = down.file("events.jsonl", &text);
+        let out = run(&["import", "--json", "--timeout", "1", "--config", down.config(), file.to_str().expect("path")]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let first: Value = serde_json::from_str(out.stdout.lines().next().expect("a line")).expect("json");
+        assert_eq!(first["outcome"], "pending", "{out:?}");
+        assert!(first["reason"].as_str().is_some_and(|r| r.contains("connection refused")), "{out:?}");
+        assert!(out.stderr.contains("pending 2"), "{out:?}");
+        assert_no_secret(&out);
+    });
+}
+
+#[test]
+fn send_prints_the_receipt_per_destination_and_why_it_is_pending() {
+    watchdog(LIMIT, || {
+        let down = Setup::new("http://127.0.0.1:9/events");
+        let out = run(&["send", "--config", down.config(), "--user", "u1", "--event", "e", "--timeout", "1"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let pending = out.stdout.lines().find(|l| l.starts_with("  pending (")).expect("the pending line");
+        assert!(pending.contains("retrying") && pending.contains("connection refused"), "{out:?}");
+    });
+}

@@ -62,6 +62,8 @@ pub struct ClientBuilder {
     pub(crate) bloomreach: Vec<crate::destination::bloomreach::BloomreachProjects>,
     /// Factories of run-time destinations, by kind.
     pub(crate) factories: Vec<(String, Arc<dyn crate::destination::DestinationFactory>)>,
+    /// The capacity of an outcome stream subscribed before the worker starts (`outcomes`).
+    pub(crate) outcomes: Option<usize>,
     pub(crate) error: Option<BuildError>,
 }
 
@@ -91,12 +93,31 @@ impl Default for ClientBuilder {
             #[cfg(feature = "bloomreach")]
             bloomreach: Vec::new(),
             factories: Vec::new(),
+            outcomes: None,
             error: None,
         }
     }
 }
 
 impl ClientBuilder {
+    /// Subscribes an [outcome stream](crate::receipts::OutcomeStream) keeping at most
+    /// `capacity` unread outcomes, **before the worker starts**: it sees every outcome of this
+    /// process, including those of the events an earlier process left in the store (after a
+    /// crash or an offline period) and delivers now. Take it with
+    /// [`Client::take_outcomes`](crate::Client::take_outcomes). A stream made after `build()`
+    /// with [`Client::outcomes`](crate::Client::outcomes) sees outcomes from then on.
+    ///
+    /// Subscribe only what you read: it costs the worker a little per outcome (nothing when no
+    /// stream and no receipt is open). A stream never taken stays subscribed: it fills to its
+    /// capacity and then counts what it misses.
+    pub fn outcomes(mut self, capacity: usize) -> Self {
+        if capacity == 0 {
+            return self.invalid("outcomes", "the capacity must be at least 1");
+        }
+        self.outcomes = Some(capacity);
+        self
+    }
+
     fn invalid(mut self, setting: &'static str, message: &str) -> Self {
         if self.error.is_none() {
             self.error = Some(BuildError::InvalidSetting { setting, message: message.to_owned() });

@@ -58,6 +58,11 @@
 //!   enqueue: [`Destination::accepts_event_type`](destination::Destination::accepts_event_type),
 //!   and in app mode what [`Client::anonymize`] chose ([`Anonymize::destinations`] and the
 //!   per-type mapping [`Anonymize::route`]). A later change of routing never moves a queued event.
+//! - **Receipts** ([`receipts`]): [`Client::track_confirmed`] and [`Client::capture_confirmed`]
+//!   return a [`Receipt`](receipts::Receipt) that resolves (`.await` or `wait(timeout)`) with the
+//!   event's outcome at each destination, or why it is still pending; [`Client::outcomes`] and
+//!   [`ClientBuilder::outcomes`] subscribe to every outcome as it happens (bounded, missed ones
+//!   counted). Nobody listening costs the worker one atomic load per step.
 //! - **Store**: the outbox ([`store`]). Every accepted event is appended there by the worker and
 //!   kept until each destination it was routed to has delivered or dead-lettered it.
 //!
@@ -221,6 +226,7 @@ mod message;
 mod pipeline;
 mod policy;
 mod queue;
+pub mod receipts;
 mod stats;
 pub mod store;
 

@@ -186,6 +186,11 @@ impl Client {
             context,
             enabled,
         ));
+        // Before the worker starts: it sees the outcomes of what the store holds from earlier runs.
+        if let Some(capacity) = b.outcomes {
+            let stream = pipe.receipts.subscribe(capacity);
+            *pipeline::lock(&pipe.receipts.initial) = Some(stream);
+        }
         let shared = Arc::new(Shared {
             pipe: pipe.clone(),
             routing,

@@ -48,6 +48,8 @@ pub(crate) struct Options<'a> {
     /// queued while tracking is off too (it is not tracking), never given to `before_send` or
     /// to the destinations' `validate` (the caller checked it), in the reserved slots.
     pub(crate) command: Option<u64>,
+    /// A confirmed call: the watch is registered here, before the push, and handed back.
+    pub(crate) watch: Option<&'a std::cell::RefCell<Option<Arc<crate::receipts::Watch>>>>,
 }
 
 impl Client {
@@ -140,6 +142,13 @@ impl Client {
             (None, Some(at)) => (MessageId::new_v7(at), at),
             (None, None) => (MessageId::new_v7(queued_at), queued_at),
         };
+        // A confirmed call watches before anything can deliver the event; an error below
+        // unregisters it.
+        let hub = &shared.pipe.receipts;
+        let registration = opts.watch.map(|slot| {
+            *slot.borrow_mut() = Some(hub.watch(id, routes));
+            crate::receipts::Registration::new(hub, id)
+        });
         let mut properties = m.properties;
         let mut default_keys = Vec::new();
         if !opts.no_defaults && shared.has_defaults.load(Ordering::Relaxed) {
@@ -170,6 +179,21 @@ impl Client {
             && !hook(&mut event)
         {
             bump(&shared.pipe.counters.filtered, 1);
+            if hub.is_active() {
+                let at = shared.pipe.clock.now();
+                let records = crate::store::routes(routes)
+                    .filter_map(|i| shared.pipe.destinations.iter().find(|(j, _)| *j == i))
+                    .map(|(i, d)| {
+                        let outcome = crate::receipts::Outcome::Filtered;
+                        (i, crate::receipts::OutcomeRecord { id, destination: d.name().to_owned(), outcome, at })
+                    })
+                    .collect();
+                hub.emit(records);
+            }
+            // Resolved by the outcomes just emitted.
+            if let Some(registration) = registration {
+                registration.keep();
+            }
             // A lifecycle event the hook drops still moves the app state (a session still starts).
             if let Some(update) = opts.update {
                 self.update_app_state(update)?;
@@ -234,6 +258,9 @@ impl Client {
             return Err(Error::QueueFull);
         }
         bump(&shared.pipe.counters.enqueued, 1);
+        if let Some(registration) = registration {
+            registration.keep();
+        }
         match (app.as_mut(), next) {
             (Some(current), Some(NextApp::Whole(next))) => **current = *next,
             (Some(current), Some(NextApp::Seen(seen))) => current.session = Some(seen),

@@ -21,6 +21,7 @@ use crate::message::{Message, Page, Track};
 use crate::pipeline::{self, WorkerThread};
 
 mod build;
+mod confirmed;
 mod control;
 mod enqueue;
 mod routing;

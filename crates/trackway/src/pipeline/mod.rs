@@ -30,6 +30,10 @@
 //!   (something was delivered since) or after two failures, so one poison event is isolated.
 //!   An event that fails alone while the destination delivers others gets a *strike*; after
 //!   `max_attempts` strikes it is dead-lettered as `retries_exhausted`.
+//! - Every final outcome of an event at a destination (delivered, dead-lettered, skipped,
+//!   dropped by the store) is reported at the one place the worker decides it, to
+//!   [`crate::receipts`], only while a stream or a receipt is open (one atomic load otherwise);
+//!   they are handed over once per loop turn, before flushes are answered.
 //! - Deadlines (batch interval, backoff, pauses) are read from the injected [`Clock`]; a manual
 //!   clock wakes the worker when advanced.
 //! - Each lane has one health state machine ([`health`]): a misconfigured destination holds its

@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) enabled: AtomicBool,
     /// Whether the store refuses new events for now (`WhenFull::Refuse` at its bound).
     pub(crate) room: StoreRoom,
+    /// Outcome streams and receipts ([`crate::receipts`]); idle (one load) when nobody listens.
+    pub(crate) receipts: Arc<crate::receipts::Hub>,
 }
 
 /// The store's "full, refusing new events" flag: read by callers on every event (one atomic
@@ -89,6 +91,7 @@ impl Shared {
             context: Arc::new(context),
             enabled: AtomicBool::new(enabled),
             room: StoreRoom::default(),
+            receipts: Arc::default(),
         }
     }
 

@@ -27,6 +27,8 @@ pub(crate) fn run(shared: &Arc<Shared>, message: &str) {
         panic = %message,
         "trackway: the delivery worker panicked; every later call returns an error, queued events are dropped and counted as worker_stopped"
     );
+    // Every open receipt resolves with the error; streams end once read.
+    shared.receipts.end(crate::receipts::Ended::WorkerStopped(message.to_owned()));
     let at = shared.clock.now();
     for d in shared.counters.active() {
         let mut health = lock(&d.health);

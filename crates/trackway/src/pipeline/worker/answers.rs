@@ -101,9 +101,21 @@ impl Worker {
             );
             self.warned_store_full = true;
         }
+        let report = self.receipts.on().then(|| self.shared.clock.now());
         for ev in evicted {
             for r in routes(ev.routes) {
                 let Some(lane) = self.lanes.get_mut(r) else { continue };
+                if let Some(at) = report {
+                    let reason = match reason {
+                        Dropped::Purged => crate::receipts::DropReason::Purged,
+                        Dropped::StoreFull => crate::receipts::DropReason::StoreFull,
+                        Dropped::Corrupt => crate::receipts::DropReason::Corrupt,
+                        Dropped::DiskFull => crate::receipts::DropReason::DiskFull,
+                        Dropped::StoreError => crate::receipts::DropReason::StoreError,
+                    };
+                    let outcome = crate::receipts::Outcome::Dropped(reason);
+                    self.receipts.decided(r, lane.dest.name(), ev.seq, outcome, at);
+                }
                 if ev.seq >= lane.next_fresh {
                     // Lanes count full events; the store reports heads.
                     lane.forget_fresh(ev.bytes + self.context_len as u64);
@@ -233,6 +245,12 @@ impl Worker {
                     delivered.clear();
                 }
             }
+            if self.receipts.on() {
+                let name = self.lanes[i].dest.name();
+                for &seq in &delivered {
+                    self.receipts.decided(i, name, seq, crate::receipts::Outcome::Delivered, now_ts);
+                }
+            }
             let lane = &mut self.lanes[i];
             lane.delivered += delivered.len() as u64;
             for seq in &delivered {
@@ -243,7 +261,8 @@ impl Worker {
             if let Err(e) = &answer {
                 tracing::debug!(error = %e, "rejection without a response (classify_error)");
             }
-            self.dead_letter(i, letters, now_ts);
+            let status = answer.as_ref().ok().map(|r| r.status.as_u16());
+            self.dead_letter_with(i, letters, now_ts, status);
         }
         let lane = &mut self.lanes[i];
         match (&misconfigured, &answer) {
@@ -374,6 +393,12 @@ impl Worker {
             Ok(released) => {
                 bump(&counters.skipped, released);
                 counters.pending.fetch_sub(released, Ordering::Relaxed);
+                if self.receipts.on() {
+                    let (name, at) = (self.lanes[i].dest.name(), self.shared.clock.now());
+                    for &seq in &seqs {
+                        self.receipts.decided(i, name, seq, crate::receipts::Outcome::Skipped, at);
+                    }
+                }
                 let lane = &mut self.lanes[i];
                 for seq in &seqs {
                     lane.items.remove(seq);
@@ -388,6 +413,18 @@ impl Worker {
     }
 
     pub(super) fn dead_letter(&mut self, i: usize, letters: Vec<(u64, DeadLetterReason, String)>, at: Timestamp) {
+        self.dead_letter_with(i, letters, at, None);
+    }
+
+    /// [`dead_letter`](Self::dead_letter), for letters of a server's answer with this `status`
+    /// (the outcome stream reports it).
+    pub(super) fn dead_letter_with(
+        &mut self,
+        i: usize,
+        letters: Vec<(u64, DeadLetterReason, String)>,
+        at: Timestamp,
+        status: Option<u16>,
+    ) {
         let moved = match self.store.dead_letter(i, &letters, at) {
             Ok(moved) => moved,
             Err(e) => {
@@ -410,6 +447,17 @@ impl Worker {
             };
             bump(counter, 1);
             tracing::warn!(destination = name, reason = %reason, detail = %detail, "trackway: event dead-lettered");
+        }
+        if self.receipts.on() {
+            for (seq, reason, detail) in letters {
+                let detail = detail.clone();
+                let outcome = match reason {
+                    DeadLetterReason::Rejected => crate::receipts::Outcome::Rejected { status, detail },
+                    DeadLetterReason::RetriesExhausted => crate::receipts::Outcome::RetriesExhausted { detail },
+                    DeadLetterReason::Expired => crate::receipts::Outcome::Expired { detail },
+                };
+                self.receipts.decided(i, name, seq, outcome, at);
+            }
         }
         // Only what the store still held: an event evicted meanwhile was already uncounted.
         counters.pending.fetch_sub(moved, Ordering::Relaxed);

@@ -63,6 +63,8 @@ pub(crate) struct Worker {
     context_len: usize,
     store_failed: bool,
     warned_store_full: bool,
+    /// Outcomes for streams and receipts (idle when nobody listens).
+    receipts: crate::receipts::Tracker,
 }
 
 /// Event bytes copied out of the queue into shared chunks: one allocation per ~200 events
@@ -161,6 +163,7 @@ impl Worker {
             }
         }
         let context_len = shared_context_len(&shared);
+        let receipts = crate::receipts::Tracker::new(shared.receipts.clone());
         // A backlog may hold the store at its bound already.
         shared.room.set(store.refuses_new());
         Worker {
@@ -182,6 +185,7 @@ impl Worker {
             context_len,
             store_failed: false,
             warned_store_full: false,
+            receipts,
         }
     }
 
@@ -200,6 +204,9 @@ impl Worker {
                 self.commit();
             }
             self.dispatch();
+            // Before the flushes are answered: a caller that flushed then reads its stream
+            // finds the outcomes there.
+            self.receipts.flush();
             self.answer_flushes();
             if let Some((deadline, _)) = &self.shutdown {
                 // With tracking off nothing will be sent: what is stored stays for a later run.
@@ -213,6 +220,9 @@ impl Worker {
         // Commit anything that raced in behind the shutdown request, then answer.
         self.drain();
         self.commit_all();
+        self.receipts.flush();
+        // No more outcomes from this process: open receipts resolve with what is still pending.
+        self.shared.receipts.end(crate::receipts::Ended::Shutdown);
         if let Some((_, reply)) = self.shutdown.take() {
             reply.send();
         }
@@ -340,6 +350,11 @@ impl Worker {
         if !events.is_empty() || !state.is_empty() {
             match self.store.append(&events, &state) {
                 Ok(appended) => {
+                    if self.receipts.on() {
+                        for ev in &events {
+                            self.receipts.appended(ev.seq, ev.id, ev.routes);
+                        }
+                    }
                     if self.store.writes_behind() {
                         self.commit_at.get_or_insert(Instant::now() + self.settings.commit_delay);
                     } else {
@@ -362,8 +377,21 @@ impl Worker {
                         tracing::error!(error = %e, "trackway: {what}; dropping the events that could not be committed (counted; logged once)");
                         self.store_failed = true;
                     }
+                    let report = self.receipts.on().then(|| {
+                        let at = self.shared.clock.now();
+                        let reason = match e {
+                            StoreError::DiskFull(_) => crate::receipts::DropReason::DiskFull,
+                            _ => crate::receipts::DropReason::StoreError,
+                        };
+                        (at, reason)
+                    });
                     for ev in &events {
                         for r in routes(ev.routes) {
+                            if let Some((at, reason)) = report {
+                                let name = self.lanes[r].dest.name();
+                                let outcome = crate::receipts::Outcome::Dropped(reason);
+                                self.receipts.decided_id(r, name, ev.id, outcome, at);
+                            }
                             self.lanes[r].forget_fresh(ev.bytes.len() as u64 + self.context_len as u64);
                             self.shared.counters.destinations[r].pending.fetch_sub(1, Ordering::Relaxed);
                         }
@@ -619,6 +647,9 @@ impl Worker {
     /// `first_attempt`: the events were read fresh (a retry, or a request an ordered destination
     /// deferred, encodes them again).
     fn send(&mut self, i: usize, records: Vec<EventRecord>, failures: u32, first_attempt: bool) {
+        if self.receipts.on() {
+            self.receipts.read(i, &records);
+        }
         let now_ts = self.shared.clock.now();
         let max_age = self.settings.max_event_age;
         let (records, expired): (Vec<_>, Vec<_>) =

@@ -21,6 +21,9 @@ impl Worker {
                 continue;
             }
             self.store.ack(lane, &seqs)?;
+            if self.receipts.on() {
+                self.receipts.read(lane, records.iter().filter(|r| seqs.contains(&r.seq())));
+            }
             for r in records.iter().filter(|r| seqs.contains(&r.seq())) {
                 let head = (r.json_len() as u64).saturating_sub(self.context_len as u64);
                 let entry = removed.entry(r.seq()).or_insert(Evicted { seq: r.seq(), routes: 0, bytes: head });

@@ -1,0 +1,247 @@
+//! The hub between the worker and the listeners: the open streams, the receipts' watches, and
+//! how many of them there are (the one number the worker reads to know whether to report).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use trackway_wire::MessageId;
+
+use super::OutcomeRecord;
+use super::stream::{OutcomeStream, Ring};
+use crate::pipeline::lock;
+
+/// The test hook a confirmed call runs between its push and its return.
+#[cfg(feature = "testing")]
+pub(crate) type AfterPush = Arc<dyn Fn(MessageId) + Send + Sync>;
+
+/// Why no more outcomes will come from this process's worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The worker finished (shutdown, or the last clone dropped).
+    Shutdown,
+    /// The worker panicked with this message.
+    WorkerStopped(String),
+}
+
+/// What one receipt waits for: one event's outcome at each destination it was routed to.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    pub(super) state: Mutex<WatchState>,
+    pub(super) changed: Condvar,
+    pub(super) notify: tokio::sync::Notify,
+}
+
+#[derive(Debug)]
+pub(super) struct WatchState {
+    /// The destinations (route bits) the event went to.
+    pub(super) routes: u64,
+    /// Those without an outcome yet.
+    pub(super) remaining: u64,
+    /// By route bit, in arrival order.
+    pub(super) results: Vec<(usize, OutcomeRecord)>,
+    pub(super) ended: Option<Ended>,
+}
+
+impl Watch {
+    fn new(routes: u64) -> Self {
+        Watch {
+            state: Mutex::new(WatchState { routes, remaining: routes, results: Vec::new(), ended: None }),
+            changed: Condvar::new(),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn wake(&self) {
+        self.changed.notify_all();
+        // One waiter per receipt (`resolved` takes `&self`, but a receipt is awaited once):
+        // `notify_waiters` wakes every one registered, and each re-checks the state.
+        self.notify.notify_waiters();
+    }
+
+    /// Records an outcome; whether every destination has one now.
+    fn add(&self, lane: usize, record: OutcomeRecord) -> bool {
+        let mut state = lock(&self.state);
+        let bit = 1u64 << lane;
+        if state.remaining & bit != 0 {
+            state.remaining &= !bit;
+            state.results.push((lane, record));
+        }
+        let done = state.remaining == 0;
+        drop(state);
+        self.wake();
+        done
+    }
+
+    fn end(&self, why: &Ended) {
+        lock(&self.state).ended.get_or_insert_with(|| why.clone());
+        self.wake();
+    }
+}
+
+/// Shared by the client, the worker and every stream and receipt.
+pub(crate) struct Hub {
+    /// Open streams plus open watches: zero means nobody listens, and the worker reports nothing.
+    active: AtomicUsize,
+    streams: Mutex<Vec<Arc<Ring>>>,
+    watches: Mutex<HashMap<MessageId, Arc<Watch>>>,
+    ended: Mutex<Option<Ended>>,
+    /// The subscription made on the builder, until `Client::take_outcomes` takes it.
+    pub(crate) initial: Mutex<Option<OutcomeStream>>,
+    /// Test hook: called by a confirmed call between its push and its return.
+    #[cfg(feature = "testing")]
+    pub(crate) after_push: Mutex<Option<AfterPush>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("active", &self.active.load(Ordering::Relaxed)).finish_non_exhaustive()
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            active: AtomicUsize::new(0),
+            streams: Mutex::new(Vec::new()),
+            watches: Mutex::new(HashMap::new()),
+            ended: Mutex::new(None),
+            initial: Mutex::new(None),
+            #[cfg(feature = "testing")]
+            after_push: Mutex::new(None),
+        }
+    }
+}
+
+impl Hub {
+    /// Whether anyone listens. Acquire: a watch registered before its event was pushed is seen
+    /// by the worker that pops the event (the queue orders the two).
+    #[inline]
+    pub(crate) fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire) != 0
+    }
+
+    /// A new stream of every outcome from now on, keeping at most `capacity` unread.
+    pub(crate) fn subscribe(self: &Arc<Self>, capacity: usize) -> OutcomeStream {
+        let ring = Arc::new(Ring::new(capacity));
+        // Under the `ended` lock, as in `watch`: `end` either sees this stream or it saw `ended`.
+        let ended = lock(&self.ended);
+        if ended.is_some() {
+            ring.close();
+        }
+        self.active.fetch_add(1, Ordering::AcqRel);
+        lock(&self.streams).push(ring.clone());
+        drop(ended);
+        OutcomeStream::new(ring, Arc::downgrade(self))
+    }
+
+    /// A stream was dropped: one listener fewer (it is pruned at the next outcome).
+    pub(super) fn unsubscribed(&self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Starts watching the event `id`, routed to `routes`. Registered before the event is
+    /// pushed, so no outcome can come before the watch exists.
+    pub(crate) fn watch(&self, id: MessageId, routes: u64) -> Arc<Watch> {
+        let watch = Arc::new(Watch::new(routes));
+        // Held while inserting: `end` either drains this watch or this call sees `ended`.
+        let ended = lock(&self.ended);
+        if let Some(ended) = ended.as_ref() {
+            watch.end(ended);
+            return watch;
+        }
+        if routes == 0 {
+            return watch;
+        }
+        let mut watches = lock(&self.watches);
+        if watches.insert(id, watch.clone()).is_none() {
+            self.active.fetch_add(1, Ordering::AcqRel);
+        }
+        watch
+    }
+
+    /// Stops watching `id` (the receipt was dropped, or its call failed after registering).
+    pub(crate) fn unwatch(&self, id: MessageId) {
+        if lock(&self.watches).remove(&id).is_some() {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Hands outcomes to every stream and to the watches they complete. `lane` is the route bit.
+    pub(crate) fn emit(&self, records: Vec<(usize, OutcomeRecord)>) {
+        if records.is_empty() {
+            return;
+        }
+        // Matched under the lock, woken outside it: callers registering watches wait for a
+        // lookup per outcome, not for the receipts' wake-ups.
+        let matched: Vec<(Arc<Watch>, usize, OutcomeRecord)> = {
+            let watches = lock(&self.watches);
+            if watches.is_empty() {
+                Vec::new()
+            } else {
+                records
+                    .iter()
+                    .filter_map(|(lane, r)| watches.get(&r.id).map(|w| (w.clone(), *lane, r.clone())))
+                    .collect()
+            }
+        };
+        for (watch, lane, record) in matched {
+            let id = record.id;
+            if watch.add(lane, record) {
+                // As `unwatch`: only the remover counts it off (a receipt dropped meanwhile did).
+                self.unwatch(id);
+            }
+        }
+        let mut streams = lock(&self.streams);
+        streams.retain(|ring| !ring.is_dropped());
+        if let Some((last, rest)) = streams.split_last() {
+            for ring in rest {
+                ring.push_all(records.iter().map(|(_, r)| r.clone()));
+            }
+            last.push_all(records.into_iter().map(|(_, r)| r));
+        }
+    }
+
+    /// No more outcomes: every open receipt resolves (pending, or with the worker's error) and
+    /// every stream ends once read.
+    pub(crate) fn end(&self, why: Ended) {
+        let mut ended = lock(&self.ended);
+        *ended = Some(why.clone());
+        let watches: Vec<Arc<Watch>> = lock(&self.watches).drain().map(|(_, w)| w).collect();
+        self.active.fetch_sub(watches.len(), Ordering::AcqRel);
+        for ring in lock(&self.streams).iter() {
+            ring.close();
+        }
+        drop(ended);
+        for watch in watches {
+            watch.end(&why);
+        }
+    }
+}
+
+/// A watch registered by a call that has not returned yet: dropped on an error path, it
+/// unregisters the watch; [`keep`](Self::keep) leaves it registered.
+pub(crate) struct Registration<'a> {
+    hub: &'a Hub,
+    id: MessageId,
+    armed: bool,
+}
+
+impl<'a> Registration<'a> {
+    pub(crate) fn new(hub: &'a Hub, id: MessageId) -> Self {
+        Registration { hub, id, armed: true }
+    }
+
+    /// The call succeeded: the receipt owns the watch now.
+    pub(crate) fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.hub.unwatch(self.id);
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The outcome stream: a bounded ring per subscriber. The worker pushes without ever waiting;
+//! when the ring is full the oldest outcome goes and the subscriber is told how many it missed.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use super::OutcomeRecord;
+use super::hub::Hub;
+use crate::pipeline::lock;
+
+/// Why [`OutcomeStream::try_recv`] and its kin returned no outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// The subscriber fell behind: this many outcomes were dropped (the oldest) since the last
+    /// read. The next call returns the oldest one kept.
+    #[error("{0} outcomes were missed (the subscriber fell behind its capacity)")]
+    Missed(u64),
+    /// Nothing arrived (yet, or within the timeout).
+    #[error("no outcome yet")]
+    Empty,
+    /// The client's worker ended and every outcome was read: none will come.
+    #[error("the client's worker ended; no more outcomes")]
+    Closed,
+}
+
+#[derive(Debug)]
+struct RingState {
+    buf: VecDeque<OutcomeRecord>,
+    /// Dropped since the last read.
+    missed: u64,
+    /// Dropped in all.
+    missed_total: u64,
+    closed: bool,
+}
+
+/// One subscriber's buffer.
+#[derive(Debug)]
+pub(crate) struct Ring {
+    capacity: usize,
+    state: Mutex<RingState>,
+    changed: Condvar,
+    notify: tokio::sync::Notify,
+    dropped: AtomicBool,
+}
+
+impl Ring {
+    pub(super) fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Ring {
+            capacity,
+            // Grows to `capacity` as outcomes come, never past it.
+            state: Mutex::new(RingState {
+                buf: VecDeque::with_capacity(capacity.min(1024)),
+                missed: 0,
+                missed_total: 0,
+                closed: false,
+            }),
+            changed: Condvar::new(),
+            notify: tokio::sync::Notify::new(),
+            dropped: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn is_dropped(&self) -> bool {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    pub(super) fn push_all(&self, records: impl Iterator<Item = OutcomeRecord>) {
+        let mut state = lock(&self.state);
+        for record in records {
+            if state.buf.len() == self.capacity {
+                state.buf.pop_front();
+                state.missed += 1;
+                state.missed_total += 1;
+            }
+            state.buf.push_back(record);
+        }
+        drop(state);
+        self.wake();
+    }
+
+    pub(super) fn close(&self) {
+        lock(&self.state).closed = true;
+        self.wake();
+    }
+
+    fn wake(&self) {
+        self.changed.notify_all();
+        // One reader per stream (`recv` takes `&mut self`): a stored permit is never lost.
+        self.notify.notify_one();
+    }
+
+    fn take(state: &mut RingState) -> Result<OutcomeRecord, RecvError> {
+        if state.missed > 0 {
+            return Err(RecvError::Missed(std::mem::take(&mut state.missed)));
+        }
+        match state.buf.pop_front() {
+            Some(record) => Ok(record),
+            None if state.closed => Err(RecvError::Closed),
+            None => Err(RecvError::Empty),
+        }
+    }
+}
+
+/// A subscription to every outcome, per event and destination, as the worker decides it.
+///
+/// Made with [`Client::outcomes`](crate::Client::outcomes) (outcomes from then on) or on the
+/// builder with [`ClientBuilder::outcomes`](crate::ClientBuilder::outcomes) (everything the
+/// worker decides, including the events an earlier process left in the store; taken with
+/// [`Client::take_outcomes`](crate::Client::take_outcomes)).
+///
+/// It keeps at most its capacity of unread outcomes: beyond that the oldest are dropped and the
+/// next read returns [`RecvError::Missed`] with how many. Delivery never waits for a subscriber.
+/// Dropping the stream unsubscribes it.
+///
+/// ```
+/// use std::time::Duration;
+/// use trackway::{Client, props, destination::JsonHttp, store::MemoryStore};
+/// # let collector = trackway_collector::Collector::start().unwrap();
+/// let client = Client::builder().destination(JsonHttp::new(collector.url("/events"))).store(MemoryStore::new()).build()?;
+/// let mut outcomes = client.outcomes(1024);
+/// let id = client.track("user123", "signed_up", props! {})?;
+/// let record = outcomes.recv_timeout(Duration::from_secs(5))?;
+/// assert_eq!((record.id, record.destination.as_str()), (id, "json"));
+/// assert!(record.outcome.is_delivered());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct OutcomeStream {
+    ring: std::sync::Arc<Ring>,
+    hub: Weak<Hub>,
+}
+
+impl OutcomeStream {
+    pub(super) fn new(ring: std::sync::Arc<Ring>, hub: Weak<Hub>) -> Self {
+        OutcomeStream { ring, hub }
+    }
+
+    /// The next outcome if one is there, without waiting.
+    ///
+    /// # Errors
+    /// [`RecvError::Missed`] once after outcomes were dropped, [`RecvError::Empty`] when none
+    /// is there, [`RecvError::Closed`] when the worker ended and all were read.
+    pub fn try_recv(&mut self) -> Result<OutcomeRecord, RecvError> {
+        Ring::take(&mut lock(&self.ring.state))
+    }
+
+    /// The next outcome, waiting at most `timeout` (blocks the thread: in async code use
+    /// [`recv`](Self::recv)).
+    ///
+    /// # Errors
+    /// As [`try_recv`](Self::try_recv); [`RecvError::Empty`] at the timeout.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<OutcomeRecord, RecvError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.ring.state);
+        loop {
+            match Ring::take(&mut state) {
+                Err(RecvError::Empty) => {}
+                other => return other,
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+                return Err(RecvError::Empty);
+            };
+            state = match self.ring.changed.wait_timeout(state, left) {
+                Ok((state, _)) => state,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// The next outcome, waiting as long as it takes (any async runtime: it needs no timer).
+    ///
+    /// # Errors
+    /// [`RecvError::Missed`] once after outcomes were dropped; [`RecvError::Closed`] when the
+    /// worker ended and all were read. Never [`RecvError::Empty`].
+    pub async fn recv(&mut self) -> Result<OutcomeRecord, RecvError> {
+        let ring = self.ring.clone();
+        loop {
+            let notified = ring.notify.notified();
+            match self.try_recv() {
+                Err(RecvError::Empty) => notified.await,
+                other => return other,
+            }
+        }
+    }
+
+    /// Every outcome there is now, without waiting; the count of missed ones is added to
+    /// `missed`.
+    pub fn drain(&mut self, missed: &mut u64) -> Vec<OutcomeRecord> {
+        let mut state = lock(&self.ring.state);
+        *missed += std::mem::take(&mut state.missed);
+        state.buf.drain(..).collect()
+    }
+
+    /// How many outcomes this subscriber missed in all (dropped because it fell behind).
+    pub fn missed_total(&self) -> u64 {
+        lock(&self.ring.state).missed_total
+    }
+
+    /// The most outcomes it keeps unread.
+    pub fn capacity(&self) -> usize {
+        self.ring.capacity
+    }
+}
+
+impl Drop for OutcomeStream {
+    fn drop(&mut self) {
+        self.ring.dropped.store(true, Ordering::Release);
+        if let Some(hub) = self.hub.upgrade() {
+            hub.unsubscribed();
+        }
+    }
+}
