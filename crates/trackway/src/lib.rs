@@ -225,7 +225,7 @@ mod stats;
 pub mod store;
 
 pub use app::{Anonymize, AppLifecycle, Payment, PushPlatform, PushToken, TokenFrequency};
-pub use client::Client;
+pub use client::{Client, Waiting};
 pub use clock::Clock;
 #[cfg(feature = "testing")]
 pub use clock::ManualClock;
