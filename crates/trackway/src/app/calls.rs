@@ -645,17 +645,9 @@ impl Client {
         use crate::destination::ERASE_USER_EVENT;
         let pipe = &self.inner.shared.pipe;
         let probe = trackway_wire::Event {
-            id: trackway_wire::MessageId::new_v7(pipe.clock.now()),
-            kind: trackway_wire::EventKind::Identify,
-            name: None,
-            timestamp: pipe.clock.now(),
-            properties: trackway_wire::Properties::default(),
             identity: trackway_wire::Identity::user(id),
-            session_id: None,
-            page: None,
-            imported: false,
             context: pipe.context.clone(),
-            default_keys: Vec::new(),
+            ..trackway_wire::Event::new(trackway_wire::EventKind::Identify, pipe.clock.now())
         };
         let mask = pipe.destinations.iter().fold(0u64, |mask, (i, d)| {
             let erases = crate::pipeline::health::catch(|| d.erases_people() && d.validate(&probe).is_ok());
