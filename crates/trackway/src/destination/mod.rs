@@ -553,6 +553,7 @@ pub struct Encoded {
 impl Encoded {
     /// The event of `record` (at index `i` of the batch), or `None` after rejecting it with the
     /// reason when its stored bytes do not read back as an event.
+    #[cfg_attr(not(any(feature = "umami", feature = "customerio", feature = "bloomreach")), allow(dead_code))]
     pub(crate) fn parse<'a>(&mut self, i: usize, record: &'a EventRecord) -> Option<&'a Event> {
         match record.event() {
             Ok(event) => Some(event),
