@@ -1,6 +1,7 @@
 //! [`Waiting`]: calls that wait, up to a caller-given timeout, for room in the event queue and
 //! the store instead of refusing the event at once (importers, batch jobs; never the default).
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use trackway_wire::{MessageId, Timestamp};
@@ -159,7 +160,9 @@ impl Waiting<'_> {
             if shared.pipe.room.is_full() && !W::store_room(&shared.pipe.room, left()).await {
                 return give_up(true);
             }
-            if shared.pipe.queue.looks_full() && !shared.pipe.queue.worker_gone() {
+            // A closed client or a stopped worker: the call below says so at once.
+            let open = !shared.closed.load(Ordering::Acquire) && !shared.pipe.queue.worker_gone();
+            if open && shared.pipe.queue.looks_full() {
                 if left().is_zero() {
                     return give_up(false);
                 }
