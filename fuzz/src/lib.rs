@@ -11,7 +11,7 @@ use serde::ser::{
 };
 use trackway::destination::EventRecord;
 use trackway::fuzzing::{ChunkEvent, decode_chunk, encode_chunk};
-use trackway_wire::{Context, Event, EventKind, Identity, MessageId, PageInfo, Properties, Timestamp};
+use trackway_wire::{Context, Event, EventKind, Identity, PageInfo, Properties, Timestamp};
 
 /// Names serde needs as `&'static str` (struct fields, enum variants): a small set, with the
 /// empty name (which `validate` refuses) and a repeated one among them.
