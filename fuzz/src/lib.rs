@@ -11,7 +11,7 @@ use serde::ser::{
 };
 use trackway::destination::EventRecord;
 use trackway::fuzzing::{ChunkEvent, decode_chunk, encode_chunk};
-use trackway_wire::{Context, Event, EventKind, Identity, MessageId, PageInfo, Properties, Timestamp};
+use trackway_wire::{Context, Event, EventKind, Identity, PageInfo, Properties, Timestamp};
 
 /// Names serde needs as `&'static str` (struct fields, enum variants): a small set, with the
 /// empty name (which `validate` refuses) and a repeated one among them.
@@ -277,11 +277,9 @@ impl EventFields {
     /// The event with these fields and `properties`.
     pub fn event(&self, properties: Properties) -> Event {
         let timestamp = Timestamp::from_unix_millis(self.timestamp);
+        let kind = EventKind::ALL[usize::from(self.kind) % EventKind::ALL.len()];
         Event {
-            id: MessageId::new_v7(timestamp),
-            kind: EventKind::ALL[usize::from(self.kind) % EventKind::ALL.len()],
             name: self.name.as_deref().map(Into::into),
-            timestamp,
             properties,
             identity: Identity {
                 anonymous_id: self.anonymous_id.clone(),
@@ -298,13 +296,13 @@ impl EventFields {
                 referrer: referrer.clone(),
             }),
             imported: self.imported,
-            default_keys: Vec::new(),
             context: Arc::new(Context {
                 library: "trackway".into(),
                 library_version: "0.1.0".into(),
                 app_name: self.app_name.clone(),
                 ..Context::default()
             }),
+            ..Event::new(kind, timestamp)
         }
     }
 }

@@ -5,6 +5,8 @@
 //! path = "trackway-outbox.db"  # relative paths are relative to the configuration file; a
 //!                              # leading `~/` is the home directory (`~user/` is refused)
 //! max_bytes = 134217728        # optional: the store's size bound (default 128 MiB)
+//! queue_capacity = 16384       # optional: events `import` holds in memory before the store
+//!                              # (default 16384; a full queue makes the import wait)
 //!
 //! [[destination]]
 //! name = "warehouse"
@@ -91,6 +93,9 @@ struct StoreConfig {
     /// The store's size bound in bytes (`SqliteStore::max_bytes`).
     #[serde(default)]
     max_bytes: Option<u64>,
+    /// Events held in memory in front of the store (`ClientBuilder::queue_capacity`).
+    #[serde(default)]
+    queue_capacity: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -631,6 +636,11 @@ impl Config {
     /// `[store] max_bytes`, when set.
     pub(crate) fn store_max_bytes(&self) -> Option<u64> {
         self.store.as_ref()?.max_bytes
+    }
+
+    /// `[store] queue_capacity`, when set.
+    pub(crate) fn queue_capacity(&self) -> Option<usize> {
+        self.store.as_ref()?.queue_capacity
     }
 
     /// The destination names, in order (an OpenCDP destination's dual-write to Customer.io

@@ -12,9 +12,11 @@
 //! file moved elsewhere resumes where it stopped.
 //!
 //! An import never drops a line: its store refuses new events at its size bound
-//! ([`WhenFull::Refuse`]) instead of dropping the oldest, the command then waits up to
-//! `--timeout` for deliveries to make room, and if none comes it stops, naming the line it
-//! stopped at; the rerun resumes there.
+//! ([`WhenFull::Refuse`]) instead of dropping the oldest, and each event is queued through
+//! [`Client::waiting`], which waits up to `--timeout` for room in the in-memory queue (the
+//! store is behind) and in the store (deliveries make room). If none comes it stops, naming
+//! the line it stopped at; the rerun resumes there. A full queue or store is never reported as
+//! a malformed line.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -163,7 +165,11 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
 
     // Refuse instead of dropping at the size bound: an importer waits for room, or stops.
     let store = SqliteStore::new(&store_path).max_bytes(max_bytes).when_full(WhenFull::Refuse);
-    let client = config::with_destinations(Client::builder().store(store), destinations)
+    let mut builder = Client::builder().store(store);
+    if let Some(capacity) = config.queue_capacity() {
+        builder = builder.queue_capacity(capacity);
+    }
+    let client = config::with_destinations(builder, destinations)
         .batch_interval(Duration::from_millis(100))
         // Every event is committed (with its line's position) before it is sent, so a kill
         // never leaves a delivered line unrecorded: a rerun queues no line twice.
@@ -226,8 +232,9 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
     let mut buf = Vec::new();
     let mut bytes_read = 0u64;
     let mut line_no = 0u64;
-    // The line the store had no room for, when the import stopped there.
-    let mut stopped_at: Option<u64> = None;
+    // The line there was no room for (and whether the store, else the queue, was full), when
+    // the import stopped there.
+    let mut stopped_at: Option<(u64, bool)> = None;
     let room_wait = Duration::from_secs(args.timeout);
     loop {
         buf.clear();
@@ -255,10 +262,10 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
                             }
                         }
                         Err(NotQueued::Invalid(reason)) => summary.malformed.push((line_no, reason)),
-                        Err(NotQueued::StoreFull) => {
+                        Err(NotQueued::NoRoom { store }) => {
                             // Everything before this line is handled: the rerun starts here.
                             commit_position(&client, &key, line_no - 1)?;
-                            stopped_at = Some(line_no);
+                            stopped_at = Some((line_no, store));
                             summary.read -= 1;
                             break;
                         }
@@ -343,13 +350,20 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
         stdout.flush()?;
     }
     failed |= report::losses(&mut out, &stats)?;
-    if let Some(line) = stopped_at {
+    if let Some((line, store)) = stopped_at {
+        let why = if store {
+            format!(
+                "the store is full (its size bound, [store] max_bytes, is {max_bytes} bytes) and no delivery made \
+                 room within {}s (--timeout)",
+                args.timeout
+            )
+        } else {
+            format!("the event queue stayed full for {}s (--timeout): the store did not take events", args.timeout)
+        };
         writeln!(
             out,
-            "stopped at line {line}: the store is full (its size bound, [store] max_bytes, is {max_bytes} bytes) \
-             and no delivery made room within {}s (--timeout); lines up to {} are stored and are sent when the \
-             destinations take them; run the same command again to go on from line {line}",
-            args.timeout,
+            "stopped at line {line}: {why}; lines up to {} are stored and are sent when the destinations take \
+             them; run the same command again to go on from line {line}",
             line - 1
         )?;
         failed = true;
@@ -369,13 +383,14 @@ pub(crate) fn run(config_path: Option<&Path>, args: ImportArgs) -> anyhow::Resul
 enum NotQueued {
     /// The event was refused: the reason, reported with the line.
     Invalid(String),
-    /// The store stayed full for the whole wait.
-    StoreFull,
+    /// No room came within the wait: the store stayed at its bound (`store`), or the event
+    /// queue stayed full (the worker did not take events).
+    NoRoom { store: bool },
 }
 
-/// Queues the event of line `line`, carrying the position: waits for room when the channel is
-/// full (the worker commits what is queued) or the store is at its bound (deliveries make room,
-/// for at most `room_wait`).
+/// Queues the event of line `line`, carrying the position, waiting up to `room_wait` for room
+/// in the event queue (the worker commits what is queued) and in the store (deliveries make
+/// room): a full queue or store is never reported as a malformed line.
 fn queue(
     client: &Client,
     message: Message,
@@ -385,26 +400,10 @@ fn queue(
     line: u64,
     room_wait: Duration,
 ) -> Result<(), NotQueued> {
-    let position = line.to_string();
-    let attempt = || client.import_with_checkpoint(message.clone(), id, timestamp, key, position.clone());
-    let mut waited_for_room = false;
-    let mut waited_for_queue = false;
-    loop {
-        match attempt() {
-            Ok(_) => return Ok(()),
-            Err(trackway::Error::QueueFull) if !waited_for_queue => {
-                waited_for_queue = true;
-                let _ = client.persisted(Duration::from_secs(30));
-            }
-            Err(trackway::Error::StoreFull) if !waited_for_room => {
-                waited_for_room = true;
-                if client.wait_for_store_room(room_wait).is_err() {
-                    return Err(NotQueued::StoreFull);
-                }
-            }
-            Err(trackway::Error::StoreFull) => return Err(NotQueued::StoreFull),
-            Err(e) => return Err(NotQueued::Invalid(e.to_string())),
-        }
+    match client.waiting(room_wait).import_with_checkpoint(message, id, timestamp, key, line.to_string()) {
+        Ok(_) => Ok(()),
+        Err(trackway::Error::NoRoom { store, .. }) => Err(NotQueued::NoRoom { store }),
+        Err(e) => Err(NotQueued::Invalid(e.to_string())),
     }
 }
 

@@ -166,6 +166,24 @@ fn an_import_into_a_full_store_stops_at_a_named_line_drops_nothing_and_the_rerun
 }
 
 #[test]
+fn an_import_through_a_tiny_queue_waits_for_room_and_reports_no_line_as_malformed() {
+    watchdog(LIMIT, || {
+        let dir = Dir::new();
+        let collector = Collector::start().expect("collector");
+        // One event of room in front of the store: the import outruns the worker all the time.
+        let config = dir.configure("warehouse", &collector.url("/events"), "queue_capacity = 1");
+        let (file, ids) = dir.lines("events.jsonl", "00000002", 3000);
+        let out = trackway(&["import", "--config", &config, "--timeout", "60", &file]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(after(&out.stdout, "malformed:"), 0, "{out:?}");
+        assert_eq!(after(&out.stdout, "enqueued:"), 3000, "{out:?}");
+        assert!(!out.stdout.contains("queue_full"), "{out:?}");
+        let got = accepted(&collector);
+        assert!(ids.iter().all(|id| got.contains(id)), "{} of 3000 arrived", got.len());
+    });
+}
+
+#[test]
 fn a_damaged_store_is_salvaged_reported_and_makes_the_exit_code_non_zero() {
     watchdog(LIMIT, || {
         let dir = Dir::new();

@@ -22,13 +22,14 @@ use crate::{Event, EventKind, Identity, PageInfo, Properties, PropertyError, Val
 ///
 /// ```
 /// use std::sync::Arc;
-/// use trackway_wire::{encode_event, Context, Event, EventKind, Identity, MessageId, Properties, Timestamp};
+/// use trackway_wire::{encode_event, Context, Event, EventKind, Identity, Timestamp};
 /// let at = Timestamp::from_unix_millis(0);
 /// let context = Arc::new(Context { library: "trackway".into(), ..Context::default() });
 /// let event = Event {
-///     id: MessageId::new_v7(at), kind: EventKind::Track, name: Some("signup".into()), timestamp: at,
-///     properties: Properties::new(), identity: Identity::user("u1"), session_id: None, page: None,
-///     context: context.clone(), imported: false, default_keys: Vec::new(),
+///     name: Some("signup".into()),
+///     identity: Identity::user("u1"),
+///     context: context.clone(),
+///     ..Event::new(EventKind::Track, at)
 /// };
 /// let context_json = serde_json::to_vec(&*context).unwrap();
 /// let mut out = Vec::new();
@@ -240,7 +241,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{Context, MessageId, Timestamp, props};
+    use crate::{Context, Timestamp, props};
 
     fn check(event: &Event) {
         let context_json = serde_json::to_vec(&*event.context).expect("context");
@@ -253,21 +254,12 @@ mod tests {
     fn base(kind: EventKind) -> Event {
         let at = Timestamp::from_unix_millis(1_763_884_800_123);
         Event {
-            id: MessageId::new_v7(at),
-            kind,
-            name: None,
-            timestamp: at,
-            properties: Properties::new(),
-            identity: Identity::default(),
-            session_id: None,
-            page: None,
             context: Arc::new(Context {
                 library: "trackway".into(),
                 library_version: "0.1.0".into(),
                 ..Context::default()
             }),
-            imported: false,
-            default_keys: Vec::new(),
+            ..Event::new(kind, at)
         }
     }
 

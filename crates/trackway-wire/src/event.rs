@@ -218,6 +218,36 @@ pub struct Event {
     pub context: Arc<Context>,
 }
 
+impl Event {
+    /// An event of `kind` at `timestamp` (its id a UUIDv7 of that time) with everything else
+    /// empty: no name, properties, identity, session, page or context. Set the rest with
+    /// struct update syntax, so code that builds events by hand (tests, probes) names only what
+    /// it needs and a new field is added here once:
+    ///
+    /// ```
+    /// use trackway_wire::{Event, EventKind, Identity, Timestamp};
+    /// let at = Timestamp::from_unix_millis(0);
+    /// let event = Event { name: Some("signup".into()), identity: Identity::user("u1"), ..Event::new(EventKind::Track, at) };
+    /// assert_eq!(event.timestamp, at);
+    /// assert!(event.properties.is_empty() && event.page.is_none());
+    /// ```
+    pub fn new(kind: EventKind, timestamp: Timestamp) -> Event {
+        Event {
+            id: MessageId::new_v7(timestamp),
+            kind,
+            name: None,
+            timestamp,
+            properties: Properties::default(),
+            identity: Identity::default(),
+            session_id: None,
+            page: None,
+            imported: false,
+            default_keys: Vec::new(),
+            context: Arc::default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,21 +256,15 @@ mod tests {
     fn sample() -> Event {
         let at = Timestamp::from_unix_millis(1_700_000_000_000);
         Event {
-            id: MessageId::new_v7(at),
-            kind: EventKind::Track,
             name: Some("purchase".into()),
-            timestamp: at,
             properties: props! { "amount" => 9.5 },
             identity: Identity::user("u1"),
-            session_id: None,
-            page: None,
             context: Arc::new(Context {
                 library: "trackway".into(),
                 library_version: "0.1.0".into(),
                 ..Context::default()
             }),
-            imported: false,
-            default_keys: Vec::new(),
+            ..Event::new(EventKind::Track, at)
         }
     }
 

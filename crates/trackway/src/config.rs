@@ -197,7 +197,8 @@ impl ClientBuilder {
     }
 
     /// Most events waiting in the channel to the worker (default 16 384). Beyond it, events are
-    /// dropped and counted as `queue_full`; the caller is never blocked.
+    /// dropped and counted as `queue_full`; the caller is never blocked (unless it asks to wait
+    /// for room: [`Client::waiting`](crate::Client::waiting)).
     pub fn queue_capacity(mut self, events: usize) -> Self {
         if events == 0 || events > policy::MAX_QUEUE_CAPACITY {
             return self.invalid("queue_capacity", "must be between 1 and 1 000 000");

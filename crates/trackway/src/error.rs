@@ -93,6 +93,24 @@ pub enum Error {
          store_refused); wait for deliveries to make room and call again"
     )]
     StoreFull,
+    /// A waiting call ([`Client::waiting`](crate::Client::waiting)) found no room for its event
+    /// within the time it was given: nothing was queued. `store` says what stayed full: the
+    /// store at its size bound (nothing was delivered meanwhile; counted as `store_refused`),
+    /// or else the event queue (the worker did not take events; counted as `queue_full`).
+    #[error(
+        "no room for the event within {waited:?}: {}; nothing was queued",
+        if *store {
+            "the store stayed at its size bound (nothing was delivered meanwhile; counted as store_refused)"
+        } else {
+            "the event queue stayed full (the worker did not take events; counted as queue_full)"
+        }
+    )]
+    NoRoom {
+        /// How long the call waited.
+        waited: Duration,
+        /// The store stayed full (else the event queue did).
+        store: bool,
+    },
     /// The client was shut down; the event was dropped and counted.
     #[error("the client is shut down")]
     ShutDown,

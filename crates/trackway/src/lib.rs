@@ -127,8 +127,9 @@
 //! In async code use the `_async` forms ([`Client::flush_async`], [`Client::persisted_async`],
 //! [`Client::shutdown_async`], [`Client::checkpoint_async`], [`Client::dead_letters_async`],
 //! [`Client::requeue_dead_letters_async`], [`Client::purge_queued_async`],
-//! [`Client::erase_user_async`]): they never block the runtime's thread, not even while a flood
-//! has filled the queue and they wait for room, or while the worker thread ends.
+//! [`Client::erase_user_async`], [`Client::wait_for_store_room_async`], and those of
+//! [`Waiting`]): they never block the runtime's thread, not even while a flood has filled the
+//! queue and they wait for room, or while the worker thread ends.
 //!
 //! # The durable outbox
 //!
@@ -165,7 +166,9 @@
 //! - **Bounds.** At most 128 MiB of events ([`store::SqliteStore::max_bytes`]): beyond it the
 //!   oldest are dropped and counted (`store_full`), or, with
 //!   [`WhenFull::Refuse`](store::WhenFull::Refuse), new events are refused at the call
-//!   ([`Error::StoreFull`]) until deliveries make room ([`Client::wait_for_store_room`]). Events older than `max_event_age` (7 days)
+//!   ([`Error::StoreFull`]) until deliveries make room ([`Client::wait_for_store_room`]; or
+//!   queue through [`Client::waiting`], which waits for room itself). Events older than
+//!   `max_event_age` (7 days)
 //!   are dead-lettered as `expired`. A full disk drops the new events it refuses (`disk_full`);
 //!   what is stored stays intact, and writing resumes when space returns.
 //!
@@ -231,7 +234,7 @@ mod stats;
 pub mod store;
 
 pub use app::{Anonymize, AppLifecycle, Payment, PushPlatform, PushToken, TokenFrequency};
-pub use client::Client;
+pub use client::{Client, Waiting};
 pub use clock::Clock;
 #[cfg(feature = "testing")]
 pub use clock::ManualClock;

@@ -413,6 +413,12 @@ impl Queue {
         (self.usage.load(Ordering::Acquire) >> COUNT_SHIFT) as usize
     }
 
+    /// Whether an ordinary event would find no free slot now (a waiting enqueue checks this
+    /// before it prepares the event again).
+    pub(crate) fn looks_full(&self) -> bool {
+        self.len() >= self.capacity
+    }
+
     /// At or past the wake threshold: the worker should drain now rather than wait.
     pub(crate) fn is_past_threshold(&self) -> bool {
         self.len() >= self.wake_threshold

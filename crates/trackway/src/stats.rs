@@ -16,6 +16,12 @@ pub struct Stats {
     pub persisted: u64,
     /// Events not accepted, by reason.
     pub dropped: Dropped,
+    /// Events a purge ([`purge_queued`](crate::Client::purge_queued),
+    /// [`erase_user`](crate::Client::erase_user)) found already in a request on the wire: the
+    /// server may have them, so they are not counted as purged then. Their answer is applied:
+    /// a delivered one counts as delivered; any other outcome removes it (counted in
+    /// [`Dropped::purged`]) instead of retrying or dead-lettering it.
+    pub purge_in_flight: u64,
     /// Per destination, in the order they were added.
     pub destinations: Vec<DestinationStats>,
     /// What the client found in its store when it opened it.
@@ -133,6 +139,7 @@ pub struct DirectStats {
 pub(crate) struct Counters {
     pub(crate) enqueued: AtomicU64,
     pub(crate) persisted: AtomicU64,
+    pub(crate) purge_in_flight: AtomicU64,
     pub(crate) queue_full: AtomicU64,
     pub(crate) filtered: AtomicU64,
     pub(crate) shutdown: AtomicU64,
@@ -214,6 +221,7 @@ impl Counters {
         Stats {
             enqueued: get(&self.enqueued),
             persisted: get(&self.persisted),
+            purge_in_flight: get(&self.purge_in_flight),
             dropped: Dropped {
                 queue_full: get(&self.queue_full),
                 filtered: get(&self.filtered),

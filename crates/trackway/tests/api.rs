@@ -296,6 +296,15 @@ fn async_calls_wait_for_room_without_blocking_a_current_thread_runtime() {
                 ("erase_user_async", n, w)
             },
             {
+                let (n, w) = ticks_while_waiting("waiting.capture_async", |c| async move {
+                    let waiting = c.waiting(Duration::from_secs(10));
+                    send(waiting.capture_async(Track::new("e").user("u"))).await.map(drop).map_err(|e| err(&e))?;
+                    assert_eq!(c.stats().dropped.queue_full, 1, "only the plain call's refusal is counted");
+                    Ok(())
+                });
+                ("waiting.capture_async", n, w)
+            },
+            {
                 let (n, w) = ticks_while_waiting("checkpoint_async", |c| async move {
                     send(c.checkpoint_async("import", "42")).await.map_err(|e| err(&e))?;
                     assert_eq!(c.checkpoint_value("import").as_deref(), Some(&b"42"[..]));

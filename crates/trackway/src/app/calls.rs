@@ -586,6 +586,7 @@ impl Client {
 
     /// Removes every event still waiting in the outbox (for any destination) and returns how
     /// many there were; they are counted as `purged`. Typically after `set_enabled(false)`.
+    /// Events already on the wire are handled as [`erase_user`](Self::erase_user) says.
     ///
     /// # Errors
     /// `AlreadyShutdown`; `Timeout` if the worker does not answer in 5 s.
@@ -604,6 +605,12 @@ impl Client {
     /// Erases one person's events from the outbox: the queued events and the dead letters whose
     /// user id, anonymous id or any hard id equals `id`. Returns how many events were removed
     /// (counted as `purged`).
+    ///
+    /// An event already in a request on the wire cannot be taken back: it is not among those
+    /// removed but counted in [`Stats::purge_in_flight`](crate::Stats::purge_in_flight). If the
+    /// server takes it, it counts as delivered (what the server holds is the server's to erase,
+    /// see below); any other answer removes it then (counted as `purged`): it is never sent
+    /// again nor kept as a dead letter.
     ///
     /// Destinations that [erase people](crate::destination::Destination::erases_people) also
     /// get a delete of the person, queued after the purge (so it is not purged itself) and
@@ -638,17 +645,9 @@ impl Client {
         use crate::destination::ERASE_USER_EVENT;
         let pipe = &self.inner.shared.pipe;
         let probe = trackway_wire::Event {
-            id: trackway_wire::MessageId::new_v7(pipe.clock.now()),
-            kind: trackway_wire::EventKind::Identify,
-            name: None,
-            timestamp: pipe.clock.now(),
-            properties: trackway_wire::Properties::default(),
             identity: trackway_wire::Identity::user(id),
-            session_id: None,
-            page: None,
-            imported: false,
             context: pipe.context.clone(),
-            default_keys: Vec::new(),
+            ..trackway_wire::Event::new(trackway_wire::EventKind::Identify, pipe.clock.now())
         };
         let mask = pipe.destinations.iter().fold(0u64, |mask, (i, d)| {
             let erases = crate::pipeline::health::catch(|| d.erases_people() && d.validate(&probe).is_ok());

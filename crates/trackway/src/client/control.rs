@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::{CHECKPOINT_PREFIX, Client, Inner, check_len, lock};
 use crate::error::{Error, FlushError, FlushReport, PersistError, ShutdownError};
-use crate::pipeline::WorkerThread;
+use crate::pipeline::{StoreRoom, WorkerThread};
 use crate::policy::{CONTROL_TIMEOUT, MAX_EVENT_BYTES, ROOM_POLL, SHUTDOWN_MARGIN};
 use crate::queue::{Control, Done, Queue, Reply};
 use crate::stats::Stats;
@@ -34,6 +34,8 @@ pub(crate) trait Wait {
     fn recv<T: Send + 'static>(rx: Self::Rx<T>, timeout: Duration) -> impl Future<Output = Option<T>>;
     /// Waits (up to `timeout`) for the worker thread to end, after it answered a shutdown.
     fn join(worker: WorkerThread, timeout: Duration) -> impl Future<Output = ()>;
+    /// Waits (up to `timeout`) for a store at its bound to have room again; whether it has.
+    fn store_room(room: &StoreRoom, timeout: Duration) -> impl Future<Output = bool>;
 }
 
 /// Waits by blocking the calling thread. Its futures never return `Pending` (every wait blocks
@@ -64,6 +66,10 @@ impl Wait for Block {
         // re-raised: Drop must never panic.
         let _ = worker.thread.join();
     }
+
+    async fn store_room(room: &StoreRoom, timeout: Duration) -> bool {
+        room.wait(timeout)
+    }
 }
 
 impl Wait for Await {
@@ -88,6 +94,10 @@ impl Wait for Await {
         let WorkerThread { thread, exited, .. } = worker;
         let _ = tokio::time::timeout(timeout, exited).await;
         drop(thread);
+    }
+
+    async fn store_room(room: &StoreRoom, timeout: Duration) -> bool {
+        room.wait_async(timeout).await
     }
 }
 
@@ -387,8 +397,20 @@ impl Client {
     /// # Errors
     /// [`Error::StoreFull`] when the store is still full after `timeout` (nothing was
     /// delivered meanwhile: the destinations are down or slow).
+    ///
+    /// To wait for room in the queue too, and queue the event once there is, use
+    /// [`waiting`](Self::waiting).
     pub fn wait_for_store_room(&self, timeout: Duration) -> Result<(), Error> {
-        if self.inner.shared.pipe.room.wait(timeout) { Ok(()) } else { Err(Error::StoreFull) }
+        if blocking(Block::store_room(&self.inner.shared.pipe.room, timeout)) { Ok(()) } else { Err(Error::StoreFull) }
+    }
+
+    /// Async [`wait_for_store_room`](Self::wait_for_store_room): awaits the worker's wake-up
+    /// without blocking the runtime's thread.
+    ///
+    /// # Errors
+    /// As [`wait_for_store_room`](Self::wait_for_store_room).
+    pub async fn wait_for_store_room_async(&self, timeout: Duration) -> Result<(), Error> {
+        if Await::store_room(&self.inner.shared.pipe.room, timeout).await { Ok(()) } else { Err(Error::StoreFull) }
     }
 
     /// Tries to deliver everything queued within `budget` (events are committed on their usual

@@ -50,9 +50,24 @@ pub(crate) struct Options<'a> {
     pub(crate) command: Option<u64>,
     /// A confirmed call: the watch is registered here, before the push, and handed back.
     pub(crate) watch: Option<&'a std::cell::RefCell<Option<Arc<crate::receipts::Watch>>>>,
+    /// A waiting call ([`Client::waiting`]) tries again when full: a full queue or store is
+    /// counted (and logged) only when it gives up.
+    pub(crate) waiting: bool,
 }
 
 impl Client {
+    /// Counts an event refused by a full queue (and says so in the log, once).
+    pub(crate) fn count_queue_full(&self) {
+        let shared = &*self.inner.shared;
+        bump(&shared.pipe.counters.queue_full, 1);
+        if !shared.warned_queue_full.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                capacity = shared.pipe.queue.len(),
+                "trackway: event queue full, dropping events (counted as queue_full; logged once)"
+            );
+        }
+    }
+
     /// Queues the command event `name` about the person `id` for the destinations in `mask`
     /// only (see [`Options::command`]).
     pub(crate) fn enqueue_command(&self, mask: u64, name: &str, id: &str) -> Result<MessageId, Error> {
@@ -89,7 +104,9 @@ impl Client {
             return Err(Error::ReservedEventName(crate::device::DEVICE_EVENT));
         }
         if shared.pipe.room.is_full() {
-            bump(&shared.pipe.counters.store_refused, 1);
+            if !opts.waiting {
+                bump(&shared.pipe.counters.store_refused, 1);
+            }
             return Err(Error::StoreFull);
         }
         // Routed by event type, fixed into the event here: a later change of routing never moves it.
@@ -248,12 +265,8 @@ impl Client {
         };
         let meta = EventMeta { id, kind: event.kind, timestamp, queued_at, routes, head_only: true, state };
         if encode_and_push(&event, shared, meta, priority)?.is_err() {
-            bump(&shared.pipe.counters.queue_full, 1);
-            if !shared.warned_queue_full.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    capacity = shared.pipe.queue.len(),
-                    "trackway: event queue full, dropping events (counted as queue_full; logged once)"
-                );
+            if !opts.waiting {
+                self.count_queue_full();
             }
             return Err(Error::QueueFull);
         }

@@ -4,7 +4,8 @@
 //! - [`build`]: `ClientBuilder::build`, which recovers the state and starts the worker;
 //! - [`enqueue`]: the one path every call takes to queue an event;
 //! - [`control`]: requests to the worker (flush, persist, shutdown, dead letters, checkpoints)
-//!   and how blocking and async callers wait for them.
+//!   and how blocking and async callers wait for them;
+//! - [`waiting`]: calls that wait for room in the queue and the store ([`Client::waiting`]).
 //!
 //! The worker sees only [`pipeline::Shared`]; everything else here is the caller side's.
 
@@ -25,9 +26,11 @@ mod confirmed;
 mod control;
 mod enqueue;
 mod routing;
+mod waiting;
 
 pub(crate) use control::{Await, Block, Wait, blocking, push, retry_until_room};
 pub(crate) use enqueue::{Options, check_len};
+pub use waiting::Waiting;
 
 /// Store keys of [`Client::checkpoint`] values start with this, apart from trackway's own state.
 const CHECKPOINT_PREFIX: &str = "checkpoint/";

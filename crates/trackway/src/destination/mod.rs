@@ -550,6 +550,21 @@ pub struct Encoded {
     pub skipped: Vec<(usize, String)>,
 }
 
+impl Encoded {
+    /// The event of `record` (at index `i` of the batch), or `None` after rejecting it with the
+    /// reason when its stored bytes do not read back as an event.
+    #[cfg_attr(not(any(feature = "umami", feature = "customerio", feature = "bloomreach")), allow(dead_code))]
+    pub(crate) fn parse<'a>(&mut self, i: usize, record: &'a EventRecord) -> Option<&'a Event> {
+        match record.event() {
+            Ok(event) => Some(event),
+            Err(reason) => {
+                self.rejected.push((i, reason.to_owned()));
+                None
+            }
+        }
+    }
+}
+
 /// A destination's stored state: small values kept in the store next to its delivery cursor, e.g. a
 /// session token the server hands back.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

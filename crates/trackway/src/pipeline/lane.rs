@@ -146,6 +146,11 @@ impl Lane {
         }
     }
 
+    /// Whether one more request may start now (below the in-flight limit and the rate cap).
+    pub(crate) fn may_start(&self, now: Duration) -> bool {
+        self.in_flight < self.capacity() && self.rate_next <= now
+    }
+
     /// An event routed here was appended.
     pub(crate) fn on_appended(&mut self, bytes: u64, now: Duration) {
         self.fresh += 1;

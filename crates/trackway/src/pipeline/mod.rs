@@ -62,7 +62,7 @@ mod table;
 mod transport;
 mod worker;
 
-pub(crate) use shared::Shared;
+pub(crate) use shared::{Shared, StoreRoom};
 pub(crate) use table::DestinationTable;
 pub(crate) use transport::Transport;
 

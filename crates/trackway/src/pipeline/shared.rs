@@ -40,6 +40,8 @@ pub(crate) struct StoreRoom {
     full: AtomicBool,
     lock: Mutex<()>,
     freed: Condvar,
+    /// Wakes async waiters ([`wait_async`](Self::wait_async)), which must not block on `freed`.
+    freed_async: tokio::sync::Notify,
 }
 
 impl StoreRoom {
@@ -53,6 +55,24 @@ impl StoreRoom {
             // Taken after the store: a waiter either saw `false` or is waiting and is woken.
             let _guard = super::lock(&self.lock);
             self.freed.notify_all();
+            self.freed_async.notify_waiters();
+        }
+    }
+
+    /// [`wait`](Self::wait) without blocking the thread: awaits the worker's wake-up.
+    pub(crate) async fn wait_async(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before the flag is read: a wake-up between the two is not missed.
+            let freed = self.freed_async.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            if !self.is_full() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return !self.is_full();
+            }
         }
     }
 

@@ -32,13 +32,7 @@ pub(super) fn encode(dest: &Bloomreach, events: &[EventRecord]) -> Encoded {
     // The customers updated in the batch being built ("name=value" of each of their ids).
     let mut updated: BTreeSet<String> = BTreeSet::new();
     for (i, record) in events.iter().enumerate() {
-        let event = match record.event() {
-            Ok(e) => e,
-            Err(reason) => {
-                out.rejected.push((i, reason.to_owned()));
-                continue;
-            }
-        };
+        let Some(event) = out.parse(i, record) else { continue };
         let command = match command(dest, event) {
             Ok(c) => c,
             Err(reason) => {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use trackway_wire::{Context, Event, EventKind, Identity, MessageId, PageInfo, Properties, Timestamp, props};
+use trackway_wire::{Context, Event, EventKind, Identity, PageInfo, Properties, Timestamp, props};
 
 use super::*;
 use crate::destination::{Outcome, Response};
@@ -10,16 +10,9 @@ use crate::destination::{Outcome, Response};
 fn event(kind: EventKind, name: Option<&str>, properties: Properties) -> Event {
     let at = Timestamp::from_unix_millis(1_718_000_000_123);
     Event {
-        id: MessageId::new_v7(at),
-        kind,
         name: name.map(Into::into),
-        timestamp: at,
         properties,
         identity: Identity { anonymous_id: Some("c00k1e".into()), ..Identity::default() },
-        session_id: None,
-        page: None,
-        imported: false,
-        default_keys: Vec::new(),
         context: Arc::new(Context {
             library_version: "0.1.0".into(),
             os_name: Some("Linux".into()),
@@ -27,6 +20,7 @@ fn event(kind: EventKind, name: Option<&str>, properties: Properties) -> Event {
             device_id: Some("dev-1".into()),
             ..Context::default()
         }),
+        ..Event::new(kind, at)
     }
 }
 

@@ -60,13 +60,7 @@ pub(super) fn encode(dest: &CustomerIo, events: &[EventRecord]) -> Encoded {
     let mut out = Encoded::default();
     let mut batch = Batch::default();
     for (i, record) in events.iter().enumerate() {
-        let event = match record.event() {
-            Ok(e) => e,
-            Err(reason) => {
-                out.rejected.push((i, reason.to_owned()));
-                continue;
-            }
-        };
+        let Some(event) = out.parse(i, record) else { continue };
         let op = match dest.operation(event, record.id()) {
             Ok(Mapped::Send(op)) => op,
             Ok(Mapped::Skip(reason)) => {

@@ -1,29 +1,16 @@
 //! Unit tests of the pure parts: mapping, encoding, limits and answers.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value as Json, json};
-use trackway_wire::{Context, Event, EventKind, Identity, MessageId, PageInfo, Properties, Timestamp, props};
+use trackway_wire::{Event, EventKind, Identity, PageInfo, Properties, Timestamp, props};
 
 use super::*;
 use crate::destination::{Outcome, Response};
 
 fn event(kind: EventKind, name: Option<&str>, properties: Properties, identity: Identity) -> Event {
     let at = Timestamp::from_unix_millis(1_700_000_000_123);
-    Event {
-        id: MessageId::new_v7(at),
-        kind,
-        name: name.map(Into::into),
-        timestamp: at,
-        properties,
-        identity,
-        session_id: None,
-        page: None,
-        imported: false,
-        context: Arc::new(Context::default()),
-        default_keys: Vec::new(),
-    }
+    Event { name: name.map(Into::into), properties, identity, ..Event::new(kind, at) }
 }
 
 fn encode_one(dest: &CustomerIo, e: &Event) -> Encoded {

@@ -122,10 +122,9 @@ fn app_push_token(props: &Properties) -> Result<Properties, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use serde_json::{Value as Json, json};
-    use trackway_wire::{Identity, MessageId, Timestamp, props};
+    use trackway_wire::{Identity, Timestamp, props};
 
     use super::*;
     use crate::destination::opencdp::OpenCdpConfig;
@@ -137,17 +136,10 @@ mod tests {
     fn record(kind: EventKind, name: Option<&str>, user: Option<&str>, properties: Properties) -> EventRecord {
         let at = Timestamp::from_unix_millis(1_700_000_000_000);
         let event = Event {
-            id: MessageId::new_v7(at),
-            kind,
             name: name.map(Into::into),
-            timestamp: at,
             properties,
             identity: user.map(Identity::user).unwrap_or_default(),
-            session_id: None,
-            page: None,
-            context: Arc::default(),
-            imported: false,
-            default_keys: Vec::new(),
+            ..Event::new(kind, at)
         };
         EventRecord::from_event(0, &event).expect("record")
     }

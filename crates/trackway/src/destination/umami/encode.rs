@@ -289,14 +289,10 @@ pub(super) fn encode(dest: &Umami, events: &[EventRecord], state: &DestinationSt
     let mut owned: Vec<Option<Owned>> = Vec::with_capacity(events.len());
     let mut parsed: Vec<Option<&Event>> = Vec::with_capacity(events.len());
     for (i, record) in events.iter().enumerate() {
-        let event = match record.event() {
-            Ok(e) => e,
-            Err(reason) => {
-                out.rejected.push((i, reason.to_owned()));
-                owned.push(None);
-                parsed.push(None);
-                continue;
-            }
+        let Some(event) = out.parse(i, record) else {
+            owned.push(None);
+            parsed.push(None);
+            continue;
         };
         let (url, host, title) = match event.kind {
             EventKind::Page => {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use trackway_wire::{Context, Event, EventKind, Identity, MessageId, PageInfo, Properties, Timestamp, props};
+use trackway_wire::{Context, Event, EventKind, PageInfo, Properties, Timestamp, props};
 
 use super::classify::cache_key;
 use super::server::{Fact, encode_fact, keys};
@@ -26,19 +26,7 @@ fn umami() -> Umami {
 
 fn event(kind: EventKind, name: Option<&str>, properties: Properties) -> Event {
     let at = Timestamp::from_unix_millis(T0);
-    Event {
-        id: MessageId::new_v7(at),
-        kind,
-        name: name.map(Into::into),
-        timestamp: at,
-        properties,
-        identity: Identity::default(),
-        session_id: None,
-        page: None,
-        imported: false,
-        default_keys: Vec::new(),
-        context: Arc::new(Context::default()),
-    }
+    Event { name: name.map(Into::into), properties, ..Event::new(kind, at) }
 }
 
 fn records(events: &[Event]) -> Vec<EventRecord> {

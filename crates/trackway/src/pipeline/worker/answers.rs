@@ -169,7 +169,12 @@ impl Worker {
             Ok(classified) => classified,
             Err(message) => {
                 let what = if answer.is_ok() { "classify" } else { "classify_error" };
-                self.destination_panicked(i, flight.seqs, flight.failures, what, &message);
+                let (purged, seqs): (Vec<u64>, Vec<u64>) =
+                    flight.seqs.iter().partition(|&&seq| self.was_purged_in_flight(i, seq));
+                self.remove_purged(i, &purged);
+                if !seqs.is_empty() {
+                    self.destination_panicked(i, seqs, flight.failures, what, &message);
+                }
                 return;
             }
         };
@@ -203,7 +208,13 @@ impl Worker {
         let mut held = Vec::new();
         let mut misconfigured: Option<String> = None;
         let mut pause: Option<Duration> = None;
+        // Events a purge found on the wire: delivered is delivered; otherwise they go now.
+        let mut purged = Vec::new();
         for (&seq, outcome) in flight.seqs.iter().zip(outcomes) {
+            if self.was_purged_in_flight(i, seq) && !matches!(outcome, Outcome::Delivered) {
+                purged.push(seq);
+                continue;
+            }
             match outcome {
                 Outcome::Delivered => delivered.push(seq),
                 Outcome::Reject(reason) => letters.push((seq, DeadLetterReason::Rejected, reason)),
@@ -218,6 +229,7 @@ impl Worker {
                 }
             }
         }
+        self.remove_purged(i, &purged);
         // The server took or judged events: the destination works. Not for a transport error
         // (whatever its classification) nor an answer that says the configuration is wrong.
         let server_answered_ok =

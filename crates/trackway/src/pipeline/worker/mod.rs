@@ -65,6 +65,9 @@ pub(crate) struct Worker {
     warned_store_full: bool,
     /// Outcomes for streams and receipts (idle when nobody listens).
     receipts: crate::receipts::Tracker,
+    /// (lane, seq) of events a purge found in an in-flight request: when the answer comes, a
+    /// delivered one counts as delivered, any other is removed instead of retried (`purge`).
+    purged_in_flight: std::collections::HashSet<(usize, u64)>,
 }
 
 /// Event bytes copied out of the queue into shared chunks: one allocation per ~200 events
@@ -186,6 +189,7 @@ impl Worker {
             store_failed: false,
             warned_store_full: false,
             receipts,
+            purged_in_flight: std::collections::HashSet::new(),
         }
     }
 
@@ -703,13 +707,15 @@ impl Worker {
                     *c = true;
                 }
             }
-            if n > 0 && self.lanes[i].ordered {
+            let now = self.shared.clock.elapsed();
+            if n > 0 && (self.lanes[i].ordered || !self.lanes[i].may_start(now)) {
                 // An ordered destination sends one request at a time, each carrying the state the
-                // previous answer left (a session token): the rest wait, first in line, and are
-                // encoded again once this one is answered.
+                // previous answer left (a session token); a parallel one as many as its
+                // `max_in_flight` (and rate cap) allow, however many requests one batch made.
+                // The rest wait, first in line, one group per request, and are encoded again
+                // when their turn comes.
                 let lane = &mut self.lanes[i];
-                let due = self.shared.clock.elapsed();
-                lane.groups.push(Group { seqs, due, failures, epoch: lane.delivered });
+                lane.groups.push(Group { seqs, due: now, failures, epoch: lane.delivered });
                 continue;
             }
             self.start(i, request, seqs, failures);

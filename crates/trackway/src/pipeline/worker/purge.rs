@@ -1,7 +1,14 @@
 //! Removing queued events on request: everything (`purge_queued`, after consent is withdrawn)
 //! or one person's events and dead letters (`erase_user`).
+//!
+//! An event already in a request on the wire cannot be taken back: the server may have it.
+//! The purge leaves it pending and counts it (`purge_in_flight`); its answer is then applied
+//! as usual if it was delivered (counted as delivered: what the server holds is the server's to
+//! erase), and otherwise it is removed then (counted as purged), never retried or
+//! dead-lettered.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use super::{Dropped, Worker};
 use crate::destination::EventRecord;
@@ -13,10 +20,20 @@ impl Worker {
     pub(super) fn purge(&mut self, user: Option<&str>) -> Result<u64, StoreError> {
         // Staged events are served by `read` too, so nothing queued before the request escapes.
         let mut removed: BTreeMap<u64, Evicted> = BTreeMap::new();
+        let flying: HashSet<(usize, u64)> =
+            self.in_flight.values().flat_map(|f| f.seqs.iter().map(move |&seq| (f.lane, seq))).collect();
         for lane in 0..self.lanes.len() {
             let records = self.store.read(lane, 0, usize::MAX, usize::MAX)?;
-            let seqs: Vec<u64> =
-                records.iter().filter(|r| user.is_none_or(|u| belongs_to(r, u))).map(EventRecord::seq).collect();
+            let (seqs, on_the_wire): (Vec<u64>, Vec<u64>) = records
+                .iter()
+                .filter(|r| user.is_none_or(|u| belongs_to(r, u)))
+                .map(EventRecord::seq)
+                .partition(|&seq| !flying.contains(&(lane, seq)));
+            for seq in on_the_wire {
+                if self.purged_in_flight.insert((lane, seq)) {
+                    crate::stats::bump(&self.shared.counters.purge_in_flight, 1);
+                }
+            }
             if seqs.is_empty() {
                 continue;
             }
@@ -47,6 +64,31 @@ impl Worker {
             crate::stats::bump(&self.shared.counters.purged, taken.len() as u64);
         }
         Ok(count)
+    }
+
+    /// Whether the purge found this event of lane `i` on the wire; forgets it either way (it
+    /// is asked once, when the answer comes).
+    pub(super) fn was_purged_in_flight(&mut self, i: usize, seq: u64) -> bool {
+        !self.purged_in_flight.is_empty() && self.purged_in_flight.remove(&(i, seq))
+    }
+
+    /// Removes events a purge found on the wire whose answer was not a delivery: counted as
+    /// purged, never retried or dead-lettered.
+    pub(super) fn remove_purged(&mut self, i: usize, seqs: &[u64]) {
+        if seqs.is_empty() {
+            return;
+        }
+        match self.store.ack(i, seqs) {
+            Ok(released) => {
+                crate::stats::bump(&self.shared.counters.purged, released);
+                self.shared.counters.destinations[i].pending.fetch_sub(released, Ordering::Relaxed);
+                for seq in seqs {
+                    self.lanes[i].items.remove(seq);
+                }
+            }
+            // They stay pending in the store; a later purge or run sees them again.
+            Err(e) => tracing::warn!(error = %e, "trackway: could not remove purged events after their answer"),
+        }
     }
 }
 
