@@ -73,6 +73,9 @@ pub(crate) struct Config {
     /// The destinations, in order.
     #[serde(default, rename = "destination")]
     destinations: Vec<DestinationConfig>,
+    /// `trackway relay`'s settings (`[relay]`, see `trackway_relay::config`).
+    #[serde(default)]
+    relay: Option<trackway_relay::RelayConfig>,
     /// Where the file was read from (relative store paths are resolved against its directory).
     #[serde(skip)]
     file: PathBuf,
@@ -553,6 +556,35 @@ impl Config {
         }
         Ok(out)
     }
+}
+
+impl Config {
+    /// The `[relay]` table, or its defaults.
+    pub(crate) fn relay(&self) -> trackway_relay::RelayConfig {
+        self.relay.clone().unwrap_or_default()
+    }
+}
+
+/// The configured destinations as the relay's workers deliver through them.
+///
+/// # Errors
+/// A destination the relay cannot take yet (OpenCDP, which may expand into a dual write), or one
+/// whose configuration check fails.
+pub(crate) fn deliverers(destinations: Vec<Destination>) -> anyhow::Result<Vec<trackway::engine::Deliverer>> {
+    use trackway::engine::Deliverer;
+    destinations
+        .into_iter()
+        .map(|d| {
+            let made = match d.destination {
+                Kind::Json(json) => Deliverer::new(json, &d.http),
+                Kind::Umami(umami) => Deliverer::new(*umami, &d.http),
+                Kind::CustomerIo(cio) => Deliverer::new(*cio, &d.http),
+                Kind::Bloomreach(b) => Deliverer::new(*b, &d.http),
+                Kind::OpenCdp(_) => Err("the relay does not deliver to OpenCDP destinations yet".to_owned()),
+            };
+            made.map_err(|e| anyhow::anyhow!("destination `{}`: {e}", d.name))
+        })
+        .collect()
 }
 
 /// Adds the configured destinations to `builder`.

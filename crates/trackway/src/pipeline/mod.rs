@@ -54,6 +54,7 @@ mod table;
 mod transport;
 mod worker;
 
+pub(crate) use backoff::{backoff_ceiling, full_jitter};
 pub(crate) use shared::Shared;
 pub(crate) use table::DestinationTable;
 pub(crate) use transport::Transport;
