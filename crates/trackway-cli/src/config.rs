@@ -570,11 +570,15 @@ impl Config {
 /// # Errors
 /// A destination the relay cannot take yet (OpenCDP, which may expand into a dual write), or one
 /// whose configuration check fails.
-pub(crate) fn deliverers(destinations: Vec<Destination>) -> anyhow::Result<Vec<trackway::engine::Deliverer>> {
+pub(crate) fn deliverers(
+    destinations: Vec<Destination>,
+    retry: &trackway::RetryPolicy,
+) -> anyhow::Result<Vec<trackway::engine::Deliverer>> {
     use trackway::engine::Deliverer;
     destinations
         .into_iter()
-        .map(|d| {
+        .map(|mut d| {
+            d.http = d.http.retry_policy(retry.clone());
             let made = match d.destination {
                 Kind::Json(json) => Deliverer::new(json, &d.http),
                 Kind::Umami(umami) => Deliverer::new(*umami, &d.http),

@@ -62,7 +62,7 @@ pub(crate) fn run(config: Option<&Path>, command: RelayCommand) -> anyhow::Resul
         RelayCommand::Serve(args) => runtime.block_on(serve(&config, args)),
         RelayCommand::Work => {
             // Built outside the runtime: the destinations' HTTP clients are made here.
-            let deliverers = config::deliverers(config.destinations()?)?;
+            let deliverers = config::deliverers(config.destinations()?, &config.relay().worker.retry_policy())?;
             runtime.block_on(work(&config, deliverers))
         }
         RelayCommand::Dead(command) => runtime.block_on(dead(&config, command)),

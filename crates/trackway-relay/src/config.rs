@@ -14,6 +14,10 @@
 //! [relay.worker]
 //! ack_wait_secs = 30             # an unacked message goes to another worker after this
 //! max_ack_pending = 1000         # per destination, across all workers
+//! batch = 100                    # events per pull
+//! pullers = 2                    # concurrent pulls per destination per process
+//! base_backoff_ms = 500          # retries: full jitter under min(max, base × 2^(n−1))
+//! max_backoff_secs = 300
 //!
 //! [[relay.key]]
 //! name = "web"                   # shown in logs and metrics (never the key itself)
@@ -134,11 +138,32 @@ pub struct WorkerConfig {
     /// Failures of one event, while others of its batch are delivered, before it is
     /// dead-lettered as `retries_exhausted`.
     pub max_attempts: u32,
+    /// First backoff ceiling of a retried event (default 500 ms; full jitter below it).
+    pub base_backoff_ms: u64,
+    /// Largest backoff ceiling (default 5 min).
+    pub max_backoff_secs: u64,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        WorkerConfig { ack_wait_secs: 30, max_ack_pending: 1000, batch: 100, pullers: 2, max_attempts: 10 }
+        WorkerConfig {
+            ack_wait_secs: 30,
+            max_ack_pending: 1000,
+            batch: 100,
+            pullers: 2,
+            max_attempts: 10,
+            base_backoff_ms: 500,
+            max_backoff_secs: 300,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// The retry policy these settings describe, for each destination's deliverer.
+    pub fn retry_policy(&self) -> trackway::RetryPolicy {
+        trackway::RetryPolicy::default()
+            .backoff(Duration::from_millis(self.base_backoff_ms.max(1)), Duration::from_secs(self.max_backoff_secs.max(1)))
+            .max_attempts(self.max_attempts.max(1))
     }
 }
 

@@ -174,6 +174,13 @@ async fn handle<E: Engine>(
             return ingest.reject(reason, StatusCode::BAD_REQUEST, &message);
         }
     };
+    if !ingest.engine.ready() {
+        // Not connected: nothing is handed to the client's buffer (it would be sent on
+        // reconnection, after a 503 told the sender it was not stored; harmless thanks to the
+        // message id, but the answer would wait for the publish timeout for nothing).
+        ingest.metrics.add("trackway_relay_rejected_total", &[("reason", "log_unavailable")], 1);
+        return unavailable(ingest.config.retry_after_secs, "not connected");
+    }
     let destinations = key.destinations.join(",");
     let appends = items.iter().map(|c| {
         let msg_id = format!("{}:{}", key.name, c.msg_id);
