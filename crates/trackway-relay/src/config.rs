@@ -162,7 +162,10 @@ impl WorkerConfig {
     /// The retry policy these settings describe, for each destination's deliverer.
     pub fn retry_policy(&self) -> trackway::RetryPolicy {
         trackway::RetryPolicy::default()
-            .backoff(Duration::from_millis(self.base_backoff_ms.max(1)), Duration::from_secs(self.max_backoff_secs.max(1)))
+            .backoff(
+                Duration::from_millis(self.base_backoff_ms.max(1)),
+                Duration::from_secs(self.max_backoff_secs.max(1)),
+            )
             .max_attempts(self.max_attempts.max(1))
     }
 }
