@@ -4,6 +4,8 @@
 //! Without `nats-server` on PATH these tests are skipped with a message, except under `CI=true`,
 //! where they fail: `.ci/run` installs it.
 
+#![allow(clippy::print_stderr, reason = "a skipped test says why; the kill test reports its counts")]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

@@ -5,10 +5,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
+/// A counter's name and labels.
+type Key = (&'static str, Vec<(&'static str, String)>);
+
 /// The relay's counters (one set per process).
 #[derive(Debug, Default)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<(&'static str, Vec<(&'static str, String)>), u64>>,
+    counters: Mutex<BTreeMap<Key, u64>>,
 }
 
 /// Every counter's name and help line.

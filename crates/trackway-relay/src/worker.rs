@@ -123,7 +123,7 @@ impl<E: Engine> Workers<E> {
         }
         let attempt = to_deliver.iter().map(Pulled::attempt).max().unwrap_or(1);
         let verdicts = deliverer.deliver(&records, attempt).await;
-        let any_delivered = verdicts.iter().any(|v| *v == Verdict::Delivered);
+        let any_delivered = verdicts.contains(&Verdict::Delivered);
         for (m, verdict) in to_deliver.into_iter().zip(verdicts) {
             match verdict {
                 Verdict::Delivered => {
