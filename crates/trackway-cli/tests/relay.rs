@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use trackway_collector::{Collector, Reply, RunningCollector};
 
 const KEY: &str = "test-write-key";
+/// A key limited to 5 events per second.
+const SLOW_KEY: &str = "slow-write-key";
 
 /// A child process killed (SIGKILL) and reaped when dropped.
 struct Proc(Child);
@@ -153,6 +155,12 @@ max_backoff_secs = 2
 name = "web"
 key = {{ env = "RELAY_TEST_KEY" }}
 destinations = ["a", "b"]
+
+[[relay.key]]
+name = "slow"
+key = {{ env = "RELAY_TEST_SLOW_KEY" }}
+destinations = ["a"]
+max_events_per_second = 5
 "#,
         a = a.url("/a"),
         b = b.url("/b"),
@@ -175,6 +183,7 @@ fn relay(config: &Path, args: &[&str]) -> (Proc, String) {
         .arg("relay")
         .args(args)
         .env("RELAY_TEST_KEY", KEY)
+        .env("RELAY_TEST_SLOW_KEY", SLOW_KEY)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -346,7 +355,7 @@ fn segment_calls_are_delivered_as_trackway_events_and_alias_is_dead_lettered() {
 }
 
 #[test]
-fn a_bad_key_is_401_and_an_oversized_event_400_with_segments_message() {
+fn a_bad_key_is_401_an_oversized_event_400_with_segments_message_and_a_key_over_its_rate_429() {
     if !nats_available() {
         return;
     }
@@ -374,9 +383,17 @@ fn a_bad_key_is_401_and_an_oversized_event_400_with_segments_message() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("Exceed payload limit"), "{body}");
 
+    // A key over its rate: 429 with Retry-After, after a burst of one second's worth.
+    assert_eq!(post(&url, "/v1/batch", SLOW_KEY, &batch(0..5)).0, 200);
+    let (status, retry_after, body) = post(&url, "/v1/track", SLOW_KEY, &track(6));
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+
     // Nothing of the refused requests was stored.
     let metrics = http().get(format!("{url}/metrics")).send().expect("metrics").text().expect("text");
-    assert!(!metrics.contains("trackway_relay_ingested_total{"), "{metrics}");
+    assert!(metrics.contains(r#"trackway_relay_ingested_total{key="slow"} 5"#), "{metrics}");
+    assert!(!metrics.contains(r#"trackway_relay_ingested_total{key="web"}"#), "{metrics}");
+    assert!(metrics.contains(r#"trackway_relay_rejected_total{reason="rate_limited"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"trackway_relay_rejected_total{reason="bad_key"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"trackway_relay_rejected_total{reason="too_large"} 3"#), "{metrics}");
 }

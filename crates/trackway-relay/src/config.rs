@@ -23,6 +23,7 @@
 //! name = "web"                   # shown in logs and metrics (never the key itself)
 //! key = { env = "RELAY_WEB_KEY" }
 //! destinations = ["warehouse"]   # the configured destinations this key may reach
+//! max_events_per_second = 500    # optional: more is answered 429 with Retry-After
 //! ```
 
 use std::time::Duration;
@@ -180,6 +181,10 @@ pub struct KeyConfig {
     pub key: SecretRef,
     /// The destinations events sent with this key go to.
     pub destinations: Vec<String>,
+    /// Most events per second accepted with this key (burst: one second's worth); more are
+    /// answered 429 with `Retry-After`. Default: no limit.
+    #[serde(default)]
+    pub max_events_per_second: Option<f64>,
 }
 
 /// A secret named by its environment variable (`{ env = "VAR" }`).
@@ -199,6 +204,8 @@ pub struct WriteKey {
     pub(crate) value: String,
     /// Where its events may go.
     pub destinations: Vec<String>,
+    /// Its rate limit in events per second, if any.
+    pub max_events_per_second: Option<f64>,
 }
 
 impl std::fmt::Debug for WriteKey {
@@ -210,7 +217,7 @@ impl std::fmt::Debug for WriteKey {
 impl WriteKey {
     /// A key with its value given directly (for tests and embedding).
     pub fn new(name: impl Into<String>, value: impl Into<String>, destinations: Vec<String>) -> Self {
-        WriteKey { name: name.into(), value: value.into(), destinations }
+        WriteKey { name: name.into(), value: value.into(), destinations, max_events_per_second: None }
     }
 }
 
@@ -242,7 +249,20 @@ impl RelayConfig {
                         );
                     }
                 }
-                Ok(WriteKey { name: k.name.clone(), value, destinations: k.destinations.clone() })
+                if let Some(rate) = k.max_events_per_second
+                    && !(rate.is_finite() && rate > 0.0)
+                {
+                    anyhow::bail!(
+                        "write key `{}`: max_events_per_second must be a positive number, not {rate}",
+                        k.name
+                    );
+                }
+                Ok(WriteKey {
+                    name: k.name.clone(),
+                    value,
+                    destinations: k.destinations.clone(),
+                    max_events_per_second: k.max_events_per_second,
+                })
             })
             .collect()
     }

@@ -39,6 +39,7 @@ pub struct Ingest<E> {
     subject: String,
     destinations: Vec<String>,
     metrics: Arc<Metrics>,
+    limits: crate::ratelimit::RateLimits,
 }
 
 impl<E: Engine> Ingest<E> {
@@ -52,7 +53,7 @@ impl<E: Engine> Ingest<E> {
         destinations: Vec<String>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Ingest { engine, keys, config, subject, destinations, metrics }
+        Ingest { engine, keys, config, subject, destinations, metrics, limits: Default::default() }
     }
 
     /// Serves on `listener` until `shutdown` resolves, then finishes the requests in flight.
@@ -174,6 +175,18 @@ async fn handle<E: Engine>(
             return ingest.reject(reason, StatusCode::BAD_REQUEST, &message);
         }
     };
+    if let Some(rate) = key.max_events_per_second
+        && let Err(wait) = ingest.limits.take(&key.name, rate, items.len(), std::time::Instant::now())
+    {
+        ingest.metrics.add("trackway_relay_rejected_total", &[("reason", "rate_limited")], 1);
+        let mut r =
+            answer(StatusCode::TOO_MANY_REQUESTS, &format!("write key `{}`: over {rate} events per second", key.name));
+        let secs = wait.as_secs_f64().ceil().max(1.0);
+        if let Ok(v) = header::HeaderValue::from_str(&format!("{secs}")) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     if !ingest.engine.ready() {
         // Not connected: nothing is handed to the client's buffer (it would be sent on
         // reconnection, after a 503 told the sender it was not stored; harmless thanks to the

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod ingest;
 pub mod jetstream;
 pub mod metrics;
+pub mod ratelimit;
 pub mod segment;
 pub mod worker;
 
