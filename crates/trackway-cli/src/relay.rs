@@ -138,8 +138,16 @@ async fn work(config: &Config, deliverers: Vec<trackway::engine::Deliverer>) -> 
             () = stop_signal() => return Ok(Outcome::Ok),
         }
     }
+    let metrics = Arc::new(Metrics::default());
     let names: Vec<String> = deliverers.iter().map(|d| d.name().to_owned()).collect();
-    println!("trackway relay working for {}", names.join(", "));
+    let mut line = format!("trackway relay working for {}", names.join(", "));
+    if let Some(listen) = &relay.worker.metrics_listen {
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("metrics listening on {listen}"))?;
+        line.push_str(&format!("; metrics on http://{}/metrics", listener.local_addr()?));
+        tokio::spawn(trackway_relay::metrics::serve(listener, metrics.clone(), stop_signal()));
+    }
+    println!("{line}");
     let _ = std::io::stdout().flush();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -147,7 +155,6 @@ async fn work(config: &Config, deliverers: Vec<trackway::engine::Deliverer>) -> 
         let _ = stop_tx.send(true);
     });
     let dead_prefix = format!("{}.dead.", relay.nats.stream);
-    let metrics = Arc::new(Metrics::default());
     Workers::new(js, deliverers, relay.worker.clone(), dead_prefix, metrics).run(stop_rx).await;
     Ok(Outcome::Ok)
 }

@@ -548,3 +548,44 @@ fn a_destination_down_the_whole_run_lags_then_catches_up() {
         delivered_ids(&b).len()
     );
 }
+
+#[test]
+fn a_worker_serves_its_metrics_and_stops_cleanly_on_sigterm() {
+    if !nats_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let nats = Nats::start(dir.path());
+    let (a, b) = (Collector::start().expect("collector"), Collector::start().expect("collector"));
+    let config = write_config(dir.path(), &nats, &a, &b, &Settings::default());
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replace("max_backoff_secs = 2\n", "max_backoff_secs = 2\nmetrics_listen = \"127.0.0.1:0\"\n");
+    std::fs::write(&config, text).expect("config");
+    let (_serve, url) = serve(&config);
+    let (mut worker, line) = relay(&config, &["work"]);
+    let metrics_url = line.rsplit(' ').next().expect("metrics URL").to_owned();
+    assert!(metrics_url.ends_with("/metrics"), "{line}");
+    assert_eq!(post(&url, "/v1/batch", KEY, &batch(0..10)).0, 200);
+    assert!(wait_until(Duration::from_secs(30), || delivered_ids(&a).len() == 10 && delivered_ids(&b).len() == 10));
+    let read = || http().get(&metrics_url).send().expect("metrics").text().expect("text");
+    assert!(
+        wait_until(Duration::from_secs(10), || read()
+            .contains(r#"trackway_relay_delivered_total{destination="b"} 10"#)),
+        "{}",
+        read()
+    );
+    assert!(read().contains(r#"trackway_relay_delivered_total{destination="a"} 10"#), "{}", read());
+
+    let pid = worker.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs").success());
+    // Watchdog: a clean stop within 10 s, exit code 0.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = worker.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the worker did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -18,6 +18,7 @@
 //! pullers = 2                    # concurrent pulls per destination per process
 //! base_backoff_ms = 500          # retries: full jitter under min(max, base × 2^(n−1))
 //! max_backoff_secs = 300
+//! metrics_listen = "127.0.0.1:9091"  # optional: the worker's own /metrics
 //!
 //! [[relay.key]]
 //! name = "web"                   # shown in logs and metrics (never the key itself)
@@ -143,6 +144,9 @@ pub struct WorkerConfig {
     pub base_backoff_ms: u64,
     /// Largest backoff ceiling (default 5 min).
     pub max_backoff_secs: u64,
+    /// Where a worker serves its own `/metrics` (delivered, retried, dead per destination), if
+    /// anywhere (`127.0.0.1:0` picks a free port, printed).
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -155,6 +159,7 @@ impl Default for WorkerConfig {
             max_attempts: 10,
             base_backoff_ms: 500,
             max_backoff_secs: 300,
+            metrics_listen: None,
         }
     }
 }

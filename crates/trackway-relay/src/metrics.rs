@@ -63,6 +63,26 @@ impl Metrics {
     }
 }
 
+/// Serves `/metrics` (and `/healthz`) for a worker process on `listener` until `shutdown`.
+///
+/// # Errors
+/// The listener failing.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: std::sync::Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new().route("/healthz", get(|| async { "ok\n" })).route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move { ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render("")) }
+        }),
+    );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
 /// A label value escaped for the text format.
 pub(crate) fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
