@@ -674,6 +674,36 @@ mod tests {
         Config::load(&path)
     }
 
+    const RELAY: &str = "[[destination]]\nname = \"a\"\ntype = \"json\"\nurl = \"http://127.0.0.1:1/\"\n\
+        [relay.nats]\nurl = \"nats://127.0.0.1:4222\"\nduplicate_window_secs = 60\n\
+        [relay.worker]\nack_wait_secs = 2\n";
+
+    #[test]
+    fn the_relay_tables_are_read_and_checked() {
+        let config = parse(RELAY).expect("valid");
+        let relay = config.relay();
+        assert_eq!(relay.nats.duplicate_window(), std::time::Duration::from_secs(60));
+        assert_eq!(relay.worker.ack_wait_secs, 2);
+        assert_eq!(relay.worker.max_ack_pending, 1000, "defaults fill the rest");
+        let err = relay.write_keys(&config.destination_names()).expect_err("no key");
+        assert!(format!("{err:#}").contains("[[relay.key]]"), "{err:#}");
+
+        let err = parse(&format!("{RELAY}ack_wiat = 3\n")).expect_err("unknown field");
+        assert!(format!("{err:#}").contains("ack_wiat"), "{err:#}");
+
+        let keyed = format!(
+            "{RELAY}[[relay.key]]\nname = \"web\"\nkey = {{ env = \"TRACKWAY_TEST_UNSET_RELAY_KEY\" }}\ndestinations = [\"a\"]\n"
+        );
+        let config = parse(&keyed).expect("valid");
+        let err = config.relay().write_keys(&config.destination_names()).expect_err("unset");
+        assert!(format!("{err:#}").contains("TRACKWAY_TEST_UNSET_RELAY_KEY"), "{err:#}");
+        let wrong = keyed.replace("destinations = [\"a\"]", "destinations = [\"nope\"]");
+        let config = parse(&wrong).expect("valid");
+        // The file's own mistakes are told before any variable is read.
+        let err = config.relay().write_keys(&config.destination_names()).expect_err("refused");
+        assert!(format!("{err:#}").contains("destination `nope` is not configured"), "{err:#}");
+    }
+
     #[test]
     fn customerio_destinations_are_configured_and_checked() {
         let ok = "[[destination]]\nname = \"cio\"\ntype = \"customerio\"\nsite_id = \"site\"\n\

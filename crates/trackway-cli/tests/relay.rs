@@ -352,6 +352,35 @@ fn segment_calls_are_delivered_as_trackway_events_and_alias_is_dead_lettered() {
     assert!(text.contains("web:golden-alias"), "{text}");
     assert!(text.contains("Segment `alias` calls have no equivalent at destination `a`"), "{text}");
     assert!(text.contains("Segment `alias` calls have no equivalent at destination `b`"), "{text}");
+
+    // Requeued for `a` only: it goes through `a`'s worker again (and is dead-lettered again,
+    // at a new position, since `alias` still has no equivalent there); `b`'s stays put.
+    let out = Command::new(env!("CARGO_BIN_EXE_trackway"))
+        .arg("--config")
+        .arg(&config)
+        .args(["relay", "dead", "requeue", "--destination", "a"])
+        .env("RELAY_TEST_KEY", KEY)
+        .output()
+        .expect("dead requeue runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 dead letter(s) requeued"));
+    let positions = |text: &str, destination: &str| -> Vec<u64> {
+        text.lines()
+            .filter(|l| l.split('\t').nth(1) == Some(destination))
+            .filter_map(|l| l.split('\t').next()?.parse().ok())
+            .collect()
+    };
+    let first_a = positions(&text, "a");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let now = listed();
+            now.contains("2 dead letter(s)") && positions(&now, "a") != first_a
+        }),
+        "{}",
+        listed()
+    );
+    assert_eq!(positions(&listed(), "b"), positions(&text, "b"));
+    assert_eq!(delivered(&a).len(), 5, "nothing else was delivered");
 }
 
 #[test]

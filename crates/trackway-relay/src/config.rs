@@ -239,12 +239,6 @@ impl RelayConfig {
         self.keys
             .iter()
             .map(|k| {
-                let value = std::env::var(&k.key.env).map_err(|_| {
-                    anyhow::anyhow!("write key `{}`: environment variable {} is not set", k.name, k.key.env)
-                })?;
-                if value.is_empty() {
-                    anyhow::bail!("write key `{}`: environment variable {} is empty", k.name, k.key.env);
-                }
                 for d in &k.destinations {
                     if !known.contains(d) {
                         anyhow::bail!(
@@ -253,6 +247,12 @@ impl RelayConfig {
                             known.join(", ")
                         );
                     }
+                }
+                let value = std::env::var(&k.key.env).map_err(|_| {
+                    anyhow::anyhow!("write key `{}`: environment variable {} is not set", k.name, k.key.env)
+                })?;
+                if value.is_empty() {
+                    anyhow::bail!("write key `{}`: environment variable {} is empty", k.name, k.key.env);
                 }
                 if let Some(rate) = k.max_events_per_second
                     && !(rate.is_finite() && rate > 0.0)
