@@ -618,3 +618,42 @@ fn a_worker_serves_its_metrics_and_stops_cleanly_on_sigterm() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn the_sdks_json_destination_pointed_at_the_relay_delivers_through_it() {
+    use trackway::destination::JsonHttp;
+    use trackway::store::MemoryStore;
+    use trackway::{Client, HttpOptions, props};
+
+    if !nats_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let nats = Nats::start(dir.path());
+    let (a, b) = (Collector::start().expect("collector"), Collector::start().expect("collector"));
+    let config = write_config(dir.path(), &nats, &a, &b, &Settings::default());
+    let (_serve, url) = serve(&config);
+    let _work = work(&config);
+    let client = Client::builder()
+        .destination_with(
+            JsonHttp::new(format!("{url}/v1/events")).name("relay"),
+            HttpOptions::default().header("Authorization", format!("Bearer {KEY}")),
+        )
+        .store(MemoryStore::new())
+        .build()
+        .expect("client");
+    client.track("u1", "checkout", props! { "amount" => 12.5 }).expect("track");
+    client.identify("u1", props! { "plan" => "pro" }).expect("identify");
+    // The relay answered 200 for both: they are in JetStream.
+    let report = client.flush(Duration::from_secs(20)).expect("flushed");
+    assert_eq!(client.stats().destinations[0].delivered, 2, "{report:?}");
+    client.shutdown(Duration::from_secs(5)).expect("shutdown");
+    for c in [&a, &b] {
+        assert!(wait_until(Duration::from_secs(30), || delivered(c).len() == 2), "{:?}", delivered(c));
+        let events = delivered(c);
+        let track = events.iter().find(|e| e["type"] == "track").expect("track");
+        assert_eq!(track["name"], "checkout");
+        assert_eq!(track["properties"]["amount"], 12.5);
+        assert!(events.iter().any(|e| e["type"] == "identify" && e["properties"]["plan"] == "pro"));
+    }
+}
