@@ -37,7 +37,8 @@ impl JetStream {
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(2))
-            .connect(nats.url.as_str())
+            // Several servers (a cluster), comma-separated: the client fails over between them.
+            .connect(nats.url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect::<Vec<_>>())
             .await
             .map_err(|e| err("connecting to NATS", e))?;
         let mut context = jetstream::new(client.clone());
