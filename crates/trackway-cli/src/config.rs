@@ -81,6 +81,9 @@ pub(crate) struct Config {
     /// The destinations, in order.
     #[serde(default, rename = "destination")]
     destinations: Vec<DestinationConfig>,
+    /// `trackway relay`'s settings (`[relay]`, see `trackway_relay::config`).
+    #[serde(default)]
+    relay: Option<trackway_relay::RelayConfig>,
     /// Where the file was read from (relative store paths are resolved against its directory).
     #[serde(skip)]
     file: PathBuf,
@@ -705,6 +708,39 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The `[relay]` table, or its defaults.
+    pub(crate) fn relay(&self) -> trackway_relay::RelayConfig {
+        self.relay.clone().unwrap_or_default()
+    }
+}
+
+/// The configured destinations as the relay's workers deliver through them.
+///
+/// # Errors
+/// A destination the relay cannot take yet (OpenCDP, which may expand into a dual write), or one
+/// whose configuration check fails.
+pub(crate) fn deliverers(
+    destinations: Vec<Destination>,
+    retry: &trackway::RetryPolicy,
+) -> anyhow::Result<Vec<trackway::engine::Deliverer>> {
+    use trackway::engine::Deliverer;
+    destinations
+        .into_iter()
+        .map(|mut d| {
+            d.http = d.http.retry_policy(retry.clone());
+            let made = match d.destination {
+                Kind::Json(json) => Deliverer::new(json, &d.http),
+                Kind::Umami(umami) => Deliverer::new(*umami, &d.http),
+                Kind::CustomerIo(cio) => Deliverer::new(*cio, &d.http),
+                Kind::Bloomreach(b) => Deliverer::new(*b, &d.http),
+                Kind::OpenCdp { .. } => Err("the relay does not deliver to OpenCDP destinations yet".to_owned()),
+            };
+            made.map_err(|e| anyhow::anyhow!("destination `{}`: {e}", d.name))
+        })
+        .collect()
+}
+
 /// Adds the configured destinations to `builder`.
 pub(crate) fn with_destinations(mut builder: ClientBuilder, destinations: Vec<Destination>) -> ClientBuilder {
     for d in destinations {
@@ -778,6 +814,36 @@ mod tests {
         let path = dir.path().join("trackway.toml");
         std::fs::write(&path, text)?;
         Config::load(&path)
+    }
+
+    const RELAY: &str = "[[destination]]\nname = \"a\"\ntype = \"json\"\nurl = \"http://127.0.0.1:1/\"\n\
+        [relay.nats]\nurl = \"nats://127.0.0.1:4222\"\nduplicate_window_secs = 60\n\
+        [relay.worker]\nack_wait_secs = 2\n";
+
+    #[test]
+    fn the_relay_tables_are_read_and_checked() {
+        let config = parse(RELAY).expect("valid");
+        let relay = config.relay();
+        assert_eq!(relay.nats.duplicate_window(), std::time::Duration::from_secs(60));
+        assert_eq!(relay.worker.ack_wait_secs, 2);
+        assert_eq!(relay.worker.max_ack_pending, 1000, "defaults fill the rest");
+        let err = relay.write_keys(&config.destination_names()).expect_err("no key");
+        assert!(format!("{err:#}").contains("[[relay.key]]"), "{err:#}");
+
+        let err = parse(&format!("{RELAY}ack_wiat = 3\n")).expect_err("unknown field");
+        assert!(format!("{err:#}").contains("ack_wiat"), "{err:#}");
+
+        let keyed = format!(
+            "{RELAY}[[relay.key]]\nname = \"web\"\nkey = {{ env = \"TRACKWAY_TEST_UNSET_RELAY_KEY\" }}\ndestinations = [\"a\"]\n"
+        );
+        let config = parse(&keyed).expect("valid");
+        let err = config.relay().write_keys(&config.destination_names()).expect_err("unset");
+        assert!(format!("{err:#}").contains("TRACKWAY_TEST_UNSET_RELAY_KEY"), "{err:#}");
+        let wrong = keyed.replace("destinations = [\"a\"]", "destinations = [\"nope\"]");
+        let config = parse(&wrong).expect("valid");
+        // The file's own mistakes are told before any variable is read.
+        let err = config.relay().write_keys(&config.destination_names()).expect_err("refused");
+        assert!(format!("{err:#}").contains("destination `nope` is not configured"), "{err:#}");
     }
 
     #[test]

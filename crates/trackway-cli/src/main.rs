@@ -13,6 +13,7 @@ mod import;
 mod jsonl;
 mod outbox;
 mod outcomes;
+mod relay;
 mod report;
 mod send;
 
@@ -43,6 +44,10 @@ enum Command {
     /// Inspect the durable outbox: counts, dead letters, requeueing them.
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
+    /// The relay on NATS JetStream: ingest (trackway JSON and the Segment HTTP API), delivery
+    /// workers and dead letters, configured by the `[relay]` tables of --config.
+    #[command(subcommand)]
+    Relay(relay::RelayCommand),
 }
 
 /// What a subcommand found: success, or a failure it has already reported.
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
         Command::Send(args) => send::run(config, args),
         Command::Import(args) => import::run(config, args),
         Command::Outbox(command) => outbox::run(config, command),
+        Command::Relay(command) => relay::run(config, command),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -221,6 +221,7 @@ mod config;
 pub mod destination;
 mod device;
 pub mod direct;
+pub mod engine;
 mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -326,6 +326,16 @@ impl EventRecord {
         EventRecord { context: Some(context), ..EventRecord::new(seq, id, timestamp, head) }
     }
 
+    /// A record over the same bytes (the `Bytes` handles are shared, the parse cache is not):
+    /// for handing a subset of a batch to `encode` again.
+    pub(crate) fn shallow_clone(&self) -> Self {
+        EventRecord {
+            context: self.context.clone(),
+            ..EventRecord::new(self.seq, self.id, self.timestamp, self.head.clone())
+        }
+        .with_queued_at(self.queued_at)
+    }
+
     /// Sets when the event was enqueued, if it differs from its timestamp (imports).
     #[must_use]
     pub fn with_queued_at(mut self, queued_at: Timestamp) -> Self {

@@ -62,6 +62,7 @@ mod table;
 mod transport;
 mod worker;
 
+pub(crate) use backoff::{backoff_ceiling, full_jitter};
 pub(crate) use shared::{Shared, StoreRoom};
 pub(crate) use table::DestinationTable;
 pub(crate) use transport::Transport;

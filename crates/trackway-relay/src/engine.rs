@@ -1,0 +1,70 @@
+//! The log the relay stores events in, behind a small trait so another engine (Kafka, Redis
+//! Streams) can be added later: append with a message id the engine deduplicates on, pull a
+//! batch for one destination's shared consumer, and settle each message (ack, nak with a delay,
+//! term). Only JetStream is built ([`crate::jetstream`]).
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// Why the engine could not do what was asked. Ingest answers 503 for any of them.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EngineError(pub String);
+
+/// What an append returned once the engine stored the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The message's position in the log.
+    pub sequence: u64,
+    /// The engine already had a message with this id within its duplicate window (nothing new
+    /// was stored; the first copy stands).
+    pub duplicate: bool,
+}
+
+/// A message pulled for one destination, to be settled exactly once.
+pub trait Pulled: Send + 'static {
+    /// The stored bytes.
+    fn payload(&self) -> &[u8];
+    /// A header stored with it.
+    fn header(&self, name: &str) -> Option<&str>;
+    /// Its position in the log (unique, never reused).
+    fn sequence(&self) -> u64;
+    /// How many times it has been handed out, this time included (1 the first time).
+    fn attempt(&self) -> u32;
+    /// Done with it (delivered, skipped or dead-lettered): never handed out again.
+    fn ack(self) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Hand it out again after `delay`.
+    fn nak(self, delay: Duration) -> impl Future<Output = Result<(), EngineError>> + Send;
+}
+
+/// A persistent log with per-destination consumers shared by every worker process.
+pub trait Engine: Send + Sync + 'static {
+    /// What [`pull`](Self::pull) hands out.
+    type Message: Pulled;
+
+    /// Stores `payload` with `headers` under `subject`, deduplicated on `msg_id`; returns once
+    /// the engine acknowledged it.
+    fn append(
+        &self,
+        msg_id: &str,
+        subject: &str,
+        headers: &[(&str, &str)],
+        payload: Bytes,
+    ) -> impl Future<Output = Result<Appended, EngineError>> + Send;
+
+    /// Up to `max` messages for `destination`'s consumer, waiting at most `wait` for the first.
+    fn pull(
+        &self,
+        destination: &str,
+        max: usize,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<Self::Message>, EngineError>> + Send;
+
+    /// Whether appends can be expected to succeed now (for `/readyz`).
+    fn ready(&self) -> bool;
+
+    /// `destination`'s lag: messages not yet handed out, and handed out but not settled.
+    fn lag(&self, destination: &str) -> impl Future<Output = Result<(u64, usize), EngineError>> + Send;
+}
