@@ -15,7 +15,8 @@
 //! directory `<temp dir>/trackway-bench-<pid>-<phase>` that is removed after the phase.
 //!
 //! Knobs: `--n N` or `TRACKWAY_BENCH_N` (default 200 000); `TRACKWAY_BENCH_QUEUE_CAPACITY` overrides
-//! the client's `queue_capacity` (default: the SDK default, 16 384); `TRACKWAY_BENCH_PHASES` picks
+//! the client's `queue_capacity` (default: the SDK default, 16 384); `TRACKWAY_BENCH_STAGING_MIB` the durable
+//! store's `staging_limit` (default the SDK's, 48 MiB); `TRACKWAY_BENCH_PHASES` picks
 //! phases for a quick run (comma-separated, default `memory,normal,full,baseline`).
 //!
 //! `TRACKWAY_BENCH_FAULT` (or `--fault`) runs every phase against a collector that fails requests
@@ -48,6 +49,8 @@ const ROLE_ENV: &str = "TRACKWAY_BENCH_ROLE";
 const URL_ENV: &str = "TRACKWAY_BENCH_URL";
 const N_ENV: &str = "TRACKWAY_BENCH_N";
 const QUEUE_ENV: &str = "TRACKWAY_BENCH_QUEUE_CAPACITY";
+/// The durable store's staging limit in MiB (default the SDK's); inherited by the SDK phase.
+const STAGING_ENV: &str = "TRACKWAY_BENCH_STAGING_MIB";
 const PHASES_ENV: &str = "TRACKWAY_BENCH_PHASES";
 const STORE_ENV: &str = "TRACKWAY_BENCH_STORE";
 const STORE_DIR_ENV: &str = "TRACKWAY_BENCH_STORE_DIR";
@@ -68,6 +71,7 @@ options and environment:
                                            the baseline resends (after Retry-After on a 429)
   TRACKWAY_BENCH_PHASES=a,b                memory, normal, full, baseline (default all)
   TRACKWAY_BENCH_QUEUE_CAPACITY=Q          the client's queue_capacity (default the SDK's)
+  TRACKWAY_BENCH_STAGING_MIB=M             the durable store's staging_limit in MiB (default the SDK's)
 
 rows: delivered events/s and ratio to the baseline; with a fault, first-attempt events/s (events
 delivered or put to retry once / time to the last first attempt answered, sampled) and the retry
@@ -784,11 +788,14 @@ fn run_sdk_phase() -> anyhow::Result<()> {
     let db = dir.as_ref().map(|d| d.0.join("outbox.db"));
     let users = users();
     let builder = Client::builder().destination(JsonHttp::new(format!("{url}{EVENT_PATH}")).batch_size(BATCH));
+    let staging = env_usize(STAGING_ENV)?.map_or(trackway::store::DEFAULT_STAGING_LIMIT, |mib| (mib as u64) << 20);
     let mut builder = match (kind, &db) {
-        (StoreKind::Normal, Some(db)) => builder.store(trackway::store::SqliteStore::new(db)),
-        (StoreKind::Full, Some(db)) => {
-            builder.store(trackway::store::SqliteStore::new(db).synchronous(trackway::store::Synchronous::Full))
-        }
+        (StoreKind::Normal, Some(db)) => builder.store(trackway::store::SqliteStore::new(db).staging_limit(staging)),
+        (StoreKind::Full, Some(db)) => builder.store(
+            trackway::store::SqliteStore::new(db)
+                .synchronous(trackway::store::Synchronous::Full)
+                .staging_limit(staging),
+        ),
         _ => builder.store(trackway::store::MemoryStore::new()),
     };
     if let Some(q) = env_usize(QUEUE_ENV)? {

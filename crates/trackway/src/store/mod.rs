@@ -30,10 +30,10 @@ mod memory;
 mod sqlite;
 
 pub use memory::MemoryStore;
-pub(crate) use sealed::{Appended, Committed, Evicted, NewEvent, Outbox, Recovered, StateChange};
+pub(crate) use sealed::{Appended, Committed, Evicted, NewEvent, Outbox, Recovered, StagingFill, StateChange};
 #[cfg(feature = "fuzzing")]
 pub(crate) use sqlite::chunk;
-pub use sqlite::{Inspection, SCHEMA_VERSION, SqliteStore, Synchronous, WhenFull};
+pub use sqlite::{DEFAULT_STAGING_LIMIT, Inspection, SCHEMA_VERSION, SqliteStore, Synchronous, WhenFull};
 
 /// The destination indices in a route bitmask, lowest first.
 pub(crate) fn routes(mask: u64) -> impl Iterator<Item = usize> {
@@ -263,6 +263,17 @@ pub(crate) mod sealed {
         pub staged_from: Option<u64>,
     }
 
+    /// How full a write-behind store's staging (accepted events not yet written) is.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum StagingFill {
+        /// Writes may wait for `commit_delay`.
+        Room,
+        /// Past half its bound: write now, without waiting for `commit_delay`.
+        WriteNow,
+        /// At its bound: write, and drain no more of the queue until writes make room.
+        Full,
+    }
+
     /// An event dropped to keep the store under its size bound.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     #[non_exhaustive]
@@ -390,6 +401,11 @@ pub(crate) mod sealed {
         /// Whether `append` only stages (see [`commit`](Self::commit)).
         fn writes_behind(&self) -> bool {
             false
+        }
+
+        /// How full the staging is (a store that commits in `append` stages nothing).
+        fn staging(&self) -> StagingFill {
+            StagingFill::Room
         }
 
         /// Removes the dead letters with these keys and returns them (to be queued again).

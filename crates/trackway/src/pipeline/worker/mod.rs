@@ -16,7 +16,7 @@ use crate::pipeline::health::catch;
 use crate::policy::{DRAIN_DELAY, STORE_ERROR_PAUSE};
 use crate::queue::{Control, Item, Reply, Taken};
 use crate::stats::bump;
-use crate::store::{DeadLetterReason, NewEvent, Recovered, Store, StoreError, routes};
+use crate::store::{DeadLetterReason, NewEvent, Recovered, StagingFill, Store, StoreError, routes};
 
 mod answers;
 mod purge;
@@ -203,8 +203,8 @@ impl Worker {
             }
             // A due commit goes first: with `commit_delay(0)` every event is then in the store
             // before it is sent, so a crash never leaves a delivered event (or its checkpoint)
-            // unwritten.
-            if self.commit_at.is_some_and(|t| Instant::now() >= t) {
+            // unwritten. A staging past half its bound is written without waiting.
+            if self.commit_at.is_some_and(|t| Instant::now() >= t) || self.staging_pressed() {
                 self.commit();
             }
             self.dispatch();
@@ -240,7 +240,19 @@ impl Worker {
         if self.shutdown.is_some() {
             return true;
         }
-        !queue.is_paused() && (queue.is_past_threshold() || self.drain_at.is_some_and(|t| Instant::now() >= t))
+        self.may_drain() && (queue.is_past_threshold() || self.drain_at.is_some_and(|t| Instant::now() >= t))
+    }
+
+    /// The queue may be drained: not paused, and the store's staging is below its bound. At the
+    /// bound the worker writes until there is room; the queue fills meanwhile and refuses what
+    /// it cannot hold (`queue_full`), which keeps memory bounded however long a burst lasts.
+    fn may_drain(&self) -> bool {
+        !self.shared.queue.is_paused() && self.store.staging() != StagingFill::Full
+    }
+
+    /// The store stages more than half its bound: write without waiting for `commit_delay`.
+    fn staging_pressed(&self) -> bool {
+        self.store.staging() != StagingFill::Room
     }
 
     /// Sleeps until something may need doing: an answer, new items, a deadline, the clock moving.
@@ -253,9 +265,11 @@ impl Worker {
             if self.held() { None } else { self.lanes.iter().filter_map(|l| l.next_deadline(interval)).min() };
         let sleep_for = deadline.and_then(|d| clock.real_wait(d));
         let now = Instant::now();
-        let drain_in =
-            self.drain_at.filter(|_| !self.shared.queue.is_paused()).map(|t| t.saturating_duration_since(now));
-        let commit_in = self.commit_at.map(|t| t.saturating_duration_since(now));
+        let drain_in = self.drain_at.filter(|_| self.may_drain()).map(|t| t.saturating_duration_since(now));
+        let commit_in = match self.commit_at {
+            Some(_) if self.staging_pressed() => Some(Duration::ZERO),
+            at => at.map(|t| t.saturating_duration_since(now)),
+        };
         let shutdown_in = self.shutdown.as_ref().map(|(d, _)| d.saturating_duration_since(now));
         let queue = &self.shared.queue;
         let has_tasks = !self.tasks.is_empty();

@@ -177,3 +177,55 @@ fn a_schema_1_store_is_upgraded_and_its_chunks_without_checksum_read_as_before()
     let version: i64 = side(&path).query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
     assert_eq!(version, SCHEMA_VERSION);
 }
+
+fn big_event(seq: u64) -> NewEvent {
+    // 1 KiB heads, all of one size: the staging limit (at least 1 MiB) is reached with about a
+    // thousand.
+    NewEvent {
+        bytes: Bytes::from(format!("{{\"seq\":\"{seq:06}\",\"pad\":\"{}\"}}", "x".repeat(1000))),
+        ..event(seq, 1)
+    }
+}
+
+#[test]
+fn the_staging_fills_to_its_bound_and_empties_as_it_is_written_or_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    let mut store = SqliteStore::new(&path).staging_limit(1 << 20);
+    store.open(&["a".to_owned()]).expect("open");
+    let size = big_event(0).bytes.len() as u64;
+    let half = (1 << 19) / size + 1;
+    let full = (1 << 20) / size + 1;
+    store.append(&(0..half - 1).map(big_event).collect::<Vec<_>>(), &[]).expect("append");
+    assert_eq!(store.staging(), StagingFill::Room);
+    store.append(&[big_event(half - 1)], &[]).expect("append");
+    assert_eq!(store.staging(), StagingFill::WriteNow, "past half: write without waiting");
+    store.append(&(half..full).map(big_event).collect::<Vec<_>>(), &[]).expect("append");
+    assert_eq!(store.staging(), StagingFill::Full, "at the bound: drain no more");
+    // Delivered before being written: leaves the staging without a write.
+    assert_eq!(store.ack(0, &(0..full - half).collect::<Vec<_>>()).expect("ack"), full - half);
+    assert_eq!(store.staging(), StagingFill::WriteNow);
+    assert!(store.commit(usize::MAX).error.is_none());
+    assert_eq!(store.staging(), StagingFill::Room, "written: nothing staged");
+    assert_eq!(store.open.as_ref().map(|o| o.staged_bytes), Some(0));
+}
+
+#[test]
+fn checkpoints_run_off_the_writers_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    let (mut store, _) = opened(&path, &["a"]);
+    let before = std::fs::metadata(&path).expect("db file").len();
+    store.append(&(0..2048).map(big_event).collect::<Vec<_>>(), &[]).expect("append");
+    assert!(store.commit(usize::MAX).error.is_none());
+    // The writer's connection never checkpoints (wal_autocheckpoint = 0): only the checkpoint
+    // thread copies the WAL into the database file, 50 ms after the nudge.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&path).expect("db file").len() < before + (1 << 20) {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint within 10 s");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(store);
+    let (_, recovered) = opened(&path, &["a"]);
+    assert_eq!(recovered.pending[0].0, 2048, "every committed event is there after a reopen");
+}
