@@ -199,14 +199,20 @@ fn ends_at_once_when(stop: impl FnOnce(&Client) + Send + 'static, expected: &Err
         }
     });
     let started = Instant::now();
-    let err = client.waiting(Duration::from_secs(60)).capture(Track::new("late").user("u")).unwrap_err();
+    let err = client
+        .waiting(Duration::from_secs(60))
+        .capture(Track::new("late").user("u"))
+        .expect_err("no room, and the client stopped");
     let waited = started.elapsed();
     stopper.join().expect("stopper");
     assert_eq!(&err, expected, "the same error as the plain call");
     assert!(waited < Duration::from_secs(10), "it returned at the stop, not at its timeout: {waited:?}");
     // Already closed or stopped before the call: no wait at all.
     let started = Instant::now();
-    let again = client.waiting(Duration::from_secs(60)).capture(Track::new("later").user("u")).unwrap_err();
+    let again = client
+        .waiting(Duration::from_secs(60))
+        .capture(Track::new("later").user("u"))
+        .expect_err("a stopped client refuses");
     assert_eq!(&again, expected);
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 }
