@@ -224,8 +224,15 @@ fn summary(e: &Value) -> String {
         .or_else(|| e["user"].as_str())
         .unwrap_or("(anonymous)");
     let session = e["session_id"].as_str().map(|s| format!(" session={}", tail(s, 8))).unwrap_or_default();
-    format!("{kind:<9} {name:<20} user={user}{session}")
+    // Kind and name padded as one column: a long kind with no name (OpenCDP's
+    // `register_device`) or a long page path then still lines `user=` up with the others.
+    let head = format!("{kind:<9} {name}");
+    format!("{head:<SUMMARY_HEAD$} user={user}{session}")
 }
+
+/// The width of a summary's kind-and-name column: the longest the demo prints
+/// (`page      /products/trail-shoes`).
+const SUMMARY_HEAD: usize = 31;
 
 /// The last `n` characters of `s` (a session id is long; its end tells sessions apart).
 fn tail(s: &str, n: usize) -> &str {
@@ -241,4 +248,23 @@ fn wait_for_ctrl_c() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::summary;
+
+    #[test]
+    fn every_summary_puts_the_user_in_the_same_column() {
+        let events = [
+            json!({ "type": "track", "name": "purchase_completed", "identity": { "user_id": "jane" } }),
+            json!({ "type": "register_device", "identity": { "user_id": "jane" } }),
+            json!({ "type": "identify", "identity": { "user_id": "jane" } }),
+            json!({ "type": "page", "page": { "url": "/products/trail-shoes" }, "identity": { "user_id": "jane" } }),
+        ];
+        let columns: Vec<Option<usize>> = events.iter().map(|e| summary(e).find("user=")).collect();
+        assert!(columns.iter().all(|c| c.is_some() && *c == columns[0]), "{columns:?}");
+    }
 }

@@ -1,5 +1,5 @@
 //! Two races in the worker, against the collector on 127.0.0.1: a purge (`erase_user`) while
-//! the person's events are in an in-flight request, and a destination whose `encode` yields
+//! the person's events are in an in-flight request (counts, deliveries, receipts), and a destination whose `encode` yields
 //! several requests for one batch, which must still respect its `max_in_flight`.
 
 mod support;
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use support::{delivered_ids, fast_builder, json, wait_until, watchdog};
 use trackway::destination::{BatchLimits, Delivery, Destination, DestinationState, Encoded, EventRecord, Request};
+use trackway::receipts::{DropReason, Outcome, OutcomeStream, RecvError};
 use trackway::{Timestamp, props};
 use trackway_collector::{Collector, Reply};
 
@@ -64,6 +65,64 @@ fn events_on_the_wire_when_a_user_is_erased_are_not_retried_after_a_failure() {
         let got = delivered_ids(&requests);
         assert_eq!(got.len(), 1, "only bob's event was sent again: {requests:?}");
         assert!(client.dead_letters(10).expect("dead letters").is_empty(), "nothing of alice's kept");
+    });
+}
+
+/// As [`in_flight`], with alice's events tracked with receipts and an outcome stream open; then
+/// alice is erased while they are on the wire. Returns the receipts and the stream.
+fn erased_in_flight(
+    first: Reply,
+) -> (trackway_collector::RunningCollector, trackway::Client, Vec<trackway::receipts::Receipt>, OutcomeStream) {
+    let collector = Collector::builder().script([first.delay(Duration::from_millis(600))]).start().expect("collector");
+    let client = fast_builder().destination(json("a", collector.url("/e"))).build().expect("client");
+    let stream = client.outcomes(64);
+    client.pause_worker();
+    let receipts: Vec<_> =
+        (0..3).map(|i| client.track_confirmed("alice", "e", props! { "i" => i }).expect("track")).collect();
+    client.track("bob", "e", props! {}).expect("track");
+    client.resume_worker();
+    assert!(
+        wait_until(Duration::from_secs(10), || client.stats().destination("a").is_some_and(|d| d.requests == 1)),
+        "the request went out"
+    );
+    assert_eq!(client.erase_user("alice").expect("erase"), 0, "all of alice's events were on the wire");
+    (collector, client, receipts, stream)
+}
+
+/// Each receipt's outcome for `a`, and the stream's record for the same event, are `expected`.
+fn resolved_as(receipts: &[trackway::receipts::Receipt], stream: &mut OutcomeStream, expected: &Outcome) {
+    for receipt in receipts {
+        let confirmation = receipt.wait(Duration::from_secs(20)).expect("receipt");
+        assert_eq!(confirmation.destination("a").and_then(|d| d.outcome()), Some(expected), "{confirmation:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let record = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "no stream record for {}", receipt.id());
+            match stream.recv_timeout(left) {
+                Ok(record) if record.id == receipt.id() => break record,
+                Ok(_) | Err(RecvError::Missed(_) | RecvError::Empty) => {}
+                Err(e) => panic!("stream: {e}"),
+            }
+        };
+        assert_eq!(&record.outcome, expected, "{record:?}");
+    }
+}
+
+#[test]
+fn receipts_of_events_erased_on_the_wire_resolve_purged_after_a_failed_answer() {
+    watchdog(LIMIT, || {
+        let (_collector, client, receipts, mut stream) = erased_in_flight(Reply::status(503));
+        resolved_as(&receipts, &mut stream, &Outcome::Dropped(DropReason::Purged));
+        assert_eq!(client.stats().dropped.purged, 3);
+    });
+}
+
+#[test]
+fn receipts_of_events_erased_on_the_wire_resolve_delivered_after_a_2xx() {
+    watchdog(LIMIT, || {
+        let (_collector, client, receipts, mut stream) = erased_in_flight(Reply::ok());
+        resolved_as(&receipts, &mut stream, &Outcome::Delivered);
+        assert_eq!(client.stats().dropped.purged, 0);
     });
 }
 

@@ -184,3 +184,55 @@ fn the_async_wait_for_store_room_does_not_block_a_current_thread_runtime() {
         });
     });
 }
+
+/// Whether a waiting capture on a full store ends with `expected` well before its 60 s timeout,
+/// once `stop` (run by another thread after a moment) closed the client or stopped its worker.
+fn ends_at_once_when(stop: impl FnOnce(&Client) + Send + 'static, expected: &Error) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
+    let (client, _) = full_store(&dir, &collector);
+    let stopper = std::thread::spawn({
+        let client = client.clone();
+        move || {
+            std::thread::sleep(Duration::from_millis(300));
+            stop(&client);
+        }
+    });
+    let started = Instant::now();
+    let err = client
+        .waiting(Duration::from_secs(60))
+        .capture(Track::new("late").user("u"))
+        .expect_err("no room, and the client stopped");
+    let waited = started.elapsed();
+    stopper.join().expect("stopper");
+    assert_eq!(&err, expected, "the same error as the plain call");
+    assert!(waited < Duration::from_secs(10), "it returned at the stop, not at its timeout: {waited:?}");
+    // Already closed or stopped before the call: no wait at all.
+    let started = Instant::now();
+    let again = client
+        .waiting(Duration::from_secs(60))
+        .capture(Track::new("later").user("u"))
+        .expect_err("a stopped client refuses");
+    assert_eq!(&again, expected);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+}
+
+#[test]
+fn a_waiting_capture_on_a_full_store_returns_at_once_when_the_client_is_shut_down() {
+    watchdog(LIMIT, || {
+        ends_at_once_when(
+            |client| {
+                // The destination stays down: the shutdown ends at its budget, events kept.
+                let _ = client.shutdown(Duration::from_millis(500));
+            },
+            &Error::ShutDown,
+        );
+    });
+}
+
+#[test]
+fn a_waiting_capture_on_a_full_store_returns_at_once_when_the_worker_stops() {
+    watchdog(LIMIT, || {
+        ends_at_once_when(|client| client.panic_worker_for_test(), &Error::WorkerStopped);
+    });
+}

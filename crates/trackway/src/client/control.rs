@@ -190,8 +190,10 @@ impl Inner {
             return Err(Unanswered::WorkerStopped);
         }
         if gate == Gate::Close {
-            // The session timer thread sees the client is closed and ends.
+            // The session timer thread sees the client is closed and ends; calls waiting for
+            // store room stop waiting (a closed client frees none).
             shared.session_timer.wake();
+            shared.pipe.room.end();
         }
         let (reply, rx) = W::channel();
         let gone = || if shared.pipe.queue.worker_gone() { Unanswered::WorkerStopped } else { Unanswered::Timeout };

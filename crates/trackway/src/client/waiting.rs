@@ -156,13 +156,14 @@ impl Waiting<'_> {
             }
             Err(Error::NoRoom { waited: started.elapsed(), store })
         };
+        // A closed client or a stopped worker frees no room: the plain call says so at once.
+        let open = || !shared.closed.load(Ordering::Acquire) && !shared.pipe.queue.worker_gone();
         loop {
-            if shared.pipe.room.is_full() && !W::store_room(&shared.pipe.room, left()).await {
+            // The wait ends early when the client closes or the worker stops (`StoreRoom::end`).
+            if open() && shared.pipe.room.is_full() && !W::store_room(&shared.pipe.room, left()).await && open() {
                 return give_up(true);
             }
-            // A closed client or a stopped worker: the call below says so at once.
-            let open = !shared.closed.load(Ordering::Acquire) && !shared.pipe.queue.worker_gone();
-            if open && shared.pipe.queue.looks_full() {
+            if open() && shared.pipe.queue.looks_full() {
                 if left().is_zero() {
                     return give_up(false);
                 }

@@ -38,6 +38,9 @@ pub(crate) struct Shared {
 #[derive(Debug, Default)]
 pub(crate) struct StoreRoom {
     full: AtomicBool,
+    /// Set once for good when the client closes or its worker stops: the store will never free
+    /// room again, so waiters must not sit out their timeout.
+    ended: AtomicBool,
     lock: Mutex<()>,
     freed: Condvar,
     /// Wakes async waiters ([`wait_async`](Self::wait_async)), which must not block on `freed`.
@@ -59,6 +62,20 @@ impl StoreRoom {
         }
     }
 
+    /// Ends every wait, now and later (the client closed or its worker stopped): waiters return
+    /// at once, and look at the client's state to say why.
+    pub(crate) fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        // Taken after the store, as in `set`: no waiter misses the wake-up.
+        let _guard = super::lock(&self.lock);
+        self.freed.notify_all();
+        self.freed_async.notify_waiters();
+    }
+
+    fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
     /// [`wait`](Self::wait) without blocking the thread: awaits the worker's wake-up.
     pub(crate) async fn wait_async(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -67,8 +84,8 @@ impl StoreRoom {
             let freed = self.freed_async.notified();
             let mut freed = std::pin::pin!(freed);
             freed.as_mut().enable();
-            if !self.is_full() {
-                return true;
+            if !self.is_full() || self.has_ended() {
+                return !self.is_full();
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return !self.is_full();
@@ -76,11 +93,12 @@ impl StoreRoom {
         }
     }
 
-    /// Waits until the store has room, at most `timeout`; whether it has.
+    /// Waits until the store has room, at most `timeout` (or until [`end`](Self::end)); whether
+    /// it has.
     pub(crate) fn wait(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut guard = super::lock(&self.lock);
-        while self.is_full() {
+        while self.is_full() && !self.has_ended() {
             let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 return false;
             };
@@ -89,7 +107,7 @@ impl StoreRoom {
                 Err(poisoned) => poisoned.into_inner().0,
             };
         }
-        true
+        !self.is_full()
     }
 }
 

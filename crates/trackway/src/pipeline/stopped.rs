@@ -23,6 +23,8 @@ const POLL: Duration = Duration::from_millis(20);
 /// dropped (it then holds no reference to `shared` any more).
 pub(crate) fn run(shared: &Arc<Shared>, message: &str) {
     shared.queue.set_worker_gone();
+    // Nothing frees store room any more: calls waiting for it return now.
+    shared.room.end();
     tracing::error!(
         panic = %message,
         "trackway: the delivery worker panicked; every later call returns an error, queued events are dropped and counted as worker_stopped"

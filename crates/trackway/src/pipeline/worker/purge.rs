@@ -73,7 +73,8 @@ impl Worker {
     }
 
     /// Removes events a purge found on the wire whose answer was not a delivery: counted as
-    /// purged, never retried or dead-lettered.
+    /// purged and reported `Dropped(Purged)` to receipts and streams, never retried or
+    /// dead-lettered.
     pub(super) fn remove_purged(&mut self, i: usize, seqs: &[u64]) {
         if seqs.is_empty() {
             return;
@@ -84,6 +85,15 @@ impl Worker {
                 self.shared.counters.destinations[i].pending.fetch_sub(released, Ordering::Relaxed);
                 for seq in seqs {
                     self.lanes[i].items.remove(seq);
+                }
+                // Their receipts and streams learn it too, as for the purged events not on
+                // the wire (`forget_dropped`): else a receipt would stay pending for good.
+                if self.receipts.on() {
+                    let (name, at) = (self.lanes[i].dest.name(), self.shared.clock.now());
+                    let outcome = crate::receipts::Outcome::Dropped(crate::receipts::DropReason::Purged);
+                    for &seq in seqs {
+                        self.receipts.decided(i, name, seq, outcome.clone(), at);
+                    }
                 }
             }
             // They stay pending in the store; a later purge or run sees them again.
