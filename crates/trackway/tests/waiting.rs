@@ -236,3 +236,31 @@ fn a_waiting_capture_on_a_full_store_returns_at_once_when_the_worker_stops() {
         ends_at_once_when(|client| client.panic_worker_for_test(), &Error::WorkerStopped);
     });
 }
+
+#[test]
+fn waiting_for_store_room_on_a_shut_down_client_says_shut_down_not_store_full() {
+    watchdog(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let collector = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
+        let (client, _) = full_store(&dir, &collector);
+        // A wait in progress ends at the shutdown, with the reason.
+        let stopper = std::thread::spawn({
+            let client = client.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(300));
+                let _ = client.shutdown(Duration::from_millis(500));
+            }
+        });
+        let started = Instant::now();
+        assert_eq!(client.wait_for_store_room(Duration::from_secs(60)), Err(Error::ShutDown));
+        assert!(started.elapsed() < Duration::from_secs(10), "ended at the shutdown: {:?}", started.elapsed());
+        stopper.join().expect("stopper");
+        // Already shut down: at once, blocking and async.
+        assert_eq!(client.wait_for_store_room(Duration::from_secs(60)), Err(Error::ShutDown));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let started = Instant::now();
+        let answer = runtime.block_on(client.wait_for_store_room_async(Duration::from_secs(60)));
+        assert_eq!(answer, Err(Error::ShutDown));
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    });
+}

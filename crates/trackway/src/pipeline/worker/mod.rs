@@ -729,7 +729,7 @@ impl Worker {
                 // The rest wait, first in line, one group per request, and are encoded again
                 // when their turn comes.
                 let lane = &mut self.lanes[i];
-                lane.groups.push(Group { seqs, due: now, failures, epoch: lane.delivered });
+                lane.groups.push(Group { seqs, due: now, failures, epoch: lane.delivered, halved: false });
                 continue;
             }
             self.start(i, request, seqs, failures);
