@@ -1081,6 +1081,9 @@ struct SdkCol<'a> {
     rate: f64,
     p50: u64,
     p99: u64,
+    /// Events the collector took in answers that worked: its count, which includes the events of
+    /// the requests it failed, less those (each failed request's events were put to retry).
+    delivered: u64,
     lost: u64,
 }
 
@@ -1098,21 +1101,26 @@ fn print_table(
     let mut cols = Vec::new();
     for run in runs {
         let s = secs(run.result.get("elapsed_ns")?);
+        let delivered = run.sink.events.saturating_sub(run.result.get("retried")?);
         cols.push(SdkCol {
             kind: run.kind,
             r: &run.result,
             sink: &run.sink,
             secs: s,
-            rate: run.sink.events as f64 / s,
+            rate: delivered as f64 / s,
             p50: run.result.get("p50")?,
             p99: run.result.get("p99")?,
-            lost: n64.saturating_sub(run.sink.events),
+            delivered,
+            lost: n64.saturating_sub(delivered),
         });
     }
     let col = |k: StoreKind| cols.iter().find(|c| c.kind == k);
     let mem = col(StoreKind::Memory);
     let base_secs = base.map(|(r, _)| r.get("elapsed_ns").map(secs)).transpose()?;
-    let base_rate = base.zip(base_secs).map(|((_, sink), s)| sink.events as f64 / s);
+    // The baseline resends each batch until it is taken: it delivered its N events, and the
+    // collector's count beyond N is the events of the requests it failed.
+    let base_delivered = |sink: &SinkCounts| if fault.is_some() { sink.events.min(n64) } else { sink.events };
+    let base_rate = base.zip(base_secs).map(|((_, sink), s)| base_delivered(sink) as f64 / s);
     let (s50, s99, _, smax) = percentiles(serde_costs);
     let queue = queue_capacity.map_or_else(|| format!("{SDK_DEFAULT_QUEUE_CAPACITY} (default)"), str::to_owned);
     let mut checks = Checks::default();
@@ -1221,12 +1229,12 @@ fn print_table(
         Ok(c.r.get("accepted")? as f64 / secs(c.r.get("loop_ns")?).max(1e-9))
     };
     let per_event = |cpu: u64, events: u64| cpu as f64 / events.max(1) as f64;
-    let base_cpu = base.map(|(r, sink)| r.get("cpu_ns").map(|c| per_event(c, sink.events))).transpose()?;
+    let base_cpu = base.map(|(r, sink)| r.get("cpu_ns").map(|c| per_event(c, base_delivered(sink)))).transpose()?;
     row(
         "CPU per delivered event, ns (worker)",
         per_col(&mut |c| {
-            let all = per_event(c.r.get("cpu_ns")?, c.sink.events);
-            let worker = per_event(c.r.get("worker_cpu_ns")?, c.sink.events);
+            let all = per_event(c.r.get("cpu_ns")?, c.delivered);
+            let worker = per_event(c.r.get("worker_cpu_ns")?, c.delivered);
             Ok(match base_cpu {
                 Some(b) => format!("{all:.0} ({worker:.0}) {:.2}x", all / b.max(1.0)),
                 None => format!("{all:.0} ({worker:.0})"),
@@ -1337,8 +1345,20 @@ fn print_table(
             let v = checks.check(format!("{} 0 lost", c.kind.label()), c.lost == 0);
             Ok(format!("{} {v}", c.lost))
         })?,
-        base_cell(&|_, sink| Ok(n64.saturating_sub(sink.events).to_string()))?,
+        base_cell(&|_, sink| Ok(n64.saturating_sub(base_delivered(sink)).to_string()))?,
         "0",
+    );
+    row(
+        "  delivered: collector - failed / client",
+        per_col(&mut |c| {
+            // Two counts of one thing: the collector's (less the failed requests' events) and the
+            // client's own; duplicates beyond the failed requests would make the first larger.
+            let client = c.r.get("delivered")?;
+            let v = checks.check(format!("{} delivered counts agree", c.kind.label()), c.delivered == client);
+            Ok(format!("{} / {client} {v}", c.delivered))
+        })?,
+        String::new(),
+        "equal: duplicates only from failed requests",
     );
     row(
         "  dropped: queue/store_full/disk/error",
@@ -1456,7 +1476,8 @@ fn print_table(
     }
     println!("  collector: {}", collector.join("; "));
     println!(
-        "  delivered events/s = collector events / (first track call .. flush return); RSS target read as 64 x 10^6 B"
+        "  delivered events/s = events in answers that worked (collector events - events of failed requests) / \
+         (first track call .. flush return); RSS target read as 64 x 10^6 B"
     );
     let missed: Vec<&str> = checks.0.iter().filter(|(_, pass)| !pass).map(|(what, _)| what.as_str()).collect();
     println!(

@@ -271,8 +271,11 @@ impl Worker {
             }
             let lane = &mut self.lanes[i];
             lane.delivered += delivered.len() as u64;
-            for seq in &delivered {
-                lane.items.remove(seq);
+            // Retry bookkeeping exists only for events that failed once: none, nearly always.
+            if !lane.items.is_empty() {
+                for seq in &delivered {
+                    lane.items.remove(seq);
+                }
             }
         }
         if !letters.is_empty() {
