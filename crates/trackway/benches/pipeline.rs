@@ -260,22 +260,10 @@ fn users() -> Vec<String> {
 // ================================================================================================
 
 fn parse_n() -> anyhow::Result<usize> {
-    let mut n = match std::env::var(N_ENV) {
-        Ok(v) => v.parse().with_context(|| format!("{N_ENV}={v:?} is not a number"))?,
-        Err(_) => DEFAULT_N,
+    let n = match flag_or_env("--n", N_ENV)? {
+        Some(v) => v.parse().with_context(|| format!("N {v:?} is not a number"))?,
+        None => DEFAULT_N,
     };
-    // cargo bench passes `--bench` (and any filter); only `--n` is ours.
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let value = if arg == "--n" {
-            args.next().context("--n needs a value")?
-        } else if let Some(v) = arg.strip_prefix("--n=") {
-            v.to_owned()
-        } else {
-            continue;
-        };
-        n = value.parse().with_context(|| format!("--n {value:?} is not a number"))?;
-    }
     if n == 0 {
         bail!("N must be at least 1");
     }
@@ -323,32 +311,30 @@ impl Fault {
     }
 }
 
-/// The fault to inject: `--fault F` or `TRACKWAY_BENCH_FAULT`.
-fn parse_fault() -> anyhow::Result<Option<Fault>> {
-    let mut fault = std::env::var(FAULT_ENV).ok().filter(|v| !v.is_empty());
+/// The value of `--flag V` / `--flag=V` (the last one), else of the environment variable `env`
+/// (empty counts as unset). cargo bench passes other arguments (`--bench`, a filter): skipped.
+fn flag_or_env(flag: &str, env: &str) -> anyhow::Result<Option<String>> {
+    let mut value = std::env::var(env).ok().filter(|v| !v.is_empty());
     let mut args = std::env::args().skip(1);
+    let prefix = format!("{flag}=");
     while let Some(arg) = args.next() {
-        if arg == "--fault" {
-            fault = Some(args.next().context("--fault needs a value")?);
-        } else if let Some(v) = arg.strip_prefix("--fault=") {
-            fault = Some(v.to_owned());
+        if arg == flag {
+            value = Some(args.next().with_context(|| format!("{flag} needs a value"))?);
+        } else if let Some(v) = arg.strip_prefix(&prefix) {
+            value = Some(v.to_owned());
         }
     }
-    fault.as_deref().map(Fault::parse).transpose()
+    Ok(value)
+}
+
+/// The fault to inject: `--fault F` or `TRACKWAY_BENCH_FAULT`.
+fn parse_fault() -> anyhow::Result<Option<Fault>> {
+    flag_or_env("--fault", FAULT_ENV)?.as_deref().map(Fault::parse).transpose()
 }
 
 /// The caller's pace in events/s: `--rate R` or `TRACKWAY_BENCH_RATE` (`None`: a tight loop).
 fn parse_rate() -> anyhow::Result<Option<u64>> {
-    let mut rate = std::env::var(RATE_ENV).ok().filter(|v| !v.is_empty());
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--rate" {
-            rate = Some(args.next().context("--rate needs a value")?);
-        } else if let Some(v) = arg.strip_prefix("--rate=") {
-            rate = Some(v.to_owned());
-        }
-    }
-    let Some(rate) = rate else { return Ok(None) };
+    let Some(rate) = flag_or_env("--rate", RATE_ENV)? else { return Ok(None) };
     match rate.parse::<u64>() {
         Ok(r) if r > 0 => Ok(Some(r)),
         _ => bail!("the rate {rate:?} is not a positive number of events per second"),
