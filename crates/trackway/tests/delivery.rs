@@ -34,6 +34,89 @@ fn retried_503_then_200_delivers_each_message_id_exactly_once() {
     });
 }
 
+/// With every 20th request answered 503 (the collector's fault flags), a failed batch is
+/// retried whole, not split in halves: every request carries a full batch, each event is in
+/// exactly one 2xx request, and the only extra requests are the failed ones' retries.
+#[test]
+fn batches_answered_503_among_requests_that_work_are_retried_whole() {
+    watchdog(LIMIT, || {
+        const BATCH: usize = 50;
+        const EVENTS: usize = 40 * BATCH;
+        let faults = trackway_collector::Faults { fail_every: Some(20), ..Default::default() };
+        let collector = Collector::builder().faults(faults).start().expect("collector");
+        // A long interval: only full batches go out, so a request of another size would be a split.
+        let client = fast_builder()
+            .batch_interval(Duration::from_secs(60))
+            .destination(json("a", collector.url("/e")).batch_size(BATCH))
+            .build()
+            .expect("client");
+        let ids: Vec<String> =
+            (0..EVENTS).map(|i| client.track("u1", "e", props! { "i" => i }).expect("track").to_string()).collect();
+        client.flush(Duration::from_secs(20)).expect("flush");
+
+        let requests = collector.requests();
+        let failed = requests.iter().filter(|r| r.status == 503).count();
+        assert!(failed >= 2, "the fault flags failed {failed} of {} requests", requests.len());
+        for r in &requests {
+            assert_eq!(support::ids_in(r).len(), BATCH, "a {} request of another size: split", r.status);
+        }
+        assert_eq!(requests.len(), EVENTS / BATCH + failed, "one resend per failed request");
+        let delivered = delivered_ids(&requests);
+        for id in &ids {
+            assert_eq!(delivered.get(id), Some(&1), "message {id} must be in exactly one 2xx request");
+        }
+        let stats = client.stats();
+        let a = stats.destination("a").expect("stats");
+        assert_eq!((a.delivered, a.failed_requests, a.retries_exhausted), (EVENTS as u64, failed as u64, 0));
+        assert_eq!(a.retried, (failed * BATCH) as u64);
+    });
+}
+
+/// A batch that keeps failing while other requests work is split after its second failure, so
+/// the poison event is found and the rest delivered.
+#[test]
+fn a_batch_that_fails_twice_is_split_to_isolate_the_poison_event() {
+    watchdog(LIMIT, || {
+        let collector =
+            Collector::builder().rule(Rule::body_contains("poison", Reply::status(503))).start().expect("collector");
+        let client = fast_builder()
+            .batch_interval(Duration::from_secs(60))
+            .retry_policy(
+                RetryPolicy::default().backoff(Duration::from_millis(5), Duration::from_millis(20)).max_attempts(2),
+            )
+            .destination(json("a", collector.url("/e")).batch_size(8))
+            .build()
+            .expect("client");
+        let mut sent = 0u64;
+        let mut track = |poison: bool| {
+            let props = if poison {
+                props! { "i" => sent, "poison" => true }
+            } else {
+                props! { "i" => sent }
+            };
+            client.track("u1", "e", props).expect("track");
+            sent += 1;
+        };
+        for i in 0..8 {
+            track(i == 5);
+        }
+        // Later traffic keeps flowing (the poison event earns a strike only while others work).
+        let done = wait_until(Duration::from_secs(20), || {
+            track(false);
+            std::thread::sleep(Duration::from_millis(2));
+            client.stats().destination("a").is_some_and(|a| a.retries_exhausted == 1)
+        });
+        assert!(done, "poison event not dead-lettered: {:?}", client.stats());
+        client.flush(Duration::from_secs(20)).expect("flush");
+        let requests = collector.requests();
+        let sizes: Vec<usize> = requests.iter().filter(|r| r.status == 503).map(|r| support::ids_in(r).len()).collect();
+        assert_eq!(&sizes[..2], &[8, 8], "the first failure is retried whole: {sizes:?}");
+        assert!(sizes[2..].iter().all(|&n| n < 8), "then split: {sizes:?}");
+        let a = client.stats().destination("a").cloned().expect("stats");
+        assert_eq!((a.delivered, a.retries_exhausted), (sent - 1, 1), "{a:?}");
+    });
+}
+
 #[test]
 fn retry_after_on_429_is_honoured_as_measured_at_the_collector() {
     watchdog(LIMIT, || {

@@ -188,6 +188,20 @@ fn the_async_wait_for_store_room_does_not_block_a_current_thread_runtime() {
 /// Whether a waiting capture on a full store ends with `expected` well before its 60 s timeout,
 /// once `stop` (run by another thread after a moment) closed the client or stopped its worker.
 fn ends_at_once_when(stop: impl FnOnce(&Client) + Send + 'static, expected: &Error) {
+    let capture = |client: &Client| {
+        client.waiting(Duration::from_secs(60)).capture(Track::new("late").user("u")).expect_err("no room, stopped")
+    };
+    call_ends_at_once_when(stop, capture, expected);
+}
+
+/// Whether `call` on a client whose store is full ends with `expected` well before its 60 s
+/// timeout once `stop` (run by another thread after a moment) closed the client or stopped its
+/// worker, and at once when called after that. Returns the client.
+fn call_ends_at_once_when(
+    stop: impl FnOnce(&Client) + Send + 'static,
+    call: impl Fn(&Client) -> Error,
+    expected: &Error,
+) -> Client {
     let dir = tempfile::tempdir().expect("tempdir");
     let collector = Collector::builder().default_reply(Reply::status(503)).start().expect("collector");
     let (client, _) = full_store(&dir, &collector);
@@ -199,22 +213,16 @@ fn ends_at_once_when(stop: impl FnOnce(&Client) + Send + 'static, expected: &Err
         }
     });
     let started = Instant::now();
-    let err = client
-        .waiting(Duration::from_secs(60))
-        .capture(Track::new("late").user("u"))
-        .expect_err("no room, and the client stopped");
+    let err = call(&client);
     let waited = started.elapsed();
     stopper.join().expect("stopper");
     assert_eq!(&err, expected, "the same error as the plain call");
     assert!(waited < Duration::from_secs(10), "it returned at the stop, not at its timeout: {waited:?}");
     // Already closed or stopped before the call: no wait at all.
     let started = Instant::now();
-    let again = client
-        .waiting(Duration::from_secs(60))
-        .capture(Track::new("later").user("u"))
-        .expect_err("a stopped client refuses");
-    assert_eq!(&again, expected);
+    assert_eq!(&call(&client), expected, "a stopped client refuses");
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    client
 }
 
 #[test]
@@ -234,5 +242,30 @@ fn a_waiting_capture_on_a_full_store_returns_at_once_when_the_client_is_shut_dow
 fn a_waiting_capture_on_a_full_store_returns_at_once_when_the_worker_stops() {
     watchdog(LIMIT, || {
         ends_at_once_when(|client| client.panic_worker_for_test(), &Error::WorkerStopped);
+    });
+}
+
+#[test]
+fn waiting_for_store_room_on_a_shut_down_client_says_shut_down_not_store_full() {
+    watchdog(LIMIT, || {
+        let shut_down = |client: &Client| {
+            let _ = client.shutdown(Duration::from_millis(500));
+        };
+        let wait = |client: &Client| client.wait_for_store_room(Duration::from_secs(60)).expect_err("no room");
+        let client = call_ends_at_once_when(shut_down, wait, &Error::ShutDown);
+        // The async form too, at once.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let started = Instant::now();
+        let answer = runtime.block_on(client.wait_for_store_room_async(Duration::from_secs(60)));
+        assert_eq!(answer, Err(Error::ShutDown));
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    });
+}
+
+#[test]
+fn waiting_for_store_room_with_a_stopped_worker_says_worker_stopped() {
+    watchdog(LIMIT, || {
+        let wait = |client: &Client| client.wait_for_store_room(Duration::from_secs(60)).expect_err("no room");
+        call_ends_at_once_when(|client| client.panic_worker_for_test(), wait, &Error::WorkerStopped);
     });
 }

@@ -1,6 +1,7 @@
-//! Shared by the benches that need it (`backends.rs`): the hyper baseline's keep-alive
-//! connection, a child process's `RESULT key=value` lines, `/proc/self/status` readings and
-//! medians. `pipeline.rs` keeps its own copies (it is being changed separately).
+//! Shared by the benches that need it (`backends.rs`, `pipeline.rs`): the hyper baseline's
+//! keep-alive connection, a child process's `RESULT key=value` lines, `/proc/self/status`
+//! readings and medians. `pipeline.rs` keeps its own hyper connection (its baseline reads
+//! `Retry-After` to resend after a 429).
 #![allow(dead_code)]
 
 use std::collections::HashMap;

@@ -398,12 +398,15 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::StoreFull`] when the store is still full after `timeout` (nothing was
-    /// delivered meanwhile: the destinations are down or slow).
+    /// delivered meanwhile: the destinations are down or slow); [`Error::ShutDown`] once the
+    /// client is shut down and [`Error::WorkerStopped`] once its worker stopped (no room will
+    /// come: the wait ends at once), as the plain call would return.
     ///
     /// To wait for room in the queue too, and queue the event once there is, use
     /// [`waiting`](Self::waiting).
     pub fn wait_for_store_room(&self, timeout: Duration) -> Result<(), Error> {
-        if blocking(Block::store_room(&self.inner.shared.pipe.room, timeout)) { Ok(()) } else { Err(Error::StoreFull) }
+        let room = blocking(Block::store_room(&self.inner.shared.pipe.room, timeout));
+        self.store_room_answer(room)
     }
 
     /// Async [`wait_for_store_room`](Self::wait_for_store_room): awaits the worker's wake-up
@@ -412,7 +415,23 @@ impl Client {
     /// # Errors
     /// As [`wait_for_store_room`](Self::wait_for_store_room).
     pub async fn wait_for_store_room_async(&self, timeout: Duration) -> Result<(), Error> {
-        if Await::store_room(&self.inner.shared.pipe.room, timeout).await { Ok(()) } else { Err(Error::StoreFull) }
+        let room = Await::store_room(&self.inner.shared.pipe.room, timeout).await;
+        self.store_room_answer(room)
+    }
+
+    /// What a wait for store room returns: a closed client or a stopped worker ends the wait
+    /// (`StoreRoom::end`) without making room, and says so rather than `StoreFull`.
+    fn store_room_answer(&self, room: bool) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        if shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+            Err(Error::ShutDown)
+        } else if shared.pipe.queue.worker_gone() {
+            Err(Error::WorkerStopped)
+        } else if room {
+            Ok(())
+        } else {
+            Err(Error::StoreFull)
+        }
     }
 
     /// Tries to deliver everything queued within `budget` (events are committed on their usual

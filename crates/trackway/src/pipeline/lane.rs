@@ -14,6 +14,9 @@ use super::transport::Transport;
 use crate::config::RetryPolicy;
 use crate::destination::{BatchLimits, Delivery, Destination, DestinationState};
 
+/// A group is split in halves from this many failed attempts on (its first retry goes whole).
+pub(crate) const SPLIT_AFTER: u32 = 2;
+
 /// Events that failed together and will be retried together (until split).
 #[derive(Debug, Clone)]
 pub(crate) struct Group {
@@ -24,6 +27,9 @@ pub(crate) struct Group {
     pub(crate) failures: u32,
     /// `Lane::delivered` when it last failed; more since means the destination works.
     pub(crate) epoch: u64,
+    /// One half of a split that has not failed since: it goes out whole (halved again only
+    /// if it fails, so a batch is bisected once per failure, not cut down to single events).
+    pub(crate) halved: bool,
 }
 
 /// Per-event retry bookkeeping, only for events that failed at least once.
@@ -184,12 +190,15 @@ impl Lane {
         };
         if let Some(i) = due {
             let mut group = self.groups.swap_remove(i);
-            let works = self.delivered > group.epoch;
-            // Only a group that failed is split (to isolate a poison event); one an ordered
-            // destination deferred behind an earlier request goes out whole.
-            if group.seqs.len() > 1 && group.failures > 0 && (works || group.failures >= 2) {
+            // Only a group that failed more than once is split (to isolate a poison event): one
+            // failed request says nothing about its events (a 503 among requests that work is the
+            // server's moment, not the batch's content), so it is retried whole first, costing
+            // one request instead of two halves. One an ordered destination deferred behind an
+            // earlier request (no failure) goes out whole too.
+            if group.seqs.len() > 1 && group.failures >= SPLIT_AFTER && !group.halved {
                 let second = group.seqs.split_off(group.seqs.len() / 2);
-                self.groups.push(Group { seqs: second, due: now, failures: group.failures, epoch: group.epoch });
+                let (failures, epoch) = (group.failures, group.epoch);
+                self.groups.push(Group { seqs: second, due: now, failures, epoch, halved: true });
             }
             return Some(Next::Retry { seqs: group.seqs, failures: group.failures });
         }
@@ -372,7 +381,7 @@ mod tests {
     fn one_failed_request_keeps_full_concurrency_and_its_retry_waits_for_its_own_backoff() {
         let mut l = lane(Delivery::Parallel { max_in_flight: 4 });
         fail_requests(&mut l, 1);
-        l.groups.push(Group { seqs: vec![1, 2], due: 2 * S, failures: 1, epoch: 0 });
+        l.groups.push(Group { seqs: vec![1, 2], due: 2 * S, failures: 1, epoch: 0, halved: false });
         for _ in 0..40 {
             l.on_appended(10, Duration::ZERO);
         }
@@ -392,7 +401,7 @@ mod tests {
         let mut l = lane(Delivery::Parallel { max_in_flight: 4 });
         fail_requests(&mut l, FAILING_AFTER);
         assert_eq!(l.health.state(), HealthState::Failing);
-        l.groups.push(Group { seqs: vec![1, 2], due: Duration::ZERO, failures: 1, epoch: 0 });
+        l.groups.push(Group { seqs: vec![1, 2], due: Duration::ZERO, failures: 1, epoch: 0, halved: false });
         for _ in 0..20 {
             l.on_appended(10, Duration::ZERO);
         }
@@ -403,21 +412,40 @@ mod tests {
     }
 
     #[test]
-    fn failed_group_is_split_once_the_destination_works() {
+    fn a_group_that_failed_once_is_retried_whole_and_split_after_its_second_failure() {
         let mut l = lane(Delivery::Parallel { max_in_flight: 4 });
-        l.groups.push(Group { seqs: vec![1, 2, 3, 4], due: Duration::ZERO, failures: 1, epoch: 0 });
+        l.groups.push(Group { seqs: vec![1, 2, 3, 4], due: Duration::ZERO, failures: 1, epoch: 0, halved: false });
+        // Other requests work meanwhile: still one failure of this batch, retried whole.
         l.delivered = 5;
+        match l.next(S, S) {
+            Some(Next::Retry { seqs, failures: 1 }) => assert_eq!(seqs, vec![1, 2, 3, 4]),
+            other => panic!("expected the whole group, got {other:?}"),
+        }
+        assert!(l.groups.is_empty());
+        l.groups.push(Group {
+            seqs: vec![1, 2, 3, 4],
+            due: Duration::ZERO,
+            failures: SPLIT_AFTER,
+            epoch: 5,
+            halved: false,
+        });
         match l.next(S, S) {
             Some(Next::Retry { seqs, .. }) => assert_eq!(seqs, vec![1, 2]),
             other => panic!("expected a retry, got {other:?}"),
         }
         assert_eq!(l.groups[0].seqs, vec![3, 4]);
+        // The other half has not failed since: it goes whole, not halved again.
+        match l.next(S, S) {
+            Some(Next::Retry { seqs, .. }) => assert_eq!(seqs, vec![3, 4]),
+            other => panic!("expected the other half, got {other:?}"),
+        }
+        assert!(l.groups.is_empty(), "no quarter left behind: {:?}", l.groups);
     }
 
     #[test]
     fn ordered_lane_holds_fresh_events_behind_a_waiting_retry() {
         let mut l = lane(Delivery::Ordered);
-        l.groups.push(Group { seqs: vec![1], due: 10 * S, failures: 1, epoch: 0 });
+        l.groups.push(Group { seqs: vec![1], due: 10 * S, failures: 1, epoch: 0, halved: false });
         for _ in 0..10 {
             l.on_appended(10, Duration::ZERO);
         }
@@ -429,8 +457,8 @@ mod tests {
     fn an_ordered_lane_retries_its_oldest_group_before_younger_ones_that_are_due() {
         let mut l = lane(Delivery::Ordered);
         let now = Duration::from_secs(10);
-        l.groups.push(Group { seqs: vec![5, 6], due: now, failures: 0, epoch: 0 });
-        l.groups.push(Group { seqs: vec![1], due: now + Duration::from_secs(2), failures: 1, epoch: 0 });
+        l.groups.push(Group { seqs: vec![5, 6], due: now, failures: 0, epoch: 0, halved: false });
+        l.groups.push(Group { seqs: vec![1], due: now + Duration::from_secs(2), failures: 1, epoch: 0, halved: false });
         assert!(l.next(now, Duration::from_secs(1)).is_none(), "seq 1 waits for its backoff; 5 and 6 wait for it");
         assert_eq!(l.next_deadline(Duration::from_secs(1)), Some(now + Duration::from_secs(2)));
         match l.next(now + Duration::from_secs(2), Duration::from_secs(1)) {
@@ -457,7 +485,7 @@ mod tests {
         for _ in 0..10 {
             l.on_appended(10, Duration::ZERO);
         }
-        l.groups.push(Group { seqs: vec![1], due: Duration::ZERO, failures: 1, epoch: 0 });
+        l.groups.push(Group { seqs: vec![1], due: Duration::ZERO, failures: 1, epoch: 0, halved: false });
         assert!(!l.is_idle());
         let panic = || LastError {
             kind: LastErrorKind::Panicked,

@@ -231,14 +231,18 @@ impl MemoryStore {
         let slot = block.slots.get_mut(o)?;
         slot.pending &= !bit;
         let out = (slot.id, event);
-        if slot.pending == 0 {
+        let emptied = slot.pending == 0 && {
             // Free the bytes now; the slot itself goes with its block.
             self.live_bytes -= slot.bytes.len() as u64;
             slot.bytes = Bytes::new();
             block.live -= 1;
-        }
+            block.live == 0
+        };
         self.pending[destination] -= 1;
-        self.trim();
+        // Only a block that just emptied can be dropped: no trim for each of its other events.
+        if emptied {
+            self.trim();
+        }
         Some(out)
     }
 

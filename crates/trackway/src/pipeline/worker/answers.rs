@@ -25,7 +25,7 @@ impl Worker {
         let due = now + STORE_ERROR_PAUSE;
         lane.paused_until = Some(due);
         let epoch = lane.delivered;
-        lane.groups.push(Group { seqs, due, failures, epoch });
+        lane.groups.push(Group { seqs, due, failures, epoch, halved: false });
     }
 
     /// Commits (part of) what a write-behind store staged, then answers the barriers it covers.
@@ -240,7 +240,13 @@ impl Worker {
             bump(&counters.probes, 1);
             let lane = &mut self.lanes[i];
             let due = now;
-            lane.groups.push(Group { seqs: retry, due, failures: flight.failures, epoch: lane.delivered });
+            lane.groups.push(Group {
+                seqs: retry,
+                due,
+                failures: flight.failures,
+                epoch: lane.delivered,
+                halved: false,
+            });
             return;
         }
         if !delivered.is_empty() {
@@ -265,8 +271,11 @@ impl Worker {
             }
             let lane = &mut self.lanes[i];
             lane.delivered += delivered.len() as u64;
-            for seq in &delivered {
-                lane.items.remove(seq);
+            // Retry bookkeeping exists only for events that failed once: none, nearly always.
+            if !lane.items.is_empty() {
+                for seq in &delivered {
+                    lane.items.remove(seq);
+                }
             }
         }
         if !letters.is_empty() {
@@ -287,7 +296,13 @@ impl Worker {
                 if !held.is_empty() {
                     // The group's failures stay as they were: a held group is not split.
                     let epoch = lane.delivered;
-                    lane.groups.push(Group { seqs: held, due: probe_at, failures: flight.failures, epoch });
+                    lane.groups.push(Group {
+                        seqs: held,
+                        due: probe_at,
+                        failures: flight.failures,
+                        epoch,
+                        halved: false,
+                    });
                 }
             }
             (None, _) if server_answered_ok => lane.health.worked(now_ts),
@@ -349,7 +364,7 @@ impl Worker {
             let retry_policy = &lane.retry;
             let backoff = full_jitter(retry_policy.base_backoff, retry_policy.max_backoff, failures.max(lane.failures));
             let due = lane.paused_until.filter(|p| *p > now).unwrap_or(now + backoff);
-            lane.groups.push(Group { seqs: keep, due, failures, epoch: lane.delivered });
+            lane.groups.push(Group { seqs: keep, due, failures, epoch: lane.delivered, halved: false });
         }
         if !exhausted.is_empty() {
             self.dead_letter(i, exhausted, now_ts);
@@ -392,7 +407,8 @@ impl Worker {
         let second = seqs.split_off(seqs.len() / 2);
         for half in [seqs, second] {
             if !half.is_empty() {
-                lane.groups.push(Group { seqs: half, due: now, failures, epoch });
+                // Halved already: each half is split again only if it panics again.
+                lane.groups.push(Group { seqs: half, due: now, failures, epoch, halved: true });
             }
         }
     }

@@ -309,6 +309,9 @@ impl Worker {
         let mut controls = Vec::new();
         let now = self.shared.clock.elapsed();
         let mut taken = Taken::default();
+        // Pending counts per lane, published once per drain: an atomic add per event on a
+        // counter the stats readers share cost more than the rest of the routing.
+        let mut routed = vec![0u64; self.lanes.len()];
         // At most one ring's worth per drain: producers as fast as the worker would otherwise
         // keep it here forever, with nothing committed, sent or answered.
         for popped in 1..=self.shared.queue.slot_count() {
@@ -327,7 +330,11 @@ impl Worker {
                     let full_len = bytes.len() + if e.head_only { self.context_len } else { 0 };
                     for r in routes(e.routes) {
                         self.lanes[r].on_appended(full_len as u64, now);
-                        bump(&self.shared.counters.destinations[r].pending, 1);
+                        // A lane added earlier in this drain is past the vector's end.
+                        if r >= routed.len() {
+                            routed.resize(r + 1, 0);
+                        }
+                        routed[r] += 1;
                     }
                     state.extend(e.state);
                     events.push(NewEvent {
@@ -363,6 +370,12 @@ impl Worker {
             }
         }
         self.shared.queue.release(&mut taken);
+        // Before the append: an eviction or a failed append below takes its events off again.
+        for (r, &count) in routed.iter().enumerate() {
+            if count > 0 {
+                bump(&self.shared.counters.destinations[r].pending, count);
+            }
+        }
         let state = last_change_per_key(state);
         let mut lost: Option<String> = None;
         if !events.is_empty() || !state.is_empty() {
@@ -670,8 +683,10 @@ impl Worker {
         }
         let now_ts = self.shared.clock.now();
         let max_age = self.settings.max_event_age;
+        let fresh = |r: &EventRecord| now_ts.saturating_duration_since(r.queued_at()) <= max_age;
+        // Nearly always none has expired: no second pair of vectors for the common case.
         let (records, expired): (Vec<_>, Vec<_>) =
-            records.into_iter().partition(|r| now_ts.saturating_duration_since(r.queued_at()) <= max_age);
+            if records.iter().all(fresh) { (records, Vec::new()) } else { records.into_iter().partition(fresh) };
         if !expired.is_empty() {
             let letters = expired
                 .iter()
@@ -729,7 +744,7 @@ impl Worker {
                 // The rest wait, first in line, one group per request, and are encoded again
                 // when their turn comes.
                 let lane = &mut self.lanes[i];
-                lane.groups.push(Group { seqs, due: now, failures, epoch: lane.delivered });
+                lane.groups.push(Group { seqs, due: now, failures, epoch: lane.delivered, halved: false });
                 continue;
             }
             self.start(i, request, seqs, failures);
