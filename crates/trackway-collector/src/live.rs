@@ -192,12 +192,11 @@ fn counters(requests: &[RecordedRequest], evicted: &Evicted) -> Value {
 /// each Bloomreach project gets its own card (`bloomreach:<project token>`), since one SDK
 /// destination may map event types to several projects and each is a separate store there.
 pub(crate) fn card_of(destination: &str, path: &str) -> String {
-    if destination == "bloomreach" {
-        if let Some(token) = path.strip_prefix("/track/v2/projects/").and_then(|rest| rest.split('/').next()) {
-            if !token.is_empty() {
-                return format!("bloomreach:{token}");
-            }
-        }
+    if destination == "bloomreach"
+        && let Some(token) = path.strip_prefix("/track/v2/projects/").and_then(|rest| rest.split('/').next())
+        && !token.is_empty()
+    {
+        return format!("bloomreach:{token}");
     }
     destination.to_owned()
 }
