@@ -118,7 +118,8 @@ async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<Outcome> {
     let addr = listener.local_addr()?;
     println!("trackway relay listening on http://{addr}");
     let _ = std::io::stdout().flush();
-    let ingest = Ingest::new(js, keys, relay.ingest.clone(), relay.nats.events_subject(), names, Arc::default());
+    let ingest = Ingest::new(js, keys, relay.ingest.clone(), relay.nats.events_subject(), names, Arc::default())
+        .partitions(relay.nats.partition_count());
     ingest.serve(listener, stop_signal()).await?;
     Ok(Outcome::Ok)
 }

@@ -97,6 +97,26 @@ impl Deliverer {
         &*self.destination
     }
 
+    /// The destination's state as it stands (session and cache tokens its answers left), for a
+    /// caller that shares it between processes (the relay keeps it in a JetStream KV bucket):
+    /// each key with its value.
+    pub fn state(&self) -> Vec<(String, Vec<u8>)> {
+        let state = lock(&self.state);
+        state.keys().filter_map(|k| Some((k.to_owned(), state.get(k)?.to_vec()))).collect()
+    }
+
+    /// Replaces the destination's state with `values` (read from where another process left
+    /// it): the next batch is encoded with it.
+    pub fn set_state(&self, values: impl IntoIterator<Item = (String, Vec<u8>)>) {
+        *lock(&self.state) = DestinationState::from_map(values.into_iter().collect());
+    }
+
+    /// The first wait of a destination found misconfigured before it is tried again, and the
+    /// longest (the wait doubles in between): the same as the SDK's health probes.
+    pub fn probe_backoff(&self) -> (Duration, Duration) {
+        (health::MISCONFIGURED_PROBE_FIRST, health::MISCONFIGURED_PROBE_MAX)
+    }
+
     /// The retry policy in force (the options' or the default).
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.setup.retry
