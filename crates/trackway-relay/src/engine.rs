@@ -26,7 +26,7 @@ pub struct Appended {
 }
 
 /// A message pulled for one destination, to be settled exactly once.
-pub trait Pulled: Send + 'static {
+pub trait Pulled: Send + Sync + 'static {
     /// The stored bytes.
     fn payload(&self) -> &[u8];
     /// A header stored with it.

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod partition;
 pub mod ratelimit;
 pub mod segment;
+pub mod state;
 pub mod worker;
 
 pub use config::{RelayConfig, WriteKey};

@@ -126,12 +126,16 @@ impl Deliverer {
     /// and returns one verdict per event, in order. `attempt` is how many times these events
     /// have been tried, this time included (1 on the first): it sets the backoff.
     ///
-    /// Requests go out one after another. For an [ordered](Delivery::Ordered) destination the
+    /// Requests go out one after another. For an [ordered](Delivery::Ordered) destination, and
+    /// one that keeps order per person ([`identity_order`](Destination::identity_order)), the
     /// events after a request that did not fully succeed are not sent (they get `Retry`), and
     /// each next request is encoded again with the state the previous answer left.
     pub async fn deliver(&self, events: &[EventRecord], attempt: u32) -> Vec<Verdict> {
         let mut verdicts: Vec<Option<Verdict>> = vec![None; events.len()];
-        let ordered = matches!(self.destination.delivery(), Delivery::Ordered);
+        // A destination that keeps order per person is sent like an ordered one here: a
+        // person's later event must not go out in a request after one that failed.
+        let ordered =
+            matches!(self.destination.delivery(), Delivery::Ordered) || self.destination.identity_order();
         // Indices (into `events`) still to encode.
         let mut pending: Vec<usize> = (0..events.len()).collect();
         while !pending.is_empty() {

@@ -338,8 +338,8 @@ impl EventRecord {
     }
 
     /// A record over the same bytes (the `Bytes` handles are shared, the parse cache is not):
-    /// for handing a subset of a batch to `encode` again.
-    pub(crate) fn shallow_clone(&self) -> Self {
+    /// for handing a subset of a batch to `encode` again, or one held by a queue outside the SDK.
+    pub fn shallow_clone(&self) -> Self {
         EventRecord {
             context: self.context.clone(),
             ..EventRecord::new(self.seq, self.id, self.timestamp, self.head.clone())
