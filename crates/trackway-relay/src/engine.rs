@@ -87,6 +87,16 @@ pub trait Engine: Send + Sync + 'static {
         wait: Duration,
     ) -> impl Future<Output = Result<Vec<Self::Message>, EngineError>> + Send;
 
+    /// How many messages of partition `partition` of `destination` are handed out and not yet
+    /// settled, by any worker: a worker that just took a partition over waits until these are
+    /// only its own (the previous worker's come back to it after the ack wait) before sending,
+    /// so a person's earlier event cannot come after a later one.
+    fn partition_unsettled(
+        &self,
+        destination: &str,
+        partition: u32,
+    ) -> impl Future<Output = Result<usize, EngineError>> + Send;
+
     /// The shared value under `key`, if any.
     fn state_get(&self, key: &str) -> impl Future<Output = Result<Option<Versioned>, EngineError>> + Send;
 

@@ -8,10 +8,13 @@
 //! one) and answers the others' pulls with "pin id mismatch" until the pinned one has sent no
 //! pull for the priority timeout. That is the exclusive consumer the order needs, kept by the
 //! server itself: no lease of our own to renew, no clock to trust, and a killed worker loses its
-//! pin without anyone noticing it died. The priority timeout is set to the ack wait plus twice
-//! the pull's expiry plus a second, so by the time another worker is pinned, the messages the
-//! dead one held unacked are due for redelivery and come first (JetStream hands out redeliveries
-//! before new messages): the order per person holds across the takeover.
+//! pin without anyone noticing it died (the server unpins a client whose connection closed at
+//! once, and one that is connected but stopped pulling after the priority timeout: the ack wait
+//! plus the pull's expiry plus the client's own slack, so a worker busy with a slow request
+//! keeps its pin). What the dead worker was handed and did not ack comes back only after the ack
+//! wait, so the worker taking over checks the consumer's unacked count
+//! ([`Engine::partition_unsettled`]) and sends nothing until those are its own; its held
+//! messages are kept by stream position, so a person's earlier event goes out first.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -33,8 +36,8 @@ const PARTITION_PULL_EXPIRY: Duration = Duration::from_secs(2);
 /// A partition's long-lived pull subscription (it carries the pin).
 type PartitionStream = std::sync::Arc<Partition>;
 
-/// A partition's pull subscription, one puller at a time.
-struct Partition(Mutex<pull::Stream>);
+/// A partition's pull subscription, one puller at a time, and its consumer (for its info).
+struct Partition(Mutex<pull::Stream>, PullConsumer);
 
 impl std::fmt::Debug for Partition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,7 +179,9 @@ impl JetStream {
             max_deliver: -1,
             priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
             priority_groups: vec![GROUP.to_owned()],
-            priority_timeout: ack_wait + 2 * PARTITION_PULL_EXPIRY + Duration::from_secs(1),
+            // The client re-sends an unanswered pull 5 s after its expiry: a worker in a long
+            // request still sends one within this.
+            priority_timeout: ack_wait + PARTITION_PULL_EXPIRY + Duration::from_secs(7),
             ..Default::default()
         };
         let consumer: PullConsumer =
@@ -190,7 +195,7 @@ impl JetStream {
             .messages()
             .await
             .map_err(|e| err(&format!("pulling {name}"), e))?;
-        let messages = std::sync::Arc::new(Partition(Mutex::new(messages)));
+        let messages = std::sync::Arc::new(Partition(Mutex::new(messages), consumer));
         streams.insert(name, messages.clone());
         Ok(messages)
     }
@@ -379,6 +384,12 @@ impl Engine for JetStream {
             }
         }
         Ok(out)
+    }
+
+    async fn partition_unsettled(&self, destination: &str, partition: u32) -> Result<usize, EngineError> {
+        let mut consumer = self.partition_stream(destination, partition).await?.1.clone();
+        let info = consumer.info().await.map_err(|e| err("consumer info", e))?;
+        Ok(info.num_ack_pending)
     }
 
     async fn state_get(&self, key: &str) -> Result<Option<Versioned>, EngineError> {

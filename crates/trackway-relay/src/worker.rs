@@ -290,6 +290,12 @@ impl<E: Engine> Workers<E> {
         // Half the ack wait: held messages are marked in progress well before it runs out.
         let progress_every = Duration::from_millis(self.config.ack_wait_secs.max(1) * 500);
         let mut last_progress = Instant::now();
+        // When messages last came: a lane that starts getting messages after a pause may have
+        // just been handed the partition by a worker that died with messages unacked.
+        let mut last_received: Option<Instant> = None;
+        // Until when to wait for another worker's unsettled messages of this partition.
+        let mut takeover: Option<Instant> = None;
+        let takeover_wait = Duration::from_secs(self.config.ack_wait_secs.max(1)) + Duration::from_secs(1);
         while !*stop.borrow() {
             let now = Instant::now();
             let next_ready = held.values().map(|h| h.not_before).min();
@@ -304,6 +310,12 @@ impl<E: Engine> Workers<E> {
             };
             match pulled {
                 Ok(messages) => {
+                    if !messages.is_empty() {
+                        if held.is_empty() && last_received.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                            takeover = Some(Instant::now() + takeover_wait);
+                        }
+                        last_received = Some(Instant::now());
+                    }
                     for m in messages {
                         if let Sorted::Deliver(m, record) = self.sort(&deliverer, m).await {
                             let identity = crate::partition::identity_of(m.payload());
@@ -332,6 +344,18 @@ impl<E: Engine> Workers<E> {
             }
             if gate_until.is_some_and(|t| Instant::now() < t) || held.is_empty() {
                 continue;
+            }
+            if let Some(until) = takeover {
+                // Messages another worker was handed and did not settle come back here after
+                // the ack wait: until then, a person's later event must not go out before them.
+                let theirs = match self.engine.partition_unsettled(&name, partition).await {
+                    Ok(unsettled) => unsettled > held.len(),
+                    Err(_) => true,
+                };
+                if theirs && Instant::now() < until {
+                    continue;
+                }
+                takeover = None;
             }
             gate_until = None;
             self.send_held(&deliverer, &mut held, max, &mut tokens, &mut gate_until).await;
