@@ -73,8 +73,9 @@ fn start_nats(dir: &Path) -> (Proc, String) {
         .spawn()
         .expect("nats-server starts");
     let proc = Proc(child);
-    let ready =
-        wait_until(Duration::from_secs(20), || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Server is ready")));
+    let ready = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Server is ready"))
+    });
     assert!(ready, "nats-server did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
     (proc, format!("nats://127.0.0.1:{port}"))
 }
@@ -178,7 +179,9 @@ fn post_batch(url: &str, body: &str) {
 
 /// Event `n` of person `p` (a `track` with `properties.n`).
 fn track(p: usize, n: usize) -> String {
-    format!(r#"{{"type":"track","userId":"person-{p}","event":"Step","messageId":"m-{p}-{n}","properties":{{"n":{n}}}}}"#)
+    format!(
+        r#"{{"type":"track","userId":"person-{p}","event":"Step","messageId":"m-{p}-{n}","properties":{{"n":{n}}}}}"#
+    )
 }
 
 /// Events `range` of every person, interleaved.
@@ -189,7 +192,9 @@ fn round(range: std::ops::Range<usize>) -> String {
 
 fn find_n(v: &serde_json::Value) -> Option<u64> {
     match v {
-        serde_json::Value::Object(m) => m.get("n").and_then(serde_json::Value::as_u64).or_else(|| m.values().find_map(find_n)),
+        serde_json::Value::Object(m) => {
+            m.get("n").and_then(serde_json::Value::as_u64).or_else(|| m.values().find_map(find_n))
+        }
         serde_json::Value::Array(a) => a.iter().find_map(find_n),
         _ => None,
     }
@@ -229,8 +234,7 @@ fn assert_in_order(c: &RunningCollector, n: usize) {
 
 fn all_received(c: &RunningCollector, n: usize) -> bool {
     let got = received(c);
-    got.len() == PEOPLE
-        && got.values().all(|ns| (0..n as u64).all(|k| ns.contains(&k)))
+    got.len() == PEOPLE && got.values().all(|ns| (0..n as u64).all(|k| ns.contains(&k)))
 }
 
 #[test]
@@ -272,7 +276,8 @@ fn a_worker_killed_mid_run_hands_its_partitions_over_in_order_and_loses_nothing(
     let dir = tempfile::tempdir().expect("dir");
     let (_nats, nats) = start_nats(dir.path());
     // Each answer a little slow, so the killed worker has requests in flight and unacked events.
-    let cio = Collector::builder().default_reply(Reply::ok().delay(Duration::from_millis(30))).start().expect("collector");
+    let cio =
+        Collector::builder().default_reply(Reply::ok().delay(Duration::from_millis(30))).start().expect("collector");
     let config = write_config(dir.path(), &nats, &customerio(&cio), 5);
     let (_serve, url) = serve(&config);
     // The first worker pins every partition; the second waits for one to come free.

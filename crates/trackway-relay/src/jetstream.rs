@@ -77,7 +77,12 @@ impl JetStream {
             .map_err(|e| err("connecting to NATS", e))?;
         let mut context = jetstream::new(client.clone());
         context.set_timeout(Duration::from_secs(nats.publish_timeout_secs.max(1)));
-        Ok(JetStream { client, context, nats: nats.clone(), worker: worker.clone(), consumers: Mutex::default(),
+        Ok(JetStream {
+            client,
+            context,
+            nats: nats.clone(),
+            worker: worker.clone(),
+            consumers: Mutex::default(),
             partitions: Mutex::default(),
             kv: Mutex::default(),
         })
@@ -395,20 +400,27 @@ impl Engine for JetStream {
     async fn state_get(&self, key: &str) -> Result<Option<Versioned>, EngineError> {
         let store = self.state_store().await?;
         let entry = store.entry(key).await.map_err(|e| err("reading state", e))?;
-        Ok(entry.filter(|e| e.operation == jetstream::kv::Operation::Put).map(|e| Versioned {
-            value: e.value.to_vec(),
-            revision: e.revision,
-        }))
+        Ok(entry
+            .filter(|e| e.operation == jetstream::kv::Operation::Put)
+            .map(|e| Versioned { value: e.value.to_vec(), revision: e.revision }))
     }
 
     async fn state_update(&self, key: &str, value: Vec<u8>, revision: Option<u64>) -> Result<Option<u64>, EngineError> {
         let store = self.state_store().await?;
         let result = match revision {
             Some(r) => store.update(key, value.into(), r).await.map_err(|e| {
-                if e.kind() == jetstream::kv::UpdateErrorKind::WrongLastRevision { None } else { Some(err("writing state", e)) }
+                if e.kind() == jetstream::kv::UpdateErrorKind::WrongLastRevision {
+                    None
+                } else {
+                    Some(err("writing state", e))
+                }
             }),
             None => store.create(key, value.into()).await.map_err(|e| {
-                if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists { None } else { Some(err("writing state", e)) }
+                if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists {
+                    None
+                } else {
+                    Some(err("writing state", e))
+                }
             }),
         };
         match result {

@@ -51,14 +51,6 @@ pub struct Workers<E> {
     worker_id: String,
 }
 
-/// What becomes of a pulled message before delivery.
-enum Sorted<M> {
-    /// Settled already (skipped or dead-lettered).
-    Done,
-    /// To deliver, with its record.
-    Deliver(M, EventRecord),
-}
-
 /// A message held by an ordered lane until it is delivered.
 struct HeldMessage<M> {
     message: M,
@@ -153,35 +145,35 @@ impl<E: Engine> Workers<E> {
 
     /// Settles a pulled message that is not to be delivered (not meant for this destination,
     /// a call it has no equivalent for, a stored event that does not read back, a type it does
-    /// not take); returns the others with their record.
-    async fn sort(&self, deliverer: &Deliverer, m: E::Message) -> Sorted<E::Message> {
+    /// not take); returns the others with their record to deliver.
+    async fn sort(&self, deliverer: &Deliverer, m: E::Message) -> Option<(E::Message, EventRecord)> {
         let name = deliverer.name();
         let meant = m.header(DESTINATIONS_HEADER).is_some_and(|list| list.split(',').any(|d| d == name));
         if !meant {
             self.count("trackway_relay_skipped_total", name);
             self.settle_ack(m).await;
-            return Sorted::Done;
+            return None;
         }
         if let Some(call) = m.header(CALL_HEADER) {
             let reason = format!("Segment `{call}` calls have no equivalent at destination `{name}`");
             self.dead_letter(name, m, &reason).await;
-            return Sorted::Done;
+            return None;
         }
         let event: Event = match serde_json::from_slice(m.payload()) {
             Ok(e) => e,
             Err(e) => {
                 self.dead_letter(name, m, &format!("stored event is not valid: {e}")).await;
-                return Sorted::Done;
+                return None;
             }
         };
         if !deliverer.destination().accepts(event.kind) {
             self.count("trackway_relay_skipped_total", name);
             self.settle_ack(m).await;
-            return Sorted::Done;
+            return None;
         }
         let payload = Bytes::copy_from_slice(m.payload());
         let record = EventRecord::new(m.sequence(), event.id, event.timestamp, payload);
-        Sorted::Deliver(m, record)
+        Some((m, record))
     }
 
     /// Delivers through `deliverer` after the shared health allows it, keeping the shared
@@ -222,7 +214,7 @@ impl<E: Engine> Workers<E> {
         let mut records = Vec::new();
         let mut to_deliver = Vec::new();
         for m in messages {
-            if let Sorted::Deliver(m, record) = self.sort(deliverer, m).await {
+            if let Some((m, record)) = self.sort(deliverer, m).await {
                 records.push(record);
                 to_deliver.push(m);
             }
@@ -301,7 +293,9 @@ impl<E: Engine> Workers<E> {
             let next_ready = held.values().map(|h| h.not_before).min();
             let wait = match next_ready {
                 None => Duration::from_millis(500),
-                Some(t) => t.saturating_duration_since(now).clamp(Duration::from_millis(10), Duration::from_millis(200)),
+                Some(t) => {
+                    t.saturating_duration_since(now).clamp(Duration::from_millis(10), Duration::from_millis(200))
+                }
             };
             let room = max.saturating_mul(2).saturating_sub(held.len()).max(1);
             let pulled = tokio::select! {
@@ -317,7 +311,7 @@ impl<E: Engine> Workers<E> {
                         last_received = Some(Instant::now());
                     }
                     for m in messages {
-                        if let Sorted::Deliver(m, record) = self.sort(&deliverer, m).await {
+                        if let Some((m, record)) = self.sort(&deliverer, m).await {
                             let identity = crate::partition::identity_of(m.payload());
                             let seq = m.sequence();
                             // A redelivery of a message held here (its ack wait ran out) replaces

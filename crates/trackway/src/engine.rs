@@ -134,8 +134,7 @@ impl Deliverer {
         let mut verdicts: Vec<Option<Verdict>> = vec![None; events.len()];
         // A destination that keeps order per person is sent like an ordered one here: a
         // person's later event must not go out in a request after one that failed.
-        let ordered =
-            matches!(self.destination.delivery(), Delivery::Ordered) || self.destination.identity_order();
+        let ordered = matches!(self.destination.delivery(), Delivery::Ordered) || self.destination.identity_order();
         // Indices (into `events`) still to encode.
         let mut pending: Vec<usize> = (0..events.len()).collect();
         while !pending.is_empty() {
