@@ -121,15 +121,23 @@ fn customerio(c: &RunningCollector) -> String {
     )
 }
 
+/// The Customer.io API key the collector takes.
+const CIO_KEY: &str = "cio-key";
+
 /// Starts `trackway --config CONFIG relay ARGS` and waits (at most 30 s) for its first line.
 fn relay(config: &Path, args: &[&str]) -> (Proc, String) {
+    relay_with_key(config, args, CIO_KEY)
+}
+
+/// As [`relay`], with `cio_key` as the Customer.io API key.
+fn relay_with_key(config: &Path, args: &[&str], cio_key: &str) -> (Proc, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_trackway"))
         .arg("--config")
         .arg(config)
         .arg("relay")
         .args(args)
         .env("RELAY_ORDER_KEY", KEY)
-        .env("RELAY_ORDER_CIO_KEY", "cio-key")
+        .env("RELAY_ORDER_CIO_KEY", cio_key)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -156,7 +164,11 @@ fn serve(config: &Path) -> (Proc, String) {
 }
 
 fn work(config: &Path) -> Proc {
-    let (proc, line) = relay(config, &["work"]);
+    work_with_key(config, CIO_KEY)
+}
+
+fn work_with_key(config: &Path, cio_key: &str) -> Proc {
+    let (proc, line) = relay_with_key(config, &["work"], cio_key);
     assert!(line.contains("working for dest"), "{line}");
     proc
 }
@@ -350,4 +362,40 @@ fn a_misconfigured_destination_gets_one_probe_at_a_time_across_workers_then_reco
         ids.len()
     };
     assert!(wait_until(Duration::from_secs(60), || delivered() == N), "delivered {} of {N} after the fix", delivered());
+}
+
+#[test]
+fn a_misconfigured_ordered_destination_is_probed_one_request_at_a_time_then_delivers_in_order() {
+    if !nats_available() {
+        return;
+    }
+    const N: usize = 10;
+    let dir = tempfile::tempdir().expect("dir");
+    let (_nats, nats) = start_nats(dir.path());
+    let cio = Collector::builder().customerio_credentials("site", CIO_KEY).start().expect("collector");
+    let config = write_config(dir.path(), &nats, &customerio(&cio), 10);
+    let (_serve, url) = serve(&config);
+    // Two workers with a wrong API key: Customer.io answers 401.
+    let w1 = work_with_key(&config, "wrong-key");
+    let w2 = work_with_key(&config, "wrong-key");
+    post_batch(&url, &round(0..N));
+    assert!(cio.wait_for_requests(1, Duration::from_secs(30)), "the destination was tried");
+    std::thread::sleep(Duration::from_secs(12));
+    let during = cio.requests();
+    let t0 = during.first().map(|r| r.received_at).expect("a request");
+    let times: Vec<String> =
+        during.iter().map(|r| format!("{:.1}s {}", r.received_at.duration_since(t0).as_secs_f64(), r.status)).collect();
+    eprintln!("while misconfigured (ordered): {times:?}");
+    assert!(during.iter().all(|r| r.status == 401), "{times:?}");
+    // Before the first 401 is recorded each partition holding people may send one request
+    // (4 people: at most 4), then one probe at a time: 5 s later, 10 s after that.
+    assert!(during.len() <= PEOPLE + 2, "{} requests in 12 s while misconfigured: {times:?}", during.len());
+
+    // Fixed (the workers restarted with the right key): they find the shared health failing,
+    // probe once it is due, then deliver everything in order.
+    drop((w1, w2));
+    let _w1 = work(&config);
+    let _w2 = work(&config);
+    assert!(wait_until(Duration::from_secs(60), || all_received(&cio, N)), "received: {:?}", received(&cio));
+    assert_in_order(&cio, N);
 }
