@@ -305,6 +305,7 @@ fn a_worker_killed_mid_run_hands_its_partitions_over_in_order_and_loses_nothing(
     let _ = w1.0.kill();
     let _ = w1.0.wait();
     let at_kill = cio.request_count();
+    let killed = Instant::now();
     for start in (N / 2..N).step_by(2) {
         post_batch(&url, &round(start..start + 2));
     }
@@ -315,6 +316,8 @@ fn a_worker_killed_mid_run_hands_its_partitions_over_in_order_and_loses_nothing(
     );
     assert_in_order(&cio, N);
     assert!(cio.request_count() > at_kill, "the second worker delivered after the kill");
+    let first_after = cio.requests().into_iter().skip(at_kill).map(|r| r.received_at).min().expect("a request");
+    eprintln!("first request after the kill: {:.1} s later", first_after.duration_since(killed).as_secs_f64());
     let copies: usize = received(&cio).values().map(Vec::len).sum();
     eprintln!("{} events received for {} sent ({} sent again after the kill)", copies, N * PEOPLE, copies - N * PEOPLE);
 }
