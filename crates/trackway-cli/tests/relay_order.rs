@@ -402,3 +402,66 @@ fn a_misconfigured_ordered_destination_is_probed_one_request_at_a_time_then_deli
     assert!(wait_until(Duration::from_secs(60), || all_received(&cio, N)), "received: {:?}", received(&cio));
     assert_in_order(&cio, N);
 }
+
+/// Two workers' view of one destination, on the same JetStream (the relay's own engine, no
+/// process): the shared health hands a due probe to exactly one of them, and tokens one writes
+/// the other reads.
+#[test]
+fn one_worker_of_two_takes_a_due_probe_and_tokens_written_by_one_are_read_by_the_other() {
+    use trackway::HttpOptions;
+    use trackway::destination::JsonHttp;
+    use trackway::engine::Deliverer;
+    use trackway_relay::config::{NatsConfig, WorkerConfig};
+    use trackway_relay::engine::Engine as _;
+    use trackway_relay::jetstream::JetStream;
+    use trackway_relay::state::{self, Gate, Health, Tokens};
+
+    if !nats_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let (_nats, nats_url) = start_nats(dir.path());
+    let collector = Collector::start().expect("collector");
+    let deliverer = || Deliverer::new(JsonHttp::new(collector.url("/j")), &HttpOptions::default()).expect("deliverer");
+    let (d1, d2) = (deliverer(), deliverer());
+    let nats = NatsConfig { url: nats_url, stream: "STATE".into(), ..NatsConfig::default() };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        // Watchdog: the whole exchange within 60 s.
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let js = JetStream::connect(&nats, &WorkerConfig::default()).await.expect("connect");
+            js.ensure_streams().await.expect("streams");
+            assert_eq!(state::gate(&js, &d1, "w1").await, Gate::Open, "healthy at first");
+
+            state::record_failure(&js, &d1, "w1", "401 Unauthorized").await;
+            assert!(
+                matches!(state::gate(&js, &d2, "w2").await, Gate::Closed(wait) if wait <= Duration::from_secs(5)),
+                "the other worker waits for the probe"
+            );
+            // Make the probe due now, then both ask at once: one gets it.
+            let key = "health.json";
+            let current = js.state_get(key).await.expect("read").expect("a health value");
+            let mut due: Health = serde_json::from_slice(&current.value).expect("health");
+            due.next_probe_ms = 0;
+            let written = js
+                .state_update(key, serde_json::to_vec(&due).expect("json"), Some(current.revision))
+                .await
+                .expect("write");
+            assert!(written.is_some());
+            let (g1, g2) = tokio::join!(state::gate(&js, &d1, "w1"), state::gate(&js, &d2, "w2"));
+            let probes = [g1, g2].iter().filter(|g| **g == Gate::Probe).count();
+            assert_eq!(probes, 1, "{g1:?} {g2:?}");
+            state::record_success(&js, &d1).await;
+            assert_eq!(state::gate(&js, &d2, "w2").await, Gate::Open, "healthy again for everyone");
+
+            // Tokens: what one worker's deliverer holds, the other's gets.
+            d1.set_state([("session".to_owned(), b"token-1".to_vec())]);
+            let (mut t1, mut t2) = (Tokens::default(), Tokens::default());
+            t1.store(&js, &d1).await;
+            t2.load(&js, &d2).await;
+            assert_eq!(d2.state(), vec![("session".to_owned(), b"token-1".to_vec())]);
+        })
+        .await
+        .expect("within the watchdog");
+    });
+}
