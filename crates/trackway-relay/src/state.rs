@@ -92,7 +92,10 @@ pub async fn gate<E: Engine>(engine: &E, deliverer: &Deliverer, worker_id: &str)
     }
     let now = now_ms();
     if now < health.next_probe_ms {
-        return Gate::Closed(Duration::from_millis(health.next_probe_ms - now));
+        let wait = Duration::from_millis(health.next_probe_ms - now);
+        // A probe in flight: its answer may come any moment, look again soon rather than at
+        // the end of its lease.
+        return Gate::Closed(if health.prober.is_empty() { wait } else { wait.min(Duration::from_secs(1)) });
     }
     health.prober = worker_id.to_owned();
     health.next_probe_ms = now + millis(PROBE_LEASE);

@@ -297,6 +297,10 @@ impl<E: Engine> Workers<E> {
                     t.saturating_duration_since(now).clamp(Duration::from_millis(10), Duration::from_millis(200))
                 }
             };
+            // While the gate is closed or a takeover waits, nothing is due sooner than the next
+            // look at the shared health or the consumer: no need to spin.
+            let wait =
+                if gate_until.is_some() || takeover.is_some() { wait.max(Duration::from_millis(100)) } else { wait };
             let room = max.saturating_mul(2).saturating_sub(held.len()).max(1);
             let pulled = tokio::select! {
                 r = self.engine.pull_partition(&name, partition, room, wait) => r,
