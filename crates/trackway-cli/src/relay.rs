@@ -22,7 +22,8 @@ pub(crate) enum RelayCommand {
     /// POST /v1/track|identify|page|screen|alias|group|batch; /healthz, /readyz, /metrics.
     Serve(ServeArgs),
     /// A delivery worker for every configured destination (run as many as needed: they share
-    /// each destination's consumer).
+    /// each destination's consumer; a destination that keeps order per person is shared
+    /// partition by partition, each partition with one worker at a time).
     Work,
     /// The dead letters.
     #[command(subcommand)]
