@@ -171,7 +171,13 @@ pub async fn record_success<E: Engine>(engine: &E, deliverer: &Deliverer) {
 pub struct Tokens {
     revision: Option<u64>,
     values: Vec<(String, Vec<u8>)>,
+    /// When the shared value was last read: at most once per [`TOKENS_RELOAD`].
+    loaded_at: Option<std::time::Instant>,
 }
+
+/// How often a worker looks for tokens another one wrote (a read of the bucket per batch would
+/// cost a round trip each).
+const TOKENS_RELOAD: Duration = Duration::from_secs(1);
 
 #[derive(Serialize, Deserialize)]
 struct TokensValue {
@@ -180,8 +186,13 @@ struct TokensValue {
 }
 
 impl Tokens {
-    /// Loads what another worker wrote since this one last looked into `deliverer`.
+    /// Loads what another worker wrote since this one last looked into `deliverer` (looking at
+    /// most once a second).
     pub async fn load<E: Engine>(&mut self, engine: &E, deliverer: &Deliverer) {
+        if self.loaded_at.is_some_and(|t| t.elapsed() < TOKENS_RELOAD) {
+            return;
+        }
+        self.loaded_at = Some(std::time::Instant::now());
         let Ok(Some(current)) = engine.state_get(&tokens_key(deliverer.name())).await else { return };
         if self.revision == Some(current.revision) {
             return;

@@ -49,7 +49,14 @@ pub struct Workers<E> {
     partitions: u32,
     /// This process's name in the shared health (who holds a probe).
     worker_id: String,
+    /// Per destination, until when it is taken as healthy without reading the shared health
+    /// again: every lane of a destination in this process shares one read per interval.
+    healthy_until: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
+
+/// How long a healthy destination's shared health is not read again (a destination that just
+/// failed may get this much more from this process before the gate closes).
+const HEALTHY_RECHECK: Duration = Duration::from_millis(250);
 
 /// A message held by an ordered lane until it is delivered.
 struct HeldMessage<M> {
@@ -86,6 +93,7 @@ impl<E: Engine> Workers<E> {
             metrics,
             partitions: crate::config::NatsConfig::default().partitions,
             worker_id,
+            healthy_until: std::sync::Mutex::default(),
         }
     }
 
@@ -186,7 +194,13 @@ impl<E: Engine> Workers<E> {
         attempt: u32,
         tokens: &mut Tokens,
     ) -> Result<Vec<Verdict>, Duration> {
-        let gate = state::gate(&*self.engine, deliverer, &self.worker_id).await;
+        let name = deliverer.name();
+        let known_healthy = crate::lock(&self.healthy_until).get(name).is_some_and(|t| Instant::now() < *t);
+        let gate =
+            if known_healthy { Gate::Open } else { state::gate(&*self.engine, deliverer, &self.worker_id).await };
+        if gate == Gate::Open && !known_healthy {
+            crate::lock(&self.healthy_until).insert(name.to_owned(), Instant::now() + HEALTHY_RECHECK);
+        }
         let records = match gate {
             Gate::Closed(wait) => return Err(wait),
             Gate::Probe => {
@@ -200,6 +214,7 @@ impl<E: Engine> Workers<E> {
         tokens.store(&*self.engine, deliverer).await;
         if let Some(Verdict::Held { reason, .. }) = verdicts.iter().find(|v| matches!(v, Verdict::Held { .. })) {
             if !verdicts.contains(&Verdict::Delivered) {
+                crate::lock(&self.healthy_until).remove(name);
                 state::record_failure(&*self.engine, deliverer, &self.worker_id, reason).await;
             }
         } else if gate == Gate::Probe && verdicts.contains(&Verdict::Delivered) {
