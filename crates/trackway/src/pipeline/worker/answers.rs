@@ -43,8 +43,9 @@ impl Worker {
         let below = committed.staged_from.unwrap_or(self.next_seq).max(self.committed_below);
         bump(&self.shared.counters.persisted, (below - self.committed_below).saturating_sub(lost));
         self.committed_below = below;
-        if committed.staged_from.is_some() {
-            // More to write: the next part goes after the worker has drained and dispatched.
+        if committed.more {
+            // More to hand over: the next part goes after the worker has drained and dispatched.
+            // (When the writer holds all it takes, its answer wakes the worker: `wait`.)
             self.commit_at = Some(Instant::now());
         }
         if !committed.evicted.is_empty() {
@@ -74,13 +75,17 @@ impl Worker {
         }
     }
 
-    /// Commits everything staged (at shutdown).
+    /// Commits everything staged, and waits until it is written (at shutdown).
     pub(super) fn commit_all(&mut self) {
         loop {
             self.commit();
-            if self.commit_at.is_none() {
+            if !self.store.writing() && self.commit_at.is_none() {
                 break;
             }
+            if !self.store.writing() {
+                continue;
+            }
+            self.store.wait_written(Duration::from_millis(100));
         }
     }
 

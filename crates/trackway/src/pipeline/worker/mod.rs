@@ -250,9 +250,10 @@ impl Worker {
         !self.shared.queue.is_paused() && self.store.staging() != StagingFill::Full
     }
 
-    /// The store stages more than half its bound: write without waiting for `commit_delay`.
+    /// The store stages more than half its bound: write without waiting for `commit_delay`
+    /// (when the writer can take more: else its answer wakes the worker).
     fn staging_pressed(&self) -> bool {
-        self.store.staging() != StagingFill::Room
+        self.store.staging() != StagingFill::Room && self.store.write_ready()
     }
 
     /// Sleeps until something may need doing: an answer, new items, a deadline, the clock moving.
@@ -271,6 +272,11 @@ impl Worker {
             at => at.map(|t| t.saturating_duration_since(now)),
         };
         let shutdown_in = self.shutdown.as_ref().map(|(d, _)| d.saturating_duration_since(now));
+        // Held back by the store (its staging is full, or its file near the bound while
+        // deliveries make room): look again soon, since what holds it back changes without an
+        // event of its own (the time since the last delivery).
+        let held_in = (!self.shared.queue.is_paused() && !self.may_drain()).then_some(HELD_RECHECK);
+        let written = self.store.written();
         let queue = &self.shared.queue;
         let has_tasks = !self.tasks.is_empty();
         tokio::select! {
@@ -293,6 +299,11 @@ impl Worker {
                 self.drain_at.get_or_insert(now + DRAIN_DELAY);
             }
             () = queue.resumed(), if queue.is_paused() => {}
+            () = notified_opt(written.as_deref()) => {
+                // The writer finished a round (or died): apply its outcome, hand it the next one.
+                self.commit();
+            }
+            () = sleep_opt(held_in) => {}
             () = sleep_opt(drain_in) => {}
             () = sleep_opt(commit_in) => {}
             () = sleep_opt(sleep_for) => {}
@@ -814,6 +825,17 @@ fn last_change_per_key(changes: Vec<crate::store::StateChange>) -> Vec<crate::st
 fn state_prefix(name: &str) -> String {
     format!("dest/{name}/")
 }
+
+/// Waits for a notification, or forever without one to wait on.
+async fn notified_opt(n: Option<&tokio::sync::Notify>) {
+    match n {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How often the worker looks again while the store holds draining back (see `wait`).
+const HELD_RECHECK: Duration = Duration::from_millis(20);
 
 async fn sleep_opt(d: Option<Duration>) {
     match d {
