@@ -9,8 +9,8 @@ use rusqlite::{Connection, params};
 use trackway_wire::{MessageId, Timestamp};
 
 use super::chunk::{self, CHUNK_EVENTS, Chunk, ChunkIndex, StoredEvent};
-use super::writer::Round;
 use super::file::backend;
+use super::writer::Round;
 use super::{Open, to_bits, to_routes};
 use crate::store::{DeadLetter, DeadLetterReason, Evicted, StateChange, StoreError};
 
@@ -34,8 +34,9 @@ pub(super) struct InFlight {
 /// events below `state_below`, the changed chunk states and the chunks to delete. Takes `part`
 /// out of the staged events (their bytes stay counted until the round is written).
 pub(super) fn build_round(open: &mut Open, part: &[u64], state_below: u64, id: u64) -> InFlight {
-    let Open { index, dirty, cache, hot, staged, staged_state, contexts, bits, next_seq, deletes, retry_contexts, .. } =
-        open;
+    let Open {
+        index, dirty, cache, hot, staged, staged_state, contexts, bits, next_seq, deletes, retry_contexts, ..
+    } = open;
     let mut round = Round { id, next_seq: *next_seq, contexts: std::mem::take(retry_contexts), ..Round::default() };
     let mut firsts = Vec::new();
     let mut bytes = 0u64;
@@ -46,7 +47,11 @@ pub(super) fn build_round(open: &mut Open, part: &[u64], state_below: u64, id: u
     let mut close = |data: &mut Vec<u8>, seqs: &mut Vec<u64>, masks: &mut Vec<u64>, round: &mut Round| {
         let Some(&first) = seqs.first() else { return };
         let chunk = Chunk::new(std::mem::take(seqs), std::mem::take(masks), data.len() as u64);
-        round.chunks.push((first, std::mem::replace(data, Vec::with_capacity(CHUNK_EVENTS * 320)), chunk.encode_state()));
+        round.chunks.push((
+            first,
+            std::mem::replace(data, Vec::with_capacity(CHUNK_EVENTS * 320)),
+            chunk.encode_state(),
+        ));
         index.chunks.insert(first, chunk);
         firsts.push(first);
     };

@@ -119,8 +119,7 @@ impl Writer {
         wal_backstop_pages: u32,
         hooks: Hooks,
     ) -> Result<Self, StoreError> {
-        let setup =
-            Setup { path: path.to_path_buf(), synchronous, max_page_count, wal_backstop_pages, hooks };
+        let setup = Setup { path: path.to_path_buf(), synchronous, max_page_count, wal_backstop_pages, hooks };
         let notify = Arc::new(tokio::sync::Notify::new());
         let (rounds, done, thread) = spawn(&setup, notify.clone())?;
         Ok(Writer { setup, rounds: Some(rounds), done, thread: Some(thread), notify })
@@ -270,11 +269,16 @@ fn run(
 fn apply(conn: &mut Connection, rounds: &[Arc<Round>]) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
     {
-        let mut context = tx.prepare_cached("INSERT OR IGNORE INTO contexts (id, json) VALUES (?1, ?2)").map_err(backend)?;
-        let mut data = tx.prepare_cached("INSERT OR REPLACE INTO chunks (first, data, crc) VALUES (?1, ?2, ?3)").map_err(backend)?;
-        let mut state =
-            tx.prepare_cached("INSERT OR REPLACE INTO chunk_state (first, state, crc) VALUES (?1, ?2, ?3)").map_err(backend)?;
-        let mut update = tx.prepare_cached("UPDATE chunk_state SET state = ?2, crc = ?3 WHERE first = ?1").map_err(backend)?;
+        let mut context =
+            tx.prepare_cached("INSERT OR IGNORE INTO contexts (id, json) VALUES (?1, ?2)").map_err(backend)?;
+        let mut data = tx
+            .prepare_cached("INSERT OR REPLACE INTO chunks (first, data, crc) VALUES (?1, ?2, ?3)")
+            .map_err(backend)?;
+        let mut state = tx
+            .prepare_cached("INSERT OR REPLACE INTO chunk_state (first, state, crc) VALUES (?1, ?2, ?3)")
+            .map_err(backend)?;
+        let mut update =
+            tx.prepare_cached("UPDATE chunk_state SET state = ?2, crc = ?3 WHERE first = ?1").map_err(backend)?;
         let mut delete_data = tx.prepare_cached("DELETE FROM chunks WHERE first = ?1").map_err(backend)?;
         let mut delete_state = tx.prepare_cached("DELETE FROM chunk_state WHERE first = ?1").map_err(backend)?;
         for round in rounds {
@@ -296,6 +300,7 @@ fn apply(conn: &mut Connection, rounds: &[Arc<Round>]) -> Result<(), StoreError>
         }
     }
     let next_seq = rounds.iter().map(|r| r.next_seq).max().unwrap_or(0);
-    tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?1)", [next_seq as i64]).map_err(backend)?;
+    tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?1)", [next_seq as i64])
+        .map_err(backend)?;
     tx.commit().map_err(backend)
 }
