@@ -21,27 +21,50 @@
 //! The events of this process are also kept in memory (a [`MemoryStore`]), which serves every
 //! read: the file is for durability and for the next process. `append` only stages;
 //! `commit`, which the worker calls at most `commit_delay` later (at once for a persist
-//! barrier), writes in one transaction what is still pending, together with the state changes
-//! of those events. Events delivered in the meantime are never written. Acks and dead letters
-//! touch the file only for events already written, and only their chunk's small state row.
+//! barrier), encodes what is still pending into chunks and hands them, with the state changes
+//! of those events, the changed chunk states and the deletes, to the **writer thread**
+//! (`writer.rs`) as one *round*; the writer, on a connection of its own, writes each round in a
+//! transaction (the rounds waiting together in one: group commit) and computes the CRCs. The
+//! worker never waits for SQLite's writes: it goes on draining the queue and sending meanwhile.
+//! Events delivered before their round is built are never written. Acks and dead letters
+//! change the in-memory chunk index at once (a delivered event frees its room in the store's
+//! accounting then) and reach the file with the next round: the worker's `sync` hands over a
+//! round of its own when none is in flight, else they are folded into the round after the one
+//! in flight. Reads of events no longer in memory (an earlier process's backlog) use the
+//! worker's connection; they only ever touch chunks already written.
 //!
-//! The staged events are bounded ([`SqliteStore::staging_limit`], 48 MiB of event bytes by
-//! default): past half of it they are written without waiting for `commit_delay`, and at the
-//! limit the worker stops draining the queue until writes make room (the queue then refuses
-//! what it cannot hold, counted as `queue_full`), so a burst longer than the disk can take
-//! costs bounded memory. WAL checkpoints run on a thread of their own (`checkpoint.rs`), never
-//! inside the worker's commits.
+//! At most a few rounds are in flight (`writer::ROUNDS_IN_FLIGHT`); the rest stays staged.
+//! The staged events, with those in rounds not yet written, are bounded
+//! ([`SqliteStore::staging_limit`], 48 MiB of event bytes by default): past half of it they are
+//! handed over without waiting for `commit_delay`, and at the limit the worker stops draining
+//! the queue until writes make room (the queue then refuses what it cannot hold, counted as
+//! `queue_full`), so a burst longer than the disk can take costs bounded memory. The same
+//! holds while the file is within 10 % of [`max_bytes`](SqliteStore::max_bytes) and events are
+//! being delivered: the worker waits for the deliveries to make room instead of dropping the
+//! oldest accepted events as `store_full` (a destination that delivers nothing lets the bound
+//! act as [`WhenFull`] says). WAL checkpoints run on a thread of their own (`checkpoint.rs`,
+//! owned by the writer), never inside the commits.
+//!
+//! A round that fails (disk full, an I/O error) is undone as a whole: its events still pending
+//! are dropped and counted (`disk_full` or `store_error`), its chunk states, deletes and client
+//! state go with the next round. A writer thread that dies (a panic) is reported (an error in
+//! the log), replaced by a new one on a new connection, and handed again every round it had not
+//! answered; every write of a round is idempotent, so one it wrote before dying is harmless to
+//! write twice.
 //!
 //! # Durability
 //!
-//! With `synchronous = NORMAL` (the default) a committed transaction survives a crash of the
-//! process; a power loss may lose the last transactions (WAL frames not yet checkpointed are not
-//! fsynced), never corrupt the file. With `synchronous = FULL` every commit is fsynced and
-//! survives power loss too. What was not committed yet is lost in a crash: the accepted events
-//! not yet delivered of the last `commit_delay`, plus what was still in the channel. Under a
-//! burst the commits (1 024 events at a time, between the worker's other work) can fall behind
-//! `commit_delay`, and then the window is longer; [`Client::persisted`](crate::Client::persisted)
-//! is the exact barrier.
+//! An event is *persisted* (counted in `Stats::persisted`; [`Client::persisted`](crate::Client::persisted)
+//! answers for it) once the writer's transaction holding it has committed, not when it is handed
+//! over: a barrier waits for the writer's round. With `synchronous = NORMAL` (the default) a
+//! committed transaction survives a crash of the process; a power loss may lose the last
+//! transactions (WAL frames not yet checkpointed are not fsynced), never corrupt the file. With
+//! `synchronous = FULL` every commit is fsynced and survives power loss too. What was not
+//! committed yet is lost in a crash: the accepted events not yet delivered of the last
+//! `commit_delay`, those in rounds the writer has not committed, plus what was still in the
+//! channel. Under a burst the writes (rounds of 1 024 events) can fall behind `commit_delay`,
+//! and then the window is longer; [`Client::persisted`](crate::Client::persisted) is the exact
+//! barrier.
 //!
 //! # One writer
 //!
