@@ -30,6 +30,27 @@ impl Worker {
 
     /// Commits (part of) what a write-behind store staged, then answers the barriers it covers.
     pub(super) fn commit(&mut self) {
+        self.commit_part(COMMIT_PART);
+    }
+
+    /// The store's writer finished a round: apply its outcome (barriers, failures) and hand it
+    /// the acks since. Staged events go too only when their commit is due (or the staging is
+    /// pressed, or a barrier waits): events delivered within `commit_delay` are never written.
+    pub(super) fn written(&mut self) {
+        let due = self.commit_at.is_some_and(|t| Instant::now() >= t)
+            || self.staging_pressed()
+            || !self.barriers.is_empty()
+            || self.shutdown.is_some();
+        if due {
+            self.commit();
+        } else {
+            let at = self.commit_at;
+            self.commit_part(0);
+            self.commit_at = at;
+        }
+    }
+
+    fn commit_part(&mut self, max_events: usize) {
         self.commit_at = None;
         if !self.store.writes_behind() {
             // `append` committed and counted these already: counting `next_seq - committed_below`
@@ -37,7 +58,7 @@ impl Worker {
             self.committed_below = self.next_seq;
             return;
         }
-        let committed = self.store.commit(COMMIT_PART);
+        let committed = self.store.commit(max_events);
         self.shared.room.set(self.store.refuses_new());
         let lost = committed.lost.len() as u64;
         let below = committed.staged_from.unwrap_or(self.next_seq).max(self.committed_below);

@@ -201,9 +201,9 @@ impl Worker {
                 // waking anyone (the queue was not empty): come back for it.
                 self.drain_at = (self.shared.queue.len() > 0).then(|| Instant::now() + DRAIN_DELAY);
             }
-            // A due commit goes first: with `commit_delay(0)` every event is then in the store
-            // before it is sent, so a crash never leaves a delivered event (or its checkpoint)
-            // unwritten. A staging past half its bound is written without waiting.
+            // A due commit goes first: with `commit_delay(0)` every event is then handed to the
+            // store's writer before it is sent (written a moment later: `persisted` waits for
+            // that). A staging past half its bound is written without waiting.
             if self.commit_at.is_some_and(|t| Instant::now() >= t) || self.staging_pressed() {
                 self.commit();
             }
@@ -301,7 +301,7 @@ impl Worker {
             () = queue.resumed(), if queue.is_paused() => {}
             () = notified_opt(written.as_deref()) => {
                 // The writer finished a round (or died): apply its outcome, hand it the next one.
-                self.commit();
+                self.written();
             }
             () = sleep_opt(held_in) => {}
             () = sleep_opt(drain_in) => {}

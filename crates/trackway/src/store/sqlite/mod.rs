@@ -1106,7 +1106,7 @@ impl Outbox for SqliteStore {
             }
         }
         out.staged_from = open.unwritten_from();
-        out.more = !open.staged.is_empty() && open.in_flight.len() < ROUNDS_IN_FLIGHT;
+        out.more = max_events > 0 && !open.staged.is_empty() && open.in_flight.len() < ROUNDS_IN_FLIGHT;
         out
     }
 
