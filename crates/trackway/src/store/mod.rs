@@ -412,6 +412,12 @@ pub(crate) mod sealed {
             false
         }
 
+        /// Whether acks or dead letters recorded are not on disk yet (a store that records them
+        /// at once: never).
+        fn acks_unwritten(&self) -> bool {
+            false
+        }
+
         /// Whether a commit now would hand something to the writer (it is not holding all the
         /// rounds it takes).
         fn write_ready(&self) -> bool {

@@ -181,6 +181,10 @@ impl Worker {
     pub(super) fn complete(&mut self, id: Id, answer: Answer) {
         let Some(flight) = self.in_flight.remove(&id) else { return };
         let i = flight.lane;
+        if self.answered_unwritten.len() <= i {
+            self.answered_unwritten.resize(i + 1, 0);
+        }
+        self.answered_unwritten[i] += 1;
         let now = self.shared.clock.elapsed();
         let now_ts = self.shared.clock.now();
         self.lanes[i].in_flight = self.lanes[i].in_flight.saturating_sub(1);

@@ -68,6 +68,11 @@ pub(crate) struct Worker {
     /// (lane, seq) of events a purge found in an in-flight request: when the answer comes, a
     /// delivered one counts as delivered, any other is removed instead of retried (`purge`).
     purged_in_flight: std::collections::HashSet<(usize, u64)>,
+    /// Per lane: requests answered since the store last had every ack on disk. A lane with
+    /// `max_in_flight` of them sends nothing new until the writer catches up, so a crash
+    /// re-sends at most about twice what may be in flight (the requests on the wire, and the
+    /// answered ones whose acks were not written yet).
+    answered_unwritten: Vec<usize>,
 }
 
 /// Event bytes copied out of the queue into shared chunks: one allocation per ~200 events
@@ -190,6 +195,7 @@ impl Worker {
             warned_store_full: false,
             receipts,
             purged_in_flight: std::collections::HashSet::new(),
+            answered_unwritten: Vec::new(),
         }
     }
 
@@ -632,7 +638,13 @@ impl Worker {
             return;
         }
         let interval = self.settings.batch_interval;
+        if !self.store.acks_unwritten() {
+            self.answered_unwritten.clear();
+        }
         for i in 0..self.lanes.len() {
+            if self.answered_unwritten.get(i).is_some_and(|&n| n >= self.lanes[i].max_in_flight) {
+                continue;
+            }
             loop {
                 let now = self.shared.clock.elapsed();
                 let Some(next) = self.lanes[i].next(now, interval) else { break };

@@ -264,6 +264,9 @@ struct Open {
     last_ack: Option<Instant>,
     /// `index.bytes()` as of the last commit (it is a sum over every chunk).
     file_bytes: u64,
+    /// The last round answered failed: acks are not held back for the writer then (see
+    /// `acks_unwritten`), or a full disk would stop every delivery.
+    failing: bool,
 }
 
 /// What a read-only look at a store found (see [`SqliteStore::inspect`]).
@@ -845,6 +848,7 @@ impl Open {
         let Some(at) = self.in_flight.iter().position(|f| f.round.id == done.id) else { return };
         let Some(flight) = self.in_flight.remove(at) else { return };
         self.staged_bytes -= flight.bytes.min(self.staged_bytes);
+        self.failing = done.result.is_err();
         let Err(error) = done.result else { return };
         for first in &flight.firsts {
             let Some(chunk) = self.index.chunks.remove(first) else { continue };
@@ -937,6 +941,7 @@ impl Outbox for SqliteStore {
             retry_contexts: Vec::new(),
             last_ack: None,
             file_bytes: 0,
+            failing: false,
         };
         // Run-time destinations the state names are kept with the configured ones, so their
         // pending events are not released; one that is not current and has nothing pending is
@@ -1051,16 +1056,24 @@ impl Outbox for SqliteStore {
 
     fn sync(&mut self) -> Result<(), StoreError> {
         let open = self.inner()?;
-        // Acks are folded into the next round; with none in flight, that round is now (else the
-        // answer to the one in flight wakes the worker, whose commit hands them over).
-        if open.in_flight.is_empty() {
-            open.hand_over(0);
-        }
+        // Acks go in a round of their own now (the writer puts the rounds waiting together in
+        // one transaction); when it holds all the rounds it takes, they are folded into the
+        // next one, which the writer's answer makes the worker hand over.
+        open.hand_over(0);
         Ok(())
     }
 
     fn writing(&self) -> bool {
         self.open.as_ref().is_some_and(|o| !o.in_flight.is_empty() || !o.staged.is_empty() || !o.ready.is_empty())
+    }
+
+    fn acks_unwritten(&self) -> bool {
+        self.open.as_ref().is_some_and(|o| {
+            !o.failing
+                && (!o.dirty.is_empty()
+                    || !o.deletes.is_empty()
+                    || o.in_flight.iter().any(|f| !f.round.states.is_empty() || !f.round.deletes.is_empty()))
+        })
     }
 
     fn write_ready(&self) -> bool {
