@@ -70,8 +70,10 @@ pub(crate) struct Worker {
     purged_in_flight: std::collections::HashSet<(usize, u64)>,
     /// Per lane: requests answered since the store last had every ack on disk. A lane with
     /// `max_in_flight` of them sends nothing new until the writer catches up, so a crash
-    /// re-sends at most about twice what may be in flight (the requests on the wire, and the
-    /// answered ones whose acks were not written yet).
+    /// re-sends a bounded number of requests (those on the wire, and the answered ones whose
+    /// acks were not written yet), as `tests/crash.rs` checks. (At twice `max_in_flight` that
+    /// test reached its bound; the price is that under a long burst a lane waits for the
+    /// writer's event rounds ahead of its acks: at most `ROUNDS_IN_FLIGHT` of them.)
     answered_unwritten: Vec<usize>,
 }
 

@@ -37,7 +37,7 @@ use crate::store::{StateChange, StoreError};
 
 /// Rounds handed over and not yet answered, at most: with rounds of up to 1 024 events (~330 KB
 /// of chunk data) that is a few MB of encoded bytes, and several ms of the writer's work queued.
-pub(super) const ROUNDS_IN_FLIGHT: usize = 8;
+pub(super) const ROUNDS_IN_FLIGHT: usize = 4;
 
 /// One transaction's worth of writes, in the order they are applied.
 #[derive(Debug, Default)]
