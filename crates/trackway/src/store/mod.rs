@@ -259,8 +259,15 @@ pub(crate) mod sealed {
         pub lost: Vec<Evicted>,
         /// Why the write failed, when it did.
         pub error: Option<StoreError>,
-        /// The lowest seq still staged after this commit (`None`: everything is written).
+        /// The lowest seq not yet on disk after this commit, staged or handed to the writer
+        /// thread and not yet written (`None`: everything is written).
         pub staged_from: Option<u64>,
+        /// More is staged and the writer can take it now: commit again soon. (When the writer
+        /// holds all the rounds it takes, its answer wakes the worker instead, see
+        /// [`Outbox::written`].)
+        pub more: bool,
+        /// The writer thread died (a panic) and was replaced this many times (logged by the store).
+        pub writer_restarts: u64,
     }
 
     /// How full a write-behind store's staging (accepted events not yet written) is.
@@ -376,9 +383,10 @@ pub(crate) mod sealed {
             Committed::default()
         }
 
-        /// Makes the acks and dead letters recorded since the last call durable, in one transaction.
-        /// The worker calls it after handling the answers that were ready together, before sending
-        /// anything new. A store that records them at once has nothing to do (the default).
+        /// Makes the acks and dead letters recorded since the last call durable: in one transaction,
+        /// or (a store with a writer thread) with the writer's next round. The worker calls it
+        /// after handling the answers that were ready together, before sending anything new. A
+        /// store that records them at once has nothing to do (the default).
         ///
         /// # Errors
         /// Backend failures (the acks stay recorded in memory and are written with the next call).
@@ -396,6 +404,36 @@ pub(crate) mod sealed {
         /// when read back) and removed: the worker counts them as `store_corrupt`.
         fn take_corrupt(&mut self) -> Vec<Evicted> {
             Vec::new()
+        }
+
+        /// Whether writes are still under way: staged events, or rounds handed to a writer thread
+        /// and not yet answered (at shutdown the worker commits and waits until there are none).
+        fn writing(&self) -> bool {
+            false
+        }
+
+        /// Whether acks or dead letters recorded are not on disk yet (a store that records them
+        /// at once: never).
+        fn acks_unwritten(&self) -> bool {
+            false
+        }
+
+        /// Whether a commit now would hand something to the writer (it is not holding all the
+        /// rounds it takes).
+        fn write_ready(&self) -> bool {
+            true
+        }
+
+        /// Notified each time a writer thread finishes a transaction (or dies): the worker then
+        /// commits, which applies the outcomes (answers `persisted` barriers, counts failures)
+        /// and hands over what is staged next. `None` for a store without a writer thread.
+        fn written(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+            None
+        }
+
+        /// Blocks up to `timeout` for the writer to finish a transaction (at shutdown).
+        fn wait_written(&mut self, timeout: std::time::Duration) {
+            let _ = timeout;
         }
 
         /// Whether `append` only stages (see [`commit`](Self::commit)).

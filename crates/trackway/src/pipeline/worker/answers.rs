@@ -30,6 +30,27 @@ impl Worker {
 
     /// Commits (part of) what a write-behind store staged, then answers the barriers it covers.
     pub(super) fn commit(&mut self) {
+        self.commit_part(COMMIT_PART);
+    }
+
+    /// The store's writer finished a round: apply its outcome (barriers, failures) and hand it
+    /// the acks since. Staged events go too only when their commit is due (or the staging is
+    /// pressed, or a barrier waits): events delivered within `commit_delay` are never written.
+    pub(super) fn written(&mut self) {
+        let due = self.commit_at.is_some_and(|t| Instant::now() >= t)
+            || self.staging_pressed()
+            || !self.barriers.is_empty()
+            || self.shutdown.is_some();
+        if due {
+            self.commit();
+        } else {
+            let at = self.commit_at;
+            self.commit_part(0);
+            self.commit_at = at;
+        }
+    }
+
+    fn commit_part(&mut self, max_events: usize) {
         self.commit_at = None;
         if !self.store.writes_behind() {
             // `append` committed and counted these already: counting `next_seq - committed_below`
@@ -37,14 +58,15 @@ impl Worker {
             self.committed_below = self.next_seq;
             return;
         }
-        let committed = self.store.commit(COMMIT_PART);
+        let committed = self.store.commit(max_events);
         self.shared.room.set(self.store.refuses_new());
         let lost = committed.lost.len() as u64;
         let below = committed.staged_from.unwrap_or(self.next_seq).max(self.committed_below);
         bump(&self.shared.counters.persisted, (below - self.committed_below).saturating_sub(lost));
         self.committed_below = below;
-        if committed.staged_from.is_some() {
-            // More to write: the next part goes after the worker has drained and dispatched.
+        if committed.more {
+            // More to hand over: the next part goes after the worker has drained and dispatched.
+            // (When the writer holds all it takes, its answer wakes the worker: `wait`.)
             self.commit_at = Some(Instant::now());
         }
         if !committed.evicted.is_empty() {
@@ -74,13 +96,17 @@ impl Worker {
         }
     }
 
-    /// Commits everything staged (at shutdown).
+    /// Commits everything staged, and waits until it is written (at shutdown).
     pub(super) fn commit_all(&mut self) {
         loop {
             self.commit();
-            if self.commit_at.is_none() {
+            if !self.store.writing() && self.commit_at.is_none() {
                 break;
             }
+            if !self.store.writing() {
+                continue;
+            }
+            self.store.wait_written(Duration::from_millis(100));
         }
     }
 
@@ -155,6 +181,10 @@ impl Worker {
     pub(super) fn complete(&mut self, id: Id, answer: Answer) {
         let Some(flight) = self.in_flight.remove(&id) else { return };
         let i = flight.lane;
+        if self.answered_unwritten.len() <= i {
+            self.answered_unwritten.resize(i + 1, 0);
+        }
+        self.answered_unwritten[i] += 1;
         let now = self.shared.clock.elapsed();
         let now_ts = self.shared.clock.now();
         self.lanes[i].in_flight = self.lanes[i].in_flight.saturating_sub(1);

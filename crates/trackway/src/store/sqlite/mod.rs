@@ -21,27 +21,50 @@
 //! The events of this process are also kept in memory (a [`MemoryStore`]), which serves every
 //! read: the file is for durability and for the next process. `append` only stages;
 //! `commit`, which the worker calls at most `commit_delay` later (at once for a persist
-//! barrier), writes in one transaction what is still pending, together with the state changes
-//! of those events. Events delivered in the meantime are never written. Acks and dead letters
-//! touch the file only for events already written, and only their chunk's small state row.
+//! barrier), encodes what is still pending into chunks and hands them, with the state changes
+//! of those events, the changed chunk states and the deletes, to the **writer thread**
+//! (`writer.rs`) as one *round*; the writer, on a connection of its own, writes each round in a
+//! transaction (the rounds waiting together in one: group commit) and computes the CRCs. The
+//! worker never waits for SQLite's writes: it goes on draining the queue and sending meanwhile.
+//! Events delivered before their round is built are never written. Acks and dead letters
+//! change the in-memory chunk index at once (a delivered event frees its room in the store's
+//! accounting then) and reach the file with the next round: the worker's `sync` hands over a
+//! round of its own when none is in flight, else they are folded into the round after the one
+//! in flight. Reads of events no longer in memory (an earlier process's backlog) use the
+//! worker's connection; they only ever touch chunks already written.
 //!
-//! The staged events are bounded ([`SqliteStore::staging_limit`], 48 MiB of event bytes by
-//! default): past half of it they are written without waiting for `commit_delay`, and at the
-//! limit the worker stops draining the queue until writes make room (the queue then refuses
-//! what it cannot hold, counted as `queue_full`), so a burst longer than the disk can take
-//! costs bounded memory. WAL checkpoints run on a thread of their own (`checkpoint.rs`), never
-//! inside the worker's commits.
+//! At most a few rounds are in flight (`writer::ROUNDS_IN_FLIGHT`); the rest stays staged.
+//! The staged events, with those in rounds not yet written, are bounded
+//! ([`SqliteStore::staging_limit`], 48 MiB of event bytes by default): past half of it they are
+//! handed over without waiting for `commit_delay`, and at the limit the worker stops draining
+//! the queue until writes make room (the queue then refuses what it cannot hold, counted as
+//! `queue_full`), so a burst longer than the disk can take costs bounded memory. The same
+//! holds while the file is within 10 % of [`max_bytes`](SqliteStore::max_bytes) and events are
+//! being delivered: the worker waits for the deliveries to make room instead of dropping the
+//! oldest accepted events as `store_full` (a destination that delivers nothing lets the bound
+//! act as [`WhenFull`] says). WAL checkpoints run on a thread of their own (`checkpoint.rs`,
+//! owned by the writer), never inside the commits.
+//!
+//! A round that fails (disk full, an I/O error) is undone as a whole: its events still pending
+//! are dropped and counted (`disk_full` or `store_error`), its chunk states, deletes and client
+//! state go with the next round. A writer thread that dies (a panic) is reported (an error in
+//! the log), replaced by a new one on a new connection, and handed again every round it had not
+//! answered; every write of a round is idempotent, so one it wrote before dying is harmless to
+//! write twice.
 //!
 //! # Durability
 //!
-//! With `synchronous = NORMAL` (the default) a committed transaction survives a crash of the
-//! process; a power loss may lose the last transactions (WAL frames not yet checkpointed are not
-//! fsynced), never corrupt the file. With `synchronous = FULL` every commit is fsynced and
-//! survives power loss too. What was not committed yet is lost in a crash: the accepted events
-//! not yet delivered of the last `commit_delay`, plus what was still in the channel. Under a
-//! burst the commits (1 024 events at a time, between the worker's other work) can fall behind
-//! `commit_delay`, and then the window is longer; [`Client::persisted`](crate::Client::persisted)
-//! is the exact barrier.
+//! An event is *persisted* (counted in `Stats::persisted`; [`Client::persisted`](crate::Client::persisted)
+//! answers for it) once the writer's transaction holding it has committed, not when it is handed
+//! over: a barrier waits for the writer's round. With `synchronous = NORMAL` (the default) a
+//! committed transaction survives a crash of the process; a power loss may lose the last
+//! transactions (WAL frames not yet checkpointed are not fsynced), never corrupt the file. With
+//! `synchronous = FULL` every commit is fsynced and survives power loss too. What was not
+//! committed yet is lost in a crash: the accepted events not yet delivered of the last
+//! `commit_delay`, those in rounds the writer has not committed, plus what was still in the
+//! channel. Under a burst the writes (rounds of 1 024 events) can fall behind `commit_delay`,
+//! and then the window is longer; [`Client::persisted`](crate::Client::persisted) is the exact
+//! barrier.
 //!
 //! # One writer
 //!
@@ -77,9 +100,11 @@
 //! until [`SqliteStore::drop_pending`] does (or the size bound, counted as `store_full`). A
 //! run-time destination that is forgotten is one with nothing pending.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -99,14 +124,15 @@ mod file;
 mod manage;
 mod salvage;
 mod write;
+mod writer;
 
-use checkpoint::Checkpointer;
 use chunk::{Chunk, ChunkIndex, StoredEvent};
 use file::{
     backend, classify, io_error, is_damage, lock, migrate, move_aside, open_checked, open_read_only, prove_writable,
     sidecar, writing_error,
 };
-use write::{commit_tx, dead_letter_row, dirty_written, evict, query_dead_letters, write_dirty, write_state};
+use write::{InFlight, build_round, dead_letter_row, evict, query_dead_letters, write_state};
+use writer::{Done, Hooks, ROUNDS_IN_FLIGHT, Writer};
 
 /// The schema version this code writes; files with a higher one are from a newer trackway.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -180,8 +206,15 @@ pub struct SqliteStore {
     max_page_count: Option<u64>,
     memory_limit: u64,
     staging_limit: u64,
+    /// Test hooks of the writer thread (a slow or a panicking writer).
+    hooks: Hooks,
     open: Option<Open>,
 }
+
+/// While deliveries came this recently, a file near its size bound makes the worker wait for
+/// them (the queue refuses the excess as `queue_full`) instead of dropping the oldest stored
+/// events (`store_full`); a destination that delivers nothing lets the bound act as configured.
+const DELIVERING: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
 struct Open {
@@ -215,8 +248,25 @@ struct Open {
     cursors: Vec<u64>,
     /// Pending events of chunks found damaged when read, not yet taken by the worker.
     corrupt: Vec<Evicted>,
-    /// Runs the WAL checkpoints off the worker's thread (see `checkpoint.rs`).
-    checkpointer: Checkpointer,
+    /// Runs every write of the commits off the worker's thread (see `writer.rs`).
+    writer: Writer,
+    /// Rounds handed to the writer and not yet answered, oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// The id of the next round.
+    next_round: u64,
+    /// Outcomes received while waiting, not yet applied.
+    ready: Vec<Done>,
+    /// Chunks to delete with the next round (dropped at the size bound).
+    deletes: Vec<u64>,
+    /// Contexts of failed rounds: written with the next one (events refer to them by id).
+    retry_contexts: Vec<(i64, Bytes)>,
+    /// When an event was last delivered (see [`DELIVERING`]).
+    last_ack: Option<Instant>,
+    /// `index.bytes()` as of the last commit (it is a sum over every chunk).
+    file_bytes: u64,
+    /// The last round answered failed: acks are not held back for the writer then (see
+    /// `acks_unwritten`), or a full disk would stop every delivery.
+    failing: bool,
 }
 
 /// What a read-only look at a store found (see [`SqliteStore::inspect`]).
@@ -244,6 +294,7 @@ impl SqliteStore {
             max_page_count: None,
             memory_limit: DEFAULT_MEMORY_LIMIT,
             staging_limit: DEFAULT_STAGING_LIMIT,
+            hooks: Hooks::default(),
             open: None,
         }
     }
@@ -314,6 +365,24 @@ impl SqliteStore {
     #[must_use]
     pub fn staging_limit(mut self, bytes: u64) -> Self {
         self.staging_limit = bytes.max(1 << 20);
+        self
+    }
+
+    /// Test hook: the writer thread sleeps this long before each transaction (a slow disk).
+    #[cfg(any(test, feature = "testing"))]
+    #[doc(hidden)]
+    #[must_use]
+    pub fn slow_writer_for_test(mut self, delay: Duration) -> Self {
+        self.hooks.delay = delay;
+        self
+    }
+
+    /// Test hook: the writer thread panics at its `transactions`-th transaction (once).
+    #[cfg(any(test, feature = "testing"))]
+    #[doc(hidden)]
+    #[must_use]
+    pub fn panic_writer_for_test(self, transactions: u64) -> Self {
+        self.hooks.panic_in.store(transactions, std::sync::atomic::Ordering::Relaxed);
         self
     }
 
@@ -489,8 +558,9 @@ impl Drop for Open {
     /// WAL. Rebuilding a nearly empty file is quick; with events still stored it is skipped.
     /// Best effort: a crash skips it harmlessly.
     fn drop(&mut self) {
-        // Its checkpoint would only be in the way of the full one below.
-        self.checkpointer.stop();
+        // The writer finishes the rounds it holds (and stops its checkpointer, which would only
+        // be in the way of the full checkpoint below).
+        self.writer.stop();
         if self.index.chunks.is_empty() && self.staged.is_empty() {
             let _ = self.conn.execute_batch("VACUUM;");
         }
@@ -670,6 +740,7 @@ impl Open {
 
     /// Releases `bit` of `seq` wherever the event lives; returns whether it was pending.
     fn release(&mut self, destination: usize, bit: u64, seq: u64) -> Result<bool, StoreError> {
+        self.last_ack = Some(Instant::now());
         if seq < self.hot_start {
             return Ok(self.file_clear(seq, bit));
         }
@@ -693,19 +764,125 @@ impl Open {
         }
     }
 
-    /// Writes the dirty chunk states in a transaction of their own.
-    fn flush_dirty(&mut self) -> Result<(), StoreError> {
-        if self.dirty.is_empty() {
-            return Ok(());
+    /// Hands the writer a round: the oldest staged events (up to `max_events`), with the state
+    /// changes that go with them, the changed chunk states and the deletes. Nothing when the
+    /// writer holds [`ROUNDS_IN_FLIGHT`] rounds already, or there is nothing to write.
+    fn hand_over(&mut self, max_events: usize) {
+        if self.in_flight.len() >= ROUNDS_IN_FLIGHT {
+            return;
         }
-        let Open { conn, index, dirty, cache, .. } = self;
-        conn.transaction().map_err(backend).and_then(|tx| {
-            write_dirty(&tx, index, dirty)?;
-            tx.commit().map_err(backend)
-        })?;
-        // Only once written; on failure the dirty set stays for the next sync.
-        dirty_written(index, dirty, cache);
-        Ok(())
+        if self.staged.is_empty()
+            && self.staged_state.is_empty()
+            && self.dirty.is_empty()
+            && self.deletes.is_empty()
+            && self.retry_contexts.is_empty()
+        {
+            return;
+        }
+        let upto = self.staged.keys().nth(max_events).copied();
+        let part: Vec<u64> = match upto {
+            Some(limit) => self.staged.range(..limit).map(|(seq, _)| *seq).collect(),
+            None => self.staged.keys().copied().collect(),
+        };
+        // State changes go with the part holding their event (all of them with the last part).
+        let state_below = upto.unwrap_or(u64::MAX);
+        let id = self.next_round;
+        self.next_round += 1;
+        let flight = build_round(self, &part, state_below, id);
+        if flight.round.is_empty() && flight.low.is_none() {
+            return;
+        }
+        // A writer that is gone gives it back: it stays in flight, and is handed again to the
+        // writer that replaces it (see `collect`).
+        let _ = self.writer.send(flight.round.clone());
+        self.in_flight.push_back(flight);
+    }
+
+    /// Applies the writer's answers so far; replaces a writer that died.
+    fn collect(&mut self, out: &mut Committed) {
+        let mut dones = std::mem::take(&mut self.ready);
+        match self.writer.finished() {
+            Ok(more) => dones.extend(more),
+            Err(()) if dones.is_empty() => {
+                self.replace_writer(out);
+                return;
+            }
+            Err(()) => {}
+        }
+        for done in dones {
+            self.settle(done, out);
+        }
+    }
+
+    /// The writer thread died (a panic): a new one gets every round not answered, in order
+    /// (rounds are idempotent, so one it wrote before dying is written again harmlessly).
+    fn replace_writer(&mut self, out: &mut Committed) {
+        let rounds = self.in_flight.len();
+        tracing::error!(
+            rounds,
+            "trackway: the store's writer thread died; starting another one and handing it the {rounds} unwritten round(s) again"
+        );
+        out.writer_restarts += 1;
+        match self.writer.restart() {
+            Ok(()) => {
+                for flight in &self.in_flight {
+                    let _ = self.writer.send(flight.round.clone());
+                }
+            }
+            Err(e) => {
+                // No writer: the rounds cannot be written. Each fails, counted, as a failed write would.
+                tracing::error!(error = %e, "trackway: could not restart the store's writer thread");
+                let ids: Vec<u64> = self.in_flight.iter().map(|f| f.round.id).collect();
+                for id in ids {
+                    let result = Err(StoreError::Backend(format!("the store's writer thread died: {e}")));
+                    self.settle(Done { id, result }, out);
+                }
+            }
+        }
+    }
+
+    /// Applies one round's outcome: written, its events' bytes leave the staging bound; failed,
+    /// its new chunks leave the index and their pending events are lost (reported in
+    /// `out.lost`), its state rows and deletes are written with the next round.
+    fn settle(&mut self, done: Done, out: &mut Committed) {
+        let Some(at) = self.in_flight.iter().position(|f| f.round.id == done.id) else { return };
+        let Some(flight) = self.in_flight.remove(at) else { return };
+        self.staged_bytes -= flight.bytes.min(self.staged_bytes);
+        self.failing = done.result.is_err();
+        let Err(error) = done.result else { return };
+        for first in &flight.firsts {
+            let Some(chunk) = self.index.chunks.remove(first) else { continue };
+            self.dirty.remove(first);
+            let per_event = chunk.bytes / chunk.seqs.len().max(1) as u64;
+            for (seq, mask) in chunk.seqs.iter().zip(&chunk.pending).filter(|(_, m)| **m != 0) {
+                if *seq >= self.hot_start {
+                    self.hot.release_all(*seq);
+                }
+                out.lost.push(Evicted { seq: *seq, routes: to_routes(&self.bits, *mask), bytes: per_event });
+            }
+        }
+        for first in &flight.states {
+            if self.index.chunks.contains_key(first) {
+                self.dirty.insert(*first);
+            }
+        }
+        self.deletes.extend(flight.round.deletes.iter().copied());
+        self.retry_contexts.extend(flight.round.contexts.iter().cloned());
+        // Client state is not lost with the events: written with the next round, before what
+        // was staged since (which is newer).
+        let state = flight.round.state.iter().map(|c| (0, c.clone()));
+        self.staged_state.splice(0..0, state);
+        out.error.get_or_insert(error);
+    }
+
+    /// The lowest seq not yet written (staged, or in a round not answered); `None`: all are.
+    fn unwritten_from(&self) -> Option<u64> {
+        let flying = self.in_flight.iter().find_map(|f| f.low);
+        let staged = self.staged.first_key_value().map(|(seq, _)| *seq);
+        match (flying, staged) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -736,7 +913,8 @@ impl Outbox for SqliteStore {
         // past 64 MiB of WAL the worker's commit finishes the checkpoint (most of it is copied
         // already) so that the next write starts the WAL over.
         conn.execute_batch(&format!("PRAGMA wal_autocheckpoint = {WAL_BACKSTOP_PAGES};")).map_err(backend)?;
-        let checkpointer = Checkpointer::start(&self.path)?;
+        let writer =
+            Writer::start(&self.path, self.synchronous, self.max_page_count, WAL_BACKSTOP_PAGES, self.hooks.clone())?;
         let Loaded { contexts, index, mut state } = loaded;
         let mut open = Open {
             conn,
@@ -755,7 +933,15 @@ impl Outbox for SqliteStore {
             staged_state: Vec::new(),
             cursors: Vec::new(),
             corrupt: Vec::new(),
-            checkpointer,
+            writer,
+            in_flight: VecDeque::new(),
+            next_round: 0,
+            ready: Vec::new(),
+            deletes: Vec::new(),
+            retry_contexts: Vec::new(),
+            last_ack: None,
+            file_bytes: 0,
+            failing: false,
         };
         // Run-time destinations the state names are kept with the configured ones, so their
         // pending events are not released; one that is not current and has nothing pending is
@@ -801,6 +987,7 @@ impl Outbox for SqliteStore {
         let next_seq = open.next_seq;
         open.hot.open(&names)?;
         open.hot_start = next_seq;
+        open.file_bytes = open.index.bytes();
         self.open = Some(open);
         let reset = salvage.as_ref().map(ToString::to_string);
         Ok(Recovered { next_seq, state, pending, reset, salvage, orphaned, runtime })
@@ -844,8 +1031,13 @@ impl Outbox for SqliteStore {
     }
 
     fn staging(&self) -> StagingFill {
-        let staged = self.open.as_ref().map_or(0, |o| o.staged_bytes);
-        if staged >= self.staging_limit {
+        let Some(open) = self.open.as_ref() else { return StagingFill::Room };
+        let staged = open.staged_bytes;
+        // Near the size bound while events are being delivered: wait for the deliveries to make
+        // room rather than drop accepted events from the file (see `DELIVERING`).
+        let delivering = open.last_ack.is_some_and(|t| t.elapsed() < DELIVERING);
+        let near_bound = open.file_bytes + staged >= self.max_bytes / 10 * 9;
+        if staged >= self.staging_limit || (delivering && near_bound && self.when_full == WhenFull::DropOldest) {
             StagingFill::Full
         } else if staged >= self.staging_limit / 2 {
             StagingFill::WriteNow
@@ -864,74 +1056,71 @@ impl Outbox for SqliteStore {
 
     fn sync(&mut self) -> Result<(), StoreError> {
         let open = self.inner()?;
-        if open.dirty.is_empty() {
-            return Ok(());
+        // Acks go in a round of their own now (the writer puts the rounds waiting together in
+        // one transaction); when it holds all the rounds it takes, they are folded into the
+        // next one, which the writer's answer makes the worker hand over.
+        open.hand_over(0);
+        Ok(())
+    }
+
+    fn writing(&self) -> bool {
+        self.open.as_ref().is_some_and(|o| !o.in_flight.is_empty() || !o.staged.is_empty() || !o.ready.is_empty())
+    }
+
+    fn acks_unwritten(&self) -> bool {
+        self.open.as_ref().is_some_and(|o| {
+            !o.failing
+                && (!o.dirty.is_empty()
+                    || !o.deletes.is_empty()
+                    || o.in_flight.iter().any(|f| !f.round.states.is_empty() || !f.round.deletes.is_empty()))
+        })
+    }
+
+    fn write_ready(&self) -> bool {
+        self.open.as_ref().is_some_and(|o| o.in_flight.len() < ROUNDS_IN_FLIGHT)
+    }
+
+    fn written(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.open.as_ref().map(|o| o.writer.notify())
+    }
+
+    fn wait_written(&mut self, timeout: Duration) {
+        let Some(open) = self.open.as_mut() else { return };
+        if open.in_flight.is_empty() || !open.ready.is_empty() {
+            return;
         }
-        let flushed = open.flush_dirty();
-        open.checkpointer.nudge();
-        flushed
+        match open.writer.wait(timeout) {
+            Some(done) => open.ready.push(done),
+            // Gone (the next commit replaces it) or still writing: the caller comes back.
+            None => std::thread::sleep(Duration::from_millis(1).min(timeout)),
+        }
     }
 
     fn commit(&mut self, max_events: usize) -> Committed {
         let (max_bytes, when_full) = (self.max_bytes, self.when_full);
         let memory_limit = self.memory_limit;
         let Ok(open) = self.inner() else { return Committed::default() };
-        if open.staged.is_empty() && open.staged_state.is_empty() && open.dirty.is_empty() {
-            return Committed::default();
-        }
-        let contexts_before = open.contexts.len();
-        // The oldest staged events, up to max_events (their state changes go with the last part).
-        let upto = open.staged.keys().nth(max_events).copied();
-        let part: Vec<u64> = match upto {
-            Some(limit) => open.staged.range(..limit).map(|(seq, _)| *seq).collect(),
-            None => open.staged.keys().copied().collect(),
-        };
-        // State changes go with the part holding their event (all of them with the last part).
-        let state_below = upto.unwrap_or(u64::MAX);
-        let written = match commit_tx(open, &part, state_below) {
-            Ok(written) => {
-                open.checkpointer.nudge();
-                written
-            }
-            Err(e) => {
-                // Nothing of this transaction was written: those events are lost to the store.
-                open.contexts.truncate(contexts_before);
-                for seq in &part {
-                    open.unstage(*seq);
-                }
-                open.staged_state.retain(|(seq, _)| *seq >= state_below);
-                let lost = part
-                    .into_iter()
-                    .filter_map(|seq| open.hot.release_all(seq).map(|(routes, bytes)| Evicted { seq, routes, bytes }))
-                    .collect();
-                let staged_from = open.staged.first_key_value().map(|(seq, _)| *seq);
-                return Committed { lost, error: Some(e), staged_from, ..Committed::default() };
-            }
-        };
-        open.index.chunks.extend(written);
-        for seq in &part {
-            open.unstage(*seq);
-        }
-        open.staged_state.retain(|(seq, _)| *seq >= state_below);
+        let mut out = Committed::default();
+        open.collect(&mut out);
         // A store that refuses new events at its bound never drops a stored one.
-        let evicted = match when_full {
-            WhenFull::Refuse => Vec::new(),
-            _ => evict(open, max_bytes).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "trackway: could not drop old events to stay under the size bound");
-                Vec::new()
-            }),
-        };
+        if when_full != WhenFull::Refuse {
+            out.evicted = evict(open, max_bytes);
+        }
+        open.hand_over(max_events);
+        open.file_bytes = open.index.bytes();
         if open.hot.live_bytes() > memory_limit {
             // Keep the newest in memory; what is written may be read back from the file, what is
-            // not yet written must stay.
-            let written_below = open.staged.first_key_value().map(|(seq, _)| *seq).unwrap_or(u64::MAX);
+            // not yet written (staged, or in a round not answered) must stay.
+            let written_below = open.unwritten_from().unwrap_or(u64::MAX);
             let start = open.hot.forget_oldest(memory_limit / 2, written_below);
             if start > open.hot_start {
                 open.hot_start = start;
                 open.cursors.fill(0);
             }
         }
-        Committed { evicted, staged_from: open.staged.first_key_value().map(|(seq, _)| *seq), ..Committed::default() }
+        out.staged_from = open.unwritten_from();
+        out.more = max_events > 0 && !open.staged.is_empty() && open.in_flight.len() < ROUNDS_IN_FLIGHT;
+        out
     }
 
     fn read(

@@ -1,5 +1,6 @@
 //! Tests of the SQLite store, with failures injected through a second connection.
 use super::*;
+use std::time::{Duration, Instant};
 use trackway_wire::{EventKind, MessageId};
 
 fn event(seq: u64, routes: u64) -> NewEvent {
@@ -23,6 +24,24 @@ fn opened(path: &Path, destinations: &[&str]) -> (SqliteStore, Recovered) {
     (store, recovered)
 }
 
+/// Waits (watchdog: 10 s) until the writer has answered every round handed over, without
+/// handing over more; the outcomes applied.
+fn idle(store: &mut SqliteStore) -> Committed {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = Committed::default();
+    let open = store.open.as_mut().expect("open");
+    loop {
+        open.collect(&mut out);
+        if open.in_flight.is_empty() {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "the writer did not answer within 10 s");
+        if let Some(done) = open.writer.wait(Duration::from_millis(50)) {
+            open.ready.push(done);
+        }
+    }
+}
+
 /// A second connection to the file, to inject failures with triggers.
 fn side(path: &Path) -> Connection {
     Connection::open(path).expect("side connection")
@@ -34,7 +53,8 @@ fn a_failed_sync_is_written_in_full_by_the_next_one() {
     let path = dir.path().join("o.db");
     let (mut store, _) = opened(&path, &["a"]);
     store.append(&(0..512).map(|i| event(i, 1)).collect::<Vec<_>>(), &[]).expect("append");
-    assert!(store.commit(10_000).error.is_none());
+    store.commit(10_000);
+    assert!(idle(&mut store).error.is_none());
     let side = side(&path);
     side.execute_batch(
         "CREATE TABLE fail(x); INSERT INTO fail VALUES (1);
@@ -45,9 +65,11 @@ fn a_failed_sync_is_written_in_full_by_the_next_one() {
     // All of the first chunk (deleted) and one event of the second (updated).
     assert_eq!(store.ack(0, &(0..256).collect::<Vec<_>>()).expect("ack"), 256);
     assert_eq!(store.ack(0, &[300]).expect("ack"), 1);
-    assert!(store.sync().is_err(), "the injected failure");
+    store.sync().expect("handed over");
+    assert!(idle(&mut store).error.is_some(), "the injected failure");
     side.execute_batch("DELETE FROM fail;").expect("clear");
-    store.sync().expect("the retry writes everything");
+    store.sync().expect("handed over again");
+    assert!(idle(&mut store).error.is_none(), "the retry writes everything");
     drop(store);
     let (_, recovered) = opened(&path, &["a"]);
     assert_eq!(recovered.pending[0].0, 255, "nothing delivered is pending after a restart");
@@ -59,7 +81,8 @@ fn a_failed_dead_letter_write_keeps_the_event_pending() {
     let path = dir.path().join("o.db");
     let (mut store, _) = opened(&path, &["a"]);
     store.append(&[event(0, 1), event(1, 1)], &[]).expect("append");
-    assert!(store.commit(10_000).error.is_none());
+    store.commit(10_000);
+    assert!(idle(&mut store).error.is_none());
     let side = side(&path);
     side.execute_batch("CREATE TRIGGER t BEFORE INSERT ON dead_letters BEGIN SELECT RAISE(ABORT, 'injected'); END;")
         .expect("trigger");
@@ -69,6 +92,7 @@ fn a_failed_dead_letter_write_keeps_the_event_pending() {
     side.execute_batch("DROP TRIGGER t;").expect("drop trigger");
     assert_eq!(store.dead_letter(0, &letter, Timestamp::from_unix_millis(0)).expect("retry"), 1);
     store.sync().expect("sync");
+    assert!(idle(&mut store).error.is_none());
     assert_eq!(store.dead_letters(10).expect("letters").len(), 1);
     drop(store);
     let (_, recovered) = opened(&path, &["a"]);
@@ -91,8 +115,10 @@ fn a_state_change_is_written_with_its_event_never_before_nor_after() {
             .expect("query")
     };
     assert!(store.commit(3).staged_from.is_some(), "part 0..=2");
+    assert!(idle(&mut store).error.is_none());
     assert_eq!(state(&path), None, "not before event 4 is written");
     assert!(store.commit(3).staged_from.is_some(), "part 3..=5, with event 4");
+    assert!(idle(&mut store).error.is_none());
     assert_eq!(state(&path), Some(b"jane".to_vec()), "with event 4, not held back to the last part");
 }
 
@@ -206,6 +232,8 @@ fn the_staging_fills_to_its_bound_and_empties_as_it_is_written_or_delivered() {
     assert_eq!(store.ack(0, &(0..full - half).collect::<Vec<_>>()).expect("ack"), full - half);
     assert_eq!(store.staging(), StagingFill::WriteNow);
     assert!(store.commit(usize::MAX).error.is_none());
+    assert_eq!(store.staging(), StagingFill::WriteNow, "handed to the writer: still counted until written");
+    assert!(idle(&mut store).error.is_none());
     assert_eq!(store.staging(), StagingFill::Room, "written: nothing staged");
     assert_eq!(store.open.as_ref().map(|o| o.staged_bytes), Some(0));
 }
@@ -228,4 +256,57 @@ fn checkpoints_run_off_the_writers_thread() {
     drop(store);
     let (_, recovered) = opened(&path, &["a"]);
     assert_eq!(recovered.pending[0].0, 2048, "every committed event is there after a reopen");
+}
+
+#[test]
+fn a_writer_that_panics_is_replaced_and_its_rounds_are_written_by_the_next_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    // Panics at its first transaction: the round it held is handed to its replacement.
+    let mut store = SqliteStore::new(&path).panic_writer_for_test(1);
+    store.open(&["a".to_owned()]).expect("open");
+    store.append(&(0..600).map(|i| event(i, 1)).collect::<Vec<_>>(), &[]).expect("append");
+    let committed = store.commit(usize::MAX);
+    assert_eq!(committed.staged_from, Some(0), "handed over, not yet written");
+    let mut out = idle(&mut store);
+    // The death is seen once its thread is gone: `idle` may return before that; wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.writer_restarts == 0 {
+        assert!(Instant::now() < deadline, "the dead writer was not replaced within 10 s");
+        std::thread::sleep(Duration::from_millis(5));
+        let more = idle(&mut store);
+        out.writer_restarts += more.writer_restarts;
+        out.lost.extend(more.lost);
+        out.error = out.error.or(more.error);
+    }
+    assert_eq!(out.writer_restarts, 1, "reported");
+    assert!(out.lost.is_empty() && out.error.is_none(), "nothing lost: {:?} {:?}", out.lost, out.error);
+    assert_eq!(store.commit(usize::MAX).staged_from, None, "written by the replacement");
+    assert_eq!(SqliteStore::inspect(&path).expect("inspect").events, 600, "on disk");
+    drop(store);
+    let (_, recovered) = opened(&path, &["a"]);
+    assert_eq!(recovered.pending[0].0, 600, "every event is there after a reopen");
+}
+
+#[test]
+fn a_failed_round_loses_only_its_pending_events_and_reports_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    let (mut store, _) = opened(&path, &["a"]);
+    side(&path)
+        .execute_batch("CREATE TRIGGER t BEFORE INSERT ON chunks WHEN NEW.first >= 100 BEGIN SELECT RAISE(ABORT, 'injected'); END;")
+        .expect("trigger");
+    store.append(&(0..100).map(|i| event(i, 1)).collect::<Vec<_>>(), &[]).expect("append");
+    store.commit(usize::MAX);
+    assert!(idle(&mut store).error.is_none());
+    store.append(&(100..200).map(|i| event(i, 1)).collect::<Vec<_>>(), &[]).expect("append");
+    store.commit(usize::MAX);
+    // Delivered after the hand-over, before the failure: not lost.
+    assert_eq!(store.ack(0, &[150]).expect("ack"), 1);
+    let out = idle(&mut store);
+    assert!(out.error.is_some());
+    assert_eq!(out.lost.len(), 99, "the round's pending events");
+    assert!(out.lost.iter().all(|e| e.seq >= 100 && e.seq != 150));
+    assert_eq!(store.commit(usize::MAX).staged_from, None, "nothing left unwritten");
+    assert_eq!(store.read(0, 0, 1000, usize::MAX).expect("read").len(), 100, "the lost ones are gone");
 }

@@ -1,43 +1,67 @@
-//! The write side of the SQLite store: commits of staged events, chunk-state writes, eviction,
-//! client state, contexts and dead-letter rows.
+//! The write side of the SQLite store: the rounds handed to the writer thread (staged events as
+//! chunks, chunk states, deletes, client state, contexts), eviction, and dead-letter rows.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, params};
 use trackway_wire::{MessageId, Timestamp};
 
 use super::chunk::{self, CHUNK_EVENTS, Chunk, ChunkIndex, StoredEvent};
 use super::file::backend;
+use super::writer::Round;
 use super::{Open, to_bits, to_routes};
 use crate::store::{DeadLetter, DeadLetterReason, Evicted, StateChange, StoreError};
 
-/// Writes, in one transaction, the given staged events still pending (as chunks), the staged
-/// state of events below `state_below`, the next seq and any dirty chunk state. Returns the new
-/// chunks.
-pub(super) fn commit_tx(open: &mut Open, part: &[u64], state_below: u64) -> Result<Vec<(u64, Chunk)>, StoreError> {
-    let Open { conn, index, dirty, cache, hot, staged_state, contexts, bits, next_seq, .. } = open;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-    let mut written = Vec::new();
+/// A round handed to the writer, as the worker remembers it until the writer answers: what to
+/// undo if it fails, what to hand over again if the writer dies.
+#[derive(Debug)]
+pub(super) struct InFlight {
+    pub(super) round: Arc<Round>,
+    /// The lowest seq of its events (`None`: it writes no event).
+    pub(super) low: Option<u64>,
+    /// Staged bytes of its events, released from the staging bound once it is written.
+    pub(super) bytes: u64,
+    /// The chunks it adds (in the index already).
+    pub(super) firsts: Vec<u64>,
+    /// The chunks whose state row it rewrites.
+    pub(super) states: Vec<u64>,
+}
+
+/// Builds the next round for the writer: the staged events of `part` still pending (encoded as
+/// chunks, added to the index at once so that acks meanwhile find them), the staged state of
+/// events below `state_below`, the changed chunk states and the chunks to delete. Takes `part`
+/// out of the staged events (their bytes stay counted until the round is written).
+pub(super) fn build_round(open: &mut Open, part: &[u64], state_below: u64, id: u64) -> InFlight {
+    let Open {
+        index, dirty, cache, hot, staged, staged_state, contexts, bits, next_seq, deletes, retry_contexts, ..
+    } = open;
+    let mut round = Round { id, next_seq: *next_seq, contexts: std::mem::take(retry_contexts), ..Round::default() };
+    let mut firsts = Vec::new();
+    let mut bytes = 0u64;
     // Room for a full chunk of typical events: no regrowth while encoding.
     let mut data = Vec::with_capacity(CHUNK_EVENTS * 320);
     let mut seqs = Vec::new();
     let mut masks = Vec::new();
-    let write_chunk =
-        |data: &mut Vec<u8>, seqs: &mut Vec<u64>, masks: &mut Vec<u64>| -> Result<Option<(u64, Chunk)>, StoreError> {
-            let Some(&first) = seqs.first() else { return Ok(None) };
-            let chunk = Chunk::new(std::mem::take(seqs), std::mem::take(masks), data.len() as u64);
-            insert_chunk(&tx, first, data, &chunk.encode_state())?;
-            data.clear();
-            Ok(Some((first, chunk)))
-        };
+    let mut close = |data: &mut Vec<u8>, seqs: &mut Vec<u64>, masks: &mut Vec<u64>, round: &mut Round| {
+        let Some(&first) = seqs.first() else { return };
+        let chunk = Chunk::new(std::mem::take(seqs), std::mem::take(masks), data.len() as u64);
+        round.chunks.push((
+            first,
+            std::mem::replace(data, Vec::with_capacity(CHUNK_EVENTS * 320)),
+            chunk.encode_state(),
+        ));
+        index.chunks.insert(first, chunk);
+        firsts.push(first);
+    };
     for &seq in part {
+        if let Some(b) = staged.remove(&seq) {
+            bytes += u64::from(b);
+        }
         // Delivered (or dead-lettered) everywhere while staged: never written.
         let Some(event) = hot.view(seq).filter(|e| e.pending != 0) else { continue };
-        let context = match &event.context {
-            Some(c) => Some(intern(&tx, contexts, c)?),
-            None => None,
-        };
+        let context = event.context.as_ref().map(|c| intern(contexts, &mut round.contexts, c));
         let stored = StoredEvent {
             seq,
             id: event.id,
@@ -51,19 +75,29 @@ pub(super) fn commit_tx(open: &mut Open, part: &[u64], state_below: u64) -> Resu
         seqs.push(seq);
         masks.push(to_bits(bits, event.pending));
         if seqs.len() == CHUNK_EVENTS {
-            written.extend(write_chunk(&mut data, &mut seqs, &mut masks)?);
+            close(&mut data, &mut seqs, &mut masks, &mut round);
         }
     }
-    written.extend(write_chunk(&mut data, &mut seqs, &mut masks)?);
-    let state: Vec<StateChange> =
-        staged_state.iter().filter(|(seq, _)| *seq < state_below).map(|(_, c)| c.clone()).collect();
-    write_state(&tx, &state)?;
-    tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?1)", [*next_seq as i64])
-        .map_err(backend)?;
-    write_dirty(&tx, index, dirty)?;
-    tx.commit().map_err(backend)?;
-    dirty_written(index, dirty, cache);
-    Ok(written)
+    close(&mut data, &mut seqs, &mut masks, &mut round);
+    round.state = staged_state.iter().filter(|(seq, _)| *seq < state_below).map(|(_, c)| c.clone()).collect();
+    staged_state.retain(|(seq, _)| *seq >= state_below);
+    let mut states = Vec::new();
+    for first in std::mem::take(dirty) {
+        let Some(chunk) = index.chunks.get(&first) else { continue };
+        if chunk.live == 0 {
+            // No destination needs it any more: it leaves the index now, the file with this round.
+            index.chunks.remove(&first);
+            if cache.as_ref().is_some_and(|(f, _)| *f == first) {
+                *cache = None;
+            }
+            round.deletes.push(first);
+        } else {
+            round.states.push((first, chunk.encode_state()));
+            states.push(first);
+        }
+    }
+    round.deletes.append(deletes);
+    InFlight { round: Arc::new(round), low: part.first().copied(), bytes, firsts, states }
 }
 
 /// Inserts one chunk's data and state rows, each with its checksum.
@@ -83,11 +117,12 @@ pub(super) fn insert_chunk(
 }
 
 /// Drops the oldest chunks while the file holds more than `max_bytes` of events (down to 90% of
-/// it, so this is not paid on every commit). Returns the pending events dropped.
-pub(super) fn evict(open: &mut Open, max_bytes: u64) -> Result<Vec<Evicted>, StoreError> {
+/// it, so this is not paid on every commit); their rows are deleted with the next round.
+/// Returns the pending events dropped.
+pub(super) fn evict(open: &mut Open, max_bytes: u64) -> Vec<Evicted> {
     let mut size = open.index.bytes();
     if size <= max_bytes {
-        return Ok(Vec::new());
+        return Vec::new();
     }
     let target = max_bytes / 10 * 9;
     let mut victims = Vec::new();
@@ -98,16 +133,11 @@ pub(super) fn evict(open: &mut Open, max_bytes: u64) -> Result<Vec<Evicted>, Sto
         size -= chunk.bytes;
         victims.push(*first);
     }
-    let tx = open.conn.transaction().map_err(backend)?;
-    for first in &victims {
-        tx.execute("DELETE FROM chunks WHERE first = ?1", [*first as i64]).map_err(backend)?;
-        tx.execute("DELETE FROM chunk_state WHERE first = ?1", [*first as i64]).map_err(backend)?;
-    }
-    tx.commit().map_err(backend)?;
     let mut evicted = Vec::new();
     for first in victims {
         let Some(chunk) = open.index.chunks.remove(&first) else { continue };
         open.dirty.remove(&first);
+        open.deletes.push(first);
         let per_event = chunk.bytes / chunk.seqs.len().max(1) as u64;
         for (seq, mask) in chunk.seqs.iter().zip(&chunk.pending).filter(|(_, m)| **m != 0) {
             if *seq >= open.hot_start {
@@ -117,15 +147,11 @@ pub(super) fn evict(open: &mut Open, max_bytes: u64) -> Result<Vec<Evicted>, Sto
         }
     }
     open.cache = None;
-    Ok(evicted)
+    evicted
 }
 
-/// Writes the state of changed chunks: rewrites their state row, or deletes a chunk no
-/// destination needs any more.
 /// Writes the state of changed chunks in `tx`: rewrites their state row, or deletes a chunk no
-/// destination needs any more. Changes nothing in memory: the caller applies the result with
-/// [`dirty_written`] once the transaction has committed (a failed write must leave the dirty
-/// set and the index as they were, to be written again).
+/// destination needs any more (used by `trackway outbox move` / `drop`, which write directly).
 pub(super) fn write_dirty(
     tx: &rusqlite::Transaction<'_>,
     index: &ChunkIndex,
@@ -150,22 +176,6 @@ pub(super) fn write_dirty(
     Ok(())
 }
 
-/// After a committed [`write_dirty`]: finished chunks leave the index, the dirty set empties.
-pub(super) fn dirty_written(
-    index: &mut ChunkIndex,
-    dirty: &mut BTreeSet<u64>,
-    cache: &mut Option<(u64, Vec<StoredEvent>)>,
-) {
-    for first in std::mem::take(dirty) {
-        if index.chunks.get(&first).is_some_and(|c| c.live == 0) {
-            index.chunks.remove(&first);
-            if cache.as_ref().is_some_and(|(f, _)| *f == first) {
-                *cache = None;
-            }
-        }
-    }
-}
-
 pub(super) fn write_state(tx: &rusqlite::Transaction<'_>, changes: &[StateChange]) -> Result<(), StoreError> {
     for c in changes {
         match &c.value {
@@ -177,21 +187,17 @@ pub(super) fn write_state(tx: &rusqlite::Transaction<'_>, changes: &[StateChange
     Ok(())
 }
 
-/// The id of `context` in the contexts table, adding it if new (cached; compared by pointer
-/// first, since a client's events share one `Bytes`).
-pub(super) fn intern(
-    tx: &rusqlite::Transaction<'_>,
-    cache: &mut Vec<(i64, Bytes)>,
-    context: &Bytes,
-) -> Result<i64, StoreError> {
+/// The id of `context` in the contexts table, giving it the next id (and adding it to the
+/// round, which writes it) if it is new. Compared by pointer first, since a client's events
+/// share one `Bytes`.
+fn intern(cache: &mut Vec<(i64, Bytes)>, new: &mut Vec<(i64, Bytes)>, context: &Bytes) -> i64 {
     if let Some((id, _)) = cache.iter().rev().find(|(_, c)| c.as_ptr() == context.as_ptr() || c == context) {
-        return Ok(*id);
+        return *id;
     }
-    tx.execute("INSERT OR IGNORE INTO contexts (json) VALUES (?1)", [&context[..]]).map_err(backend)?;
-    let id: i64 =
-        tx.query_row("SELECT id FROM contexts WHERE json = ?1", [&context[..]], |r| r.get(0)).map_err(backend)?;
+    let id = cache.iter().map(|(id, _)| *id).max().unwrap_or(0) + 1;
     cache.push((id, context.clone()));
-    Ok(id)
+    new.push((id, context.clone()));
+    id
 }
 
 pub(super) fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
