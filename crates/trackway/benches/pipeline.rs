@@ -716,7 +716,6 @@ fn process_cpu_ns() -> u64 {
     live.max(ticks.unwrap_or(0) * 10_000_000)
 }
 
-
 fn timer_overhead_ns() -> u64 {
     let mut v = vec![0u64; 100_000];
     for slot in &mut v {

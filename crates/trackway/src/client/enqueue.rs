@@ -202,7 +202,7 @@ impl Client {
                     .filter_map(|i| shared.pipe.destinations.iter().find(|(j, _)| *j == i))
                     .map(|(i, d)| {
                         let outcome = crate::receipts::Outcome::Filtered;
-                        (i, crate::receipts::OutcomeRecord { id, destination: d.name().to_owned(), outcome, at })
+                        crate::receipts::Decided { lane: i, destination: d.name().into(), id, outcome, at }
                     })
                     .collect();
                 hub.emit(records);

@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use trackway_wire::MessageId;
 
-use super::OutcomeRecord;
+use super::Decided;
 use super::stream::{OutcomeStream, Ring};
 use crate::pipeline::lock;
 
@@ -38,44 +38,55 @@ pub(super) struct WatchState {
     pub(super) routes: u64,
     /// Those without an outcome yet.
     pub(super) remaining: u64,
-    /// By route bit, in arrival order.
-    pub(super) results: Vec<(usize, OutcomeRecord)>,
+    /// In arrival order (each knows its route bit).
+    pub(super) results: Vec<Decided>,
     pub(super) ended: Option<Ended>,
+    /// Threads blocked in [`Receipt::wait`](super::Receipt::wait): the condvar is signalled
+    /// only when one is (a signal is a system call even with nobody waiting).
+    pub(super) waiters: usize,
 }
 
 impl Watch {
     fn new(routes: u64) -> Self {
         Watch {
-            state: Mutex::new(WatchState { routes, remaining: routes, results: Vec::new(), ended: None }),
+            state: Mutex::new(WatchState { routes, remaining: routes, results: Vec::new(), ended: None, waiters: 0 }),
             changed: Condvar::new(),
             notify: tokio::sync::Notify::new(),
         }
     }
 
-    fn wake(&self) {
-        self.changed.notify_all();
+    /// `waiters`: read under the state's lock by the caller, so a thread about to wait either
+    /// was counted or will see the new state before it waits.
+    fn wake(&self, waiters: usize) {
+        if waiters > 0 {
+            self.changed.notify_all();
+        }
         // One waiter per receipt (`resolved` takes `&self`, but a receipt is awaited once):
         // `notify_waiters` wakes every one registered, and each re-checks the state.
         self.notify.notify_waiters();
     }
 
     /// Records an outcome; whether every destination has one now.
-    fn add(&self, lane: usize, record: OutcomeRecord) -> bool {
+    fn add(&self, record: Decided) -> bool {
         let mut state = lock(&self.state);
-        let bit = 1u64 << lane;
+        let bit = 1u64 << record.lane;
         if state.remaining & bit != 0 {
             state.remaining &= !bit;
-            state.results.push((lane, record));
+            state.results.push(record);
         }
         let done = state.remaining == 0;
+        let waiters = state.waiters;
         drop(state);
-        self.wake();
+        self.wake(waiters);
         done
     }
 
     fn end(&self, why: &Ended) {
-        lock(&self.state).ended.get_or_insert_with(|| why.clone());
-        self.wake();
+        let mut state = lock(&self.state);
+        state.ended.get_or_insert_with(|| why.clone());
+        let waiters = state.waiters;
+        drop(state);
+        self.wake(waiters);
     }
 }
 
@@ -167,27 +178,25 @@ impl Hub {
         }
     }
 
-    /// Hands outcomes to every stream and to the watches they complete. `lane` is the route bit.
-    pub(crate) fn emit(&self, records: Vec<(usize, OutcomeRecord)>) {
+    /// Hands outcomes to every stream and to the watches they complete: one lock per stream
+    /// for the whole batch.
+    pub(crate) fn emit(&self, records: Vec<Decided>) {
         if records.is_empty() {
             return;
         }
         // Matched under the lock, woken outside it: callers registering watches wait for a
         // lookup per outcome, not for the receipts' wake-ups.
-        let matched: Vec<(Arc<Watch>, usize, OutcomeRecord)> = {
+        let matched: Vec<(Arc<Watch>, Decided)> = {
             let watches = lock(&self.watches);
             if watches.is_empty() {
                 Vec::new()
             } else {
-                records
-                    .iter()
-                    .filter_map(|(lane, r)| watches.get(&r.id).map(|w| (w.clone(), *lane, r.clone())))
-                    .collect()
+                records.iter().filter_map(|r| watches.get(&r.id).map(|w| (w.clone(), r.clone()))).collect()
             }
         };
-        for (watch, lane, record) in matched {
+        for (watch, record) in matched {
             let id = record.id;
-            if watch.add(lane, record) {
+            if watch.add(record) {
                 // As `unwatch`: only the remover counts it off (a receipt dropped meanwhile did).
                 self.unwatch(id);
             }
@@ -196,9 +205,9 @@ impl Hub {
         streams.retain(|ring| !ring.is_dropped());
         if let Some((last, rest)) = streams.split_last() {
             for ring in rest {
-                ring.push_all(records.iter().map(|(_, r)| r.clone()));
+                ring.push_all(records.iter().cloned());
             }
-            last.push_all(records.into_iter().map(|(_, r)| r));
+            last.push_all(records.into_iter());
         }
     }
 

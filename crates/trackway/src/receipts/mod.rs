@@ -37,6 +37,8 @@ mod tracker;
 use trackway_wire::{MessageId, Timestamp};
 
 pub(crate) use hub::{Ended, Hub, Registration, Watch};
+use std::sync::Arc;
+
 pub use receipt::{Confirmation, DestinationOutcome, Pending, Receipt, ReceiptError, Resolution};
 pub use stream::{OutcomeStream, RecvError};
 pub(crate) use tracker::Tracker;
@@ -143,4 +145,24 @@ pub struct OutcomeRecord {
     pub outcome: Outcome,
     /// When it was decided (the client's clock).
     pub at: Timestamp,
+}
+
+/// An outcome as the worker hands it over: the destination as a shared name (one reference
+/// count per outcome, where a `String` cost an allocation and a copy on the worker's thread).
+/// Made into an [`OutcomeRecord`] by whoever reads it, on the reader's thread.
+#[derive(Clone, Debug)]
+pub(crate) struct Decided {
+    /// The destination's route bit.
+    pub(crate) lane: usize,
+    pub(crate) destination: Arc<str>,
+    pub(crate) id: MessageId,
+    pub(crate) outcome: Outcome,
+    pub(crate) at: Timestamp,
+}
+
+impl Decided {
+    /// The public record, moved.
+    pub(crate) fn into_record(self) -> OutcomeRecord {
+        OutcomeRecord { id: self.id, destination: self.destination.to_string(), outcome: self.outcome, at: self.at }
+    }
 }

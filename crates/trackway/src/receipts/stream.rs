@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::OutcomeRecord;
 use super::hub::Hub;
+use super::{Decided, OutcomeRecord};
 use crate::pipeline::lock;
 
 /// Why [`OutcomeStream::try_recv`] and its kin returned no outcome.
@@ -28,12 +28,16 @@ pub enum RecvError {
 
 #[derive(Debug)]
 struct RingState {
-    buf: VecDeque<OutcomeRecord>,
+    /// Compact: the public record (a `String` name) is made by the reader, on its thread.
+    buf: VecDeque<Decided>,
     /// Dropped since the last read.
     missed: u64,
     /// Dropped in all.
     missed_total: u64,
     closed: bool,
+    /// Threads blocked in `recv_timeout`: the condvar is signalled only when one is (a signal
+    /// is a system call even with nobody waiting, once per batch the worker pushes).
+    waiters: usize,
 }
 
 /// One subscriber's buffer.
@@ -57,6 +61,7 @@ impl Ring {
                 missed: 0,
                 missed_total: 0,
                 closed: false,
+                waiters: 0,
             }),
             changed: Condvar::new(),
             notify: tokio::sync::Notify::new(),
@@ -68,7 +73,8 @@ impl Ring {
         self.dropped.load(Ordering::Acquire)
     }
 
-    pub(super) fn push_all(&self, records: impl Iterator<Item = OutcomeRecord>) {
+    /// One lock for the whole batch.
+    pub(super) fn push_all(&self, records: impl Iterator<Item = Decided>) {
         let mut state = lock(&self.state);
         for record in records {
             if state.buf.len() == self.capacity {
@@ -78,17 +84,25 @@ impl Ring {
             }
             state.buf.push_back(record);
         }
+        let waiters = state.waiters;
         drop(state);
-        self.wake();
+        self.wake(waiters);
     }
 
     pub(super) fn close(&self) {
-        lock(&self.state).closed = true;
-        self.wake();
+        let mut state = lock(&self.state);
+        state.closed = true;
+        let waiters = state.waiters;
+        drop(state);
+        self.wake(waiters);
     }
 
-    fn wake(&self) {
-        self.changed.notify_all();
+    /// `waiters` was read under the lock the waiting thread counts itself under: it either was
+    /// counted, or it sees the new state before it waits.
+    fn wake(&self, waiters: usize) {
+        if waiters > 0 {
+            self.changed.notify_all();
+        }
         // One reader per stream (`recv` takes `&mut self`): a stored permit is never lost.
         self.notify.notify_one();
     }
@@ -98,7 +112,7 @@ impl Ring {
             return Err(RecvError::Missed(std::mem::take(&mut state.missed)));
         }
         match state.buf.pop_front() {
-            Some(record) => Ok(record),
+            Some(record) => Ok(record.into_record()),
             None if state.closed => Err(RecvError::Closed),
             None => Err(RecvError::Empty),
         }
@@ -164,10 +178,12 @@ impl OutcomeStream {
             let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 return Err(RecvError::Empty);
             };
+            state.waiters += 1;
             state = match self.ring.changed.wait_timeout(state, left) {
                 Ok((state, _)) => state,
                 Err(poisoned) => poisoned.into_inner().0,
             };
+            state.waiters -= 1;
         }
     }
 
@@ -192,7 +208,7 @@ impl OutcomeStream {
     pub fn drain(&mut self, missed: &mut u64) -> Vec<OutcomeRecord> {
         let mut state = lock(&self.ring.state);
         *missed += std::mem::take(&mut state.missed);
-        state.buf.drain(..).collect()
+        state.buf.drain(..).map(Decided::into_record).collect()
     }
 
     /// How many outcomes this subscriber missed in all (dropped because it fell behind).
