@@ -198,14 +198,14 @@ impl Client {
             bump(&shared.pipe.counters.filtered, 1);
             if hub.is_active() {
                 let at = shared.pipe.clock.now();
-                let records = crate::store::routes(routes)
+                let mut records: Vec<_> = crate::store::routes(routes)
                     .filter_map(|i| shared.pipe.destinations.iter().find(|(j, _)| *j == i))
                     .map(|(i, d)| {
                         let outcome = crate::receipts::Outcome::Filtered;
                         crate::receipts::Decided { lane: i, destination: d.name().into(), id, outcome, at }
                     })
                     .collect();
-                hub.emit(records);
+                hub.emit(&mut records);
             }
             // Resolved by the outcomes just emitted.
             if let Some(registration) = registration {

@@ -180,7 +180,8 @@ impl Hub {
 
     /// Hands outcomes to every stream and to the watches they complete: one lock per stream
     /// for the whole batch.
-    pub(crate) fn emit(&self, records: Vec<Decided>) {
+    /// `records` is drained, its buffer left to the caller.
+    pub(crate) fn emit(&self, records: &mut Vec<Decided>) {
         if records.is_empty() {
             return;
         }
@@ -207,8 +208,10 @@ impl Hub {
             for ring in rest {
                 ring.push_all(records.iter().cloned());
             }
-            last.push_all(records.into_iter());
+            last.push_all(records.drain(..));
         }
+        // With no stream left (only receipts listen) nothing drained them.
+        records.clear();
     }
 
     /// No more outcomes: every open receipt resolves (pending, or with the worker's error) and

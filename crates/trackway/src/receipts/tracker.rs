@@ -99,7 +99,8 @@ impl Tracker {
     /// Hands what this step decided to the streams and receipts.
     pub(crate) fn flush(&mut self) {
         if !self.batch.is_empty() {
-            self.hub.emit(std::mem::take(&mut self.batch));
+            // Drained, not taken: the buffer is kept for the next step, not grown again.
+            self.hub.emit(&mut self.batch);
         }
     }
 }
@@ -121,12 +122,15 @@ struct Window {
     /// Open entries outside the window: below it (an earlier run's, or moved out because they
     /// lingered past `limit`).
     side: HashMap<u64, Slot, SeqHash>,
+    /// No side entry is above this (reset when the side map empties): an append, past every
+    /// seq seen, skips the side map's lookup.
+    side_max: u64,
     limit: usize,
 }
 
 impl Window {
     fn new(limit: usize) -> Self {
-        Window { base: 0, slots: VecDeque::new(), side: HashMap::default(), limit: limit.max(1) }
+        Window { base: 0, slots: VecDeque::new(), side: HashMap::default(), side_max: 0, limit: limit.max(1) }
     }
 
     fn is_empty(&self) -> bool {
@@ -176,7 +180,15 @@ impl Window {
             return;
         }
         // Below the window.
-        self.side.insert(seq, Slot { id, routes });
+        self.side_insert(seq, Slot { id, routes });
+    }
+
+    fn side_insert(&mut self, seq: u64, slot: Slot) {
+        if self.side.is_empty() {
+            self.side_max = seq;
+        }
+        self.side_max = self.side_max.max(seq);
+        self.side.insert(seq, slot);
     }
 
     /// Closes route `bit` of `seq`: its id if that route was open.
@@ -193,10 +205,7 @@ impl Window {
                 return Some(id);
             }
         }
-        if self.side.is_empty() {
-            return None;
-        }
-        let slot = self.side.get_mut(&seq)?;
+        let slot = self.side_get_mut(seq)?;
         if slot.routes & bit == 0 {
             return None;
         }
@@ -209,7 +218,7 @@ impl Window {
     }
 
     fn side_get_mut(&mut self, seq: u64) -> Option<&mut Slot> {
-        if self.side.is_empty() { None } else { self.side.get_mut(&seq) }
+        if self.side.is_empty() || seq > self.side_max { None } else { self.side.get_mut(&seq) }
     }
 
     fn pop_empty_front(&mut self) {
@@ -225,7 +234,7 @@ impl Window {
             if let Some(slot) = self.slots.pop_front()
                 && slot.routes != 0
             {
-                self.side.insert(self.base, slot);
+                self.side_insert(self.base, slot);
             }
             self.base += 1;
         }
@@ -233,10 +242,15 @@ impl Window {
     }
 
     fn spill_all(&mut self) {
-        for (i, slot) in self.slots.drain(..).enumerate() {
-            if slot.routes != 0 {
-                self.side.insert(self.base + i as u64, slot);
-            }
+        let base = self.base;
+        let open: Vec<(u64, Slot)> = std::mem::take(&mut self.slots)
+            .into_iter()
+            .zip(base..)
+            .filter(|(s, _)| s.routes != 0)
+            .map(|(s, q)| (q, s))
+            .collect();
+        for (seq, slot) in open {
+            self.side_insert(seq, slot);
         }
     }
 
@@ -369,6 +383,28 @@ mod tests {
                 assert_eq!(w.open(), 500, "open until the last lane");
             }
         }
+        assert!(w.is_empty());
+    }
+
+    /// The window starts again below a seq kept aside: that seq is still found in the side map
+    /// (not given a second, empty entry in the window).
+    #[test]
+    fn a_restarted_window_below_a_side_entry() {
+        let mut w = Window::new(4);
+        for seq in 500..510u64 {
+            w.add(seq, id(seq), 1);
+        }
+        for seq in 501..510u64 {
+            assert_eq!(w.take(seq, 1), Some(id(seq)));
+        }
+        assert!(w.slots.is_empty() && w.side.contains_key(&500), "500 lingered aside");
+        w.add(498, id(498), 1);
+        w.add(500, id(500), 0b10);
+        w.add(501, id(501), 1);
+        assert_eq!(w.take(500, 0b10), Some(id(500)));
+        assert_eq!(w.take(500, 1), Some(id(500)));
+        assert_eq!(w.take(498, 1), Some(id(498)));
+        assert_eq!(w.take(501, 1), Some(id(501)));
         assert!(w.is_empty());
     }
 
