@@ -149,7 +149,7 @@ pub struct OutcomeRecord {
 
 /// An outcome as the worker hands it over: the destination as a shared name (one reference
 /// count per outcome, where a `String` cost an allocation and a copy on the worker's thread).
-/// Made into an [`OutcomeRecord`] by whoever reads it, on the reader's thread.
+/// The streams keep it by lane and make the [`OutcomeRecord`] on the reader's thread.
 #[derive(Clone, Debug)]
 pub(crate) struct Decided {
     /// The destination's route bit.
@@ -158,11 +158,4 @@ pub(crate) struct Decided {
     pub(crate) id: MessageId,
     pub(crate) outcome: Outcome,
     pub(crate) at: Timestamp,
-}
-
-impl Decided {
-    /// The public record, moved.
-    pub(crate) fn into_record(self) -> OutcomeRecord {
-        OutcomeRecord { id: self.id, destination: self.destination.to_string(), outcome: self.outcome, at: self.at }
-    }
 }

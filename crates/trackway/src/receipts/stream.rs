@@ -3,11 +3,13 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+
 use std::time::{Duration, Instant};
+use trackway_wire::{MessageId, Timestamp};
 
 use super::hub::Hub;
-use super::{Decided, OutcomeRecord};
+use super::{Decided, Outcome, OutcomeRecord};
 use crate::pipeline::lock;
 
 /// Why [`OutcomeStream::try_recv`] and its kin returned no outcome.
@@ -26,10 +28,24 @@ pub enum RecvError {
     Closed,
 }
 
+/// One outcome as a ring keeps it.
+#[derive(Debug)]
+struct Stored {
+    lane: usize,
+    id: MessageId,
+    outcome: Outcome,
+    at: Timestamp,
+}
+
 #[derive(Debug)]
 struct RingState {
-    /// Compact: the public record (a `String` name) is made by the reader, on its thread.
-    buf: VecDeque<Decided>,
+    /// Compact: the destination by lane; the public record (a `String` name) is made by the
+    /// reader, on its thread.
+    buf: VecDeque<Stored>,
+    /// Each lane's name, set by the worker when a lane first shows up: the records carry no
+    /// name, so no reference count moves between the worker's and the reader's threads per
+    /// outcome.
+    names: Vec<Option<Arc<str>>>,
     /// Dropped since the last read.
     missed: u64,
     /// Dropped in all.
@@ -38,6 +54,21 @@ struct RingState {
     /// Threads blocked in `recv_timeout`: the condvar is signalled only when one is (a signal
     /// is a system call even with nobody waiting, once per batch the worker pushes).
     waiters: usize,
+}
+
+impl RingState {
+    fn record(&self, stored: Stored) -> OutcomeRecord {
+        Self::named(&self.names, stored)
+    }
+
+    fn named(names: &[Option<Arc<str>>], stored: Stored) -> OutcomeRecord {
+        let destination = match names.get(stored.lane).and_then(Option::as_deref) {
+            Some(name) => name.to_owned(),
+            // Never: a lane's name is set with its first record.
+            None => format!("destination #{}", stored.lane),
+        };
+        OutcomeRecord { id: stored.id, destination, outcome: stored.outcome, at: stored.at }
+    }
 }
 
 /// One subscriber's buffer.
@@ -62,6 +93,7 @@ impl Ring {
                 missed_total: 0,
                 closed: false,
                 waiters: 0,
+                names: Vec::new(),
             }),
             changed: Condvar::new(),
             notify: tokio::sync::Notify::new(),
@@ -82,7 +114,14 @@ impl Ring {
                 state.missed += 1;
                 state.missed_total += 1;
             }
-            state.buf.push_back(record);
+            let lane = record.lane;
+            if state.names.get(lane).and_then(Option::as_ref).is_none_or(|n| !Arc::ptr_eq(n, &record.destination)) {
+                if state.names.len() <= lane {
+                    state.names.resize(lane + 1, None);
+                }
+                state.names[lane] = Some(record.destination);
+            }
+            state.buf.push_back(Stored { lane, id: record.id, outcome: record.outcome, at: record.at });
         }
         let waiters = state.waiters;
         drop(state);
@@ -112,7 +151,7 @@ impl Ring {
             return Err(RecvError::Missed(std::mem::take(&mut state.missed)));
         }
         match state.buf.pop_front() {
-            Some(record) => Ok(record.into_record()),
+            Some(record) => Ok(state.record(record)),
             None if state.closed => Err(RecvError::Closed),
             None => Err(RecvError::Empty),
         }
@@ -144,12 +183,12 @@ impl Ring {
 /// ```
 #[derive(Debug)]
 pub struct OutcomeStream {
-    ring: std::sync::Arc<Ring>,
+    ring: Arc<Ring>,
     hub: Weak<Hub>,
 }
 
 impl OutcomeStream {
-    pub(super) fn new(ring: std::sync::Arc<Ring>, hub: Weak<Hub>) -> Self {
+    pub(super) fn new(ring: Arc<Ring>, hub: Weak<Hub>) -> Self {
         OutcomeStream { ring, hub }
     }
 
@@ -208,7 +247,9 @@ impl OutcomeStream {
     pub fn drain(&mut self, missed: &mut u64) -> Vec<OutcomeRecord> {
         let mut state = lock(&self.ring.state);
         *missed += std::mem::take(&mut state.missed);
-        state.buf.drain(..).map(Decided::into_record).collect()
+        let state = &mut *state;
+        let names = &state.names;
+        state.buf.drain(..).map(|r| RingState::named(names, r)).collect()
     }
 
     /// How many outcomes this subscriber missed in all (dropped because it fell behind).
