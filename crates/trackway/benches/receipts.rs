@@ -37,6 +37,9 @@ const BATCH: usize = 100;
 /// The reader thread's name, so its CPU is not mistaken for the caller's.
 const READER: &str = "outcome-reader";
 
+/// A table column: its title, the `RESULT` key, and how a value is shown.
+type Column = (&'static str, &'static str, fn(f64) -> String);
+
 /// `--name V` on the command line, else the environment variable `env`, else `default`.
 fn arg(name: &str, env: &str, default: usize) -> anyhow::Result<usize> {
     std::env::args()
@@ -69,7 +72,7 @@ fn main() -> anyhow::Result<()> {
             results[p].push(common::run_child(PHASES[p], &env)?);
         }
     }
-    let columns: [(&str, &str, fn(f64) -> String); 6] = [
+    let columns: [Column; 6] = [
         ("p50 ns", "p50_ns", |v| format!("{v:.0}")),
         ("p99 ns", "p99_ns", |v| format!("{v:.0}")),
         ("delivered/s", "rate", |v| format!("{v:.0}")),
@@ -100,12 +103,11 @@ fn main() -> anyhow::Result<()> {
         let v = results[p].iter().map(|r| r.get(key).map(|v| v as f64)).collect::<anyhow::Result<Vec<_>>>()?;
         Ok(common::median(&v))
     };
-    for p in 1..PHASES.len() {
+    for (p, phase) in PHASES.iter().enumerate().skip(1) {
         let rate = med(p, "rate")? / med(0, "rate")?.max(1.0) - 1.0;
         let cpu = med(p, "worker_ns_per_event")? / med(0, "worker_ns_per_event")?.max(1.0) - 1.0;
         println!(
-            "{:<11} vs plain: delivered/s {:+.1} %, worker CPU per event {:+.1} %",
-            PHASES[p],
+            "{phase:<11} vs plain: delivered/s {:+.1} %, worker CPU per event {:+.1} %",
             rate * 100.0,
             cpu * 100.0
         );
