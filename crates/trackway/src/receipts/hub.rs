@@ -7,8 +7,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use trackway_wire::MessageId;
 
-use super::Decided;
 use super::stream::{OutcomeStream, Ring};
+use super::{Decided, Names};
 use crate::pipeline::lock;
 
 /// The test hook a confirmed call runs between its push and its return.
@@ -38,8 +38,8 @@ pub(super) struct WatchState {
     pub(super) routes: u64,
     /// Those without an outcome yet.
     pub(super) remaining: u64,
-    /// In arrival order (each knows its route bit).
-    pub(super) results: Vec<Decided>,
+    /// In arrival order (each knows its route bit), with the destination's name.
+    pub(super) results: Vec<(Decided, Arc<str>)>,
     pub(super) ended: Option<Ended>,
     /// Threads blocked in [`Receipt::wait`](super::Receipt::wait): the condvar is signalled
     /// only when one is (a signal is a system call even with nobody waiting).
@@ -67,12 +67,12 @@ impl Watch {
     }
 
     /// Records an outcome; whether every destination has one now.
-    fn add(&self, record: Decided) -> bool {
+    fn add(&self, record: Decided, name: Arc<str>) -> bool {
         let mut state = lock(&self.state);
         let bit = 1u64 << record.lane;
         if state.remaining & bit != 0 {
             state.remaining &= !bit;
-            state.results.push(record);
+            state.results.push((record, name));
         }
         let done = state.remaining == 0;
         let waiters = state.waiters;
@@ -181,7 +181,7 @@ impl Hub {
     /// Hands outcomes to every stream and to the watches they complete: one lock per stream
     /// for the whole batch.
     /// `records` is drained, its buffer left to the caller.
-    pub(crate) fn emit(&self, records: &mut Vec<Decided>) {
+    pub(crate) fn emit(&self, records: &mut Vec<Decided>, names: &Names) {
         if records.is_empty() {
             return;
         }
@@ -197,7 +197,8 @@ impl Hub {
         };
         for (watch, record) in matched {
             let id = record.id;
-            if watch.add(record) {
+            let name = names.get(record.lane).cloned().flatten().unwrap_or_else(|| Arc::from("?"));
+            if watch.add(record, name) {
                 // As `unwatch`: only the remover counts it off (a receipt dropped meanwhile did).
                 self.unwatch(id);
             }
@@ -206,9 +207,9 @@ impl Hub {
         streams.retain(|ring| !ring.is_dropped());
         if let Some((last, rest)) = streams.split_last() {
             for ring in rest {
-                ring.push_all(records.iter().cloned());
+                ring.push_all(records.iter().cloned(), names);
             }
-            last.push_all(records.drain(..));
+            last.push_all(records.drain(..), names);
         }
         // With no stream left (only receipts listen) nothing drained them.
         records.clear();

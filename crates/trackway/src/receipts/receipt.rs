@@ -190,9 +190,9 @@ impl Receipt {
         let shared = self.shared.upgrade();
         let destinations = crate::store::routes(state.routes)
             .map(|lane| {
-                if let Some(record) = state.results.iter().find(|r| r.lane == lane) {
+                if let Some((record, name)) = state.results.iter().find(|(r, _)| r.lane == lane) {
                     return DestinationOutcome {
-                        destination: record.destination.to_string(),
+                        destination: name.to_string(),
                         resolution: Resolution::Done { outcome: record.outcome.clone(), at: record.at },
                     };
                 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use trackway_wire::{MessageId, Timestamp};
 
 use super::hub::Hub;
-use super::{Decided, Outcome, OutcomeRecord};
+use super::{Decided, Names, Outcome, OutcomeRecord};
 use crate::pipeline::lock;
 
 /// Why [`OutcomeStream::try_recv`] and its kin returned no outcome.
@@ -106,7 +106,7 @@ impl Ring {
     }
 
     /// One lock for the whole batch.
-    pub(super) fn push_all(&self, records: impl Iterator<Item = Decided>) {
+    pub(super) fn push_all(&self, records: impl Iterator<Item = Decided>, names: &Names) {
         let mut state = lock(&self.state);
         for record in records {
             if state.buf.len() == self.capacity {
@@ -115,11 +115,12 @@ impl Ring {
                 state.missed_total += 1;
             }
             let lane = record.lane;
-            if state.names.get(lane).and_then(Option::as_ref).is_none_or(|n| !Arc::ptr_eq(n, &record.destination)) {
+            // A lane's name is set once (lanes are never reused): one check, no reference count.
+            if state.names.get(lane).is_none_or(Option::is_none) {
                 if state.names.len() <= lane {
                     state.names.resize(lane + 1, None);
                 }
-                state.names[lane] = Some(record.destination);
+                state.names[lane] = names.get(lane).cloned().flatten();
             }
             state.buf.push_back(Stored { lane, id: record.id, outcome: record.outcome, at: record.at });
         }

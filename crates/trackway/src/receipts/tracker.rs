@@ -64,23 +64,24 @@ impl Tracker {
         }
     }
 
-    /// Lane `lane`'s name as a shared string, made once.
-    fn name(&mut self, lane: usize, destination: &str) -> Arc<str> {
+    /// Notes lane `lane`'s name the first time it decides something (a lane's name is fixed:
+    /// lanes are appended, never reused).
+    #[inline]
+    fn name(&mut self, lane: usize, destination: &str) {
+        if self.names.get(lane).is_some_and(Option::is_some) {
+            return;
+        }
         if self.names.len() <= lane {
             self.names.resize(lane + 1, None);
         }
-        match &self.names[lane] {
-            // Compared, not trusted: a lane's name is fixed, but this costs a short memcmp.
-            Some(name) if &**name == destination => name.clone(),
-            _ => self.names[lane].insert(Arc::from(destination)).clone(),
-        }
+        self.names[lane] = Some(Arc::from(destination));
     }
 
     /// Lane `lane` (named `destination`) decided `outcome` for the event `seq`.
     pub(crate) fn decided(&mut self, lane: usize, destination: &str, seq: u64, outcome: Outcome, at: Timestamp) {
         let Some(id) = self.ids.take(seq, 1u64 << lane) else { return };
-        let destination = self.name(lane, destination);
-        self.batch.push(Decided { lane, destination, id, outcome, at });
+        self.name(lane, destination);
+        self.batch.push(Decided { lane, id, outcome, at });
     }
 
     /// An outcome for an event known by id (never stored, or decided on the caller's side).
@@ -92,15 +93,15 @@ impl Tracker {
         outcome: Outcome,
         at: Timestamp,
     ) {
-        let destination = self.name(lane, destination);
-        self.batch.push(Decided { lane, destination, id, outcome, at });
+        self.name(lane, destination);
+        self.batch.push(Decided { lane, id, outcome, at });
     }
 
     /// Hands what this step decided to the streams and receipts.
     pub(crate) fn flush(&mut self) {
         if !self.batch.is_empty() {
             // Drained, not taken: the buffer is kept for the next step, not grown again.
-            self.hub.emit(&mut self.batch);
+            self.hub.emit(&mut self.batch, &self.names);
         }
     }
 }
