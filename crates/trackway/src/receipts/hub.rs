@@ -179,8 +179,8 @@ impl Hub {
     }
 
     /// Hands outcomes to every stream and to the watches they complete: one lock per stream
-    /// for the whole batch.
-    /// `records` is drained, its buffer left to the caller.
+    /// for the whole batch. `records` is drained (its buffer is left to the caller for the next
+    /// batch); `names` gives each lane's destination name.
     pub(crate) fn emit(&self, records: &mut Vec<Decided>, names: &Names) {
         if records.is_empty() {
             return;
@@ -197,6 +197,7 @@ impl Hub {
         };
         for (watch, record) in matched {
             let id = record.id;
+            // Every emitter names each lane it emits for; "?" only guards a broken invariant.
             let name = names.get(record.lane).cloned().flatten().unwrap_or_else(|| Arc::from("?"));
             if watch.add(record, name) {
                 // As `unwatch`: only the remover counts it off (a receipt dropped meanwhile did).

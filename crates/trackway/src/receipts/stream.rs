@@ -4,8 +4,8 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
-
 use std::time::{Duration, Instant};
+
 use trackway_wire::{MessageId, Timestamp};
 
 use super::hub::Hub;
