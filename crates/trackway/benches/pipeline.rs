@@ -685,7 +685,7 @@ fn sample_backlog(
 const SAMPLER: &str = "bench-sampler";
 
 fn cpu_of_sampler() -> u64 {
-    cpu_of(SAMPLER)
+    common::cpu_of(SAMPLER)
 }
 
 /// `path` with `suffix` appended to its file name (`outbox.db` -> `outbox.db-wal`).
@@ -701,27 +701,11 @@ fn store_file_bytes(db: &Path) -> u64 {
     len(db) + len(&with_suffix(db, "-wal"))
 }
 
-/// CPU time (ns) the kernel charged to each live thread of this process so far, by thread name
-/// (`/proc/self/task/*/schedstat`, whose first field is the time on a CPU): unlike wall time,
-/// this barely moves when other processes load the machine.
-fn thread_cpu_ns() -> Vec<(String, u64)> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
-    tasks
-        .filter_map(Result::ok)
-        .filter_map(|task| {
-            let dir = task.path();
-            let name = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_owned();
-            let ns = std::fs::read_to_string(dir.join("schedstat")).ok()?.split_whitespace().next()?.parse().ok()?;
-            Some((name, ns))
-        })
-        .collect()
-}
-
 /// This process's CPU time so far (ns), threads that ended included (`/proc/self/schedstat`
 /// covers only the main thread, so the live threads are summed; a thread that ended is in
 /// `getrusage`-style totals only: read from `/proc/self/stat`, in clock ticks).
 fn process_cpu_ns() -> u64 {
-    let live: u64 = thread_cpu_ns().iter().map(|(_, ns)| ns).sum();
+    let live: u64 = common::thread_cpu_ns().iter().map(|(_, ns)| ns).sum();
     let ticks = std::fs::read_to_string("/proc/self/stat").ok().and_then(|stat| {
         // After the command name in parentheses: state is field 3, utime 14, stime 15.
         let rest = stat.rsplit_once(')')?.1;
@@ -730,11 +714,6 @@ fn process_cpu_ns() -> u64 {
     });
     // USER_HZ is 100 on Linux: 10 ms per tick.
     live.max(ticks.unwrap_or(0) * 10_000_000)
-}
-
-/// CPU time (ns) of the threads named `name` so far.
-fn cpu_of(name: &str) -> u64 {
-    thread_cpu_ns().iter().filter(|(n, _)| n == name).map(|(_, ns)| ns).sum()
 }
 
 fn timer_overhead_ns() -> u64 {
@@ -803,7 +782,7 @@ fn run_sdk_phase() -> anyhow::Result<()> {
     let sampler = sample_backlog(client.clone(), db.clone(), control.clone());
 
     let cpu_before = process_cpu_ns();
-    let worker_before = cpu_of("trackway-worker");
+    let worker_before = common::cpu_of("trackway-worker");
     let started = control.started;
     let counts = caller_loop(&client, &users, &mut costs, rate);
     let loop_elapsed = started.elapsed();
@@ -812,7 +791,7 @@ fn run_sdk_phase() -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     // The sampler thread's CPU is the bench's, not the SDK's.
     let cpu = process_cpu_ns().saturating_sub(cpu_before).saturating_sub(cpu_of_sampler());
-    let worker_cpu = cpu_of("trackway-worker").saturating_sub(worker_before);
+    let worker_cpu = common::cpu_of("trackway-worker").saturating_sub(worker_before);
     // Right after flush, before shutdown: the WAL may still hold the data.
     let file_after_flush = db.as_deref().map_or(0, store_file_bytes);
 

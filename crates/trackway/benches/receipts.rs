@@ -1,19 +1,26 @@
-//! What receipts and the outcome stream cost: `cargo bench -p trackway --bench receipts [-- --n N]`.
+//! What receipts and the outcome stream cost:
+//! `cargo bench -p trackway --all-features --bench receipts [-- --n N] [--rounds R]`.
 //!
 //! Three phases, each in its own child process (this binary re-executed with
-//! `TRACKWAY_RECEIPTS_BENCH_PHASE`, so peak RSS is per phase), against one collector in sink mode
-//! in the parent, through the JSON destination (batches of 100) and the in-memory store:
+//! `TRACKWAY_RECEIPTS_BENCH_PHASE`, so peak RSS is per phase; the runner and the `RESULT` lines are
+//! `benches/common`'s), against one collector in sink mode in the parent, through the JSON
+//! destination (batches of 100) and the in-memory store:
 //!
 //! - `plain`: `track` with nobody listening (the baseline: the feature's only cost is one load);
-//! - `subscriber`: `track` with one `OutcomeStream` read by a thread;
+//! - `subscriber`: `track` with one `OutcomeStream` drained by a reader thread;
 //! - `confirmed`: `track_confirmed`, started 100 at a time, then the 100 receipts awaited.
 //!
-//! Each prints the caller's p50/p99 per call, delivered events per second (first call to the
-//! flush that saw them all delivered) and peak RSS (VmHWM). Default N is 20 000: a quick, noisy
-//! run; give `--n` or `TRACKWAY_RECEIPTS_BENCH_N` for more.
+//! Each reports the caller's p50/p99 per call, delivered events per second (first call to the
+//! flush that saw them all delivered), the worker thread's CPU per delivered event (its
+//! `/proc/self/task/<tid>/schedstat`, found by the name `trackway-worker`: robust to load, unlike
+//! wall time), the reader thread's CPU per event separately, and peak RSS (VmHWM). With
+//! `--rounds R` the phases run R times, their order rotated each round (so none always runs
+//! first or last), and the medians with min–max are printed. Default N is 20 000, 1 round: a
+//! quick, noisy run.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::process::Command;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -27,32 +34,83 @@ const URL_ENV: &str = "TRACKWAY_RECEIPTS_BENCH_URL";
 const N_ENV: &str = "TRACKWAY_RECEIPTS_BENCH_N";
 const PHASES: [&str; 3] = ["plain", "subscriber", "confirmed"];
 const BATCH: usize = 100;
+/// The reader thread's name, so its CPU is not mistaken for the caller's.
+const READER: &str = "outcome-reader";
+
+/// A table column: its title, the `RESULT` key, and how a value is shown.
+type Column = (&'static str, &'static str, fn(f64) -> String);
+
+/// `--name V` on the command line, else the environment variable `env`, else `default`.
+fn arg(name: &str, env: &str, default: usize) -> anyhow::Result<usize> {
+    std::env::args()
+        .skip_while(|a| a != name)
+        .nth(1)
+        .or_else(|| std::env::var(env).ok())
+        .map_or(Ok(default), |s| s.parse())
+        .with_context(|| format!("{name} N"))
+}
 
 fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::args()
-        .skip_while(|a| a != "--n")
-        .nth(1)
-        .or_else(|| std::env::var(N_ENV).ok())
-        .map_or(Ok(20_000), |s| s.parse())
-        .context("--n N")?;
+    let n = arg("--n", N_ENV, 20_000)?;
     if let Ok(phase) = std::env::var(PHASE_ENV) {
         let url = std::env::var(URL_ENV).context("url")?;
         return run_phase(&phase, &url, n);
     }
+    let rounds = arg("--rounds", "TRACKWAY_RECEIPTS_BENCH_ROUNDS", 1)?.max(1);
     let collector = trackway_collector::Collector::builder().sink(true).start().context("collector")?;
-    println!("receipts bench: N = {n} per phase, one run each; the machine is shared: numbers are noisy");
-    println!("{:<11} {:>10} {:>10} {:>14} {:>10}", "phase", "p50 ns", "p99 ns", "delivered/s", "peak RSS");
-    for phase in PHASES {
-        let out = Command::new(std::env::current_exe()?)
-            .env(PHASE_ENV, phase)
-            .env(URL_ENV, collector.url("/events"))
-            .env(N_ENV, n.to_string())
-            .output()
-            .context("phase")?;
-        if !out.status.success() {
-            bail!("phase {phase} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "receipts bench: N = {n} per phase, {rounds} round(s), phases rotated per round; load average at start: {}",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    println!("(the machine may be shared: wall-time numbers are indicative; the CPU columns are per thread)");
+    let mut results: Vec<Vec<common::PhaseResult>> = PHASES.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for k in 0..PHASES.len() {
+            let p = (round + k) % PHASES.len();
+            let env = [(PHASE_ENV, PHASES[p].to_owned()), (URL_ENV, collector.url("/events")), (N_ENV, n.to_string())];
+            results[p].push(common::run_child(PHASES[p], &env)?);
         }
-        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    let columns: [Column; 6] = [
+        ("p50 ns", "p50_ns", |v| format!("{v:.0}")),
+        ("p99 ns", "p99_ns", |v| format!("{v:.0}")),
+        ("delivered/s", "rate", |v| format!("{v:.0}")),
+        ("worker ns/ev", "worker_ns_per_event", |v| format!("{v:.0}")),
+        ("reader ns/ev", "reader_ns_per_event", |v| format!("{v:.0}")),
+        ("peak RSS", "rss_bytes", |v| common::mib(v)),
+    ];
+    println!("median [min–max] over {rounds} round(s)");
+    print!("{:<11}", "phase");
+    for (title, _, _) in &columns {
+        print!(" {title:>26}");
+    }
+    println!();
+    for (p, phase) in PHASES.iter().enumerate() {
+        print!("{phase:<11}");
+        for (_, key, show) in &columns {
+            let values = results[p].iter().map(|r| r.get(key).map(|v| v as f64)).collect::<anyhow::Result<Vec<_>>>()?;
+            let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = values.iter().copied().fold(0.0, f64::max);
+            let cell = format!("{} [{}–{}]", show(common::median(&values)), show(min), show(max));
+            print!(" {cell:>26}");
+        }
+        println!();
+    }
+    // Against the plain phase of the same rounds: the targets (≤ 10 % throughput with one
+    // subscriber; the caller's p99 within the baseline's min–max).
+    let med = |p: usize, key: &str| -> anyhow::Result<f64> {
+        let v = results[p].iter().map(|r| r.get(key).map(|v| v as f64)).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(common::median(&v))
+    };
+    for (p, phase) in PHASES.iter().enumerate().skip(1) {
+        let rate = med(p, "rate")? / med(0, "rate")?.max(1.0) - 1.0;
+        let cpu = med(p, "worker_ns_per_event")? / med(0, "worker_ns_per_event")?.max(1.0) - 1.0;
+        println!(
+            "{phase:<11} vs plain: delivered/s {:+.1} %, worker CPU per event {:+.1} %",
+            rate * 100.0,
+            cpu * 100.0
+        );
     }
     Ok(())
 }
@@ -63,20 +121,23 @@ fn run_phase(phase: &str, url: &str, n: usize) -> anyhow::Result<()> {
         .store(MemoryStore::new())
         .queue_capacity(n.max(16_384))
         .build()?;
-    let reader = (phase == "subscriber").then(|| {
-        let mut stream = client.outcomes(16_384);
-        std::thread::spawn(move || {
-            let mut seen = 0u64;
-            loop {
-                match stream.recv_timeout(Duration::from_secs(5)) {
-                    Ok(_) => seen += 1,
-                    Err(RecvError::Missed(m)) => seen += m,
-                    Err(RecvError::Closed | RecvError::Empty) => return seen,
-                    Err(_) => {}
+    let reader = (phase == "subscriber")
+        .then(|| {
+            let mut stream = client.outcomes(16_384);
+            std::thread::Builder::new().name(READER.into()).spawn(move || {
+                let mut seen = 0u64;
+                loop {
+                    match stream.recv_timeout(Duration::from_secs(5)) {
+                        Ok(_) => seen += 1,
+                        Err(RecvError::Missed(m)) => seen += m,
+                        Err(RecvError::Closed | RecvError::Empty) => return (seen, common::own_cpu_ns()),
+                        Err(_) => {}
+                    }
                 }
-            }
+            })
         })
-    });
+        .transpose()?;
+    let worker_before = common::cpu_of("trackway-worker");
     let mut latencies = Vec::with_capacity(n);
     let started = Instant::now();
     if phase == "confirmed" {
@@ -84,7 +145,7 @@ fn run_phase(phase: &str, url: &str, n: usize) -> anyhow::Result<()> {
         for i in 0..n {
             let t = Instant::now();
             receipts.push(client.track_confirmed(&format!("user-{}", i % 1000), "bench_event", props! { "i" => i })?);
-            latencies.push(t.elapsed().as_nanos() as u64);
+            latencies.push(common::nanos(t.elapsed()));
             if receipts.len() == BATCH || i + 1 == n {
                 for receipt in receipts.drain(..) {
                     let confirmation = receipt.wait(Duration::from_secs(30))?;
@@ -98,26 +159,35 @@ fn run_phase(phase: &str, url: &str, n: usize) -> anyhow::Result<()> {
         for i in 0..n {
             let t = Instant::now();
             client.track(&format!("user-{}", i % 1000), "bench_event", props! { "i" => i })?;
-            latencies.push(t.elapsed().as_nanos() as u64);
+            latencies.push(common::nanos(t.elapsed()));
         }
     }
     client.flush(Duration::from_secs(120))?;
     let elapsed = started.elapsed();
+    // Read while the worker lives: an ended thread has no schedstat.
+    let worker_cpu = common::cpu_of("trackway-worker").saturating_sub(worker_before);
     let delivered = client.stats().destinations[0].delivered;
     client.shutdown(Duration::from_secs(5))?;
+    let mut reader_cpu = 0;
     if let Some(reader) = reader {
-        let seen = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
+        let (seen, cpu) = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
         if seen != delivered {
             bail!("the subscriber saw {seen} outcomes (with missed ones) for {delivered} deliveries");
         }
+        reader_cpu = cpu;
+    }
+    if delivered == 0 {
+        bail!("nothing was delivered");
     }
     latencies.sort_unstable();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     let rate = delivered as f64 / elapsed.as_secs_f64();
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l[6..].trim().to_owned()))
-        .unwrap_or_else(|| "?".into());
-    println!("{phase:<11} {:>10} {:>10} {rate:>14.0} {rss:>10}", at(0.5), at(0.99));
-    Ok(())
+    common::report(&[
+        ("p50_ns", at(0.5).to_string()),
+        ("p99_ns", at(0.99).to_string()),
+        ("rate", format!("{rate:.0}")),
+        ("worker_ns_per_event", (worker_cpu / delivered).to_string()),
+        ("reader_ns_per_event", (reader_cpu / delivered).to_string()),
+        ("rss_bytes", common::proc_status_bytes("VmHWM").to_string()),
+    ])
 }

@@ -1,6 +1,6 @@
-//! Shared by the benches that need it (`backends.rs`, `pipeline.rs`): the hyper baseline's
-//! keep-alive connection, a child process's `RESULT key=value` lines, `/proc/self/status`
-//! readings and medians. `pipeline.rs` keeps its own hyper connection (its baseline reads
+//! Shared by the benches that need it (`backends.rs`, `pipeline.rs`, `receipts.rs`): the hyper
+//! baseline's keep-alive connection, a child process's `RESULT key=value` lines,
+//! `/proc/self/status` readings, per-thread CPU (schedstat) and medians. `pipeline.rs` keeps its own hyper connection (its baseline reads
 //! `Retry-After` to resend after a 429).
 #![allow(dead_code)]
 
@@ -126,4 +126,34 @@ pub(crate) fn median(values: &[f64]) -> f64 {
 /// Bytes as MiB with one decimal.
 pub(crate) fn mib(bytes: f64) -> String {
     format!("{:.1} MiB", bytes / (1024.0 * 1024.0))
+}
+
+/// CPU time (ns) the kernel charged to each live thread of this process so far, by thread name
+/// (`/proc/self/task/*/schedstat`, whose first field is the time on a CPU): unlike wall time,
+/// this barely moves when other processes load the machine.
+pub(crate) fn thread_cpu_ns() -> Vec<(String, u64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| {
+            let dir = task.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_owned();
+            let ns = std::fs::read_to_string(dir.join("schedstat")).ok()?.split_whitespace().next()?.parse().ok()?;
+            Some((name, ns))
+        })
+        .collect()
+}
+
+/// CPU time (ns) of the live threads named `name` so far.
+pub(crate) fn cpu_of(name: &str) -> u64 {
+    thread_cpu_ns().iter().filter(|(n, _)| n == name).map(|(_, ns)| ns).sum()
+}
+
+/// CPU time (ns) of the calling thread so far (`/proc/thread-self/schedstat`): for a thread
+/// that reports its own cost before it ends.
+pub(crate) fn own_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }

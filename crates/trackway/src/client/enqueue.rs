@@ -198,14 +198,18 @@ impl Client {
             bump(&shared.pipe.counters.filtered, 1);
             if hub.is_active() {
                 let at = shared.pipe.clock.now();
-                let records = crate::store::routes(routes)
+                let mut names: Vec<Option<std::sync::Arc<str>>> = Vec::new();
+                let mut records: Vec<_> = crate::store::routes(routes)
                     .filter_map(|i| shared.pipe.destinations.iter().find(|(j, _)| *j == i))
                     .map(|(i, d)| {
-                        let outcome = crate::receipts::Outcome::Filtered;
-                        (i, crate::receipts::OutcomeRecord { id, destination: d.name().to_owned(), outcome, at })
+                        if names.len() <= i {
+                            names.resize(i + 1, None);
+                        }
+                        names[i] = Some(d.name().into());
+                        crate::receipts::Decided { lane: i, id, outcome: crate::receipts::Outcome::Filtered, at }
                     })
                     .collect();
-                hub.emit(records);
+                hub.emit(&mut records, &names);
             }
             // Resolved by the outcomes just emitted.
             if let Some(registration) = registration {

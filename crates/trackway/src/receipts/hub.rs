@@ -7,8 +7,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use trackway_wire::MessageId;
 
-use super::OutcomeRecord;
 use super::stream::{OutcomeStream, Ring};
+use super::{Decided, Names};
 use crate::pipeline::lock;
 
 /// The test hook a confirmed call runs between its push and its return.
@@ -38,44 +38,55 @@ pub(super) struct WatchState {
     pub(super) routes: u64,
     /// Those without an outcome yet.
     pub(super) remaining: u64,
-    /// By route bit, in arrival order.
-    pub(super) results: Vec<(usize, OutcomeRecord)>,
+    /// In arrival order (each knows its route bit), with the destination's name.
+    pub(super) results: Vec<(Decided, Arc<str>)>,
     pub(super) ended: Option<Ended>,
+    /// Threads blocked in [`Receipt::wait`](super::Receipt::wait): the condvar is signalled
+    /// only when one is (a signal is a system call even with nobody waiting).
+    pub(super) waiters: usize,
 }
 
 impl Watch {
     fn new(routes: u64) -> Self {
         Watch {
-            state: Mutex::new(WatchState { routes, remaining: routes, results: Vec::new(), ended: None }),
+            state: Mutex::new(WatchState { routes, remaining: routes, results: Vec::new(), ended: None, waiters: 0 }),
             changed: Condvar::new(),
             notify: tokio::sync::Notify::new(),
         }
     }
 
-    fn wake(&self) {
-        self.changed.notify_all();
+    /// `waiters`: read under the state's lock by the caller, so a thread about to wait either
+    /// was counted or will see the new state before it waits.
+    fn wake(&self, waiters: usize) {
+        if waiters > 0 {
+            self.changed.notify_all();
+        }
         // One waiter per receipt (`resolved` takes `&self`, but a receipt is awaited once):
         // `notify_waiters` wakes every one registered, and each re-checks the state.
         self.notify.notify_waiters();
     }
 
     /// Records an outcome; whether every destination has one now.
-    fn add(&self, lane: usize, record: OutcomeRecord) -> bool {
+    fn add(&self, record: Decided, name: Arc<str>) -> bool {
         let mut state = lock(&self.state);
-        let bit = 1u64 << lane;
+        let bit = 1u64 << record.lane;
         if state.remaining & bit != 0 {
             state.remaining &= !bit;
-            state.results.push((lane, record));
+            state.results.push((record, name));
         }
         let done = state.remaining == 0;
+        let waiters = state.waiters;
         drop(state);
-        self.wake();
+        self.wake(waiters);
         done
     }
 
     fn end(&self, why: &Ended) {
-        lock(&self.state).ended.get_or_insert_with(|| why.clone());
-        self.wake();
+        let mut state = lock(&self.state);
+        state.ended.get_or_insert_with(|| why.clone());
+        let waiters = state.waiters;
+        drop(state);
+        self.wake(waiters);
     }
 }
 
@@ -167,27 +178,28 @@ impl Hub {
         }
     }
 
-    /// Hands outcomes to every stream and to the watches they complete. `lane` is the route bit.
-    pub(crate) fn emit(&self, records: Vec<(usize, OutcomeRecord)>) {
+    /// Hands outcomes to every stream and to the watches they complete: one lock per stream
+    /// for the whole batch. `records` is drained (its buffer is left to the caller for the next
+    /// batch); `names` gives each lane's destination name.
+    pub(crate) fn emit(&self, records: &mut Vec<Decided>, names: &Names) {
         if records.is_empty() {
             return;
         }
         // Matched under the lock, woken outside it: callers registering watches wait for a
         // lookup per outcome, not for the receipts' wake-ups.
-        let matched: Vec<(Arc<Watch>, usize, OutcomeRecord)> = {
+        let matched: Vec<(Arc<Watch>, Decided)> = {
             let watches = lock(&self.watches);
             if watches.is_empty() {
                 Vec::new()
             } else {
-                records
-                    .iter()
-                    .filter_map(|(lane, r)| watches.get(&r.id).map(|w| (w.clone(), *lane, r.clone())))
-                    .collect()
+                records.iter().filter_map(|r| watches.get(&r.id).map(|w| (w.clone(), r.clone()))).collect()
             }
         };
-        for (watch, lane, record) in matched {
+        for (watch, record) in matched {
             let id = record.id;
-            if watch.add(lane, record) {
+            // Every emitter names each lane it emits for; "?" only guards a broken invariant.
+            let name = names.get(record.lane).cloned().flatten().unwrap_or_else(|| Arc::from("?"));
+            if watch.add(record, name) {
                 // As `unwatch`: only the remover counts it off (a receipt dropped meanwhile did).
                 self.unwatch(id);
             }
@@ -196,10 +208,12 @@ impl Hub {
         streams.retain(|ring| !ring.is_dropped());
         if let Some((last, rest)) = streams.split_last() {
             for ring in rest {
-                ring.push_all(records.iter().map(|(_, r)| r.clone()));
+                ring.push_all(records.iter().cloned(), names);
             }
-            last.push_all(records.into_iter().map(|(_, r)| r));
+            last.push_all(records.drain(..), names);
         }
+        // With no stream left (only receipts listen) nothing drained them.
+        records.clear();
     }
 
     /// No more outcomes: every open receipt resolves (pending, or with the worker's error) and

@@ -37,6 +37,11 @@ mod tracker;
 use trackway_wire::{MessageId, Timestamp};
 
 pub(crate) use hub::{Ended, Hub, Registration, Watch};
+use std::sync::Arc;
+
+/// Destination names by lane, shared (set once per lane: lanes are appended, never reused).
+pub(crate) type Names = [Option<Arc<str>>];
+
 pub use receipt::{Confirmation, DestinationOutcome, Pending, Receipt, ReceiptError, Resolution};
 pub use stream::{OutcomeStream, RecvError};
 pub(crate) use tracker::Tracker;
@@ -143,4 +148,16 @@ pub struct OutcomeRecord {
     pub outcome: Outcome,
     /// When it was decided (the client's clock).
     pub at: Timestamp,
+}
+
+/// An outcome as the worker hands it over: the destination by its lane, its name in a table
+/// handed over with the batch ([`Names`]); where a `String` per outcome cost an allocation and
+/// a copy on the worker's thread. The streams make the [`OutcomeRecord`] on the reader's thread.
+#[derive(Clone, Debug)]
+pub(crate) struct Decided {
+    /// The destination's route bit.
+    pub(crate) lane: usize,
+    pub(crate) id: MessageId,
+    pub(crate) outcome: Outcome,
+    pub(crate) at: Timestamp,
 }

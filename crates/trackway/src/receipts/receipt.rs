@@ -149,10 +149,12 @@ impl Receipt {
             let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 break;
             };
+            state.waiters += 1;
             state = match self.watch.changed.wait_timeout(state, left) {
                 Ok((state, _)) => state,
                 Err(poisoned) => poisoned.into_inner().0,
             };
+            state.waiters -= 1;
         }
         self.snapshot(&state)
     }
@@ -188,9 +190,9 @@ impl Receipt {
         let shared = self.shared.upgrade();
         let destinations = crate::store::routes(state.routes)
             .map(|lane| {
-                if let Some((_, record)) = state.results.iter().find(|(l, _)| *l == lane) {
+                if let Some((record, name)) = state.results.iter().find(|(r, _)| r.lane == lane) {
                     return DestinationOutcome {
-                        destination: record.destination.clone(),
+                        destination: name.to_string(),
                         resolution: Resolution::Done { outcome: record.outcome.clone(), at: record.at },
                     };
                 }

@@ -3,11 +3,13 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::OutcomeRecord;
+use trackway_wire::{MessageId, Timestamp};
+
 use super::hub::Hub;
+use super::{Decided, Names, Outcome, OutcomeRecord};
 use crate::pipeline::lock;
 
 /// Why [`OutcomeStream::try_recv`] and its kin returned no outcome.
@@ -26,14 +28,47 @@ pub enum RecvError {
     Closed,
 }
 
+/// One outcome as a ring keeps it.
+#[derive(Debug)]
+struct Stored {
+    lane: usize,
+    id: MessageId,
+    outcome: Outcome,
+    at: Timestamp,
+}
+
 #[derive(Debug)]
 struct RingState {
-    buf: VecDeque<OutcomeRecord>,
+    /// Compact: the destination by lane; the public record (a `String` name) is made by the
+    /// reader, on its thread.
+    buf: VecDeque<Stored>,
+    /// Each lane's name, set by the worker when a lane first shows up: the records carry no
+    /// name, so no reference count moves between the worker's and the reader's threads per
+    /// outcome.
+    names: Vec<Option<Arc<str>>>,
     /// Dropped since the last read.
     missed: u64,
     /// Dropped in all.
     missed_total: u64,
     closed: bool,
+    /// Threads blocked in `recv_timeout`: the condvar is signalled only when one is (a signal
+    /// is a system call even with nobody waiting, once per batch the worker pushes).
+    waiters: usize,
+}
+
+impl RingState {
+    fn record(&self, stored: Stored) -> OutcomeRecord {
+        Self::named(&self.names, stored)
+    }
+
+    fn named(names: &[Option<Arc<str>>], stored: Stored) -> OutcomeRecord {
+        let destination = match names.get(stored.lane).and_then(Option::as_deref) {
+            Some(name) => name.to_owned(),
+            // Never: a lane's name is set with its first record.
+            None => format!("destination #{}", stored.lane),
+        };
+        OutcomeRecord { id: stored.id, destination, outcome: stored.outcome, at: stored.at }
+    }
 }
 
 /// One subscriber's buffer.
@@ -57,6 +92,8 @@ impl Ring {
                 missed: 0,
                 missed_total: 0,
                 closed: false,
+                waiters: 0,
+                names: Vec::new(),
             }),
             changed: Condvar::new(),
             notify: tokio::sync::Notify::new(),
@@ -68,7 +105,8 @@ impl Ring {
         self.dropped.load(Ordering::Acquire)
     }
 
-    pub(super) fn push_all(&self, records: impl Iterator<Item = OutcomeRecord>) {
+    /// One lock for the whole batch.
+    pub(super) fn push_all(&self, records: impl Iterator<Item = Decided>, names: &Names) {
         let mut state = lock(&self.state);
         for record in records {
             if state.buf.len() == self.capacity {
@@ -76,19 +114,35 @@ impl Ring {
                 state.missed += 1;
                 state.missed_total += 1;
             }
-            state.buf.push_back(record);
+            let lane = record.lane;
+            // A lane's name is set once (lanes are never reused): one check, no reference count.
+            if state.names.get(lane).is_none_or(Option::is_none) {
+                if state.names.len() <= lane {
+                    state.names.resize(lane + 1, None);
+                }
+                state.names[lane] = names.get(lane).cloned().flatten();
+            }
+            state.buf.push_back(Stored { lane, id: record.id, outcome: record.outcome, at: record.at });
         }
+        let waiters = state.waiters;
         drop(state);
-        self.wake();
+        self.wake(waiters);
     }
 
     pub(super) fn close(&self) {
-        lock(&self.state).closed = true;
-        self.wake();
+        let mut state = lock(&self.state);
+        state.closed = true;
+        let waiters = state.waiters;
+        drop(state);
+        self.wake(waiters);
     }
 
-    fn wake(&self) {
-        self.changed.notify_all();
+    /// `waiters` was read under the lock the waiting thread counts itself under: it either was
+    /// counted, or it sees the new state before it waits.
+    fn wake(&self, waiters: usize) {
+        if waiters > 0 {
+            self.changed.notify_all();
+        }
         // One reader per stream (`recv` takes `&mut self`): a stored permit is never lost.
         self.notify.notify_one();
     }
@@ -98,7 +152,7 @@ impl Ring {
             return Err(RecvError::Missed(std::mem::take(&mut state.missed)));
         }
         match state.buf.pop_front() {
-            Some(record) => Ok(record),
+            Some(record) => Ok(state.record(record)),
             None if state.closed => Err(RecvError::Closed),
             None => Err(RecvError::Empty),
         }
@@ -130,12 +184,12 @@ impl Ring {
 /// ```
 #[derive(Debug)]
 pub struct OutcomeStream {
-    ring: std::sync::Arc<Ring>,
+    ring: Arc<Ring>,
     hub: Weak<Hub>,
 }
 
 impl OutcomeStream {
-    pub(super) fn new(ring: std::sync::Arc<Ring>, hub: Weak<Hub>) -> Self {
+    pub(super) fn new(ring: Arc<Ring>, hub: Weak<Hub>) -> Self {
         OutcomeStream { ring, hub }
     }
 
@@ -164,10 +218,12 @@ impl OutcomeStream {
             let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 return Err(RecvError::Empty);
             };
+            state.waiters += 1;
             state = match self.ring.changed.wait_timeout(state, left) {
                 Ok((state, _)) => state,
                 Err(poisoned) => poisoned.into_inner().0,
             };
+            state.waiters -= 1;
         }
     }
 
@@ -192,7 +248,9 @@ impl OutcomeStream {
     pub fn drain(&mut self, missed: &mut u64) -> Vec<OutcomeRecord> {
         let mut state = lock(&self.ring.state);
         *missed += std::mem::take(&mut state.missed);
-        state.buf.drain(..).collect()
+        let state = &mut *state;
+        let names = &state.names;
+        state.buf.drain(..).map(|r| RingState::named(names, r)).collect()
     }
 
     /// How many outcomes this subscriber missed in all (dropped because it fell behind).
