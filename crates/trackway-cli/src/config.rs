@@ -717,28 +717,40 @@ impl Config {
 
 /// The configured destinations as the relay's workers deliver through them.
 ///
+/// An OpenCDP destination stands for two when it has a `[destination.customer_io]` dual-write:
+/// OpenCDP, then the dual-write, each with its own consumer (as in the SDK, each its own lane).
+///
 /// # Errors
-/// A destination the relay cannot take yet (OpenCDP, which may expand into a dual write), or one
-/// whose configuration check fails.
+/// A destination whose configuration check fails.
 pub(crate) fn deliverers(
     destinations: Vec<Destination>,
     retry: &trackway::RetryPolicy,
 ) -> anyhow::Result<Vec<trackway::engine::Deliverer>> {
+    use trackway::destination::DestinationSet as _;
     use trackway::engine::Deliverer;
-    destinations
-        .into_iter()
-        .map(|mut d| {
-            d.http = d.http.retry_policy(retry.clone());
-            let made = match d.destination {
-                Kind::Json(json) => Deliverer::new(json, &d.http),
-                Kind::Umami(umami) => Deliverer::new(*umami, &d.http),
-                Kind::CustomerIo(cio) => Deliverer::new(*cio, &d.http),
-                Kind::Bloomreach(b) => Deliverer::new(*b, &d.http),
-                Kind::OpenCdp { .. } => Err("the relay does not deliver to OpenCDP destinations yet".to_owned()),
-            };
-            made.map_err(|e| anyhow::anyhow!("destination `{}`: {e}", d.name))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for mut d in destinations {
+        d.http = d.http.retry_policy(retry.clone());
+        let made: Result<Vec<Deliverer>, String> = match d.destination {
+            Kind::Json(json) => Deliverer::new(json, &d.http).map(|x| vec![x]),
+            Kind::Umami(umami) => Deliverer::new(*umami, &d.http).map(|x| vec![x]),
+            Kind::CustomerIo(cio) => Deliverer::new(*cio, &d.http).map(|x| vec![x]),
+            Kind::Bloomreach(b) => Deliverer::new(*b, &d.http).map(|x| vec![x]),
+            Kind::OpenCdp { config, customer_io } => {
+                // The same expansion as the SDK's (`with_destinations`): OpenCDP itself, then its
+                // Customer.io dual-write as a destination of its own, so each gets its own
+                // consumer and one being down never holds the other back.
+                let config = config.http(d.http.clone());
+                let config = match customer_io {
+                    Some((cio, http)) => config.customer_io_with(*cio, http.retry_policy(retry.clone())),
+                    None => config,
+                };
+                config.expand().into_iter().map(|(dest, http)| Deliverer::from_arc(dest, &http)).collect()
+            }
+        };
+        out.extend(made.map_err(|e| anyhow::anyhow!("destination `{}`: {e}", d.name))?);
+    }
+    Ok(out)
 }
 
 /// Adds the configured destinations to `builder`.
