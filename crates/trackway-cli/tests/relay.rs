@@ -479,3 +479,58 @@ fn a_three_node_cluster_loses_nothing_when_a_node_is_killed_mid_run() {
         }
     });
 }
+
+#[test]
+fn opencdp_and_its_customer_io_dual_write_are_delivered_through_the_relay() {
+    if !nats_available() {
+        return;
+    }
+    watchdog(Duration::from_secs(180), || {
+        // One collector answers both, with these credentials only (a key read wrongly is a 401).
+        let collector = Collector::builder()
+            .opencdp_api_keys(["cdp-secret"])
+            .customerio_credentials("site-7", "cio-secret")
+            .start()
+            .expect("collector");
+        // Destination `a` is OpenCDP; its dual-write `b` is Customer.io: two consumers.
+        let mut f = Fixture::builder()
+            .a(collector)
+            .destinations(
+                "[[destination]]\nname = \"a\"\ntype = \"opencdp\"\napi_key = { env = \"RELAY_TEST_CDP_KEY\" }\n\
+                 endpoint = \"{a}/gateway/data-gateway\"\n[destination.customer_io]\nname = \"b\"\n\
+                 site_id = \"site-7\"\napi_key = { env = \"RELAY_TEST_CIO_KEY\" }\nbase_url = \"{a}\"\napi = \"v1\"\n",
+            )
+            .start();
+        f.env("RELAY_TEST_CDP_KEY", "cdp-secret");
+        f.env("RELAY_TEST_CIO_KEY", "cio-secret");
+        let (_serve, url) = f.serve();
+        let _work = f.work();
+        let identify = r#"{"userId":"u1","traits":{"email":"u1@example.com"},"messageId":"cdp-identify"}"#;
+        assert_eq!(post(&url, "/v1/identify", KEY, identify).0, 200);
+        let purchase = r#"{"userId":"u1","event":"purchase","properties":{"amount":9.5},"messageId":"cdp-track"}"#;
+        assert_eq!(post(&url, "/v1/track", KEY, purchase).0, 200);
+
+        let ok = |path: &str| f.a.requests().into_iter().filter(|r| r.path == path && r.status == 200).count();
+        let paths = [
+            "/gateway/data-gateway/v1/persons/identify",
+            "/gateway/data-gateway/v1/persons/track",
+            "/api/v1/customers/u1",
+            "/api/v1/customers/u1/events",
+        ];
+        assert!(
+            wait_until(Duration::from_secs(30), || paths.iter().all(|p| ok(p) >= 1)),
+            "{:?}",
+            f.a.requests().iter().map(|r| (r.path.clone(), r.status)).collect::<Vec<_>>()
+        );
+        let requests = f.a.requests();
+        let cdp = requests.iter().find(|r| r.path == paths[1]).expect("OpenCDP track");
+        assert_eq!(cdp.header("authorization"), Some("cdp-secret"), "OpenCDP's key, raw");
+        assert_eq!(cdp.json().expect("json")["eventName"], "purchase");
+        let cio = requests.iter().find(|r| r.path == paths[3]).expect("Customer.io event");
+        let event = cio.json().expect("json");
+        assert_eq!((event["name"].as_str(), event["data"]["amount"].as_f64()), (Some("purchase"), Some(9.5)));
+        // Each once: the two destinations have their own consumers, neither delivers the other's.
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(paths.iter().all(|p| ok(p) == 1), "{:?}", paths.map(ok));
+    });
+}
