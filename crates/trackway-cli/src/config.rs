@@ -32,6 +32,10 @@
 //! region = "eu"                               # optional: "us" (default) or "eu"
 //! api = "v1"                                  # optional: "v2" (batches, default) or "v1"
 //! base_url = "http://127.0.0.1:4040"          # optional: replaces the region's host
+//! merge_aliases = true                        # optional (`relay work`, also in
+//!                                             #   [destination.customer_io]): a Segment `alias`
+//!                                             #   becomes a merge of previousId into userId;
+//!                                             #   default off: a dead letter
 //!
 //! [[destination]]
 //! name = "opencdp"
@@ -126,6 +130,8 @@ struct DestinationConfig {
     api_key: Option<SecretRef>,
     region: Option<String>,
     api: Option<String>,
+    /// `relay work`: a Segment `alias` becomes a Customer.io merge (default off: dead-lettered).
+    merge_aliases: Option<bool>,
     /// The fields of `type = "opencdp"` (besides `api_key`).
     endpoint: Option<String>,
     fallback_endpoints: Option<Vec<String>>,
@@ -154,6 +160,8 @@ struct DualWriteConfig {
     region: Option<String>,
     api: Option<String>,
     base_url: Option<String>,
+    /// `relay work`: a Segment `alias` becomes a Customer.io merge (default off).
+    merge_aliases: Option<bool>,
 }
 
 impl DualWriteConfig {
@@ -504,6 +512,12 @@ impl Config {
             {
                 bail!("{}: `{field}` is a field of type \"opencdp\", not {:?}", what(), d.kind);
             }
+            if d.kind != "customerio" && d.merge_aliases.is_some() {
+                bail!(
+                    "{}: `merge_aliases` is a field of type \"customerio\" (and of [destination.customer_io])",
+                    what()
+                );
+            }
             if d.kind != "bloomreach"
                 && let Some(field) = d.bloomreach_fields().first()
             {
@@ -651,6 +665,21 @@ impl Config {
     pub(crate) fn destination_names(&self) -> Vec<String> {
         let dual_write = |d: &DestinationConfig| d.customer_io.as_ref().map(|c| c.name().to_owned());
         self.destinations.iter().flat_map(|d| std::iter::once(d.name.clone()).chain(dual_write(d))).collect()
+    }
+
+    /// The Customer.io destinations with `merge_aliases = true`: `relay work` sends them a
+    /// Segment `alias` as a merge of previousId into userId.
+    pub(crate) fn merge_alias_destinations(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in &self.destinations {
+            if d.merge_aliases == Some(true) {
+                out.push(d.name.clone());
+            }
+            if let Some(cio) = d.customer_io.as_ref().filter(|c| c.merge_aliases == Some(true)) {
+                out.push(cio.name().to_owned());
+            }
+        }
+        out
     }
 
     /// Builds the destinations, reading each header's secret from its environment variable.

@@ -155,7 +155,10 @@ async fn work(config: &Config, deliverers: Vec<trackway::engine::Deliverer>) -> 
         let _ = stop_tx.send(true);
     });
     let dead_prefix = format!("{}.dead.", relay.nats.stream);
-    Workers::new(js, deliverers, relay.worker.clone(), dead_prefix, metrics).run(stop_rx).await;
+    Workers::new(js, deliverers, relay.worker.clone(), dead_prefix, metrics)
+        .merge_aliases(config.merge_alias_destinations())
+        .run(stop_rx)
+        .await;
     Ok(Outcome::Ok)
 }
 

@@ -534,3 +534,55 @@ fn opencdp_and_its_customer_io_dual_write_are_delivered_through_the_relay() {
         assert!(paths.iter().all(|p| ok(p) == 1), "{:?}", paths.map(ok));
     });
 }
+
+#[test]
+fn an_alias_is_a_customer_io_merge_where_merge_aliases_is_on_and_a_dead_letter_elsewhere() {
+    if !nats_available() {
+        return;
+    }
+    watchdog(Duration::from_secs(180), || {
+        let cio = Collector::builder().customerio_credentials("site-7", "cio-secret").start().expect("collector");
+        // `a` is Customer.io (v2 batches) with merge_aliases; `b` is JSON, where an alias has no
+        // equivalent.
+        let mut f = Fixture::builder()
+            .a(cio)
+            .destinations(
+                "[[destination]]\nname = \"a\"\ntype = \"customerio\"\nsite_id = \"site-7\"\n\
+                 api_key = { env = \"RELAY_TEST_CIO_KEY\" }\nbase_url = \"{a}\"\nmerge_aliases = true\n\n\
+                 [[destination]]\nname = \"b\"\ntype = \"json\"\nurl = \"{b}/b\"\n",
+            )
+            .start();
+        f.env("RELAY_TEST_CIO_KEY", "cio-secret");
+        let (_serve, url) = f.serve();
+        let _work = f.work();
+        let alias = r#"{"previousId":"anon-1","userId":"u1","messageId":"the-alias"}"#;
+        assert_eq!(post(&url, "/v1/alias", KEY, alias).0, 200);
+        // No previousId: a dead letter at `a` too, with the reason.
+        let half = r#"{"userId":"u2","messageId":"half-alias"}"#;
+        assert_eq!(post(&url, "/v1/alias", KEY, half).0, 200);
+
+        let merges = || -> Vec<serde_json::Value> {
+            f.a.requests()
+                .into_iter()
+                .filter(|r| r.status == 200 && r.path == "/api/v2/batch")
+                .filter_map(|r| r.json())
+                .flat_map(|b| b["batch"].as_array().cloned().unwrap_or_default())
+                .filter(|item| item["action"] == "merge")
+                .collect()
+        };
+        assert!(wait_until(Duration::from_secs(30), || !merges().is_empty()), "{:?}", f.a.requests());
+        assert_eq!(
+            merges()[0],
+            serde_json::json!({ "type": "person", "action": "merge", "primary": { "id": "u1" }, "secondary": { "id": "anon-1" } })
+        );
+        let listed = || f.run(&["dead", "list"]);
+        assert!(wait_until(Duration::from_secs(20), || listed().contains("3 dead letter(s)")), "{}", listed());
+        let text = listed();
+        assert!(text.contains("Segment `alias` calls have no equivalent at destination `b`"), "{text}");
+        let at_a: Vec<&str> = text.lines().filter(|l| l.split('\t').nth(1) == Some("a")).collect();
+        assert_eq!(at_a.len(), 1, "{text}");
+        assert!(at_a[0].contains("web:half-alias") && at_a[0].contains("previousId"), "{text}");
+        assert_eq!(merges().len(), 1, "merged once");
+        assert!(delivered(&f.b).is_empty(), "nothing reached b");
+    });
+}

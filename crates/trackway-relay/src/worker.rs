@@ -32,6 +32,8 @@ pub struct Workers<E> {
     /// Dead letters go to `<prefix><destination>`.
     dead_prefix: String,
     metrics: Arc<Metrics>,
+    /// Destinations that take a Segment `alias` as a Customer.io merge (`merge_aliases`).
+    merge_aliases: std::collections::HashSet<String>,
 }
 
 impl<E: Engine> Workers<E> {
@@ -44,7 +46,23 @@ impl<E: Engine> Workers<E> {
         dead_prefix: String,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Workers { engine, deliverers: deliverers.into_iter().map(Arc::new).collect(), config, dead_prefix, metrics }
+        Workers {
+            engine,
+            deliverers: deliverers.into_iter().map(Arc::new).collect(),
+            config,
+            dead_prefix,
+            metrics,
+            merge_aliases: std::collections::HashSet::new(),
+        }
+    }
+
+    /// The destinations (Customer.io ones) that get a Segment `alias` as a merge of previousId
+    /// into userId ([`alias_as_merge`](crate::segment::alias_as_merge)); at the others an alias
+    /// is a dead letter.
+    #[must_use]
+    pub fn merge_aliases(mut self, destinations: impl IntoIterator<Item = String>) -> Self {
+        self.merge_aliases.extend(destinations);
+        self
     }
 
     /// Runs until `stop` turns true; the batches in flight are settled before it returns.
@@ -97,12 +115,26 @@ impl<E: Engine> Workers<E> {
                 self.settle_ack(m).await;
                 continue;
             }
+            // A Segment call that is no trackway event: an alias becomes a merge where the
+            // destination takes it, anything else is a dead letter with the reason.
+            let mut merge = None;
             if let Some(call) = m.header(CALL_HEADER) {
-                let reason = format!("Segment `{call}` calls have no equivalent at destination `{name}`");
-                self.dead_letter(name, m, &reason).await;
-                continue;
+                if call == "alias" && self.merge_aliases.contains(name) {
+                    match crate::segment::alias_as_merge(m.payload()) {
+                        Ok(payload) => merge = Some(Bytes::from(payload)),
+                        Err(reason) => {
+                            self.dead_letter(name, m, &reason).await;
+                            continue;
+                        }
+                    }
+                } else {
+                    let reason = format!("Segment `{call}` calls have no equivalent at destination `{name}`");
+                    self.dead_letter(name, m, &reason).await;
+                    continue;
+                }
             }
-            let event: Event = match serde_json::from_slice(m.payload()) {
+            let payload = merge.unwrap_or_else(|| Bytes::copy_from_slice(m.payload()));
+            let event: Event = match serde_json::from_slice(&payload) {
                 Ok(e) => e,
                 Err(e) => {
                     self.dead_letter(name, m, &format!("stored event is not valid: {e}")).await;
@@ -114,7 +146,6 @@ impl<E: Engine> Workers<E> {
                 self.settle_ack(m).await;
                 continue;
             }
-            let payload = Bytes::copy_from_slice(m.payload());
             records.push(EventRecord::new(m.sequence(), event.id, event.timestamp, payload));
             to_deliver.push(m);
         }
