@@ -386,7 +386,7 @@ fn sdk_phase() -> anyhow::Result<()> {
     let start = Instant::now();
     for i in 0..n {
         client.track(
-            format!("user-{}", i % 1000),
+            &format!("user-{}", i % 1000),
             "bench_event",
             props! { "bench_seq" => i, "plan" => "pro", "path" => "/checkout", "amount" => 12.5, "items" => 3 },
         )?;
