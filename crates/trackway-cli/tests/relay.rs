@@ -70,7 +70,7 @@ fn segment_calls_are_delivered_as_trackway_events_and_alias_is_dead_lettered() {
         assert_eq!(post(&url, "/v1/batch", KEY, batch).0, 200);
 
         // Four single calls and the batched track reach both destinations; the alias none.
-        for c in [&a, &b] {
+        for c in [a, b] {
             assert!(wait_until(Duration::from_secs(30), || delivered(c).len() >= 5), "delivered: {:?}", delivered(c));
             let events = delivered(c);
             for (path, _, kind, name) in GOLDEN {
@@ -125,7 +125,7 @@ fn segment_calls_are_delivered_as_trackway_events_and_alias_is_dead_lettered() {
             listed()
         );
         assert_eq!(positions(&listed(), "b"), positions(&text, "b"));
-        assert_eq!(delivered(&a).len(), 5, "nothing else was delivered");
+        assert_eq!(delivered(a).len(), 5, "nothing else was delivered");
     });
 }
 
@@ -185,10 +185,10 @@ fn the_same_message_id_twice_is_delivered_once() {
         assert_eq!(post(&url, "/v1/track", KEY, &track(7)).0, 200);
         // A client retry: same messageId, in a batch this time, with a new one after it.
         assert_eq!(post(&url, "/v1/batch", KEY, &batch(7..9)).0, 200);
-        assert!(wait_until(Duration::from_secs(30), || delivered(&a).len() >= 2 && delivered(&b).len() >= 2));
+        assert!(wait_until(Duration::from_secs(30), || delivered(a).len() >= 2 && delivered(b).len() >= 2));
         // Time for a wrongly stored copy to arrive too.
         std::thread::sleep(Duration::from_secs(1));
-        for c in [&a, &b] {
+        for c in [a, b] {
             let ids = delivered_ids(c);
             assert_eq!(ids.len(), 2, "{ids:?}");
             assert!(ids.values().all(|n| *n == 1), "{ids:?}");
@@ -227,10 +227,10 @@ fn jetstream_down_answers_503_with_retry_after_and_nothing_unstored_is_acknowled
         let stored = wait_until(Duration::from_secs(30), || post(&url, "/v1/track", KEY, &track(5)).0 == 200);
         assert!(stored, "the relay did not recover after JetStream came back");
         acknowledged.insert(5);
-        assert!(wait_until(Duration::from_secs(30), || delivered_ids(&a).len() >= 2));
+        assert!(wait_until(Duration::from_secs(30), || delivered_ids(a).len() >= 2));
         std::thread::sleep(Duration::from_secs(1));
         let names: BTreeSet<String> =
-            delivered(&a).iter().map(|e| e["name"].as_str().unwrap_or_default().to_owned()).collect();
+            delivered(a).iter().map(|e| e["name"].as_str().unwrap_or_default().to_owned()).collect();
         let expected: BTreeSet<String> = acknowledged.iter().map(|i| format!("Item {i}")).collect();
         assert_eq!(names, expected, "exactly what was answered 200 is delivered");
     });
@@ -258,19 +258,19 @@ fn a_worker_killed_mid_run_leaves_everything_to_the_other() {
             let (status, _, body) = post(&url, "/v1/batch", KEY, &batch(start..start + 100));
             assert_eq!(status, 200, "{body}");
         }
-        assert!(wait_until(Duration::from_secs(60), || delivered(&a).len() >= N / 5), "no progress");
+        assert!(wait_until(Duration::from_secs(60), || delivered(a).len() >= N / 5), "no progress");
         // SIGKILL: no graceful shutdown, its unacked messages come back after the ack wait.
-        let before = delivered_ids(&a).len();
+        let before = delivered_ids(a).len();
         killed.0.kill().expect("SIGKILL");
         let _ = killed.0.wait();
         assert!(
-            wait_until(Duration::from_secs(120), || delivered_ids(&a).len() == N && delivered_ids(&b).len() == N),
+            wait_until(Duration::from_secs(120), || delivered_ids(a).len() == N && delivered_ids(b).len() == N),
             "a: {} of {N}, b: {} of {N}",
-            delivered_ids(&a).len(),
-            delivered_ids(&b).len()
+            delivered_ids(a).len(),
+            delivered_ids(b).len()
         );
         std::thread::sleep(Duration::from_secs(3));
-        for c in [&a, &b] {
+        for c in [a, b] {
             let ids = delivered_ids(c);
             assert_eq!(ids.len(), N);
             let duplicates: usize = ids.values().map(|n| n - 1).sum();
@@ -301,11 +301,11 @@ fn a_destination_down_the_whole_run_lags_then_catches_up() {
             assert_eq!(post(&url, "/v1/batch", KEY, &batch(start..start + 100)).0, 200);
         }
         assert!(
-            wait_until(Duration::from_secs(60), || delivered_ids(&a).len() == N),
+            wait_until(Duration::from_secs(60), || delivered_ids(a).len() == N),
             "a got {}",
-            delivered_ids(&a).len()
+            delivered_ids(a).len()
         );
-        assert!(delivered(&b).is_empty(), "b is down");
+        assert!(delivered(b).is_empty(), "b is down");
         assert!(b.request_count() > 0, "b was tried");
         let metrics = http().get(format!("{url}/metrics")).send().expect("metrics").text().expect("text");
         let lag = |d: &str| -> u64 {
@@ -322,9 +322,9 @@ fn a_destination_down_the_whole_run_lags_then_catches_up() {
 
         b.set_default_reply(Reply::ok());
         assert!(
-            wait_until(Duration::from_secs(60), || delivered_ids(&b).len() == N),
+            wait_until(Duration::from_secs(60), || delivered_ids(b).len() == N),
             "b caught up to {}",
-            delivered_ids(&b).len()
+            delivered_ids(b).len()
         );
     });
 }
@@ -342,7 +342,7 @@ fn a_worker_serves_its_metrics_and_stops_cleanly_on_sigterm() {
         let metrics_url = line.rsplit(' ').next().expect("metrics URL").to_owned();
         assert!(metrics_url.ends_with("/metrics"), "{line}");
         assert_eq!(post(&url, "/v1/batch", KEY, &batch(0..10)).0, 200);
-        assert!(wait_until(Duration::from_secs(30), || delivered_ids(&a).len() == 10 && delivered_ids(&b).len() == 10));
+        assert!(wait_until(Duration::from_secs(30), || delivered_ids(a).len() == 10 && delivered_ids(b).len() == 10));
         let read = || http().get(&metrics_url).send().expect("metrics").text().expect("text");
         assert!(
             wait_until(Duration::from_secs(10), || read()
@@ -395,7 +395,7 @@ fn the_sdks_json_destination_pointed_at_the_relay_delivers_through_it() {
         let report = client.flush(Duration::from_secs(20)).expect("flushed");
         assert_eq!(client.stats().destinations[0].delivered, 2, "{report:?}");
         client.shutdown(Duration::from_secs(5)).expect("shutdown");
-        for c in [&a, &b] {
+        for c in [a, b] {
             assert!(wait_until(Duration::from_secs(30), || delivered(c).len() == 2), "{:?}", delivered(c));
             let events = delivered(c);
             let track = events.iter().find(|e| e["type"] == "track").expect("track");
@@ -469,7 +469,7 @@ fn a_three_node_cluster_loses_nothing_when_a_node_is_killed_mid_run() {
             })
         });
         assert!(settled, "{}", metrics());
-        for c in [&a, &b] {
+        for c in [a, b] {
             let ids = delivered_ids(c);
             assert_eq!(ids.len(), n, "distinct events delivered");
             let duplicates: usize = ids.values().map(|k| k - 1).sum();
