@@ -909,6 +909,22 @@ mod tests {
     }
 
     #[test]
+    fn merge_aliases_is_a_customer_io_option_off_by_default() {
+        let cio = "[[destination]]\nname = \"cio\"\ntype = \"customerio\"\nsite_id = \"s\"\n\
+                   api_key = { env = \"K\" }\n";
+        assert!(parse(cio).expect("valid").merge_alias_destinations().is_empty(), "off by default");
+        let on = parse(&format!("{cio}merge_aliases = true\n")).expect("valid");
+        assert_eq!(on.merge_alias_destinations(), ["cio"]);
+        let dual = "[[destination]]\nname = \"cdp\"\ntype = \"opencdp\"\napi_key = { env = \"K\" }\n\
+                    [destination.customer_io]\nname = \"dual\"\nsite_id = \"s\"\napi_key = { env = \"K\" }\n\
+                    merge_aliases = true\n";
+        assert_eq!(parse(dual).expect("valid").merge_alias_destinations(), ["dual"]);
+        let on_json = "[[destination]]\nname = \"j\"\ntype = \"json\"\nurl = \"http://x/\"\nmerge_aliases = true\n";
+        let err = parse(on_json).expect_err("not a JSON option");
+        assert!(format!("{err:#}").contains("`merge_aliases` is a field of type \"customerio\""), "{err:#}");
+    }
+
+    #[test]
     fn a_literal_secret_is_refused_without_being_echoed() {
         let err = parse("[[destination]]\nname = \"w\"\ntype = \"json\"\nurl = \"http://x/\"\n[destination.headers]\nAuthorization = \"Bearer hunter2\"\n")
             .expect_err("literal header value");
