@@ -227,7 +227,7 @@ fn drained(c: &RunningCollector, n: u64) -> Option<Instant> {
     wait_until(PHASE_LIMIT, || c.sink_stats().events >= n).then(Instant::now)
 }
 
-fn round(n: usize) -> anyhow::Result<(Vec<Row>, f64, u64)> {
+fn round(n: usize) -> anyhow::Result<(Vec<Row>, f64)> {
     let batches = n / BATCH;
     let n = (batches * BATCH) as u64;
     let dir = tempfile::tempdir()?;
@@ -327,7 +327,7 @@ fn round(n: usize) -> anyhow::Result<(Vec<Row>, f64, u64)> {
     let with_ids = dedupe_rss(n, true)?;
     let without = dedupe_rss(n, false)?;
     let per_id = (with_ids as f64 - without as f64) / n as f64;
-    Ok((rows, per_id, with_ids))
+    Ok((rows, per_id))
 }
 
 /// A fresh server's VmRSS growth over `n` appends to a stream with a 1 h duplicate window, with
@@ -422,9 +422,19 @@ fn main() -> anyhow::Result<()> {
     }
     let n = arg(&args, "--n").unwrap_or(20_000).max(BATCH);
     let rounds = arg(&args, "--rounds").unwrap_or(1).max(1);
+    // Per phase, each round's events/s (the summary's medians); and each round's bytes per id.
+    let mut rates: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut per_ids = Vec::new();
     for r in 1..=rounds {
         println!("\nrelay bench, round {r}/{rounds}: N = {n}, load average before: {}", load());
-        let (rows, per_id, with_ids) = round(n)?;
+        let (rows, per_id) = round(n)?;
+        per_ids.push(per_id);
+        for row in rows.iter().filter(|r| !r.events_per_sec.is_nan()) {
+            match rates.iter_mut().find(|(p, _)| *p == row.phase) {
+                Some((_, v)) => v.push(row.events_per_sec),
+                None => rates.push((row.phase.clone(), vec![row.events_per_sec])),
+            }
+        }
         println!("| phase | events/s | peak RSS (MB) | delivered | lost |");
         println!("|---|---:|---:|---:|---:|");
         for row in rows {
@@ -441,8 +451,24 @@ fn main() -> anyhow::Result<()> {
              ({} MB more RSS with {n} distinct ids than without; 1 h window)",
             mb((per_id * n as f64).max(0.0) as u64)
         );
-        let _ = with_ids;
         println!("load average after: {}", load());
     }
+    if rounds > 1 {
+        println!("\nmedians of {rounds} rounds (N = {n}):");
+        println!("| phase | events/s (median) | min | max |");
+        println!("|---|---:|---:|---:|");
+        for (phase, v) in &mut rates {
+            v.sort_by(f64::total_cmp);
+            println!("| {phase} | {:.0} | {:.0} | {:.0} |", median(v), v[0], v[v.len() - 1]);
+        }
+        per_ids.sort_by(f64::total_cmp);
+        println!("dedupe window: {:.0} bytes per message id (median)", median(&per_ids));
+    }
     Ok(())
+}
+
+/// The median of sorted, non-empty `v`.
+fn median(v: &[f64]) -> f64 {
+    let m = v.len() / 2;
+    if v.len().is_multiple_of(2) { f64::midpoint(v[m - 1], v[m]) } else { v[m] }
 }
