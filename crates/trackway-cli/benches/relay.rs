@@ -11,6 +11,9 @@
 //!    events/s from the worker's first line (connected) until the collector counted N events.
 //! 3. **2 workers**: two `relay work` processes for `s2` (sharing its consumer) drain the same
 //!    backlog for `s2`.
+//!    Then **end to end**, twice: a fresh JetStream with one `serve` and 1 (then 2) `work`
+//!    processes already running while the N events are ingested: delivered events/s from the
+//!    first request until the collector counted N.
 //! 4. **SDK direct**, the reference: a child process (this binary, re-executed) with a trackway
 //!    `Client`, the same JSON destination and the in-memory store, N `track` calls then `flush`.
 //! 5. **dedupe window**: two more fresh servers, each given N appends of the same 300-byte body
@@ -294,6 +297,10 @@ fn round(n: usize) -> anyhow::Result<(Vec<Row>, f64)> {
     });
     drop(server);
 
+    // 3b. End to end: the workers running while the events come in.
+    rows.push(end_to_end(n, 1)?);
+    rows.push(end_to_end(n, 2)?);
+
     // 4. The SDK delivering directly, in a child process (its own peak RSS).
     let direct = Collector::builder().sink(true).start()?;
     let mut child = Command::new(std::env::current_exe()?)
@@ -328,6 +335,35 @@ fn round(n: usize) -> anyhow::Result<(Vec<Row>, f64)> {
     let without = dedupe_rss(n, false)?;
     let per_id = (with_ids as f64 - without as f64) / n as f64;
     Ok((rows, per_id))
+}
+
+/// A fresh JetStream, one `serve` and `workers` `work` processes already running, then N events
+/// ingested as in phase 1: delivered events/s from the first request until the collector counted
+/// N. Peak RSS: serve's, then each worker's.
+fn end_to_end(n: u64, workers: usize) -> anyhow::Result<Row> {
+    let dir = tempfile::tempdir()?;
+    let (_server, nats_url) = nats(dir.path())?;
+    let sink = Collector::builder().sink(true).start()?;
+    let config = config(dir.path(), "e2e.toml", &nats_url, &[("s1", &sink)])?;
+    let (serve, line, _) = relay(&config, &["serve"])?;
+    let url = line.rsplit(' ').next().context("the serve line names its address")?.to_owned();
+    let mut procs = Vec::new();
+    for _ in 0..workers {
+        procs.push(relay(&config, &["work"])?.0);
+    }
+    let start = Instant::now();
+    ingest(&url, usize::try_from(n)? / BATCH)?;
+    let done = drained(&sink, n);
+    let mut rss = vec![mb(serve.peak_rss())];
+    rss.extend(procs.iter().map(|p| mb(p.peak_rss())));
+    let got = sink.sink_stats().events;
+    Ok(Row {
+        phase: format!("end to end: 1 serve + {workers} work running"),
+        events_per_sec: done.map_or(0.0, |d| rate(n, d - start)),
+        rss: rss.join(" + "),
+        delivered: got,
+        lost: n.saturating_sub(got),
+    })
 }
 
 /// A fresh server's VmRSS growth over `n` appends to a stream with a 1 h duplicate window, with
