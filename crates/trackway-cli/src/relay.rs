@@ -22,7 +22,8 @@ pub(crate) enum RelayCommand {
     /// POST /v1/track|identify|page|screen|alias|group|batch; /healthz, /readyz, /metrics.
     Serve(ServeArgs),
     /// A delivery worker for every configured destination (run as many as needed: they share
-    /// each destination's consumer).
+    /// each destination's consumer; a destination that keeps order per person is shared
+    /// partition by partition, each partition with one worker at a time).
     Work,
     /// The dead letters.
     #[command(subcommand)]
@@ -118,7 +119,8 @@ async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<Outcome> {
     let addr = listener.local_addr()?;
     println!("trackway relay listening on http://{addr}");
     let _ = std::io::stdout().flush();
-    let ingest = Ingest::new(js, keys, relay.ingest.clone(), relay.nats.events_subject(), names, Arc::default());
+    let ingest = Ingest::new(js, keys, relay.ingest.clone(), relay.nats.events_subject(), names, Arc::default())
+        .partitions(relay.nats.partition_count());
     ingest.serve(listener, stop_signal()).await?;
     Ok(Outcome::Ok)
 }
@@ -157,6 +159,7 @@ async fn work(config: &Config, deliverers: Vec<trackway::engine::Deliverer>) -> 
     let dead_prefix = format!("{}.dead.", relay.nats.stream);
     Workers::new(js, deliverers, relay.worker.clone(), dead_prefix, metrics)
         .merge_aliases(config.merge_alias_destinations())
+        .partitions(relay.nats.partition_count())
         .run(stop_rx)
         .await;
     Ok(Outcome::Ok)

@@ -307,8 +307,9 @@ fn a_destination_down_the_whole_run_lags_then_catches_up() {
         );
         assert!(delivered(b).is_empty(), "b is down");
         assert!(b.request_count() > 0, "b was tried");
-        let metrics = http().get(format!("{url}/metrics")).send().expect("metrics").text().expect("text");
-        let lag = |d: &str| -> u64 {
+        // The last acks may still be on their way when the collector has answered: wait for them.
+        let fetch = || http().get(format!("{url}/metrics")).send().expect("metrics").text().expect("text");
+        let lag_in = |metrics: &str, d: &str| -> u64 {
             ["trackway_relay_consumer_pending", "trackway_relay_consumer_ack_pending"]
                 .iter()
                 .filter_map(|m| {
@@ -317,8 +318,9 @@ fn a_destination_down_the_whole_run_lags_then_catches_up() {
                 })
                 .sum()
         };
-        assert_eq!(lag("a"), 0, "{metrics}");
-        assert!(lag("b") > 0, "b's consumer lags: {metrics}");
+        assert!(wait_until(Duration::from_secs(10), || lag_in(&fetch(), "a") == 0), "a's lag: {}", fetch());
+        let metrics = fetch();
+        assert!(lag_in(&metrics, "b") > 0, "b's consumer lags: {metrics}");
 
         b.set_default_reply(Reply::ok());
         assert!(

@@ -172,7 +172,7 @@ fn frame(event: &str, data: &Value) -> Bytes {
 fn counters(requests: &[RecordedRequest], evicted: &Evicted) -> Value {
     let mut by_destination: BTreeMap<String, DestinationCounter> = evicted.by_destination.clone();
     for request in requests {
-        let counter = by_destination.entry(request.destination.clone()).or_default();
+        let counter = by_destination.entry(card_of(&request.destination, &request.path)).or_default();
         counter.add(request.status, request.decoded().len() as u64, duplicates(request));
     }
     by_destination
@@ -186,6 +186,19 @@ fn counters(requests: &[RecordedRequest], evicted: &Evicted) -> Value {
         })
         .collect::<serde_json::Map<_, _>>()
         .into()
+}
+
+/// The live page's card for a request of `destination` to `path`: the destination, except that
+/// each Bloomreach project gets its own card (`bloomreach:<project token>`), since one SDK
+/// destination may map event types to several projects and each is a separate store there.
+pub(crate) fn card_of(destination: &str, path: &str) -> String {
+    if destination == "bloomreach"
+        && let Some(token) = path.strip_prefix("/track/v2/projects/").and_then(|rest| rest.split('/').next())
+        && !token.is_empty()
+    {
+        return format!("bloomreach:{token}");
+    }
+    destination.to_owned()
 }
 
 /// How many events of `request` the backend answered as duplicates (Customer.io's, by event id).
@@ -232,6 +245,7 @@ fn entry_json(shared: &Shared, request: &RecordedRequest, evicted: u64) -> Value
         "evicted": evicted,
         "at_ms": shared.unix_ms(request.received_at),
         "destination": request.destination,
+        "card": card_of(&request.destination, &request.path),
         "method": request.method,
         "path": request.path,
         "query": request.query,
@@ -371,5 +385,22 @@ mod tests {
                 "umami": {"requests": 2, "events": 1, "statuses": {"0": 1, "200": 1}},
             })
         );
+    }
+
+    #[test]
+    fn each_bloomreach_project_has_its_own_card() {
+        assert_eq!(card_of("bloomreach", "/track/v2/projects/shop/customers/events"), "bloomreach:shop");
+        assert_eq!(card_of("bloomreach", "/track/v2/projects/pay-1/batch"), "bloomreach:pay-1");
+        assert_eq!(card_of("bloomreach", "/somewhere"), "bloomreach");
+        assert_eq!(card_of("umami", "/track/v2/projects/x/customers"), "umami");
+        let got = counters(
+            &[
+                test_request("/track/v2/projects/shop/customers/events", br#"{"event_type":"a"}"#),
+                test_request("/track/v2/projects/pay/customers/events", br#"{"event_type":"payment"}"#),
+            ],
+            &Evicted::default(),
+        );
+        let names: Vec<&String> = got.as_object().unwrap().keys().collect();
+        assert_eq!(names, ["bloomreach:pay", "bloomreach:shop"]);
     }
 }

@@ -269,7 +269,7 @@ impl Recorder {
             log.evicted.bytes += size as u64;
             // The cheap count the stats use: decoding every evicted body would cost more.
             let events = count_events(&oldest.body).unwrap_or(0);
-            log.evicted.by_destination.entry(oldest.destination.clone()).or_default().add(
+            log.evicted.by_destination.entry(crate::live::card_of(&oldest.destination, &oldest.path)).or_default().add(
                 oldest.status,
                 events,
                 crate::live::duplicates(&oldest),

@@ -7,6 +7,7 @@
 //! stream = "TRACKWAY"            # events on TRACKWAY.events, dead letters in TRACKWAY_DEAD
 //! duplicate_window_secs = 3600   # Nats-Msg-Id dedupe window (server default: 120)
 //! replicas = 1                   # 3 on a 3-node cluster
+//! partitions = 16                # TRACKWAY.events.<0..16> by a hash of the person (see below)
 //!
 //! [relay.ingest]
 //! listen = "127.0.0.1:8088"
@@ -67,6 +68,15 @@ pub struct NatsConfig {
     pub replicas: usize,
     /// How long to wait for JetStream to acknowledge an append before answering 503.
     pub publish_timeout_secs: u64,
+    /// Events go to `<stream>.events.<p>`, `p` a stable hash of the person (user id, else
+    /// anonymous id) modulo this (default 16). A destination that keeps order per person has
+    /// one consumer per partition, each pulled by one worker at a time: this bounds how many
+    /// workers share an ordered destination. Every ingest and worker must use the same value.
+    /// Changing it live moves people to other partitions: for a moment (until the events
+    /// appended before the change are delivered) a person's events may arrive out of order.
+    /// Lowering it leaves the events of the partitions dropped undelivered to ordered
+    /// destinations: drain them first (stop the ingest, wait for zero lag).
+    pub partitions: u32,
 }
 
 impl Default for NatsConfig {
@@ -77,14 +87,28 @@ impl Default for NatsConfig {
             duplicate_window_secs: 3600,
             replicas: 1,
             publish_timeout_secs: 5,
+            partitions: 16,
         }
     }
 }
 
 impl NatsConfig {
-    /// The subject events are appended to.
+    /// The subject events are appended to, before the partition (`<stream>.events`; a relay
+    /// from before partitions appended there directly, and those events are still delivered).
     pub fn events_subject(&self) -> String {
         format!("{}.events", self.stream)
+    }
+    /// The subject of partition `p`.
+    pub fn partition_subject(&self, p: u32) -> String {
+        format!("{}.events.{p}", self.stream)
+    }
+    /// The number of partitions (at least 1).
+    pub fn partition_count(&self) -> u32 {
+        self.partitions.max(1)
+    }
+    /// The KV bucket of the destinations' shared state (health, cached tokens).
+    pub fn state_bucket(&self) -> String {
+        format!("{}_STATE", self.stream)
     }
     /// The dead letters' stream.
     pub fn dead_stream(&self) -> String {

@@ -64,7 +64,6 @@ pub async fn list(js: &JetStream, destination: Option<&str>) -> Result<Vec<DeadL
 /// JetStream unreachable; letters requeued before the error stay requeued.
 pub async fn requeue(js: &JetStream, destination: Option<&str>) -> Result<usize, EngineError> {
     let stream = js.dead_stream().await?;
-    let subject = js.nats().events_subject();
     let mut n = 0;
     for letter in list(js, destination).await? {
         // A new id: the original is still inside the duplicate window and would be dropped.
@@ -73,6 +72,9 @@ pub async fn requeue(js: &JetStream, destination: Option<&str>) -> Result<usize,
         if let Some(call) = &letter.call {
             headers.push((CALL_HEADER, call.as_str()));
         }
+        // Back in the person's partition, behind what was appended since.
+        let partition = crate::partition::partition_of(&letter.payload, js.nats().partition_count());
+        let subject = js.nats().partition_subject(partition);
         js.append(&msg_id, &subject, &headers, letter.payload.clone()).await?;
         stream
             .delete_message(letter.sequence)

@@ -40,6 +40,8 @@ pub struct Ingest<E> {
     destinations: Vec<String>,
     metrics: Arc<Metrics>,
     limits: crate::ratelimit::RateLimits,
+    /// Events go to `<subject>.<partition>`.
+    partitions: u32,
 }
 
 impl<E: Engine> Ingest<E> {
@@ -53,7 +55,16 @@ impl<E: Engine> Ingest<E> {
         destinations: Vec<String>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Ingest { engine, keys, config, subject, destinations, metrics, limits: Default::default() }
+        let partitions = crate::config::NatsConfig::default().partitions;
+        Ingest { engine, keys, config, subject, destinations, metrics, limits: Default::default(), partitions }
+    }
+
+    /// Appends to `partitions` subjects, `<subject>.<p>` with `p` a hash of the person
+    /// (default `[relay.nats] partitions`' default, 16): see [`crate::partition`].
+    #[must_use]
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions.max(1);
+        self
     }
 
     /// Serves on `listener` until `shutdown` resolves, then finishes the requests in flight.
@@ -202,7 +213,7 @@ async fn handle<E: Engine>(
             headers.push((CALL_HEADER, c.call.as_str()));
         }
         let engine = ingest.engine.clone();
-        let subject = ingest.subject.clone();
+        let subject = format!("{}.{}", ingest.subject, crate::partition::partition_of(&c.payload, ingest.partitions));
         let payload = Bytes::from(c.payload.clone());
         async move { engine.append(&msg_id, &subject, &headers, payload).await }
     });

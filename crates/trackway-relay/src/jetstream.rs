@@ -1,6 +1,22 @@
 //! The [`Engine`] on NATS JetStream: one events stream (deduplicating on `Nats-Msg-Id` within a
-//! configurable window), one durable pull consumer per destination shared by every worker, and
-//! a dead-letter stream.
+//! configurable window) on `<stream>.events.<partition>`, one durable pull consumer per
+//! destination shared by every worker, a dead-letter stream, and the `<stream>_STATE` KV bucket.
+//!
+//! A destination that keeps order per person has instead one durable consumer per partition,
+//! `<destination>_p<N>`, with a priority group under the `PinnedClient` policy (JetStream 2.11):
+//! the server hands the partition's messages to one pull subscription at a time (the pinned
+//! one) and answers the others' pulls with "pin id mismatch" until the pinned one has sent no
+//! pull for the priority timeout. That is the exclusive consumer the order needs, kept by the
+//! server itself: no lease of our own to renew, no clock to trust, and a killed worker loses its
+//! pin without anyone noticing it died: the server unpins a client that has sent no pull for the
+//! priority timeout, set to the ack wait plus the pull's expiry plus the client's own slack (it
+//! re-sends an unanswered pull 5 s after its expiry), so a worker busy with a slow request keeps
+//! its pin (measured: the partitions of a worker killed with a 2 s ack wait moved after 11 s).
+//! JetStream does not promise that what the dead worker was handed and did not ack comes out
+//! before the partition's newer messages (in a test it did not always), so the worker taking
+//! over checks the consumer's unacked count ([`Engine::partition_unsettled`]) and sends nothing
+//! until those are its own (at most the ack wait plus a second); its held messages are kept by
+//! stream position, so a person's earlier event goes out first.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,7 +27,25 @@ use futures_util::StreamExt as _;
 use tokio::sync::Mutex;
 
 use crate::config::{NatsConfig, WorkerConfig, consumer_name};
-use crate::engine::{Appended, Engine, EngineError, Pulled};
+use crate::engine::{Appended, Engine, EngineError, Pulled, Versioned};
+
+/// The priority group every worker's partition pulls join.
+const GROUP: &str = "relay";
+/// How long one partition pull request lasts before the client sends the next: short, so a dead
+/// worker's pin ends soon after its last request.
+const PARTITION_PULL_EXPIRY: Duration = Duration::from_secs(2);
+
+/// A partition's long-lived pull subscription (it carries the pin).
+type PartitionStream = std::sync::Arc<Partition>;
+
+/// A partition's pull subscription, one puller at a time, and its consumer (for its info).
+struct Partition(Mutex<pull::Stream>, PullConsumer);
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Partition")
+    }
+}
 
 /// A connection to JetStream with the relay's streams.
 #[derive(Debug)]
@@ -21,6 +55,8 @@ pub struct JetStream {
     nats: NatsConfig,
     worker: WorkerConfig,
     consumers: Mutex<HashMap<String, PullConsumer>>,
+    partitions: Mutex<HashMap<String, PartitionStream>>,
+    kv: Mutex<Option<jetstream::kv::Store>>,
 }
 
 fn err(what: &str, e: impl std::fmt::Display) -> EngineError {
@@ -43,7 +79,15 @@ impl JetStream {
             .map_err(|e| err("connecting to NATS", e))?;
         let mut context = jetstream::new(client.clone());
         context.set_timeout(Duration::from_secs(nats.publish_timeout_secs.max(1)));
-        Ok(JetStream { client, context, nats: nats.clone(), worker: worker.clone(), consumers: Mutex::default() })
+        Ok(JetStream {
+            client,
+            context,
+            nats: nats.clone(),
+            worker: worker.clone(),
+            consumers: Mutex::default(),
+            partitions: Mutex::default(),
+            kv: Mutex::default(),
+        })
     }
 
     /// Whether the connection to NATS is up now.
@@ -64,7 +108,8 @@ impl JetStream {
     pub async fn ensure_streams(&self) -> Result<(), EngineError> {
         let events = stream::Config {
             name: self.nats.stream.clone(),
-            subjects: vec![self.nats.events_subject()],
+            // The bare subject too: events a relay from before partitions stored there.
+            subjects: vec![self.nats.events_subject(), format!("{}.>", self.nats.events_subject())],
             duplicate_window: self.nats.duplicate_window(),
             num_replicas: self.nats.replicas.max(1),
             storage: stream::StorageType::File,
@@ -88,7 +133,78 @@ impl JetStream {
                 }
             }
         }
+        self.state_store().await?;
         Ok(())
+    }
+
+    /// The shared state bucket (created on first use: one value per key, no history).
+    async fn state_store(&self) -> Result<jetstream::kv::Store, EngineError> {
+        let mut kv = self.kv.lock().await;
+        if let Some(store) = &*kv {
+            return Ok(store.clone());
+        }
+        let bucket = self.nats.state_bucket();
+        let store = match self.context.get_key_value(&bucket).await {
+            Ok(store) => store,
+            Err(_) => self
+                .context
+                .create_key_value(jetstream::kv::Config {
+                    bucket: bucket.clone(),
+                    history: 1,
+                    num_replicas: self.nats.replicas.max(1),
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| err(&format!("creating KV bucket {bucket}"), e))?,
+        };
+        *kv = Some(store.clone());
+        Ok(store)
+    }
+
+    /// The pull subscription of partition `partition` of `destination` (its consumer created or
+    /// updated on first use).
+    async fn partition_stream(&self, destination: &str, partition: u32) -> Result<PartitionStream, EngineError> {
+        let name = partition_consumer_name(destination, partition);
+        let mut streams = self.partitions.lock().await;
+        if let Some(s) = streams.get(&name) {
+            return Ok(s.clone());
+        }
+        let stream = self.context.get_stream(&self.nats.stream).await.map_err(|e| err("events stream", e))?;
+        let ack_wait = Duration::from_secs(self.worker.ack_wait_secs.max(1));
+        let mut filters = vec![self.nats.partition_subject(partition)];
+        if partition == 0 {
+            // Events stored before partitions: partition 0 delivers them.
+            filters.push(self.nats.events_subject());
+        }
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subjects: filters,
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait,
+            max_ack_pending: self.worker.max_ack_pending.max(1),
+            max_deliver: -1,
+            priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
+            priority_groups: vec![GROUP.to_owned()],
+            // The client re-sends an unanswered pull 5 s after its expiry: a worker in a long
+            // request still sends one within this.
+            priority_timeout: ack_wait + PARTITION_PULL_EXPIRY + Duration::from_secs(7),
+            ..Default::default()
+        };
+        let consumer: PullConsumer =
+            stream.create_consumer(config).await.map_err(|e| err(&format!("consumer {name}"), e))?;
+        let messages = consumer
+            .stream()
+            .group(GROUP)
+            .max_messages_per_batch(self.worker.batch.max(1))
+            .expires(PARTITION_PULL_EXPIRY)
+            .heartbeat(Duration::from_millis(500))
+            .messages()
+            .await
+            .map_err(|e| err(&format!("pulling {name}"), e))?;
+        let messages = std::sync::Arc::new(Partition(Mutex::new(messages), consumer));
+        streams.insert(name, messages.clone());
+        Ok(messages)
     }
 
     /// The durable pull consumer of `destination` (created on first use; every worker process
@@ -102,7 +218,7 @@ impl JetStream {
         let stream = self.context.get_stream(&self.nats.stream).await.map_err(|e| err("events stream", e))?;
         let config = pull::Config {
             durable_name: Some(name.clone()),
-            filter_subject: self.nats.events_subject(),
+            filter_subjects: vec![self.nats.events_subject(), format!("{}.>", self.nats.events_subject())],
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: Duration::from_secs(self.worker.ack_wait_secs.max(1)),
             max_ack_pending: self.worker.max_ack_pending.max(1),
@@ -110,8 +226,9 @@ impl JetStream {
             max_deliver: -1,
             ..Default::default()
         };
-        let consumer =
-            stream.get_or_create_consumer(&name, config).await.map_err(|e| err(&format!("consumer {name}"), e))?;
+        // Created, or updated (a consumer from before partitions filtered the bare subject).
+        let consumer: PullConsumer =
+            stream.create_consumer(config).await.map_err(|e| err(&format!("consumer {name}"), e))?;
         consumers.insert(name, consumer.clone());
         Ok(consumer)
     }
@@ -122,10 +239,24 @@ impl JetStream {
     /// JetStream unreachable, or no such consumer yet.
     pub async fn consumer_lag(&self, destination: &str) -> Result<(u64, usize), EngineError> {
         let stream = self.context.get_stream(&self.nats.stream).await.map_err(|e| err("events stream", e))?;
-        let mut consumer: PullConsumer =
-            stream.get_consumer(&consumer_name(destination)).await.map_err(|e| err("consumer", e))?;
-        let info = consumer.info().await.map_err(|e| err("consumer info", e))?;
-        Ok((info.num_pending, info.num_ack_pending))
+        if let Ok(mut consumer) = stream.get_consumer::<pull::Config>(&consumer_name(destination)).await {
+            let info = consumer.info().await.map_err(|e| err("consumer info", e))?;
+            return Ok((info.num_pending, info.num_ack_pending));
+        }
+        // An ordered destination: the sum over its partitions.
+        let mut lag = (0, 0);
+        let mut found = false;
+        for p in 0..self.nats.partition_count() {
+            if let Ok(mut consumer) =
+                stream.get_consumer::<pull::Config>(&partition_consumer_name(destination, p)).await
+            {
+                let info = consumer.info().await.map_err(|e| err("consumer info", e))?;
+                lag.0 += info.num_pending;
+                lag.1 += info.num_ack_pending;
+                found = true;
+            }
+        }
+        if found { Ok(lag) } else { Err(EngineError(format!("no consumer for {destination} yet"))) }
     }
 
     /// The dead-letter stream.
@@ -182,6 +313,10 @@ impl Pulled for JetStreamMessage {
     async fn nak(self, delay: Duration) -> Result<(), EngineError> {
         self.0.ack_with(AckKind::Nak(Some(delay))).await.map_err(|e| err("nak", e))
     }
+
+    async fn in_progress(&self) -> Result<(), EngineError> {
+        self.0.ack_with(AckKind::Progress).await.map_err(|e| err("in progress", e))
+    }
 }
 
 impl Engine for JetStream {
@@ -219,6 +354,84 @@ impl Engine for JetStream {
         Ok(out)
     }
 
+    async fn pull_partition(
+        &self,
+        destination: &str,
+        partition: u32,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<JetStreamMessage>, EngineError> {
+        let stream = self.partition_stream(destination, partition).await?;
+        let mut messages = stream.0.lock().await;
+        let mut out = Vec::new();
+        let first = match tokio::time::timeout(wait, messages.next()).await {
+            Err(_) => return Ok(out),
+            Ok(first) => first,
+        };
+        let mut next = first;
+        loop {
+            match next {
+                Some(Ok(m)) => out.push(JetStreamMessage(m)),
+                Some(Err(e)) if out.is_empty() => return Err(err("partition pull", e)),
+                Some(Err(_)) => break,
+                None => {
+                    // The subscription ended (its consumer deleted): made again on the next pull.
+                    drop(messages);
+                    self.partitions.lock().await.remove(&partition_consumer_name(destination, partition));
+                    break;
+                }
+            }
+            if out.len() >= max {
+                break;
+            }
+            // What has already arrived, without waiting for more.
+            match futures_util::FutureExt::now_or_never(messages.next()) {
+                Some(n) => next = n,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn partition_unsettled(&self, destination: &str, partition: u32) -> Result<usize, EngineError> {
+        let mut consumer = self.partition_stream(destination, partition).await?.1.clone();
+        let info = consumer.info().await.map_err(|e| err("consumer info", e))?;
+        Ok(info.num_ack_pending)
+    }
+
+    async fn state_get(&self, key: &str) -> Result<Option<Versioned>, EngineError> {
+        let store = self.state_store().await?;
+        let entry = store.entry(key).await.map_err(|e| err("reading state", e))?;
+        Ok(entry
+            .filter(|e| e.operation == jetstream::kv::Operation::Put)
+            .map(|e| Versioned { value: e.value.to_vec(), revision: e.revision }))
+    }
+
+    async fn state_update(&self, key: &str, value: Vec<u8>, revision: Option<u64>) -> Result<Option<u64>, EngineError> {
+        let store = self.state_store().await?;
+        let result = match revision {
+            Some(r) => store.update(key, value.into(), r).await.map_err(|e| {
+                if e.kind() == jetstream::kv::UpdateErrorKind::WrongLastRevision {
+                    None
+                } else {
+                    Some(err("writing state", e))
+                }
+            }),
+            None => store.create(key, value.into()).await.map_err(|e| {
+                if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists {
+                    None
+                } else {
+                    Some(err("writing state", e))
+                }
+            }),
+        };
+        match result {
+            Ok(rev) => Ok(Some(rev)),
+            Err(None) => Ok(None),
+            Err(Some(e)) => Err(e),
+        }
+    }
+
     fn ready(&self) -> bool {
         self.is_connected()
     }
@@ -226,4 +439,9 @@ impl Engine for JetStream {
     async fn lag(&self, destination: &str) -> Result<(u64, usize), EngineError> {
         self.consumer_lag(destination).await
     }
+}
+
+/// The consumer of partition `partition` of `destination`.
+pub fn partition_consumer_name(destination: &str, partition: u32) -> String {
+    format!("{}_p{partition}", consumer_name(destination))
 }

@@ -6,6 +6,12 @@
 //! - **Workers** ([`worker`], `trackway relay work`): one durable pull consumer per destination,
 //!   shared by every worker process, delivering through the SDK's destination code
 //!   ([`trackway::engine`]).
+//! - **Order per person** ([`partition`]): events are appended to one of `partitions` subjects
+//!   by a hash of their identity; a destination that needs each person's events in order
+//!   ([`Destination::identity_order`](trackway::destination::Destination::identity_order)) has
+//!   a consumer per partition, each pulled by one worker at a time.
+//! - **Shared destination state** ([`worker`]): health (one probe at a time across workers for
+//!   a misconfigured destination) and cached tokens in the `<stream>_STATE` KV bucket.
 //! - **Dead letters** ([`dead`], `trackway relay dead`): their own stream, listed and requeued.
 //!
 //! The log is behind the [`engine::Engine`] trait; [`jetstream`] is the one implementation.
@@ -16,8 +22,10 @@ pub mod engine;
 pub mod ingest;
 pub mod jetstream;
 pub mod metrics;
+pub mod partition;
 pub mod ratelimit;
 pub mod segment;
+pub mod state;
 pub mod worker;
 
 pub use config::{RelayConfig, WriteKey};

@@ -97,6 +97,26 @@ impl Deliverer {
         &*self.destination
     }
 
+    /// The destination's state as it stands (session and cache tokens its answers left), for a
+    /// caller that shares it between processes (the relay keeps it in a JetStream KV bucket):
+    /// each key with its value.
+    pub fn state(&self) -> Vec<(String, Vec<u8>)> {
+        let state = lock(&self.state);
+        state.keys().filter_map(|k| Some((k.to_owned(), state.get(k)?.to_vec()))).collect()
+    }
+
+    /// Replaces the destination's state with `values` (read from where another process left
+    /// it): the next batch is encoded with it.
+    pub fn set_state(&self, values: impl IntoIterator<Item = (String, Vec<u8>)>) {
+        *lock(&self.state) = DestinationState::from_map(values.into_iter().collect());
+    }
+
+    /// The first wait of a destination found misconfigured before it is tried again, and the
+    /// longest (the wait doubles in between): the same as the SDK's health probes.
+    pub fn probe_backoff(&self) -> (Duration, Duration) {
+        (health::MISCONFIGURED_PROBE_FIRST, health::MISCONFIGURED_PROBE_MAX)
+    }
+
     /// The retry policy in force (the options' or the default).
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.setup.retry
@@ -106,12 +126,15 @@ impl Deliverer {
     /// and returns one verdict per event, in order. `attempt` is how many times these events
     /// have been tried, this time included (1 on the first): it sets the backoff.
     ///
-    /// Requests go out one after another. For an [ordered](Delivery::Ordered) destination the
+    /// Requests go out one after another. For an [ordered](Delivery::Ordered) destination, and
+    /// one that keeps order per person ([`identity_order`](Destination::identity_order)), the
     /// events after a request that did not fully succeed are not sent (they get `Retry`), and
     /// each next request is encoded again with the state the previous answer left.
     pub async fn deliver(&self, events: &[EventRecord], attempt: u32) -> Vec<Verdict> {
         let mut verdicts: Vec<Option<Verdict>> = vec![None; events.len()];
-        let ordered = matches!(self.destination.delivery(), Delivery::Ordered);
+        // A destination that keeps order per person is sent like an ordered one here: a
+        // person's later event must not go out in a request after one that failed.
+        let ordered = matches!(self.destination.delivery(), Delivery::Ordered) || self.destination.identity_order();
         // Indices (into `events`) still to encode.
         let mut pending: Vec<usize> = (0..events.len()).collect();
         while !pending.is_empty() {

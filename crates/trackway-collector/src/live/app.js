@@ -56,9 +56,15 @@ function entriesOf(request) {
   return request.events.map((event, index) => ({ key: request.seq + ':' + index, request, event, index }));
 }
 
+// The card (and filter choice) of a request: its destination, one per Bloomreach project.
+function cardOf(request) {
+  return request.card || request.destination;
+}
+
 function count(request) {
-  const c = state.counters[request.destination] ||
-    (state.counters[request.destination] = { requests: 0, events: 0, duplicates: 0, statuses: {} });
+  const card = cardOf(request);
+  const c = state.counters[card] ||
+    (state.counters[card] = { requests: 0, events: 0, duplicates: 0, statuses: {} });
   c.requests += 1;
   c.events += request.events.length;
   c.duplicates = (c.duplicates || 0) + (request.duplicates || 0);
@@ -126,7 +132,7 @@ function currentFilter() {
 
 function matches(entry, f) {
   const r = entry.request;
-  if (f.destination && r.destination !== f.destination) return false;
+  if (f.destination && cardOf(r) !== f.destination) return false;
   if (f.failed && r.status >= 200 && r.status < 300) return false;
   if (f.user && !((entry.event && entry.event.user) || '').toLowerCase().includes(f.user)) return false;
   if (f.name && !((entry.event && entry.event.name) || '').toLowerCase().includes(f.name)) return false;
@@ -295,7 +301,7 @@ function renderCounters() {
         ? failures.map(([s, n]) => el('span', { class: 'chip ' + (+s >= 400 && +s < 500 && +s !== 429 ? 'warn' : 'bad'), text: statusLabel(+s) + ' × ' + n }))
         : [el('span', { class: 'chip ok', text: 'no failures' })];
       return el('div', { class: 'dest', 'data-destination': name },
-        el('div', { class: 'dest-head' }, el('span', { class: 'badge d-' + name, text: name })),
+        el('div', { class: 'dest-head' }, el('span', { class: 'badge d-' + name.split(':')[0], text: name })),
         el('div', { class: 'dest-nums' },
           el('div', { class: 'num' }, el('b', { text: c.requests }), el('span', { text: 'requests' })),
           el('div', { class: 'num' }, el('b', { text: c.events }), el('span', { text: 'events' })),

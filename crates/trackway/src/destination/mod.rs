@@ -120,6 +120,17 @@ pub trait Destination: std::any::Any + Send + Sync + fmt::Debug + 'static {
         BatchLimits::default()
     }
 
+    /// Whether one person's events must reach this destination in the order they were tracked
+    /// (an `identify` before the `track` that follows it, a profile update before the next),
+    /// when a queue outside the SDK delivers them (the relay: its workers keep each identity's
+    /// events in order for such destinations, and may deliver them out of order otherwise).
+    /// Default: no (a destination that stores each event on its own, like JSON over HTTP).
+    /// Customer.io, Bloomreach, Umami and OpenCDP say yes: a `track` before the person exists
+    /// there, or a profile update applied out of turn, changes what the server keeps.
+    fn identity_order(&self) -> bool {
+        false
+    }
+
     /// Whether requests must go out one at a time in order (stateful destinations) or may be sent
     /// in parallel.
     fn delivery(&self) -> Delivery {
@@ -327,8 +338,8 @@ impl EventRecord {
     }
 
     /// A record over the same bytes (the `Bytes` handles are shared, the parse cache is not):
-    /// for handing a subset of a batch to `encode` again.
-    pub(crate) fn shallow_clone(&self) -> Self {
+    /// for handing a subset of a batch to `encode` again, or one held by a queue outside the SDK.
+    pub fn shallow_clone(&self) -> Self {
         EventRecord {
             context: self.context.clone(),
             ..EventRecord::new(self.seq, self.id, self.timestamp, self.head.clone())

@@ -422,6 +422,11 @@ impl Destination for Bloomreach {
         }
     }
 
+    /// Ordered per identity: customer updates and events apply in arrival order.
+    fn identity_order(&self) -> bool {
+        true
+    }
+
     /// Ordered: batch commands run in any order, so what must stay in order goes in separate
     /// requests, and those go one at a time.
     fn delivery(&self) -> Delivery {

@@ -312,6 +312,11 @@ impl Destination for CustomerIo {
         self.limits
     }
 
+    /// Ordered per identity: a `track` for a person not yet identified creates a bare profile.
+    fn identity_order(&self) -> bool {
+        true
+    }
+
     fn delivery(&self) -> Delivery {
         Delivery::Parallel { max_in_flight: 4 }
     }

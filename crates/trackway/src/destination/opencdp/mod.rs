@@ -166,6 +166,11 @@ impl Destination for OpenCdp {
         BatchLimits::new(1, 2 * crate::MAX_EVENT_BYTES)
     }
 
+    /// Ordered per identity: a `track` for a person not yet identified creates a bare profile.
+    fn identity_order(&self) -> bool {
+        true
+    }
+
     fn delivery(&self) -> Delivery {
         Delivery::Parallel { max_in_flight: self.concurrency }
     }

@@ -349,6 +349,11 @@ impl Destination for Umami {
         self.limits
     }
 
+    /// Ordered per identity: a session starts with its first event.
+    fn identity_order(&self) -> bool {
+        true
+    }
+
     /// Ordered: each request carries the cache token of the previous answer.
     fn delivery(&self) -> Delivery {
         Delivery::Ordered
