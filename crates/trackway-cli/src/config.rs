@@ -32,6 +32,10 @@
 //! region = "eu"                               # optional: "us" (default) or "eu"
 //! api = "v1"                                  # optional: "v2" (batches, default) or "v1"
 //! base_url = "http://127.0.0.1:4040"          # optional: replaces the region's host
+//! merge_aliases = true                        # optional (`relay work`, also in
+//!                                             #   [destination.customer_io]): a Segment `alias`
+//!                                             #   becomes a merge of previousId into userId;
+//!                                             #   default off: a dead letter
 //!
 //! [[destination]]
 //! name = "opencdp"
@@ -126,6 +130,8 @@ struct DestinationConfig {
     api_key: Option<SecretRef>,
     region: Option<String>,
     api: Option<String>,
+    /// `relay work`: a Segment `alias` becomes a Customer.io merge (default off: dead-lettered).
+    merge_aliases: Option<bool>,
     /// The fields of `type = "opencdp"` (besides `api_key`).
     endpoint: Option<String>,
     fallback_endpoints: Option<Vec<String>>,
@@ -154,6 +160,8 @@ struct DualWriteConfig {
     region: Option<String>,
     api: Option<String>,
     base_url: Option<String>,
+    /// `relay work`: a Segment `alias` becomes a Customer.io merge (default off).
+    merge_aliases: Option<bool>,
 }
 
 impl DualWriteConfig {
@@ -504,6 +512,12 @@ impl Config {
             {
                 bail!("{}: `{field}` is a field of type \"opencdp\", not {:?}", what(), d.kind);
             }
+            if d.kind != "customerio" && d.merge_aliases.is_some() {
+                bail!(
+                    "{}: `merge_aliases` is a field of type \"customerio\" (and of [destination.customer_io])",
+                    what()
+                );
+            }
             if d.kind != "bloomreach"
                 && let Some(field) = d.bloomreach_fields().first()
             {
@@ -653,6 +667,21 @@ impl Config {
         self.destinations.iter().flat_map(|d| std::iter::once(d.name.clone()).chain(dual_write(d))).collect()
     }
 
+    /// The Customer.io destinations with `merge_aliases = true`: `relay work` sends them a
+    /// Segment `alias` as a merge of previousId into userId.
+    pub(crate) fn merge_alias_destinations(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in &self.destinations {
+            if d.merge_aliases == Some(true) {
+                out.push(d.name.clone());
+            }
+            if let Some(cio) = d.customer_io.as_ref().filter(|c| c.merge_aliases == Some(true)) {
+                out.push(cio.name().to_owned());
+            }
+        }
+        out
+    }
+
     /// Builds the destinations, reading each header's secret from its environment variable.
     ///
     /// # Errors
@@ -717,28 +746,40 @@ impl Config {
 
 /// The configured destinations as the relay's workers deliver through them.
 ///
+/// An OpenCDP destination stands for two when it has a `[destination.customer_io]` dual-write:
+/// OpenCDP, then the dual-write, each with its own consumer (as in the SDK, each its own lane).
+///
 /// # Errors
-/// A destination the relay cannot take yet (OpenCDP, which may expand into a dual write), or one
-/// whose configuration check fails.
+/// A destination whose configuration check fails.
 pub(crate) fn deliverers(
     destinations: Vec<Destination>,
     retry: &trackway::RetryPolicy,
 ) -> anyhow::Result<Vec<trackway::engine::Deliverer>> {
+    use trackway::destination::DestinationSet as _;
     use trackway::engine::Deliverer;
-    destinations
-        .into_iter()
-        .map(|mut d| {
-            d.http = d.http.retry_policy(retry.clone());
-            let made = match d.destination {
-                Kind::Json(json) => Deliverer::new(json, &d.http),
-                Kind::Umami(umami) => Deliverer::new(*umami, &d.http),
-                Kind::CustomerIo(cio) => Deliverer::new(*cio, &d.http),
-                Kind::Bloomreach(b) => Deliverer::new(*b, &d.http),
-                Kind::OpenCdp { .. } => Err("the relay does not deliver to OpenCDP destinations yet".to_owned()),
-            };
-            made.map_err(|e| anyhow::anyhow!("destination `{}`: {e}", d.name))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for mut d in destinations {
+        d.http = d.http.retry_policy(retry.clone());
+        let made: Result<Vec<Deliverer>, String> = match d.destination {
+            Kind::Json(json) => Deliverer::new(json, &d.http).map(|x| vec![x]),
+            Kind::Umami(umami) => Deliverer::new(*umami, &d.http).map(|x| vec![x]),
+            Kind::CustomerIo(cio) => Deliverer::new(*cio, &d.http).map(|x| vec![x]),
+            Kind::Bloomreach(b) => Deliverer::new(*b, &d.http).map(|x| vec![x]),
+            Kind::OpenCdp { config, customer_io } => {
+                // The same expansion as the SDK's (`with_destinations`): OpenCDP itself, then its
+                // Customer.io dual-write as a destination of its own, so each gets its own
+                // consumer and one being down never holds the other back.
+                let config = config.http(d.http.clone());
+                let config = match customer_io {
+                    Some((cio, http)) => config.customer_io_with(*cio, http.retry_policy(retry.clone())),
+                    None => config,
+                };
+                config.expand().into_iter().map(|(dest, http)| Deliverer::from_arc(dest, &http)).collect()
+            }
+        };
+        out.extend(made.map_err(|e| anyhow::anyhow!("destination `{}`: {e}", d.name))?);
+    }
+    Ok(out)
 }
 
 /// Adds the configured destinations to `builder`.
@@ -865,6 +906,22 @@ mod tests {
             format!("{:#}", on_json.expect_err("field of another type"))
                 .contains("`site_id` is a field of type \"customerio\"")
         );
+    }
+
+    #[test]
+    fn merge_aliases_is_a_customer_io_option_off_by_default() {
+        let cio = "[[destination]]\nname = \"cio\"\ntype = \"customerio\"\nsite_id = \"s\"\n\
+                   api_key = { env = \"K\" }\n";
+        assert!(parse(cio).expect("valid").merge_alias_destinations().is_empty(), "off by default");
+        let on = parse(&format!("{cio}merge_aliases = true\n")).expect("valid");
+        assert_eq!(on.merge_alias_destinations(), ["cio"]);
+        let dual = "[[destination]]\nname = \"cdp\"\ntype = \"opencdp\"\napi_key = { env = \"K\" }\n\
+                    [destination.customer_io]\nname = \"dual\"\nsite_id = \"s\"\napi_key = { env = \"K\" }\n\
+                    merge_aliases = true\n";
+        assert_eq!(parse(dual).expect("valid").merge_alias_destinations(), ["dual"]);
+        let on_json = "[[destination]]\nname = \"j\"\ntype = \"json\"\nurl = \"http://x/\"\nmerge_aliases = true\n";
+        let err = parse(on_json).expect_err("not a JSON option");
+        assert!(format!("{err:#}").contains("`merge_aliases` is a field of type \"customerio\""), "{err:#}");
     }
 
     #[test]

@@ -158,6 +158,7 @@ async fn work(config: &Config, deliverers: Vec<trackway::engine::Deliverer>) -> 
     });
     let dead_prefix = format!("{}.dead.", relay.nats.stream);
     Workers::new(js, deliverers, relay.worker.clone(), dead_prefix, metrics)
+        .merge_aliases(config.merge_alias_destinations())
         .partitions(relay.nats.partition_count())
         .run(stop_rx)
         .await;

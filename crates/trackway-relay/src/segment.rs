@@ -102,6 +102,8 @@ struct Message {
     kind: Option<String>,
     user_id: Option<Json>,
     anonymous_id: Option<Json>,
+    /// `alias`: the id the person had before `userId`.
+    previous_id: Option<Json>,
     event: Option<String>,
     name: Option<String>,
     properties: Option<Json>,
@@ -169,6 +171,34 @@ pub fn parse_batch(body: &[u8], received: Timestamp) -> Result<(Option<String>, 
         out.push(converted);
     }
     Ok((batch.write_key, out))
+}
+
+/// A stored Segment `alias` (previousId → userId) as the trackway event a Customer.io
+/// destination sends as a merge ([`MERGE_EVENT`](trackway::destination::customerio::MERGE_EVENT):
+/// the person `userId` the primary, `previousId` the secondary merged into it), with the alias's
+/// own message id (so the event id, and a redelivery's, is the same) and time.
+///
+/// # Errors
+/// The alias lacks `userId` or `previousId` (Customer.io has nothing to merge), or is not valid.
+pub fn alias_as_merge(raw: &[u8]) -> Result<Vec<u8>, String> {
+    let m: Message = serde_json::from_slice(raw).map_err(|e| format!("stored alias is not valid: {e}"))?;
+    let (Some(user), Some(previous)) = (id_text(&m.user_id), id_text(&m.previous_id)) else {
+        return Err("Segment `alias` needs userId and previousId to become a Customer.io merge".into());
+    };
+    let track = serde_json::json!({
+        "type": "track",
+        "userId": user,
+        "event": trackway::destination::customerio::MERGE_EVENT,
+        "properties": { "secondary_id": previous },
+        "messageId": m.message_id,
+        "timestamp": m.timestamp.or(m.original_timestamp),
+        "context": m.context,
+    });
+    // Stored as sent, so the sender's clock is not corrected here (the merge's time is not
+    // used by Customer.io); an alias with a time that does not parse was refused at ingest.
+    let body = serde_json::to_vec(&track).map_err(|e| e.to_string())?;
+    let (_, converted) = parse_single(Call::Track, &body, Timestamp::now()).map_err(|r| r.message)?;
+    Ok(converted.payload)
 }
 
 fn id_text(v: &Option<Json>) -> Option<String> {
@@ -353,6 +383,19 @@ mod tests {
         let items = vec![r#"{"type":"track","userId":"u","event":"e"}"#; MAX_BATCH_EVENTS + 1].join(",");
         let err = parse_batch(format!(r#"{{"batch":[{items}]}}"#).as_bytes(), Timestamp::now()).expect_err("too many");
         assert!(err.message.starts_with(PAYLOAD_LIMIT_MESSAGE), "{err}");
+    }
+
+    #[test]
+    fn an_alias_becomes_a_customer_io_merge_event_with_its_own_id() {
+        let raw = br#"{"type":"alias","previousId":"anon-1","userId":"u1","messageId":"a1","timestamp":"2024-01-01T00:00:00Z"}"#;
+        let payload = alias_as_merge(raw).expect("a merge");
+        let event: Event = serde_json::from_slice(&payload).expect("a trackway event");
+        assert_eq!(event.name.as_deref(), Some(trackway::destination::customerio::MERGE_EVENT));
+        assert_eq!(event.identity.user_id.as_deref(), Some("u1"));
+        assert_eq!(event.properties.get("secondary_id").and_then(|v| v.as_str()), Some("anon-1"));
+        assert_eq!(alias_as_merge(raw).expect("again"), payload, "the same event each time");
+        let err = alias_as_merge(br#"{"type":"alias","userId":"u1","messageId":"a2"}"#).expect_err("no previousId");
+        assert!(err.contains("previousId"), "{err}");
     }
 
     #[test]

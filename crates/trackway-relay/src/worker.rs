@@ -47,6 +47,8 @@ pub struct Workers<E> {
     metrics: Arc<Metrics>,
     /// Partitions of the events stream (`[relay.nats] partitions`).
     partitions: u32,
+    /// Destinations that take a Segment `alias` as a Customer.io merge (`merge_aliases`).
+    merge_aliases: std::collections::HashSet<String>,
     /// This process's name in the shared health (who holds a probe).
     worker_id: String,
     /// Per destination, until when it is taken as healthy without reading the shared health
@@ -92,9 +94,19 @@ impl<E: Engine> Workers<E> {
             dead_prefix,
             metrics,
             partitions: crate::config::NatsConfig::default().partitions,
+            merge_aliases: std::collections::HashSet::new(),
             worker_id,
             healthy_until: std::sync::Mutex::default(),
         }
+    }
+
+    /// The destinations (Customer.io ones) that get a Segment `alias` as a merge of previousId
+    /// into userId ([`alias_as_merge`](crate::segment::alias_as_merge)); at the others an alias
+    /// is a dead letter.
+    #[must_use]
+    pub fn merge_aliases(mut self, destinations: impl IntoIterator<Item = String>) -> Self {
+        self.merge_aliases.extend(destinations);
+        self
     }
 
     /// Pulls ordered destinations' `partitions` partitions (default `[relay.nats] partitions`'
@@ -162,12 +174,26 @@ impl<E: Engine> Workers<E> {
             self.settle_ack(m).await;
             return None;
         }
+        // A Segment call that is no trackway event: an alias becomes a merge where the
+        // destination takes it, anything else is a dead letter with the reason.
+        let mut merge = None;
         if let Some(call) = m.header(CALL_HEADER) {
-            let reason = format!("Segment `{call}` calls have no equivalent at destination `{name}`");
-            self.dead_letter(name, m, &reason).await;
-            return None;
+            if call == "alias" && self.merge_aliases.contains(name) {
+                match crate::segment::alias_as_merge(m.payload()) {
+                    Ok(payload) => merge = Some(Bytes::from(payload)),
+                    Err(reason) => {
+                        self.dead_letter(name, m, &reason).await;
+                        return None;
+                    }
+                }
+            } else {
+                let reason = format!("Segment `{call}` calls have no equivalent at destination `{name}`");
+                self.dead_letter(name, m, &reason).await;
+                return None;
+            }
         }
-        let event: Event = match serde_json::from_slice(m.payload()) {
+        let payload = merge.unwrap_or_else(|| Bytes::copy_from_slice(m.payload()));
+        let event: Event = match serde_json::from_slice(&payload) {
             Ok(e) => e,
             Err(e) => {
                 self.dead_letter(name, m, &format!("stored event is not valid: {e}")).await;
@@ -179,7 +205,6 @@ impl<E: Engine> Workers<E> {
             self.settle_ack(m).await;
             return None;
         }
-        let payload = Bytes::copy_from_slice(m.payload());
         let record = EventRecord::new(m.sequence(), event.id, event.timestamp, payload);
         Some((m, record))
     }

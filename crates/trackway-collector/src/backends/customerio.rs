@@ -11,7 +11,7 @@
 //!
 //! Assumed where the spec is silent: the exact wording of the error messages, a 400 for a batch
 //! over 500 KB, and the answer to the v1 paths the spec lists without bodies (delete, suppress,
-//! unsuppress, device delete: `200 {}`).
+//! unsuppress, device delete, merge: `200 {}`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +35,8 @@ pub(crate) const DUPLICATES_HEADER: &str = "x-trackway-duplicates";
 const CUSTOMERS: &str = "/api/v1/customers/";
 const ANONYMOUS_EVENTS: &str = "/api/v1/events";
 const BATCH: &str = "/api/v2/batch";
+/// `POST /api/v1/merge_customers` (spec §2.2): `{"primary":{…},"secondary":{…}}`.
+const MERGE: &str = "/api/v1/merge_customers";
 
 /// The simulated Track API.
 #[derive(Clone, Debug, Default)]
@@ -64,6 +66,11 @@ enum Op<'a> {
     /// Delete, suppress, unsuppress, a device delete: nothing to check but the id.
     Plain {
         id: &'a str,
+    },
+    /// A merge: `primary` and `secondary` each name one person by exactly one of `id`, `email`
+    /// or `cio_id` (spec §2.2), and they differ.
+    Merge {
+        body: &'a Value,
     },
 }
 
@@ -112,6 +119,8 @@ impl CustomerIoServer {
         let decoded;
         let op = if path == ANONYMOUS_EVENTS && method == "POST" {
             Op::Event { id: None, body: &body }
+        } else if path == MERGE && method == "POST" {
+            Op::Merge { body: &body }
         } else {
             let Some(rest) = path.strip_prefix(CUSTOMERS) else { return not_found() };
             let mut parts = rest.splitn(3, '/');
@@ -152,6 +161,7 @@ impl CustomerIoServer {
                 }
             }
             Op::Plain { id } => check_id(id, errors),
+            Op::Merge { body } => check_merge(body, errors),
             Op::Event { id, body } => {
                 if let Some(id) = id {
                     check_id(id, errors);
@@ -231,6 +241,10 @@ impl CustomerIoServer {
             errors.push("type must be person".into());
             return false;
         }
+        if item.get("action").and_then(Value::as_str) == Some("merge") {
+            // A merge names its two people as `primary` and `secondary`, not `identifiers`.
+            return self.check(&Op::Merge { body: item }, errors);
+        }
         let identifiers = item.get("identifiers").and_then(Value::as_object);
         let named: Vec<(&String, &Value)> = identifiers
             .into_iter()
@@ -254,7 +268,7 @@ impl CustomerIoServer {
                 }
                 return self.store(item.get("id").and_then(Value::as_str));
             }
-            Some("delete" | "suppress" | "unsuppress" | "add_device" | "delete_device" | "merge") => Op::Plain { id },
+            Some("delete" | "suppress" | "unsuppress" | "add_device" | "delete_device") => Op::Plain { id },
             Some("add_relationships" | "delete_relationships") => Op::Plain { id },
             other => {
                 errors.push(format!("action {other:?} is not a person action"));
@@ -271,6 +285,30 @@ fn bad_request(errors: Vec<String>) -> Reply {
 
 fn not_found() -> Reply {
     Reply::status(404).json(json!({ "meta": { "error": "Not Found" } }))
+}
+
+/// A merge's `primary` and `secondary`: each exactly one of `id`, `email`, `cio_id`, a
+/// non-empty string, and not the same person.
+fn check_merge(body: &Value, errors: &mut Vec<String>) {
+    let mut people = Vec::new();
+    for side in ["primary", "secondary"] {
+        let named: Vec<(&String, &Value)> = body
+            .get(side)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| matches!(k.as_str(), "id" | "email" | "cio_id"))
+            .collect();
+        match named.as_slice() {
+            [(kind, Value::String(id))] if !id.trim().is_empty() => people.push((kind.as_str(), id.as_str())),
+            _ => errors.push(format!("{side} must hold exactly one of id, email, cio_id")),
+        }
+    }
+    if let [a, b] = people.as_slice()
+        && a == b
+    {
+        errors.push("primary and secondary must be different people".into());
+    }
 }
 
 fn check_id(id: &str, errors: &mut Vec<String>) {
@@ -376,7 +414,12 @@ fn decode(method: &str, path: &str, body: &Value) -> Vec<Value> {
                         e.insert(out.into(), v.clone());
                     }
                 }
-                if let Some(id) = item.pointer("/identifiers/id") {
+                if item.get("action").and_then(Value::as_str) == Some("merge") {
+                    let sides =
+                        ["primary", "secondary"].map(|k| (k.to_owned(), item.get(k).cloned().unwrap_or_default()));
+                    e.insert("data".into(), Value::Object(sides.into_iter().collect()));
+                }
+                if let Some(id) = item.pointer("/identifiers/id").or_else(|| item.pointer("/primary/id")) {
                     e.insert("user".into(), id.clone());
                 }
                 Value::Object(e)
@@ -398,15 +441,19 @@ fn decode(method: &str, path: &str, body: &Value) -> Vec<Value> {
         ("DELETE", r) if r.starts_with("devices/") => "delete_device",
         ("POST", "suppress") => "suppress",
         ("POST", "unsuppress") => "unsuppress",
+        _ if path == MERGE => "merge",
         _ => body.get("type").and_then(Value::as_str).unwrap_or("event"),
     };
     e.insert("type".into(), Value::String(kind.into()));
-    let user = user.map(Value::String).or_else(|| body.get("anonymous_id").cloned());
+    let user = user
+        .map(Value::String)
+        .or_else(|| body.get("anonymous_id").cloned())
+        .or_else(|| if kind == "merge" { body.pointer("/primary/id").cloned() } else { None });
     if let Some(user) = user {
         e.insert("user".into(), user);
     }
     match kind {
-        "identify" => {
+        "identify" | "merge" => {
             e.insert("data".into(), body.clone());
         }
         "device" => {
@@ -426,7 +473,7 @@ fn decode(method: &str, path: &str, body: &Value) -> Vec<Value> {
 /// Whether a `method` request to `path` is for the Track API.
 pub(crate) fn claims(method: &str, path: &str) -> bool {
     matches!(method, "PUT" | "POST" | "DELETE")
-        && (path.starts_with(CUSTOMERS) || path == ANONYMOUS_EVENTS || path == BATCH)
+        && (path.starts_with(CUSTOMERS) || path == ANONYMOUS_EVENTS || path == BATCH || path == MERGE)
 }
 
 impl Backend for CustomerIoServer {
@@ -518,6 +565,31 @@ mod tests {
         let (status, _, dup) = send(&server, "POST", "/api/v1/customers/1/events", AUTH, again);
         assert_eq!((status, dup.as_deref(), server.duplicates()), (200, Some("1"), 1));
         assert_eq!(server.stored(), 2);
+    }
+
+    #[test]
+    fn merges_name_two_different_people_in_v1_and_in_a_batch() {
+        let server = CustomerIoServer::default();
+        let merge = json!({ "primary": { "id": "u1" }, "secondary": { "id": "anon-1" } });
+        assert_eq!(send(&server, "POST", MERGE, AUTH, merge.clone()).0, 200);
+        let (status, body, _) = send(&server, "POST", MERGE, AUTH, json!({ "primary": { "id": "u1" } }));
+        assert_eq!(
+            (status, body["meta"]["errors"][0].as_str()),
+            (400, Some("secondary must hold exactly one of id, email, cio_id"))
+        );
+        let same = json!({ "primary": { "id": "u1" }, "secondary": { "id": "u1" } });
+        assert_eq!(send(&server, "POST", MERGE, AUTH, same).0, 400);
+        let batch = json!({ "batch": [
+            { "type": "person", "action": "merge", "primary": { "id": "u1" }, "secondary": { "email": "a@b.c" } },
+            { "type": "person", "action": "merge", "identifiers": { "id": "u1" } },
+        ]});
+        let (status, body, _) = send(&server, "POST", BATCH, AUTH, batch.clone());
+        assert_eq!((status, body["errors"][0]["batch_index"].as_u64()), (207, Some(1)), "{body}");
+        assert_eq!(server.stored(), 2);
+        let events = decode("POST", MERGE, &merge);
+        assert_eq!((events[0]["type"].as_str(), events[0]["user"].as_str()), (Some("merge"), Some("u1")));
+        let events = decode("POST", BATCH, &batch);
+        assert_eq!(events[0]["data"]["secondary"]["email"], "a@b.c", "{events:?}");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! | an invalidated push token | `DELETE /api/v1/customers/{id}/devices/{token}` | v1 as well |
 //! | [`Client::erase_user`](crate::Client::erase_user) | `DELETE /api/v1/customers/{id}` | `action: "delete"` |
 //! | [`Direct::suppress`](crate::direct::Direct::suppress) / `unsuppress` | `POST /api/v1/customers/{id}/suppress` / `unsuppress` | `action: "suppress"` / `"unsuppress"` |
+//! | a [`MERGE_EVENT`] (the relay's Segment `alias`) | `POST /api/v1/merge_customers` `{"primary":{"id"},"secondary":{"id"}}` | `action: "merge"`, `primary`, `secondary` |
 //!
 //! - Every event carries `timestamp`, its time in Unix seconds (taken at enqueue; an import's
 //!   own), and `id`, the event's UUIDv7 message id written as a ULID (the same 128 bits, so the
@@ -93,6 +94,11 @@ pub const EU_URL: &str = "https://track-eu.customer.io";
 pub const COMMAND_PREFIX: &str = "$customerio:";
 pub(crate) const SUPPRESS_EVENT: &str = "$customerio:suppress";
 pub(crate) const UNSUPPRESS_EVENT: &str = "$customerio:unsuppress";
+/// A Customer.io merge: the event's person (user id) is the primary, its `secondary_id`
+/// property the person merged into it (`POST /api/v1/merge_customers`, v2 `action: "merge"`).
+/// The relay queues it for a Segment `alias` (previousId → userId) where `merge_aliases` is on;
+/// the SDK has no call that tracks it.
+pub const MERGE_EVENT: &str = "$customerio:merge";
 
 /// The event name OpenCDP's `registerDevice` events carry unless
 /// [`CustomerIo::opencdp_device_event`] says another.

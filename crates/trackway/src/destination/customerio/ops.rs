@@ -5,7 +5,7 @@ use serde_json::{Map, Value as Json, json};
 use trackway_wire::customerio::ulid_from_uuid;
 use trackway_wire::{Event, EventKind, MessageId, Properties, Timestamp, Value};
 
-use super::{COMMAND_PREFIX, SUPPRESS_EVENT, UNSUPPRESS_EVENT};
+use super::{COMMAND_PREFIX, MERGE_EVENT, SUPPRESS_EVENT, UNSUPPRESS_EVENT};
 use crate::destination::ERASE_USER_EVENT;
 
 /// The name app mode gives a push-token event (`Client::track_push_token`).
@@ -72,6 +72,13 @@ pub enum Operation {
     Unsuppress {
         /// The person id.
         id: String,
+    },
+    /// `POST /api/v1/merge_customers`: `secondary` is merged into `primary` and deleted.
+    Merge {
+        /// The person kept (the alias's userId).
+        primary: String,
+        /// The person merged into it (the alias's previousId).
+        secondary: String,
     },
 }
 
@@ -238,6 +245,18 @@ pub(super) fn operation(event: &Event, id: MessageId, opencdp_devices: Option<&s
             ERASE_USER_EVENT => return Ok(Mapped::Send(Operation::Delete { id: need_user("delete")? })),
             SUPPRESS_EVENT => return Ok(Mapped::Send(Operation::Suppress { id: need_user("suppress")? })),
             UNSUPPRESS_EVENT => return Ok(Mapped::Send(Operation::Unsuppress { id: need_user("unsuppress")? })),
+            MERGE_EVENT => {
+                let primary = need_user("merge")?;
+                let secondary = match event.properties.get("secondary_id") {
+                    Some(Value::String(s)) if !s.trim().is_empty() => s.to_string(),
+                    _ => return Err("a merge needs the secondary person's id (`secondary_id`)".into()),
+                };
+                if secondary == primary {
+                    // Customer.io would refuse it; there is nothing to merge.
+                    return Ok(Mapped::Skip("a merge of a person into itself".into()));
+                }
+                return Ok(Mapped::Send(Operation::Merge { primary, secondary }));
+            }
             n if n.starts_with(COMMAND_PREFIX) => return Err(format!("unknown Customer.io command {n:?}")),
             PUSH_TOKEN_EVENT if event.properties.get("push_notification_token").is_some() => {
                 return push_token(event, need_user("a push device")?, timestamp);
@@ -376,6 +395,11 @@ impl Operation {
             Operation::Delete { id } => (http::Method::DELETE, customer(id), None),
             Operation::Suppress { id } => (http::Method::POST, format!("{}/suppress", customer(id)), None),
             Operation::Unsuppress { id } => (http::Method::POST, format!("{}/unsuppress", customer(id)), None),
+            Operation::Merge { primary, secondary } => (
+                http::Method::POST,
+                "/api/v1/merge_customers".into(),
+                Some(json!({ "primary": { "id": primary }, "secondary": { "id": secondary } })),
+            ),
         }
     }
 
@@ -402,6 +426,12 @@ impl Operation {
             Operation::Delete { id } => person(id, "delete"),
             Operation::Suppress { id } => person(id, "suppress"),
             Operation::Unsuppress { id } => person(id, "unsuppress"),
+            Operation::Merge { primary, secondary } => json!({
+                "type": "person",
+                "action": "merge",
+                "primary": { "id": primary },
+                "secondary": { "id": secondary },
+            }),
             Operation::Event { person: Person::Anonymous(_), .. }
             | Operation::AddDevice { .. }
             | Operation::DeleteDevice { .. } => return None,

@@ -125,6 +125,27 @@ fn commands_become_deletes_and_suppressions() {
 }
 
 #[test]
+fn a_merge_command_is_merge_customers_in_v1_and_a_merge_item_in_v2() {
+    let e =
+        event(EventKind::Track, Some(super::MERGE_EVENT), props! { "secondary_id" => "anon-1" }, Identity::user("u1"));
+    let r = &encode_one(&v1(), &e).requests[0];
+    assert_eq!((r.method.as_str(), r.url.trim_start_matches(US_URL)), ("POST", "/api/v1/merge_customers"));
+    assert_eq!(body(r), json!({ "primary": { "id": "u1" }, "secondary": { "id": "anon-1" } }));
+    let batch = body(&encode_one(&CustomerIo::new("s", "k"), &e).requests[0]);
+    assert_eq!(
+        batch["batch"][0],
+        json!({ "type": "person", "action": "merge", "primary": { "id": "u1" }, "secondary": { "id": "anon-1" } })
+    );
+    // Without the secondary: refused with the reason; into itself: nothing to send.
+    let none = event(EventKind::Track, Some(super::MERGE_EVENT), props! {}, Identity::user("u1"));
+    let out = encode_one(&v1(), &none);
+    assert!(out.requests.is_empty() && out.rejected.len() == 1, "{out:?}");
+    let itself =
+        event(EventKind::Track, Some(super::MERGE_EVENT), props! { "secondary_id" => "u1" }, Identity::user("u1"));
+    assert_eq!(encode_one(&v1(), &itself).skipped.len(), 1);
+}
+
+#[test]
 fn v2_batches_follow_the_spec_shape_and_split_at_500_kb() {
     let dest = CustomerIo::new("s", "k").region(Region::Eu);
     let events = [
