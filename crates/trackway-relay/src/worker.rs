@@ -274,16 +274,17 @@ impl<E: Engine> Workers<E> {
             }
         };
         let any_delivered = verdicts.contains(&Verdict::Delivered);
+        let mut to_ack = Vec::with_capacity(verdicts.len());
         let mut to_deliver = to_deliver.into_iter();
         for (m, verdict) in to_deliver.by_ref().zip(verdicts) {
             match verdict {
                 Verdict::Delivered => {
                     self.count("trackway_relay_delivered_total", name);
-                    self.settle_ack(m).await;
+                    to_ack.push(m);
                 }
                 Verdict::Skipped(_) => {
                     self.count("trackway_relay_skipped_total", name);
-                    self.settle_ack(m).await;
+                    to_ack.push(m);
                 }
                 Verdict::Dead(reason) => self.dead_letter(name, m, &reason).await,
                 // An event that keeps failing while the others of its batch go through is the
@@ -308,6 +309,7 @@ impl<E: Engine> Workers<E> {
         for m in to_deliver {
             let _ = m.nak(Duration::ZERO).await;
         }
+        self.settle_acks(to_ack).await;
     }
 
     /// One partition of an ordered destination: pulls, holds each person's events in order and
@@ -450,6 +452,7 @@ impl<E: Engine> Workers<E> {
         // held too, whatever their verdict says (for a destination whose answers are per event,
         // a later one can only have been sent in a request after the failed one's).
         let mut failed: HashSet<String> = HashSet::new();
+        let mut to_ack = Vec::with_capacity(verdicts.len());
         for (seq, verdict) in chosen.iter().copied().zip(verdicts) {
             let identity = held[&seq].identity.clone();
             match verdict {
@@ -461,12 +464,12 @@ impl<E: Engine> Workers<E> {
                     match verdict {
                         Verdict::Delivered => {
                             self.count("trackway_relay_delivered_total", name);
-                            self.settle_ack(h.message).await;
+                            to_ack.push(h.message);
                         }
                         Verdict::Dead(reason) => self.dead_letter(name, h.message, &reason).await,
                         _ => {
                             self.count("trackway_relay_skipped_total", name);
-                            self.settle_ack(h.message).await;
+                            to_ack.push(h.message);
                         }
                     }
                 }
@@ -492,12 +495,20 @@ impl<E: Engine> Workers<E> {
                 }
             }
         }
+        self.settle_acks(to_ack).await;
         // What was not sent (a probe takes only the first) stays held, due at once: it goes
         // through the gate with the next batch.
     }
 
     fn count(&self, metric: &'static str, destination: &str) {
         self.metrics.add(metric, &[("destination", destination)], 1);
+    }
+
+    /// Acks `messages` together: each double ack waits for the server's answer, so one after
+    /// the other they cost a round trip each (one worker drained ~15 000 events/s that way,
+    /// measured with `benches/relay.rs`). Every ack is still answered before the next pull.
+    async fn settle_acks(&self, messages: Vec<E::Message>) {
+        futures_util::future::join_all(messages.into_iter().map(|m| self.settle_ack(m))).await;
     }
 
     async fn settle_ack(&self, m: E::Message) {
