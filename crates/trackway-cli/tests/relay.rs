@@ -15,7 +15,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use fixture::{
-    Fixture, KEY, SLOW_KEY, Settings, batch, delivered, delivered_ids, http, nats_available, post, track, wait_until,
+    APP_KEY, Fixture, KEY, SLOW_KEY, Settings, batch, delivered, delivered_ids, get_text, http, nats_available, post,
+    track, wait_until,
 };
 use support::watchdog;
 use trackway_collector::{Collector, Reply};
@@ -169,6 +170,30 @@ fn a_bad_key_is_401_an_oversized_event_400_with_segments_message_and_a_key_over_
         assert!(metrics.contains(r#"trackway_relay_rejected_total{reason="rate_limited"} 1"#), "{metrics}");
         assert!(metrics.contains(r#"trackway_relay_rejected_total{reason="bad_key"} 1"#), "{metrics}");
         assert!(metrics.contains(r#"trackway_relay_rejected_total{reason="too_large"} 3"#), "{metrics}");
+    });
+}
+
+#[test]
+fn a_key_read_from_a_file_sends_only_through_its_allowed_api() {
+    if !nats_available() {
+        return;
+    }
+    watchdog(Duration::from_secs(180), || {
+        let f = Fixture::builder().start();
+        let (_serve, url) = f.serve();
+        let _work = f.work();
+        // `app` may use the Segment API only: trackway's own JSON is refused before anything is
+        // stored, with a message naming the key and the API.
+        let trackway_json = r#"[{"id":"0190b5a0-0000-7000-8000-000000000001","type":"track","name":"opened","timestamp":"2026-12-03T10:00:00Z","identity":{"user_id":"u1"}}]"#;
+        let (status, _, body) = post(&url, "/v1/events", APP_KEY, trackway_json);
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("write key `app` may not send through the trackway API"), "{body}");
+        let (status, _, body) = post(&url, "/v1/track", APP_KEY, &track(1));
+        assert_eq!(status, 200, "{body}");
+        assert!(wait_until(Duration::from_secs(30), || delivered(&f.a).len() == 1), "the Segment call reached a");
+        let metrics = get_text(&format!("{url}/metrics"));
+        assert!(metrics.contains(r#"trackway_relay_rejected_total{reason="source_not_allowed"} 1"#), "{metrics}");
+        assert!(metrics.contains(r#"trackway_relay_ingested_total{key="app"} 1"#), "{metrics}");
     });
 }
 

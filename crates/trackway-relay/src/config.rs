@@ -1,5 +1,6 @@
 //! The relay's part of `relay.toml`: the NATS connection and stream, ingest, workers and write
-//! keys. Write keys are secrets: the file names the environment variable holding each one.
+//! keys. Write keys are secrets: the file names the environment variable or the file holding
+//! each one.
 //!
 //! ```toml
 //! [relay.nats]
@@ -23,8 +24,9 @@
 //!
 //! [[relay.key]]
 //! name = "web"                   # shown in logs and metrics (never the key itself)
-//! key = { env = "RELAY_WEB_KEY" }
+//! key = { env = "RELAY_WEB_KEY" } # or { file = "/run/secrets/relay-web-key" }
 //! destinations = ["warehouse"]   # the configured destinations this key may reach
+//! sources = ["segment"]          # optional: the ingest APIs it may use (default both)
 //! max_events_per_second = 500    # optional: more is answered 429 with Retry-After
 //! ```
 
@@ -211,18 +213,78 @@ pub struct KeyConfig {
     pub key: SecretRef,
     /// The destinations events sent with this key go to.
     pub destinations: Vec<String>,
+    /// The ingest APIs this key may send through (`"trackway"`: `POST /v1/events`;
+    /// `"segment"`: the Segment HTTP Tracking API). Default: both. A key shipped inside an app
+    /// that only has a Segment SDK can be held to `["segment"]`.
+    #[serde(default = "Source::all")]
+    pub sources: Vec<Source>,
     /// Most events per second accepted with this key (burst: one second's worth); more are
     /// answered 429 with `Retry-After`. Default: no limit.
     #[serde(default)]
     pub max_events_per_second: Option<f64>,
 }
 
-/// A secret named by its environment variable (`{ env = "VAR" }`).
+/// An ingest API a write key may send through.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// trackway's own JSON events (`POST /v1/events`, what the `JsonHttp` destination sends).
+    Trackway,
+    /// The Segment HTTP Tracking API (`/v1/track|identify|page|screen|alias|group|batch`).
+    Segment,
+}
+
+impl Source {
+    /// Both APIs: a key's default.
+    pub fn all() -> Vec<Source> {
+        vec![Source::Trackway, Source::Segment]
+    }
+
+    /// The name used in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Trackway => "trackway",
+            Source::Segment => "segment",
+        }
+    }
+}
+
+/// Where a secret is: an environment variable (`{ env = "VAR" }`) or a file
+/// (`{ file = "/run/secrets/key" }`, its content without the trailing newline). Never in the
+/// configuration file itself.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
     /// The variable's name.
-    pub env: String,
+    #[serde(default)]
+    pub env: Option<String>,
+    /// The file's path.
+    #[serde(default)]
+    pub file: Option<std::path::PathBuf>,
+}
+
+impl SecretRef {
+    /// The secret's value, for the write key `key` (named in errors; the value never is).
+    fn read(&self, key: &str) -> anyhow::Result<String> {
+        let value = match (&self.env, &self.file) {
+            (Some(var), None) => std::env::var(var)
+                .map_err(|_| anyhow::anyhow!("write key `{key}`: environment variable {var} is not set"))?,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("write key `{key}`: cannot read {}: {e}", path.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+            _ => anyhow::bail!("write key `{key}`: give the key as {{ env = \"VAR\" }} or {{ file = \"PATH\" }}"),
+        };
+        if value.is_empty() {
+            let from = match (&self.env, &self.file) {
+                (Some(var), _) => format!("environment variable {var}"),
+                (_, Some(path)) => format!("file {}", path.display()),
+                _ => String::new(),
+            };
+            anyhow::bail!("write key `{key}`: {from} is empty");
+        }
+        Ok(value)
+    }
 }
 
 /// A write key with its value read.
@@ -234,6 +296,8 @@ pub struct WriteKey {
     pub(crate) value: String,
     /// Where its events may go.
     pub destinations: Vec<String>,
+    /// The ingest APIs it may send through.
+    pub sources: Vec<Source>,
     /// Its rate limit in events per second, if any.
     pub max_events_per_second: Option<f64>,
 }
@@ -247,16 +311,23 @@ impl std::fmt::Debug for WriteKey {
 impl WriteKey {
     /// A key with its value given directly (for tests and embedding).
     pub fn new(name: impl Into<String>, value: impl Into<String>, destinations: Vec<String>) -> Self {
-        WriteKey { name: name.into(), value: value.into(), destinations, max_events_per_second: None }
+        WriteKey {
+            name: name.into(),
+            value: value.into(),
+            destinations,
+            sources: Source::all(),
+            max_events_per_second: None,
+        }
     }
 }
 
 impl RelayConfig {
-    /// Reads each key's value from its environment variable and checks that its destinations
+    /// Reads each key's value from its environment variable or file and checks that its destinations
     /// are among `known`.
     ///
     /// # Errors
-    /// A variable not set (named, its value never shown), an unknown destination, no key.
+    /// A variable not set or a file not readable (named, the value never shown), an empty
+    /// value, an unknown destination, an empty `sources`, no key.
     pub fn write_keys(&self, known: &[String]) -> anyhow::Result<Vec<WriteKey>> {
         if self.keys.is_empty() {
             anyhow::bail!("no write key configured: add a [[relay.key]] table");
@@ -273,11 +344,9 @@ impl RelayConfig {
                         );
                     }
                 }
-                let value = std::env::var(&k.key.env).map_err(|_| {
-                    anyhow::anyhow!("write key `{}`: environment variable {} is not set", k.name, k.key.env)
-                })?;
-                if value.is_empty() {
-                    anyhow::bail!("write key `{}`: environment variable {} is empty", k.name, k.key.env);
+                let value = k.key.read(&k.name)?;
+                if k.sources.is_empty() {
+                    anyhow::bail!("write key `{}`: sources is empty (give \"trackway\", \"segment\" or both)", k.name);
                 }
                 if let Some(rate) = k.max_events_per_second
                     && !(rate.is_finite() && rate > 0.0)
@@ -291,6 +360,7 @@ impl RelayConfig {
                     name: k.name.clone(),
                     value,
                     destinations: k.destinations.clone(),
+                    sources: k.sources.clone(),
                     max_events_per_second: k.max_events_per_second,
                 })
             })
@@ -302,4 +372,65 @@ impl RelayConfig {
 /// `*`, `>` or whitespace).
 pub fn consumer_name(destination: &str) -> String {
     destination.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay(toml_text: &str) -> RelayConfig {
+        #[derive(Deserialize)]
+        struct Top {
+            relay: RelayConfig,
+        }
+        toml::from_str::<Top>(toml_text).expect("config").relay
+    }
+
+    #[test]
+    fn a_write_key_comes_from_a_file_without_its_newline_and_sources_default_to_both() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("key");
+        std::fs::write(&path, "file-key\n").expect("write");
+        let text = format!(
+            "[[relay.key]]\nname = \"app\"\nkey = {{ file = {:?} }}\ndestinations = [\"a\"]\n",
+            path.display().to_string()
+        );
+        let keys = relay(&text).write_keys(&["a".to_owned()]).expect("keys");
+        assert_eq!(keys[0].value, "file-key");
+        assert_eq!(keys[0].sources, Source::all());
+    }
+
+    #[test]
+    fn bad_key_settings_are_named_errors_that_never_show_the_value() {
+        let missing = relay(
+            "[[relay.key]]\nname = \"app\"\nkey = { file = \"/nonexistent/trackway-key\" }\ndestinations = [\"a\"]\n",
+        );
+        let e = missing.write_keys(&["a".to_owned()]).unwrap_err().to_string();
+        assert!(e.contains("write key `app`: cannot read /nonexistent/trackway-key"), "{e}");
+
+        let both =
+            relay("[[relay.key]]\nname = \"app\"\nkey = { env = \"X\", file = \"y\" }\ndestinations = [\"a\"]\n");
+        let e = both.write_keys(&["a".to_owned()]).unwrap_err().to_string();
+        assert!(e.contains("{ env = \"VAR\" } or { file = \"PATH\" }"), "{e}");
+
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("key");
+        std::fs::write(&path, "secret-value").expect("write");
+        let no_sources = relay(&format!(
+            "[[relay.key]]\nname = \"app\"\nkey = {{ file = {:?} }}\ndestinations = [\"a\"]\nsources = []\n",
+            path.display().to_string()
+        ));
+        let e = no_sources.write_keys(&["a".to_owned()]).unwrap_err().to_string();
+        assert!(e.contains("sources is empty") && !e.contains("secret-value"), "{e}");
+
+        let unknown = toml::from_str::<KeyConfig>(
+            "name = \"app\"\nkey = { env = \"X\" }\ndestinations = [\"a\"]\nsources = [\"kafka\"]\n",
+        );
+        assert!(unknown.unwrap_err().to_string().contains("unknown variant `kafka`"));
+        let bad = relay(&format!(
+            "[[relay.key]]\nname = \"app\"\nkey = {{ file = {:?} }}\ndestinations = [\"a\"]\nsources = [\"segment\"]\n",
+            path.display().to_string()
+        ));
+        assert_eq!(bad.write_keys(&["a".to_owned()]).expect("keys")[0].sources, vec![Source::Segment]);
+    }
 }

@@ -18,7 +18,7 @@ use base64::Engine as _;
 use futures_util::future::join_all;
 use trackway_wire::{Event, Timestamp};
 
-use crate::config::{IngestConfig, WriteKey};
+use crate::config::{IngestConfig, Source, WriteKey};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::segment::{self, Call, Converted, Refused};
@@ -179,6 +179,14 @@ async fn handle<E: Engine>(
     let Some(key) = ingest.key(from_header.as_deref().or(body_key.as_deref())) else {
         return ingest.reject("bad_key", StatusCode::UNAUTHORIZED, "Invalid write key");
     };
+    let source = if kind.is_none() { Source::Trackway } else { Source::Segment };
+    if !key.sources.contains(&source) {
+        return ingest.reject(
+            "source_not_allowed",
+            StatusCode::FORBIDDEN,
+            &format!("write key `{}` may not send through the {} API", key.name, source.as_str()),
+        );
+    }
     let items = match parsed {
         Ok((_, items)) => items,
         Err(Refused { message, .. }) => {

@@ -25,6 +25,8 @@ use crate::support::KillOnDrop;
 pub(crate) const KEY: &str = "test-write-key";
 /// A key limited to 5 events per second (`slow`, to destination `a` only).
 pub(crate) const SLOW_KEY: &str = "slow-write-key";
+/// The `app` key's value, read by the relay from the file `app.key` (Segment API only, to `a`).
+pub(crate) const APP_KEY: &str = "app-file-write-key";
 
 /// Whether `nats-server` is on PATH; without it a test is skipped with a message, except under
 /// `CI=true`, where it fails (`.ci/run` installs it).
@@ -242,9 +244,11 @@ impl Builder {
     }
 }
 
-/// Writes relay.toml: `destinations`, then the relay's tables with keys `web` (to `a` and `b`)
-/// and `slow` (to `a`, 5 events per second).
+/// Writes relay.toml: `destinations`, then the relay's tables with keys `web` (to `a` and `b`),
+/// `slow` (to `a`, 5 events per second) and `app` (to `a`, from a file, Segment API only).
 fn write_config(dir: &Path, destinations: &str, nats_url: &str, s: &Settings, worker_extra: &str) -> PathBuf {
+    let app_key_file = dir.join("app.key");
+    std::fs::write(&app_key_file, format!("{APP_KEY}\n")).expect("app.key");
     let text = format!(
         r#"{destinations}
 [relay.nats]
@@ -274,7 +278,14 @@ name = "slow"
 key = {{ env = "RELAY_TEST_SLOW_KEY" }}
 destinations = ["a"]
 max_events_per_second = 5
+
+[[relay.key]]
+name = "app"
+key = {{ file = "{app_key_file}" }}
+destinations = ["a"]
+sources = ["segment"]
 "#,
+        app_key_file = app_key_file.display(),
         nats = nats_url,
         replicas = s.replicas,
         ack_wait = s.ack_wait_secs,
