@@ -738,9 +738,20 @@ impl Config {
 }
 
 impl Config {
-    /// The `[relay]` table, or its defaults.
+    /// The `[relay]` table, or its defaults, with write-key files resolved against the
+    /// configuration file's directory.
     pub(crate) fn relay(&self) -> trackway_relay::RelayConfig {
-        self.relay.clone().unwrap_or_default()
+        let mut relay = self.relay.clone().unwrap_or_default();
+        // A write key's `{ file = .. }` is relative to this file, as the destinations' secrets.
+        let dir = self.file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        for key in &mut relay.keys {
+            if let Some(file) = &key.key.file
+                && file.is_relative()
+            {
+                key.key.file = Some(dir.join(file));
+            }
+        }
+        relay
     }
 }
 
@@ -885,6 +896,28 @@ mod tests {
         // The file's own mistakes are told before any variable is read.
         let err = config.relay().write_keys(&config.destination_names()).expect_err("refused");
         assert!(format!("{err:#}").contains("destination `nope` is not configured"), "{err:#}");
+    }
+
+    #[test]
+    fn a_relay_key_file_is_relative_to_the_configuration() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::create_dir(dir.path().join("secrets")).expect("mkdir");
+        std::fs::write(dir.path().join("secrets/web.key"), "from-the-file\n").expect("key");
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "{RELAY}[[relay.key]]\nname = \"web\"\nkey = {{ file = \"secrets/web.key\" }}\ndestinations = [\"a\"]\n"
+            ),
+        )
+        .expect("config");
+        let config = Config::load(&path).expect("valid");
+        let keys = config.relay().write_keys(&config.destination_names()).expect("read");
+        assert_eq!(
+            format!("{keys:?}"),
+            r#"[WriteKey { name: "web", destinations: ["a"] }]"#,
+            "the value is never shown"
+        );
     }
 
     #[test]

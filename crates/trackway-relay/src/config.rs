@@ -251,7 +251,8 @@ impl Source {
 
 /// Where a secret is: an environment variable (`{ env = "VAR" }`) or a file
 /// (`{ file = "/run/secrets/key" }`, its content without the trailing newline). Never in the
-/// configuration file itself.
+/// configuration file itself. A relative path is read from the working directory; the
+/// `trackway` command resolves it against the configuration file's directory first.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
