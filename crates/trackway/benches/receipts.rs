@@ -8,6 +8,9 @@
 //!
 //! - `plain`: `track` with nobody listening (the baseline: the feature's only cost is one load);
 //! - `subscriber`: `track` with one `OutcomeStream` drained by a reader thread;
+//! - `unread`: the same stream, never read until the end (its ring overflows; the missed count
+//!   makes up the rest): the worker's outcome work without a reader thread competing for the
+//!   cores, which tells the two costs apart;
 //! - `confirmed`: `track_confirmed`, started 100 at a time, then the 100 receipts awaited.
 //!
 //! Each reports the caller's p50/p99 per call, delivered events per second (first call to the
@@ -32,7 +35,7 @@ use trackway::{Client, props};
 const PHASE_ENV: &str = "TRACKWAY_RECEIPTS_BENCH_PHASE";
 const URL_ENV: &str = "TRACKWAY_RECEIPTS_BENCH_URL";
 const N_ENV: &str = "TRACKWAY_RECEIPTS_BENCH_N";
-const PHASES: [&str; 3] = ["plain", "subscriber", "confirmed"];
+const PHASES: [&str; 4] = ["plain", "subscriber", "unread", "confirmed"];
 const BATCH: usize = 100;
 /// The reader thread's name, so its CPU is not mistaken for the caller's.
 const READER: &str = "outcome-reader";
@@ -137,6 +140,7 @@ fn run_phase(phase: &str, url: &str, n: usize) -> anyhow::Result<()> {
             })
         })
         .transpose()?;
+    let mut unread = (phase == "unread").then(|| client.outcomes(16_384));
     let worker_before = common::cpu_of("trackway-worker");
     let mut latencies = Vec::with_capacity(n);
     let started = Instant::now();
@@ -168,6 +172,13 @@ fn run_phase(phase: &str, url: &str, n: usize) -> anyhow::Result<()> {
     let worker_cpu = common::cpu_of("trackway-worker").saturating_sub(worker_before);
     let delivered = client.stats().destinations[0].delivered;
     client.shutdown(Duration::from_secs(5))?;
+    if let Some(stream) = unread.as_mut() {
+        let mut missed = 0;
+        let seen = stream.drain(&mut missed).len() as u64 + missed;
+        if seen != delivered {
+            bail!("the unread stream held {seen} outcomes (with missed ones) for {delivered} deliveries");
+        }
+    }
     let mut reader_cpu = 0;
     if let Some(reader) = reader {
         let (seen, cpu) = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
