@@ -14,13 +14,11 @@ mod fixture;
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fixture::{Nats, nats_available, wait_until};
+use fixture::{Nats, nats_available, start_relay, wait_until};
 use support::KillOnDrop as Proc;
 use trackway_collector::{Collector, Reply, RunningCollector};
 
@@ -86,29 +84,15 @@ fn relay(config: &Path, args: &[&str]) -> (Proc, String) {
 
 /// As [`relay`], with `cio_key` as the Customer.io API key.
 fn relay_with_key(config: &Path, args: &[&str], cio_key: &str) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trackway"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_trackway"));
+    command
         .arg("--config")
         .arg(config)
         .arg("relay")
         .args(args)
         .env("RELAY_ORDER_KEY", KEY)
-        .env("RELAY_ORDER_CIO_KEY", cio_key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("trackway relay starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {}
-    });
-    let proc = Proc(child);
-    let line = rx.recv_timeout(Duration::from_secs(30)).expect("trackway relay printed its first line in time");
-    (proc, line)
+        .env("RELAY_ORDER_CIO_KEY", cio_key);
+    start_relay(command)
 }
 
 fn serve(config: &Path) -> (Proc, String) {

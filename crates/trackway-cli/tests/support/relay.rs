@@ -350,21 +350,7 @@ impl Fixture {
 
     /// Starts `trackway --config relay.toml relay ARGS` and waits (at most 30 s) for its first line.
     pub(crate) fn relay(&self, args: &[&str]) -> (KillOnDrop, String) {
-        let mut child =
-            self.command(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("trackway relay starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep reading so the child never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let proc = KillOnDrop(child);
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("trackway relay printed its first line in time");
-        (proc, line)
+        start_relay(self.command(args))
     }
 
     /// `trackway relay serve`, and the URL it listens on.
@@ -397,6 +383,26 @@ impl Fixture {
 }
 
 /// An HTTP client with a 20 s timeout.
+/// Spawns `command` (a `trackway … relay …` command line), killed when the guard drops, and
+/// waits (at most 30 s) for its first line of output (the address it listens on, or that it
+/// works).
+pub(crate) fn start_relay(mut command: Command) -> (KillOnDrop, String) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("trackway relay starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        // Keep reading so the child never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let proc = KillOnDrop(child);
+    let line = rx.recv_timeout(Duration::from_secs(30)).expect("trackway relay printed its first line in time");
+    (proc, line)
+}
+
 pub(crate) fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
 }
