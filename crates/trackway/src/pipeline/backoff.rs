@@ -1,15 +1,17 @@
-//! Exponential backoff with full jitter.
+//! Exponential backoff with full jitter (never zero: at least 1 ms).
 
 use std::time::Duration;
 
 use rand::Rng;
 
-/// A delay drawn uniformly from `[0, min(max, base × 2^(failures−1))]` ("full jitter": clients that
-/// failed together do not retry together).
+/// A delay drawn uniformly from `[1 ms, min(max, base × 2^(failures−1))]` ("full jitter": clients
+/// that failed together do not retry together). Never zero (unless the ceiling is): a draw of
+/// 0 sent a failed request again in the same instant, a hot retry against a server that had
+/// just refused it (and a third request where `tests/health.rs` counts one per clock step).
 pub(crate) fn full_jitter(base: Duration, max: Duration, failures: u32) -> Duration {
     let ceiling = backoff_ceiling(base, max, failures);
     let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(rand::rng().random_range(0..=millis))
+    Duration::from_millis(rand::rng().random_range(millis.min(1)..=millis))
 }
 
 /// The ceiling before jitter: `min(max, base × 2^(failures−1))`.
@@ -40,5 +42,12 @@ mod tests {
         assert!(draws.iter().all(|d| *d <= base));
         let distinct: std::collections::BTreeSet<_> = draws.iter().collect();
         assert!(distinct.len() > 50, "full jitter should spread retries");
+    }
+
+    #[test]
+    fn jitter_is_never_zero_below_a_small_ceiling() {
+        let base = Duration::from_millis(2);
+        assert!((0..500).map(|_| full_jitter(base, base, 1)).all(|d| d >= Duration::from_millis(1)));
+        assert_eq!(full_jitter(Duration::ZERO, Duration::ZERO, 1), Duration::ZERO);
     }
 }
