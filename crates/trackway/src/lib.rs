@@ -170,7 +170,9 @@
 //!   queue through [`Client::waiting`], which waits for room itself). Events older than
 //!   `max_event_age` (7 days)
 //!   are dead-lettered as `expired`. A full disk drops the new events it refuses (`disk_full`);
-//!   what is stored stays intact, and writing resumes when space returns.
+//!   what is stored stays intact, and writing resumes when space returns. An event already in
+//!   a request on the wire when its write fails is decided by that request's answer:
+//!   delivered, or dropped then (`disk_full`).
 //!
 //! # Delivery guarantees and shutdown
 //!

@@ -185,6 +185,16 @@ fn disk_full_counts_new_events_keeps_the_stored_ones_and_recovers_when_space_ret
         sent.push(client.track("u", "e", props! { "pad" => "z".repeat(200_000) }).expect("track").to_string());
         let barrier = client.persisted(Duration::from_secs(5));
         assert!(matches!(barrier, Err(PersistError::NotCommitted(_))), "{barrier:?}");
+        // A request carrying an event whose write failed is answered before it is counted (see
+        // the next test): every request is answered (503) before the counts are read.
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                let a = client.stats().destinations[0].clone();
+                a.requests == a.failed_requests && collector.request_count() as u64 == a.requests
+            }),
+            "every request answered: {:?}",
+            client.stats()
+        );
         let stats = client.stats();
         assert!(stats.dropped.disk_full > 0, "the page limit was reached: {stats:?}");
         let kept = stats.persisted;
@@ -199,6 +209,56 @@ fn disk_full_counts_new_events_keeps_the_stored_ones_and_recovers_when_space_ret
         client.flush(Duration::from_secs(10)).expect("writing resumed");
         assert!(delivered_ids(&collector.requests()).contains_key(&after));
         assert_eq!(client.stats().dropped.disk_full, stats.dropped.disk_full, "no new losses once space returned");
+    });
+}
+
+/// A client whose store cannot write a 300 KB event (the disk is "full"), that sends it before
+/// it tries to write it, to a collector answering `reply` a second later.
+fn unwritten_on_the_wire(reply: Reply) -> (tempfile::TempDir, RunningCollector, Client) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = Collector::builder().default_reply(reply.delay(Duration::from_secs(1))).start().expect("collector");
+    let client = durable(SqliteStore::new(store_path(&dir)).max_page_count(60))
+        // Sent after 10 ms (`batch_interval`), written (and refused) at 300 ms, answered at 1 s.
+        .commit_delay(Duration::from_millis(300))
+        .destination(json("a", collector.url("/e")))
+        .build()
+        .expect("client");
+    (dir, collector, client)
+}
+
+#[test]
+fn an_event_whose_write_failed_on_the_wire_counts_as_delivered_when_the_server_takes_it() {
+    watchdog(LIMIT, || {
+        let (_dir, collector, client) = unwritten_on_the_wire(Reply::ok());
+        let id = client.track("u", "big", props! { "pad" => "z".repeat(300_000) }).expect("track").to_string();
+        assert!(wait_until(Duration::from_secs(5), || collector.request_count() == 1), "sent before the write");
+        client.flush(Duration::from_secs(10)).expect("flush");
+        assert!(delivered_ids(&collector.requests()).contains_key(&id), "the server took it");
+        let stats = client.stats();
+        // Not a loss: delivered, and (delivered everywhere) nothing of it is left to lose.
+        assert_eq!(stats.dropped.disk_full, 0, "{stats:?}");
+        assert_eq!(stats.destinations[0].delivered, 1, "{stats:?}");
+        assert_eq!(stats.destinations[0].pending, 0, "{stats:?}");
+        assert_eq!(stats.persisted, 1, "{stats:?}");
+    });
+}
+
+#[test]
+fn an_event_whose_write_failed_on_the_wire_is_dropped_and_counted_when_its_request_fails() {
+    watchdog(LIMIT, || {
+        let (_dir, collector, client) = unwritten_on_the_wire(Reply::status(503));
+        client.track("u", "big", props! { "pad" => "z".repeat(300_000) }).expect("track");
+        assert!(wait_until(Duration::from_secs(5), || collector.request_count() == 1), "sent before the write");
+        assert!(
+            wait_until(Duration::from_secs(5), || client.stats().dropped.disk_full == 1),
+            "counted once its answer came: {:?}",
+            client.stats()
+        );
+        client.flush(Duration::from_secs(5)).expect("nothing left to deliver");
+        std::thread::sleep(Duration::from_millis(200));
+        let stats = client.stats();
+        assert_eq!(collector.request_count(), 1, "not retried: the store no longer has it");
+        assert_eq!((stats.persisted, stats.destinations[0].pending, stats.destinations[0].delivered), (0, 0, 0));
     });
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::task::Id;
 use trackway_wire::Timestamp;
 
+use super::unwritten::drop_reason;
 use super::{Answer, Dropped, Worker, state_prefix};
 use crate::destination::{Classified, Outcome, TransportError, TransportErrorKind};
 use crate::pipeline::backoff::full_jitter;
@@ -81,17 +82,31 @@ impl Worker {
             (format!("{lost} events could not be committed: {e}"), reason)
         });
         if let Some((_, reason)) = &failure {
-            self.forget_dropped(&committed.lost, *reason);
+            self.write_failed(&committed.lost, *reason);
         }
-        let (done, waiting): (Vec<_>, Vec<_>) = self
-            .barriers
-            .drain(..)
-            .partition(|(upto, _)| failure.is_some() || upto.is_none_or(|u| u < self.committed_below));
-        self.barriers = waiting;
-        for (_, reply) in done {
-            match &failure {
-                Some((why, _)) => reply.fail(why.clone()),
-                None => reply.send(),
+        self.answer_barriers(failure.map(|(why, _)| why));
+    }
+
+    /// Answers the persist barriers that can be. A `failure` fails every barrier waiting; a
+    /// barrier is answered once every event before it is committed (or, failed, at once),
+    /// and none of them waits for the answer that decides a failed write (`unwritten`), so the
+    /// counts a caller reads after it add up.
+    pub(super) fn answer_barriers(&mut self, failure: Option<String>) {
+        let unwritten = self.unwritten.lowest();
+        let committed_below = self.committed_below;
+        let mut done = Vec::new();
+        for mut barrier in std::mem::take(&mut self.barriers) {
+            if let Some(why) = &failure {
+                barrier.failed.get_or_insert_with(|| why.clone());
+            }
+            let covered = barrier.failed.is_some() || barrier.upto.is_none_or(|u| u < committed_below);
+            let decided = unwritten.is_none_or(|l| barrier.upto.is_none_or(|u| u < l));
+            if covered && decided { done.push(barrier) } else { self.barriers.push(barrier) }
+        }
+        for barrier in done {
+            match barrier.failed {
+                Some(why) => barrier.reply.fail(why),
+                None => barrier.reply.send(),
             }
         }
     }
@@ -112,6 +127,12 @@ impl Worker {
 
     /// The store dropped these events: stop tracking them, and count them under `reason`.
     pub(super) fn forget_dropped(&mut self, evicted: &[Evicted], reason: Dropped) {
+        self.count_dropped(reason, evicted.len() as u64);
+        self.forget_routes(evicted, reason);
+    }
+
+    /// Counts `n` events dropped for `reason` (once per event, whatever its destinations).
+    pub(super) fn count_dropped(&mut self, reason: Dropped, n: u64) {
         let counters = &self.shared.counters;
         let counter = match reason {
             Dropped::Purged => &counters.purged,
@@ -120,26 +141,24 @@ impl Worker {
             Dropped::DiskFull => &counters.disk_full,
             Dropped::StoreError => &counters.store_error,
         };
-        bump(counter, evicted.len() as u64);
-        if reason == Dropped::StoreFull && !self.warned_store_full {
+        bump(counter, n);
+        if reason == Dropped::StoreFull && n > 0 && !self.warned_store_full {
             tracing::warn!(
                 "trackway: the store is over its size bound; dropping the oldest events (counted as store_full; logged once)"
             );
             self.warned_store_full = true;
         }
+    }
+
+    /// Stops tracking the events on each of their routes (their lanes, pending counts,
+    /// receipts and streams).
+    pub(super) fn forget_routes(&mut self, evicted: &[Evicted], reason: Dropped) {
         let report = self.receipts.on().then(|| self.shared.clock.now());
         for ev in evicted {
             for r in routes(ev.routes) {
                 let Some(lane) = self.lanes.get_mut(r) else { continue };
                 if let Some(at) = report {
-                    let reason = match reason {
-                        Dropped::Purged => crate::receipts::DropReason::Purged,
-                        Dropped::StoreFull => crate::receipts::DropReason::StoreFull,
-                        Dropped::Corrupt => crate::receipts::DropReason::Corrupt,
-                        Dropped::DiskFull => crate::receipts::DropReason::DiskFull,
-                        Dropped::StoreError => crate::receipts::DropReason::StoreError,
-                    };
-                    let outcome = crate::receipts::Outcome::Dropped(reason);
+                    let outcome = crate::receipts::Outcome::Dropped(drop_reason(reason));
                     self.receipts.decided(r, lane.dest.name(), ev.seq, outcome, at);
                 }
                 if ev.seq >= lane.next_fresh {
@@ -199,8 +218,10 @@ impl Worker {
             Ok(classified) => classified,
             Err(message) => {
                 let what = if answer.is_ok() { "classify" } else { "classify_error" };
+                let seqs: Vec<u64> =
+                    flight.seqs.iter().copied().filter(|&seq| !self.unwritten_answered(i, seq, false)).collect();
                 let (purged, seqs): (Vec<u64>, Vec<u64>) =
-                    flight.seqs.iter().partition(|&&seq| self.was_purged_in_flight(i, seq));
+                    seqs.into_iter().partition(|&seq| self.was_purged_in_flight(i, seq));
                 self.remove_purged(i, &purged);
                 if !seqs.is_empty() {
                     self.destination_panicked(i, seqs, flight.failures, what, &message);
@@ -241,6 +262,9 @@ impl Worker {
         // Events a purge found on the wire: delivered is delivered; otherwise they go now.
         let mut purged = Vec::new();
         for (&seq, outcome) in flight.seqs.iter().zip(outcomes) {
+            if self.unwritten_answered(i, seq, matches!(outcome, Outcome::Delivered)) {
+                continue;
+            }
             if self.was_purged_in_flight(i, seq) && !matches!(outcome, Outcome::Delivered) {
                 purged.push(seq);
                 continue;

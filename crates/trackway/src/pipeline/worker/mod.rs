@@ -20,6 +20,7 @@ use crate::store::{DeadLetterReason, NewEvent, Recovered, StagingFill, Store, St
 
 mod answers;
 mod purge;
+mod unwritten;
 
 /// One request in flight: what the worker needs when its answer comes back.
 struct InFlight {
@@ -30,6 +31,15 @@ struct InFlight {
     failures: u32,
     /// Clock time (elapsed) when it was sent.
     sent_at: Duration,
+}
+
+/// A `persisted` call waiting for its answer.
+struct Barrier {
+    /// The last event it covers (`None`: none came before it).
+    upto: Option<u64>,
+    reply: Reply,
+    /// A commit failed while it waited: it fails (once nothing before it waits for an answer).
+    failed: Option<String>,
 }
 
 /// The server's answer, or why there is none (classified: nothing sent, or maybe sent).
@@ -54,7 +64,7 @@ pub(crate) struct Worker {
     /// Every seq below this is committed (write-behind stores; others commit in `append`).
     committed_below: u64,
     /// Persist barriers waiting for every event up to their seq to be committed.
-    barriers: Vec<(Option<u64>, Reply)>,
+    barriers: Vec<Barrier>,
     segments: Segments,
     /// The events of a drain on their way into the store, kept between drains (emptied) so a
     /// drain does not map and fault in a fresh buffer of up to a ring's worth of events.
@@ -68,6 +78,10 @@ pub(crate) struct Worker {
     /// (lane, seq) of events a purge found in an in-flight request: when the answer comes, a
     /// delivered one counts as delivered, any other is removed instead of retried (`purge`).
     purged_in_flight: std::collections::HashSet<(usize, u64)>,
+    /// Events whose write failed while a request carried them: their answer decides.
+    unwritten: unwritten::UnwrittenOnWire,
+    /// An answer decided such an event: barriers waiting for it may be answered.
+    unwritten_resolved: bool,
     /// Per lane: requests answered since the store last had every ack on disk. A lane sends
     /// nothing new while these and its requests on the wire make `max_in_flight`, so a crash
     /// re-sends at most `max_in_flight` requests, as before acks were written behind
@@ -197,6 +211,8 @@ impl Worker {
             warned_store_full: false,
             receipts,
             purged_in_flight: std::collections::HashSet::new(),
+            unwritten: unwritten::UnwrittenOnWire::default(),
+            unwritten_resolved: false,
             answered_unwritten: Vec::new(),
         }
     }
@@ -219,6 +235,9 @@ impl Worker {
             // Before the flushes are answered: a caller that flushed then reads its stream
             // finds the outcomes there.
             self.receipts.flush();
+            if std::mem::take(&mut self.unwritten_resolved) {
+                self.answer_barriers(None);
+            }
             self.answer_flushes();
             if let Some((deadline, _)) = &self.shutdown {
                 // With tracking off nothing will be sent: what is stored stays for a later run.
@@ -232,6 +251,7 @@ impl Worker {
         // Commit anything that raced in behind the shutdown request, then answer.
         self.drain();
         self.commit_all();
+        self.unwritten_at_shutdown();
         self.receipts.flush();
         // No more outcomes from this process: open receipts resolve with what is still pending.
         self.shared.receipts.end(crate::receipts::Ended::Shutdown);
@@ -457,7 +477,7 @@ impl Worker {
                 (Control::Persisted(reply), Some(why)) => reply.fail(why.clone()),
                 // A write-behind store answers once everything before is committed: now.
                 (Control::Persisted(reply), None) if self.store.writes_behind() => {
-                    self.barriers.push((next_seq.checked_sub(1), reply));
+                    self.barriers.push(Barrier { upto: next_seq.checked_sub(1), reply, failed: None });
                 }
                 (control, _) => self.control(next_seq, control),
             }
@@ -619,6 +639,10 @@ impl Worker {
                 // Unknown is not "nothing pending": answer later.
                 Err(_) => return,
             }
+        }
+        // An event whose write failed on the wire is pending until its answer comes.
+        if let Some(l) = self.unwritten.lowest() {
+            lowest = Some(lowest.map_or(l, |x| x.min(l)));
         }
         let (done, waiting): (Vec<_>, Vec<_>) =
             self.flushes.drain(..).partition(|(upto, _)| lowest.is_none_or(|l| l > *upto));

@@ -46,7 +46,8 @@
 //! owned by the writer), never inside the commits.
 //!
 //! A round that fails (disk full, an I/O error) is undone as a whole: its events still pending
-//! are dropped and counted (`disk_full` or `store_error`), its chunk states, deletes and client
+//! are dropped and counted (`disk_full` or `store_error`; the worker waits for the answer of
+//! those already on the wire, see `pipeline/worker/unwritten.rs`), its chunk states, deletes and client
 //! state go with the next round. A writer thread that dies (a panic) is reported (an error in
 //! the log), replaced by a new one on a new connection, and handed again every round it had not
 //! answered; every write of a round is idempotent, so one it wrote before dying is harmless to
