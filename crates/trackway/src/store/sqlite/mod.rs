@@ -124,6 +124,7 @@ pub(crate) mod chunk;
 mod file;
 mod manage;
 mod salvage;
+mod staged;
 mod write;
 mod writer;
 
@@ -239,7 +240,7 @@ struct Open {
     /// out of memory).
     hot_start: u64,
     /// Hot events not yet written, with their size (head bytes).
-    staged: BTreeMap<u64, u32>,
+    staged: staged::Staged,
     /// The sum of `staged`'s sizes: the staging buffer's fill, bounded by `staging_limit`.
     staged_bytes: u64,
     /// State changes to write, each with the seq of the last event appended with it: it is
@@ -748,7 +749,7 @@ impl Open {
         if self.hot.ack(destination, &[seq])? == 0 {
             return Ok(false);
         }
-        if !self.staged.contains_key(&seq) {
+        if !self.staged.contains(seq) {
             // Already in the file: its state there must learn it too.
             self.file_clear(seq, bit);
         } else if !self.hot.is_pending(seq) {
@@ -760,7 +761,7 @@ impl Open {
 
     /// Takes `seq` out of the staged events (written, lost, or delivered before it was written).
     fn unstage(&mut self, seq: u64) {
-        if let Some(bytes) = self.staged.remove(&seq) {
+        if let Some(bytes) = self.staged.remove(seq) {
             self.staged_bytes -= u64::from(bytes);
         }
     }
@@ -780,11 +781,9 @@ impl Open {
         {
             return;
         }
-        let upto = self.staged.keys().nth(max_events).copied();
-        let part: Vec<u64> = match upto {
-            Some(limit) => self.staged.range(..limit).map(|(seq, _)| *seq).collect(),
-            None => self.staged.keys().copied().collect(),
-        };
+        let mut part = self.staged.oldest(max_events.saturating_add(1));
+        let upto = (part.len() > max_events).then(|| part[max_events]);
+        part.truncate(max_events);
         // State changes go with the part holding their event (all of them with the last part).
         let state_below = upto.unwrap_or(u64::MAX);
         let id = self.next_round;
@@ -879,7 +878,7 @@ impl Open {
     /// The lowest seq not yet written (staged, or in a round not answered); `None`: all are.
     fn unwritten_from(&self) -> Option<u64> {
         let flying = self.in_flight.iter().find_map(|f| f.low);
-        let staged = self.staged.first_key_value().map(|(seq, _)| *seq);
+        let staged = self.staged.first();
         match (flying, staged) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -929,7 +928,7 @@ impl Outbox for SqliteStore {
             next_seq: 0,
             hot: MemoryStore::unbounded(),
             hot_start: 0,
-            staged: BTreeMap::new(),
+            staged: staged::Staged::default(),
             staged_bytes: 0,
             staged_state: Vec::new(),
             cursors: Vec::new(),

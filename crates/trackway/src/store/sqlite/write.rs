@@ -56,7 +56,7 @@ pub(super) fn build_round(open: &mut Open, part: &[u64], state_below: u64, id: u
         firsts.push(first);
     };
     for &seq in part {
-        if let Some(b) = staged.remove(&seq) {
+        if let Some(b) = staged.remove(seq) {
             bytes += u64::from(b);
         }
         // Delivered (or dead-lettered) everywhere while staged: never written.
