@@ -150,9 +150,9 @@ pub(crate) enum Control {
 
 /// What the worker takes out of the queue.
 #[derive(Debug)]
-pub(crate) enum Item {
-    /// An event and its bytes (copied out by the worker's `copy` function).
-    Event(EventMeta, Bytes),
+pub(crate) enum Item<B = Bytes> {
+    /// An event and what the worker's `copy` function made of its bytes.
+    Event(EventMeta, B),
     Control(Control),
 }
 
@@ -355,7 +355,7 @@ impl Queue {
     /// The slot is free again at once, but its capacity is handed back only by
     /// [`release`](Self::release): one atomic operation per drain instead of one per item keeps
     /// the counter's cache line with the callers.
-    pub(crate) fn pop(&self, copy: impl FnOnce(&[u8]) -> Bytes, taken: &mut Taken) -> Option<Item> {
+    pub(crate) fn pop<B>(&self, copy: impl FnOnce(&[u8]) -> B, taken: &mut Taken) -> Option<Item<B>> {
         let head = self.head.load(Ordering::Relaxed);
         let slot = self.slot(head);
         if slot.stamp.load(Ordering::Acquire) != head + 1 {

@@ -2,7 +2,10 @@
 //! that want no disk. Everything is lost when the process exits.
 //!
 //! Events sit in fixed-size blocks indexed by `seq - base`; each slot carries a bitmask of the
-//! destinations that still have to deliver it. A delivered event's bytes are released at once; a
+//! destinations that still have to deliver it, and its bytes as a span of a run (the bytes of
+//! the events of one drain, one `Bytes`): 12 bytes per event instead of a 32-byte handle, with
+//! the slot at 64 bytes instead of 80 (3 MB of a 200 000-event burst held in memory). A run's
+//! bytes are released once none of its events is pending; a
 //! block is dropped when none of its events is pending, so memory follows the oldest undelivered
 //! event. This keeps the per-event cost to a few word operations (a B-tree per destination cost
 //! the worker a third of its time in the benchmark), and fixed blocks never reallocate the whole
@@ -57,6 +60,16 @@ pub struct MemoryStore {
     /// The slots of the last block dropped, empty, for the next block: a steady stream then
     /// writes into memory that is already mapped instead of faulting in a fresh block each time.
     spare: Option<Vec<Slot>>,
+    /// The runs slots take their bytes from, oldest first; `runs[0]` has the id `run_base`.
+    runs: VecDeque<Run>,
+    run_base: u32,
+}
+
+/// The bytes of some events (a drain's), and how many of them are still pending.
+#[derive(Debug)]
+struct Run {
+    bytes: Bytes,
+    live: u32,
 }
 
 /// A slot whose bytes are a complete event (no context to add).
@@ -68,8 +81,11 @@ struct Slot {
     kind: EventKind,
     timestamp: Timestamp,
     queued_at: Timestamp,
-    /// The event's head, or the complete event when `context` is `NO_CONTEXT`.
-    bytes: Bytes,
+    /// The event's head (the complete event when `context` is `NO_CONTEXT`): `len` bytes from
+    /// `start` of the run `run`; `len` 0 once released.
+    run: u32,
+    start: u32,
+    len: u32,
     context: u32,
     /// Destinations that still have to deliver or dead-letter it.
     pending: u64,
@@ -116,6 +132,8 @@ impl MemoryStore {
             next_dead_key: 0,
             live_bytes: 0,
             spare: None,
+            runs: VecDeque::new(),
+            run_base: 0,
         }
     }
 
@@ -181,7 +199,7 @@ impl MemoryStore {
             let slots = self.spare.take().unwrap_or_else(|| Vec::with_capacity(BLOCK));
             self.blocks.push_back(Block { slots, live: 0 });
         }
-        self.live_bytes += slot.bytes.len() as u64;
+        self.live_bytes += u64::from(slot.len);
         if let Some(block) = self.blocks.back_mut() {
             block.live += usize::from(slot.pending != 0);
             block.slots.push(slot);
@@ -189,11 +207,57 @@ impl MemoryStore {
     }
 
     fn record(&self, seq: u64, s: &Slot) -> EventRecord {
+        let bytes = self.bytes(s);
         let record = match self.contexts.get(s.context as usize) {
-            Some(context) => EventRecord::from_head(seq, s.id, s.timestamp, s.bytes.clone(), context.clone()),
-            None => EventRecord::new(seq, s.id, s.timestamp, s.bytes.clone()),
+            Some(context) => EventRecord::from_head(seq, s.id, s.timestamp, bytes, context.clone()),
+            None => EventRecord::new(seq, s.id, s.timestamp, bytes),
         };
         record.with_queued_at(s.queued_at)
+    }
+
+    /// A slot's bytes (empty once released).
+    fn bytes(&self, s: &Slot) -> Bytes {
+        if s.len == 0 {
+            return Bytes::new();
+        }
+        let run = &self.runs[s.run.wrapping_sub(self.run_base) as usize];
+        run.bytes.slice(s.start as usize..(s.start + s.len) as usize)
+    }
+
+    /// The run holding `e`'s bytes, and where they start in it: the drain's run the last event
+    /// came from, a new one, or (no run, or bytes outside it) the event's bytes as a run of
+    /// their own.
+    fn run_for(&mut self, e: &NewEvent) -> (u32, u32) {
+        let shared = e.run.as_ref().and_then(|run| {
+            let start = (e.bytes.as_ptr() as usize).checked_sub(run.as_ptr() as usize)?;
+            (start + e.bytes.len() <= run.len()).then_some((run, start as u32))
+        });
+        let (run, start) = shared.unwrap_or((&e.bytes, 0));
+        let same = self.runs.back().is_some_and(|r| r.bytes.as_ptr() == run.as_ptr() && r.bytes.len() == run.len());
+        if !same {
+            self.runs.push_back(Run { bytes: run.clone(), live: 0 });
+        }
+        let id = self.run_base.wrapping_add(self.runs.len() as u32 - 1);
+        if let Some(r) = self.runs.back_mut() {
+            r.live += 1;
+        }
+        (id, start)
+    }
+
+    /// A slot let go of its bytes: its run frees them with its last event, and runs leave from
+    /// the front once done.
+    fn drop_bytes(&mut self, run: u32) {
+        let Some(r) = self.runs.get_mut(run.wrapping_sub(self.run_base) as usize) else { return };
+        r.live -= 1;
+        if r.live == 0 {
+            // Now, not when it reaches the front: one old event still pending must not keep the
+            // bytes of everything after it.
+            r.bytes = Bytes::new();
+        }
+        while self.runs.front().is_some_and(|r| r.live == 0) {
+            self.runs.pop_front();
+            self.run_base = self.run_base.wrapping_add(1);
+        }
     }
 
     /// The index of `context`, adding it if new. A client has one context, so this is nearly
@@ -208,7 +272,7 @@ impl MemoryStore {
 
     /// The full JSON length of a slot's event.
     fn json_len(&self, s: &Slot) -> usize {
-        s.bytes.len()
+        s.len as usize
             + self.contexts.get(s.context as usize).map_or(0, |c| c.len() + trackway_wire::CONTEXT_KEY.len() + 1)
     }
 
@@ -231,13 +295,19 @@ impl MemoryStore {
         let slot = block.slots.get_mut(o)?;
         slot.pending &= !bit;
         let out = (slot.id, event);
+        let mut freed = None;
         let emptied = slot.pending == 0 && {
             // Free the bytes now; the slot itself goes with its block.
-            self.live_bytes -= slot.bytes.len() as u64;
-            slot.bytes = Bytes::new();
+            self.live_bytes -= u64::from(slot.len);
+            if std::mem::take(&mut slot.len) > 0 {
+                freed = Some(slot.run);
+            }
             block.live -= 1;
             block.live == 0
         };
+        if let Some(run) = freed {
+            self.drop_bytes(run);
+        }
         self.pending[destination] -= 1;
         // Only a block that just emptied can be dropped: no trim for each of its other events.
         if emptied {
@@ -256,7 +326,7 @@ impl MemoryStore {
             kind: s.kind,
             timestamp: s.timestamp,
             queued_at: s.queued_at,
-            head: s.bytes.clone(),
+            head: self.bytes(s),
             context: self.contexts.get(s.context as usize).cloned(),
             pending: s.pending,
         })
@@ -276,11 +346,14 @@ impl MemoryStore {
         if routes == 0 {
             return None;
         }
-        let len = slot.bytes.len() as u64;
+        let len = u64::from(std::mem::take(&mut slot.len));
+        let run = slot.run;
         slot.pending = 0;
-        slot.bytes = Bytes::new();
         block.live -= 1;
         self.live_bytes -= len;
+        if len > 0 {
+            self.drop_bytes(run);
+        }
         for d in super::routes(routes) {
             if let Some(p) = self.pending.get_mut(d) {
                 *p -= 1;
@@ -303,7 +376,10 @@ impl MemoryStore {
         while self.live_bytes > keep && self.blocks.len() > 1 && self.base + (BLOCK as u64) <= below {
             let Some(block) = self.blocks.pop_front() else { break };
             for slot in &block.slots {
-                self.live_bytes -= slot.bytes.len() as u64;
+                self.live_bytes -= u64::from(slot.len);
+                if slot.len > 0 {
+                    self.drop_bytes(slot.run);
+                }
                 for d in super::routes(slot.pending) {
                     if let Some(p) = self.pending.get_mut(d) {
                         *p -= 1;
@@ -386,7 +462,9 @@ impl Outbox for MemoryStore {
                     kind: e.kind,
                     timestamp: e.timestamp,
                     queued_at: e.queued_at,
-                    bytes: Bytes::new(),
+                    run: 0,
+                    start: 0,
+                    len: 0,
                     context: NO_CONTEXT,
                     pending: 0,
                 });
@@ -396,12 +474,17 @@ impl Outbox for MemoryStore {
             for d in routes(mask) {
                 self.pending[d] += 1;
             }
+            // An event no destination takes keeps no bytes.
+            let size = if mask == 0 { 0 } else { u32::try_from(e.bytes.len()).unwrap_or(u32::MAX) };
+            let (run, start) = if size == 0 { (0, 0) } else { self.run_for(e) };
             self.push_slot(Slot {
                 id: e.id,
                 kind: e.kind,
                 timestamp: e.timestamp,
                 queued_at: e.queued_at,
-                bytes: e.bytes.clone(),
+                run,
+                start,
+                len: size,
                 context,
                 pending: mask,
             });
@@ -532,7 +615,54 @@ mod tests {
             routes,
             bytes: Bytes::from(format!("{{\"seq\":{seq}")),
             context: Some(Bytes::from_static(b"{}")),
+            run: None,
         }
+    }
+
+    /// Events `seqs` appended as one drain's run (as the worker cuts them).
+    fn drain(m: &mut MemoryStore, seqs: std::ops::Range<u64>) {
+        let heads: Vec<Bytes> = seqs.clone().map(|seq| event(seq, 1).bytes).collect();
+        let run = Bytes::from(heads.concat());
+        let mut at = 0;
+        let events: Vec<NewEvent> = seqs
+            .zip(&heads)
+            .map(|(seq, head)| {
+                let bytes = run.slice(at..at + head.len());
+                at += head.len();
+                NewEvent { bytes, run: Some(run.clone()), ..event(seq, 1) }
+            })
+            .collect();
+        m.append(&events, &[]).expect("append");
+    }
+
+    #[test]
+    fn a_slot_is_64_bytes() {
+        // Under a burst every undelivered event has one: 16 bytes here are 3 MB of 200 000.
+        assert!(std::mem::size_of::<Slot>() <= 64, "{}", std::mem::size_of::<Slot>());
+    }
+
+    #[test]
+    fn a_drain_shares_one_run_whose_bytes_go_with_its_last_event() {
+        let mut m = MemoryStore::new();
+        m.open(&["a".into()]).expect("open");
+        drain(&mut m, 0..3);
+        drain(&mut m, 3..6);
+        assert_eq!(m.runs.len(), 2, "one run per drain");
+        let read = m.read(0, 0, 10, usize::MAX).expect("read");
+        assert_eq!(seqs(&read), (0..6).collect::<Vec<_>>());
+        assert!(read.iter().all(|r| r.json().starts_with(format!("{{\"seq\":{}", r.seq()).as_bytes())));
+        // One old event still pending keeps its run, not the bytes of the runs after it.
+        m.ack(0, &[1, 2, 3, 4, 5]).expect("ack");
+        assert_eq!(m.runs.len(), 2, "the front run holds seq 0");
+        assert!(m.runs[1].bytes.is_empty(), "the second run's bytes are freed with its last event");
+        assert_eq!(seqs(&m.read(0, 0, 10, usize::MAX).expect("read")), vec![0]);
+        m.ack(0, &[0]).expect("ack");
+        assert!(m.runs.is_empty() && m.live_bytes() == 0);
+        // An event without a run (or outside it) gets a run of its own.
+        m.append(&[event(6, 1), NewEvent { run: Some(Bytes::from_static(b"elsewhere")), ..event(7, 1) }], &[])
+            .expect("append");
+        assert_eq!(m.runs.len(), 2);
+        assert_eq!(seqs(&m.read(0, 0, 10, usize::MAX).expect("read")), vec![6, 7]);
     }
 
     #[test]
@@ -577,7 +707,7 @@ mod tests {
         assert_eq!(s.lowest_pending(0).expect("cursor"), Some(1));
         assert_eq!(s.lowest_pending(1).expect("cursor"), Some(0));
         s.ack(1, &[0]).expect("ack");
-        assert!(s.slot(0).is_some_and(|slot| slot.pending == 0 && slot.bytes.is_empty()), "seq 0 released");
+        assert!(s.slot(0).is_some_and(|slot| slot.pending == 0 && slot.len == 0), "seq 0 released");
         s.dead_letter(0, &[(1, DeadLetterReason::Rejected, "400".into())], Timestamp::from_unix_millis(0)).expect("dl");
         assert_eq!(s.lowest_pending(0).expect("cursor"), None);
         let letter = &s.dead_letters(10).expect("dl")[0];

@@ -208,6 +208,9 @@ pub(crate) mod sealed {
         /// The context JSON that completes `bytes` (shared between the events of a client; stores
         /// keep each distinct context once).
         pub context: Option<Bytes>,
+        /// The buffer `bytes` was cut from, shared by the events of one drain: the memory store
+        /// keeps a span of it per event instead of a handle (`None`: `bytes` stands alone).
+        pub run: Option<Bytes>,
     }
 
     /// A change to the key/value state: `None` deletes the key.

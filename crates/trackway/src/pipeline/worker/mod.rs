@@ -20,7 +20,10 @@ use crate::store::{DeadLetterReason, NewEvent, Recovered, StagingFill, Store, St
 
 mod answers;
 mod purge;
+mod segments;
 mod unwritten;
+
+use segments::Segments;
 
 /// One request in flight: what the worker needs when its answer comes back.
 struct InFlight {
@@ -89,56 +92,6 @@ pub(crate) struct Worker {
     /// through against its bound of 2 400 once). The price: under a long burst a lane waits
     /// for the writer's event rounds ahead of its acks (at most `ROUNDS_IN_FLIGHT` of them).
     answered_unwritten: Vec<usize>,
-}
-
-/// Event bytes copied out of the queue into shared chunks: one allocation per ~200 events
-/// instead of one per event, all made and freed on the worker thread. Chunks are small (64 KiB)
-/// because one long-lived event (a destination that is down) keeps its whole chunk alive.
-///
-/// Chunks are reused once every event in them is gone: the profile showed a quarter of the
-/// worker's time in page faults, zeroing fresh memory for each new chunk that the allocator had
-/// just handed back to the system after the previous ones were delivered.
-#[derive(Debug, Default)]
-struct Segments {
-    current: bytes::BytesMut,
-    /// Chunks handed out, oldest first (each handle keeps its chunk's memory; it is taken back
-    /// once the events cut from it are all dropped).
-    used: std::collections::VecDeque<bytes::BytesMut>,
-    /// `current` is a chunk (not the initial empty handle).
-    started: bool,
-}
-
-impl Segments {
-    const CHUNK: usize = 64 << 10;
-    /// Chunks remembered for reuse (16 MiB): enough for the backlog of a burst; older ones are
-    /// let go, to be freed with their last event.
-    const KEEP: usize = 256;
-
-    fn copy(&mut self, data: &[u8]) -> Bytes {
-        if self.current.capacity() - self.current.len() < data.len() {
-            self.next_chunk(data.len());
-        }
-        self.current.extend_from_slice(data);
-        self.current.split().freeze()
-    }
-
-    /// Makes `current` a chunk with room for `len` bytes: the oldest one whose events are all
-    /// gone if there is one, else a new one.
-    fn next_chunk(&mut self, len: usize) {
-        let want = Self::CHUNK.max(len);
-        // `try_reclaim` succeeds only when this handle is the last one left on the chunk.
-        let reusable = want == Self::CHUNK && self.used.front_mut().is_some_and(|oldest| oldest.try_reclaim(want));
-        let reused = if reusable { self.used.pop_front() } else { None };
-        let next = reused.unwrap_or_else(|| bytes::BytesMut::with_capacity(want));
-        let spent = std::mem::replace(&mut self.current, next);
-        // The first `current` is an empty handle on no chunk: nothing to take back.
-        if std::mem::replace(&mut self.started, true) {
-            self.used.push_back(spent);
-        }
-        if self.used.len() > Self::KEEP {
-            self.used.pop_front();
-        }
-    }
 }
 
 impl Worker {
@@ -355,18 +308,22 @@ impl Worker {
         // keep it here forever, with nothing committed, sent or answered.
         for popped in 1..=self.shared.queue.slot_count() {
             let segments = &mut self.segments;
-            let Some(item) = self.shared.queue.pop(|bytes| segments.copy(bytes), &mut taken) else { break };
+            let copy = |bytes: &[u8]| {
+                segments.copy(bytes);
+                bytes.len()
+            };
+            let Some(item) = self.shared.queue.pop(copy, &mut taken) else { break };
             if popped % 256 == 0 {
                 // A long drain hands capacity back as it goes, so callers never see a full queue
                 // that is actually being emptied.
                 self.shared.queue.release(&mut taken);
             }
             match item {
-                Item::Event(e, bytes) => {
+                Item::Event(e, len) => {
                     let seq = self.next_seq;
                     self.next_seq += 1;
                     // Counted as the full event (head + context), the unit batches are cut in.
-                    let full_len = bytes.len() + if e.head_only { self.context_len } else { 0 };
+                    let full_len = len + if e.head_only { self.context_len } else { 0 };
                     for r in routes(e.routes) {
                         self.lanes[r].on_appended(full_len as u64, now);
                         // A lane added earlier in this drain is past the vector's end.
@@ -383,8 +340,10 @@ impl Worker {
                         timestamp: e.timestamp,
                         queued_at: e.queued_at,
                         routes: e.routes,
-                        bytes,
+                        // Its slice of the drain's run, given by `segments.finish` below.
+                        bytes: Bytes::new(),
                         context: e.head_only.then(|| self.shared.context_json.clone()),
+                        run: None,
                     });
                 }
                 // A control answers only after the events queued before it are committed, so it
@@ -409,6 +368,7 @@ impl Worker {
             }
         }
         self.shared.queue.release(&mut taken);
+        self.segments.finish(&mut events);
         // Before the append: an eviction or a failed append below takes its events off again.
         for (r, &count) in routed.iter().enumerate() {
             if count > 0 {
@@ -522,6 +482,7 @@ impl Worker {
                 routes: 1 << lane,
                 bytes: letter.event,
                 context: None,
+                run: None,
             });
         }
         let n = events.len();
@@ -888,30 +849,8 @@ async fn sleep_opt(d: Option<Duration>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Segments, last_change_per_key};
+    use super::last_change_per_key;
 
-    #[test]
-    fn a_chunk_is_reused_once_its_events_are_gone_and_kept_while_one_lives() {
-        let mut segments = Segments::default();
-        let event = [7u8; 1000];
-        let per_chunk = Segments::CHUNK / event.len();
-        let first: Vec<_> = (0..per_chunk).map(|_| segments.copy(&event)).collect();
-        let first_chunk = first[0].as_ptr();
-        // The next copy needs a new chunk; the first still holds live events.
-        let second = segments.copy(&event);
-        assert_ne!(second.as_ptr(), first_chunk);
-        let kept = first[per_chunk / 2].clone();
-        drop(first);
-        let rest: Vec<_> = (1..per_chunk).map(|_| segments.copy(&event)).collect();
-        let third = segments.copy(&event);
-        assert_ne!(third.as_ptr(), first_chunk, "an event still alive keeps its chunk");
-        assert_eq!(&kept[..], &event[..], "and its bytes");
-        drop((kept, second, rest));
-        let more: Vec<_> = (1..per_chunk).map(|_| segments.copy(&event)).collect();
-        let fourth = segments.copy(&event);
-        assert_eq!(fourth.as_ptr(), first_chunk, "the oldest chunk is taken back once all its events are gone");
-        assert!(more.iter().chain([&third, &fourth]).all(|b| b[..] == event[..]));
-    }
     use crate::store::StateChange;
 
     fn change(key: &str, value: &str) -> StateChange {

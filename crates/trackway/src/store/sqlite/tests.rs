@@ -14,6 +14,7 @@ fn event(seq: u64, routes: u64) -> NewEvent {
         routes,
         bytes: Bytes::from(format!("{{\"seq\":{seq}}}")),
         context: None,
+        run: None,
     }
 }
 
