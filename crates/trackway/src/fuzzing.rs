@@ -69,7 +69,7 @@ pub fn decode_chunk(data: &[u8]) -> Option<Vec<ChunkEvent>> {
 /// `None` for a damaged row.
 pub fn decode_chunk_state(state: &[u8]) -> Option<(Vec<(u64, u64)>, usize)> {
     let chunk = Chunk::decode_state(state, 0)?;
-    Some((chunk.seqs.iter().copied().zip(chunk.pending.iter().copied()).collect(), chunk.live))
+    Some((chunk.iter().collect(), chunk.live))
 }
 
 /// A state row for `(seq, pending mask)` pairs, as the store writes it.

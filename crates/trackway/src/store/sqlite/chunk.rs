@@ -4,8 +4,8 @@
 //! events: one `chunks` row with their data, one small `chunk_state` row with, per event, its seq
 //! and the mask of destinations that still have to deliver it. An ack rewrites only the small
 //! state row (or deletes both rows once no event of the chunk is pending), instead of updating
-//! and deleting a row per event. The state rows of the whole file are loaded at open: 16 bytes
-//! per stored event.
+//! and deleting a row per event. The state rows of the whole file are loaded at open, held in
+//! memory as about 5 bytes per stored event (see [`Chunk`]).
 //!
 //! Encodings (little-endian):
 //! - data: per event `seq u64, id [16], kind u8, ts i64, queued_at i64, context i64 (-1: none),
@@ -115,10 +115,15 @@ pub(crate) fn decode_events(data: &Bytes) -> Option<Vec<StoredEvent>> {
 }
 
 /// The delivery state of one chunk: its events' seqs and pending masks (stored bits).
+///
+/// Held for every chunk in the file, so kept compact: seqs as offsets from the first, masks in
+/// the narrowest integer that holds them (a byte with up to 8 destinations). 5 bytes per stored
+/// event instead of 16 (a backlog of 400 000 events in the file: 2 MB instead of 6.4).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Chunk {
-    pub(crate) seqs: Vec<u64>,
-    pub(crate) pending: Vec<u64>,
+    first: u64,
+    offsets: Packed,
+    masks: Packed,
     /// Events with a destination still pending.
     pub(crate) live: usize,
     /// Size of the data row, for the store's size bound.
@@ -126,18 +131,50 @@ pub(crate) struct Chunk {
 }
 
 impl Chunk {
+    /// A chunk of the events `seqs` (increasing) with their pending masks.
     pub(crate) fn new(seqs: Vec<u64>, pending: Vec<u64>, bytes: u64) -> Self {
         let live = pending.iter().filter(|p| **p != 0).count();
-        Chunk { seqs, pending, live, bytes }
+        let first = seqs.first().copied().unwrap_or(0);
+        let offsets = Packed::from(seqs.iter().map(|s| s.wrapping_sub(first)));
+        Chunk { first, offsets, masks: Packed::from(pending.iter().copied()), live, bytes }
+    }
+
+    /// Events in the chunk (pending or not).
+    pub(crate) fn len(&self) -> usize {
+        self.offsets.len()
     }
 
     pub(crate) fn last(&self) -> u64 {
-        self.seqs.last().copied().unwrap_or(0)
+        self.offsets.len().checked_sub(1).map_or(0, |i| self.first + self.offsets.get(i))
+    }
+
+    /// `(seq, pending mask)` of each event, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (0..self.len()).map(|i| (self.first + self.offsets.get(i), self.masks.get(i)))
+    }
+
+    /// `seq`'s pending mask, if the chunk holds it.
+    pub(crate) fn mask_of(&self, seq: u64) -> Option<u64> {
+        self.index_of(seq).map(|i| self.masks.get(i))
+    }
+
+    fn index_of(&self, seq: u64) -> Option<usize> {
+        let offset = seq.checked_sub(self.first)?;
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.offsets.get(mid).cmp(&offset) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(mid),
+            }
+        }
+        None
     }
 
     pub(crate) fn encode_state(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.seqs.len() * 16);
-        for (seq, pending) in self.seqs.iter().zip(&self.pending) {
+        let mut out = Vec::with_capacity(self.len() * 16);
+        for (seq, pending) in self.iter() {
             out.extend_from_slice(&seq.to_le_bytes());
             out.extend_from_slice(&pending.to_le_bytes());
         }
@@ -148,7 +185,7 @@ impl Chunk {
         if !state.len().is_multiple_of(16) {
             return None;
         }
-        let (seqs, pending) = state
+        let (seqs, pending): (Vec<u64>, Vec<u64>) = state
             .chunks_exact(16)
             .map(|c| {
                 let seq = u64::from_le_bytes(c[..8].try_into().unwrap_or([0; 8]));
@@ -156,20 +193,96 @@ impl Chunk {
                 (seq, mask)
             })
             .unzip();
+        // Offsets from the first need increasing seqs (a damaged row may have others).
+        if seqs.windows(2).any(|w| w[0] >= w[1]) {
+            return None;
+        }
         Some(Chunk::new(seqs, pending, bytes))
     }
 
     /// Clears `bit` for `seq`; returns whether it was set.
     pub(crate) fn clear(&mut self, seq: u64, bit: u64) -> bool {
-        let Ok(i) = self.seqs.binary_search(&seq) else { return false };
-        if self.pending[i] & bit == 0 {
+        let Some(i) = self.index_of(seq) else { return false };
+        let mask = self.masks.get(i);
+        if mask & bit == 0 {
             return false;
         }
-        self.pending[i] &= !bit;
-        if self.pending[i] == 0 {
+        self.masks.set(i, mask & !bit);
+        if mask & !bit == 0 {
             self.live -= 1;
         }
         true
+    }
+
+    /// Moves every pending `from` bit to `to` (`to` 0: drops it); returns how many events
+    /// had it.
+    pub(crate) fn move_bit(&mut self, from: u64, to: u64) -> usize {
+        let mut moved = 0;
+        for i in 0..self.len() {
+            let mask = self.masks.get(i);
+            if mask & from != 0 {
+                self.masks.set(i, (mask & !from) | to);
+                moved += 1;
+            }
+        }
+        self.live = (0..self.len()).filter(|&i| self.masks.get(i) != 0).count();
+        moved
+    }
+}
+
+/// Integers in the narrowest width that holds them all (widened when a bigger one is set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Packed {
+    U8(Vec<u8>),
+    U32(Vec<u32>),
+    U64(Vec<u64>),
+}
+
+impl Default for Packed {
+    fn default() -> Self {
+        Packed::U8(Vec::new())
+    }
+}
+
+impl Packed {
+    fn from(values: impl Iterator<Item = u64> + Clone) -> Self {
+        let max = values.clone().max().unwrap_or(0);
+        if max <= u64::from(u8::MAX) {
+            Packed::U8(values.map(|v| v as u8).collect())
+        } else if max <= u64::from(u32::MAX) {
+            Packed::U32(values.map(|v| v as u32).collect())
+        } else {
+            Packed::U64(values.collect())
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Packed::U8(v) => v.len(),
+            Packed::U32(v) => v.len(),
+            Packed::U64(v) => v.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> u64 {
+        match self {
+            Packed::U8(v) => u64::from(v[i]),
+            Packed::U32(v) => u64::from(v[i]),
+            Packed::U64(v) => v[i],
+        }
+    }
+
+    fn set(&mut self, i: usize, value: u64) {
+        match self {
+            Packed::U8(v) if value <= u64::from(u8::MAX) => v[i] = value as u8,
+            Packed::U32(v) if value <= u64::from(u32::MAX) => v[i] = value as u32,
+            Packed::U64(v) => v[i] = value,
+            _ => {
+                let mut wide: Vec<u64> = (0..self.len()).map(|j| self.get(j)).collect();
+                wide[i] = value;
+                *self = Packed::from(wide.into_iter());
+            }
+        }
     }
 }
 
@@ -185,9 +298,9 @@ impl ChunkIndex {
     pub(crate) fn pending_of(&self, bit: u64) -> (u64, u64) {
         let (mut n, mut b) = (0u64, 0u64);
         for chunk in self.chunks.values() {
-            let here = chunk.pending.iter().filter(|m| **m & bit != 0).count() as u64;
+            let here = chunk.iter().filter(|(_, m)| m & bit != 0).count() as u64;
             n += here;
-            b += chunk.bytes * here / chunk.seqs.len().max(1) as u64;
+            b += chunk.bytes * here / chunk.len().max(1) as u64;
         }
         (n, b)
     }
@@ -195,7 +308,7 @@ impl ChunkIndex {
     /// The first seq of the chunk holding `seq`, if any.
     pub(crate) fn chunk_of(&self, seq: u64) -> Option<u64> {
         let (first, chunk) = self.chunks.range(..=seq).next_back()?;
-        (seq <= chunk.last() && chunk.seqs.binary_search(&seq).is_ok()).then_some(*first)
+        (seq <= chunk.last() && chunk.mask_of(seq).is_some()).then_some(*first)
     }
 
     /// Pending events of `bit` with `from <= seq < below`, in order, at most `max`.
@@ -203,9 +316,9 @@ impl ChunkIndex {
         let start = self.chunks.range(..=from).next_back().map_or(from, |(first, _)| *first);
         let mut out = Vec::new();
         for (first, chunk) in self.chunks.range(start..below) {
-            for (seq, p) in chunk.seqs.iter().zip(&chunk.pending) {
-                if *seq >= from && *seq < below && p & bit != 0 {
-                    out.push((*seq, *first));
+            for (seq, p) in chunk.iter() {
+                if seq >= from && seq < below && p & bit != 0 {
+                    out.push((seq, *first));
                     if out.len() >= max {
                         return out;
                     }
@@ -268,6 +381,25 @@ mod tests {
         assert!(!chunk.clear(10, 0b01), "already clear");
         assert!(!chunk.clear(12, 0b01), "not in the chunk");
         assert_eq!(chunk.live, 2);
+    }
+
+    #[test]
+    fn a_chunk_packs_its_state_and_widens_it_when_needed() {
+        let mut chunk = Chunk::new(vec![1_000_000, 1_000_001, 1_000_300], vec![1, 3, 1], 0);
+        assert_eq!((&chunk.offsets, &chunk.masks), (&Packed::U32(vec![0, 1, 300]), &Packed::U8(vec![1, 3, 1])));
+        assert_eq!(chunk.iter().collect::<Vec<_>>(), vec![(1_000_000, 1), (1_000_001, 3), (1_000_300, 1)]);
+        assert_eq!((chunk.mask_of(1_000_300), chunk.mask_of(1_000_002), chunk.last()), (Some(1), None, 1_000_300));
+        // A destination past the 8th moves in: the masks widen.
+        assert_eq!(chunk.move_bit(1, 1 << 40), 3);
+        assert_eq!(chunk.iter().map(|(_, m)| m).collect::<Vec<_>>(), vec![1 << 40, (1 << 40) | 2, 1 << 40]);
+        assert!(chunk.clear(1_000_001, 1 << 40) && chunk.clear(1_000_001, 2));
+        assert_eq!(chunk.live, 2);
+        assert_eq!(
+            Chunk::decode_state(&chunk.encode_state(), 0).map(|c| c.iter().collect::<Vec<_>>()),
+            Some(chunk.iter().collect())
+        );
+        let swapped: Vec<u8> = [5u64, 1, 3, 1].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert!(Chunk::decode_state(&swapped, 0).is_none(), "seqs out of order");
     }
 
     #[test]

@@ -93,12 +93,11 @@ fn rewrite(path: &Path, from: &str, to: Option<&str>) -> Result<u64, StoreError>
     let mut moved = 0;
     let mut dirty = BTreeSet::new();
     for (first, chunk) in &mut index.chunks {
-        for mask in chunk.pending.iter_mut().filter(|m| **m & from_bit != 0) {
-            *mask = (*mask & !from_bit) | to_bit;
-            moved += 1;
+        let here = chunk.move_bit(from_bit, to_bit);
+        if here > 0 {
+            moved += here as u64;
             dirty.insert(*first);
         }
-        chunk.live = chunk.pending.iter().filter(|m| **m != 0).count();
     }
     write_dirty(&tx, &index, &dirty)?;
     tx.execute("DELETE FROM destinations WHERE bit = ?1", [from_bit.trailing_zeros()]).map_err(backend)?;

@@ -429,7 +429,7 @@ impl SqliteStore {
             let state: Vec<u8> = row.get(0).map_err(backend)?;
             let chunk =
                 Chunk::decode_state(&state, 0).ok_or_else(|| StoreError::Backend("damaged chunk state".into()))?;
-            for mask in chunk.pending.iter().filter(|m| **m != 0) {
+            for mask in chunk.iter().map(|(_, m)| m).filter(|m| *m != 0) {
                 events += 1;
                 for (bit, count) in per_bit.iter_mut().enumerate() {
                     *count += u64::from(mask & (1 << bit) != 0);
@@ -596,7 +596,7 @@ impl Open {
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
             rows.collect::<Result<_, _>>().map_err(backend)?
         };
-        let in_use = index.chunks.values().flat_map(|c| c.pending.iter()).fold(0u64, |m, p| m | p);
+        let in_use = index.chunks.values().flat_map(|c| c.iter()).fold(0u64, |m, (_, p)| m | p);
         let unnamed: Vec<i64> =
             (0..64).filter(|b| in_use & (1 << b) != 0 && !known.iter().any(|(k, _)| k == b)).collect();
         for bit in unnamed {
@@ -707,13 +707,11 @@ impl Open {
         tx.commit().map_err(backend)?;
         let Some(chunk) = self.index.chunks.remove(&first) else { return Ok(()) };
         self.dirty.remove(&first);
-        let per_event = chunk.bytes / chunk.seqs.len().max(1) as u64;
+        let per_event = chunk.bytes / chunk.len().max(1) as u64;
         let lost: Vec<Evicted> = chunk
-            .seqs
             .iter()
-            .zip(&chunk.pending)
-            .filter(|(_, m)| **m != 0)
-            .map(|(seq, mask)| Evicted { seq: *seq, routes: to_routes(&self.bits, *mask), bytes: per_event })
+            .filter(|(_, m)| *m != 0)
+            .map(|(seq, mask)| Evicted { seq, routes: to_routes(&self.bits, mask), bytes: per_event })
             .collect();
         tracing::error!(
             chunk = first,
@@ -853,12 +851,12 @@ impl Open {
         for first in &flight.firsts {
             let Some(chunk) = self.index.chunks.remove(first) else { continue };
             self.dirty.remove(first);
-            let per_event = chunk.bytes / chunk.seqs.len().max(1) as u64;
-            for (seq, mask) in chunk.seqs.iter().zip(&chunk.pending).filter(|(_, m)| **m != 0) {
-                if *seq >= self.hot_start {
-                    self.hot.release_all(*seq);
+            let per_event = chunk.bytes / chunk.len().max(1) as u64;
+            for (seq, mask) in chunk.iter().filter(|(_, m)| *m != 0) {
+                if seq >= self.hot_start {
+                    self.hot.release_all(seq);
                 }
-                out.lost.push(Evicted { seq: *seq, routes: to_routes(&self.bits, *mask), bytes: per_event });
+                out.lost.push(Evicted { seq, routes: to_routes(&self.bits, mask), bytes: per_event });
             }
         }
         for first in &flight.states {
@@ -1165,11 +1163,7 @@ impl Outbox for SqliteStore {
         let mut out = open.hot.read_seqs(destination, &hot)?;
         for seq in cold {
             let Some(first) = open.index.chunk_of(seq) else { continue };
-            let pending = open
-                .index
-                .chunks
-                .get(&first)
-                .is_some_and(|c| c.seqs.binary_search(&seq).is_ok_and(|i| c.pending[i] & bit != 0));
+            let pending = open.index.chunks.get(&first).is_some_and(|c| c.mask_of(seq).is_some_and(|m| m & bit != 0));
             if pending && let Some(record) = open.cold_record(first, seq)? {
                 out.push(record);
             }
@@ -1205,10 +1199,7 @@ impl Outbox for SqliteStore {
                 open.hot.read_seqs(destination, &[*seq])?.pop()
             } else {
                 let pending = open.index.chunk_of(*seq).filter(|first| {
-                    open.index
-                        .chunks
-                        .get(first)
-                        .is_some_and(|c| c.seqs.binary_search(seq).is_ok_and(|i| c.pending[i] & bit != 0))
+                    open.index.chunks.get(first).is_some_and(|c| c.mask_of(*seq).is_some_and(|m| m & bit != 0))
                 });
                 match pending {
                     Some(first) => open.cold_record(first, *seq)?,

@@ -170,10 +170,11 @@ fn read_copy(path: &Path) -> Salvaged {
             continue;
         };
         // A state row that does not describe these events is as good as lost.
-        let state = state.filter(|s| s.seqs.iter().eq(events.iter().map(|e| &e.seq)));
+        let state = state.filter(|s| s.iter().map(|(seq, _)| seq).eq(events.iter().map(|e| e.seq)));
+        let masks: Option<Vec<u64>> = state.map(|s| s.iter().map(|(_, m)| m).collect());
         for (i, event) in events.into_iter().enumerate() {
-            let mask = match &state {
-                Some(state) => state.pending[i],
+            let mask = match &masks {
+                Some(masks) => masks[i],
                 // Its delivery state is gone: sent again to every destination.
                 None => out.destinations.keys().fold(0u64, |m, bit| m | (1 << bit)).max(1),
             };

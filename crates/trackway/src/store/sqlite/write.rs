@@ -138,12 +138,12 @@ pub(super) fn evict(open: &mut Open, max_bytes: u64) -> Vec<Evicted> {
         let Some(chunk) = open.index.chunks.remove(&first) else { continue };
         open.dirty.remove(&first);
         open.deletes.push(first);
-        let per_event = chunk.bytes / chunk.seqs.len().max(1) as u64;
-        for (seq, mask) in chunk.seqs.iter().zip(&chunk.pending).filter(|(_, m)| **m != 0) {
-            if *seq >= open.hot_start {
-                open.hot.release_all(*seq);
+        let per_event = chunk.bytes / chunk.len().max(1) as u64;
+        for (seq, mask) in chunk.iter().filter(|(_, m)| *m != 0) {
+            if seq >= open.hot_start {
+                open.hot.release_all(seq);
             }
-            evicted.push(Evicted { seq: *seq, routes: to_routes(&open.bits, *mask), bytes: per_event });
+            evicted.push(Evicted { seq, routes: to_routes(&open.bits, mask), bytes: per_event });
         }
     }
     open.cache = None;
