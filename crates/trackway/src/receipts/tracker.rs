@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use trackway_wire::{MessageId, Timestamp};
 
-use super::{Decided, Hub, Outcome};
+use super::{Batch, Hub, Outcome};
 use crate::destination::EventRecord;
 
 /// The most slots the window spans (24 bytes each: 3 MiB at most); an entry older than that
@@ -33,12 +33,13 @@ pub(crate) struct Tracker {
     ids: Window,
     /// Each lane's name, shared by its outcomes.
     names: Vec<Option<Arc<str>>>,
-    batch: Vec<Decided>,
+    /// This step's outcomes, as runs per answered request (see [`Batch`]).
+    batch: Batch,
 }
 
 impl Tracker {
     pub(crate) fn new(hub: Arc<Hub>) -> Self {
-        Tracker { hub, ids: Window::new(MAX_WINDOW), names: Vec::new(), batch: Vec::new() }
+        Tracker { hub, ids: Window::new(MAX_WINDOW), names: Vec::new(), batch: Batch::default() }
     }
 
     /// Whether anyone listens. When nobody does any more, what was noted is let go.
@@ -81,7 +82,28 @@ impl Tracker {
     pub(crate) fn decided(&mut self, lane: usize, destination: &str, seq: u64, outcome: Outcome, at: Timestamp) {
         let Some(id) = self.ids.take(seq, 1u64 << lane) else { return };
         self.name(lane, destination);
-        self.batch.push(Decided { lane, id, outcome, at });
+        self.batch.push(lane, id, outcome, at);
+    }
+
+    /// Lane `lane` decided the same `outcome` at `at` for all of `seqs` (one answered
+    /// request): one name check and one run for the lot.
+    pub(crate) fn decided_all(
+        &mut self,
+        lane: usize,
+        destination: &str,
+        seqs: &[u64],
+        outcome: Outcome,
+        at: Timestamp,
+    ) {
+        if seqs.is_empty() {
+            return;
+        }
+        self.name(lane, destination);
+        let bit = 1u64 << lane;
+        let before = self.batch.len();
+        self.batch.ids.extend(seqs.iter().filter_map(|&seq| self.ids.take(seq, bit)));
+        let len = self.batch.len() - before;
+        self.batch.cover(lane, outcome, at, len);
     }
 
     /// An outcome for an event known by id (never stored, or decided on the caller's side).
@@ -94,7 +116,7 @@ impl Tracker {
         at: Timestamp,
     ) {
         self.name(lane, destination);
-        self.batch.push(Decided { lane, id, outcome, at });
+        self.batch.push(lane, id, outcome, at);
     }
 
     /// Hands what this step decided to the streams and receipts.
