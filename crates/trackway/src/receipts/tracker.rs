@@ -195,7 +195,7 @@ impl Window {
         } else if len != 0
             && routes != 0
             // No trim due after the push: within the limit, or dense (see `trim`).
-            && (len < self.limit || (self.open_slots + 1) * 2 >= len + 1)
+            && (len < self.limit || (self.open_slots + 1) * 2 > len)
             && seq == self.base + len as u64
             && (self.side.is_empty() || seq > self.side_max)
         {
