@@ -199,17 +199,17 @@ impl Client {
             if hub.is_active() {
                 let at = shared.pipe.clock.now();
                 let mut names: Vec<Option<std::sync::Arc<str>>> = Vec::new();
-                let mut records: Vec<_> = crate::store::routes(routes)
-                    .filter_map(|i| shared.pipe.destinations.iter().find(|(j, _)| *j == i))
-                    .map(|(i, d)| {
-                        if names.len() <= i {
-                            names.resize(i + 1, None);
-                        }
-                        names[i] = Some(d.name().into());
-                        crate::receipts::Decided { lane: i, id, outcome: crate::receipts::Outcome::Filtered, at }
-                    })
-                    .collect();
-                hub.emit(&mut records, &names);
+                let mut batch = crate::receipts::Batch::default();
+                for (i, d) in
+                    crate::store::routes(routes).filter_map(|i| shared.pipe.destinations.iter().find(|(j, _)| *j == i))
+                {
+                    if names.len() <= i {
+                        names.resize(i + 1, None);
+                    }
+                    names[i] = Some(d.name().into());
+                    batch.push(i, id, crate::receipts::Outcome::Filtered, at);
+                }
+                hub.emit(&mut batch, &names);
             }
             // Resolved by the outcomes just emitted.
             if let Some(registration) = registration {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use trackway_wire::MessageId;
 
 use super::stream::{OutcomeStream, Ring};
-use super::{Decided, Names};
+use super::{Batch, Decided, Names};
 use crate::pipeline::lock;
 
 /// The test hook a confirmed call runs between its push and its return.
@@ -179,10 +179,10 @@ impl Hub {
     }
 
     /// Hands outcomes to every stream and to the watches they complete: one lock per stream
-    /// for the whole batch. `records` is drained (its buffer is left to the caller for the next
-    /// batch); `names` gives each lane's destination name.
-    pub(crate) fn emit(&self, records: &mut Vec<Decided>, names: &Names) {
-        if records.is_empty() {
+    /// for the whole batch. `batch` is emptied (its buffers are left to the caller for the next
+    /// step); `names` gives each lane's destination name.
+    pub(crate) fn emit(&self, batch: &mut Batch, names: &Names) {
+        if batch.is_empty() {
             return;
         }
         // Matched under the lock, woken outside it: callers registering watches wait for a
@@ -192,7 +192,14 @@ impl Hub {
             if watches.is_empty() {
                 Vec::new()
             } else {
-                records.iter().filter_map(|r| watches.get(&r.id).map(|w| (w.clone(), r.clone()))).collect()
+                batch
+                    .iter()
+                    .flat_map(|(run, ids)| ids.iter().map(move |id| (run, id)))
+                    .filter_map(|(run, id)| {
+                        let watch = watches.get(id)?.clone();
+                        Some((watch, Decided { lane: run.lane, id: *id, outcome: run.outcome.clone(), at: run.at }))
+                    })
+                    .collect()
             }
         };
         for (watch, record) in matched {
@@ -206,14 +213,11 @@ impl Hub {
         }
         let mut streams = lock(&self.streams);
         streams.retain(|ring| !ring.is_dropped());
-        if let Some((last, rest)) = streams.split_last() {
-            for ring in rest {
-                ring.push_all(records.iter().cloned(), names);
-            }
-            last.push_all(records.drain(..), names);
+        for ring in streams.iter() {
+            ring.push_all(batch, names);
         }
-        // With no stream left (only receipts listen) nothing drained them.
-        records.clear();
+        drop(streams);
+        batch.clear();
     }
 
     /// No more outcomes: every open receipt resolves (pending, or with the worker's error) and

@@ -29,6 +29,7 @@
 //! store drops (its size bound, a damaged chunk) before this process read it has no outcome line;
 //! it is counted in [`Stats::dropped`](crate::Stats::dropped) as always.
 
+mod batch;
 mod hub;
 mod receipt;
 mod stream;
@@ -36,6 +37,7 @@ mod tracker;
 
 use trackway_wire::{MessageId, Timestamp};
 
+pub(crate) use batch::Batch;
 pub(crate) use hub::{Ended, Hub, Registration, Watch};
 use std::sync::Arc;
 
@@ -150,9 +152,8 @@ pub struct OutcomeRecord {
     pub at: Timestamp,
 }
 
-/// An outcome as the worker hands it over: the destination by its lane, its name in a table
-/// handed over with the batch ([`Names`]); where a `String` per outcome cost an allocation and
-/// a copy on the worker's thread. The streams make the [`OutcomeRecord`] on the reader's thread.
+/// One outcome as a receipt keeps it: the destination by its lane, its name in a table
+/// handed over with the batch ([`Names`]).
 #[derive(Clone, Debug)]
 pub(crate) struct Decided {
     /// The destination's route bit.

@@ -13,11 +13,15 @@ use std::sync::Arc;
 
 use trackway_wire::{MessageId, Timestamp};
 
-use super::{Decided, Hub, Outcome};
+use super::{Batch, Hub, Outcome};
 use crate::destination::EventRecord;
 
-/// The most slots the window spans (24 bytes each: 3 MiB at most); an entry older than that
-/// while it is still open moves to the side map.
+/// The span (24 bytes a slot: 3 MiB) past which the window's oldest open entries move to the
+/// side map, while the window is sparse (fewer than half its slots open: a few entries lingering
+/// in retries while thousands after them were decided). A dense window (a backlog: most events
+/// in the store still open) grows past it instead: its slots take less memory than side-map
+/// entries would, and moving each event aside and back cost the worker a map insert and removal
+/// per event once more than this many were in the store.
 const MAX_WINDOW: usize = 1 << 17;
 /// The widest hole of never-seen seqs the window fills with empty slots to take a seq past its
 /// end; past that it starts again at the new seq (its open entries move to the side map).
@@ -33,12 +37,13 @@ pub(crate) struct Tracker {
     ids: Window,
     /// Each lane's name, shared by its outcomes.
     names: Vec<Option<Arc<str>>>,
-    batch: Vec<Decided>,
+    /// This step's outcomes, as runs per answered request (see [`Batch`]).
+    batch: Batch,
 }
 
 impl Tracker {
     pub(crate) fn new(hub: Arc<Hub>) -> Self {
-        Tracker { hub, ids: Window::new(MAX_WINDOW), names: Vec::new(), batch: Vec::new() }
+        Tracker { hub, ids: Window::new(MAX_WINDOW), names: Vec::new(), batch: Batch::default() }
     }
 
     /// Whether anyone listens. When nobody does any more, what was noted is let go.
@@ -81,7 +86,28 @@ impl Tracker {
     pub(crate) fn decided(&mut self, lane: usize, destination: &str, seq: u64, outcome: Outcome, at: Timestamp) {
         let Some(id) = self.ids.take(seq, 1u64 << lane) else { return };
         self.name(lane, destination);
-        self.batch.push(Decided { lane, id, outcome, at });
+        self.batch.push(lane, id, outcome, at);
+    }
+
+    /// Lane `lane` decided the same `outcome` at `at` for all of `seqs` (one answered
+    /// request): one name check and one run for the lot.
+    pub(crate) fn decided_all(
+        &mut self,
+        lane: usize,
+        destination: &str,
+        seqs: &[u64],
+        outcome: Outcome,
+        at: Timestamp,
+    ) {
+        if seqs.is_empty() {
+            return;
+        }
+        self.name(lane, destination);
+        let bit = 1u64 << lane;
+        let before = self.batch.len();
+        self.batch.ids.extend(seqs.iter().filter_map(|&seq| self.ids.take(seq, bit)));
+        let len = self.batch.len() - before;
+        self.batch.cover(lane, outcome, at, len);
     }
 
     /// An outcome for an event known by id (never stored, or decided on the caller's side).
@@ -94,7 +120,7 @@ impl Tracker {
         at: Timestamp,
     ) {
         self.name(lane, destination);
-        self.batch.push(Decided { lane, id, outcome, at });
+        self.batch.push(lane, id, outcome, at);
     }
 
     /// Hands what this step decided to the streams and receipts.
@@ -127,11 +153,20 @@ struct Window {
     /// seq seen, skips the side map's lookup.
     side_max: u64,
     limit: usize,
+    /// How many of `slots` are open (routes not 0): whether the window is dense.
+    open_slots: usize,
 }
 
 impl Window {
     fn new(limit: usize) -> Self {
-        Window { base: 0, slots: VecDeque::new(), side: HashMap::default(), side_max: 0, limit: limit.max(1) }
+        Window {
+            base: 0,
+            slots: VecDeque::new(),
+            side: HashMap::default(),
+            side_max: 0,
+            limit: limit.max(1),
+            open_slots: 0,
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -145,8 +180,35 @@ impl Window {
         (i < self.slots.len()).then_some(i)
     }
 
-    /// Notes `routes` open for `seq`, known as `id`.
+    /// Notes `routes` open for `seq`, known as `id`. Inlined for the two cases of nearly every
+    /// event, twice each: a seq read for sending that its append already noted, and an append
+    /// just past the end (no side entry can be at or above it, no trim is due).
+    #[inline]
     fn add(&mut self, seq: u64, id: MessageId, routes: u64) {
+        let len = self.slots.len();
+        if let Some(i) = self.index(seq) {
+            let slot = &mut self.slots[i];
+            if slot.routes != 0 {
+                slot.routes |= routes;
+                return;
+            }
+        } else if len != 0
+            && routes != 0
+            // No trim due after the push: within the limit, or dense (see `trim`).
+            && (len < self.limit || (self.open_slots + 1) * 2 > len)
+            && seq == self.base + len as u64
+            && (self.side.is_empty() || seq > self.side_max)
+        {
+            self.slots.push_back(Slot { id, routes });
+            self.open_slots += 1;
+            return;
+        }
+        self.add_slow(seq, id, routes);
+    }
+
+    /// [`add`](Self::add)'s other cases.
+    #[cold]
+    fn add_slow(&mut self, seq: u64, id: MessageId, routes: u64) {
         if let Some(i) = self.index(seq) {
             if self.slots[i].routes != 0 {
                 self.slots[i].routes |= routes;
@@ -157,6 +219,7 @@ impl Window {
                 return;
             }
             self.slots[i] = Slot { id, routes };
+            self.open_slots += usize::from(routes != 0);
             return;
         }
         if let Some(side) = self.side_get_mut(seq) {
@@ -177,6 +240,7 @@ impl Window {
             // The hole (seqs never seen, e.g. queued while nobody listened) as empty slots.
             self.slots.extend((end..seq).map(|_| Slot { id, routes: 0 }));
             self.slots.push_back(Slot { id, routes });
+            self.open_slots += usize::from(routes != 0);
             self.trim();
             return;
         }
@@ -200,6 +264,9 @@ impl Window {
             if slot.routes & bit != 0 {
                 slot.routes &= !bit;
                 let id = slot.id;
+                if slot.routes == 0 {
+                    self.open_slots -= 1;
+                }
                 if i == 0 {
                     self.pop_empty_front();
                 }
@@ -229,12 +296,14 @@ impl Window {
         }
     }
 
-    /// Keeps the span within `limit`: the open entries that fall off the front go aside.
+    /// Keeps a sparse window's span within `limit`: the open entries that fall off the front go
+    /// aside. A dense one is left to grow (see [`MAX_WINDOW`]).
     fn trim(&mut self) {
-        while self.slots.len() > self.limit {
+        while self.slots.len() > self.limit && self.open_slots * 2 < self.slots.len() {
             if let Some(slot) = self.slots.pop_front()
                 && slot.routes != 0
             {
+                self.open_slots -= 1;
                 self.side_insert(self.base, slot);
             }
             self.base += 1;
@@ -243,6 +312,7 @@ impl Window {
     }
 
     fn spill_all(&mut self) {
+        self.open_slots = 0;
         let base = self.base;
         let open: Vec<(u64, Slot)> = std::mem::take(&mut self.slots)
             .into_iter()
@@ -258,7 +328,9 @@ impl Window {
     /// How many entries are open (for tests).
     #[cfg(test)]
     fn open(&self) -> usize {
-        self.slots.iter().filter(|s| s.routes != 0).count() + self.side.len()
+        let in_window = self.slots.iter().filter(|s| s.routes != 0).count();
+        assert_eq!(in_window, self.open_slots, "the open count is kept right");
+        in_window + self.side.len()
     }
 }
 
@@ -344,6 +416,34 @@ mod tests {
         assert!(w.is_empty());
     }
 
+    /// A backlog (every entry open) past the limit stays in the window, where moving each
+    /// entry aside and back cost a map insert and removal; once it is decided in order the
+    /// window is empty again, and a lingering entry in a sparse window still goes aside.
+    #[test]
+    fn a_dense_backlog_grows_the_window_instead_of_going_aside() {
+        let mut w = Window::new(16);
+        for seq in 0..200u64 {
+            w.add(seq, id(seq), 0b1);
+            w.add(seq, id(seq), 0b1);
+        }
+        assert!(w.side.is_empty() && w.slots.len() == 200);
+        assert_eq!(w.open(), 200);
+        // Decided in order except seq 0, which lingers: the window turns sparse and 0 goes aside.
+        for seq in 1..200u64 {
+            assert_eq!(w.take(seq, 0b1), Some(id(seq)));
+        }
+        for seq in 200..240u64 {
+            w.add(seq, id(seq), 0b1);
+            assert_eq!(w.take(seq, 0b1), Some(id(seq)));
+        }
+        assert_eq!(w.open(), 1);
+        assert!(w.side.contains_key(&0), "the lingering entry went aside");
+        assert!(w.slots.len() <= 17);
+        assert_eq!(w.take(0, 0b1), Some(id(0)));
+        assert!(w.is_empty());
+        assert_eq!(w.open(), 0);
+    }
+
     /// An earlier run's events (below the window) and a jump far past it are kept aside; a
     /// seq read for a second lane joins its existing entry, wherever it is.
     #[test]
@@ -392,10 +492,10 @@ mod tests {
     #[test]
     fn a_restarted_window_below_a_side_entry() {
         let mut w = Window::new(4);
-        for seq in 500..510u64 {
-            w.add(seq, id(seq), 1);
-        }
+        w.add(500, id(500), 1);
+        // Each decided as it comes, 500 lingering: a sparse window, so 500 goes aside.
         for seq in 501..510u64 {
+            w.add(seq, id(seq), 1);
             assert_eq!(w.take(seq, 1), Some(id(seq)));
         }
         assert!(w.slots.is_empty() && w.side.contains_key(&500), "500 lingered aside");

@@ -319,9 +319,7 @@ impl Worker {
             }
             if self.receipts.on() {
                 let name = self.lanes[i].dest.name();
-                for &seq in &delivered {
-                    self.receipts.decided(i, name, seq, crate::receipts::Outcome::Delivered, now_ts);
-                }
+                self.receipts.decided_all(i, name, &delivered, crate::receipts::Outcome::Delivered, now_ts);
             }
             let lane = &mut self.lanes[i];
             lane.delivered += delivered.len() as u64;
@@ -477,9 +475,7 @@ impl Worker {
                 counters.pending.fetch_sub(released, Ordering::Relaxed);
                 if self.receipts.on() {
                     let (name, at) = (self.lanes[i].dest.name(), self.shared.clock.now());
-                    for &seq in &seqs {
-                        self.receipts.decided(i, name, seq, crate::receipts::Outcome::Skipped, at);
-                    }
+                    self.receipts.decided_all(i, name, &seqs, crate::receipts::Outcome::Skipped, at);
                 }
                 let lane = &mut self.lanes[i];
                 for seq in &seqs {
