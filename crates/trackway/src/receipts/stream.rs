@@ -74,6 +74,33 @@ impl RingState {
         Some(OutcomeRecord { id, destination, outcome, at })
     }
 
+    /// Moves the `max` oldest outcomes (or all there are) to `local`, the reader's own, with
+    /// their lanes' names; returns how many.
+    fn move_to(&mut self, local: &mut RingState, max: usize) -> usize {
+        let n = max.min(self.ids.len());
+        local.ids.extend(self.ids.drain(..n));
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = self.runs.front_mut() else { break };
+            let run = if front.len <= left {
+                let Some(run) = self.runs.pop_front() else { break };
+                run
+            } else {
+                front.len -= left;
+                Run { len: left, ..front.clone() }
+            };
+            left -= run.len;
+            if local.names.get(run.lane).is_none_or(Option::is_none) {
+                if local.names.len() <= run.lane {
+                    local.names.resize(run.lane + 1, None);
+                }
+                local.names[run.lane] = self.names.get(run.lane).cloned().flatten();
+            }
+            local.runs.push_back(run);
+        }
+        n
+    }
+
     /// Lets the `n` oldest outcomes go (`n` at most what is kept).
     fn drop_oldest(&mut self, mut n: usize) {
         self.ids.drain(..n.min(self.ids.len()));
@@ -99,22 +126,34 @@ pub(crate) struct Ring {
     dropped: AtomicBool,
 }
 
+impl RingState {
+    fn with_capacity(ids: usize) -> Self {
+        RingState {
+            runs: VecDeque::new(),
+            ids: VecDeque::with_capacity(ids),
+            missed: 0,
+            missed_total: 0,
+            closed: false,
+            waiters: 0,
+            signalled: false,
+            names: Vec::new(),
+        }
+    }
+}
+
+/// Outcomes a reader takes out of the ring under one lock: the lock then moves once per this
+/// many outcomes instead of once per outcome, between the reader's thread and the worker's.
+/// They are no longer in the ring, so a reader holds up to this many more than the capacity
+/// (never fewer), and what the ring drops when full is the oldest it still holds.
+const READ_BATCH: usize = 64;
+
 impl Ring {
     pub(super) fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Ring {
             capacity,
             // Grows to `capacity` as outcomes come, never past it.
-            state: Mutex::new(RingState {
-                runs: VecDeque::new(),
-                ids: VecDeque::with_capacity(capacity.min(1024)),
-                missed: 0,
-                missed_total: 0,
-                closed: false,
-                waiters: 0,
-                signalled: false,
-                names: Vec::new(),
-            }),
+            state: Mutex::new(RingState::with_capacity(capacity.min(1024))),
             changed: Condvar::new(),
             notify: tokio::sync::Notify::new(),
             dropped: AtomicBool::new(false),
@@ -186,14 +225,15 @@ impl Ring {
         self.notify.notify_one();
     }
 
-    fn take(state: &mut RingState) -> Result<OutcomeRecord, RecvError> {
+    /// Refills the reader's `local` outcomes from the ring (which `local` holds none of).
+    fn refill(state: &mut RingState, local: &mut RingState) -> Result<(), RecvError> {
         if state.missed > 0 {
             return Err(RecvError::Missed(std::mem::take(&mut state.missed)));
         }
-        match state.next() {
-            Some(record) => Ok(record),
-            None if state.closed => Err(RecvError::Closed),
-            None => Err(RecvError::Empty),
+        match state.move_to(local, READ_BATCH) {
+            0 if state.closed => Err(RecvError::Closed),
+            0 => Err(RecvError::Empty),
+            _ => Ok(()),
         }
     }
 }
@@ -205,8 +245,9 @@ impl Ring {
 /// worker decides, including the events an earlier process left in the store; taken with
 /// [`Client::take_outcomes`](crate::Client::take_outcomes)).
 ///
-/// It keeps at most its capacity of unread outcomes: beyond that the oldest are dropped and the
-/// next read returns [`RecvError::Missed`] with how many. Delivery never waits for a subscriber.
+/// It keeps at most its capacity of unread outcomes (plus up to 64 a reader has begun taking
+/// out under one lock): beyond that the oldest are dropped and the next read returns
+/// [`RecvError::Missed`] with how many. Delivery never waits for a subscriber.
 /// Dropping the stream unsubscribes it.
 ///
 /// ```
@@ -225,11 +266,19 @@ impl Ring {
 pub struct OutcomeStream {
     ring: Arc<Ring>,
     hub: Weak<Hub>,
+    /// Outcomes taken out of the ring and not yet returned (older than any in the ring).
+    local: RingState,
 }
 
 impl OutcomeStream {
     pub(super) fn new(ring: Arc<Ring>, hub: Weak<Hub>) -> Self {
-        OutcomeStream { ring, hub }
+        OutcomeStream { ring, hub, local: RingState::with_capacity(READ_BATCH) }
+    }
+
+    /// The next outcome from `state` (the ring, locked), through the reader's local ones.
+    fn take(local: &mut RingState, state: &mut RingState) -> Result<OutcomeRecord, RecvError> {
+        Ring::refill(state, local)?;
+        local.next().ok_or(RecvError::Empty)
     }
 
     /// The next outcome if one is there, without waiting.
@@ -238,7 +287,10 @@ impl OutcomeStream {
     /// [`RecvError::Missed`] once after outcomes were dropped, [`RecvError::Empty`] when none
     /// is there, [`RecvError::Closed`] when the worker ended and all were read.
     pub fn try_recv(&mut self) -> Result<OutcomeRecord, RecvError> {
-        Ring::take(&mut lock(&self.ring.state))
+        if let Some(record) = self.local.next() {
+            return Ok(record);
+        }
+        Self::take(&mut self.local, &mut lock(&self.ring.state))
     }
 
     /// The next outcome, waiting at most `timeout` (blocks the thread: in async code use
@@ -247,13 +299,16 @@ impl OutcomeStream {
     /// # Errors
     /// As [`try_recv`](Self::try_recv); [`RecvError::Empty`] at the timeout.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<OutcomeRecord, RecvError> {
+        if let Some(record) = self.local.next() {
+            return Ok(record);
+        }
         let mut state = lock(&self.ring.state);
         // Read the clock only when there is nothing to return: a reader that keeps up takes
         // most outcomes from a non-empty ring, and a clock read per outcome was a sixth of its
         // time.
         let mut deadline = None;
         loop {
-            match Ring::take(&mut state) {
+            match Self::take(&mut self.local, &mut state) {
                 Err(RecvError::Empty) => {}
                 other => return other,
             }
@@ -290,9 +345,10 @@ impl OutcomeStream {
     /// Every outcome there is now, without waiting; the count of missed ones is added to
     /// `missed`.
     pub fn drain(&mut self, missed: &mut u64) -> Vec<OutcomeRecord> {
+        let mut records: Vec<OutcomeRecord> = std::iter::from_fn(|| self.local.next()).collect();
         let mut state = lock(&self.ring.state);
         *missed += std::mem::take(&mut state.missed);
-        let mut records = Vec::with_capacity(state.ids.len());
+        records.reserve(state.ids.len());
         records.extend(std::iter::from_fn(|| state.next()));
         records
     }
@@ -353,9 +409,13 @@ mod tests {
             next += size;
             if k % 3 == 2 {
                 let mut state = lock(&ring.state);
+                let mut local = RingState::with_capacity(0);
                 loop {
-                    match Ring::take(&mut state) {
-                        Ok(r) => seen.push(r),
+                    match OutcomeStream::take(&mut local, &mut state) {
+                        Ok(r) => {
+                            seen.push(r);
+                            seen.extend(std::iter::from_fn(|| local.next()));
+                        }
                         Err(RecvError::Missed(m)) => missed += m,
                         Err(_) => break,
                     }
@@ -380,5 +440,34 @@ mod tests {
         // The last batch (7 into 5) left its 5 newest.
         let last: Vec<MessageId> = seen.iter().rev().take(5).rev().map(|r| r.id).collect();
         assert_eq!(last, (next - 5..next).map(id).collect::<Vec<_>>());
+    }
+
+    /// A reader takes outcomes out in batches: those it took are kept when the ring overflows,
+    /// returned first, then the gap (counted exactly), then the newest.
+    #[test]
+    fn what_a_reader_took_out_survives_an_overflow_and_comes_first() {
+        let names: Vec<Option<Arc<str>>> = vec![Some("a".into()), Some("b".into())];
+        let ring = Arc::new(Ring::new(100));
+        let mut stream = OutcomeStream::new(ring.clone(), Weak::new());
+        ring.push_all(&batch(0..100, &Outcome::Delivered), &names);
+        assert_eq!(stream.try_recv().map(|r| r.id), Ok(id(0)));
+        assert_eq!(lock(&ring.state).ids.len(), 100 - READ_BATCH, "a batch taken out at once");
+        ring.push_all(&batch(100..200, &Outcome::Delivered), &names);
+        let mut ids = Vec::new();
+        let mut missed = 0;
+        loop {
+            match stream.try_recv() {
+                Ok(r) => ids.push(r.id),
+                Err(RecvError::Missed(m)) => {
+                    assert_eq!(ids.len(), READ_BATCH - 1, "after what was taken out");
+                    missed += m;
+                }
+                Err(_) => break,
+            }
+        }
+        assert_eq!(missed, (100 - READ_BATCH) as u64, "the ring's oldest went");
+        let expected: Vec<MessageId> = (1..READ_BATCH).chain(100..200).map(id).collect();
+        assert_eq!(ids, expected);
+        assert_eq!(stream.missed_total(), missed);
     }
 }
