@@ -151,10 +151,11 @@ const DEFAULT_MEMORY_LIMIT: u64 = 32 * 1024 * 1024;
 
 /// Default [`SqliteStore::staging_limit`]: events accepted but not yet written, in bytes (their
 /// heads). About 150 000 typical events: a burst of 200 000 arriving about twice as fast as one
-/// core writes them fits, with deliveries taking some out before they are written. (At 32 MiB
-/// the pipeline benchmark's 200 000-event burst hit it in most runs on a loaded 2-core machine
-/// and lost part of the burst as `queue_full`; at 48 MiB a 1 000 000-event burst peaked at
-/// ~88 MB of RSS against 55–80 MB for 200 000.)
+/// core writes them fits, with deliveries taking some out before they are written. (Measured on
+/// 2 cores, 2026-12-03: at 48 MiB the pipeline benchmark's 200 000-event burst peaks at ~70 MB
+/// of RSS and a 1 000 000-event one at ~98 MB, the excess refused as `queue_full`; at 32 MiB
+/// the 1 000 000 burst peaks at 77–82 MB, but the 200 000 one lost part of itself as
+/// `queue_full` in 1 of 24 runs.)
 pub const DEFAULT_STAGING_LIMIT: u64 = 48 * 1024 * 1024;
 
 /// How SQLite syncs commits to disk.
