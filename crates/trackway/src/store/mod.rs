@@ -36,8 +36,29 @@ pub(crate) use sqlite::chunk;
 pub use sqlite::{DEFAULT_STAGING_LIMIT, Inspection, SCHEMA_VERSION, SqliteStore, Synchronous, WhenFull};
 
 /// The destination indices in a route bitmask, lowest first.
-pub(crate) fn routes(mask: u64) -> impl Iterator<Item = usize> {
-    (0..64).filter(move |i| mask & (1 << i) != 0)
+///
+/// One step per set bit: testing all 64 bits, twice per event (routing in the drain, counting in
+/// the memory store's append), was ~15 % of the worker's time in the pipeline benchmark.
+pub(crate) fn routes(mut mask: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let i = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        Some(i)
+    })
+}
+
+#[cfg(test)]
+mod route_tests {
+    #[test]
+    fn routes_are_the_set_bits_lowest_first() {
+        assert_eq!(super::routes(0).count(), 0);
+        assert_eq!(super::routes(0b1011).collect::<Vec<_>>(), vec![0, 1, 3]);
+        assert_eq!(super::routes(1 << 63 | 1).collect::<Vec<_>>(), vec![0, 63]);
+        assert_eq!(super::routes(u64::MAX).count(), 64);
+    }
 }
 
 /// Why an event was dead-lettered.
