@@ -224,18 +224,26 @@ impl MemoryStore {
         run.bytes.slice(s.start as usize..(s.start + s.len) as usize)
     }
 
-    /// The run holding `e`'s bytes, and where they start in it: the drain's run the last event
-    /// came from, a new one, or (no run, or bytes outside it) the event's bytes as a run of
-    /// their own.
+    /// The run holding `e`'s bytes, and where they start in it: the run it carries (the first
+    /// event of a drain's run does), else the last run taken if its bytes lie in it (the drain's
+    /// other events), else the event's bytes as a run of their own.
     fn run_for(&mut self, e: &NewEvent) -> (u32, u32) {
-        let shared = e.run.as_ref().and_then(|run| {
+        let within = |run: &Bytes| {
             let start = (e.bytes.as_ptr() as usize).checked_sub(run.as_ptr() as usize)?;
-            (start + e.bytes.len() <= run.len()).then_some((run, start as u32))
-        });
-        let (run, start) = shared.unwrap_or((&e.bytes, 0));
-        let same = self.runs.back().is_some_and(|r| r.bytes.as_ptr() == run.as_ptr() && r.bytes.len() == run.len());
+            (start + e.bytes.len() <= run.len()).then_some(start as u32)
+        };
+        let carried = e.run.as_ref().and_then(|run| within(run).map(|start| (run.clone(), start)));
+        let last = self.runs.back().and_then(|r| within(&r.bytes));
+        let (run, start) = match (carried, last) {
+            (Some(carried), _) => carried,
+            // In the last run: nothing to push (`same` below), no handle to take.
+            (None, Some(start)) => (Bytes::new(), start),
+            (None, None) => (e.bytes.clone(), 0),
+        };
+        let same = run.is_empty()
+            || self.runs.back().is_some_and(|r| r.bytes.as_ptr() == run.as_ptr() && r.bytes.len() == run.len());
         if !same {
-            self.runs.push_back(Run { bytes: run.clone(), live: 0 });
+            self.runs.push_back(Run { bytes: run, live: 0 });
         }
         let id = self.run_base.wrapping_add(self.runs.len() as u32 - 1);
         if let Some(r) = self.runs.back_mut() {
@@ -629,7 +637,9 @@ mod tests {
             .map(|(seq, head)| {
                 let bytes = run.slice(at..at + head.len());
                 at += head.len();
-                NewEvent { bytes, run: Some(run.clone()), ..event(seq, 1) }
+                // As the worker cuts them: only the first event carries the run.
+                let run = (at == head.len()).then(|| run.clone());
+                NewEvent { bytes, run, ..event(seq, 1) }
             })
             .collect();
         m.append(&events, &[]).expect("append");
