@@ -57,10 +57,31 @@ fn batches_answered_503_among_requests_that_work_are_retried_whole() {
         let requests = collector.requests();
         let failed = requests.iter().filter(|r| r.status == 503).count();
         assert!(failed >= 2, "the fault flags failed {failed} of {} requests", requests.len());
-        for r in &requests {
-            assert_eq!(support::ids_in(r).len(), BATCH, "a {} request of another size: split", r.status);
+        // A retry that is itself a 20th request fails a second time, and a batch that failed
+        // twice is split in halves (as a batch that keeps failing is): only those may be smaller
+        // (seen in 1 of 40 runs).
+        let mut failures: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for r in requests.iter().filter(|r| r.status == 503) {
+            for id in support::ids_in(r) {
+                *failures.entry(id).or_default() += 1;
+            }
         }
-        assert_eq!(requests.len(), EVENTS / BATCH + failed, "one resend per failed request");
+        let mut smaller = 0;
+        for r in &requests {
+            let ids = support::ids_in(r);
+            if ids.len() != BATCH {
+                smaller += 1;
+                assert!(
+                    ids.iter().all(|id| failures.get(id).copied().unwrap_or(0) >= 2),
+                    "a {} request of {} events from a batch that had not failed twice: split",
+                    r.status,
+                    ids.len()
+                );
+            }
+        }
+        // One resend per failed request, one more per split.
+        let expected = EVENTS / BATCH + failed;
+        assert!((expected..=expected + smaller).contains(&requests.len()), "{} requests", requests.len());
         let delivered = delivered_ids(&requests);
         for id in &ids {
             assert_eq!(delivered.get(id), Some(&1), "message {id} must be in exactly one 2xx request");
@@ -68,7 +89,11 @@ fn batches_answered_503_among_requests_that_work_are_retried_whole() {
         let stats = client.stats();
         let a = stats.destination("a").expect("stats");
         assert_eq!((a.delivered, a.failed_requests, a.retries_exhausted), (EVENTS as u64, failed as u64, 0));
-        assert_eq!(a.retried, (failed * BATCH) as u64);
+        assert_eq!(
+            a.retried,
+            failures.values().sum::<usize>() as u64,
+            "every event of a failed request, once per failure"
+        );
     });
 }
 
