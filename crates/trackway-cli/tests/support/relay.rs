@@ -382,7 +382,6 @@ impl Fixture {
     }
 }
 
-/// An HTTP client with a 20 s timeout.
 /// Spawns `command` (a `trackway … relay …` command line), killed when the guard drops, and
 /// waits (at most 30 s) for its first line of output (the address it listens on, or that it
 /// works).
@@ -403,6 +402,7 @@ pub(crate) fn start_relay(mut command: Command) -> (KillOnDrop, String) {
     (proc, line)
 }
 
+/// An HTTP client with a 20 s timeout.
 pub(crate) fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
 }

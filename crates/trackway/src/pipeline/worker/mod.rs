@@ -83,8 +83,6 @@ pub(crate) struct Worker {
     purged_in_flight: std::collections::HashSet<(usize, u64)>,
     /// Events whose write failed while a request carried them: their answer decides.
     unwritten: unwritten::UnwrittenOnWire,
-    /// An answer decided such an event: barriers waiting for it may be answered.
-    unwritten_resolved: bool,
     /// Per lane: requests answered since the store last had every ack on disk. A lane sends
     /// nothing new while these and its requests on the wire make `max_in_flight`, so a crash
     /// re-sends at most `max_in_flight` requests, as before acks were written behind
@@ -165,7 +163,6 @@ impl Worker {
             receipts,
             purged_in_flight: std::collections::HashSet::new(),
             unwritten: unwritten::UnwrittenOnWire::default(),
-            unwritten_resolved: false,
             answered_unwritten: Vec::new(),
         }
     }
@@ -188,7 +185,8 @@ impl Worker {
             // Before the flushes are answered: a caller that flushed then reads its stream
             // finds the outcomes there.
             self.receipts.flush();
-            if std::mem::take(&mut self.unwritten_resolved) {
+            // A barrier may have waited for an answer that decided a failed write (`unwritten`).
+            if !self.barriers.is_empty() {
                 self.answer_barriers(None);
             }
             self.answer_flushes();

@@ -107,7 +107,6 @@ impl Worker {
             return true;
         }
         self.unwritten.events.remove(&seq);
-        self.unwritten_resolved = true;
         if lost {
             self.count_dropped(entry.reason, 1);
         } else {
