@@ -31,7 +31,7 @@ pub(crate) fn gather(mut stream: OutcomeStream, names: Vec<String>) -> JoinHandl
         loop {
             match stream.recv_timeout(Duration::from_secs(1)) {
                 Ok(record) => {
-                    let Some(i) = names.iter().position(|n| *n == record.destination) else { continue };
+                    let Some(i) = names.iter().position(|n| **n == *record.destination) else { continue };
                     let key = (record.id, i as u8);
                     match record.outcome {
                         Outcome::Delivered => {

@@ -11,7 +11,13 @@
 //! - `unread`: the same stream, never read until the end (its ring overflows; the missed count
 //!   makes up the rest): the worker's outcome work without a reader thread competing for the
 //!   cores, which tells the two costs apart;
-//! - `confirmed`: `track_confirmed`, started 100 at a time, then the 100 receipts awaited.
+//! - `confirmed`: `track_confirmed`, started 100 at a time, then the 100 receipts awaited;
+//! - `without` (with `--without BIN`): `plain` run by `BIN`, this bench built without the
+//!   feature's hot-path code, for the "plain within 5 % of a build without it" A/B. Build it
+//!   with `RUSTFLAGS="--cfg trackway_no_receipts" cargo bench -p trackway --all-features
+//!   --bench receipts --no-run --target-dir target/no-receipts` and pass the binary it names
+//!   as an absolute path (`cargo bench` runs a bench in its crate's directory). That build's
+//!   worker never reports an outcome; each phase checks it was run by the right build.
 //!
 //! Each reports the caller's p50/p99 per call, delivered events per second (first call to the
 //! flush that saw them all delivered), the worker thread's CPU per delivered event (its
@@ -35,7 +41,7 @@ use trackway::{Client, props};
 const PHASE_ENV: &str = "TRACKWAY_RECEIPTS_BENCH_PHASE";
 const URL_ENV: &str = "TRACKWAY_RECEIPTS_BENCH_URL";
 const N_ENV: &str = "TRACKWAY_RECEIPTS_BENCH_N";
-const PHASES: [&str; 4] = ["plain", "subscriber", "unread", "confirmed"];
+const PHASES: [&str; 5] = ["plain", "subscriber", "unread", "confirmed", "without"];
 const BATCH: usize = 100;
 /// The reader thread's name, so its CPU is not mistaken for the caller's.
 const READER: &str = "outcome-reader";
@@ -60,6 +66,10 @@ fn main() -> anyhow::Result<()> {
         return run_phase(&phase, &url, n);
     }
     let rounds = arg("--rounds", "TRACKWAY_RECEIPTS_BENCH_ROUNDS", 1)?.max(1);
+    let args: Vec<String> = std::env::args().collect();
+    let without =
+        args.iter().position(|a| a == "--without").and_then(|i| args.get(i + 1)).map(std::path::PathBuf::from);
+    let phases = if without.is_some() { &PHASES[..] } else { &PHASES[..4] };
     let collector = trackway_collector::Collector::builder().sink(true).start().context("collector")?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
@@ -67,12 +77,22 @@ fn main() -> anyhow::Result<()> {
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     println!("(the machine may be shared: wall-time numbers are indicative; the CPU columns are per thread)");
-    let mut results: Vec<Vec<common::PhaseResult>> = PHASES.iter().map(|_| Vec::new()).collect();
+    let mut results: Vec<Vec<common::PhaseResult>> = phases.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
-        for k in 0..PHASES.len() {
-            let p = (round + k) % PHASES.len();
-            let env = [(PHASE_ENV, PHASES[p].to_owned()), (URL_ENV, collector.url("/events")), (N_ENV, n.to_string())];
-            results[p].push(common::run_child(PHASES[p], &env)?);
+        for k in 0..phases.len() {
+            let p = (round + k) % phases.len();
+            let phase = phases[p];
+            let run_as = if phase == "without" { "plain" } else { phase };
+            let env = [(PHASE_ENV, run_as.to_owned()), (URL_ENV, collector.url("/events")), (N_ENV, n.to_string())];
+            let result = match (&without, phase) {
+                (Some(exe), "without") => common::run_child_of(exe, phase, &env)?,
+                _ => common::run_child(phase, &env)?,
+            };
+            // Each build says what it is: an A/B against the wrong binary would be meaningless.
+            if result.get("built_without")? != u64::from(phase == "without") {
+                bail!("{phase}: built {} the feature's hot path", if phase == "without" { "with" } else { "without" });
+            }
+            results[p].push(result);
         }
     }
     let columns: [Column; 6] = [
@@ -89,7 +109,7 @@ fn main() -> anyhow::Result<()> {
         print!(" {title:>26}");
     }
     println!();
-    for (p, phase) in PHASES.iter().enumerate() {
+    for (p, phase) in phases.iter().enumerate() {
         print!("{phase:<11}");
         for (_, key, show) in &columns {
             let values = results[p].iter().map(|r| r.get(key).map(|v| v as f64)).collect::<anyhow::Result<Vec<_>>>()?;
@@ -106,7 +126,7 @@ fn main() -> anyhow::Result<()> {
         let v = results[p].iter().map(|r| r.get(key).map(|v| v as f64)).collect::<anyhow::Result<Vec<_>>>()?;
         Ok(common::median(&v))
     };
-    for (p, phase) in PHASES.iter().enumerate().skip(1) {
+    for (p, phase) in phases.iter().enumerate().skip(1) {
         let rate = med(p, "rate")? / med(0, "rate")?.max(1.0) - 1.0;
         let cpu = med(p, "worker_ns_per_event")? / med(0, "worker_ns_per_event")?.max(1.0) - 1.0;
         println!(
@@ -200,5 +220,6 @@ fn run_phase(phase: &str, url: &str, n: usize) -> anyhow::Result<()> {
         ("worker_ns_per_event", (worker_cpu / delivered).to_string()),
         ("reader_ns_per_event", (reader_cpu / delivered).to_string()),
         ("rss_bytes", common::proc_status_bytes("VmHWM").to_string()),
+        ("built_without", u64::from(cfg!(trackway_no_receipts)).to_string()),
     ])
 }

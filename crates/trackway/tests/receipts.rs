@@ -104,7 +104,7 @@ fn pending_at_the_timeout_while_down_says_why_then_the_stream_reports_the_delive
 
         let collector = reserved.start().expect("start on the reserved port");
         let record = outcome_for(&mut stream, receipt.id(), Duration::from_secs(20));
-        assert_eq!((record.destination.as_str(), record.outcome.clone()), ("a", Outcome::Delivered));
+        assert_eq!((&*record.destination, record.outcome.clone()), ("a", Outcome::Delivered));
         // The same receipt now resolves.
         assert!(receipt.wait(Duration::from_secs(5)).expect("receipt").is_delivered());
         assert!(collector.request_count() >= 1);
@@ -232,7 +232,7 @@ fn an_event_left_by_a_killed_process_shows_up_in_the_next_process_stream() {
         let id: MessageId = serde_json::from_value(serde_json::Value::String(id)).expect("a message id");
         let record = outcome_for(&mut stream, id, Duration::from_secs(20));
         assert_eq!(record.outcome, Outcome::Delivered);
-        assert_eq!(record.destination, "a");
+        assert_eq!(&*record.destination, "a");
         client.shutdown(Duration::from_secs(5)).expect("shutdown");
     });
 }

@@ -73,11 +73,20 @@ impl PhaseResult {
 /// its `RESULT` lines.
 pub(crate) fn run_child(what: &str, env: &[(&str, String)]) -> anyhow::Result<PhaseResult> {
     let exe = std::env::current_exe().context("locating the bench binary")?;
+    run_child_of(&exe, what, env)
+}
+
+/// As [`run_child`], with another build of the same bench (an A/B against a build that differs).
+pub(crate) fn run_child_of(exe: &std::path::Path, what: &str, env: &[(&str, String)]) -> anyhow::Result<PhaseResult> {
     let mut cmd = Command::new(exe);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.stdin(Stdio::null()).stderr(Stdio::inherit()).output().with_context(|| format!("running {what}"))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {what} ({})", exe.display()))?;
     if !out.status.success() {
         bail!("{what} failed: {}", out.status);
     }

@@ -209,7 +209,10 @@ impl Client {
                     names[i] = Some(d.name().into());
                     batch.push(i, id, crate::receipts::Outcome::Filtered, at);
                 }
-                hub.emit(&mut batch, &names);
+                // No worker deadline covers the caller's thread: its readers are signalled now.
+                if hub.emit(&mut batch, &names) {
+                    hub.signal();
+                }
             }
             // Resolved by the outcomes just emitted.
             if let Some(registration) = registration {

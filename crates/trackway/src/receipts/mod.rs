@@ -144,8 +144,9 @@ impl std::fmt::Display for DropReason {
 pub struct OutcomeRecord {
     /// The event's message id.
     pub id: MessageId,
-    /// The destination's name.
-    pub destination: String,
+    /// The destination's name, shared by its records (a reference count per record, not an
+    /// allocation on the reader's thread).
+    pub destination: Arc<str>,
     /// What became of the event there.
     pub outcome: Outcome,
     /// When it was decided (the client's clock).

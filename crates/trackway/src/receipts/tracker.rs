@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use trackway_wire::{MessageId, Timestamp};
 
@@ -39,11 +40,19 @@ pub(crate) struct Tracker {
     names: Vec<Option<Arc<str>>>,
     /// This step's outcomes, as runs per answered request (see [`Batch`]).
     batch: Batch,
+    /// When the streams' readers are signalled of outcomes handed over without a signal (see
+    /// [`WAKE_DELAY`]).
+    wake_at: Option<Instant>,
 }
+
+/// How long an outcome may wait in a stream before its reader is signalled: the worker signals
+/// a few hundred outcomes at a time instead of once per answered request (see `stream.rs`'s
+/// `WAKE_AT`), at the cost of this much latency for a reader that waits.
+pub(crate) const WAKE_DELAY: Duration = Duration::from_millis(1);
 
 impl Tracker {
     pub(crate) fn new(hub: Arc<Hub>) -> Self {
-        Tracker { hub, ids: Window::new(MAX_WINDOW), names: Vec::new(), batch: Batch::default() }
+        Tracker { hub, ids: Window::new(MAX_WINDOW), names: Vec::new(), batch: Batch::default(), wake_at: None }
     }
 
     /// Whether anyone listens. When nobody does any more, what was noted is let go.
@@ -127,7 +136,23 @@ impl Tracker {
     pub(crate) fn flush(&mut self) {
         if !self.batch.is_empty() {
             // Drained, not taken: the buffer is kept for the next step, not grown again.
-            self.hub.emit(&mut self.batch, &self.names);
+            if self.hub.emit(&mut self.batch, &self.names) {
+                self.wake_at.get_or_insert_with(|| Instant::now() + WAKE_DELAY);
+            }
+        }
+    }
+
+    /// When the worker must call [`signal_due`](Self::signal_due) next (its sleep's deadline).
+    pub(crate) fn wake_at(&self) -> Option<Instant> {
+        self.wake_at
+    }
+
+    /// Signals the readers once the outcomes handed over without a signal have waited long
+    /// enough, or at once with `now` set (a flush is answered: its caller may read next).
+    pub(crate) fn signal_due(&mut self, now: bool) {
+        if self.wake_at.is_some_and(|at| now || Instant::now() >= at) {
+            self.wake_at = None;
+            self.hub.signal();
         }
     }
 }

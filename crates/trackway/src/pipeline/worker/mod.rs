@@ -185,6 +185,7 @@ impl Worker {
             // Before the flushes are answered: a caller that flushed then reads its stream
             // finds the outcomes there.
             self.receipts.flush();
+            self.receipts.signal_due(false);
             // A barrier may have waited for an answer that decided a failed write (`unwritten`).
             if !self.barriers.is_empty() {
                 self.answer_barriers(None);
@@ -251,6 +252,7 @@ impl Worker {
             at => at.map(|t| t.saturating_duration_since(now)),
         };
         let shutdown_in = self.shutdown.as_ref().map(|(d, _)| d.saturating_duration_since(now));
+        let signal_in = self.receipts.wake_at().map(|t| t.saturating_duration_since(now));
         // Held back by the store (its staging is full, or its file near the bound while
         // deliveries make room): look again soon, since what holds it back changes without an
         // event of its own (the time since the last delivery).
@@ -288,6 +290,7 @@ impl Worker {
             () = sleep_opt(sleep_for) => {}
             () = clock.changed() => {}
             () = sleep_opt(shutdown_in) => {}
+            () = sleep_opt(signal_in) => {}
         }
     }
 
@@ -606,6 +609,10 @@ impl Worker {
         let (done, waiting): (Vec<_>, Vec<_>) =
             self.flushes.drain(..).partition(|(upto, _)| lowest.is_none_or(|l| l > *upto));
         self.flushes = waiting;
+        if !done.is_empty() {
+            // A caller that flushed may wait on its stream next: it is signalled now.
+            self.receipts.signal_due(true);
+        }
         for (_, reply) in done {
             reply.send();
         }
