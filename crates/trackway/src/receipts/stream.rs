@@ -32,13 +32,13 @@ pub enum RecvError {
 #[derive(Debug)]
 struct RingState {
     /// Compact, as the worker hands them over: runs (lane, outcome, time, how many) over the
-    /// ids in order, 16 bytes an outcome; the public records (a `String` name, an `Outcome`
-    /// each) are made by the reader, on its thread. `ids` never holds more than the capacity.
+    /// ids in order, 16 bytes an outcome; the public records (the lane's shared name, an
+    /// `Outcome` each) are made by the reader, on its thread. `ids` never holds more than the
+    /// capacity.
     runs: VecDeque<Run>,
     ids: VecDeque<MessageId>,
-    /// Each lane's name, set by the worker when a lane first shows up: the records carry no
-    /// name, so no reference count moves between the worker's and the reader's threads per
-    /// outcome.
+    /// Each lane's name, set by the worker when a lane first shows up: the worker moves no
+    /// reference count per outcome (the reader clones the name into each record it makes).
     names: Vec<Option<Arc<str>>>,
     /// Dropped since the last read.
     missed: u64,
