@@ -46,8 +46,8 @@ pub(crate) struct Tracker {
 }
 
 /// How long an outcome may wait in a stream before its reader is signalled: the worker signals
-/// a few hundred outcomes at a time instead of once per answered request (see `stream.rs`'s
-/// `WAKE_AT`), at the cost of this much latency for a reader that waits.
+/// up to 1 024 outcomes at a time instead of once per answered request (see `stream.rs`'s
+/// `WAKE_AT`), at the cost of up to this much latency for a reader that waits.
 pub(crate) const WAKE_DELAY: Duration = Duration::from_millis(1);
 
 impl Tracker {
