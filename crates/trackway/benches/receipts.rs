@@ -12,6 +12,11 @@
 //!   makes up the rest): the worker's outcome work without a reader thread competing for the
 //!   cores, which tells the two costs apart;
 //! - `confirmed`: `track_confirmed`, started 100 at a time, then the 100 receipts awaited;
+//! - `baseline`: the cheapest honest sender of the same events: each one built as a
+//!   `trackway_wire::Event` (the JSON destination's own format, with the same context fields)
+//!   and serialized into batches of 100 POSTed with hyper's HTTP/1 client on one keep-alive
+//!   connection, one thread, each answer awaited. Its p50/p99 are per event serialized, its
+//!   "worker" CPU is its whole thread's;
 //! - `without` (with `--without BIN`): `plain` run by `BIN`, this bench built without the
 //!   feature's hot-path code, for the "plain within 5 % of a build without it" A/B. Build it
 //!   with `RUSTFLAGS="--cfg trackway_no_receipts" cargo bench -p trackway --all-features
@@ -30,18 +35,20 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use trackway::destination::JsonHttp;
 use trackway::receipts::RecvError;
 use trackway::store::MemoryStore;
-use trackway::{Client, props};
+use trackway::{Client, Timestamp, props};
+use trackway_wire::{Context as WireContext, Event, EventKind};
 
 const PHASE_ENV: &str = "TRACKWAY_RECEIPTS_BENCH_PHASE";
 const URL_ENV: &str = "TRACKWAY_RECEIPTS_BENCH_URL";
 const N_ENV: &str = "TRACKWAY_RECEIPTS_BENCH_N";
-const PHASES: [&str; 5] = ["plain", "subscriber", "unread", "confirmed", "without"];
+const PHASES: [&str; 6] = ["plain", "subscriber", "unread", "confirmed", "baseline", "without"];
 const BATCH: usize = 100;
 /// The reader thread's name, so its CPU is not mistaken for the caller's.
 const READER: &str = "outcome-reader";
@@ -63,13 +70,13 @@ fn main() -> anyhow::Result<()> {
     let n = arg("--n", N_ENV, 20_000)?;
     if let Ok(phase) = std::env::var(PHASE_ENV) {
         let url = std::env::var(URL_ENV).context("url")?;
-        return run_phase(&phase, &url, n);
+        return if phase == "baseline" { run_baseline(&url, n) } else { run_phase(&phase, &url, n) };
     }
     let rounds = arg("--rounds", "TRACKWAY_RECEIPTS_BENCH_ROUNDS", 1)?.max(1);
     let args: Vec<String> = std::env::args().collect();
     let without =
         args.iter().position(|a| a == "--without").and_then(|i| args.get(i + 1)).map(std::path::PathBuf::from);
-    let phases = if without.is_some() { &PHASES[..] } else { &PHASES[..4] };
+    let phases = if without.is_some() { &PHASES[..] } else { &PHASES[..5] };
     let collector = trackway_collector::Collector::builder().sink(true).start().context("collector")?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
@@ -84,10 +91,21 @@ fn main() -> anyhow::Result<()> {
             let phase = phases[p];
             let run_as = if phase == "without" { "plain" } else { phase };
             let env = [(PHASE_ENV, run_as.to_owned()), (URL_ENV, collector.url("/events")), (N_ENV, n.to_string())];
-            let result = match (&without, phase) {
+            let sunk = collector.sink_stats();
+            let mut result = match (&without, phase) {
                 (Some(exe), "without") => common::run_child_of(exe, phase, &env)?,
                 _ => common::run_child(phase, &env)?,
             };
+            // What reached the sink: every event, and its size (the baseline must send what the
+            // SDK sends, or its rate says nothing about the SDK's).
+            let sunk_now = collector.sink_stats();
+            let events = sunk_now.events - sunk.events;
+            // (The SDK's phases check their own deliveries, which a long run's store bound may
+            // make fewer than N.)
+            if phase == "baseline" && events != n as u64 {
+                bail!("the baseline: the sink counted {events} events of {n}");
+            }
+            result.0.insert("bytes_per_event".into(), ((sunk_now.bytes - sunk.bytes) / events.max(1)).to_string());
             // Each build says what it is: an A/B against the wrong binary would be meaningless.
             if result.get("built_without")? != u64::from(phase == "without") {
                 bail!("{phase}: built {} the feature's hot path", if phase == "without" { "with" } else { "without" });
@@ -95,13 +113,14 @@ fn main() -> anyhow::Result<()> {
             results[p].push(result);
         }
     }
-    let columns: [Column; 6] = [
+    let columns: [Column; 7] = [
         ("p50 ns", "p50_ns", |v| format!("{v:.0}")),
         ("p99 ns", "p99_ns", |v| format!("{v:.0}")),
         ("delivered/s", "rate", |v| format!("{v:.0}")),
         ("worker ns/ev", "worker_ns_per_event", |v| format!("{v:.0}")),
         ("reader ns/ev", "reader_ns_per_event", |v| format!("{v:.0}")),
         ("peak RSS", "rss_bytes", |v| common::mib(v)),
+        ("B/event", "bytes_per_event", |v| format!("{v:.0}")),
     ];
     println!("median [min–max] over {rounds} round(s)");
     print!("{:<11}", "phase");
@@ -126,7 +145,14 @@ fn main() -> anyhow::Result<()> {
         let v = results[p].iter().map(|r| r.get(key).map(|v| v as f64)).collect::<anyhow::Result<Vec<_>>>()?;
         Ok(common::median(&v))
     };
-    for (p, phase) in phases.iter().enumerate().skip(1) {
+    let baseline = phases.iter().position(|p| *p == "baseline").context("the baseline phase")?;
+    for (p, phase) in phases.iter().enumerate().filter(|(p, _)| *p != baseline) {
+        println!(
+            "{phase:<11} delivered/s vs the hyper baseline: {:.2}x",
+            med(p, "rate")? / med(baseline, "rate")?.max(1.0)
+        );
+    }
+    for (p, phase) in phases.iter().enumerate().skip(1).filter(|(p, _)| *p != baseline) {
         let rate = med(p, "rate")? / med(0, "rate")?.max(1.0) - 1.0;
         let cpu = med(p, "worker_ns_per_event")? / med(0, "worker_ns_per_event")?.max(1.0) - 1.0;
         println!(
@@ -224,5 +250,66 @@ fn run_phase(phase: &str, url: &str, n: usize) -> anyhow::Result<()> {
         ("reader_ns_per_event", (reader_cpu / delivered).to_string()),
         ("rss_bytes", common::proc_status_bytes("VmHWM").to_string()),
         ("built_without", u64::from(cfg!(trackway_no_receipts)).to_string()),
+    ])
+}
+
+/// The `baseline` phase: the same events, built and serialized as the JSON destination's
+/// format, POSTed in batches of 100 on one hyper keep-alive connection from one thread.
+fn run_baseline(url: &str, n: usize) -> anyhow::Result<()> {
+    let (base, path) = url.rsplit_once('/').context("the sink URL has no path")?;
+    let path = format!("/{path}");
+    let context = Arc::new(WireContext {
+        library: "trackway".into(),
+        library_version: env!("CARGO_PKG_VERSION").into(),
+        os: Some(std::env::consts::OS.into()),
+        // As the SDK's context: the OS's name and (on Linux) the kernel release.
+        os_name: Some(if cfg!(target_os = "linux") { "Linux" } else { std::env::consts::OS }.into()),
+        os_version: std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|v| v.trim().to_owned()),
+        ..WireContext::default()
+    });
+    let users: Vec<String> = (0..1000).map(|u| format!("user-{u}")).collect();
+    let authorization = http::HeaderValue::from_static("Bearer bench");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("runtime")?;
+    let mut costs = Vec::with_capacity(n);
+    let cpu_before = common::own_cpu_ns();
+    let started = Instant::now();
+    runtime.block_on(async {
+        let mut conn = common::HyperConnection::open(base).await?;
+        let mut body = Vec::new();
+        for first in (0..n).step_by(BATCH) {
+            body.clear();
+            body.push(b'[');
+            for i in first..(first + BATCH).min(n) {
+                let t = Instant::now();
+                let mut event = Event::new(EventKind::Track, Timestamp::now());
+                event.name = Some("bench_event".into());
+                event.identity.user_id = Some(users[i % 1000].as_str().into());
+                event.properties = props! { "i" => i };
+                event.context = context.clone();
+                if i > first {
+                    body.push(b',');
+                }
+                serde_json::to_writer(&mut body, &event).context("serializing")?;
+                costs.push(common::nanos(t.elapsed()));
+            }
+            body.push(b']');
+            if !conn.post(&path, &authorization, bytes::Bytes::copy_from_slice(&body)).await? {
+                bail!("the sink did not take a batch");
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let elapsed = started.elapsed();
+    let cpu = common::own_cpu_ns().saturating_sub(cpu_before);
+    costs.sort_unstable();
+    let at = |q: f64| costs[((costs.len() as f64 * q) as usize).min(costs.len() - 1)];
+    common::report(&[
+        ("p50_ns", at(0.5).to_string()),
+        ("p99_ns", at(0.99).to_string()),
+        ("rate", format!("{:.0}", n as f64 / elapsed.as_secs_f64())),
+        ("worker_ns_per_event", (cpu / n.max(1) as u64).to_string()),
+        ("reader_ns_per_event", "0".into()),
+        ("rss_bytes", common::proc_status_bytes("VmHWM").to_string()),
+        ("built_without", "0".into()),
     ])
 }
