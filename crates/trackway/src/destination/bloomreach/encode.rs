@@ -88,7 +88,8 @@ impl Serialize for Props<'_> {
 #[derive(Serialize)]
 struct BatchCommand<'a> {
     name: &'static str,
-    command_id: String,
+    /// The event's id, serialized as its string form without an allocation.
+    command_id: trackway_wire::MessageId,
     data: &'a Data<'a>,
 }
 
@@ -113,8 +114,7 @@ pub(super) fn encode(dest: &Bloomreach, events: &[EventRecord]) -> Encoded {
                 Err(e) => out.rejected.push((i, format!("properties cannot be sent: {e}"))),
             },
             Sending::Batch => {
-                let item =
-                    BatchCommand { name: command.name, command_id: record.id().to_string(), data: &command.data };
+                let item = BatchCommand { name: command.name, command_id: record.id(), data: &command.data };
                 // Serialized alone: an event that cannot be is rejected by itself, not its batch.
                 let bytes = match serde_json::to_vec(&item) {
                     Ok(b) => b,
