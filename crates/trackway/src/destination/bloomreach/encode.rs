@@ -95,8 +95,7 @@ struct BatchCommand<'a> {
 
 pub(super) fn encode(dest: &Bloomreach, events: &[EventRecord]) -> Encoded {
     let mut out = Encoded::default();
-    // The batch being built: each command's event and its serialized bytes.
-    let mut batch: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut batch = BatchBody::default();
     // The customers updated in the batch being built ("name=value" of each of their ids).
     let mut updated: BTreeSet<String> = BTreeSet::new();
     for (i, record) in events.iter().enumerate() {
@@ -114,50 +113,61 @@ pub(super) fn encode(dest: &Bloomreach, events: &[EventRecord]) -> Encoded {
                 Err(e) => out.rejected.push((i, format!("properties cannot be sent: {e}"))),
             },
             Sending::Batch => {
-                let item = BatchCommand { name: command.name, command_id: record.id(), data: &command.data };
-                // Serialized alone: an event that cannot be is rejected by itself, not its batch.
-                let bytes = match serde_json::to_vec(&item) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        out.rejected.push((i, format!("properties cannot be sent: {e}")));
-                        continue;
-                    }
-                };
                 let keys = customer_keys(&command.data);
                 // Commands of one batch run in any order: an event of a customer updated earlier
                 // in this batch goes in the next one.
                 if !batch.is_empty() && keys.iter().any(|k| updated.contains(k)) {
-                    out.requests.push(batch_request(dest, std::mem::take(&mut batch)));
+                    out.requests.push(std::mem::take(&mut batch).request(dest));
                     updated.clear();
+                }
+                let item = BatchCommand { name: command.name, command_id: record.id(), data: &command.data };
+                if let Err(e) = batch.push(i, &item) {
+                    out.rejected.push((i, format!("properties cannot be sent: {e}")));
+                    continue;
                 }
                 if command.name == CUSTOMERS {
                     updated.extend(keys);
                 }
-                batch.push((i, bytes));
             }
         }
     }
     if !batch.is_empty() {
-        out.requests.push(batch_request(dest, batch));
+        out.requests.push(batch.request(dest));
     }
     out
 }
 
-/// `{"commands":[…]}` from commands already serialized.
-fn batch_request(dest: &Bloomreach, commands: Vec<(usize, Vec<u8>)>) -> Request {
-    let len = commands.iter().map(|(_, c)| c.len() + 1).sum::<usize>() + 16;
-    let mut body = Vec::with_capacity(len);
-    body.extend_from_slice(b"{\"commands\":[");
-    let mut items = Vec::with_capacity(commands.len());
-    for (n, (i, command)) in commands.into_iter().enumerate() {
-        if n > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(&command);
-        items.push(i);
+/// A `{"commands":[…]}` body being built, with the events in it, each command serialized
+/// straight into it.
+#[derive(Default)]
+struct BatchBody {
+    body: Vec<u8>,
+    items: Vec<usize>,
+}
+
+impl BatchBody {
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
     }
-    body.extend_from_slice(b"]}");
-    request(dest, BATCH, body, items)
+
+    /// Appends event `i`'s command. One that cannot be serialized leaves the body as it was:
+    /// its event is rejected alone, not with its batch.
+    fn push(&mut self, i: usize, command: &BatchCommand<'_>) -> Result<(), serde_json::Error> {
+        let mark = self.body.len();
+        self.body.extend_from_slice(if self.is_empty() { b"{\"commands\":[" } else { b"," });
+        if let Err(e) = serde_json::to_writer(&mut self.body, command) {
+            self.body.truncate(mark);
+            return Err(e);
+        }
+        self.items.push(i);
+        Ok(())
+    }
+
+    fn request(self, dest: &Bloomreach) -> Request {
+        let mut body = self.body;
+        body.extend_from_slice(b"]}");
+        request(dest, BATCH, body, self.items)
+    }
 }
 
 fn request(dest: &Bloomreach, command: &str, body: Vec<u8>, items: Vec<usize>) -> Request {
