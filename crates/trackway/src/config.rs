@@ -196,9 +196,13 @@ impl ClientBuilder {
         self
     }
 
-    /// Most events waiting in the channel to the worker (default 16 384). Beyond it, events are
-    /// dropped and counted as `queue_full`; the caller is never blocked (unless it asks to wait
-    /// for room: [`Client::waiting`](crate::Client::waiting)).
+    /// Slots of the channel's ring to the worker (default 16 384), preallocated. When the ring
+    /// is full while the worker is draining, events wait in an overflow list allocated only
+    /// then, within [`queue_max_bytes`](Self::queue_max_bytes) for the ring and the list
+    /// together: a burst that outruns the worker for a few milliseconds is absorbed, not
+    /// dropped. Beyond that, or while the worker holds back on purpose (a durable store's
+    /// staging at its bound), events are dropped and counted as `queue_full`; the caller is
+    /// never blocked (unless it asks to wait for room: [`Client::waiting`](crate::Client::waiting)).
     pub fn queue_capacity(mut self, events: usize) -> Self {
         if events == 0 || events > policy::MAX_QUEUE_CAPACITY {
             return self.invalid("queue_capacity", "must be between 1 and 1 000 000");
@@ -207,7 +211,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Most bytes of serialized events waiting in the channel (default 16 MiB).
+    /// Most bytes of serialized events waiting in the channel, its ring and its overflow list
+    /// together (default 16 MiB).
     pub fn queue_max_bytes(mut self, bytes: usize) -> Self {
         if bytes == 0 {
             return self.invalid("queue_max_bytes", "must be at least 1");

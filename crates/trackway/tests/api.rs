@@ -166,6 +166,26 @@ fn with_the_worker_paused_queue_full_is_exactly_the_overflow_and_no_call_blocks(
 }
 
 #[test]
+fn a_burst_past_a_tiny_ring_is_absorbed_by_the_spill_in_order() {
+    watchdog(LIMIT, || {
+        let dest = InMemoryDestination::new("m");
+        // 8 slots: a tight loop of 5 000 fills the ring at once; the spill takes the rest
+        // (about 1.5 MB, within the 16 MiB byte budget) while the worker drains.
+        let c = fast_builder().queue_capacity(8).destination(dest.clone()).build().expect("client");
+        let n = 5_000;
+        for i in 0..n {
+            c.track("u", "e", props! { "i" => i }).expect("absorbed, not refused");
+        }
+        c.flush(Duration::from_secs(20)).expect("flush");
+        let stats = c.stats();
+        assert_eq!((stats.dropped.queue_full, stats.enqueued), (0, n as u64));
+        let order: Vec<f64> =
+            dest.received().iter().map(|r| r.event.properties.get("i").and_then(|v| v.as_f64()).expect("i")).collect();
+        assert_eq!(order, (0..n).map(f64::from).collect::<Vec<_>>(), "one caller's events in its order");
+    });
+}
+
+#[test]
 fn async_flush_inside_a_current_thread_runtime_returns() {
     watchdog(LIMIT, || {
         let collector = Collector::start().expect("collector");

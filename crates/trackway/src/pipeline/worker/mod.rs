@@ -169,6 +169,9 @@ impl Worker {
 
     pub(crate) async fn run(mut self) {
         loop {
+            // A full ring spills while the worker drains; held back by the store, it refuses
+            // (counted), so a burst the store cannot take does not grow the memory held.
+            self.shared.queue.set_absorbing(self.may_drain());
             if self.drain_due() {
                 self.drain();
                 // A push that reserved its slot before this drain may land just after it without
