@@ -200,8 +200,9 @@ impl ClientBuilder {
     /// is full while the worker is draining, events wait in an overflow list allocated only
     /// then, within [`queue_max_bytes`](Self::queue_max_bytes) for the ring and the list
     /// together: a burst that outruns the worker for a few milliseconds is absorbed, not
-    /// dropped. Beyond that, or while the worker holds back on purpose (a durable store's
-    /// staging at its bound), events are dropped and counted as `queue_full`; the caller is
+    /// dropped. Beyond that, or while a durable store's staging is past half its bound (see
+    /// [`SqliteStore::staging_limit`](crate::store::SqliteStore::staging_limit)), events are
+    /// dropped and counted as `queue_full`; the caller is
     /// never blocked (unless it asks to wait for room: [`Client::waiting`](crate::Client::waiting)).
     pub fn queue_capacity(mut self, events: usize) -> Self {
         if events == 0 || events > policy::MAX_QUEUE_CAPACITY {

@@ -35,9 +35,11 @@
 //! to 40 000 events of a 200 000-event burst in some runs). Only a caller that finds the ring full
 //! pays for it (a lock and an allocation).
 //!
-//! The worker closes the spill when it stops draining on purpose (the store's staging at its
-//! bound, the test hook's pause): what it cannot absorb then is refused and counted, and memory
-//! does not grow with a burst it cannot take.
+//! The worker closes the spill while a durable store's staging is past half its bound (the burst
+//! is already taking memory there, and at the bound the worker stops draining) and while the
+//! test hook pauses it: a full ring then refuses and counts, as before, so memory does not grow
+//! with a burst the store cannot take (a 1 000 000-event burst held 7 MB more in the spill while
+//! it stayed open until the bound).
 //!
 //! Order is kept: a spilled event records the ring's tail when it was spilled, and the worker
 //! takes it once every ring position claimed before it is taken. While anything is spilled,
