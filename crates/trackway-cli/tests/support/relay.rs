@@ -10,16 +10,15 @@
 #![allow(dead_code, reason = "each test uses part of the fixture")]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use trackway_collector::{Collector, RunningCollector};
 
 use crate::support::KillOnDrop;
+use crate::support::spawn;
 
 /// The write key every test key `web` sends with.
 pub(crate) const KEY: &str = "test-write-key";
@@ -47,19 +46,12 @@ pub(crate) fn nats_available() -> bool {
 
 /// A free loopback port.
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    spawn::free_port().expect("a free port")
 }
 
 /// Polls `ok` every 50 ms until it holds or `timeout` has passed (a watchdog for each wait).
-pub(crate) fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    ok()
+pub(crate) fn wait_until(timeout: Duration, ok: impl FnMut() -> bool) -> bool {
+    spawn::wait_until(timeout, Duration::from_millis(50), ok)
 }
 
 fn unique_suffix() -> String {
@@ -124,21 +116,9 @@ impl Nats {
     /// Starts the server (again, after [`kill`](Self::kill)) on the same port and store.
     pub(crate) fn restart(&mut self) {
         let log = self.dir.with_file_name(format!("nats-{}.log", unique_suffix()));
-        let file = std::fs::File::create(&log).expect("nats log");
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
-            .arg(&self.dir)
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("nats-server starts");
-        self.proc = Some(KillOnDrop(child));
         // Watchdog: the server must say it is ready within 20 s.
-        let ready = wait_until(Duration::from_secs(20), || {
-            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Server is ready"))
-        });
-        assert!(ready, "nats-server did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        let proc = spawn::start_nats(self.port, &self.dir, &self.extra, &log);
+        self.proc = Some(proc.unwrap_or_else(|e| panic!("{e}")));
     }
 
     /// SIGKILL (no graceful shutdown).
@@ -386,20 +366,7 @@ impl Fixture {
 /// waits (at most 30 s) for its first line of output (the address it listens on, or that it
 /// works).
 pub(crate) fn start_relay(mut command: Command) -> (KillOnDrop, String) {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("trackway relay starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        // Keep reading so the child never blocks on a full pipe.
-        for _ in lines {}
-    });
-    let proc = KillOnDrop(child);
-    let line = rx.recv_timeout(Duration::from_secs(30)).expect("trackway relay printed its first line in time");
-    (proc, line)
+    spawn::start_with_first_line(&mut command).unwrap_or_else(|e| panic!("trackway relay: {e}"))
 }
 
 /// An HTTP client with a 20 s timeout.
