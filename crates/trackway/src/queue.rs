@@ -32,8 +32,12 @@
 //! used or not); a burst that outruns the worker for a few milliseconds (a drain of a full ring
 //! takes 9 to 23 ms on the 2-core benchmark machine, as long as the caller takes to fill it again)
 //! lands in memory allocated only then, instead of being dropped as `queue_full` (it lost 5 000
-//! to 40 000 events of a 200 000-event burst in some runs). Only a caller that finds the ring full
-//! pays for it (a lock and an allocation).
+//! to 40 000 events of a 200 000-event burst in some runs). Only callers in such a burst pay for
+//! it (a lock and an allocation per event): one that finds the ring full, and, while events wait
+//! in the spill, every ordinary push (so that it does not overtake them), until the worker has
+//! emptied it. The byte budget counts each spilled event's entry too; the ring's own check does
+//! not look at the spill, so a producer that raced the first spill past the ring may exceed the
+//! budget by its one event.
 //!
 //! The worker closes the spill while a durable store's staging is past half its bound (the burst
 //! is already taking memory there, and at the bound the worker stops draining) and while the
@@ -181,7 +185,7 @@ pub(crate) enum Item<B = Bytes> {
 /// Which capacity a push may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Priority {
-    /// Ordinary events: `capacity` slots, `max_bytes`.
+    /// Ordinary events: `capacity` slots, then the spill (see the module doc), within `max_bytes`.
     Normal,
     /// State changes and controls: also the reserved slots, and not bounded by bytes.
     Reserved,
@@ -261,7 +265,11 @@ struct Spilled {
     bytes: Box<[u8]>,
 }
 
-/// The spilled events, oldest first, and their bytes.
+/// What a spilled event costs beyond its bytes: its entry in the list and its allocation's
+/// header (counted against the byte budget).
+const SPILLED_ENTRY: usize = std::mem::size_of::<Spilled>() + 16;
+
+/// The spilled events, oldest first, and what they cost (bytes and entries).
 #[derive(Debug, Default)]
 struct Spill {
     events: VecDeque<Spilled>,
@@ -351,13 +359,16 @@ impl Queue {
         }
         let mut spill = lock(&self.spill);
         let in_ring = (self.usage.load(Ordering::Acquire) & BYTES_MASK) as usize;
-        if in_ring + spill.bytes + bytes.len() > self.max_bytes {
+        // Each spilled event counts with its entry, not its bytes alone: small events would
+        // otherwise let the list's own memory pass the budget several times over.
+        let cost = bytes.len() + SPILLED_ENTRY;
+        if in_ring + spill.bytes + cost > self.max_bytes {
             return Err(Full);
         }
         // Read under the lock, so the spill's `after`s never decrease.
         let after = self.tail.load(Ordering::Acquire);
         spill.events.push_back(Spilled { after, meta, bytes: bytes.into() });
-        spill.bytes += bytes.len();
+        spill.bytes += cost;
         let before = self.spilled.fetch_add(1, Ordering::AcqRel);
         drop(spill);
         if before == 0 {
@@ -376,7 +387,11 @@ impl Queue {
             return Err(copy);
         }
         let Some(s) = spill.events.pop_front() else { return Err(copy) };
-        spill.bytes -= s.bytes.len();
+        spill.bytes -= s.bytes.len() + SPILLED_ENTRY;
+        if spill.events.is_empty() {
+            // A burst's list is let go with its last event, not kept for the life of the client.
+            spill.events = VecDeque::new();
+        }
         self.spilled.fetch_sub(1, Ordering::AcqRel);
         drop(spill);
         Ok(Item::Event(s.meta, copy(&s.bytes)))
@@ -450,20 +465,27 @@ impl Queue {
         }
     }
 
-    /// Takes the oldest published item (worker side); `copy` turns event bytes into the worker's
-    /// own storage. `None` when empty or when the next position is claimed but not yet written.
+    /// Takes the oldest item (worker side): a spilled event whose ring positions before it are
+    /// all taken, else the ring's next published slot. `copy` turns event bytes into the
+    /// worker's own storage. `None` when empty, or when the next position is claimed but not
+    /// yet written (and no spilled event may go before it).
     ///
     /// The slot is free again at once, but its capacity is handed back only by
     /// [`release`](Self::release): one atomic operation per drain instead of one per item keeps
     /// the counter's cache line with the callers.
     pub(crate) fn pop<B>(&self, copy: impl FnOnce(&[u8]) -> B, taken: &mut Taken) -> Option<Item<B>> {
         let head = self.head.load(Ordering::Relaxed);
+        let slot = self.slot(head);
+        // The stamp before the spill: a producer spills, then publishes its next ring item (a
+        // flush, an identify), so a published slot makes that spill visible here, and the
+        // spilled event goes first. Read the other way round, the spill could look empty, then
+        // both land, and the flush would overtake the event its own thread queued before it.
+        let published = slot.stamp.load(Ordering::Acquire) == head + 1;
         let copy = match self.pop_spilled(head, copy) {
             Ok(item) => return Some(item),
             Err(copy) => copy,
         };
-        let slot = self.slot(head);
-        if slot.stamp.load(Ordering::Acquire) != head + 1 {
+        if !published {
             return None;
         }
         let (item, size) = {
@@ -527,13 +549,15 @@ impl Queue {
     }
 
     /// Whether an ordinary event would find no room now (a waiting enqueue checks this before it
-    /// prepares the event again): the ring is full and so is the spill, or it is closed.
+    /// prepares the event again): the ring is full and the spill is closed or has no room for
+    /// another entry. A hint: an event larger than the room left is still refused, and the
+    /// waiting enqueue then pauses and looks again.
     pub(crate) fn looks_full(&self) -> bool {
         let ring_full = self.ring_len() >= self.capacity || self.spilled.load(Ordering::Acquire) > 0;
         ring_full && {
             let open = self.absorbing.load(Ordering::Acquire) && !self.is_paused();
             let in_ring = (self.usage.load(Ordering::Acquire) & BYTES_MASK) as usize;
-            !open || in_ring + lock(&self.spill).bytes >= self.max_bytes
+            !open || in_ring + lock(&self.spill).bytes + SPILLED_ENTRY >= self.max_bytes
         }
     }
 
@@ -705,28 +729,93 @@ mod tests {
     }
 
     #[test]
+    fn a_drained_spill_lets_its_list_go() {
+        let q = Queue::new(1, 0, 1 << 20, 1);
+        for i in 0..1000 {
+            push_number(&q, i, Priority::Normal).expect("room");
+        }
+        assert!(lock(&q.spill).events.capacity() >= 999);
+        assert_eq!(pop_numbers(&q).len(), 1000);
+        assert_eq!(lock(&q.spill).events.capacity(), 0, "the burst's list is freed");
+    }
+
+    #[test]
     fn a_full_ring_spills_within_the_byte_budget_and_keeps_the_order() {
-        let q = Queue::new(4, 1, 40, 2);
-        // 4 in the ring (16 bytes), then 6 spilled (24 more): the budget is 40 bytes.
+        // 4 in the ring (16 bytes), then 6 spilled, each its 4 bytes and its entry.
+        let q = Queue::new(4, 1, 16 + 6 * (4 + SPILLED_ENTRY), 2);
         for i in 0..10 {
             push_number(&q, i, Priority::Normal).expect("room in the ring or the spill");
         }
         assert_eq!(push_number(&q, 10, Priority::Normal), Err(Full), "the byte budget is spent");
         assert_eq!(q.len(), 10);
         assert!(q.looks_full());
-        // Two out of the ring; the next events still queue behind the spilled ones.
-        assert_eq!(
-            (pop_bytes(&q), pop_bytes(&q)),
-            (Some(0u32.to_le_bytes().to_vec()), Some(1u32.to_le_bytes().to_vec()))
-        );
+        // The ring's four out, then two spilled ones: room for two more entries, which still
+        // queue behind the spilled events though the ring is empty.
+        let first: Vec<u32> =
+            (0..6).filter_map(|_| pop_bytes(&q)).map(|b| u32::from_le_bytes(b[..4].try_into().expect("4"))).collect();
+        assert_eq!(first, [0, 1, 2, 3, 4, 5]);
         assert!(!q.looks_full());
         push_number(&q, 10, Priority::Normal).expect("room");
         push_number(&q, 11, Priority::Normal).expect("room");
-        assert_eq!(pop_numbers(&q), (2..12).collect::<Vec<_>>());
+        assert_eq!(q.spilled.load(Ordering::Relaxed), 6, "behind the spilled ones, not in the ring");
+        assert_eq!(pop_numbers(&q), (6..12).collect::<Vec<_>>());
         assert_eq!((q.len(), lock(&q.spill).bytes), (0, 0));
         // Empty again: the ring is used first.
         push_number(&q, 12, Priority::Normal).expect("room");
         assert_eq!(q.spilled.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_flush_never_overtakes_the_event_its_thread_spilled_before_it() {
+        // The race a review found: the worker looked at the spill (empty), the producer spilled
+        // an event and published a flush in a reserved slot, and the worker then took the flush
+        // first. Round after round for about a second: the ring is full by count (one popped,
+        // not released), the producer spills `A` then queues a flush, and the worker must take
+        // `A` first. Before the fix this failed within a few thousand rounds.
+        let q = Arc::new(Queue::new(1, 1, 1 << 20, 1));
+        let round = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer = {
+            let (q, round, stop) = (q.clone(), round.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut r = 0;
+                while !stop.load(Ordering::Acquire) {
+                    // Odd: the worker popped its event and waits; go.
+                    if round.load(Ordering::Acquire) != 2 * r + 1 {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    q.push_event(meta(), b"A", Priority::Normal).expect("spilled");
+                    q.push_control(Control::Flush(Reply::Discard)).expect("a reserved slot");
+                    r += 1;
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        let deadline = started + std::time::Duration::from_secs(30);
+        let mut r = 0;
+        while started.elapsed() < std::time::Duration::from_secs(1) {
+            let mut taken = Taken::default();
+            q.push_event(meta(), b"X", Priority::Normal).expect("the ring is empty");
+            assert!(matches!(q.pop(|b| b.to_vec(), &mut taken), Some(Item::Event(..))));
+            round.store(2 * r + 1, Ordering::Release);
+            let mut next = || loop {
+                assert!(std::time::Instant::now() < deadline, "watchdog: nothing to pop in round {r}");
+                if let Some(item) = q.pop(|b| b.to_vec(), &mut taken) {
+                    break item;
+                }
+            };
+            assert!(
+                matches!(next(), Item::Event(..)),
+                "round {r}: the flush came out before the event queued before it"
+            );
+            assert!(matches!(next(), Item::Control(Control::Flush(_))));
+            q.release(&mut taken);
+            round.store(2 * r + 2, Ordering::Release);
+            r += 1;
+        }
+        stop.store(true, Ordering::Release);
+        producer.join().expect("producer");
     }
 
     #[test]
