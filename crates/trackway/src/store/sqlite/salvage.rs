@@ -32,7 +32,7 @@ pub(super) struct Salvaged {
     /// their context is gone), with those of `lost_chunks` counted by their seq range.
     pub(super) lost: u64,
     /// Chunks lost whose state row is gone too: their events are counted by the chunk's range
-    /// of seqs (up to the next chunk), an upper bound.
+    /// of seqs (up to the next chunk, less the seqs read back from other chunks), an upper bound.
     pub(super) lost_chunks: u64,
 }
 
@@ -154,6 +154,8 @@ fn read_copy(path: &Path) -> Salvaged {
     };
     let mut max_seq = None;
     let mut unknown = Vec::new();
+    // Every seq read back from a chunk, pending or not: a lost chunk's range does not count them.
+    let mut seen = BTreeSet::new();
     let all_keys: Vec<i64> = keys.iter().copied().collect();
     for first in keys {
         let state = one(format!("SELECT state, {crc} FROM chunk_state WHERE first = ?1"), first)
@@ -172,6 +174,7 @@ fn read_copy(path: &Path) -> Salvaged {
         // A state row that does not describe these events is as good as lost.
         let state = state.filter(|s| s.iter().map(|(seq, _)| seq).eq(events.iter().map(|e| e.seq)));
         let masks: Option<Vec<u64>> = state.map(|s| s.iter().map(|(_, m)| m).collect());
+        seen.extend(events.iter().map(|e| e.seq));
         for (i, event) in events.into_iter().enumerate() {
             let mask = match &masks {
                 Some(masks) => masks[i],
@@ -197,13 +200,32 @@ fn read_copy(path: &Path) -> Salvaged {
     }
     let dead_max = out.dead_letters.iter().map(|d| d.seq).max().map_or(0, |s| s as u64 + 1);
     out.next_seq = (stored_next.unwrap_or(0).max(0) as u64).max(max_seq.map_or(0, |m| m + 1)).max(dead_max);
-    // A chunk holds consecutive seqs, at most CHUNK_EVENTS, up to the next chunk's first.
-    for first in unknown {
-        let next = all_keys.iter().find(|k| **k > first).map_or(out.next_seq as i64, |k| *k);
-        out.lost += (next - first).clamp(1, CHUNK_EVENTS as i64) as u64;
-        out.lost_chunks += 1;
-    }
+    let (lost, lost_chunks) = lost_in_unknown_chunks(&unknown, &all_keys, out.next_seq, &seen);
+    out.lost += lost;
+    out.lost_chunks += lost_chunks;
     out
+}
+
+/// The events lost in chunks of which neither row reads back, and how many such chunks there
+/// were. A chunk holds consecutive seqs, at most `CHUNK_EVENTS`, up to the next chunk's first
+/// (`next_seq` after the last): each is counted by that range, less the seqs read back from
+/// other chunks. A damaged page can make a scan return stale keys (cells of rows rewritten long
+/// ago, on a page the damage made reachable, whose point lookups find nothing): their range lies
+/// in chunks that did read back, and counts nothing. Counted whole, one such key reported 218
+/// events lost that had all been recovered.
+fn lost_in_unknown_chunks(unknown: &[i64], keys: &[i64], next_seq: u64, seen: &BTreeSet<u64>) -> (u64, u64) {
+    let (mut lost, mut chunks) = (0, 0);
+    for &first in unknown {
+        let next = keys.iter().copied().find(|k| *k > first).unwrap_or(next_seq as i64);
+        let end = next.min(first.saturating_add(CHUNK_EVENTS as i64)).max(first + 1);
+        let (start, end) = (first.max(0) as u64, end.max(0) as u64);
+        let missing = (end - start.min(end)) - seen.range(start..end).count() as u64;
+        if missing > 0 {
+            lost += missing;
+            chunks += 1;
+        }
+    }
+    (lost, chunks)
 }
 
 /// Writes what was salvaged into the fresh (migrated, empty) store, in one transaction.
@@ -242,4 +264,38 @@ pub(super) fn write(conn: &mut Connection, salvaged: &Salvaged) -> Result<(), St
         insert_chunk(&tx, part[0].0.seq, &data, &state.encode_state())?;
     }
     tx.commit().map_err(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::lost_in_unknown_chunks;
+
+    #[test]
+    fn a_lost_chunk_counts_its_range_up_to_the_next_key() {
+        // Chunks at 0, 256 and 512; the one at 256 is lost; 600 events in all.
+        let seen: BTreeSet<u64> = (0..256).chain(512..600).collect();
+        assert_eq!(lost_in_unknown_chunks(&[256], &[0, 256, 512], 600, &seen), (256, 1));
+        // The last chunk lost: its range ends at next_seq.
+        let seen: BTreeSet<u64> = (0..512).collect();
+        assert_eq!(lost_in_unknown_chunks(&[512], &[0, 256, 512], 600, &seen), (88, 1));
+    }
+
+    #[test]
+    fn a_stale_key_inside_chunks_that_read_back_counts_nothing() {
+        // A damaged scan returned 3 and 25, keys of small chunks rewritten long ago into the
+        // chunk at 0, which read back whole; the chunk at 9967 is really lost.
+        let seen: BTreeSet<u64> = (0..9967).chain(10_000..20_000).collect();
+        let keys = [0, 3, 25, 256, 9967, 10_000];
+        assert_eq!(lost_in_unknown_chunks(&[3, 25, 9967], &keys, 20_000, &seen), (33, 1));
+    }
+
+    #[test]
+    fn a_range_is_capped_at_one_chunk() {
+        // Nothing read back after the lost chunk and no key after it: at most CHUNK_EVENTS.
+        let seen: BTreeSet<u64> = (0..256).collect();
+        let (lost, chunks) = lost_in_unknown_chunks(&[256], &[0, 256], 100_000, &seen);
+        assert_eq!((lost, chunks), (super::CHUNK_EVENTS as u64, 1));
+    }
 }
