@@ -36,6 +36,7 @@ mod json;
 mod memory;
 #[cfg(feature = "opencdp")]
 pub mod opencdp;
+mod parse;
 mod set;
 mod status;
 mod transport;
@@ -416,7 +417,14 @@ impl EventRecord {
     /// A description if the stored bytes are not a valid event (a store written by a newer version).
     pub fn event(&self) -> Result<&Event, &str> {
         self.parsed
-            .get_or_init(|| serde_json::from_slice(self.json()).map_err(|e| format!("stored event is not valid: {e}")))
+            .get_or_init(|| {
+                // A head and its shared context: the context parsed once, not once per event.
+                let shared = self.context.as_ref().and_then(|context| parse::event_from_head(&self.head, context));
+                shared.map_or_else(
+                    || serde_json::from_slice(self.json()).map_err(|e| format!("stored event is not valid: {e}")),
+                    Ok,
+                )
+            })
             .as_ref()
             .map_err(String::as_str)
     }
