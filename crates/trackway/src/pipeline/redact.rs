@@ -112,8 +112,10 @@ fn is_credential(name: &str) -> bool {
 }
 
 /// The first position of `needle` in `haystack` at or after `from`.
+/// memchr's `memmem` (SIMD): a window-by-window comparison called `memcmp` at every byte of
+/// every answer for each secret, 6 % of the worker's time in the Bloomreach bench.
 fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    haystack.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|i| i + from)
+    memchr::memmem::find(haystack.get(from..)?, needle).map(|i| i + from)
 }
 
 fn replace_all(text: &[u8], needle: &[u8]) -> Vec<u8> {
