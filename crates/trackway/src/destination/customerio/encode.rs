@@ -79,7 +79,7 @@ pub(super) fn encode(dest: &CustomerIo, events: &[EventRecord]) -> Encoded {
             }
         };
         if dest.api == Api::V2Batch
-            && let Some(item) = op.v2()
+            && let Some(item) = op.v2_item()
         {
             let json = serde_json::to_vec(&item).unwrap_or_default();
             if json.len() <= OPERATION_MAX {

@@ -1,6 +1,8 @@
 //! trackway events as Customer.io operations ([`Operation`]), and each operation as a Track API
 //! v1 request or a v2 batch item. Pure: no I/O, no configuration beyond what is passed in.
 
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
 use serde_json::{Map, Value as Json, json};
 use trackway_wire::customerio::ulid_from_uuid;
 use trackway_wire::{Event, EventKind, MessageId, Properties, Timestamp, Value};
@@ -406,35 +408,75 @@ impl Operation {
     /// The v2 batch item (spec §2.2), or `None` for what goes through v1 in every mode: anonymous
     /// events and devices, whose v2 bodies the spec does not document.
     pub fn v2(&self) -> Option<Json> {
-        let person =
-            |id: &str, action: &str| json!({ "type": "person", "action": action, "identifiers": { "id": id } });
-        Some(match self {
-            Operation::Identify { id, attributes, timestamp } => {
-                let mut item = person(id, "identify");
-                item["attributes"] = Json::Object(attributes.clone());
-                item["timestamp"] = Json::from(*timestamp);
-                item
-            }
-            Operation::Event { person: Person::Id(who), kind, name, data, timestamp, id } => {
-                let mut item = person(who, kind);
-                item["name"] = Json::String(name.clone());
-                item["id"] = Json::String(id.clone());
-                item["timestamp"] = Json::from(*timestamp);
-                item["attributes"] = Json::Object(data.clone());
-                item
-            }
-            Operation::Delete { id } => person(id, "delete"),
-            Operation::Suppress { id } => person(id, "suppress"),
-            Operation::Unsuppress { id } => person(id, "unsuppress"),
-            Operation::Merge { primary, secondary } => json!({
-                "type": "person",
-                "action": "merge",
-                "primary": { "id": primary },
-                "secondary": { "id": secondary },
-            }),
+        self.v2_item().map(|item| serde_json::to_value(item).unwrap_or(Json::Null))
+    }
+
+    /// The v2 batch item, serialized straight from the operation (see [`V2Item`]).
+    pub(super) fn v2_item(&self) -> Option<V2Item<'_>> {
+        match self {
             Operation::Event { person: Person::Anonymous(_), .. }
             | Operation::AddDevice { .. }
-            | Operation::DeleteDevice { .. } => return None,
-        })
+            | Operation::DeleteDevice { .. } => None,
+            _ => Some(V2Item(self)),
+        }
+    }
+}
+
+/// An operation as a v2 batch item, serialized from the operation itself: no JSON tree of the
+/// item and no copy of its attributes, which building one with `json!` made for every event.
+/// Keys in the order a `serde_json::Map` (sorted) gave them, so the bytes are as before.
+pub(super) struct V2Item<'a>(&'a Operation);
+
+/// `{"id": …}`
+struct Id<'a>(&'a str);
+
+impl Serialize for Id<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry("id", self.0)?;
+        map.end()
+    }
+}
+
+impl Serialize for V2Item<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        match self.0 {
+            Operation::Identify { id, attributes, timestamp } => {
+                map.serialize_entry("action", "identify")?;
+                map.serialize_entry("attributes", attributes)?;
+                map.serialize_entry("identifiers", &Id(id))?;
+                map.serialize_entry("timestamp", timestamp)?;
+            }
+            Operation::Event { person, kind, name, data, timestamp, id } => {
+                map.serialize_entry("action", kind)?;
+                map.serialize_entry("attributes", data)?;
+                map.serialize_entry("id", id)?;
+                let who = match person {
+                    Person::Id(who) | Person::Anonymous(who) => who,
+                };
+                map.serialize_entry("identifiers", &Id(who))?;
+                map.serialize_entry("name", name)?;
+                map.serialize_entry("timestamp", timestamp)?;
+            }
+            Operation::Delete { id } | Operation::Suppress { id } | Operation::Unsuppress { id } => {
+                let action = match self.0 {
+                    Operation::Delete { .. } => "delete",
+                    Operation::Suppress { .. } => "suppress",
+                    _ => "unsuppress",
+                };
+                map.serialize_entry("action", action)?;
+                map.serialize_entry("identifiers", &Id(id))?;
+            }
+            Operation::Merge { primary, secondary } => {
+                map.serialize_entry("action", "merge")?;
+                map.serialize_entry("primary", &Id(primary))?;
+                map.serialize_entry("secondary", &Id(secondary))?;
+            }
+            // `v2_item` gives no item for these: they go through v1.
+            Operation::AddDevice { .. } | Operation::DeleteDevice { .. } => {}
+        }
+        map.serialize_entry("type", "person")?;
+        map.end()
     }
 }

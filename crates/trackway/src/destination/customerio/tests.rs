@@ -263,3 +263,49 @@ fn configuration_is_checked_and_the_key_never_shown() {
     assert_eq!("EU".parse::<Region>(), Ok(Region::Eu));
     assert!("mars".parse::<Region>().is_err());
 }
+
+#[test]
+fn v2_items_are_the_bytes_a_sorted_json_object_gives() {
+    let attributes: serde_json::Map<String, Json> = [("plan".to_owned(), json!("pro"))].into_iter().collect();
+    let person = |action: &str| json!({ "type": "person", "action": action, "identifiers": { "id": "u1" } });
+    let cases = [
+        (
+            Operation::Identify { id: "u1".into(), attributes: attributes.clone(), timestamp: 7 },
+            json!({ "type": "person", "action": "identify", "identifiers": { "id": "u1" }, "attributes": { "plan": "pro" }, "timestamp": 7 }),
+        ),
+        (
+            Operation::Event {
+                person: Person::Id("u1".into()),
+                kind: "event",
+                name: "signup".into(),
+                data: attributes,
+                timestamp: 8,
+                id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
+            },
+            json!({ "type": "person", "action": "event", "identifiers": { "id": "u1" }, "name": "signup",
+                    "id": "01ARZ3NDEKTSV4RRFFQ69G5FAV", "timestamp": 8, "attributes": { "plan": "pro" } }),
+        ),
+        (Operation::Delete { id: "u1".into() }, person("delete")),
+        (Operation::Suppress { id: "u1".into() }, person("suppress")),
+        (Operation::Unsuppress { id: "u1".into() }, person("unsuppress")),
+        (
+            Operation::Merge { primary: "a".into(), secondary: "b".into() },
+            json!({ "type": "person", "action": "merge", "primary": { "id": "a" }, "secondary": { "id": "b" } }),
+        ),
+    ];
+    for (op, want) in cases {
+        let item = op.v2_item().expect("a v2 item");
+        let got = serde_json::to_vec(&item).expect("serialize");
+        assert_eq!(String::from_utf8(got).expect("utf-8"), want.to_string(), "{op:?}");
+        assert_eq!(op.v2(), Some(want));
+    }
+    let anonymous = Operation::Event {
+        person: Person::Anonymous("a".into()),
+        kind: "event",
+        name: "n".into(),
+        data: serde_json::Map::new(),
+        timestamp: 0,
+        id: String::new(),
+    };
+    assert!(anonymous.v2_item().is_none() && anonymous.v2().is_none(), "v1 only");
+}
