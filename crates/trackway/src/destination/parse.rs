@@ -39,7 +39,7 @@ pub(super) fn event_from_head(head: &[u8], context: &Bytes) -> Option<Event> {
         let Cache { context: last, scratch } = &mut *cache;
         // Compared by pointer first: a store hands out one shared `Bytes` per context.
         let shared = match last {
-            Some((bytes, parsed)) if bytes.as_ptr() == context.as_ptr() || bytes == context => parsed.clone(),
+            Some((bytes, parsed)) if same(bytes, context) => parsed.clone(),
             _ => {
                 let parsed = Arc::new(serde_json::from_slice::<Context>(context).ok()?);
                 *last = Some((context.clone(), parsed.clone()));
@@ -55,6 +55,12 @@ pub(super) fn event_from_head(head: &[u8], context: &Bytes) -> Option<Event> {
         event.context = shared;
         Some(event)
     })
+}
+
+/// The same bytes: the same buffer (pointer and length; a slice of it has the pointer too), or
+/// equal contents.
+fn same(a: &Bytes, b: &Bytes) -> bool {
+    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
 }
 
 #[cfg(test)]
