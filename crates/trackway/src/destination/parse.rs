@@ -34,27 +34,31 @@ thread_local! {
 /// the context parsed once per thread while it stays the same. `None` if either does not
 /// parse here: the caller then parses the joined JSON, for the same result or its error.
 pub(super) fn event_from_head(head: &[u8], context: &Bytes) -> Option<Event> {
-    CACHE.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        let Cache { context: last, scratch } = &mut *cache;
-        // Compared by pointer first: a store hands out one shared `Bytes` per context.
-        let shared = match last {
-            Some((bytes, parsed)) if same(bytes, context) => parsed.clone(),
-            _ => {
-                let parsed = Arc::new(serde_json::from_slice::<Context>(context).ok()?);
-                *last = Some((context.clone(), parsed.clone()));
-                parsed
-            }
-        };
-        let mut own = Vec::new();
-        let buffer = if head.len() <= KEEP_SCRATCH { scratch } else { &mut own };
-        buffer.clear();
-        buffer.extend_from_slice(head);
-        buffer.extend_from_slice(STAND_IN);
-        let mut event: Event = serde_json::from_slice(buffer).ok()?;
-        event.context = shared;
-        Some(event)
-    })
+    // `try_with`: during the thread's teardown the cache is gone, and the joined parse serves.
+    CACHE
+        .try_with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let Cache { context: last, scratch } = &mut *cache;
+            // Compared by pointer first: a store hands out one shared `Bytes` per context.
+            let shared = match last {
+                Some((bytes, parsed)) if same(bytes, context) => parsed.clone(),
+                _ => {
+                    let parsed = Arc::new(serde_json::from_slice::<Context>(context).ok()?);
+                    *last = Some((context.clone(), parsed.clone()));
+                    parsed
+                }
+            };
+            let mut own = Vec::new();
+            let buffer = if head.len() <= KEEP_SCRATCH { scratch } else { &mut own };
+            buffer.clear();
+            buffer.extend_from_slice(head);
+            buffer.extend_from_slice(STAND_IN);
+            let mut event: Event = serde_json::from_slice(buffer).ok()?;
+            event.context = shared;
+            Some(event)
+        })
+        .ok()
+        .flatten()
 }
 
 /// The same bytes: the same buffer (pointer and length; a slice of it has the pointer too), or

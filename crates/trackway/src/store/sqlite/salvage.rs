@@ -200,7 +200,7 @@ fn read_copy(path: &Path) -> Salvaged {
     }
     let dead_max = out.dead_letters.iter().map(|d| d.seq).max().map_or(0, |s| s as u64 + 1);
     out.next_seq = (stored_next.unwrap_or(0).max(0) as u64).max(max_seq.map_or(0, |m| m + 1)).max(dead_max);
-    let (lost, lost_chunks) = lost_in_unknown_chunks(&unknown, &all_keys, out.next_seq, &seen);
+    let (lost, lost_chunks) = lost_in_unknown_chunks(&unknown, &all_keys, out.next_seq, stored_next.is_some(), &seen);
     out.lost += lost;
     out.lost_chunks += lost_chunks;
     out
@@ -208,18 +208,38 @@ fn read_copy(path: &Path) -> Salvaged {
 
 /// The events lost in chunks of which neither row reads back, and how many such chunks there
 /// were. A chunk holds consecutive seqs, at most `CHUNK_EVENTS`, up to the next chunk's first
-/// (`next_seq` after the last): each is counted by that range, less the seqs read back from
-/// other chunks. A damaged page can make a scan return stale keys (cells of rows rewritten long
-/// ago, on a page the damage made reachable, whose point lookups find nothing): their range lies
-/// in chunks that did read back, and counts nothing. Counted whole, one such key reported 218
-/// events lost that had all been recovered.
-fn lost_in_unknown_chunks(unknown: &[i64], keys: &[i64], next_seq: u64, seen: &BTreeSet<u64>) -> (u64, u64) {
+/// and below `next_seq`: each is counted by that range, less the seqs read back from other
+/// chunks. A damaged page can make a scan return keys of no chunk, whose point lookups find
+/// nothing:
+/// - stale keys (cells of chunks merged long ago, on a page the damage made reachable), whose
+///   range lies in chunks that did read back: they count nothing (counted whole, one such key
+///   reported 218 events lost that had all been recovered);
+/// - garbage keys past every event, which were counted up to `CHUNK_EVENTS` each (three of them
+///   769 events): no chunk starts at or after the stored `next_seq` (it is written with the
+///   chunks), so they count nothing. When that row is lost too (`next_seq_stored` false), such
+///   a key may be a chunk written after the last one read back: it counts one event, as before.
+fn lost_in_unknown_chunks(
+    unknown: &[i64],
+    keys: &[i64],
+    next_seq: u64,
+    next_seq_stored: bool,
+    seen: &BTreeSet<u64>,
+) -> (u64, u64) {
+    let bound = i64::try_from(next_seq).unwrap_or(i64::MAX);
     let (mut lost, mut chunks) = (0, 0);
     for &first in unknown {
-        let next = keys.iter().copied().find(|k| *k > first).unwrap_or(next_seq as i64);
-        let end = next.min(first.saturating_add(CHUNK_EVENTS as i64)).max(first + 1);
-        let (start, end) = (first.max(0) as u64, end.max(0) as u64);
-        let missing = (end - start.min(end)) - seen.range(start..end).count() as u64;
+        let next = keys.iter().copied().find(|k| *k > first).unwrap_or(bound);
+        // Any key a damaged scan returns, `i64::MAX` and negative ones included: saturating.
+        let mut end = next.min(first.saturating_add(CHUNK_EVENTS as i64)).min(bound);
+        if end <= first {
+            if next_seq_stored {
+                continue;
+            }
+            end = first.saturating_add(1);
+        }
+        let start = first.max(0) as u64;
+        let end = (end.max(0) as u64).max(start);
+        let missing = (end - start) - seen.range(start..end).count() as u64;
         if missing > 0 {
             lost += missing;
             chunks += 1;
@@ -276,10 +296,10 @@ mod tests {
     fn a_lost_chunk_counts_its_range_up_to_the_next_key() {
         // Chunks at 0, 256 and 512; the one at 256 is lost; 600 events in all.
         let seen: BTreeSet<u64> = (0..256).chain(512..600).collect();
-        assert_eq!(lost_in_unknown_chunks(&[256], &[0, 256, 512], 600, &seen), (256, 1));
+        assert_eq!(lost_in_unknown_chunks(&[256], &[0, 256, 512], 600, true, &seen), (256, 1));
         // The last chunk lost: its range ends at next_seq.
         let seen: BTreeSet<u64> = (0..512).collect();
-        assert_eq!(lost_in_unknown_chunks(&[512], &[0, 256, 512], 600, &seen), (88, 1));
+        assert_eq!(lost_in_unknown_chunks(&[512], &[0, 256, 512], 600, true, &seen), (88, 1));
     }
 
     #[test]
@@ -288,14 +308,30 @@ mod tests {
         // chunk at 0, which read back whole; the chunk at 9967 is really lost.
         let seen: BTreeSet<u64> = (0..9967).chain(10_000..20_000).collect();
         let keys = [0, 3, 25, 256, 9967, 10_000];
-        assert_eq!(lost_in_unknown_chunks(&[3, 25, 9967], &keys, 20_000, &seen), (33, 1));
+        assert_eq!(lost_in_unknown_chunks(&[3, 25, 9967], &keys, 20_000, true, &seen), (33, 1));
+    }
+
+    #[test]
+    fn any_key_a_damaged_scan_returns_is_counted_without_a_panic() {
+        let seen: BTreeSet<u64> = (0..10).collect();
+        for stored in [true, false] {
+            assert_eq!(lost_in_unknown_chunks(&[i64::MIN, -5], &[i64::MIN, -5, 0], 10, stored, &seen), (0, 0));
+        }
+        // Past the stored next seq: no chunk starts there. Each such key counted up to a whole
+        // chunk (a damaged store reported 783 events lost where 14 were).
+        let garbage = [25_000, 40_000, 1_039_775_089];
+        assert_eq!(lost_in_unknown_chunks(&garbage, &garbage, 10, true, &seen), (0, 0));
+        // With that row lost, such a key may be a chunk after the last one read back: one each.
+        assert_eq!(lost_in_unknown_chunks(&garbage, &garbage, 10, false, &seen), (3, 3));
+        // The largest key: no panic, and no range to count.
+        assert_eq!(lost_in_unknown_chunks(&[i64::MAX], &[0, i64::MAX], 10, false, &seen), (0, 0));
     }
 
     #[test]
     fn a_range_is_capped_at_one_chunk() {
         // Nothing read back after the lost chunk and no key after it: at most CHUNK_EVENTS.
         let seen: BTreeSet<u64> = (0..256).collect();
-        let (lost, chunks) = lost_in_unknown_chunks(&[256], &[0, 256], 100_000, &seen);
+        let (lost, chunks) = lost_in_unknown_chunks(&[256], &[0, 256], 100_000, true, &seen);
         assert_eq!((lost, chunks), (super::CHUNK_EVENTS as u64, 1));
     }
 }
