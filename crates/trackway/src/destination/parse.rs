@@ -39,9 +39,8 @@ pub(super) fn event_from_head(head: &[u8], context: &Bytes) -> Option<Event> {
         .try_with(|cache| {
             let mut cache = cache.borrow_mut();
             let Cache { context: last, scratch } = &mut *cache;
-            // Compared by pointer first: a store hands out one shared `Bytes` per context.
             let shared = match last {
-                Some((bytes, parsed)) if same(bytes, context) => parsed.clone(),
+                Some((bytes, parsed)) if crate::store::same_context(bytes, context) => parsed.clone(),
                 _ => {
                     let parsed = Arc::new(serde_json::from_slice::<Context>(context).ok()?);
                     *last = Some((context.clone(), parsed.clone()));
@@ -59,12 +58,6 @@ pub(super) fn event_from_head(head: &[u8], context: &Bytes) -> Option<Event> {
         })
         .ok()
         .flatten()
-}
-
-/// The same bytes: the same buffer (pointer and length; a slice of it has the pointer too), or
-/// equal contents.
-fn same(a: &Bytes, b: &Bytes) -> bool {
-    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
 }
 
 #[cfg(test)]

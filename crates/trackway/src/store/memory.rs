@@ -271,7 +271,7 @@ impl MemoryStore {
     /// The index of `context`, adding it if new. A client has one context, so this is nearly
     /// always the last one (compared by pointer first, then by content).
     fn intern(&mut self, context: &Bytes) -> u32 {
-        if let Some(i) = self.contexts.iter().rposition(|c| c.as_ptr() == context.as_ptr() || c == context) {
+        if let Some(i) = self.contexts.iter().rposition(|c| super::same_context(c, context)) {
             return i as u32;
         }
         self.contexts.push(context.clone());

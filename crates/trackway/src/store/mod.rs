@@ -50,6 +50,13 @@ pub(crate) fn routes(mut mask: u64) -> impl Iterator<Item = usize> {
     })
 }
 
+/// Whether two contexts are the same bytes: one buffer (pointer and length; an empty slice at a
+/// buffer's start has its pointer too), or equal contents. A client's events share one `Bytes`
+/// for their context, so the pointer nearly always decides.
+pub(crate) fn same_context(a: &Bytes, b: &Bytes) -> bool {
+    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+}
+
 #[cfg(test)]
 mod route_tests {
     #[test]

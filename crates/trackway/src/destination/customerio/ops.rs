@@ -438,6 +438,12 @@ impl Serialize for Id<'_> {
     }
 }
 
+/// An item that is an action on a person and nothing more: `action` and `identifiers`.
+fn person_action<M: SerializeMap>(map: &mut M, action: &str, id: &str) -> Result<(), M::Error> {
+    map.serialize_entry("action", action)?;
+    map.serialize_entry("identifiers", &Id(id))
+}
+
 impl Serialize for V2Item<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
@@ -448,33 +454,26 @@ impl Serialize for V2Item<'_> {
                 map.serialize_entry("identifiers", &Id(id))?;
                 map.serialize_entry("timestamp", timestamp)?;
             }
-            Operation::Event { person, kind, name, data, timestamp, id } => {
+            Operation::Event { person: Person::Id(who), kind, name, data, timestamp, id } => {
                 map.serialize_entry("action", kind)?;
                 map.serialize_entry("attributes", data)?;
                 map.serialize_entry("id", id)?;
-                let who = match person {
-                    Person::Id(who) | Person::Anonymous(who) => who,
-                };
                 map.serialize_entry("identifiers", &Id(who))?;
                 map.serialize_entry("name", name)?;
                 map.serialize_entry("timestamp", timestamp)?;
             }
-            Operation::Delete { id } | Operation::Suppress { id } | Operation::Unsuppress { id } => {
-                let action = match self.0 {
-                    Operation::Delete { .. } => "delete",
-                    Operation::Suppress { .. } => "suppress",
-                    _ => "unsuppress",
-                };
-                map.serialize_entry("action", action)?;
-                map.serialize_entry("identifiers", &Id(id))?;
-            }
+            Operation::Delete { id } => person_action(&mut map, "delete", id)?,
+            Operation::Suppress { id } => person_action(&mut map, "suppress", id)?,
+            Operation::Unsuppress { id } => person_action(&mut map, "unsuppress", id)?,
             Operation::Merge { primary, secondary } => {
                 map.serialize_entry("action", "merge")?;
                 map.serialize_entry("primary", &Id(primary))?;
                 map.serialize_entry("secondary", &Id(secondary))?;
             }
             // `v2_item` gives no item for these: they go through v1.
-            Operation::AddDevice { .. } | Operation::DeleteDevice { .. } => {}
+            Operation::Event { person: Person::Anonymous(_), .. }
+            | Operation::AddDevice { .. }
+            | Operation::DeleteDevice { .. } => {}
         }
         map.serialize_entry("type", "person")?;
         map.end()

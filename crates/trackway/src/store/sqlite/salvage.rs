@@ -214,9 +214,9 @@ fn read_copy(path: &Path) -> Salvaged {
 /// - stale keys (cells of chunks merged long ago, on a page the damage made reachable), whose
 ///   range lies in chunks that did read back: they count nothing (counted whole, one such key
 ///   reported 218 events lost that had all been recovered);
-/// - garbage keys past every event, which were counted up to `CHUNK_EVENTS` each (three of them
-///   769 events): no chunk starts at or after the stored `next_seq` (it is written with the
-///   chunks), so they count nothing. When that row is lost too (`next_seq_stored` false), such
+/// - garbage keys past every event, which were counted up to `CHUNK_EVENTS` each (a store of
+///   20 000 events reported 783 lost where 14 were): no chunk starts at or after the stored
+///   `next_seq` (it is written with the chunks), so they count nothing. When that row is lost too (`next_seq_stored` false), such
 ///   a key may be a chunk written after the last one read back: it counts one event, as before.
 fn lost_in_unknown_chunks(
     unknown: &[i64],

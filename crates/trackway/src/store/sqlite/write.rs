@@ -191,7 +191,7 @@ pub(super) fn write_state(tx: &rusqlite::Transaction<'_>, changes: &[StateChange
 /// round, which writes it) if it is new. Compared by pointer first, since a client's events
 /// share one `Bytes`.
 fn intern(cache: &mut Vec<(i64, Bytes)>, new: &mut Vec<(i64, Bytes)>, context: &Bytes) -> i64 {
-    if let Some((id, _)) = cache.iter().rev().find(|(_, c)| c.as_ptr() == context.as_ptr() || c == context) {
+    if let Some((id, _)) = cache.iter().rev().find(|(_, c)| crate::store::same_context(c, context)) {
         return *id;
     }
     let id = cache.iter().map(|(id, _)| *id).max().unwrap_or(0) + 1;
