@@ -68,6 +68,8 @@ const STORE_DIR_ENV: &str = "TRACKWAY_BENCH_STORE_DIR";
 const FAULT_ENV: &str = "TRACKWAY_BENCH_FAULT";
 /// Events per second the SDK phases' caller is paced at (unset or empty: a tight loop).
 const RATE_ENV: &str = "TRACKWAY_BENCH_RATE";
+/// A directory: each SDK phase writes its sampler's timeline there (`trace-<store>.tsv`).
+const TRACE_ENV: &str = "TRACKWAY_BENCH_TRACE_DIR";
 /// Every this many requests the faulty collector fails one (5 %).
 const FAIL_EVERY: u64 = 20;
 
@@ -87,6 +89,9 @@ options and environment:
                                            every store (the issue: 200000 paced at 500000/s)
   TRACKWAY_BENCH_PHASES=a,b                memory, normal, full, baseline (default all)
   TRACKWAY_BENCH_QUEUE_CAPACITY=Q          the client's queue_capacity (default the SDK's)
+  TRACKWAY_BENCH_TRACE_DIR=D               write each SDK phase's 2 ms samples (ms, RSS, its anon
+                                           and file parts, enqueued, delivered, pending,
+                                           queue_full) to D/trace-<store>.tsv
   TRACKWAY_BENCH_STAGING_MIB=M             the durable store's staging_limit in MiB (default the SDK's)
   TRACKWAY_BENCH_MEMORY_MIB=M              the durable store's memory_limit in MiB (default the SDK's)
 
@@ -736,6 +741,9 @@ fn sample_backlog(
         .name(SAMPLER.into())
         .spawn(move || {
             let mut b = Backlog::default();
+            // The timeline, when asked for: written after the run, so the file does not slow it.
+            let trace = std::env::var_os(TRACE_ENV).map(PathBuf::from);
+            let mut lines = String::new();
             let (mut persisted, mut drained, mut drained_at) = (0, 0, Duration::ZERO);
             while !control.stop.load(Ordering::Relaxed) {
                 let loop_done = control.loop_done.load(Ordering::Relaxed);
@@ -764,7 +772,26 @@ fn sample_backlog(
                 if let Some(db) = &db {
                     b.max_file_bytes = b.max_file_bytes.max(store_file_bytes(db));
                 }
+                if trace.is_some() {
+                    use std::fmt::Write as _;
+                    let rss = proc_status_bytes("VmRSS") / 1024;
+                    let (anon, file) = (proc_status_bytes("RssAnon") / 1024, proc_status_bytes("RssFile") / 1024);
+                    let _ = writeln!(
+                        lines,
+                        "{}\t{rss}\t{anon}\t{file}\t{}\t{delivered}\t{pending}\t{}",
+                        now.as_millis(),
+                        s.enqueued,
+                        s.dropped.queue_full
+                    );
+                }
                 std::thread::sleep(Duration::from_millis(2));
+            }
+            if let Some(dir) = trace {
+                let store = std::env::var(STORE_ENV).unwrap_or_else(|_| "memory".to_owned());
+                let header = "ms\trss_kib\tanon_kib\tfile_kib\tenqueued\tdelivered\tpending\tqueue_full\n";
+                if let Err(e) = std::fs::write(dir.join(format!("trace-{store}.tsv")), format!("{header}{lines}")) {
+                    eprintln!("warning: could not write the trace: {e}");
+                }
             }
             b
         })
