@@ -833,6 +833,24 @@ fn process_cpu_ns() -> u64 {
     live.max(ticks.unwrap_or(0) * 10_000_000)
 }
 
+/// The CPU the bench's own per-call work costs (two clock reads and two histogram records, as
+/// `caller_loop` does around each call), in ns per call, measured on this thread over `n`
+/// calls. The baseline does none of it, so it is the SDK's CPU per event minus this that
+/// compares with the baseline's.
+fn timing_cpu_per_call_ns(n: usize) -> f64 {
+    let mut costs = Costs { all: CostHistogram::new(), accepted: CostHistogram::new() };
+    let before = common::own_cpu_ns();
+    for i in 0..n {
+        let started = Instant::now();
+        black_box(i);
+        let cost = nanos(started.elapsed());
+        costs.all.record(cost);
+        costs.accepted.record(cost);
+    }
+    black_box(&costs);
+    common::own_cpu_ns().saturating_sub(before) as f64 / n.max(1) as f64
+}
+
 fn timer_overhead_ns() -> u64 {
     let mut v = vec![0u64; 100_000];
     for slot in &mut v {
@@ -927,6 +945,7 @@ fn run_sdk_phase() -> anyhow::Result<()> {
         db.as_deref().map_or(0, |db| std::fs::metadata(with_suffix(db, "-wal")).map_or(0, |m| m.len()));
     drop(dir);
     let timer = timer_overhead_ns();
+    let timing_cpu = timing_cpu_per_call_ns(n);
 
     let (a50, a99) = (costs.accepted.quantile(0.50), costs.accepted.quantile(0.99));
     let all = &mut costs.all;
@@ -945,6 +964,7 @@ fn run_sdk_phase() -> anyhow::Result<()> {
     put("mean", &costs.all.mean())?;
     put("over_1us", &costs.all.over(TARGET_P99_NS))?;
     put("timer_ns", &timer)?;
+    put("timing_cpu_ns", &format!("{timing_cpu:.1}"))?;
     put("accepted", &counts.accepted)?;
     put("track_queue_full", &counts.queue_full)?;
     put("track_other_errors", &counts.other_errors)?;
@@ -1339,6 +1359,21 @@ fn print_table(
         })?,
         base_cpu.map_or_else(|| "-".to_owned(), |b| format!("{b:.0}")),
         "process CPU (schedstat) / collector events; robust to load, unlike wall time",
+    );
+    row(
+        "  less the bench's per-call timing",
+        per_col(&mut |c| {
+            // What caller_loop adds around each call (clock reads, histograms), which the
+            // baseline does not do: measured on its own after the run, then taken out.
+            let timing = c.r.text("timing_cpu_ns").parse::<f64>().unwrap_or(0.0) * c.r.get("accepted")? as f64;
+            let all = (c.r.get("cpu_ns")? as f64 - timing).max(0.0) / c.delivered.max(1) as f64;
+            Ok(match base_cpu {
+                Some(b) => format!("{all:.0} {:.2}x", all / b.max(1.0)),
+                None => format!("{all:.0}"),
+            })
+        })?,
+        String::new(),
+        "the same, minus timing_cpu_ns (the timing's CPU per call, measured after the run) per call",
     );
     row(
         "caller rate / store write rate, ev/s",
